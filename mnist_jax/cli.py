@@ -1,0 +1,90 @@
+"""What the scripts share: argument types, one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Callable, NoReturn
+
+from mnist_jax.data import SOURCES, DataError
+
+EXIT_USAGE = 2  # bad arguments or bad/missing data
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def dropout_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {text!r}")
+    return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Errors are one line and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: error: {message}")
+
+
+def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
+    print(message, file=sys.stderr)
+    sys.exit(status)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        help="folder with the four MNIST IDX files, plain or .gz (default: $MNIST_JAX_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="auto",
+        help="where MNIST comes from; auto: --data-dir if given, else TFDS, else download",
+    )
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=positive_int, default=5, help="passes over the 54,000 training images")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="examples per Adam step")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    parser.add_argument(
+        "--hidden", type=positive_int, help="hidden width of the MLP stages (default 256)"
+    )
+    parser.add_argument(
+        "--dropout", type=dropout_rate, help="dropout rate of the MLP stages (mlp_dropout: 0.5)"
+    )
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a script's main: data errors and Ctrl-C end in one line, not a traceback."""
+    try:
+        main()
+    except DataError as e:
+        fail(f"data error: {e}")
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)

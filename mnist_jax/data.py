@@ -1,0 +1,237 @@
+"""MNIST from verified sources: IDX files on disk, TFDS, or a checked download.
+
+Every source is verified against the published digests before use, so a run on
+any machine trains on exactly the 70,000 images of the original study.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+SOURCES = ("auto", "idx", "tfds", "download")
+DATA_DIR_ENV = "MNIST_JAX_DATA_DIR"
+MIRROR_ENV = "MNIST_JAX_MIRROR"
+MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+
+# SHA-256 of each decompressed IDX file, as published for the original MNIST.
+IDX_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+# TFDS stores the same examples in its own order, so it is checked by an
+# order-independent digest: SHA-256 over the sorted SHA-256s of each
+# (label byte + 784 pixel bytes) record, computed from the files above.
+RECORDS_SHA256 = {
+    "train": "3655811c0e1223700a4714a92a51f55bd215ed7dc1fa2baa4326a2b58042d82d",
+    "test": "634538fb34c5277fce98470b8b285d1e8419eb87f328da42ef1faf690d2c3911",
+}
+NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
+NUM_VALIDATION = 6_000
+_IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}  # unsigned bytes, 1 or 3 dimensions
+
+
+class DataError(Exception):
+    """MNIST could not be read or did not verify; the message says why."""
+
+
+class MNIST(NamedTuple):
+    train_images: np.ndarray  # (60000, 28, 28) uint8
+    train_labels: np.ndarray  # (60000,) uint8
+    test_images: np.ndarray  # (10000, 28, 28) uint8
+    test_labels: np.ndarray  # (10000,) uint8
+    source: str  # where it came from, for the log
+
+
+def parse_idx(raw: bytes, ndim: int, name: str = "IDX data") -> np.ndarray:
+    """Decode one IDX array of unsigned bytes with `ndim` dimensions."""
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{name}: truncated header ({len(raw)} bytes)")
+    magic = struct.unpack(">I", raw[:4])[0]
+    if magic != _IDX_MAGIC[ndim]:
+        raise DataError(
+            f"{name}: wrong magic number 0x{magic:08x}, expected 0x{_IDX_MAGIC[ndim]:08x}"
+        )
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    if ndim == 3 and shape[1:] != (28, 28):
+        raise DataError(f"{name}: images are {shape[1]}x{shape[2]}, expected 28x28")
+    size = int(np.prod(shape))
+    if len(raw) - header != size:
+        raise DataError(
+            f"{name}: {len(raw) - header} data bytes, header promises {size} for shape {shape}"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(directory: Path, stem: str) -> Path:
+    for path in (directory / stem, directory / f"{stem}.gz"):
+        if path.is_file():
+            return path
+    raise DataError(f"{directory}: missing {stem} (plain or .gz)")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+
+
+def read_idx_file(path: Path, ndim: int, verify: bool = True) -> np.ndarray:
+    """Read an IDX file (plain or gzip); check its SHA-256 against the published one."""
+    raw = _read_bytes(path)
+    stem = path.name.removesuffix(".gz")
+    if verify:
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest != IDX_SHA256.get(stem):
+            raise DataError(
+                f"{path}: SHA-256 {digest[:16]}... differs from the published digest of {stem}"
+            )
+    return parse_idx(raw, ndim, str(path))
+
+
+def _pair(images: np.ndarray, labels: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if labels.size and labels.max() > 9:
+        raise DataError(f"{where}: label {labels.max()} outside 0-9")
+    return images, labels
+
+
+def load_idx_dir(directory: str | os.PathLike, verify: bool = True) -> MNIST:
+    """The four IDX files in `directory` (a torchvision `MNIST/raw` folder works)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such directory")
+    arrays = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx_file(_find_idx(directory, f"{prefix}-images-idx3-ubyte"), 3, verify)
+        labels = read_idx_file(_find_idx(directory, f"{prefix}-labels-idx1-ubyte"), 1, verify)
+        arrays[split] = _pair(images, labels, f"{directory} ({split})")
+    return MNIST(*arrays["train"], *arrays["test"], source=f"IDX files in {directory}")
+
+
+def records_digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """Order-independent SHA-256 of (label, image) records."""
+    records = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(len(images), -1)], 1)
+    digests = sorted(hashlib.sha256(r.tobytes()).digest() for r in records)
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def load_tfds(verify: bool = True) -> MNIST:
+    """MNIST prepared by TFDS, read with `tfds.data_source` (no TensorFlow needed).
+
+    If TensorFlow is importable and MNIST is not prepared yet, TFDS prepares it.
+    TFDS orders examples its own way, so a seed's split differs from the IDX one.
+    """
+    try:
+        import tensorflow_datasets as tfds
+        from absl import logging as absl_logging
+    except ImportError:
+        raise DataError("tensorflow-datasets is not installed") from None
+    try:
+        import tensorflow  # noqa: F401  (TFDS needs it only to prepare MNIST)
+
+        can_prepare = True
+    except ImportError:
+        can_prepare = False
+    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about folders it looks in
+    arrays = []
+    for split in ("train", "test"):
+        try:
+            source = tfds.data_source("mnist", split=split, download=can_prepare)
+            examples = [source[i] for i in range(len(source))]
+        except Exception as e:  # TFDS raises many kinds: missing, offline, corrupt
+            why = "" if can_prepare else ", and TensorFlow is not installed to prepare it"
+            raise DataError(f"no MNIST prepared by TFDS{why} ({type(e).__name__})") from None
+        images = np.stack([ex["image"].reshape(28, 28) for ex in examples]).astype(np.uint8)
+        labels = np.array([ex["label"] for ex in examples]).astype(np.uint8)
+        if verify and (
+            len(images) != NUM_EXAMPLES[split]
+            or records_digest(images, labels) != RECORDS_SHA256[split]
+        ):
+            raise DataError(f"TFDS mnist {split}: examples differ from the published MNIST")
+        arrays.extend(_pair(images, labels, f"TFDS mnist {split}"))
+    return MNIST(*arrays, source="TFDS")
+
+
+def default_cache_dir() -> Path:
+    import pooch
+
+    return Path(pooch.os_cache("mnist_jax"))
+
+
+def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = None) -> MNIST:
+    """Fetch the four `.gz` files from TFDS's mirror into a cache, then verify them.
+
+    A file whose content fails its digest is deleted, so it is never reused.
+    """
+    import pooch
+
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    mirror = mirror or os.environ.get(MIRROR_ENV, MIRROR)
+    pooch.get_logger().setLevel("WARNING")  # the progress bar says what is downloading
+    downloader = pooch.HTTPDownloader(progressbar=True, timeout=30)
+    for stem in IDX_SHA256:
+        name = f"{stem}.gz"
+        try:
+            pooch.retrieve(
+                mirror.rstrip("/") + "/" + name,
+                known_hash=None,  # the digests are of decompressed files: checked below
+                fname=name,
+                path=cache_dir,
+                downloader=downloader,
+            )
+        except Exception as e:  # requests/pooch raise many kinds when offline
+            raise DataError(f"download of {name} from {mirror} failed: {type(e).__name__}") from None
+    try:
+        data = load_idx_dir(cache_dir)
+    except DataError:
+        for stem in IDX_SHA256:
+            (cache_dir / f"{stem}.gz").unlink(missing_ok=True)
+        raise
+    return data._replace(source=f"download from {mirror}, cached in {cache_dir}")
+
+
+def load_mnist(source: str = "auto", data_dir: str | os.PathLike | None = None) -> MNIST:
+    """Load verified MNIST.
+
+    `auto` reads the IDX files of `data_dir` (or $MNIST_JAX_DATA_DIR) when one is
+    given, and otherwise tries TFDS, then the download.
+    """
+    if source not in SOURCES:
+        raise DataError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    if source == "idx" or (source == "auto" and data_dir):
+        if not data_dir:
+            raise DataError(f"--source idx needs --data-dir or {DATA_DIR_ENV}")
+        return load_idx_dir(data_dir)
+    if source == "tfds":
+        return load_tfds()
+    if source == "download":
+        return download()
+    failures = []
+    for name, attempt in (("TFDS", load_tfds), ("download", download)):
+        try:
+            return attempt()
+        except DataError as e:
+            failures.append(f"{name}: {e}")
+    raise DataError(
+        "no MNIST found (" + "; ".join(failures) + "). Provide it one of three ways: "
+        f"--data-dir DIR (or {DATA_DIR_ENV}) holding the four IDX files; "
+        "MNIST prepared by TFDS (needs TensorFlow once to prepare); "
+        "or internet access for the verified download"
+    )

@@ -1,0 +1,29 @@
+"""Loss and accuracy of a model state on a labelled set, in eval mode."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mnist_jax.stages import LossFn
+
+
+def to_inputs(images: jax.Array) -> jax.Array:
+    """uint8 images (N, 28, 28) or (N, 784) -> float32 (N, 784) in [0, 1]."""
+    return images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
+
+
+def make_evaluate(
+    graphdef: nnx.GraphDef, loss_fn: LossFn
+) -> Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """A pure function (params, batch_stats, images, labels) -> (mean loss, accuracy)."""
+
+    def evaluate(params, batch_stats, images, labels):
+        model = nnx.merge(graphdef, params, batch_stats)
+        logits = model(to_inputs(images), train=False)
+        return loss_fn(logits, labels), jnp.mean(logits.argmax(-1) == labels)
+
+    return evaluate

@@ -1,0 +1,94 @@
+"""The two model families of the study, as Flax NNX modules with PyTorch's defaults."""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NUM_PIXELS = 28 * 28
+NUM_CLASSES = 10
+
+
+def torch_uniform(fan_in: int) -> nnx.Initializer:
+    """PyTorch's `nn.Linear` default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weights and biases."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_linear(fan_in: int, fan_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    init = torch_uniform(fan_in)
+    return nnx.Linear(fan_in, fan_out, kernel_init=init, bias_init=init, rngs=rngs)
+
+
+class BatchNorm1d(nnx.Module):
+    """`torch.nn.BatchNorm1d`: normalise with the biased batch variance, but keep
+    running statistics with momentum 0.1 and the unbiased variance, as PyTorch does
+    (`nnx.BatchNorm` keeps the biased one)."""
+
+    def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5):
+        self.scale = nnx.Param(jnp.ones(features))
+        self.bias = nnx.Param(jnp.zeros(features))
+        self.mean = nnx.BatchStat(jnp.zeros(features))
+        self.var = nnx.BatchStat(jnp.ones(features))
+        self.momentum = momentum
+        self.eps = eps
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        if train:
+            n = x.shape[0]
+            mean = x.mean(0)
+            var = x.var(0)
+            m = self.momentum
+            self.mean[...] = (1 - m) * self.mean[...] + m * mean
+            self.var[...] = (1 - m) * self.var[...] + m * var * n / (n - 1)
+        else:
+            mean, var = self.mean[...], self.var[...]
+        return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+
+
+class LinearClassifier(nnx.Module):
+    """784 -> 10: one affine map from pixels to class scores."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.linear = torch_linear(NUM_PIXELS, NUM_CLASSES, rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_key=None) -> jax.Array:
+        chex.assert_shape(x, (None, NUM_PIXELS))
+        return self.linear(x)
+
+
+class MLP(nnx.Module):
+    """784 -> hidden -> [BatchNorm] -> ReLU -> [Dropout] -> 10."""
+
+    def __init__(
+        self, hidden: int = 256, dropout: float = 0.0, batchnorm: bool = False, *, rngs: nnx.Rngs
+    ):
+        self.hidden = torch_linear(NUM_PIXELS, hidden, rngs)
+        self.batchnorm = BatchNorm1d(hidden) if batchnorm else None
+        self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
+        self.output = torch_linear(hidden, NUM_CLASSES, rngs)
+
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
+        chex.assert_shape(x, (None, NUM_PIXELS))
+        h = self.hidden(x)
+        if self.batchnorm is not None:
+            h = self.batchnorm(h, train=train)
+        h = jax.nn.relu(h)
+        if self.dropout is not None:
+            h = self.dropout(h, deterministic=not train, rngs=dropout_key)
+        return self.output(h)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters (BatchNorm running statistics excluded)."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,143 @@
+"""MNIST is read from IDX files, TFDS or a download, and is always verified."""
+
+import gzip
+import hashlib
+import http.server
+import shutil
+import struct
+import threading
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from mnist_jax import data
+from mnist_jax.data import DataError, load_idx_dir, load_mnist, parse_idx
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    magic = 0x800 + array.ndim
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def test_parse_idx_round_trips_images_and_labels():
+    images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    labels = np.array([7, 0, 9], np.uint8)
+    np.testing.assert_array_equal(parse_idx(idx_bytes(images), 3), images)
+    np.testing.assert_array_equal(parse_idx(idx_bytes(labels), 1), labels)
+
+
+@pytest.mark.parametrize(
+    "raw, complaint",
+    [
+        (b"\x00\x00", "truncated header"),
+        (idx_bytes(np.zeros((2, 28, 28))), "wrong magic"),  # read as labels (ndim 1)
+        (idx_bytes(np.zeros(5))[:-1], "header promises 5"),
+    ],
+)
+def test_parse_idx_rejects_malformed_labels(raw, complaint):
+    with pytest.raises(DataError, match=complaint):
+        parse_idx(raw, 1, "labels")
+
+
+def test_parse_idx_rejects_images_that_are_not_28x28():
+    with pytest.raises(DataError, match="expected 28x28"):
+        parse_idx(idx_bytes(np.zeros((2, 14, 14))), 3, "images")
+
+
+def test_real_mnist_verifies_and_has_the_published_label_counts(mnist):
+    assert mnist.train_images.shape == (60_000, 28, 28) and mnist.train_images.dtype == np.uint8
+    assert mnist.test_images.shape == (10_000, 28, 28)
+    assert np.bincount(mnist.train_labels).tolist() == [
+        5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
+    ]
+    assert np.bincount(mnist.test_labels).tolist() == [
+        980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009
+    ]
+
+
+def test_plain_idx_files_load_like_gzipped_ones(data_dir, tmp_path, mnist):
+    for gz in data_dir.glob("*.gz"):
+        (tmp_path / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
+    plain = load_idx_dir(tmp_path)
+    np.testing.assert_array_equal(plain.train_images, mnist.train_images)
+    np.testing.assert_array_equal(plain.test_labels, mnist.test_labels)
+
+
+def test_a_file_with_a_wrong_digest_is_rejected(data_dir, tmp_path):
+    for gz in data_dir.glob("*.gz"):
+        shutil.copy(gz, tmp_path)
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[100] = (raw[100] + 1) % 10  # one test label changed: still a valid IDX file
+    labels.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: SHA-256 .* differs"):
+        load_idx_dir(tmp_path)
+
+
+def test_a_missing_file_is_named(data_dir, tmp_path):
+    for gz in data_dir.glob("*.gz"):
+        shutil.copy(gz, tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="missing train-labels-idx1-ubyte"):
+        load_mnist("auto", tmp_path)
+
+
+def test_tfds_source_reads_uint8_images_and_rejects_data_that_is_not_mnist():
+    with tfds.testing.mock_data(num_examples=12):
+        mock = data.load_tfds(verify=False)
+        assert mock.train_images.shape == (12, 28, 28) and mock.train_images.dtype == np.uint8
+        assert mock.train_labels.shape == (12,) and mock.train_labels.max() <= 9
+        assert mock.source == "TFDS"
+        with pytest.raises(DataError, match="differ from the published MNIST"):
+            data.load_tfds()  # random mock examples fail the order-free digest
+
+
+def test_order_free_digest_ignores_order_but_not_content(mnist):
+    images, labels = mnist.test_images, mnist.test_labels
+    assert data.records_digest(images, labels) == data.RECORDS_SHA256["test"]
+    order = np.random.default_rng(0).permutation(len(labels))
+    assert data.records_digest(images[order], labels[order]) == data.RECORDS_SHA256["test"]
+    swapped = labels.copy()
+    swapped[0] = (swapped[0] + 1) % 10
+    assert data.records_digest(images, swapped) != data.RECORDS_SHA256["test"]
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A local HTTP server standing in for the download mirror."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(root))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_download_fetches_verifies_and_caches(mirror, data_dir, tmp_path, mnist):
+    root, url = mirror
+    for gz in data_dir.glob("*.gz"):
+        shutil.copy(gz, root)
+    cache = tmp_path / "cache"
+    fetched = data.download(cache, url)
+    np.testing.assert_array_equal(fetched.train_images, mnist.train_images)
+    assert sorted(p.name for p in cache.glob("*.gz")) == sorted(p.name for p in root.iterdir())
+
+
+def test_a_download_that_fails_its_digest_is_deleted(mirror, data_dir, tmp_path):
+    root, url = mirror
+    for gz in data_dir.glob("*.gz"):
+        shutil.copy(gz, root)
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00" * 8))
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="t10k-labels"):
+        data.download(cache, url)
+    assert not list(cache.glob("*.gz"))
+
+
+def test_pinned_digests_match_the_shared_sha256sums(data_dir):
+    listed = dict(line.split()[::-1] for line in (data_dir / "SHA256SUMS").read_text().splitlines())
+    assert listed == data.IDX_SHA256
+    for stem, digest in listed.items():
+        assert hashlib.sha256(gzip.decompress((data_dir / f"{stem}.gz").read_bytes())).hexdigest() == digest

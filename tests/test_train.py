@@ -1,0 +1,90 @@
+"""The training step is a pure function; an epoch is one scan over every training example."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mnist_jax.evaluate import make_evaluate
+from mnist_jax.train import (
+    TrainConfig,
+    init_state,
+    make_optimizer,
+    make_train_epoch,
+    make_train_step,
+    run_keys,
+    split_indices,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def device_data(mnist):
+    images = jnp.asarray(mnist.train_images.reshape(60_000, -1))
+    return images, jnp.asarray(mnist.train_labels, jnp.int32)
+
+
+def setup(stage="mlp_bn", seed=0):
+    config = TrainConfig(stage, seed=seed)
+    tx = make_optimizer(config.lr)
+    graphdef, state = init_state(config, run_keys(seed).init, tx)
+    return config, tx, graphdef, state
+
+
+def test_split_is_54000_train_6000_validation_disjoint_and_seeded():
+    train_idx, val_idx = split_indices(jax.random.key(0), 60_000)
+    assert train_idx.shape == (54_000,) and val_idx.shape == (6_000,)
+    assert np.array_equal(np.sort(np.concatenate([train_idx, val_idx])), np.arange(60_000))
+    again, _ = split_indices(jax.random.key(0), 60_000)
+    other, _ = split_indices(jax.random.key(1), 60_000)
+    assert np.array_equal(train_idx, again) and not np.array_equal(train_idx, other)
+
+
+def test_one_train_step_lowers_the_loss_and_is_pure(device_data):
+    config, tx, graphdef, state = setup()
+    images, labels = device_data[0][:128], device_data[1][:128]
+    step = jax.jit(make_train_step(graphdef, config.spec.loss, tx))
+    key = jax.random.key(0)
+    new_state, (loss, _) = step(state, images, labels, key)
+    again, (loss_again, _) = step(state, images, labels, key)  # same input, same output
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, new_state, again)))
+    assert float(loss) == float(loss_again)
+    _, (next_loss, _) = step(new_state, images, labels, key)
+    assert float(next_loss) < float(loss)
+
+
+def test_an_epoch_takes_one_adam_step_per_batch_with_a_short_last_batch(device_data):
+    config, tx, graphdef, state = setup("linear_ce")
+    images, labels = device_data
+    train_idx, _ = split_indices(jax.random.key(0), 60_000)
+    epoch = jax.jit(make_train_epoch(graphdef, config.spec.loss, tx, batch_size=128))
+    state, (loss, accuracy) = epoch(state, images, labels, train_idx, jax.random.key(1))
+    adam = state.opt_state[0]
+    assert isinstance(adam, optax.ScaleByAdamState)
+    assert int(adam.count) == 422  # 421 batches of 128 and one of 112 = 54,000
+    assert 0.8 < float(accuracy) < 1.0 and np.isfinite(float(loss))
+
+
+def test_epoch_counts_each_training_example_exactly_once(device_data):
+    """With lr 0 the model is fixed, so the epoch's accuracy must equal the
+    accuracy over the training indices: every example counted once, no other."""
+    config, _, graphdef, state = setup("mlp")
+    tx = optax.sgd(0.0)
+    state = state._replace(opt_state=tx.init(state.params))
+    images, labels = device_data
+    train_idx, _ = split_indices(jax.random.key(0), 60_000)
+    epoch = jax.jit(make_train_epoch(graphdef, config.spec.loss, tx, batch_size=1024))  # 52 x 1024 + 752
+    _, (loss, accuracy) = epoch(state, images, labels, train_idx, jax.random.key(1))
+    full_loss, full_acc = make_evaluate(graphdef, config.spec.loss)(
+        state.params, state.batch_stats, images[train_idx], labels[train_idx]
+    )
+    assert float(accuracy) == pytest.approx(float(full_acc), abs=1e-7)
+    assert float(loss) == pytest.approx(float(full_loss), rel=1e-5)
+
+
+def test_training_is_deterministic_for_a_seed(mnist):
+    config = TrainConfig("mlp_dropout", epochs=1, seed=3)
+    a, b = train(config, mnist), train(config, mnist)
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a.final.params, b.final.params)))

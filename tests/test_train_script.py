@@ -1,0 +1,76 @@
+"""`scripts/train.py` reproduces every stage of the original study at seed 42."""
+
+import json
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import run_script
+from mnist_jax.checkpoint import load_model
+from mnist_jax.stages import STAGES
+from mnist_jax.train import run_keys, split_indices
+
+EPOCH_LINE = re.compile(
+    r"^\[Epoch 0[1-5]\] train_loss=\d+\.\d{4} train_acc=\d+\.\d\d% \| "
+    r"val_loss=\d+\.\d{4} val_acc=\d+\.\d\d% \| \d+\.\d\ds$"
+)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """All five stages with the defaults, in one `train.py --stage all` process."""
+    cwd = tmp_path_factory.mktemp("work")
+    proc = run_script("train.py", "--stage", "all", "--data-dir", data_dir, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, {stage: cwd / "runs" / f"{stage}-seed42" for stage in STAGES}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_stage_lands_within_half_a_point_of_the_documented_accuracy(runs, stage):
+    metrics = json.loads((runs[1][stage] / "metrics.json").read_text())
+    assert metrics["stage"] == stage and metrics["seed"] == 42 and metrics["epochs"] == 5
+    assert abs(metrics["test_accuracy"] - STAGES[stage].documented_accuracy) <= 0.005
+
+
+def test_output_has_one_line_per_epoch_and_the_test_result(runs):
+    stdout, run_dirs = runs
+    lines = stdout.splitlines()
+    epochs = [line for line in lines if line.startswith("[Epoch")]
+    assert len(epochs) == 5 * len(STAGES) and all(EPOCH_LINE.match(line) for line in epochs)
+    metrics = json.loads((run_dirs["mlp_bn"] / "metrics.json").read_text())
+    test_line = f"[Test] loss={metrics['test_loss']:.4f} acc={metrics['test_accuracy']:.2%}"
+    assert test_line in lines
+
+
+def test_metrics_json_records_the_run(runs):
+    metrics = json.loads((runs[1]["mlp_dropout"] / "metrics.json").read_text())
+    assert {"stage", "framework", "device", "seed", "epochs", "batch_size", "lr", "test_accuracy",
+            "test_loss", "documented_accuracy", "history"} <= metrics.keys()
+    assert metrics["framework"] == "jax" and metrics["batch_size"] == 128 and metrics["lr"] == 1e-3
+    assert metrics["documented_accuracy"] == 0.9728
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3, 4, 5]
+    for row in metrics["history"]:
+        assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"} <= row.keys()
+        assert 0.5 < row["val_accuracy"] < 1
+
+
+def accuracy(model, images, labels) -> float:
+    logits = model(jnp.asarray(images.reshape(len(images), -1), jnp.float32) / 255)
+    return float(jnp.mean(logits.argmax(-1) == labels))
+
+
+def test_checkpoint_restores_the_final_and_best_models(runs, mnist):
+    run_dir = runs[1]["mlp_bn"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    final, config = load_model(run_dir, "final")
+    assert config.stage == "mlp_bn" and config.seed == 42
+    assert accuracy(final, mnist.test_images, mnist.test_labels) == metrics["test_accuracy"]
+
+    best, _ = load_model(run_dir, "best")
+    _, val_idx = split_indices(run_keys(42).split, 60_000)
+    val_idx = np.asarray(val_idx)
+    best_row = max(metrics["history"], key=lambda row: row["val_accuracy"])
+    val_acc = accuracy(best, mnist.train_images[val_idx], mnist.train_labels[val_idx])
+    assert val_acc == pytest.approx(best_row["val_accuracy"], abs=1e-6)
