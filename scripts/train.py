@@ -6,7 +6,7 @@ from mnist_jax import cli
 from mnist_jax.checkpoint import save_run
 from mnist_jax.data import load_mnist
 from mnist_jax.stages import STAGES
-from mnist_jax.train import TrainConfig, summary, train
+from mnist_jax.train import TrainConfig, device_description, summary, train
 
 
 def parse_args():
@@ -59,18 +59,19 @@ def print_table(results) -> None:
 def main() -> None:
     args = parse_args()
     data = load_mnist(args.source, args.data_dir)
+    print(f"device: {device_description()} | data: {data.source}", flush=True)
     results = []
     for stage in args.stages:
         config = TrainConfig(
             stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout
         )
-        print(f"stage {stage}: {config.spec.description} | data: {data.source}", flush=True)
+        print(f"stage {stage}: {config.spec.description}", flush=True)
         result = train(config, data, on_epoch=print_epoch)
         print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
         out = run_dir(args, stage)
         save_run(result, out, summary(result))
         print(
-            f"device {result.device}, compiled in {result.compile_seconds:.2f}s; "
+            f"compiled in {result.compile_seconds:.2f}s; "
             f"best val epoch {result.best_epoch}; saved to {out}",
             flush=True,
         )
