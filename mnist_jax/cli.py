@@ -8,8 +8,10 @@ import sys
 from typing import Callable, NoReturn
 
 from mnist_jax.data import SOURCES, DataError
+from mnist_jax.stages import STAGES
 
 EXIT_USAGE = 2  # bad arguments or bad/missing data
+EXIT_DIVERGED = 3  # the loss stopped being finite
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
@@ -78,6 +80,17 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dropout", type=dropout_rate, help="dropout rate of the MLP stages (mlp_dropout: 0.5)"
     )
+
+
+def parse_stages(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """`all` or a comma-separated list of stage names, in the study's order."""
+    if text == "all":
+        return list(STAGES)
+    stages = text.split(",")
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"argument --stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)} or all")
+    return stages
 
 
 def run(main: Callable[[], None]) -> None:

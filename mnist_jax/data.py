@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
 import zlib
@@ -65,7 +66,7 @@ def parse_idx(raw: bytes, ndim: int, name: str = "IDX data") -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     if ndim == 3 and shape[1:] != (28, 28):
         raise DataError(f"{name}: images are {shape[1]}x{shape[2]}, expected 28x28")
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     if len(raw) - header != size:
         raise DataError(
             f"{name}: {len(raw) - header} data bytes, header promises {size} for shape {shape}"
@@ -93,6 +94,7 @@ def _read_bytes(path: Path) -> bytes:
 def read_idx_file(path: Path, ndim: int, verify: bool = True) -> np.ndarray:
     """Read an IDX file (plain or gzip); check its SHA-256 against the published one."""
     raw = _read_bytes(path)
+    array = parse_idx(raw, ndim, str(path))
     stem = path.name.removesuffix(".gz")
     if verify:
         digest = hashlib.sha256(raw).hexdigest()
@@ -100,7 +102,7 @@ def read_idx_file(path: Path, ndim: int, verify: bool = True) -> np.ndarray:
             raise DataError(
                 f"{path}: SHA-256 {digest[:16]}... differs from the published digest of {stem}"
             )
-    return parse_idx(raw, ndim, str(path))
+    return array
 
 
 def _pair(images: np.ndarray, labels: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,9 @@ from mnist_jax.stages import LossFn
 
 
 def to_inputs(images: jax.Array) -> jax.Array:
-    """uint8 images (N, 28, 28) or (N, 784) -> float32 (N, 784) in [0, 1]."""
-    return images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
+    """uint8 images (N, 28, 28) or (N, 784) -> floats (N, 784) in [0, 1]: float32, or
+    float64 under `jax.enable_x64` (the parity tests use it)."""
+    return images.reshape(images.shape[0], -1).astype(jnp.result_type(float)) / 255.0
 
 
 def make_evaluate(

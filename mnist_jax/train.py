@@ -7,8 +7,10 @@ definition plus arrays so that everything inside `jax.jit` is plain JAX.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -95,20 +97,24 @@ def make_train_step(
     return train_step
 
 
+@jax.jit
+def epoch_order(train_idx: jax.Array, key: jax.Array) -> jax.Array:
+    """The training indices in this epoch's shuffled order."""
+    return train_idx[jax.random.permutation(key, train_idx.shape[0])]
+
+
 def make_train_epoch(
     graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int
 ) -> Callable:
-    """A pure function (state, images, labels, train indices, epoch key) -> (state, (loss, acc)).
+    """A pure function (state, images, labels, order, dropout key) -> (state, (loss, acc)).
 
-    The epoch's order is drawn on device, the shuffled copy is cut into full
-    batches that `lax.scan` walks through, and the remainder is one short batch,
-    so every example is seen once, as with a PyTorch DataLoader.
+    The images are gathered once in `order` (a device-resident uint8 copy), cut
+    into full batches that `lax.scan` walks through, and the remainder is one
+    short batch, so every example is seen once, as with a PyTorch DataLoader.
     """
     train_step = make_train_step(graphdef, loss_fn, tx)
 
-    def train_epoch(state: TrainState, images, labels, train_idx, key):
-        shuffle_key, dropout_key = jax.random.split(key)
-        order = train_idx[jax.random.permutation(shuffle_key, train_idx.shape[0])]
+    def train_epoch(state: TrainState, images, labels, order, dropout_key):
         x, y = images[order], labels[order]
         n = x.shape[0]
         n_full, rest = divmod(n, batch_size)
@@ -126,7 +132,8 @@ def make_train_epoch(
         state, (losses, correct) = jax.lax.scan(body, state, batches)
         loss_sum, correct_sum = losses.sum() * batch_size, correct.sum()
         if rest:
-            state, (loss, c) = train_step(state, x[cut:], y[cut:], jax.random.fold_in(dropout_key, n_full))
+            last_key = jax.random.fold_in(dropout_key, n_full)
+            state, (loss, c) = train_step(state, x[cut:], y[cut:], last_key)
             loss_sum, correct_sum = loss_sum + loss * rest, correct_sum + c
         return state, (loss_sum / n, correct_sum / n)
 
@@ -135,6 +142,8 @@ def make_train_epoch(
 
 @dataclasses.dataclass
 class RunResult:
+    """A run so far: enough to report it, save it and continue it."""
+
     config: TrainConfig
     device: str
     graphdef: nnx.GraphDef
@@ -142,47 +151,82 @@ class RunResult:
     best: TrainState  # highest validation accuracy
     best_epoch: int
     history: list[dict]
-    test_loss: float
-    test_accuracy: float
-    compile_seconds: float
+    compile_seconds: float = 0.0
+    test_loss: float | None = None  # set once training ends
+    test_accuracy: float | None = None
+
+
+class NonFiniteLoss(Exception):
+    """Training diverged; the run up to the epoch before is intact."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"non-finite loss in epoch {epoch}")
+        self.epoch = epoch
 
 
 def device_description() -> str:
+    """What the run ran on, e.g. 'cpu (2 cores)' or '1 x NVIDIA H100 80GB HBM3'."""
     d = jax.devices()[0]
-    return f"{d.platform}:{d.device_kind} x{jax.device_count()}"
+    if d.platform == "cpu":
+        return f"cpu ({os.cpu_count()} cores)"
+    return f"{jax.device_count()} x {d.device_kind}"
 
 
 def train(
-    config: TrainConfig, data: MNIST, on_epoch: Callable[[dict], None] | None = None
+    config: TrainConfig,
+    data: MNIST,
+    on_epoch: Callable[[RunResult], None] | None = None,
+    *,
+    resume: RunResult | None = None,
+    split: tuple[jax.Array, jax.Array] | None = None,
+    initial: tuple[dict, dict] | None = None,
+    orders: Sequence[jax.Array] | None = None,
 ) -> RunResult:
-    """Train one stage from one seed; `on_epoch` sees each epoch's metrics as they come."""
+    """Train one stage from one seed up to `config.epochs`.
+
+    `on_epoch` sees the run after each epoch (its last history row is the new one).
+    `resume` continues a run (see `checkpoint.load_run`): the randomness of each
+    epoch depends on the seed and the epoch number alone, so a resumed run ends
+    exactly where an uninterrupted one does. To replay another run (say a PyTorch
+    one), pass its `split` (train, validation indices), `initial` (params,
+    batch_stats) as pure dicts, and the epochs' `orders` of indices.
+    Raises `NonFiniteLoss` if the loss stops being finite.
+    """
     stage = config.spec
     tx = make_optimizer(config.lr)
     keys = run_keys(config.seed)
     graphdef, state = init_state(config, keys.init, tx)
+    if initial is not None:
+        for template, values in zip((state.params, state.batch_stats), initial):
+            nnx.replace_by_pure_dict(template, jax.tree.map(jnp.asarray, values))
+        state = TrainState(state.params, state.batch_stats, tx.init(state.params))
+    run = resume or RunResult(config, device_description(), graphdef, state, state, 0, [])
 
     images = jnp.asarray(data.train_images.reshape(len(data.train_images), -1))
     labels = jnp.asarray(data.train_labels, jnp.int32)
-    train_idx, val_idx = split_indices(keys.split, len(images))
+    train_idx, val_idx = (
+        split_indices(keys.split, len(images)) if split is None else map(jnp.asarray, split)
+    )
     val_images, val_labels = images[val_idx], labels[val_idx]
     test_images = jnp.asarray(data.test_images.reshape(len(data.test_images), -1))
     test_labels = jnp.asarray(data.test_labels, jnp.int32)
 
     start = time.perf_counter()
-    epoch_fn = (
+    train_epoch = (
         jax.jit(make_train_epoch(graphdef, stage.loss, tx, config.batch_size))
-        .lower(state, images, labels, train_idx, keys.epochs)
+        .lower(run.final, images, labels, train_idx, keys.epochs)
         .compile()
     )
     evaluate = jax.jit(make_evaluate(graphdef, stage.loss))
     jax.block_until_ready(evaluate(state.params, state.batch_stats, val_images, val_labels))
-    compile_seconds = time.perf_counter() - start
+    run.compile_seconds = time.perf_counter() - start
 
-    history, best, best_epoch = [], state, 0
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(len(run.history) + 1, config.epochs + 1):
         start = time.perf_counter()
-        state, (train_loss, train_acc) = epoch_fn(
-            state, images, labels, train_idx, jax.random.fold_in(keys.epochs, epoch)
+        shuffle_key, dropout_key = jax.random.split(jax.random.fold_in(keys.epochs, epoch))
+        order = epoch_order(train_idx, shuffle_key) if orders is None else orders[epoch - 1]
+        state, (train_loss, train_acc) = train_epoch(
+            run.final, images, labels, jnp.asarray(order), dropout_key
         )
         val_loss, val_acc = evaluate(state.params, state.batch_stats, val_images, val_labels)
         row = {
@@ -193,25 +237,18 @@ def train(
             "val_accuracy": float(val_acc),
         }
         row["seconds"] = time.perf_counter() - start
-        history.append(row)
+        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
+            raise NonFiniteLoss(epoch)
+        run.final = state
+        run.history.append(row)
+        if run.best_epoch == 0 or row["val_accuracy"] > run.history[run.best_epoch - 1]["val_accuracy"]:
+            run.best, run.best_epoch = state, epoch
         if on_epoch:
-            on_epoch(row)
-        if best_epoch == 0 or row["val_accuracy"] > history[best_epoch - 1]["val_accuracy"]:
-            best, best_epoch = state, epoch
+            on_epoch(run)
 
-    test_loss, test_acc = evaluate(state.params, state.batch_stats, test_images, test_labels)
-    return RunResult(
-        config=config,
-        device=device_description(),
-        graphdef=graphdef,
-        final=state,
-        best=best,
-        best_epoch=best_epoch,
-        history=history,
-        test_loss=float(test_loss),
-        test_accuracy=float(test_acc),
-        compile_seconds=compile_seconds,
-    )
+    test_loss, test_acc = evaluate(run.final.params, run.final.batch_stats, test_images, test_labels)
+    run.test_loss, run.test_accuracy = float(test_loss), float(test_acc)
+    return run
 
 
 def summary(result: RunResult) -> dict:

@@ -1,12 +1,15 @@
 """Train stages of the study: python scripts/train.py --stage mlp_bn (or --stage all)"""
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 from mnist_jax import cli
-from mnist_jax.checkpoint import save_run
-from mnist_jax.data import load_mnist
+from mnist_jax.checkpoint import has_checkpoint, load_run, save_run
+from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION, load_mnist
+from mnist_jax.files import write_json
 from mnist_jax.stages import STAGES
-from mnist_jax.train import TrainConfig, device_description, summary, train
+from mnist_jax.train import NonFiniteLoss, TrainConfig, device_description, summary, train
 
 
 def parse_args():
@@ -20,13 +23,27 @@ def parse_args():
     parser.add_argument(
         "--out", type=Path, help="run folder (default runs/<stage>-seed<seed>; with all, one folder per stage inside it)"
     )
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true", help="continue the run saved in the run folder, with its settings, up to --epochs"
+    )
+    again.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
     args = parser.parse_args()
     args.stages = list(STAGES) if args.stage == "all" else [args.stage]
     for name in ("hidden", "dropout"):
         if getattr(args, name) is not None and not all(STAGES[s].is_mlp for s in args.stages):
             parser.error(f"--{name} applies to the MLP stages only, not {args.stage}")
+    num_train = NUM_EXAMPLES["train"] - NUM_VALIDATION
+    if args.batch_size > num_train:
+        parser.error(f"argument --batch-size: at most the {num_train} training images, got {args.batch_size}")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} is a file; expected a folder")
+        parser.error(f"argument --out: {args.out} is a file; expected a folder")
+    for stage in args.stages:
+        out = run_dir(args, stage)
+        if args.resume and not has_checkpoint(out):
+            parser.error(f"--resume: no checkpoint in {out} to continue")
+        if not (args.resume or args.overwrite) and out.is_dir() and any(out.iterdir()):
+            parser.error(f"--out: {out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     return args
 
 
@@ -56,26 +73,40 @@ def print_table(results) -> None:
         )
 
 
+def train_stage(args, stage: str, data):
+    out = run_dir(args, stage)
+    resume = None
+    if args.resume:
+        resume = load_run(out)
+        resume.config = dataclasses.replace(resume.config, epochs=args.epochs)
+        print(f"resuming {out} after epoch {len(resume.history)}", flush=True)
+    elif args.overwrite and out.exists():
+        shutil.rmtree(out)
+    config = resume.config if resume else TrainConfig(
+        stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout
+    )
+    print(f"stage {config.stage}: {config.spec.description}", flush=True)
+
+    def after_epoch(run) -> None:
+        print_epoch(run.history[-1])
+        save_run(run, out, summary(run))
+
+    try:
+        result = train(config, data, on_epoch=after_epoch, resume=resume)
+    except NonFiniteLoss as e:
+        kept = f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1 else "nothing was saved"
+        cli.fail(f"training stopped: {e}; {kept}", cli.EXIT_DIVERGED)
+    print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
+    write_json(out / "metrics.json", summary(result))
+    print(f"compiled in {result.compile_seconds:.2f}s; best val epoch {result.best_epoch}; saved to {out}", flush=True)
+    return result
+
+
 def main() -> None:
     args = parse_args()
     data = load_mnist(args.source, args.data_dir)
     print(f"device: {device_description()} | data: {data.source}", flush=True)
-    results = []
-    for stage in args.stages:
-        config = TrainConfig(
-            stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout
-        )
-        print(f"stage {stage}: {config.spec.description}", flush=True)
-        result = train(config, data, on_epoch=print_epoch)
-        print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
-        out = run_dir(args, stage)
-        save_run(result, out, summary(result))
-        print(
-            f"compiled in {result.compile_seconds:.2f}s; "
-            f"best val epoch {result.best_epoch}; saved to {out}",
-            flush=True,
-        )
-        results.append(result)
+    results = [train_stage(args, stage, data) for stage in args.stages]
     if len(results) > 1:
         print_table(results)
 

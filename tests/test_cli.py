@@ -1,5 +1,8 @@
 """User mistakes end in one clear line and exit status 2, never a traceback."""
 
+import gzip
+import struct
+
 import pytest
 
 from conftest import run_script
@@ -44,4 +47,74 @@ def test_without_any_data_source_the_message_names_the_three_ways(tmp_path):
 def test_bad_arguments_give_one_line_and_status_2(tmp_path, args, fragments):
     proc = run_script("train.py", *args, cwd=tmp_path)
     assert_one_line_error(proc, *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--stage", "mlp", "--batch-size", "54001"], ["--batch-size", "54000"]),
+        (["--stage", "mlp", "--hidden", "-3"], ["--hidden", "positive integer"]),
+        (["--stage", "mlp", "--dropout", "-0.1"], ["--dropout", "[0, 1)"]),
+        (["--stage", "mlp", "--lr", "0"], ["--lr", "positive finite"]),
+    ],
+)
+def test_more_bad_training_arguments(tmp_path, args, fragments):
+    assert_one_line_error(run_script("train.py", *args, cwd=tmp_path), *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    afile = tmp_path / "a_file"
+    afile.write_text("keep me")
+    assert_one_line_error(run_script("train.py", "--stage", "mlp", "--out", afile), "--out", "is a file")
+    assert afile.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--stages", "mlp,deep_net"], ["--stages", "deep_net"]),
+        (["--seeds", "0"], ["--seeds", "positive integer"]),
+        (["--torch-loop", "fast"], ["--torch-loop", "choose from"]),
+    ],
+)
+def test_bad_compare_arguments(tmp_path, args, fragments):
+    proc = run_script("compare.py", *args, "--out", tmp_path / "out")
+    assert_one_line_error(proc, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def corrupt(data_dir, tmp_path, name: str, content: bytes | None):
+    """A copy of the MNIST folder with one file replaced (or removed when None)."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for gz in data_dir.glob("*.gz"):
+        (folder / gz.name).write_bytes(gz.read_bytes())
+    (folder / name).unlink()
+    if content is not None:
+        (folder / name).write_bytes(content)
+    return folder
+
+
+def real(data_dir, name: str) -> bytes:
+    return gzip.decompress((data_dir / name).read_bytes())
+
+
+@pytest.mark.parametrize(
+    "name, make, complaint",
+    [
+        ("train-labels-idx1-ubyte.gz", lambda d: None, "missing train-labels-idx1-ubyte"),
+        ("t10k-images-idx3-ubyte.gz", lambda d: (d / "t10k-images-idx3-ubyte.gz").read_bytes()[:5000], "cannot read"),
+        ("t10k-labels-idx1-ubyte.gz", lambda d: real(d, "t10k-labels-idx1-ubyte.gz"), "cannot read"),  # not gzip
+        ("t10k-labels-idx1-ubyte.gz", lambda d: gzip.compress(b"\x00\x00\x08\x03" + real(d, "t10k-labels-idx1-ubyte.gz")[4:]), "wrong magic"),
+        ("t10k-images-idx3-ubyte.gz", lambda d: gzip.compress(struct.pack(">4I", 0x803, 10, 32, 32) + bytes(10 * 32 * 32)), "expected 28x28"),
+        ("t10k-images-idx3-ubyte.gz", lambda d: gzip.compress(real(d, "t10k-images-idx3-ubyte.gz")[:-784]), "header promises"),
+        ("t10k-labels-idx1-ubyte.gz", lambda d: gzip.compress(real(d, "t10k-labels-idx1-ubyte.gz")[:-1] + b"\x0a"), "differs from the published digest"),
+    ],
+)
+def test_bad_data_gives_one_line_naming_the_file_and_status_2(tmp_path, data_dir, name, make, complaint):
+    folder = corrupt(data_dir, tmp_path, name, make(data_dir))
+    proc = run_script("train.py", "--stage", "mlp", "--data-dir", folder, cwd=tmp_path)
+    assert_one_line_error(proc, "data error", name.removesuffix(".gz"), complaint)
     assert not (tmp_path / "runs").exists()

@@ -10,6 +10,8 @@ import threading
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mnist_jax import data
 from mnist_jax.data import DataError, load_idx_dir, load_mnist, parse_idx
@@ -141,3 +143,43 @@ def test_pinned_digests_match_the_shared_sha256sums(data_dir):
     assert listed == data.IDX_SHA256
     for stem, digest in listed.items():
         assert hashlib.sha256(gzip.decompress((data_dir / f"{stem}.gz").read_bytes())).hexdigest() == digest
+
+
+def test_counts_that_disagree_and_labels_outside_0_to_9_are_named(data_dir, tmp_path):
+    for gz in data_dir.glob("*.gz"):
+        shutil.copy(gz, tmp_path)
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    raw = gzip.decompress(labels.read_bytes())
+    labels.write_bytes(gzip.compress(raw[:-1] + b"\x0c"))  # a label 12
+    with pytest.raises(DataError, match="label 12 outside 0-9"):
+        load_idx_dir(tmp_path, verify=False)
+    labels.write_bytes(gzip.compress(struct.pack(">2I", 0x801, 9_999) + raw[8:-1]))
+    with pytest.raises(DataError, match="10000 images but 9999 labels"):
+        load_idx_dir(tmp_path, verify=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=3000), ndim=st.sampled_from([1, 3]))
+def test_parse_idx_on_arbitrary_bytes_returns_arrays_or_raises_data_error(raw, ndim):
+    check_parse(raw, ndim)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ndim=st.sampled_from([1, 3]),
+    dims=st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 40), min_size=3, max_size=3),
+    payload=st.binary(max_size=5000),
+)
+def test_parse_idx_on_plausible_headers_returns_arrays_or_raises_data_error(ndim, dims, payload):
+    raw = struct.pack(f">I{ndim}I", 0x800 + ndim, *dims[:ndim]) + payload
+    check_parse(raw, ndim)
+
+
+def check_parse(raw: bytes, ndim: int):
+    try:
+        array = parse_idx(raw, ndim)
+    except DataError:
+        return
+    assert array.dtype == np.uint8 and array.ndim == ndim
+    if ndim == 3:
+        assert array.shape[1:] == (28, 28)

@@ -1,0 +1,110 @@
+"""The limits of linearity: the best any linear classifier can do, and MLP width.
+
+`linear_lstsq` is the exact least-squares linear map (the optimum of a linear model
+under squared error, in closed form); `linear_ce_converged` is multinomial logistic
+regression run to convergence with full-batch L-BFGS (the ceiling of a linear
+softmax classifier trained by SGD-like methods for 5 epochs).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mnist_jax.data import MNIST
+from mnist_jax.evaluate import to_inputs
+from mnist_jax.stages import cross_entropy
+from mnist_jax.train import run_keys, split_indices
+
+
+def _with_bias(x: jax.Array) -> jax.Array:
+    return jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], 1)
+
+
+def _train_test(data: MNIST, seed: int):
+    train_idx, _ = split_indices(run_keys(seed).split, len(data.train_labels))
+    images = jnp.asarray(data.train_images.reshape(len(data.train_labels), -1))[train_idx]
+    labels = jnp.asarray(data.train_labels, jnp.int32)[train_idx]
+    return to_inputs(images), labels, to_inputs(jnp.asarray(data.test_images)), jnp.asarray(data.test_labels)
+
+
+def _accuracy(weights: jax.Array, x: jax.Array, y: jax.Array) -> float:
+    return float(jnp.mean((_with_bias(x) @ weights).argmax(-1) == y))
+
+
+def linear_lstsq(data: MNIST, seed: int = 0, ridge: float = 1e-3) -> dict:
+    """Ridge least squares from pixels (and a bias) to one-hot targets, in closed form."""
+    start = time.perf_counter()
+    x, y, test_x, test_y = _train_test(data, seed)
+    xb = _with_bias(x)
+    gram = xb.T @ xb + ridge * len(x) * jnp.eye(xb.shape[1])
+    weights = jnp.linalg.solve(gram, xb.T @ jax.nn.one_hot(y, 10))
+    return {
+        "train_accuracy": _accuracy(weights, x, y),
+        "test_accuracy": _accuracy(weights, test_x, test_y),
+        "ridge": ridge,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def linear_ce_converged(data: MNIST, seed: int = 0, max_steps: int = 500, tol: float = 1e-4) -> dict:
+    """Softmax regression trained to convergence: full-batch L-BFGS (optax) from zero."""
+    start = time.perf_counter()
+    x, y, test_x, test_y = _train_test(data, seed)
+    xb = _with_bias(x)
+
+    def loss(weights):
+        return cross_entropy(xb @ weights, y)
+
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    @jax.jit
+    def run(weights):
+        def step(carry):
+            weights, state, _ = carry
+            value, grad = value_and_grad(weights, state=state)
+            updates, state = solver.update(grad, state, weights, value=value, grad=grad, value_fn=loss)
+            return optax.apply_updates(weights, updates), state, optax.tree.norm(grad)
+
+        def going(carry):
+            _, state, grad_norm = carry
+            return (optax.tree.get(state, "count") < max_steps) & (grad_norm > tol)
+
+        init = (weights, solver.init(weights), jnp.inf)
+        weights, state, grad_norm = jax.lax.while_loop(going, step, init)
+        return weights, optax.tree.get(state, "count"), grad_norm
+
+    weights, steps, grad_norm = run(jnp.zeros((xb.shape[1], 10)))
+    return {
+        "train_accuracy": _accuracy(weights, x, y),
+        "test_accuracy": _accuracy(weights, test_x, test_y),
+        "train_loss": float(loss(weights)),
+        "steps": int(steps),
+        "grad_norm": float(grad_norm),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def width_sweep(data: MNIST, widths: list[int], seeds: list[int], epochs: int = 5) -> list[dict]:
+    """The `mlp` stage at each hidden width, all seeds at once per width."""
+    from mnist_jax.study import mean_ci95, train_seeds
+    from mnist_jax.train import TrainConfig
+
+    rows = []
+    for width in widths:
+        result = train_seeds(TrainConfig("mlp", epochs=epochs, hidden=width), data, seeds)
+        mean, std, ci = mean_ci95(result.test_accuracies)
+        rows.append({
+            "hidden": width,
+            "parameters": 784 * width + width + width * 10 + 10,
+            "test_accuracies": result.test_accuracies.tolist(),
+            "mean": mean,
+            "std": std,
+            "ci95": list(ci),
+        })
+    return rows
+

@@ -1,0 +1,217 @@
+"""Figures, drawn from measured results only."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mnist_jax.files import atomic_write  # noqa: E402
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def framework_comparison(results: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Test accuracy (mean ± std over seeds) and seconds per epoch, per stage and framework."""
+    stages = [r["stage"] for r in results]
+    frameworks = [k for k in results[0] if k == "jax" or k.startswith("torch_")]
+    fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.8 / len(frameworks)
+    for i, name in enumerate(frameworks):
+        xs = [s + (i - (len(frameworks) - 1) / 2) * width for s in range(len(stages))]
+        label = "JAX" if name == "jax" else f"PyTorch ({name.removeprefix('torch_')} loop)"
+        acc_ax.errorbar(
+            xs,
+            [100 * r[name]["mean_accuracy"] for r in results],
+            yerr=[100 * r[name]["std_accuracy"] for r in results],
+            fmt="o",
+            capsize=3,
+            label=label,
+        )
+        time_ax.bar(xs, [r[name]["seconds_per_epoch"] for r in results], width, label=label)
+    acc_ax.scatter(
+        range(len(stages)),
+        [100 * r["documented_accuracy"] for r in results],
+        marker="_",
+        s=400,
+        color="black",
+        label="documented (original, seed 42)",
+    )
+    for ax in (acc_ax, time_ax):
+        ax.set_xticks(range(len(stages)), stages, rotation=20)
+    acc_ax.set_ylabel("test accuracy (%)")
+    acc_ax.set_title("accuracy: mean ± std over seeds")
+    time_ax.set_ylabel("seconds per epoch (steady state)")
+    time_ax.set_title("time per epoch")
+    time_ax.set_yscale("log")
+    acc_ax.legend(fontsize=8)
+    time_ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def _pct(values) -> "np.ndarray":
+    import numpy as np
+
+    return 100 * np.asarray(values, dtype=float)
+
+
+def training_curves(results: dict, path: str | os.PathLike) -> None:
+    """Train and validation loss and accuracy per epoch: mean over seeds, band = min..max."""
+    import numpy as np
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    for stage, r in results["stages"].items():
+        epochs = [row["epoch"] for row in r["history"][0]]
+        for ax, key in zip(axes.flat, ("train_loss", "val_loss", "train_accuracy", "val_accuracy")):
+            values = np.array([[row[key] for row in seed] for seed in r["history"]])
+            if "accuracy" in key:
+                values = _pct(values)
+            (line,) = ax.plot(epochs, values.mean(0), marker="o", ms=3, label=stage)
+            ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+            ax.set_title(key.replace("_", " ") + (" (%)" if "accuracy" in key else ""))
+    for ax in axes[0]:
+        ax.set_yscale("log")
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+        ax.set_ylim(88, 100)
+    axes[0, 0].legend()
+    n = len(next(iter(results["stages"].values()))["seeds"])
+    fig.suptitle(f"training curves: mean over {n} seeds, band from min to max ({results['device']})")
+    save_figure(fig, path)
+
+
+def comparison_chart(results: dict, path: str | os.PathLike) -> None:
+    """Test accuracy per stage: mean with 95% interval, each seed, and the documented figure."""
+    stages = list(results["stages"])
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, stage in enumerate(stages):
+        r = results["stages"][stage]
+        lo, hi = _pct(r["ci95"])
+        ax.errorbar([i], [100 * r["mean"]], yerr=[[100 * r["mean"] - lo], [hi - 100 * r["mean"]]],
+                    fmt="o", color="C0", capsize=5, label="this project: mean, 95% CI" if i == 0 else None)
+        ax.scatter([i + 0.12] * len(r["test_accuracies"]), _pct(r["test_accuracies"]), s=8, color="C0",
+                   alpha=0.4, label="one seed" if i == 0 else None)
+        ax.scatter([i - 0.12], [100 * r["documented_accuracy"]], marker="D", color="C3",
+                   label="documented (original, one run)" if i == 0 else None)
+    ax.set_xticks(range(len(stages)), stages)
+    ax.set_ylabel("test accuracy (%)")
+    n = len(results["stages"][stages[0]]["seeds"])
+    ax.set_title(f"test accuracy over {n} seeds")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def weight_templates(arrays, path: str | os.PathLike) -> None:
+    """The ten 784-weight columns of each linear model as 28x28 images, zero at the centre."""
+    import numpy as np
+
+    names = [k.removesuffix("_weights") for k in arrays if k.endswith("_weights")]
+    fig, axes = plt.subplots(len(names), 10, figsize=(13, 1.5 * len(names) + 0.6), squeeze=False)
+    for row, name in zip(axes, names):
+        kernel = arrays[f"{name}_weights"]
+        limit = np.abs(kernel).max()
+        for digit, ax in enumerate(row):
+            ax.imshow(kernel[:, digit].reshape(28, 28), cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(str(digit), fontsize=9)
+        row[0].set_ylabel(name, fontsize=9)
+    fig.suptitle("linear weight templates (red positive, blue negative)")
+    save_figure(fig, path)
+
+
+def confusion_matrices(arrays, path: str | os.PathLike, stages: list[str]) -> None:
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4.6), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        matrix = arrays[f"{stage}_confusion"]
+        errors = matrix - np.diag(np.diag(matrix))
+        ax.imshow(errors, cmap="Reds")
+        for i in range(10):
+            for j in range(10):
+                if i != j and matrix[i, j]:
+                    ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=6)
+        ax.set_xticks(range(10))
+        ax.set_yticks(range(10))
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        accuracy = np.trace(matrix) / matrix.sum()
+        ax.set_title(f"{stage}: {errors.sum()} errors ({accuracy:.2%})")
+    fig.suptitle("test-set confusions (off-diagonal counts), one seed")
+    save_figure(fig, path)
+
+
+def misclassified(arrays, path: str | os.PathLike) -> None:
+    linear, mlp = (str(s) for s in arrays["misclassified_stages"])
+    images = arrays["misclassified_images"]
+    cols = 8
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label, guess in zip(axes.flat, images, arrays["misclassified_labels"],
+                                       arrays["misclassified_linear_predictions"]):
+        ax.imshow(image, cmap="gray_r")
+        ax.set_title(f"{label}, linear: {guess}", fontsize=8)
+    fig.suptitle(f"test digits {linear} gets wrong and {mlp} gets right (true label, linear's guess)")
+    save_figure(fig, path)
+
+
+def evolution_diagram(path: str | os.PathLike) -> None:
+    """The five architectures as boxes, with what each stage adds highlighted."""
+    from matplotlib.patches import FancyBboxPatch
+
+    stages = [
+        ("linear_mse", ["784", "Linear", "10", "softmax + MSE"], {3}),
+        ("linear_ce", ["784", "Linear", "10", "cross-entropy"], {3}),
+        ("mlp", ["784", "Linear", "256", "ReLU", "Linear", "10"], {2, 3, 4}),
+        ("mlp_dropout", ["784", "Linear", "256", "ReLU", "Dropout 0.5", "Linear", "10"], {4}),
+        ("mlp_bn", ["784", "Linear", "256", "BatchNorm", "ReLU", "Linear", "10"], {3}),
+    ]
+    fig, ax = plt.subplots(figsize=(13, 5.5))
+    for row, (name, boxes, new) in enumerate(stages):
+        y = len(stages) - 1 - row
+        ax.text(-0.2, y, name, ha="right", va="center", fontsize=11, family="monospace")
+        for col, text in enumerate(boxes):
+            color = "#f4a261" if col in new else "#cfe1f2"
+            ax.add_patch(FancyBboxPatch((col * 1.7, y - 0.3), 1.4, 0.6, boxstyle="round,pad=0.05",
+                                        facecolor=color, edgecolor="#33415c"))
+            ax.text(col * 1.7 + 0.7, y, text, ha="center", va="center", fontsize=9)
+            if col:
+                ax.annotate("", (col * 1.7 - 0.05, y), (col * 1.7 - 0.3, y), arrowprops={"arrowstyle": "->"})
+    ax.set_xlim(-2.6, 7 * 1.7)
+    ax.set_ylim(-0.7, len(stages) - 0.3)
+    ax.axis("off")
+    ax.set_title("from a linear classifier to an MLP: each row adds the orange part")
+    save_figure(fig, path)
+
+
+def width_sweep(report: dict, path: str | os.PathLike) -> None:
+    """MLP test accuracy against parameter count, with the linear ceilings as lines."""
+    rows = report["width_sweep"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.errorbar([r["parameters"] for r in rows], [100 * r["mean"] for r in rows],
+                yerr=[[100 * (r["mean"] - r["ci95"][0]) for r in rows], [100 * (r["ci95"][1] - r["mean"]) for r in rows]],
+                fmt="o-", capsize=4, label=f"mlp, 5 epochs ({report['seeds']} seeds, 95% CI)")
+    for r in rows:
+        ax.annotate(str(r["hidden"]), (r["parameters"], 100 * r["mean"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.axhline(100 * report["linear_ce_converged"]["test_accuracy"], color="C3", ls="--",
+               label="linear ceiling: softmax regression to convergence")
+    ax.axhline(100 * report["linear_lstsq"]["test_accuracy"], color="C2", ls=":",
+               label="exact least-squares linear classifier")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (hidden width annotated)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("how much width the nonlinearity needs")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

@@ -1,0 +1,97 @@
+"""JAX and PyTorch side by side: python scripts/compare.py --stages all --seeds 3"""
+
+import time
+from pathlib import Path
+
+from mnist_jax import cli
+from mnist_jax.data import load_mnist
+from mnist_jax.files import write_json
+from mnist_jax.stages import STAGES
+from mnist_jax.train import device_description
+
+
+def parse_args():
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})"
+    )
+    parser.add_argument("--seeds", type=cli.positive_int, default=3, help="seeds 0..N-1 per stage and framework")
+    parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per run")
+    parser.add_argument(
+        "--torch-loop", choices=["original", "tensor", "both"], default="both",
+        help="PyTorch loop style: original (Dataset + DataLoader) or tensor (sliced tensors)",
+    )
+    parser.add_argument(
+        "--replay-original", action="store_true",
+        help="replay the original's seed-42 run (split, init, batch order) in both frameworks",
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for compare.json and the figure")
+    cli.add_data_arguments(parser)
+    args = parser.parse_args()
+    args.stages = cli.parse_stages(parser, args.stages)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; expected a folder")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        parser.error('PyTorch is not installed: pip install -e ".[torch]"')
+    return args
+
+
+def pm(summary: dict) -> str:
+    return f"{100 * summary['mean_accuracy']:.2f} ± {100 * summary['std_accuracy']:.2f}"
+
+
+def print_table(results: list[dict], loops: list[str]) -> None:
+    head = ["stage", "documented", "JAX"] + [f"PyTorch {loop}" for loop in loops] + ["JAX s/epoch"]
+    head += [f"PyTorch {loop} s/epoch" for loop in loops] + [f"speed-up vs {loop}" for loop in loops]
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in results:
+        jax_time = r["jax"]["seconds_per_epoch"]
+        cells = [f"`{r['stage']}`", f"{100 * r['documented_accuracy']:.2f}", pm(r["jax"])]
+        cells += [pm(r[f"torch_{loop}"]) for loop in loops] + [f"{jax_time:.3f}"]
+        cells += [f"{r[f'torch_{loop}']['seconds_per_epoch']:.3f}" for loop in loops]
+        cells += [f"{r[f'torch_{loop}']['seconds_per_epoch'] / jax_time:.1f}x" for loop in loops]
+        print("| " + " | ".join(cells) + " |")
+    compile_s = ", ".join(f"{r['stage']} {r['jax']['compile_seconds']:.2f}s" for r in results)
+    print(f"JAX compile time (once per run, not in s/epoch): {compile_s}")
+
+
+def main() -> None:
+    args = parse_args()
+    from mnist_jax import comparison, plots
+
+    data = load_mnist(args.source, args.data_dir)
+    loops = ["original", "tensor"] if args.torch_loop == "both" else [args.torch_loop]
+    device = device_description()
+    print(f"device: {device} | data: {data.source}", flush=True)
+    start = time.perf_counter()
+    results = [
+        comparison.compare_stage(
+            stage, data, list(range(args.seeds)), loops, args.epochs,
+            progress=lambda msg: print(f"  training {msg}", flush=True),
+        )
+        for stage in args.stages
+    ]
+    print_table(results, loops)
+    report = {"command": "python scripts/compare.py", "device": device, "seeds": args.seeds,
+              "epochs": args.epochs, "seconds": time.perf_counter() - start, "stages": results}
+    if args.replay_original:
+        report["replay"] = []
+        print("\nReplay of the original's seed-42 run (same split, initial weights, batch order):")
+        print("| stage | documented | PyTorch replay | JAX replay | JAX - PyTorch |\n|---|---|---|---|---|")
+        for stage in args.stages:
+            if STAGES[stage].dropout:
+                continue
+            r = comparison.replay_original(stage, data, args.epochs)
+            report["replay"].append(r)
+            gap = 100 * (r["jax_replay_accuracy"] - r["torch_replay_accuracy"])
+            print(f"| `{stage}` | {100 * r['documented_accuracy']:.2f} | {100 * r['torch_replay_accuracy']:.2f} "
+                  f"| {100 * r['jax_replay_accuracy']:.2f} | {gap:+.2f} |", flush=True)
+    write_json(args.out / "compare.json", report)
+    plots.framework_comparison(results, args.out / "framework_comparison.png", f"JAX vs PyTorch on {device}")
+    print(f"wrote {args.out / 'compare.json'} and {args.out / 'framework_comparison.png'}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

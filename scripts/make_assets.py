@@ -1,0 +1,54 @@
+"""Redraw every figure from results.json and study_arrays.npz (no training):
+python scripts/make_assets.py --results assets/results.json --out assets"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mnist_jax import cli
+
+
+def parse_args():
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", type=Path, default=Path("assets/results.json"), help="written by scripts/study.py")
+    parser.add_argument("--out", type=Path, default=Path("assets"), help="folder for the figures")
+    args = parser.parse_args()
+    arrays = args.results.with_name("study_arrays.npz")
+    for path in (args.results, arrays):
+        if not path.is_file():
+            parser.error(f"argument --results: {path} not found; run scripts/study.py first")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"argument --out: {args.out} is a file; expected a folder")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    from mnist_jax import plots
+
+    try:
+        results = json.loads(args.results.read_text())
+        arrays = dict(np.load(args.results.with_name("study_arrays.npz")))
+    except (ValueError, OSError) as e:
+        cli.fail(f"make_assets.py: error: cannot read the study results: {e}")
+    written = []
+
+    def draw(name, fn, *fn_args):
+        fn(*fn_args, args.out / name)
+        written.append(name)
+
+    draw("training_curves.png", plots.training_curves, results)
+    draw("comparison_chart.png", plots.comparison_chart, results)
+    draw("evolution_diagram.png", plots.evolution_diagram)
+    if any(k.endswith("_weights") for k in arrays):
+        draw("weight_templates.png", plots.weight_templates, arrays)
+    if "misclassified_stages" in arrays:
+        linear, mlp = (str(s) for s in arrays["misclassified_stages"])
+        draw("confusion_matrices.png", lambda a, p: plots.confusion_matrices(a, p, [linear, mlp]), arrays)
+        draw("misclassified.png", plots.misclassified, arrays)
+    print(f"wrote {', '.join(written)} to {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

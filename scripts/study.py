@@ -1,0 +1,51 @@
+"""Every stage over many seeds at once (jax.vmap): python scripts/study.py --seeds 10"""
+
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mnist_jax import cli
+from mnist_jax.data import load_mnist
+from mnist_jax.stages import STAGES
+
+
+def parse_args():
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=cli.positive_int, default=10, help="seeds 0..N-1, trained together per stage")
+    parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
+    parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per run")
+    parser.add_argument("--out", type=Path, default=Path("assets"), help="folder for results.json and study_arrays.npz")
+    cli.add_data_arguments(parser)
+    args = parser.parse_args()
+    args.stages = cli.parse_stages(parser, args.stages)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"argument --out: {args.out} is a file; expected a folder")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    from mnist_jax import study
+
+    data = load_mnist(args.source, args.data_dir)
+    start = time.perf_counter()
+    results = {}
+    for stage in tqdm(args.stages, desc="stages", unit="stage", file=sys.stdout):
+        results[stage] = study.train_seeds(study.TrainConfig(stage, epochs=args.epochs), data, list(range(args.seeds)))
+    report = study.save_study(results, data, args.out, " ".join(["python", "scripts/study.py", *sys.argv[1:]]), time.perf_counter() - start)
+    print(f"\n{args.seeds} seeds, {args.epochs} epochs, {report['device']}, {report['seconds']:.1f}s in all")
+    print("| stage | documented | mean ± std | 95% CI | step difference | significant |\n|---|---|---|---|---|---|")
+    steps = {s["to"]: s for s in report["steps"]}
+    for stage, r in report["stages"].items():
+        step = steps.get(stage)
+        diff = f"{100 * step['difference']:+.2f} [{100 * step['ci95'][0]:+.2f}, {100 * step['ci95'][1]:+.2f}]" if step else "—"
+        sig = ("yes" if step["significant"] else "no") if step else "—"
+        print(f"| `{stage}` | {100 * r['documented_accuracy']:.2f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} "
+              f"| [{100 * r['ci95'][0]:.2f}, {100 * r['ci95'][1]:.2f}] | {diff} | {sig} |")
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'study_arrays.npz'}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

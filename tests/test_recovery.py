@@ -1,0 +1,109 @@
+"""Faults lose nothing: divergence stops cleanly, runs resume exactly, reruns are identical."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import run_script
+from mnist_jax.checkpoint import has_checkpoint, load_run, save_run
+from mnist_jax.train import NonFiniteLoss, TrainConfig, summary, train
+
+
+def metrics(run_dir) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def without_timings(m: dict) -> dict:
+    m = {k: v for k, v in m.items() if k != "compile_seconds"}
+    m["history"] = [{k: v for k, v in row.items() if k != "seconds"} for row in m["history"]]
+    return m
+
+
+def params_equal(a, b) -> bool:
+    leaves = zip(jax.tree.leaves(nnx.to_pure_dict(a)), jax.tree.leaves(nnx.to_pure_dict(b)))
+    return all(np.array_equal(x, y) for x, y in leaves)
+
+
+@pytest.fixture(scope="module")
+def mlp_bn_runs(tmp_path_factory, data_dir):
+    """mlp_bn for 5 epochs twice, and once interrupted after epoch 2 then resumed."""
+    root = tmp_path_factory.mktemp("mlp_bn")
+    common = ["--stage", "mlp_bn", "--data-dir", data_dir]
+    for name in ("first", "second"):
+        assert run_script("train.py", *common, "--out", root / name).returncode == 0
+    assert run_script("train.py", *common, "--epochs", "2", "--out", root / "resumed").returncode == 0
+    assert len(metrics(root / "resumed")["history"]) == 2
+    resumed = run_script("train.py", *common, "--resume", "--out", root / "resumed")
+    assert resumed.returncode == 0, resumed.stderr
+    return root, resumed.stdout
+
+
+def test_resuming_after_epoch_2_ends_exactly_like_an_uninterrupted_run(mlp_bn_runs):
+    root, stdout = mlp_bn_runs
+    assert "resuming" in stdout and stdout.count("[Epoch") == 3
+    assert without_timings(metrics(root / "resumed")) == without_timings(metrics(root / "first"))
+    whole, resumed = load_run(root / "first"), load_run(root / "resumed")
+    assert params_equal(whole.final.params, resumed.final.params)
+    assert params_equal(whole.final.batch_stats, resumed.final.batch_stats)
+    assert params_equal(whole.best.params, resumed.best.params)
+
+
+@pytest.mark.parametrize("stage", ["mlp_bn", "mlp_dropout"])
+def test_the_same_command_twice_gives_identical_metrics(stage, mlp_bn_runs, data_dir, tmp_path):
+    if stage == "mlp_bn":
+        first, second = mlp_bn_runs[0] / "first", mlp_bn_runs[0] / "second"
+    else:
+        first, second = tmp_path / "first", tmp_path / "second"
+        for out in (first, second):
+            args = ["--stage", stage, "--epochs", "2", "--out", out, "--data-dir", data_dir]
+            assert run_script("train.py", *args).returncode == 0
+    assert without_timings(metrics(first)) == without_timings(metrics(second))
+
+
+def test_a_run_diverging_in_epoch_1_exits_3_and_writes_nothing(tmp_path, data_dir):
+    out = tmp_path / "run"
+    proc = run_script("train.py", "--stage", "mlp", "--lr", "1e30", "--out", out, "--data-dir", data_dir)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "training stopped: non-finite loss in epoch 1; nothing was saved"
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_run_diverging_later_keeps_the_last_good_epoch(tmp_path, mnist):
+    """Two good epochs saved, then the weights go bad: epoch 3 raises before anything
+    is saved, and the run folder still holds epoch 2's finite checkpoint and metrics."""
+    out = tmp_path / "run"
+    save = lambda run: save_run(run, out, summary(run))  # noqa: E731  (what train.py does)
+    train(TrainConfig("linear_ce", epochs=2), mnist, on_epoch=save)
+    saved_metrics = (out / "metrics.json").read_bytes()
+    run = load_run(out)
+    run.final = run.final._replace(params=jax.tree.map(lambda w: w.at[0].set(jnp.inf), run.final.params))
+    run.config = TrainConfig("linear_ce", epochs=3)
+    with pytest.raises(NonFiniteLoss, match="epoch 3"):
+        train(run.config, mnist, on_epoch=save, resume=run)
+    assert (out / "metrics.json").read_bytes() == saved_metrics
+    kept = load_run(out)
+    assert len(kept.history) == 2
+    assert all(bool(jnp.isfinite(w).all()) for w in jax.tree.leaves(kept.final.params))
+
+
+def test_an_existing_run_is_not_overwritten_without_asking(mlp_bn_runs, data_dir, tmp_path):
+    out = mlp_bn_runs[0] / "first"
+    before = (out / "metrics.json").read_bytes()
+    proc = run_script("train.py", "--stage", "mlp_bn", "--out", out, "--data-dir", data_dir)
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "--overwrite" in proc.stderr
+    assert (out / "metrics.json").read_bytes() == before
+    fresh = tmp_path / "fresh"
+    proc = run_script("train.py", "--stage", "linear_ce", "--resume", "--out", fresh, "--data-dir", data_dir)
+    assert proc.returncode == 2 and "no checkpoint" in proc.stderr
+
+
+def test_overwrite_replaces_the_run(tmp_path, data_dir):
+    out = tmp_path / "run"
+    args = ["--stage", "linear_ce", "--epochs", "1", "--out", out, "--data-dir", data_dir]
+    assert run_script("train.py", *args).returncode == 0
+    assert run_script("train.py", *args[:3], "2", *args[4:], "--overwrite").returncode == 0
+    assert len(metrics(out)["history"]) == 2 and has_checkpoint(out)

@@ -1,0 +1,64 @@
+"""Many seeds train at once under vmap, exactly as one seed trains alone."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_script
+from mnist_jax.study import mean_ci95, step_differences, t_quantile, train_seeds
+from mnist_jax.train import TrainConfig, train
+
+
+def test_a_vmapped_seed_trains_exactly_like_the_same_seed_alone(mnist):
+    config = TrainConfig("mlp_dropout", epochs=2)
+    together = train_seeds(config, mnist, [3, 7])
+    for i, seed in enumerate([3, 7]):
+        alone = train(TrainConfig("mlp_dropout", epochs=2, seed=seed), mnist)
+        assert together.test_accuracies[i] == pytest.approx(alone.test_accuracy, abs=2e-4)
+        for row_v, row_a in zip(together.history[i], alone.history):
+            assert row_v["val_accuracy"] == pytest.approx(row_a["val_accuracy"], abs=2e-4)
+            assert row_v["train_loss"] == pytest.approx(row_a["train_loss"], rel=1e-4)
+
+
+def test_t_quantiles_match_the_tables():
+    assert t_quantile(0.975, 9) == pytest.approx(2.2622, abs=1e-4)
+    assert t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-4)
+    assert t_quantile(0.975, 1000) == pytest.approx(1.9623, abs=1e-3)
+
+
+def test_ci95_and_paired_step_differences():
+    mean, std, (lo, hi) = mean_ci95([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (mean, std) == (3.0, pytest.approx(1.5811, abs=1e-4))
+    assert (lo, hi) == (pytest.approx(3 - 2.7764 * 1.5811 / 5**0.5, abs=1e-3), pytest.approx(3 + 2.7764 * 1.5811 / 5**0.5, abs=1e-3))
+    stages = {"a": {"test_accuracies": [0.90, 0.91, 0.92]}, "b": {"test_accuracies": [0.95, 0.955, 0.97]},
+              "c": {"test_accuracies": [0.96, 0.95, 0.97]}}
+    steps = step_differences(stages)
+    assert [(s["from"], s["to"]) for s in steps] == [("a", "b"), ("b", "c")]
+    assert steps[0]["difference"] == pytest.approx((0.05 + 0.045 + 0.05) / 3) and steps[0]["significant"]
+    assert not steps[1]["significant"]  # +0.01, -0.005, 0.0: the interval holds zero
+
+
+def test_study_and_make_assets_write_results_and_every_figure(tmp_path, data_dir):
+    proc = run_script("study.py", "--seeds", "2", "--epochs", "1", "--out", tmp_path, "--data-dir", data_dir)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["stages"]) == ["linear_mse", "linear_ce", "mlp", "mlp_dropout", "mlp_bn"]
+    for r in results["stages"].values():
+        assert r["seeds"] == [0, 1] and len(r["test_accuracies"]) == 2 and len(r["history"][0]) == 1
+        assert r["ci95"][0] <= r["mean"] <= r["ci95"][1]
+    assert len(results["steps"]) == 4 and {"command", "device", "jax_version", "seconds"} <= results.keys()
+    arrays = np.load(tmp_path / "study_arrays.npz")
+    assert arrays["linear_ce_weights"].shape == (784, 10) and arrays["mlp_bn_predictions"].shape == (10_000,)
+    assert arrays["mlp_confusion"].sum() == 10_000
+
+    proc = run_script("make_assets.py", "--results", tmp_path / "results.json", "--out", tmp_path / "figs")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("training_curves", "comparison_chart", "weight_templates", "evolution_diagram",
+                 "confusion_matrices", "misclassified"):
+        assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 5_000, name
+
+
+def test_make_assets_without_results_says_so(tmp_path):
+    proc = run_script("make_assets.py", "--results", tmp_path / "results.json")
+    assert proc.returncode == 2 and "run scripts/study.py first" in proc.stderr
