@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Callable, NoReturn
 
 from mnist_jax.data import SOURCES, DataError
@@ -43,6 +44,14 @@ def dropout_rate(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {text!r}")
     return value
+
+
+def output_folder(text: str) -> Path:
+    """A folder to write into: it may not exist yet, but it may not be a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; expected a folder")
+    return path
 
 
 class ArgumentParser(argparse.ArgumentParser):

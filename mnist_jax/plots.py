@@ -82,8 +82,8 @@ def training_curves(results: dict, path: str | os.PathLike) -> None:
         ax.set_yscale("log")
     for ax in axes[1]:
         ax.set_xlabel("epoch")
-        ax.set_ylim(88, 100)
-    axes[0, 0].legend()
+        ax.set_ylim(86, 100)
+    axes[1, 0].legend(loc="lower right")
     n = len(next(iter(results["stages"].values()))["seeds"])
     fig.suptitle(f"training curves: mean over {n} seeds, band from min to max ({results['device']})")
     save_figure(fig, path)
@@ -192,7 +192,7 @@ def evolution_diagram(path: str | os.PathLike) -> None:
     ax.set_xlim(-2.6, 7 * 1.7)
     ax.set_ylim(-0.7, len(stages) - 0.3)
     ax.axis("off")
-    ax.set_title("from a linear classifier to an MLP: each row adds the orange part")
+    ax.set_title("from a linear classifier to an MLP: orange is what each stage changes from the one above")
     save_figure(fig, path)
 
 

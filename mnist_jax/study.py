@@ -49,15 +49,19 @@ def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int]) -> SeedsResu
     """Train `config` once per seed, all seeds at once on the device."""
     stage = config.spec
     tx = make_optimizer(config.lr)
-    keys = jax.vmap(run_keys)(jnp.asarray(seeds))
     graphdef, _ = init_state(config, jax.random.key(0), tx)
-    states = jax.vmap(lambda key: init_state(config, key, tx)[1])(keys.init)
-
     images = jnp.asarray(data.train_images.reshape(len(data.train_images), -1))
     labels = jnp.asarray(data.train_labels, jnp.int32)
     test_images = jnp.asarray(data.test_images.reshape(len(data.test_images), -1))
     test_labels = jnp.asarray(data.test_labels, jnp.int32)
-    train_idx, val_idx = jax.vmap(split_indices, in_axes=(0, None))(keys.split, len(images))
+
+    @jax.jit
+    @jax.vmap
+    def start(seed):
+        keys = run_keys(seed)
+        return keys, init_state(config, keys.init, tx)[1], *split_indices(keys.split, len(images))
+
+    keys, states, train_idx, val_idx = start(jnp.asarray(seeds))
 
     train_epoch = make_train_epoch(graphdef, stage.loss, tx, config.batch_size)
     evaluate = make_evaluate(graphdef, stage.loss)
@@ -150,12 +154,12 @@ def stage_summary(result: SeedsResult) -> dict:
     }
 
 
-def step_differences(stages: dict[str, dict]) -> list[dict]:
-    """Each consecutive pair of stages, stage k+1 minus stage k, paired by seed
-    (a seed gives both stages the same split and batch order)."""
+def step_differences(stages: dict[str, dict], pairs: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Accuracy of `to` minus `from` for each pair (default: consecutive stages), paired
+    by seed (a seed gives both stages the same split and batch order)."""
     names = list(stages)
     steps = []
-    for before, after in zip(names, names[1:]):
+    for before, after in pairs or list(zip(names, names[1:])):
         diff = np.subtract(stages[after]["test_accuracies"], stages[before]["test_accuracies"])
         mean, _, (lo, hi) = mean_ci95(diff)
         steps.append({"from": before, "to": after, "difference": mean, "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0)})
@@ -174,6 +178,7 @@ def save_study(results: dict[str, SeedsResult], data: MNIST, out: Path, command:
     report = {
         "stages": stages,
         "steps": step_differences(stages),
+        "versus_mlp": step_differences(stages, [("mlp", s) for s in ("mlp_dropout", "mlp_bn") if {"mlp", s} <= stages.keys()]),
         "command": command,
         "device": device_description(),
         "jax_version": jax.__version__,

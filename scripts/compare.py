@@ -25,12 +25,13 @@ def parse_args():
         "--replay-original", action="store_true",
         help="replay the original's seed-42 run (split, init, batch order) in both frameworks",
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for compare.json and the figure")
+    parser.add_argument(
+        "--torch-threads", type=cli.positive_int, help="PyTorch's intra-op threads (default: its own choice)"
+    )
+    parser.add_argument("--out", type=cli.output_folder, default=Path("runs/compare"), help="folder for compare.json and the figure")
     cli.add_data_arguments(parser)
     args = parser.parse_args()
     args.stages = cli.parse_stages(parser, args.stages)
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} is a file; expected a folder")
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -59,12 +60,17 @@ def print_table(results: list[dict], loops: list[str]) -> None:
 
 def main() -> None:
     args = parse_args()
+    import torch
+
     from mnist_jax import comparison, plots
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     data = load_mnist(args.source, args.data_dir)
     loops = ["original", "tensor"] if args.torch_loop == "both" else [args.torch_loop]
     device = device_description()
-    print(f"device: {device} | data: {data.source}", flush=True)
+    print(f"device: {device}, PyTorch threads: {torch.get_num_threads()} | data: {data.source}", flush=True)
     start = time.perf_counter()
     results = [
         comparison.compare_stage(

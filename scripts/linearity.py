@@ -14,15 +14,13 @@ def parse_args():
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="seeds per MLP width")
     parser.add_argument("--widths", default="8,16,32,64,128,256,512,1024", help="comma-separated hidden widths")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per MLP run")
-    parser.add_argument("--out", type=Path, default=Path("assets"), help="folder for linearity.json and width_sweep.png")
+    parser.add_argument("--out", type=cli.output_folder, default=Path("assets"), help="folder for linearity.json and width_sweep.png")
     cli.add_data_arguments(parser)
     args = parser.parse_args()
     try:
         args.widths = [cli.positive_int(w) for w in args.widths.split(",")]
     except Exception:
         parser.error(f"argument --widths: expected comma-separated positive integers, got {args.widths!r}")
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"argument --out: {args.out} is a file; expected a folder")
     return args
 
 

@@ -12,14 +12,12 @@ from mnist_jax import cli
 def parse_args():
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--results", type=Path, default=Path("assets/results.json"), help="written by scripts/study.py")
-    parser.add_argument("--out", type=Path, default=Path("assets"), help="folder for the figures")
+    parser.add_argument("--out", type=cli.output_folder, default=Path("assets"), help="folder for the figures")
     args = parser.parse_args()
     arrays = args.results.with_name("study_arrays.npz")
     for path in (args.results, arrays):
         if not path.is_file():
             parser.error(f"argument --results: {path} not found; run scripts/study.py first")
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"argument --out: {args.out} is a file; expected a folder")
     return args
 
 
@@ -48,6 +46,11 @@ def main() -> None:
         draw("confusion_matrices.png", lambda a, p: plots.confusion_matrices(a, p, [linear, mlp]), arrays)
         draw("misclassified.png", plots.misclassified, arrays)
     print(f"wrote {', '.join(written)} to {args.out}")
+    print("| stage | val accuracy after epoch 1 | train accuracy after the last epoch |\n|---|---|---|")
+    for stage, r in results["stages"].items():
+        first = np.mean([seed[0]["val_accuracy"] for seed in r["history"]])
+        last = np.mean([seed[-1]["train_accuracy"] for seed in r["history"]])
+        print(f"| `{stage}` | {first:.2%} | {last:.2%} |")
 
 
 if __name__ == "__main__":

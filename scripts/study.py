@@ -16,12 +16,10 @@ def parse_args():
     parser.add_argument("--seeds", type=cli.positive_int, default=10, help="seeds 0..N-1, trained together per stage")
     parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per run")
-    parser.add_argument("--out", type=Path, default=Path("assets"), help="folder for results.json and study_arrays.npz")
+    parser.add_argument("--out", type=cli.output_folder, default=Path("assets"), help="folder for results.json and study_arrays.npz")
     cli.add_data_arguments(parser)
     args = parser.parse_args()
     args.stages = cli.parse_stages(parser, args.stages)
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"argument --out: {args.out} is a file; expected a folder")
     return args
 
 
@@ -44,6 +42,9 @@ def main() -> None:
         sig = ("yes" if step["significant"] else "no") if step else "—"
         print(f"| `{stage}` | {100 * r['documented_accuracy']:.2f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} "
               f"| [{100 * r['ci95'][0]:.2f}, {100 * r['ci95'][1]:.2f}] | {diff} | {sig} |")
+    for step in report["versus_mlp"]:
+        print(f"{step['to']} vs mlp: {100 * step['difference']:+.2f} points, 95% CI "
+              f"[{100 * step['ci95'][0]:+.2f}, {100 * step['ci95'][1]:+.2f}]")
     print(f"wrote {args.out / 'results.json'} and {args.out / 'study_arrays.npz'}")
 
 

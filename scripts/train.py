@@ -21,7 +21,7 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=42, help="seeds the split, init, order and dropout")
     cli.add_data_arguments(parser)
     parser.add_argument(
-        "--out", type=Path, help="run folder (default runs/<stage>-seed<seed>; with all, one folder per stage inside it)"
+        "--out", type=cli.output_folder, help="run folder (default runs/<stage>-seed<seed>; with all, one folder per stage inside it)"
     )
     again = parser.add_mutually_exclusive_group()
     again.add_argument(
@@ -36,8 +36,6 @@ def parse_args():
     num_train = NUM_EXAMPLES["train"] - NUM_VALIDATION
     if args.batch_size > num_train:
         parser.error(f"argument --batch-size: at most the {num_train} training images, got {args.batch_size}")
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        parser.error(f"argument --out: {args.out} is a file; expected a folder")
     for stage in args.stages:
         out = run_dir(args, stage)
         if args.resume and not has_checkpoint(out):
