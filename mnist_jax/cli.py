@@ -54,6 +54,13 @@ def output_folder(text: str) -> Path:
     return path
 
 
+def existing_folder(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder; expected the folder holding the four MNIST IDX files")
+    return path
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """Errors are one line and exit with status 2."""
 
@@ -69,6 +76,7 @@ def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
+        type=existing_folder,
         help="folder with the four MNIST IDX files, plain or .gz (default: $MNIST_JAX_DATA_DIR)",
     )
     parser.add_argument(

@@ -17,14 +17,18 @@ def to_inputs(images: jax.Array) -> jax.Array:
     return images.reshape(images.shape[0], -1).astype(jnp.result_type(float)) / 255.0
 
 
+def predict(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: jax.Array) -> jax.Array:
+    """Eval-mode logits for uint8 images."""
+    return nnx.merge(graphdef, params, batch_stats)(to_inputs(images), train=False)
+
+
 def make_evaluate(
     graphdef: nnx.GraphDef, loss_fn: LossFn
 ) -> Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     """A pure function (params, batch_stats, images, labels) -> (mean loss, accuracy)."""
 
     def evaluate(params, batch_stats, images, labels):
-        model = nnx.merge(graphdef, params, batch_stats)
-        logits = model(to_inputs(images), train=False)
+        logits = predict(graphdef, params, batch_stats, images)
         return loss_fn(logits, labels), jnp.mean(logits.argmax(-1) == labels)
 
     return evaluate

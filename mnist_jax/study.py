@@ -18,12 +18,12 @@ from flax import nnx
 from jax.scipy.special import betainc
 
 from mnist_jax.data import MNIST
-from mnist_jax.evaluate import make_evaluate, to_inputs
+from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.files import atomic_write, write_json
 from mnist_jax.train import (
     TrainConfig,
-    TrainState,
     device_description,
+    epoch_keys,
     epoch_order,
     init_state,
     make_optimizer,
@@ -57,35 +57,34 @@ def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int]) -> SeedsResu
 
     @jax.jit
     @jax.vmap
-    def start(seed):
+    def init_seed(seed):
         keys = run_keys(seed)
-        return keys, init_state(config, keys.init, tx)[1], *split_indices(keys.split, len(images))
+        return keys.epochs, init_state(config, keys.init, tx)[1], *split_indices(keys.split, len(images))
 
-    keys, states, train_idx, val_idx = start(jnp.asarray(seeds))
-
+    epochs_keys, states, train_idx, val_idx = init_seed(jnp.asarray(seeds))
     train_epoch = make_train_epoch(graphdef, stage.loss, tx, config.batch_size)
     evaluate = make_evaluate(graphdef, stage.loss)
 
-    def epoch(state, train_idx, val_idx, key):
-        shuffle_key, dropout_key = jax.random.split(key)
+    @jax.vmap
+    def epoch(state, train_idx, val_idx, epochs_key, number):
+        shuffle_key, dropout_key = epoch_keys(epochs_key, number)
         state, (loss, acc) = train_epoch(state, images, labels, epoch_order(train_idx, shuffle_key), dropout_key)
         val_loss, val_acc = evaluate(state.params, state.batch_stats, images[val_idx], labels[val_idx])
         return state, jnp.stack([loss, acc, val_loss, val_acc])
 
     def test(states):
-        predicted = jax.vmap(lambda s: predict(graphdef, s, test_images).argmax(-1))(states)
+        predicted = jax.vmap(lambda s: predict(graphdef, s.params, s.batch_stats, test_images).argmax(-1))(states)
         return (predicted == test_labels).mean(-1), predicted
 
-    epoch = jax.jit(jax.vmap(epoch))
-    epoch_keys = lambda e: jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys.epochs, e)  # noqa: E731
+    numbers = lambda e: jnp.full(len(seeds), e)  # noqa: E731  (the epoch number, per seed)
     start = time.perf_counter()
-    epoch = epoch.lower(states, train_idx, val_idx, epoch_keys(1)).compile()
+    epoch = jax.jit(epoch).lower(states, train_idx, val_idx, epochs_keys, numbers(1)).compile()
     compile_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
     rows = []
     for e in range(1, config.epochs + 1):
-        states, metrics = epoch(states, train_idx, val_idx, epoch_keys(e))
+        states, metrics = epoch(states, train_idx, val_idx, epochs_keys, numbers(e))
         rows.append(metrics)
     accuracies, predictions = jax.jit(test)(states)
     accuracies = np.asarray(accuracies)
@@ -107,11 +106,6 @@ def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int]) -> SeedsResu
         compile_seconds,
         train_seconds,
     )
-
-
-def predict(graphdef: nnx.GraphDef, state: TrainState, images: jax.Array) -> jax.Array:
-    """Eval-mode logits of one model state."""
-    return nnx.merge(graphdef, state.params, state.batch_stats)(to_inputs(images))
 
 
 def t_quantile(p: float, df: int) -> float:

@@ -97,6 +97,11 @@ def make_train_step(
     return train_step
 
 
+def epoch_keys(epochs_key: jax.Array, epoch: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(shuffle key, dropout key) of an epoch: a function of the seed and the epoch alone."""
+    return tuple(jax.random.split(jax.random.fold_in(epochs_key, epoch)))
+
+
 @jax.jit
 def epoch_order(train_idx: jax.Array, key: jax.Array) -> jax.Array:
     """The training indices in this epoch's shuffled order."""
@@ -223,7 +228,7 @@ def train(
 
     for epoch in range(len(run.history) + 1, config.epochs + 1):
         start = time.perf_counter()
-        shuffle_key, dropout_key = jax.random.split(jax.random.fold_in(keys.epochs, epoch))
+        shuffle_key, dropout_key = epoch_keys(keys.epochs, epoch)
         order = epoch_order(train_idx, shuffle_key) if orders is None else orders[epoch - 1]
         state, (train_loss, train_acc) = train_epoch(
             run.final, images, labels, jnp.asarray(order), dropout_key

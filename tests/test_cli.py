@@ -1,11 +1,16 @@
 """User mistakes end in one clear line and exit status 2, never a traceback."""
 
 import gzip
+import json
+import signal
 import struct
+import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import run_script
+from conftest import ROOT, run_script
 
 
 def offline_env(tmp_path) -> dict:
@@ -41,7 +46,7 @@ def test_without_any_data_source_the_message_names_the_three_ways(tmp_path):
         (["--stage", "mlp", "--lr", "nan"], ["--lr", "positive finite"]),
         (["--stage", "mlp", "--dropout", "1"], ["--dropout", "[0, 1)"]),
         (["--stage", "linear_ce", "--hidden", "64"], ["--hidden", "MLP stages only"]),
-        (["--stage", "mlp", "--data-dir", "/no/such/dir"], ["/no/such/dir", "no such directory"]),
+        (["--stage", "mlp", "--data-dir", "/no/such/dir"], ["--data-dir", "/no/such/dir", "is not a folder"]),
     ],
 )
 def test_bad_arguments_give_one_line_and_status_2(tmp_path, args, fragments):
@@ -64,11 +69,34 @@ def test_more_bad_training_arguments(tmp_path, args, fragments):
     assert not (tmp_path / "runs").exists()
 
 
-def test_out_that_is_a_file_is_refused(tmp_path):
+@pytest.mark.parametrize("script", ["train.py", "compare.py", "study.py", "make_assets.py", "linearity.py"])
+def test_every_script_refuses_an_out_that_is_a_file(tmp_path, script):
     afile = tmp_path / "a_file"
     afile.write_text("keep me")
-    assert_one_line_error(run_script("train.py", "--stage", "mlp", "--out", afile), "--out", "is a file")
+    args = ["--stage", "mlp"] if script == "train.py" else []
+    assert_one_line_error(run_script(script, *args, "--out", afile), "--out", "is a file")
     assert afile.read_text() == "keep me"
+
+
+def test_ctrl_c_exits_promptly_with_130_and_a_resumable_run(tmp_path, data_dir):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "--stage", "linear_ce", "--epochs", "100",
+         "--out", str(out), "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith("[Epoch 02]"):
+            break
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and time.monotonic() - start < 10
+    assert stderr.strip().splitlines() == ["interrupted"]
+    # Ctrl-C may land while epoch 2 is being saved: the run then holds epoch 1, complete
+    resumed = run_script("train.py", "--stage", "linear_ce", "--epochs", "3", "--resume", "--out", out)
+    assert resumed.returncode == 0 and 1 <= resumed.stdout.count("[Epoch") <= 2
+    assert [row["epoch"] for row in json.loads((out / "metrics.json").read_text())["history"]] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(

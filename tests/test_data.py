@@ -183,3 +183,41 @@ def check_parse(raw: bytes, ndim: int):
     assert array.dtype == np.uint8 and array.ndim == ndim
     if ndim == 3:
         assert array.shape[1:] == (28, 28)
+
+
+class CutShortHandler(http.server.BaseHTTPRequestHandler):
+    """Promises a whole file, sends half of it, and hangs up."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"\x1f\x8b" + bytes(49_998))
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_broken_off_download_never_looks_complete(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutShortHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cache = tmp_path / "cache"
+    try:
+        with pytest.raises(DataError, match="download of train-images-idx3-ubyte.gz .* failed"):
+            data.download(cache, f"http://127.0.0.1:{server.server_address[1]}/")
+    finally:
+        server.shutdown()
+    assert not list(cache.glob("*.gz")) if cache.exists() else True
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from mnist_jax.files import atomic_write, write_json
+
+    target = tmp_path / "results.json"
+    write_json(target, {"complete": True})
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(target) as tmp:
+            tmp.write_text('{"half": ')
+            raise KeyboardInterrupt
+    assert target.read_text() == '{\n  "complete": true\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -40,15 +40,15 @@ def test_ci95_and_paired_step_differences():
 
 
 def test_study_and_make_assets_write_results_and_every_figure(tmp_path, data_dir):
-    proc = run_script("study.py", "--seeds", "2", "--epochs", "1", "--stages", "linear_mse,linear_ce,mlp",
+    proc = run_script("study.py", "--seeds", "2", "--epochs", "1", "--stages", "linear_ce,mlp",
                       "--out", tmp_path, "--data-dir", data_dir)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["stages"]) == ["linear_mse", "linear_ce", "mlp"]
+    assert list(results["stages"]) == ["linear_ce", "mlp"]
     for r in results["stages"].values():
         assert r["seeds"] == [0, 1] and len(r["test_accuracies"]) == 2 and len(r["history"][0]) == 1
         assert r["ci95"][0] <= r["mean"] <= r["ci95"][1]
-    assert len(results["steps"]) == 2 and {"command", "device", "jax_version", "seconds"} <= results.keys()
+    assert len(results["steps"]) == 1 and {"command", "device", "jax_version", "seconds"} <= results.keys()
     arrays = np.load(tmp_path / "study_arrays.npz")
     assert arrays["linear_ce_weights"].shape == (784, 10) and arrays["mlp_predictions"].shape == (10_000,)
     assert arrays["mlp_confusion"].sum() == 10_000
