@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 from mnist_jax.data import SOURCES, DataError
 from mnist_jax.stages import STAGES
@@ -108,6 +110,19 @@ def parse_stages(parser: argparse.ArgumentParser, text: str) -> list[str]:
     if unknown:
         parser.error(f"argument --stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)} or all")
     return stages
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C while files are written, and act on it right after."""
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def run(main: Callable[[], None]) -> None:

@@ -87,7 +87,8 @@ def train_stage(args, stage: str, data):
 
     def after_epoch(run) -> None:
         print_epoch(run.history[-1])
-        save_run(run, out, summary(run))
+        with cli.interrupts_deferred():
+            save_run(run, out, summary(run))
 
     try:
         result = train(config, data, on_epoch=after_epoch, resume=resume)
@@ -95,7 +96,8 @@ def train_stage(args, stage: str, data):
         kept = f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1 else "nothing was saved"
         cli.fail(f"training stopped: {e}; {kept}", cli.EXIT_DIVERGED)
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
-    write_json(out / "metrics.json", summary(result))
+    with cli.interrupts_deferred():
+        write_json(out / "metrics.json", summary(result))
     print(f"compiled in {result.compile_seconds:.2f}s; best val epoch {result.best_epoch}; saved to {out}", flush=True)
     return result
 
