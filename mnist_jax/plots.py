@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from mnist_jax.files import atomic_write  # noqa: E402
 
@@ -58,16 +59,12 @@ def framework_comparison(results: list[dict], path: str | os.PathLike, title: st
     save_figure(fig, path)
 
 
-def _pct(values) -> "np.ndarray":
-    import numpy as np
-
+def _pct(values) -> np.ndarray:
     return 100 * np.asarray(values, dtype=float)
 
 
 def training_curves(results: dict, path: str | os.PathLike) -> None:
     """Train and validation loss and accuracy per epoch: mean over seeds, band = min..max."""
-    import numpy as np
-
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     for stage, r in results["stages"].items():
         epochs = [row["epoch"] for row in r["history"][0]]
@@ -112,8 +109,6 @@ def comparison_chart(results: dict, path: str | os.PathLike) -> None:
 
 def weight_templates(arrays, path: str | os.PathLike) -> None:
     """The ten 784-weight columns of each linear model as 28x28 images, zero at the centre."""
-    import numpy as np
-
     names = [k.removesuffix("_weights") for k in arrays if k.endswith("_weights")]
     fig, axes = plt.subplots(len(names), 10, figsize=(13, 1.5 * len(names) + 0.6), squeeze=False)
     for row, name in zip(axes, names):
@@ -130,8 +125,6 @@ def weight_templates(arrays, path: str | os.PathLike) -> None:
 
 
 def confusion_matrices(arrays, path: str | os.PathLike, stages: list[str]) -> None:
-    import numpy as np
-
     fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4.6), squeeze=False)
     for ax, stage in zip(axes[0], stages):
         matrix = arrays[f"{stage}_confusion"]
