@@ -66,10 +66,10 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
     """The run saved in `run_dir` at its last completed epoch, ready to resume."""
     import orbax.checkpoint as ocp
 
+    if not has_checkpoint(run_dir):  # checked first: opening a manager creates its folder
+        raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / CHECKPOINT_DIR}")
     with _manager(run_dir) as manager:
         step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / CHECKPOINT_DIR}")
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         config = TrainConfig(**meta["config"])
         tx = make_optimizer(config.lr)
