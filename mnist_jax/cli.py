@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
-from mnist_jax.data import SOURCES, DataError
+import jax
+
+from mnist_jax.data import SOURCES, DataError, default_cache_dir
 from mnist_jax.stages import STAGES
 
 EXIT_USAGE = 2  # bad arguments or bad/missing data
@@ -53,6 +56,16 @@ def output_folder(text: str) -> Path:
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; expected a folder")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to write: it may not exist yet, but it may not be a folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; expected a file name")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path.parent} is a file; expected a folder")
     return path
 
 
@@ -99,6 +112,27 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dropout", type=dropout_rate, help="dropout rate of the MLP stages (mlp_dropout: 0.5)"
     )
+
+
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compile-cache",
+        type=output_folder,
+        help="JAX's persistent compilation cache, so a rerun skips compiling "
+        "(default: $JAX_COMPILATION_CACHE_DIR, else the user cache folder)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="compile afresh and keep no compilation cache")
+
+
+def use_compile_cache(args: argparse.Namespace) -> None:
+    """Turn JAX's persistent compilation cache on (every program, however quick to
+    compile: a run's many small ones add up) or, with --no-cache, off."""
+    if args.no_cache:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    folder = args.compile_cache or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir() / "jax"
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def parse_stages(parser: argparse.ArgumentParser, text: str) -> list[str]:

@@ -13,8 +13,10 @@ from mnist_jax.stages import LossFn
 
 def to_inputs(images: jax.Array) -> jax.Array:
     """uint8 images (N, 28, 28) or (N, 784) -> floats (N, 784) in [0, 1]: float32, or
-    float64 under `jax.enable_x64` (the parity tests use it)."""
-    return images.reshape(images.shape[0], -1).astype(jnp.result_type(float)) / 255.0
+    float64 under `jax.enable_x64` (the parity tests use it). Floating-point images
+    are taken as already scaled."""
+    x = images.reshape(images.shape[0], -1)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float)) / 255.0
 
 
 def predict(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: jax.Array) -> jax.Array:

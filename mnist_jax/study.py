@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.scipy.special import betainc
 
+from mnist_jax import sharding
 from mnist_jax.data import MNIST
 from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.files import atomic_write, write_json
@@ -45,8 +46,11 @@ class SeedsResult:
     train_seconds: float
 
 
-def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int]) -> SeedsResult:
-    """Train `config` once per seed, all seeds at once on the device."""
+def train_seeds(
+    config: TrainConfig, data: MNIST, seeds: list[int], mesh: jax.sharding.Mesh | None = None
+) -> SeedsResult:
+    """Train `config` once per seed, all seeds at once. Several devices split the
+    seeds (see `sharding`); `mesh` picks them (default: as many as divide the seeds)."""
     stage = config.spec
     tx = make_optimizer(config.lr)
     graphdef, _ = init_state(config, jax.random.key(0), tx)
@@ -62,6 +66,10 @@ def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int]) -> SeedsResu
         return keys.epochs, init_state(config, keys.init, tx)[1], *split_indices(keys.split, len(images))
 
     epochs_keys, states, train_idx, val_idx = init_seed(jnp.asarray(seeds))
+    mesh = mesh or sharding.make_mesh("seed", len(seeds))
+    if mesh.size > 1:
+        epochs_keys, states, train_idx, val_idx = sharding.split((epochs_keys, states, train_idx, val_idx), mesh, "seed")
+        images, labels, test_images, test_labels = sharding.split((images, labels, test_images, test_labels), mesh)
     train_epoch = make_train_epoch(graphdef, stage.loss, tx, config.batch_size)
     evaluate = make_evaluate(graphdef, stage.loss)
 

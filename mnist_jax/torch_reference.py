@@ -121,6 +121,21 @@ def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterato
         yield x[idx], y[idx]
 
 
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss: Callable, batches) -> tuple[float, int]:
+    """One pass of Adam steps over (x, y) batches: (summed loss, number correct)."""
+    model.train()
+    loss_sum, correct = 0.0, 0
+    for x, y in batches:
+        logits = model(x)
+        batch_loss = loss(logits, y)
+        optimizer.zero_grad()
+        batch_loss.backward()
+        optimizer.step()
+        loss_sum += batch_loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+    return loss_sum, correct
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loss: Callable, batches) -> tuple[float, float]:
     """Mean loss and accuracy over (x, y) batches, in eval mode."""
@@ -195,17 +210,8 @@ def train(
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        model.train()
         batches = train_loader if loop == "original" else tensor_batches(train_x, train_y, batch_size)
-        loss_sum, correct = 0.0, 0
-        for x, y in batches:
-            logits = model(x)
-            batch_loss = loss(logits, y)
-            optimizer.zero_grad()
-            batch_loss.backward()
-            optimizer.step()
-            loss_sum += batch_loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+        loss_sum, correct = train_epoch(model, optimizer, loss, batches)
         val_loss, val_acc = evaluate(model, loss, val_loader if loop == "original" else [(val_x, val_y)])
         row = {
             "epoch": epoch,

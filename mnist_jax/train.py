@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from mnist_jax import sharding
 from mnist_jax.data import MNIST, NUM_VALIDATION
 from mnist_jax.evaluate import make_evaluate, to_inputs
 from mnist_jax.stages import STAGES, LossFn, Stage
@@ -109,14 +110,20 @@ def epoch_order(train_idx: jax.Array, key: jax.Array) -> jax.Array:
 
 
 def make_train_epoch(
-    graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int
+    graphdef: nnx.GraphDef,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    batch_size: int,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
     """A pure function (state, images, labels, order, dropout key) -> (state, (loss, acc)).
 
     The images are gathered once in `order` (a device-resident uint8 copy), cut
     into full batches that `lax.scan` walks through, and the remainder is one
     short batch, so every example is seen once, as with a PyTorch DataLoader.
+    With a `mesh` of several devices, each batch is split over its `batch` axis.
     """
+    split_batch = mesh is not None and mesh.size > 1
     train_step = make_train_step(graphdef, loss_fn, tx)
 
     def train_epoch(state: TrainState, images, labels, order, dropout_key):
@@ -129,16 +136,16 @@ def make_train_epoch(
             i, xb, yb = batch
             return train_step(state, xb, yb, jax.random.fold_in(dropout_key, i))
 
-        batches = (
-            jnp.arange(n_full),
-            x[:cut].reshape(n_full, batch_size, *x.shape[1:]),
-            y[:cut].reshape(n_full, batch_size),
-        )
-        state, (losses, correct) = jax.lax.scan(body, state, batches)
+        xs, ys = x[:cut].reshape(n_full, batch_size, *x.shape[1:]), y[:cut].reshape(n_full, batch_size)
+        x_last, y_last = x[cut:], y[cut:]
+        if split_batch:
+            xs, ys = (sharding.constrain(a, mesh, None, "batch") for a in (xs, ys))
+            x_last, y_last = (sharding.constrain(a, mesh, "batch") for a in (x_last, y_last))
+        state, (losses, correct) = jax.lax.scan(body, state, (jnp.arange(n_full), xs, ys))
         loss_sum, correct_sum = losses.sum() * batch_size, correct.sum()
         if rest:
             last_key = jax.random.fold_in(dropout_key, n_full)
-            state, (loss, c) = train_step(state, x[cut:], y[cut:], last_key)
+            state, (loss, c) = train_step(state, x_last, y_last, last_key)
             loss_sum, correct_sum = loss_sum + loss * rest, correct_sum + c
         return state, (loss_sum / n, correct_sum / n)
 
@@ -173,7 +180,8 @@ def device_description() -> str:
     """What the run ran on, e.g. 'cpu (2 cores)' or '1 x NVIDIA H100 80GB HBM3'."""
     d = jax.devices()[0]
     if d.platform == "cpu":
-        return f"cpu ({os.cpu_count()} cores)"
+        cpu = f"cpu ({os.cpu_count()} cores)"
+        return cpu if jax.device_count() == 1 else f"{jax.device_count()} x {cpu}"
     return f"{jax.device_count()} x {d.device_kind}"
 
 
@@ -186,6 +194,7 @@ def train(
     split: tuple[jax.Array, jax.Array] | None = None,
     initial: tuple[dict, dict] | None = None,
     orders: Sequence[jax.Array] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> RunResult:
     """Train one stage from one seed up to `config.epochs`.
 
@@ -195,6 +204,8 @@ def train(
     exactly where an uninterrupted one does. To replay another run (say a PyTorch
     one), pass its `split` (train, validation indices), `initial` (params,
     batch_stats) as pure dicts, and the epochs' `orders` of indices.
+    Several devices split each batch (see `sharding`); `mesh` picks them
+    (default: as many as divide the batch sizes).
     Raises `NonFiniteLoss` if the loss stops being finite.
     """
     stage = config.spec
@@ -215,10 +226,15 @@ def train(
     val_images, val_labels = images[val_idx], labels[val_idx]
     test_images = jnp.asarray(data.test_images.reshape(len(data.test_images), -1))
     test_labels = jnp.asarray(data.test_labels, jnp.int32)
+    mesh = mesh or sharding.make_mesh("batch", config.batch_size, len(train_idx) % config.batch_size or config.batch_size)
+    if mesh.size > 1:  # every device holds the data and the model; the batches are split
+        run.final, images, labels, val_images, val_labels, test_images, test_labels = sharding.split(
+            (run.final, images, labels, val_images, val_labels, test_images, test_labels), mesh
+        )
 
     start = time.perf_counter()
     train_epoch = (
-        jax.jit(make_train_epoch(graphdef, stage.loss, tx, config.batch_size))
+        jax.jit(make_train_epoch(graphdef, stage.loss, tx, config.batch_size, mesh))
         .lower(run.final, images, labels, train_idx, keys.epochs)
         .compile()
     )

@@ -30,6 +30,7 @@ def parse_args():
     )
     parser.add_argument("--out", type=cli.output_folder, default=Path("runs/compare"), help="folder for compare.json and the figure")
     cli.add_data_arguments(parser)
+    cli.add_cache_arguments(parser)
     args = parser.parse_args()
     args.stages = cli.parse_stages(parser, args.stages)
     try:
@@ -60,6 +61,7 @@ def print_table(results: list[dict], loops: list[str]) -> None:
 
 def main() -> None:
     args = parse_args()
+    cli.use_compile_cache(args)
     import torch
 
     from mnist_jax import comparison, plots

@@ -16,6 +16,7 @@ def parse_args():
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per MLP run")
     parser.add_argument("--out", type=cli.output_folder, default=Path("assets"), help="folder for linearity.json and width_sweep.png")
     cli.add_data_arguments(parser)
+    cli.add_cache_arguments(parser)
     args = parser.parse_args()
     try:
         args.widths = [cli.positive_int(w) for w in args.widths.split(",")]
@@ -26,6 +27,7 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
+    cli.use_compile_cache(args)
     import jax
 
     from mnist_jax import linearity, plots

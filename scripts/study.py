@@ -18,6 +18,7 @@ def parse_args():
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per run")
     parser.add_argument("--out", type=cli.output_folder, default=Path("assets"), help="folder for results.json and study_arrays.npz")
     cli.add_data_arguments(parser)
+    cli.add_cache_arguments(parser)
     args = parser.parse_args()
     args.stages = cli.parse_stages(parser, args.stages)
     return args
@@ -25,6 +26,7 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
+    cli.use_compile_cache(args)
     from mnist_jax import study
 
     data = load_mnist(args.source, args.data_dir)

@@ -20,6 +20,7 @@ def parse_args():
     cli.add_training_arguments(parser)
     parser.add_argument("--seed", type=int, default=42, help="seeds the split, init, order and dropout")
     cli.add_data_arguments(parser)
+    cli.add_cache_arguments(parser)
     parser.add_argument(
         "--out", type=cli.output_folder, help="run folder (default runs/<stage>-seed<seed>; with all, one folder per stage inside it)"
     )
@@ -104,6 +105,7 @@ def train_stage(args, stage: str, data):
 
 def main() -> None:
     args = parse_args()
+    cli.use_compile_cache(args)
     data = load_mnist(args.source, args.data_dir)
     print(f"device: {device_description()} | data: {data.source}", flush=True)
     results = [train_stage(args, stage, data) for stage in args.stages]

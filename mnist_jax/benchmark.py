@@ -1,0 +1,222 @@
+"""Speed: JAX against the PyTorch reference, against the machine's matmul ceiling,
+and `scripts/train.py` end to end with and without the compilation cache.
+
+Every figure is measured in the calling process; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from mnist_jax.comparison import steady_seconds_per_epoch
+from mnist_jax.data import MNIST, NUM_VALIDATION
+from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
+from mnist_jax.train import TrainConfig, run_keys, split_indices, train
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def matmul_ceiling(size: int = 2048, repeats: int = 20) -> float:
+    """FLOP/s of a (size x size) @ (size x size) float32 matmul under XLA: the best of
+    `repeats` timed calls after a warm-up."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def cpu_model() -> str:
+    """The processor's name, e.g. 'AMD EPYC' (Linux), else the architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def layer_sizes(config: TrainConfig) -> list[tuple[int, int]]:
+    hidden = config.hidden or config.spec.hidden
+    if not config.spec.is_mlp:
+        return [(NUM_PIXELS, NUM_CLASSES)]
+    return [(NUM_PIXELS, hidden), (hidden, NUM_CLASSES)]
+
+
+def flops_per_example(config: TrainConfig) -> tuple[int, int]:
+    """Matmul FLOPs of one example: (forward, forward + backward).
+
+    The backward pass computes every weight gradient (as many FLOPs as the
+    forward) and the gradient of every layer's input except the first's, the
+    pixels, which nothing needs. Elementwise work (bias, ReLU, BatchNorm, loss,
+    Adam) is left out: XLA's own count of a step is 3-9% higher.
+    """
+    layers = layer_sizes(config)
+    forward = sum(2 * fan_in * fan_out for fan_in, fan_out in layers)
+    input_grads = sum(2 * fan_in * fan_out for fan_in, fan_out in layers[1:])
+    return forward, 2 * forward + input_grads
+
+
+def epoch_flops(config: TrainConfig, num_train: int) -> int:
+    """FLOPs of one epoch as `train` runs it: a training pass and a validation pass."""
+    forward, train_step = flops_per_example(config)
+    return num_train * train_step + NUM_VALIDATION * forward
+
+
+def time_jax(config: TrainConfig, data: MNIST, seeds: list[int]) -> dict:
+    """Compile time and steady-state seconds per epoch of `train` (one seed) or of
+    `study.train_seeds` (several seeds in one vmapped program)."""
+    if len(seeds) == 1:
+        run = train(dataclasses.replace(config, seed=seeds[0]), data)
+        return {"compile_seconds": run.compile_seconds, "epoch_seconds": steady_seconds_per_epoch([run.history])}
+    from mnist_jax.study import train_seeds
+
+    result = train_seeds(config, data, seeds)
+    return {"compile_seconds": result.compile_seconds, "epoch_seconds": result.train_seconds / config.epochs}
+
+
+def time_torch(config: TrainConfig, data: MNIST, seeds: list[int], loop: str) -> float:
+    """Steady-state seconds per epoch of the PyTorch reference, seeds one after another
+    (on the JAX run's split, so both see the same data)."""
+    from mnist_jax import torch_reference
+
+    total = 0.0
+    for seed in seeds:
+        split = tuple(map(jax.device_get, split_indices(run_keys(seed).split, len(data.train_labels))))
+        run = torch_reference.train(
+            config.stage, data, split, epochs=config.epochs, batch_size=config.batch_size, seed=seed, loop=loop,
+            hidden=config.hidden, dropout=config.dropout,
+        )
+        total += steady_seconds_per_epoch([run.history])
+    return total
+
+
+def benchmark_stage(config: TrainConfig, data: MNIST, seeds: list[int], ceiling: float, torch_loops: list[str]) -> dict:
+    """One stage: JAX and each PyTorch loop, seconds per epoch, samples/s, speed-ups
+    and FLOP efficiency."""
+    num_train = len(data.train_labels) - NUM_VALIDATION
+    jax_times = time_jax(config, data, seeds)
+    epoch = jax_times["epoch_seconds"]
+    achieved = len(seeds) * epoch_flops(config, num_train) / epoch
+    row = {
+        "stage": config.stage,
+        "jax_compile_seconds": jax_times["compile_seconds"],
+        "jax_epoch_seconds": epoch,
+        "jax_samples_per_second": len(seeds) * num_train / epoch,
+        "flops_per_example": flops_per_example(config)[1],
+        "achieved_flops": achieved,
+        "efficiency": achieved / ceiling,
+    }
+    for loop in torch_loops:
+        torch_epoch = time_torch(config, data, seeds, loop)
+        row[f"torch_{loop}_epoch_seconds"] = torch_epoch
+        row[f"torch_{loop}_samples_per_second"] = len(seeds) * num_train / torch_epoch
+        row[f"speedup_vs_torch_{loop}"] = torch_epoch / epoch
+    return row
+
+
+def end_to_end(train_args: list[str], cache: Path) -> dict:
+    """Wall time of `scripts/train.py <train_args>` as a fresh process, import to
+    exit: cold (with `cache` an empty compilation cache) and then warm (the cache it filled)."""
+    if cache.exists() and any(cache.iterdir()):
+        raise ValueError(f"{cache} is not empty: the cold run would not be cold")
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [
+            sys.executable, str(SCRIPTS / "train.py"), *train_args, "--out", f"{tmp}/run", "--overwrite",
+            "--compile-cache", str(cache),
+        ]
+        seconds = []
+        for _ in ("cold", "warm"):
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            seconds.append(time.perf_counter() - start)
+    cold, warm = seconds
+    return {
+        "command": " ".join(["python", "scripts/train.py", *train_args]),
+        "cold_seconds": cold,
+        "warm_seconds": warm,
+        "warm_over_cold": warm / cold,
+    }
+
+
+def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[str, float]:
+    """Seconds per training pass of one stage, driven four ways over the same batches:
+    what each of this project's choices buys. Median of `repeats`, round robin."""
+    from flax import nnx
+
+    from mnist_jax.evaluate import to_inputs
+    from mnist_jax.train import epoch_keys, epoch_order, init_state, make_optimizer, make_train_epoch, make_train_step
+
+    keys = run_keys(config.seed)
+    tx = make_optimizer(config.lr)
+    graphdef, state = init_state(config, keys.init, tx)
+    images = jnp.asarray(data.train_images.reshape(len(data.train_images), -1))
+    labels = jnp.asarray(data.train_labels, jnp.int32)
+    shuffle_key, dropout_key = epoch_keys(keys.epochs, 1)
+    order = epoch_order(split_indices(keys.split, len(images))[0], shuffle_key)
+    starts = range(0, len(order), config.batch_size)
+    loss_fn = config.spec.loss
+
+    train_epoch = jax.jit(make_train_epoch(graphdef, loss_fn, tx, config.batch_size))
+    float_images = to_inputs(images)
+    step = jax.jit(make_train_step(graphdef, loss_fn, tx))
+
+    def jit_per_batch():
+        s = state
+        for i, start in enumerate(starts):
+            idx = order[start : start + config.batch_size]
+            s, _ = step(s, images[idx], labels[idx], jax.random.fold_in(dropout_key, i))
+        return s
+
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def nnx_step(model, optimizer, x, y, key):
+        def objective(model):
+            return loss_fn(model(to_inputs(x), train=True, dropout_key=key), y)
+
+        loss, grads = nnx.value_and_grad(objective)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    def nnx_jit_per_batch():
+        for i, start in enumerate(starts):
+            idx = order[start : start + config.batch_size]
+            loss = nnx_step(model, optimizer, images[idx], labels[idx], jax.random.fold_in(dropout_key, i))
+        return loss
+
+    variants = {
+        "lax.scan over the epoch, uint8 images on device (this project)": lambda: train_epoch(
+            state, images, labels, order, dropout_key
+        ),
+        "lax.scan over the epoch, float32 images on device": lambda: train_epoch(
+            state, float_images, labels, order, dropout_key
+        ),
+        "jax.jit step per batch, Python loop": jit_per_batch,
+        "nnx.jit step per batch, Python loop (NNX objects)": nnx_jit_per_batch,
+    }
+    times = {name: [] for name in variants}
+    for name, run in variants.items():
+        jax.block_until_ready(run())  # compile
+    for _ in range(repeats):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            jax.block_until_ready(run())
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

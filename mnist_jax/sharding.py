@@ -1,0 +1,34 @@
+"""Many devices: a one-axis `jax.make_mesh` mesh and `NamedSharding`s over it.
+
+Several seeds are split over the `seed` axis (one model per device, no
+communication); a single run splits each batch over the `batch` axis, and XLA
+inserts the all-reduces, so BatchNorm sees the statistics of the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+
+def make_mesh(axis: str, *sizes: int) -> Mesh:
+    """A 1-D mesh named `axis` over the most devices that divide every one of `sizes`
+    (a mesh of one device when nothing divides)."""
+    n = math.gcd(jax.device_count(), *sizes)
+    return jax.make_mesh((n,), (axis,), (AxisType.Auto,), devices=jax.devices()[:n])
+
+
+def single_device_mesh(axis: str) -> Mesh:
+    return jax.make_mesh((1,), (axis,), (AxisType.Auto,), devices=jax.devices()[:1])
+
+
+def split(tree, mesh: Mesh, *spec):
+    """Place `tree` on `mesh`, its leaves split as `PartitionSpec(*spec)`; no spec: copied to every device."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+def constrain(x: jax.Array, mesh: Mesh, *spec) -> jax.Array:
+    """Inside `jit`: lay `x` out as `PartitionSpec(*spec)` over `mesh`."""
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))

@@ -1,0 +1,107 @@
+"""Speed of every stage, JAX against PyTorch and against the matmul ceiling:
+python scripts/benchmark.py --stages all --epochs 3 --json assets/benchmark_cpu.json"""
+
+import importlib.metadata
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+
+from mnist_jax import benchmark, cli
+from mnist_jax.data import load_mnist
+from mnist_jax.files import write_json
+from mnist_jax.stages import STAGES
+from mnist_jax.train import TrainConfig, device_description
+
+
+def parse_args():
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
+    parser.add_argument("--epochs", type=cli.positive_int, default=3, help="epochs per run; the first is left out of s/epoch")
+    parser.add_argument("--seeds", type=cli.positive_int, default=1, help="seeds per stage; JAX trains them at once (vmap)")
+    parser.add_argument("--json", type=cli.output_file, help="write the figures here as JSON")
+    parser.add_argument("--no-torch", action="store_true", help="JAX only, even when PyTorch is installed")
+    parser.add_argument("--no-end-to-end", action="store_true", help="skip the cold and warm train.py runs")
+    parser.add_argument(
+        "--loop-variants", metavar="STAGE", choices=STAGES,
+        help="also time four ways of driving the training step on STAGE (scan, float32 images, jit per batch, nnx.jit)",
+    )
+    cli.add_data_arguments(parser)
+    args = parser.parse_args()
+    args.stages = cli.parse_stages(parser, args.stages)
+    return args
+
+
+def full_float32_matmuls(has_torch: bool) -> None:
+    """The same float32 matmuls in both frameworks: no TF32 or bfloat16 passes (GPU, TPU)."""
+    jax.config.update("jax_default_matmul_precision", "highest")
+    if has_torch:
+        import torch
+
+        torch.set_float32_matmul_precision("highest")
+
+
+def print_table(report: dict) -> None:
+    loops = report["torch_loops"]
+    head = ["stage", "JAX compile s", "JAX s/epoch", "JAX samples/s", "efficiency"]
+    head += [f"PyTorch {loop} s/epoch" for loop in loops] + [f"speed-up vs {loop}" for loop in loops]
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in report["stages"]:
+        cells = [f"`{r['stage']}`", f"{r['jax_compile_seconds']:.2f}", f"{r['jax_epoch_seconds']:.3f}"]
+        cells += [f"{r['jax_samples_per_second']:,.0f}", f"{r['efficiency']:.2f}"]
+        cells += [f"{r[f'torch_{loop}_epoch_seconds']:.3f}" for loop in loops]
+        cells += [f"{r[f'speedup_vs_torch_{loop}']:.1f}x" for loop in loops]
+        print("| " + " | ".join(cells) + " |")
+    print(f"matmul ceiling: {report['ceiling_flops'] / 1e9:.1f} GFLOP/s (2048^3 float32 under XLA)")
+
+
+def main() -> None:
+    args = parse_args()
+    data = load_mnist(args.source, args.data_dir)
+    has_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
+    if not has_torch:
+        print("PyTorch not measured: " + ("--no-torch" if args.no_torch else 'not installed (pip install -e ".[torch]")'))
+    full_float32_matmuls(has_torch)
+
+    report = {
+        "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
+        "device": device_description(),
+        "cpu": benchmark.cpu_model(),
+        "jax_version": jax.__version__,
+        "torch_version": importlib.metadata.version("torch") if has_torch else None,
+        "matmul_precision": "highest (full float32) in both frameworks",
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "torch_loops": ["tensor", "original"] if has_torch else [],
+    }
+    print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version']}", flush=True)
+    report["ceiling_flops"] = benchmark.matmul_ceiling()
+    seeds = list(range(args.seeds))
+    report["stages"] = []
+    for stage in args.stages:
+        print(f"timing {stage} ...", flush=True)
+        config = TrainConfig(stage, epochs=args.epochs)
+        report["stages"].append(benchmark.benchmark_stage(config, data, seeds, report["ceiling_flops"], report["torch_loops"]))
+    print_table(report)
+    if args.loop_variants:
+        report["loop_variants"] = {"stage": args.loop_variants, **benchmark.loop_variants(TrainConfig(args.loop_variants), data)}
+        print(f"\nseconds per training pass of {args.loop_variants}:")
+        for name, seconds in report["loop_variants"].items():
+            if name != "stage":
+                print(f"  {seconds:.3f}  {name}")
+    if not args.no_end_to_end:
+        data_args = ["--source", args.source] + (["--data-dir", str(args.data_dir)] if args.data_dir else [])
+        with tempfile.TemporaryDirectory() as cache:
+            report["end_to_end"] = benchmark.end_to_end(["--stage", "mlp_bn", *data_args], Path(cache))
+        e2e = report["end_to_end"]
+        print(f"\n{e2e['command']}: cold {e2e['cold_seconds']:.1f}s, warm {e2e['warm_seconds']:.1f}s "
+              f"(warm/cold {e2e['warm_over_cold']:.2f})")
+    if args.json:
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

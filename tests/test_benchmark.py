@@ -1,0 +1,54 @@
+"""The benchmark counts the FLOPs XLA runs and reports the ratios it prints."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from conftest import run_script
+from mnist_jax import benchmark
+from mnist_jax.stages import STAGES
+from mnist_jax.train import TrainConfig, init_state, make_optimizer, make_train_step
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_flop_count_is_xlas_own_count_less_the_elementwise_work(stage):
+    config = TrainConfig(stage)
+    tx = make_optimizer(config.lr)
+    graphdef, state = init_state(config, jax.random.key(0), tx)
+    step = jax.jit(make_train_step(graphdef, config.spec.loss, tx))
+    images, labels = jnp.zeros((128, 784), jnp.uint8), jnp.zeros(128, jnp.int32)
+    cost = step.lower(state, images, labels, jax.random.key(1)).compile().cost_analysis()
+    xla_flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    ours = 128 * benchmark.flops_per_example(config)[1]
+    # counting the pixels' gradient too (the usual 3 x forward) would overshoot XLA by 40%
+    assert ours <= xla_flops <= 1.10 * ours
+
+
+def test_benchmark_script_writes_the_figures_it_prints(tmp_path, data_dir):
+    out = tmp_path / "bench.json"
+    proc = run_script(
+        "benchmark.py", "--stages", "linear_ce", "--epochs", "2", "--no-end-to-end", "--data-dir", data_dir, "--json", out
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert {"stages", "ceiling_flops", "device", "jax_version", "torch_version"} <= report.keys()
+    (row,) = report["stages"]
+    assert row["stage"] == "linear_ce" and report["torch_loops"] == ["tensor", "original"]
+    for loop in report["torch_loops"]:
+        assert row[f"speedup_vs_torch_{loop}"] == pytest.approx(row[f"torch_{loop}_epoch_seconds"] / row["jax_epoch_seconds"])
+        assert f"{row[f'speedup_vs_torch_{loop}']:.1f}x" in proc.stdout
+    assert row["jax_samples_per_second"] == pytest.approx(54_000 / row["jax_epoch_seconds"])
+    assert row["efficiency"] == pytest.approx(row["achieved_flops"] / report["ceiling_flops"])
+    assert 0 < row["efficiency"] < 1 and row["jax_compile_seconds"] > 0
+
+
+def test_end_to_end_times_a_cold_then_a_warm_train_py_that_reads_the_cache_the_cold_one_wrote(tmp_path, data_dir):
+    cache = tmp_path / "cache"
+    e2e = benchmark.end_to_end(["--stage", "linear_ce", "--epochs", "1", "--data-dir", str(data_dir)], cache)
+    assert e2e["cold_seconds"] > 0 and e2e["warm_seconds"] > 0
+    assert e2e["warm_over_cold"] == pytest.approx(e2e["warm_seconds"] / e2e["cold_seconds"])
+    assert len(list(cache.iterdir())) > 10  # every program, not only the slow-to-compile ones
+    with pytest.raises(ValueError, match="not empty"):
+        benchmark.end_to_end(["--stage", "linear_ce"], cache)

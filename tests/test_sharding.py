@@ -1,0 +1,89 @@
+"""Eight simulated CPU devices give the results of one device: a single run split over
+the batch axis, several seeds split over the seed axis."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+# Runs in a fresh process: the device count is fixed when JAX starts. A 1,000-image
+# training set keeps it quick; 1,000 = 7 x 128 + 104, and 8 divides 128 and 104.
+PROGRAM = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from flax import nnx
+    from mnist_jax import sharding, study
+    from mnist_jax.data import MNIST, load_idx_dir
+    from mnist_jax.train import TrainConfig, init_state, make_optimizer, run_keys, train
+
+    full = load_idx_dir(sys.argv[1])
+    data = MNIST(full.train_images[:7000], full.train_labels[:7000], full.test_images[:2000], full.test_labels[:2000], "subset")
+    out = {"devices": jax.device_count()}
+    config = TrainConfig("mlp_bn", epochs=2)
+    # float64, so that agreement to ~1e-10 shows the same computation, rounding aside
+    jax.config.update("jax_enable_x64", True)
+    _, start = init_state(config, run_keys(config.seed).init, make_optimizer(config.lr))
+    initial = [jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(s)) for s in start[:2]]
+    for name, mesh in (("one", sharding.single_device_mesh("batch")), ("many", None)):
+        run = train(config, data, mesh=mesh, initial=initial)
+        out[f"run64_{name}"] = {
+            "devices": len(run.final.params["hidden"]["kernel"].sharding.device_set),
+            "losses": [row["train_loss"] for row in run.history],
+            "params": jax.tree.map(lambda a: np.asarray(a).tolist(), nnx.to_pure_dict(run.final.params)),
+            "batch_stats": jax.tree.map(lambda a: np.asarray(a).tolist(), nnx.to_pure_dict(run.final.batch_stats)),
+        }
+    jax.config.update("jax_enable_x64", False)
+    for name, mesh in (("one", sharding.single_device_mesh("seed")), ("many", None)):
+        seeds = study.train_seeds(TrainConfig("mlp_dropout", epochs=1), data, list(range(8)), mesh=mesh)
+        out[f"seeds_{name}"] = {
+            "test_accuracies": seeds.test_accuracies.tolist(),
+            "params": jax.tree.map(lambda a: a.tolist(), seeds.final_params),
+        }
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def eight_devices(data_dir):
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM, str(data_dir)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def leaves(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(leaves(value, f"{prefix}{key}/"))
+        else:
+            flat[prefix + key] = np.asarray(value)
+    return flat
+
+
+def test_a_single_run_splits_each_batch_over_eight_devices_and_matches_one_device(eight_devices):
+    one, many = eight_devices["run64_one"], eight_devices["run64_many"]
+    assert eight_devices["devices"] == 8 and many["devices"] == 8 and one["devices"] == 1
+    np.testing.assert_allclose(many["losses"], one["losses"], rtol=1e-9)
+    # atol 1e-10: the bias before BatchNorm has a zero gradient up to rounding, and Adam
+    # scales that rounding (1e-17) to steps of ~1e-12; everything else agrees far closer
+    for part in ("params", "batch_stats"):  # BatchNorm's statistics are those of the global batch
+        for name, value in leaves(one[part]).items():
+            np.testing.assert_allclose(leaves(many[part])[name], value, rtol=1e-9, atol=1e-10, err_msg=name)
+
+
+def test_eight_seeds_split_over_eight_devices_match_one_device(eight_devices):
+    one, many = eight_devices["seeds_one"], eight_devices["seeds_many"]
+    np.testing.assert_allclose(many["test_accuracies"], one["test_accuracies"], atol=1e-3)
+    assert len(set(one["test_accuracies"])) > 1  # eight different seeds, not one model eight times
+    for name, value in leaves(one["params"]).items():
+        np.testing.assert_allclose(leaves(many["params"])[name], value, atol=1e-4, err_msg=name)
