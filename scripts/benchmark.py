@@ -21,12 +21,17 @@ def parse_args():
     parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
     parser.add_argument("--epochs", type=cli.positive_int, default=3, help="epochs per run; the first is left out of s/epoch")
     parser.add_argument("--seeds", type=cli.positive_int, default=1, help="seeds per stage; JAX trains them at once (vmap)")
+    parser.add_argument(
+        "--rounds", type=cli.positive_int, default=1,
+        help="JAX and PyTorch take turns this many times per stage; figures are medians over rounds",
+    )
     parser.add_argument("--json", type=cli.output_file, help="write the figures here as JSON")
     parser.add_argument("--no-torch", action="store_true", help="JAX only, even when PyTorch is installed")
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the cold and warm train.py runs")
     parser.add_argument(
         "--loop-variants", metavar="STAGE", choices=STAGES,
-        help="also time four ways of driving the training step on STAGE (scan, float32 images, jit per batch, nnx.jit)",
+        help="also time four ways of driving the training step on STAGE (scan, float32 images, jit per batch, "
+        "nnx.jit) and its two largest matmuls alone",
     )
     cli.add_data_arguments(parser)
     args = parser.parse_args()
@@ -64,6 +69,7 @@ def main() -> None:
     if not has_torch:
         print("PyTorch not measured: " + ("--no-torch" if args.no_torch else 'not installed (pip install -e ".[torch]")'))
     full_float32_matmuls(has_torch)
+    jax.config.update("jax_enable_compilation_cache", False)  # compile times are real ones
 
     report = {
         "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
@@ -74,6 +80,7 @@ def main() -> None:
         "matmul_precision": "highest (full float32) in both frameworks",
         "epochs": args.epochs,
         "seeds": args.seeds,
+        "rounds": args.rounds,
         "torch_loops": ["tensor", "original"] if has_torch else [],
     }
     print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version']}", flush=True)
@@ -83,7 +90,9 @@ def main() -> None:
     for stage in args.stages:
         print(f"timing {stage} ...", flush=True)
         config = TrainConfig(stage, epochs=args.epochs)
-        report["stages"].append(benchmark.benchmark_stage(config, data, seeds, report["ceiling_flops"], report["torch_loops"]))
+        report["stages"].append(
+            benchmark.benchmark_stage(config, data, seeds, report["ceiling_flops"], report["torch_loops"], args.rounds)
+        )
     print_table(report)
     if args.loop_variants:
         report["loop_variants"] = {"stage": args.loop_variants, **benchmark.loop_variants(TrainConfig(args.loop_variants), data)}

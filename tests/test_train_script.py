@@ -74,3 +74,13 @@ def test_checkpoint_restores_the_final_and_best_models(runs, mnist):
     best_row = max(metrics["history"], key=lambda row: row["val_accuracy"])
     val_acc = accuracy(best, mnist.train_images[val_idx], mnist.train_labels[val_idx])
     assert val_acc == pytest.approx(best_row["val_accuracy"], abs=1e-6)
+
+
+def test_no_cache_leaves_no_compilation_cache(tmp_path, data_dir):
+    cache = tmp_path / "cache"
+    proc = run_script(
+        "train.py", "--stage", "linear_ce", "--epochs", "1", "--data-dir", data_dir, "--out", tmp_path / "run",
+        "--compile-cache", cache, "--no-cache",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not cache.exists()  # tests/test_benchmark.py shows the cache filling without --no-cache
