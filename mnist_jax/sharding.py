@@ -15,13 +15,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 def make_mesh(axis: str, *sizes: int) -> Mesh:
     """A 1-D mesh named `axis` over the most devices that divide every one of `sizes`
-    (a mesh of one device when nothing divides)."""
+    (one device when nothing divides; `make_mesh(axis, 1)` asks for one)."""
     n = math.gcd(jax.device_count(), *sizes)
     return jax.make_mesh((n,), (axis,), (AxisType.Auto,), devices=jax.devices()[:n])
-
-
-def single_device_mesh(axis: str) -> Mesh:
-    return jax.make_mesh((1,), (axis,), (AxisType.Auto,), devices=jax.devices()[:1])
 
 
 def split(tree, mesh: Mesh, *spec):

@@ -29,7 +29,7 @@ PROGRAM = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     _, start = init_state(config, run_keys(config.seed).init, make_optimizer(config.lr))
     initial = [jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(s)) for s in start[:2]]
-    for name, mesh in (("one", sharding.single_device_mesh("batch")), ("many", None)):
+    for name, mesh in (("one", sharding.make_mesh("batch", 1)), ("many", None)):
         run = train(config, data, mesh=mesh, initial=initial)
         out[f"run64_{name}"] = {
             "devices": len(run.final.params["hidden"]["kernel"].sharding.device_set),
@@ -38,7 +38,7 @@ PROGRAM = textwrap.dedent(
             "batch_stats": jax.tree.map(lambda a: np.asarray(a).tolist(), nnx.to_pure_dict(run.final.batch_stats)),
         }
     jax.config.update("jax_enable_x64", False)
-    for name, mesh in (("one", sharding.single_device_mesh("seed")), ("many", None)):
+    for name, mesh in (("one", sharding.make_mesh("seed", 1)), ("many", None)):
         seeds = study.train_seeds(TrainConfig("mlp_dropout", epochs=1), data, list(range(8)), mesh=mesh)
         out[f"seeds_{name}"] = {
             "test_accuracies": seeds.test_accuracies.tolist(),
