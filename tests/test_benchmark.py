@@ -29,7 +29,7 @@ def test_flop_count_is_xlas_own_count_less_the_elementwise_work(stage):
 def test_benchmark_script_writes_the_figures_it_prints_for_two_seeds(tmp_path, data_dir):
     out = tmp_path / "bench.json"
     proc = run_script(
-        "benchmark.py", "--stages", "linear_ce", "--epochs", "2", "--seeds", "2", "--no-end-to-end",
+        "benchmark.py", "--stages", "linear_ce", "--epochs", "1", "--seeds", "2", "--no-end-to-end",
         "--data-dir", data_dir, "--json", out,
     )
     assert proc.returncode == 0, proc.stderr

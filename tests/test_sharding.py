@@ -24,7 +24,7 @@ PROGRAM = textwrap.dedent(
     full = load_idx_dir(sys.argv[1])
     data = MNIST(full.train_images[:7000], full.train_labels[:7000], full.test_images[:2000], full.test_labels[:2000], "subset")
     out = {"devices": jax.device_count()}
-    config = TrainConfig("mlp_bn", epochs=2)
+    config = TrainConfig("mlp_bn", epochs=1)
     # float64, so that agreement to ~1e-10 shows the same computation, rounding aside
     jax.config.update("jax_enable_x64", True)
     _, start = init_state(config, run_keys(config.seed).init, make_optimizer(config.lr))
