@@ -39,7 +39,7 @@ PROGRAM = textwrap.dedent(
         }
     jax.config.update("jax_enable_x64", False)
     for name, mesh in (("one", sharding.make_mesh("seed", 1)), ("many", None)):
-        seeds = study.train_seeds(TrainConfig("mlp_dropout", epochs=1), data, list(range(8)), mesh=mesh)
+        seeds = study.train_seeds(TrainConfig("linear_ce", epochs=1), data, list(range(8)), mesh=mesh)
         out[f"seeds_{name}"] = {
             "test_accuracies": seeds.test_accuracies.tolist(),
             "params": jax.tree.map(lambda a: a.tolist(), seeds.final_params),
