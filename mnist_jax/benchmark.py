@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from mnist_jax.comparison import steady_seconds_per_epoch
+from mnist_jax.comparison import jax_split, steady_seconds_per_epoch
 from mnist_jax.data import MNIST, NUM_VALIDATION
 from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
 from mnist_jax.train import TrainConfig, run_keys, split_indices, train
@@ -97,9 +97,8 @@ def time_torch(config: TrainConfig, data: MNIST, seeds: list[int], loop: str) ->
 
     total = 0.0
     for seed in seeds:
-        split = tuple(map(jax.device_get, split_indices(run_keys(seed).split, len(data.train_labels))))
         run = torch_reference.train(
-            config.stage, data, split, epochs=config.epochs, batch_size=config.batch_size, seed=seed, loop=loop,
+            config.stage, data, jax_split(seed, len(data.train_labels)), epochs=config.epochs, batch_size=config.batch_size, seed=seed, loop=loop,
             hidden=config.hidden, dropout=config.dropout,
         )
         total += steady_seconds_per_epoch([run.history])
@@ -163,7 +162,14 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
     from flax import nnx
 
     from mnist_jax.evaluate import to_inputs
-    from mnist_jax.train import epoch_keys, epoch_order, init_state, make_optimizer, make_train_epoch, make_train_step
+    from mnist_jax.train import (
+        epoch_keys,
+        epoch_order,
+        init_state,
+        make_optimizer,
+        make_train_epoch,
+        make_train_step,
+    )
 
     keys = run_keys(config.seed)
     tx = make_optimizer(config.lr)

@@ -16,6 +16,12 @@ from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig, run_keys, split_indices, train
 
 
+def jax_split(seed: int, num_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, validation) indices a JAX run of `seed` uses, as NumPy arrays, so
+    that PyTorch trains on the same split."""
+    return tuple(np.asarray(i) for i in split_indices(run_keys(seed).split, num_images))
+
+
 def steady_seconds_per_epoch(histories: list[list[dict]]) -> float:
     """Median epoch time, leaving out each run's first epoch (warm-up)."""
     times = [row["seconds"] for history in histories for row in history[1:]] or [
@@ -60,7 +66,7 @@ def compare_stage(
         torch_runs = []
         for seed in seeds:
             progress(f"{stage} torch/{loop} seed {seed}")
-            split = tuple(np.asarray(i) for i in split_indices(run_keys(seed).split, len(data.train_labels)))
+            split = jax_split(seed, len(data.train_labels))
             torch_runs.append(torch_reference.train(stage, data, split, epochs=epochs, seed=seed, loop=loop))
         result[f"torch_{loop}"] = summarise(
             [r.test_accuracy for r in torch_runs], [r.history for r in torch_runs], None

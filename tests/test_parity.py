@@ -9,6 +9,7 @@ import torch
 from flax import nnx
 
 from mnist_jax import torch_reference as tr
+from mnist_jax.comparison import jax_split
 from mnist_jax.evaluate import to_inputs
 from mnist_jax.study import train_seeds
 from mnist_jax.stages import STAGES
@@ -18,7 +19,6 @@ from mnist_jax.train import (
     make_optimizer,
     make_train_step,
     run_keys,
-    split_indices,
 )
 
 STEP_RTOL = 1e-5  # per-step losses
@@ -155,8 +155,7 @@ def five_seeds(mnist):
     accuracies = {}
     for stage in STAGES:
         jax_runs = train_seeds(TrainConfig(stage), mnist, list(SEEDS))
-        splits = [tuple(map(np.asarray, split_indices(run_keys(s).split, 60_000))) for s in SEEDS]
-        torch_runs = [tr.train(stage, mnist, split, seed=seed) for seed, split in zip(SEEDS, splits)]
+        torch_runs = [tr.train(stage, mnist, jax_split(seed, 60_000), seed=seed) for seed in SEEDS]
         accuracies[stage] = (
             100 * np.mean(jax_runs.test_accuracies),
             100 * np.mean([r.test_accuracy for r in torch_runs]),
