@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from mnist_jax.comparison import jax_split, steady_seconds_per_epoch
 from mnist_jax.data import MNIST, NUM_VALIDATION
@@ -155,14 +156,25 @@ def end_to_end(train_args: list[str], cache: Path) -> dict:
     }
 
 
+def with_in_out_kernels(model: nnx.Module) -> nnx.Module:
+    """A copy of `model` whose layers are `nnx.Linear`, kernels stored (in, out), same values."""
+    model = nnx.clone(model)
+    for name, layer in list(vars(model).items()):
+        if isinstance(layer, nnx.Einsum):
+            fan_out, fan_in = layer.kernel.shape
+            linear = nnx.Linear(fan_in, fan_out, rngs=nnx.Rngs(0))
+            linear.kernel[...], linear.bias[...] = layer.kernel[...].T, layer.bias[...]
+            setattr(model, name, linear)
+    return model
+
+
 def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[str, float]:
-    """Seconds per training pass of one stage, driven four ways over the same batches
+    """Seconds per training pass of one stage, driven five ways over the same batches
     (what each of this project's choices buys), and the floor set by its two largest
     matmuls. Median of `repeats`, round robin."""
-    from flax import nnx
-
     from mnist_jax.evaluate import to_inputs
     from mnist_jax.train import (
+        TrainState,
         epoch_keys,
         epoch_order,
         init_state,
@@ -183,6 +195,11 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
 
     train_epoch = jax.jit(make_train_epoch(graphdef, loss_fn, tx, config.batch_size))
     float_images = to_inputs(images)
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    in_out_graphdef, in_out_params, in_out_stats = nnx.split(with_in_out_kernels(model), nnx.Param, nnx.BatchStat)
+    in_out_params = nnx.as_pure(in_out_params)
+    in_out_state = TrainState(in_out_params, nnx.as_pure(in_out_stats), tx.init(in_out_params))
+    in_out_epoch = jax.jit(make_train_epoch(in_out_graphdef, loss_fn, tx, config.batch_size))
     step = jax.jit(make_train_step(graphdef, loss_fn, tx))
 
     def jit_per_batch():
@@ -192,7 +209,6 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
             s, _ = step(s, images[idx], labels[idx], jax.random.fold_in(dropout_key, i))
         return s
 
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     @nnx.jit
@@ -211,18 +227,18 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
         return loss
 
     fan_in, fan_out = layer_sizes(config)[0]
-    batches = images[order[: len(order) // config.batch_size * config.batch_size]].reshape(-1, config.batch_size, fan_in)
+    batches = order[: len(order) // config.batch_size * config.batch_size].reshape(-1, config.batch_size)
 
     @jax.jit
     def first_layer_matmuls(kernel):  # the floor: the two big matmuls of every step, nothing else
-        def body(kernel, x):
-            x = to_inputs(x)
-            h = x @ kernel
-            return kernel - 1e-9 * jax.lax.dot_general(x, h, (((0,), (0,)), ((), ()))), None
+        def body(kernel, idx):
+            x = to_inputs(images[idx])
+            h = x @ kernel.T
+            return kernel - 1e-9 * (h.T @ x), None
 
         return jax.lax.scan(body, kernel, batches)[0]
 
-    kernel = jnp.zeros((fan_in, fan_out), jnp.float32)
+    kernel = jnp.zeros((fan_out, fan_in), jnp.float32)
     variants = {
         "lax.scan over the epoch, uint8 images on device (this project)": lambda: train_epoch(
             state, images, labels, order, dropout_key
@@ -230,9 +246,12 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
         "lax.scan over the epoch, float32 images on device": lambda: train_epoch(
             state, float_images, labels, order, dropout_key
         ),
+        "lax.scan over the epoch, nnx.Linear's (in, out) kernels": lambda: in_out_epoch(
+            in_out_state, images, labels, order, dropout_key
+        ),
         "jax.jit step per batch, Python loop": jit_per_batch,
         "nnx.jit step per batch, Python loop (NNX objects)": nnx_jit_per_batch,
-        "floor: the first layer's forward and weight-gradient matmuls alone, same batches": lambda: first_layer_matmuls(
+        "floor: gather each batch, the first layer's forward and weight-gradient matmuls, nothing else": lambda: first_layer_matmuls(
             kernel
         ),
     }

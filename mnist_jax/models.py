@@ -23,9 +23,17 @@ def torch_uniform(fan_in: int) -> nnx.Initializer:
     return init
 
 
-def torch_linear(fan_in: int, fan_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+def torch_linear(fan_in: int, fan_out: int, rngs: nnx.Rngs) -> nnx.Einsum:
+    """`nn.Linear(fan_in, fan_out)`: kernel stored (out, in) as PyTorch stores its weight,
+    float32 (float64 under `jax.enable_x64`, as the other parameters).
+
+    On XLA:CPU this layout makes the output layer's weight gradient a (10, 256) product,
+    about 6x faster than the (256, 10) one of `nnx.Linear`'s (in, out) kernel.
+    """
     init = torch_uniform(fan_in)
-    return nnx.Linear(fan_in, fan_out, kernel_init=init, bias_init=init, rngs=rngs)
+    return nnx.Einsum(
+        "bi,oi->bo", (fan_out, fan_in), (fan_out,), param_dtype=jnp.result_type(float), kernel_init=init, bias_init=init, rngs=rngs
+    )
 
 
 class BatchNorm1d(nnx.Module):

@@ -108,14 +108,14 @@ def comparison_chart(results: dict, path: str | os.PathLike) -> None:
 
 
 def weight_templates(arrays, path: str | os.PathLike) -> None:
-    """The ten 784-weight columns of each linear model as 28x28 images, zero at the centre."""
+    """The ten 784-weight rows of each linear model as 28x28 images, zero at the centre."""
     names = [k.removesuffix("_weights") for k in arrays if k.endswith("_weights")]
     fig, axes = plt.subplots(len(names), 10, figsize=(13, 1.5 * len(names) + 0.6), squeeze=False)
     for row, name in zip(axes, names):
         kernel = arrays[f"{name}_weights"]
         limit = np.abs(kernel).max()
         for digit, ax in enumerate(row):
-            ax.imshow(kernel[:, digit].reshape(28, 28), cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.imshow(kernel[digit].reshape(28, 28), cmap="RdBu_r", vmin=-limit, vmax=limit)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(str(digit), fontsize=9)

@@ -71,13 +71,13 @@ _FLAX_TO_TORCH = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean":
 
 
 def flax_to_torch(params: dict, batch_stats: dict) -> dict[str, torch.Tensor]:
-    """Pure-dict Flax state -> a torch `state_dict` (Dense kernels transposed)."""
+    """Pure-dict Flax state -> a torch `state_dict` (same layouts, other names)."""
     state = {}
     for tree in (params, batch_stats):
         for layer, variables in tree.items():
             for name, value in variables.items():
                 value = np.asarray(value)
-                state[f"{layer}.{_FLAX_TO_TORCH[name]}"] = torch.tensor(value.T if name == "kernel" else value)
+                state[f"{layer}.{_FLAX_TO_TORCH[name]}"] = torch.tensor(value)
     if "batchnorm" in batch_stats:
         state["batchnorm.num_batches_tracked"] = torch.tensor(0)
     return state
@@ -97,7 +97,7 @@ def torch_to_flax(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict]:
         elif layer == "batchnorm":
             params.setdefault(layer, {})["scale" if name == "weight" else "bias"] = value
         else:
-            params.setdefault(layer, {})["kernel" if name == "weight" else "bias"] = value.T if name == "weight" else value
+            params.setdefault(layer, {})["kernel" if name == "weight" else "bias"] = value
     return params, batch_stats
 
 

@@ -118,34 +118,28 @@ def make_train_epoch(
 ) -> Callable:
     """A pure function (state, images, labels, order, dropout key) -> (state, (loss, acc)).
 
-    The images are gathered once in `order` (a device-resident uint8 copy), cut
-    into full batches that `lax.scan` walks through, and the remainder is one
-    short batch, so every example is seen once, as with a PyTorch DataLoader.
-    With a `mesh` of several devices, each batch is split over its `batch` axis.
+    `lax.scan` walks through the full batches of `order`, each step gathering its
+    batch from the device-resident uint8 images; the remainder is one short batch,
+    so every example is seen once, as with a PyTorch DataLoader. With a `mesh` of
+    several devices, each batch is split over its `batch` axis.
     """
     split_batch = mesh is not None and mesh.size > 1
     train_step = make_train_step(graphdef, loss_fn, tx)
 
     def train_epoch(state: TrainState, images, labels, order, dropout_key):
-        x, y = images[order], labels[order]
-        n = x.shape[0]
+        def step(state, i, idx):
+            x, y = images[idx], labels[idx]
+            if split_batch:
+                x, y = sharding.constrain(x, mesh, "batch"), sharding.constrain(y, mesh, "batch")
+            return train_step(state, x, y, jax.random.fold_in(dropout_key, i))
+
+        n = order.shape[0]
         n_full, rest = divmod(n, batch_size)
-        cut = n_full * batch_size
-
-        def body(state, batch):
-            i, xb, yb = batch
-            return train_step(state, xb, yb, jax.random.fold_in(dropout_key, i))
-
-        xs, ys = x[:cut].reshape(n_full, batch_size, *x.shape[1:]), y[:cut].reshape(n_full, batch_size)
-        x_last, y_last = x[cut:], y[cut:]
-        if split_batch:
-            xs, ys = (sharding.constrain(a, mesh, None, "batch") for a in (xs, ys))
-            x_last, y_last = (sharding.constrain(a, mesh, "batch") for a in (x_last, y_last))
-        state, (losses, correct) = jax.lax.scan(body, state, (jnp.arange(n_full), xs, ys))
+        batches = order[: n_full * batch_size].reshape(n_full, batch_size)
+        state, (losses, correct) = jax.lax.scan(lambda s, batch: step(s, *batch), state, (jnp.arange(n_full), batches))
         loss_sum, correct_sum = losses.sum() * batch_size, correct.sum()
         if rest:
-            last_key = jax.random.fold_in(dropout_key, n_full)
-            state, (loss, c) = train_step(state, x_last, y_last, last_key)
+            state, (loss, c) = step(state, n_full, order[n_full * batch_size :])
             loss_sum, correct_sum = loss_sum + loss * rest, correct_sum + c
         return state, (loss_sum / n, correct_sum / n)
 

@@ -30,8 +30,8 @@ def parse_args():
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the cold and warm train.py runs")
     parser.add_argument(
         "--loop-variants", metavar="STAGE", choices=STAGES,
-        help="also time four ways of driving the training step on STAGE (scan, float32 images, jit per batch, "
-        "nnx.jit) and its two largest matmuls alone",
+        help="also time five ways of driving the training step on STAGE (scan, float32 images, (in, out) kernels, "
+        "jit per batch, nnx.jit) and its two largest matmuls alone",
     )
     cli.add_data_arguments(parser)
     args = parser.parse_args()

@@ -30,7 +30,7 @@ def test_original_draws_follow_torch_random_split_and_dataloader():
     (train_idx, val_idx), initial, orders = original_draws("linear_ce", epochs=2)
     assert len(train_idx) == 54_000 and len(val_idx) == 6_000
     assert sorted(orders[0]) == sorted(train_idx) and list(orders[0]) != list(orders[1])
-    assert initial[0]["linear"]["kernel"].shape == (784, 10)
+    assert initial[0]["linear"]["kernel"].shape == (10, 784)
 
 
 def test_jax_replay_of_the_original_run_matches_the_pytorch_replay(mnist):

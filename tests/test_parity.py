@@ -145,7 +145,7 @@ def test_state_dict_conversion_round_trips():
     params, batch_stats = tr.torch_to_flax(model.state_dict())
     assert_trees_close(nnx.to_pure_dict(state.params), params, atol=0)
     assert_trees_close(nnx.to_pure_dict(state.batch_stats), batch_stats, atol=0)
-    assert model.hidden.weight.shape == (256, 784)  # torch stores (out, in): kernels are transposed
+    assert params["hidden"]["kernel"].shape == model.hidden.weight.shape == (256, 784)  # (out, in) in both
 
 
 @pytest.fixture(scope="module")
