@@ -106,25 +106,29 @@ def time_torch(config: TrainConfig, data: MNIST, seeds: list[int], loop: str) ->
     return total
 
 
-def benchmark_stage(
-    config: TrainConfig, data: MNIST, seeds: list[int], ceiling: float, torch_loops: list[str], rounds: int = 1
-) -> dict:
+def benchmark_stage(config: TrainConfig, data: MNIST, seeds: list[int], torch_loops: list[str], rounds: int = 1) -> dict:
     """One stage: JAX and each PyTorch loop, seconds per epoch, samples/s, speed-ups
-    and FLOP efficiency. The frameworks take turns, `rounds` times, so that a slow
-    spell of a shared machine falls on both; each figure is the median over rounds."""
+    and FLOP efficiency. Each round measures the matmul ceiling, then JAX, then each
+    PyTorch loop, so that a slow spell of a shared machine falls on all of them; each
+    figure is the median over rounds, and `efficiency` the median of each round's
+    achieved FLOP/s over that round's ceiling."""
     num_train = len(data.train_labels) - NUM_VALIDATION
+    flops = len(seeds) * epoch_flops(config, num_train)
     times: dict[str, list[float]] = {}
+    efficiencies = []
     for _ in range(rounds):
+        times.setdefault("ceiling_flops", []).append(matmul_ceiling())
         for name, seconds in time_jax(config, data, seeds).items():
             times.setdefault(f"jax_{name}", []).append(seconds)
+        efficiencies.append(flops / times["jax_epoch_seconds"][-1] / times["ceiling_flops"][-1])
         for loop in torch_loops:
             times.setdefault(f"torch_{loop}_epoch_seconds", []).append(time_torch(config, data, seeds, loop))
     row = {"stage": config.stage, **{name: statistics.median(values) for name, values in times.items()}}
     epoch = row["jax_epoch_seconds"]
     row["jax_samples_per_second"] = len(seeds) * num_train / epoch
     row["flops_per_example"] = flops_per_example(config)[1]
-    row["achieved_flops"] = len(seeds) * epoch_flops(config, num_train) / epoch
-    row["efficiency"] = row["achieved_flops"] / ceiling
+    row["achieved_flops"] = flops / epoch
+    row["efficiency"] = statistics.median(efficiencies)
     for loop in torch_loops:
         torch_epoch = row[f"torch_{loop}_epoch_seconds"]
         row[f"torch_{loop}_samples_per_second"] = len(seeds) * num_train / torch_epoch
@@ -132,27 +136,29 @@ def benchmark_stage(
     return row
 
 
-def end_to_end(train_args: list[str], cache: Path) -> dict:
-    """Wall time of `scripts/train.py <train_args>` as a fresh process, import to
-    exit: cold (with `cache` an empty compilation cache) and then warm (the cache it filled)."""
-    if cache.exists() and any(cache.iterdir()):
-        raise ValueError(f"{cache} is not empty: the cold run would not be cold")
-    with tempfile.TemporaryDirectory() as tmp:
-        command = [
-            sys.executable, str(SCRIPTS / "train.py"), *train_args, "--out", f"{tmp}/run", "--overwrite",
-            "--compile-cache", str(cache),
-        ]
-        seconds = []
-        for _ in ("cold", "warm"):
-            start = time.perf_counter()
-            subprocess.run(command, check=True, capture_output=True)
-            seconds.append(time.perf_counter() - start)
-    cold, warm = seconds
+def end_to_end(train_args: list[str], rounds: int = 1) -> dict:
+    """Wall time of `scripts/train.py <train_args>` as a fresh process, import to exit:
+    cold (an empty compilation cache) and then warm (the cache the cold run filled),
+    `rounds` times with a new cache each; medians."""
+    pairs = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = Path(tmp) / "cache"
+            command = [
+                sys.executable, str(SCRIPTS / "train.py"), *train_args, "--out", f"{tmp}/run", "--overwrite",
+                "--compile-cache", str(cache),
+            ]
+            seconds = []
+            for _ in ("cold", "warm"):
+                start = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True)
+                seconds.append(time.perf_counter() - start)
+            pairs.append({"cold_seconds": seconds[0], "warm_seconds": seconds[1], "cache_entries": len(list(cache.iterdir()))})
     return {
         "command": " ".join(["python", "scripts/train.py", *train_args]),
-        "cold_seconds": cold,
-        "warm_seconds": warm,
-        "warm_over_cold": warm / cold,
+        "rounds": pairs,
+        **{key: statistics.median(p[key] for p in pairs) for key in ("cold_seconds", "warm_seconds", "cache_entries")},
+        "warm_over_cold": statistics.median(p["warm_seconds"] / p["cold_seconds"] for p in pairs),
     }
 
 
@@ -170,9 +176,10 @@ def with_in_out_kernels(model: nnx.Module) -> nnx.Module:
 
 def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[str, float]:
     """Seconds per training pass of one stage, driven five ways over the same batches
-    (what each of this project's choices buys), and the floor set by its two largest
-    matmuls. Median of `repeats`, round robin."""
-    from mnist_jax.evaluate import to_inputs
+    (what each of this project's choices buys), the floor set by its two largest
+    matmuls, and the rest of an epoch (shuffle, validation pass). Median of `repeats`,
+    round robin."""
+    from mnist_jax.evaluate import make_evaluate, to_inputs
     from mnist_jax.train import (
         TrainState,
         epoch_keys,
@@ -189,7 +196,10 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
     images = jnp.asarray(data.train_images.reshape(len(data.train_images), -1))
     labels = jnp.asarray(data.train_labels, jnp.int32)
     shuffle_key, dropout_key = epoch_keys(keys.epochs, 1)
-    order = epoch_order(split_indices(keys.split, len(images))[0], shuffle_key)
+    train_idx, val_idx = split_indices(keys.split, len(images))
+    order = epoch_order(train_idx, shuffle_key)
+    evaluate = jax.jit(make_evaluate(graphdef, config.spec.loss))
+    val_images, val_labels = images[val_idx], labels[val_idx]
     starts = range(0, len(order), config.batch_size)
     loss_fn = config.spec.loss
 
@@ -253,6 +263,12 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
         "nnx.jit step per batch, Python loop (NNX objects)": nnx_jit_per_batch,
         "floor: gather each batch, the first layer's forward and weight-gradient matmuls, nothing else": lambda: first_layer_matmuls(
             kernel
+        ),
+        "rest of the epoch: shuffle (jax.random.permutation of the training indices)": lambda: epoch_order(
+            train_idx, shuffle_key
+        ),
+        "rest of the epoch: validation pass (6,000 images)": lambda: evaluate(
+            state.params, state.batch_stats, val_images, val_labels
         ),
     }
     times = {name: [] for name in variants}
