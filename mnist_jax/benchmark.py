@@ -198,10 +198,10 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
     shuffle_key, dropout_key = epoch_keys(keys.epochs, 1)
     train_idx, val_idx = split_indices(keys.split, len(images))
     order = epoch_order(train_idx, shuffle_key)
-    evaluate = jax.jit(make_evaluate(graphdef, config.spec.loss))
-    val_images, val_labels = images[val_idx], labels[val_idx]
     starts = range(0, len(order), config.batch_size)
     loss_fn = config.spec.loss
+    evaluate = jax.jit(make_evaluate(graphdef, loss_fn))
+    val_images, val_labels = images[val_idx], labels[val_idx]
 
     train_epoch = jax.jit(make_train_epoch(graphdef, loss_fn, tx, config.batch_size))
     float_images = to_inputs(images)
