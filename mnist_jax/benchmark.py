@@ -240,7 +240,7 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
     batches = order[: len(order) // config.batch_size * config.batch_size].reshape(-1, config.batch_size)
 
     @jax.jit
-    def first_layer_matmuls(kernel):  # the floor: the two big matmuls of every step, nothing else
+    def first_layer_matmuls(kernel, images, batches):  # the floor: the two big matmuls of every step, nothing else
         def body(kernel, idx):
             x = to_inputs(images[idx])
             h = x @ kernel.T
@@ -262,7 +262,7 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
         "jax.jit step per batch, Python loop": jit_per_batch,
         "nnx.jit step per batch, Python loop (NNX objects)": nnx_jit_per_batch,
         "floor: gather each batch, the first layer's forward and weight-gradient matmuls, nothing else": lambda: first_layer_matmuls(
-            kernel
+            kernel, images, batches
         ),
         "rest of the epoch: shuffle (jax.random.permutation of the training indices)": lambda: epoch_order(
             train_idx, shuffle_key

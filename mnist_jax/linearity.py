@@ -54,16 +54,15 @@ def linear_ce_converged(data: MNIST, seed: int = 0, max_steps: int = 2000, tol: 
     """Softmax regression trained to convergence: full-batch L-BFGS (optax) from zero."""
     start = time.perf_counter()
     x, y, test_x, test_y = _train_test(data, seed)
-    xb = _with_bias(x)
-
-    def loss(weights):
-        return cross_entropy(xb @ weights, y)
-
     solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(loss)
 
     @jax.jit
-    def run(weights):
+    def run(weights, xb, y):  # xb, y as arguments: closed over, they would be compiled in as constants
+        def loss(weights):
+            return cross_entropy(xb @ weights, y)
+
+        value_and_grad = optax.value_and_grad_from_state(loss)
+
         def step(carry):
             weights, state, _ = carry
             value, grad = value_and_grad(weights, state=state)
@@ -78,11 +77,12 @@ def linear_ce_converged(data: MNIST, seed: int = 0, max_steps: int = 2000, tol: 
         weights, state, grad_norm = jax.lax.while_loop(going, step, init)
         return weights, optax.tree.get(state, "count"), grad_norm
 
-    weights, steps, grad_norm = run(jnp.zeros((xb.shape[1], 10)))
+    xb = _with_bias(x)
+    weights, steps, grad_norm = run(jnp.zeros((xb.shape[1], 10)), xb, y)
     return {
         "train_accuracy": _accuracy(weights, x, y),
         "test_accuracy": _accuracy(weights, test_x, test_y),
-        "train_loss": float(loss(weights)),
+        "train_loss": float(cross_entropy(xb @ weights, y)),
         "steps": int(steps),
         "grad_norm": float(grad_norm),
         "seconds": time.perf_counter() - start,

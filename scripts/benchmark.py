@@ -80,7 +80,7 @@ def main() -> None:
         "epochs": args.epochs,
         "seeds": args.seeds,
         "rounds": args.rounds,
-        "torch_loops": ["tensor", "original"] if has_torch else [],
+        "torch_loops": ["tensor", "original", "fused"] if has_torch else [],
     }
     print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version']}", flush=True)
     seeds = list(range(args.seeds))

@@ -36,7 +36,7 @@ def test_benchmark_script_writes_the_figures_it_prints_for_two_seeds(tmp_path, d
     report = json.loads(out.read_text())
     assert {"stages", "ceiling_flops", "device", "jax_version", "torch_version"} <= report.keys()
     (row,) = report["stages"]
-    assert row["stage"] == "linear_ce" and report["torch_loops"] == ["tensor", "original"]
+    assert row["stage"] == "linear_ce" and report["torch_loops"] == ["tensor", "original", "fused"]
     for loop in report["torch_loops"]:
         assert row[f"speedup_vs_torch_{loop}"] == pytest.approx(row[f"torch_{loop}_epoch_seconds"] / row["jax_epoch_seconds"])
         assert f"{row[f'speedup_vs_torch_{loop}']:.1f}x" in proc.stdout

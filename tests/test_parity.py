@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+import torch.nn.functional as F
 from flax import nnx
 
 from mnist_jax import torch_reference as tr
@@ -118,6 +119,25 @@ def test_stage_matches_pytorch_step_by_step_for_51_sgd_steps_in_float32(stage, m
     np.testing.assert_allclose(jax_logits, torch_logits, rtol=0, atol=STATE_ATOL)
 
 
+def test_fused_adam_of_the_benchmarks_fused_loop_takes_the_default_adams_steps(mnist):
+    """The benchmark's `fused` PyTorch loop changes the Adam kernel, not the algorithm.
+    (On `mlp_bn` the hidden bias, whose gradient BatchNorm cancels to rounding noise,
+    drifts by 1e-11: Adam scales that noise by lr / eps = 1e5.)"""
+    models = []
+    for fused in (None, True):
+        torch.manual_seed(0)
+        model = tr.build_model("mlp").double()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+        for images, labels in step_batches(mnist):
+            x, y = tr.as_tensors(images, labels)
+            optimizer.zero_grad()
+            F.cross_entropy(model(x.double()), y).backward()
+            optimizer.step()
+        models.append(model.state_dict())
+    for name, value in models[0].items():
+        np.testing.assert_allclose(models[1][name].numpy(), value.numpy(), rtol=0, atol=1e-12, err_msg=name)
+
+
 def test_mlp_dropout_matches_pytorch_in_eval_mode(mnist):
     _, _, graphdef, state, model = same_start("mlp_dropout")
     x, _ = tr.as_tensors(mnist.test_images[:2000], mnist.test_labels[:2000])
@@ -151,11 +171,12 @@ def test_state_dict_conversion_round_trips():
 @pytest.fixture(scope="module")
 def five_seeds(mnist):
     """Test accuracy of each stage over 5 seeds, in JAX (the seeds vmapped) and
-    PyTorch (one after another), on the same splits."""
+    PyTorch (one after another, with the fused Adam kernel, which takes the default
+    Adam's steps, see above, in about a third less time here), on the same splits."""
     accuracies = {}
     for stage in STAGES:
         jax_runs = train_seeds(TrainConfig(stage), mnist, list(SEEDS))
-        torch_runs = [tr.train(stage, mnist, jax_split(seed, 60_000), seed=seed) for seed in SEEDS]
+        torch_runs = [tr.train(stage, mnist, jax_split(seed, 60_000), seed=seed, loop="fused") for seed in SEEDS]
         accuracies[stage] = (
             100 * np.mean(jax_runs.test_accuracies),
             100 * np.mean([r.test_accuracy for r in torch_runs]),
