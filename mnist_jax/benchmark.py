@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -106,33 +107,45 @@ def time_torch(config: TrainConfig, data: MNIST, seeds: list[int], loop: str) ->
     return total
 
 
-def benchmark_stage(config: TrainConfig, data: MNIST, seeds: list[int], torch_loops: list[str], rounds: int = 1) -> dict:
-    """One stage: JAX and each PyTorch loop, seconds per epoch, samples/s, speed-ups
-    and FLOP efficiency. Each round measures the matmul ceiling, then JAX, then each
-    PyTorch loop, so that a slow spell of a shared machine falls on all of them; each
-    figure is the median over rounds, and `efficiency` the median of each round's
-    achieved FLOP/s over that round's ceiling."""
+def benchmark_stages(
+    configs: list[TrainConfig], data: MNIST, seeds: list[int], torch_loops: list[str], rounds: int = 1,
+    on_round: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Each stage: JAX and each PyTorch loop, seconds per epoch, samples/s, speed-ups
+    and FLOP efficiency. A round measures every stage in turn, each stage the matmul
+    ceiling, then JAX, then each PyTorch loop: a slow spell of a shared machine falls
+    on one round of every stage and every framework, not on all rounds of one stage.
+    Each figure is the median over rounds (`rounds` keeps them all), and `efficiency`
+    the median of each round's achieved FLOP/s over that round's ceiling."""
     num_train = len(data.train_labels) - NUM_VALIDATION
-    flops = len(seeds) * epoch_flops(config, num_train)
-    times: dict[str, list[float]] = {}
-    efficiencies = []
-    for _ in range(rounds):
-        times.setdefault("ceiling_flops", []).append(matmul_ceiling())
-        for name, seconds in time_jax(config, data, seeds).items():
-            times.setdefault(f"jax_{name}", []).append(seconds)
-        efficiencies.append(flops / times["jax_epoch_seconds"][-1] / times["ceiling_flops"][-1])
-        for loop in torch_loops:
-            times.setdefault(f"torch_{loop}_epoch_seconds", []).append(time_torch(config, data, seeds, loop))
-    row = {"stage": config.stage, **{name: statistics.median(values) for name, values in times.items()}}
+    times: list[dict[str, list[float]]] = [{} for _ in configs]
+    for r in range(rounds):
+        if on_round:
+            on_round(r + 1)
+        for config, measured in zip(configs, times):
+            measured.setdefault("ceiling_flops", []).append(matmul_ceiling())
+            for name, seconds in time_jax(config, data, seeds).items():
+                measured.setdefault(f"jax_{name}", []).append(seconds)
+            for loop in torch_loops:
+                measured.setdefault(f"torch_{loop}_epoch_seconds", []).append(time_torch(config, data, seeds, loop))
+    return [_stage_row(config, measured, len(seeds), num_train, torch_loops) for config, measured in zip(configs, times)]
+
+
+def _stage_row(config: TrainConfig, measured: dict[str, list[float]], num_seeds: int, num_train: int, torch_loops: list[str]) -> dict:
+    flops = num_seeds * epoch_flops(config, num_train)
+    row = {"stage": config.stage, **{name: statistics.median(values) for name, values in measured.items()}}
     epoch = row["jax_epoch_seconds"]
-    row["jax_samples_per_second"] = len(seeds) * num_train / epoch
+    row["jax_samples_per_second"] = num_seeds * num_train / epoch
     row["flops_per_example"] = flops_per_example(config)[1]
     row["achieved_flops"] = flops / epoch
-    row["efficiency"] = statistics.median(efficiencies)
+    row["efficiency"] = statistics.median(
+        flops / seconds / ceiling for seconds, ceiling in zip(measured["jax_epoch_seconds"], measured["ceiling_flops"])
+    )
     for loop in torch_loops:
         torch_epoch = row[f"torch_{loop}_epoch_seconds"]
-        row[f"torch_{loop}_samples_per_second"] = len(seeds) * num_train / torch_epoch
+        row[f"torch_{loop}_samples_per_second"] = num_seeds * num_train / torch_epoch
         row[f"speedup_vs_torch_{loop}"] = torch_epoch / epoch
+    row["rounds"] = measured
     return row
 
 

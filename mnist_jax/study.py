@@ -65,8 +65,8 @@ def train_seeds(
     train_epoch = make_train_epoch(graphdef, stage.loss, tx, config.batch_size)
     evaluate = make_evaluate(graphdef, stage.loss)
 
-    # The images are arguments, not closed over: a closed-over array would be
-    # compiled into the program as a constant (4 s more to compile the 47 MB).
+    # The images are arguments, not closed over: a closed-over array is compiled into
+    # the program as a constant (the 47 MB doubled the compile time, 5.4 s against 2.6 s).
     @functools.partial(jax.vmap, in_axes=(0, 0, 0, 0, 0, None, None))
     def epoch(state, train_idx, val_idx, epochs_key, number, images, labels):
         shuffle_key, dropout_key = epoch_keys(epochs_key, number)

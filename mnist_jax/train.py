@@ -80,8 +80,9 @@ def make_init(
     config: TrainConfig, tx: optax.GradientTransformation, num_images: int
 ) -> tuple[nnx.GraphDef, Callable[[int | jax.Array], tuple[jax.Array, TrainState, jax.Array, jax.Array]]]:
     """The model's graph definition, and a pure function seed -> (epochs key, initial
-    state, train indices, validation indices) to jit (one program, not one per
-    operation: a second on a warm start) or to vmap over seeds."""
+    state, train indices, validation indices) to jit or to vmap over seeds: one
+    program, where eager initialisation runs one per operation (each traced, and
+    compiled or fetched from the cache, on every start)."""
     abstract = nnx.eval_shape(lambda: config.spec.build(nnx.Rngs(0), config.hidden, config.dropout))
 
     def init(seed):

@@ -22,7 +22,7 @@ def parse_args():
     parser.add_argument("--seeds", type=cli.positive_int, default=1, help="seeds per stage; JAX trains them at once (vmap)")
     parser.add_argument(
         "--rounds", type=cli.positive_int, default=1,
-        help="JAX and PyTorch take turns this many times per stage (and cold/warm train.py runs are repeated); figures are medians over rounds",
+        help="every stage is measured this many times, in turns (and cold/warm train.py runs are repeated); figures are medians over rounds",
     )
     parser.add_argument("--json", type=cli.output_file, help="write the figures here as JSON")
     parser.add_argument("--no-torch", action="store_true", help="JAX only, even when PyTorch is installed")
@@ -83,12 +83,11 @@ def main() -> None:
         "torch_loops": ["tensor", "original", "fused"] if has_torch else [],
     }
     print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version']}", flush=True)
-    seeds = list(range(args.seeds))
-    report["stages"] = []
-    for stage in args.stages:
-        print(f"timing {stage} ...", flush=True)
-        config = TrainConfig(stage, epochs=args.epochs)
-        report["stages"].append(benchmark.benchmark_stage(config, data, seeds, report["torch_loops"], args.rounds))
+    configs = [TrainConfig(stage, epochs=args.epochs) for stage in args.stages]
+    report["stages"] = benchmark.benchmark_stages(
+        configs, data, list(range(args.seeds)), report["torch_loops"], args.rounds,
+        on_round=lambda r: print(f"round {r} of {args.rounds}: {', '.join(args.stages)} ...", flush=True),
+    )
     report["ceiling_flops"] = statistics.median(r["ceiling_flops"] for r in report["stages"])
     print_table(report)
     if args.loop_variants:
