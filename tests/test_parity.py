@@ -6,7 +6,6 @@ import numpy as np
 import optax
 import pytest
 import torch
-import torch.nn.functional as F
 from flax import nnx
 
 from mnist_jax import torch_reference as tr
@@ -128,11 +127,8 @@ def test_fused_adam_of_the_benchmarks_fused_loop_takes_the_default_adams_steps(m
         torch.manual_seed(0)
         model = tr.build_model("mlp").double()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
-        for images, labels in step_batches(mnist):
-            x, y = tr.as_tensors(images, labels)
-            optimizer.zero_grad()
-            F.cross_entropy(model(x.double()), y).backward()
-            optimizer.step()
+        batches = [(x.double(), y) for x, y in (tr.as_tensors(*batch) for batch in step_batches(mnist))]
+        tr.train_epoch(model, optimizer, tr.loss_fn("mlp"), batches)
         models.append(model.state_dict())
     for name, value in models[0].items():
         np.testing.assert_allclose(models[1][name].numpy(), value.numpy(), rtol=0, atol=1e-12, err_msg=name)
