@@ -8,22 +8,39 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
+from jax.profiler import ProfileData
 
 from mnist_jax.comparison import jax_split, steady_seconds_per_epoch
 from mnist_jax.data import MNIST, NUM_VALIDATION
+from mnist_jax.evaluate import make_evaluate, to_inputs
 from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
-from mnist_jax.train import TrainConfig, run_keys, split_indices, train
+from mnist_jax.train import (
+    TrainConfig,
+    TrainState,
+    device_data,
+    epoch_keys,
+    epoch_order,
+    init_state,
+    make_optimizer,
+    make_train_epoch,
+    make_train_step,
+    run_keys,
+    split_indices,
+    train,
+)
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -166,7 +183,8 @@ def end_to_end(train_args: list[str], rounds: int = 1) -> dict:
                 start = time.perf_counter()
                 subprocess.run(command, check=True, capture_output=True)
                 seconds.append(time.perf_counter() - start)
-            pairs.append({"cold_seconds": seconds[0], "warm_seconds": seconds[1], "cache_entries": len(list(cache.iterdir()))})
+            programs = sorted(entry.name.split("-")[0] for entry in cache.iterdir())
+            pairs.append({"cold_seconds": seconds[0], "warm_seconds": seconds[1], "cache_entries": len(programs), "cached_programs": programs})
     return {
         "command": " ".join(["python", "scripts/train.py", *train_args]),
         "rounds": pairs,
@@ -187,30 +205,38 @@ def with_in_out_kernels(model: nnx.Module) -> nnx.Module:
     return model
 
 
-def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[str, float]:
-    """Seconds per training pass of one stage, driven five ways over the same batches
-    (what each of this project's choices buys), the floor set by its two largest
-    matmuls, and the rest of an epoch (shuffle, validation pass). Median of `repeats`,
-    round robin."""
-    from mnist_jax.evaluate import make_evaluate, to_inputs
-    from mnist_jax.train import (
-        TrainState,
-        epoch_keys,
-        epoch_order,
-        init_state,
-        make_optimizer,
-        make_train_epoch,
-        make_train_step,
-    )
+class FirstEpoch(NamedTuple):
+    """What epoch 1 of a run starts from: the model, the data on the device, the batches' order."""
 
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    state: TrainState
+    images: jax.Array
+    labels: jax.Array
+    train_idx: jax.Array
+    val_idx: jax.Array
+    order: jax.Array
+    shuffle_key: jax.Array
+    dropout_key: jax.Array
+
+
+def first_epoch(config: TrainConfig, data: MNIST) -> FirstEpoch:
     keys = run_keys(config.seed)
     tx = make_optimizer(config.lr)
     graphdef, state = init_state(config, keys.init, tx)
-    images = jnp.asarray(data.train_images.reshape(len(data.train_images), -1))
-    labels = jnp.asarray(data.train_labels, jnp.int32)
+    images, labels, _, _ = device_data(data)
     shuffle_key, dropout_key = epoch_keys(keys.epochs, 1)
     train_idx, val_idx = split_indices(keys.split, len(images))
     order = epoch_order(train_idx, shuffle_key)
+    return FirstEpoch(graphdef, tx, state, images, labels, train_idx, val_idx, order, shuffle_key, dropout_key)
+
+
+def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[str, float]:
+    """Seconds per training pass of one stage, driven five ways over the same batches
+    (what each of this project's choices buys), the floor set by its two largest
+    matmuls, and the rest of an epoch (shuffle, two ways, and validation pass). Median
+    of `repeats`, round robin."""
+    graphdef, tx, state, images, labels, train_idx, val_idx, order, shuffle_key, dropout_key = first_epoch(config, data)
     starts = range(0, len(order), config.batch_size)
     loss_fn = config.spec.loss
     evaluate = jax.jit(make_evaluate(graphdef, loss_fn))
@@ -262,6 +288,7 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
         return jax.lax.scan(body, kernel, batches)[0]
 
     kernel = jnp.zeros((fan_out, fan_in), jnp.float32)
+    permutation_order = jax.jit(lambda idx, key: idx[jax.random.permutation(key, idx.shape[0])])
     variants = {
         "lax.scan over the epoch, uint8 images on device (this project)": lambda: train_epoch(
             state, images, labels, order, dropout_key
@@ -277,7 +304,10 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
         "floor: gather each batch, the first layer's forward and weight-gradient matmuls, nothing else": lambda: first_layer_matmuls(
             kernel, images, batches
         ),
-        "rest of the epoch: shuffle (jax.random.permutation of the training indices)": lambda: epoch_order(
+        "rest of the epoch: shuffle (train.shuffle of the training indices)": lambda: epoch_order(
+            train_idx, shuffle_key
+        ),
+        "the same shuffle by jax.random.permutation (two sorts of (key, value) pairs)": lambda: permutation_order(
             train_idx, shuffle_key
         ),
         "rest of the epoch: validation pass (6,000 images)": lambda: evaluate(
@@ -293,3 +323,57 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
             jax.block_until_ready(run())
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def hlo_ops(hlo_text: str) -> tuple[dict[str, str], set[str]]:
+    """The instructions of a compiled HLO module, name -> opcode, and the names of those
+    that multiply matrices: dots, and fusions (XLA:CPU's library calls included) whose
+    computation holds a dot."""
+    opcodes, called, with_dot, computation = {}, {}, set(), None
+    for line in hlo_text.splitlines():
+        if header := re.match(r"(?:ENTRY )?%([\w.\-]+) \(", line):
+            computation = header.group(1)
+        elif instruction := re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .*? ([\w\-]+)\(", line):
+            name, opcode = instruction.groups()
+            opcodes[name] = opcode
+            if opcode == "dot":
+                with_dot.add(computation)
+            if calls := re.search(r"calls=%([\w.\-]+)", line):
+                called[name] = calls.group(1)
+    matmuls = {name for name, opcode in opcodes.items() if opcode == "dot" or called.get(name) in with_dot}
+    return opcodes, matmuls
+
+
+def profile_pass(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict:
+    """Where a training pass of a stage goes: the project's compiled epoch (epoch 1's
+    batches) run under `jax.profiler`, its ops' time summed by kind, median of `repeats`
+    traced passes. XLA names each op's trace event after its HLO instruction; control
+    flow (the scan's loop) is left out, its time being its body's. The matmuls' FLOP/s
+    are the pass's counted FLOPs over the time of the matmul ops alone."""
+    e = first_epoch(config, data)
+    args = (e.state, e.images, e.labels, e.order, e.dropout_key)
+    epoch = jax.jit(make_train_epoch(e.graphdef, config.spec.loss, e.tx, config.batch_size)).lower(*args).compile()
+    jax.block_until_ready(epoch(*args))
+    opcodes, matmuls = hlo_ops(epoch.as_text())
+    passes = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as trace_dir:
+            jax.profiler.start_trace(trace_dir)
+            start = time.perf_counter()
+            jax.block_until_ready(epoch(*args))
+            wall = time.perf_counter() - start
+            jax.profiler.stop_trace()
+            (trace,) = Path(trace_dir).rglob("*.xplane.pb")
+            planes = ProfileData.from_file(str(trace)).planes
+        ops = [ev for plane in planes for line in plane.lines for ev in line.events if opcodes.get(ev.name) not in (None, "while", "conditional", "call")]
+        matmul_seconds = sum(ev.duration_ns for ev in ops if ev.name in matmuls) / 1e9
+        if not matmul_seconds:
+            raise RuntimeError(f"no trace event of {jax.default_backend()} is named after a matmul of the program")
+        passes.append({
+            "pass_seconds": wall,
+            "matmul_seconds": matmul_seconds,
+            "other_seconds": sum(ev.duration_ns for ev in ops if ev.name not in matmuls) / 1e9,
+            "matmul_calls": sum(ev.name in matmuls for ev in ops),
+            "matmul_flops": len(e.order) * flops_per_example(config)[1] / matmul_seconds,
+        })
+    return {"stage": config.stage, **{key: statistics.median(p[key] for p in passes) for key in passes[0]}, "passes": passes}

@@ -24,6 +24,7 @@ from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.files import atomic_write, write_json
 from mnist_jax.train import (
     TrainConfig,
+    device_data,
     device_description,
     epoch_keys,
     epoch_order,
@@ -54,10 +55,7 @@ def train_seeds(
     tx = make_optimizer(config.lr)
     graphdef, init = make_init(config, tx, len(data.train_images))
     epochs_keys, states, train_idx, val_idx = jax.jit(jax.vmap(init))(jnp.asarray(seeds))
-    images = jnp.asarray(data.train_images.reshape(len(data.train_images), -1))
-    labels = jnp.asarray(data.train_labels, jnp.int32)
-    test_images = jnp.asarray(data.test_images.reshape(len(data.test_images), -1))
-    test_labels = jnp.asarray(data.test_labels, jnp.int32)
+    images, labels, test_images, test_labels = device_data(data)
     mesh = mesh or sharding.make_mesh("seed", len(seeds))
     if mesh.size > 1:
         epochs_keys, states, train_idx, val_idx = sharding.split((epochs_keys, states, train_idx, val_idx), mesh, "seed")

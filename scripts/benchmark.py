@@ -30,7 +30,11 @@ def parse_args():
     parser.add_argument(
         "--loop-variants", metavar="STAGE", choices=STAGES,
         help="also time five ways of driving the training step on STAGE (scan, float32 images, (in, out) kernels, "
-        "jit per batch, nnx.jit), its two largest matmuls alone, its shuffle and its validation pass",
+        "jit per batch, nnx.jit), its two largest matmuls alone, its shuffle (and jax.random.permutation's) and its validation pass",
+    )
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="also trace a training pass (one seed) of every stage under jax.profiler: time in its matmuls (and their FLOP/s) and in its other ops",
     )
     cli.add_data_arguments(parser)
     args = parser.parse_args()
@@ -59,6 +63,15 @@ def print_table(report: dict) -> None:
         cells += [f"{r[f'speedup_vs_torch_{loop}']:.1f}x" for loop in loops]
         print("| " + " | ".join(cells) + " |")
     print(f"matmul ceiling: {report['ceiling_flops'] / 1e9:.1f} GFLOP/s (2048^3 float32 under XLA; median of every round)")
+
+
+def print_profiles(profiles: list[dict]) -> None:
+    print("\nwhere a training pass goes (jax.profiler, median of 3 traced passes; matmul GFLOP/s over the stage's ceiling):")
+    head = ["stage", "pass s", "matmul ops s", "matmul GFLOP/s", "of the ceiling", "other ops s", "matmul calls"]
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for p in profiles:
+        print(f"| `{p['stage']}` | {p['pass_seconds']:.3f} | {p['matmul_seconds']:.3f} | {p['matmul_flops'] / 1e9:.1f} | "
+              f"{p['matmul_efficiency']:.2f} | {p['other_seconds']:.3f} | {p['matmul_calls']:,} |")
 
 
 def main() -> None:
@@ -90,6 +103,11 @@ def main() -> None:
     )
     report["ceiling_flops"] = statistics.median(r["ceiling_flops"] for r in report["stages"])
     print_table(report)
+    if args.profile:
+        report["profiles"] = [benchmark.profile_pass(config, data) for config in configs]
+        for profile, row in zip(report["profiles"], report["stages"]):
+            profile["matmul_efficiency"] = profile["matmul_flops"] / row["ceiling_flops"]
+        print_profiles(report["profiles"])
     if args.loop_variants:
         report["loop_variants"] = {"stage": args.loop_variants, **benchmark.loop_variants(TrainConfig(args.loop_variants), data)}
         print(f"\nseconds per training pass of {args.loop_variants}, and the rest of its epoch:")

@@ -29,7 +29,7 @@ def test_flop_count_is_xlas_own_count_less_the_elementwise_work(stage):
 def test_benchmark_script_writes_the_figures_it_prints_for_two_seeds(tmp_path, data_dir):
     out = tmp_path / "bench.json"
     proc = run_script(
-        "benchmark.py", "--stages", "linear_ce", "--epochs", "1", "--seeds", "2", "--no-end-to-end",
+        "benchmark.py", "--stages", "linear_ce", "--epochs", "1", "--seeds", "2", "--no-end-to-end", "--profile",
         "--data-dir", data_dir, "--json", out,
     )
     assert proc.returncode == 0, proc.stderr
@@ -45,10 +45,17 @@ def test_benchmark_script_writes_the_figures_it_prints_for_two_seeds(tmp_path, d
     assert row["efficiency"] == pytest.approx(row["achieved_flops"] / row["ceiling_flops"])  # one round
     assert report["ceiling_flops"] == row["ceiling_flops"]
     assert 0 < row["efficiency"] < 1 and row["jax_compile_seconds"] > 0
+    # the profile sees the linear model's two matmuls (forward, weight gradient) in each of the 422 steps
+    (profile,) = report["profiles"]
+    assert profile["matmul_calls"] == 2 * 422 and 0 < profile["matmul_seconds"] < profile["pass_seconds"]
+    assert profile["matmul_efficiency"] == pytest.approx(profile["matmul_flops"] / row["ceiling_flops"])
+    assert f"| `linear_ce` | {profile['pass_seconds']:.3f} |" in proc.stdout
 
 
 def test_end_to_end_times_a_cold_then_a_warm_train_py_that_reads_the_cache_the_cold_one_wrote(data_dir):
     e2e = benchmark.end_to_end(["--stage", "linear_ce", "--epochs", "1", "--data-dir", str(data_dir)])
     assert e2e["cold_seconds"] > 0 and e2e["warm_seconds"] > 0
     assert e2e["warm_over_cold"] == pytest.approx(e2e["warm_seconds"] / e2e["cold_seconds"])
-    assert e2e["cache_entries"] > 10  # every program, not only the slow-to-compile ones
+    # every program of the run, however quick to compile (JAX's default caches only those over 1 s)
+    programs = set(e2e["rounds"][0]["cached_programs"])
+    assert {"jit_init", "jit_subset", "jit_epoch_keys", "jit_epoch_order", "jit_train_epoch", "jit_evaluate"} <= programs

@@ -14,6 +14,7 @@ from mnist_jax.train import (
     make_train_epoch,
     make_train_step,
     run_keys,
+    shuffle,
     split_indices,
 )
 
@@ -38,6 +39,26 @@ def test_split_is_54000_train_6000_validation_disjoint_and_seeded():
     again, _ = split_indices(jax.random.key(0), 60_000)
     other, _ = split_indices(jax.random.key(1), 60_000)
     assert np.array_equal(train_idx, again) and not np.array_equal(train_idx, other)
+
+
+def chi_squared(counts: np.ndarray) -> float:
+    expected = counts.sum() / len(counts)
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_shuffle_draws_each_of_the_24_orders_of_4_items_equally_often():
+    orders = np.asarray(jax.vmap(lambda key: shuffle(key, jnp.arange(4)))(jax.random.split(jax.random.key(0), 24_000)))
+    _, counts = np.unique(orders @ [64, 16, 4, 1], return_counts=True)
+    assert len(counts) == 24 and chi_squared(counts) < 49.7  # chi-squared, 23 degrees of freedom, p = 0.001
+
+
+def test_shuffle_of_3000_items_in_two_rounds_puts_the_first_item_anywhere():
+    # 3,000 positions take 12 bits of each uint32 key: two rounds of 20 random bits
+    orders = np.asarray(jax.vmap(lambda key: shuffle(key, jnp.arange(3_000)))(jax.random.split(jax.random.key(1), 3_000)))
+    assert np.array_equal(np.sort(orders, axis=1), np.broadcast_to(np.arange(3_000), orders.shape))
+    first_item_positions = np.argmax(orders == 0, axis=1)
+    counts = np.bincount(first_item_positions // 300, minlength=10)
+    assert chi_squared(counts) < 27.9  # 9 degrees of freedom, p = 0.001
 
 
 def test_one_train_step_lowers_the_loss_and_is_pure(device_data):
