@@ -184,7 +184,9 @@ def end_to_end(train_args: list[str], rounds: int = 1) -> dict:
                 subprocess.run(command, check=True, capture_output=True)
                 seconds.append(time.perf_counter() - start)
             programs = sorted(entry.name.split("-")[0] for entry in cache.iterdir())
-            pairs.append({"cold_seconds": seconds[0], "warm_seconds": seconds[1], "cache_entries": len(programs), "cached_programs": programs})
+            pairs.append(
+                {"cold_seconds": seconds[0], "warm_seconds": seconds[1], "cache_entries": len(programs), "cached_programs": programs}
+            )
     return {
         "command": " ".join(["python", "scripts/train.py", *train_args]),
         "rounds": pairs,
@@ -365,7 +367,8 @@ def profile_pass(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict:
             jax.profiler.stop_trace()
             (trace,) = Path(trace_dir).rglob("*.xplane.pb")
             planes = ProfileData.from_file(str(trace)).planes
-        ops = [ev for plane in planes for line in plane.lines for ev in line.events if opcodes.get(ev.name) not in (None, "while", "conditional", "call")]
+        events = (event for plane in planes for line in plane.lines for event in line.events)
+        ops = [ev for ev in events if opcodes.get(ev.name) not in (None, "while", "conditional", "call")]
         matmul_seconds = sum(ev.duration_ns for ev in ops if ev.name in matmuls) / 1e9
         if not matmul_seconds:
             raise RuntimeError(f"no trace event of {jax.default_backend()} is named after a matmul of the program")

@@ -148,8 +148,12 @@ def device_data(data: MNIST) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array
     flattened and kept uint8, the labels int32. Made on the host and copied over, because
     `jnp.asarray` and a device-side conversion are each a program, traced and fetched from
     the compilation cache on every start."""
-    flat = lambda images: images.reshape(len(images), -1)
-    return jax.device_put((flat(data.train_images), data.train_labels.astype(np.int32), flat(data.test_images), data.test_labels.astype(np.int32)))
+    return jax.device_put((
+        data.train_images.reshape(len(data.train_images), -1),
+        data.train_labels.astype(np.int32),
+        data.test_images.reshape(len(data.test_images), -1),
+        data.test_labels.astype(np.int32),
+    ))
 
 
 @jax.jit
