@@ -66,7 +66,8 @@ def print_table(report: dict) -> None:
 
 
 def print_profiles(profiles: list[dict]) -> None:
-    print("\nwhere a training pass goes (jax.profiler, median of 3 traced passes; matmul GFLOP/s over the stage's ceiling):")
+    repeats = len(profiles[0]["passes"])
+    print(f"\nwhere a training pass goes (jax.profiler, median of {repeats} traced passes; matmul GFLOP/s over the stage's ceiling):")
     head = ["stage", "pass s", "matmul ops s", "matmul GFLOP/s", "of the ceiling", "other ops s", "matmul calls"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for p in profiles:
