@@ -33,12 +33,10 @@ from mnist_jax.train import (
     device_data,
     epoch_keys,
     epoch_order,
-    init_state,
+    make_init,
     make_optimizer,
     make_train_epoch,
     make_train_step,
-    run_keys,
-    split_indices,
     train,
 )
 
@@ -223,12 +221,12 @@ class FirstEpoch(NamedTuple):
 
 
 def first_epoch(config: TrainConfig, data: MNIST) -> FirstEpoch:
-    keys = run_keys(config.seed)
+    """Epoch 1 as `train` starts it (same initialisation program, same keys)."""
     tx = make_optimizer(config.lr)
-    graphdef, state = init_state(config, keys.init, tx)
+    graphdef, init = make_init(config, tx, len(data.train_images))
+    epochs_key, state, train_idx, val_idx = jax.jit(init)(config.seed)
     images, labels, _, _ = device_data(data)
-    shuffle_key, dropout_key = epoch_keys(keys.epochs, 1)
-    train_idx, val_idx = split_indices(keys.split, len(images))
+    shuffle_key, dropout_key = epoch_keys(epochs_key, 1)
     order = epoch_order(train_idx, shuffle_key)
     return FirstEpoch(graphdef, tx, state, images, labels, train_idx, val_idx, order, shuffle_key, dropout_key)
 
