@@ -62,6 +62,28 @@ class BatchNorm1d(nnx.Module):
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
 
 
+class Dropout(nnx.Module):
+    """`torch.nn.Dropout(rate)` in training: zero each unit with probability `rate`, scale
+    the rest by 1 / (1 - rate). Each unit is decided by the fewest random bits that make
+    `rate` exact (1 for 0.5, 2 for 0.25; else 32, exact to 2**-32), packed 32 // bits to a
+    uint32 word. `nnx.Dropout` draws a float32 uniform per unit: for rate 0.5, 32x the
+    random words, whose generation (threefry) took 7-9% of an `mlp_dropout` training pass
+    on a 2-core CPU."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.bits = next((b for b in (1, 2, 4, 8, 16) if (rate * 2**b).is_integer()), 32)
+
+    def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        batch, units = x.shape
+        per_word = 32 // self.bits
+        words = jax.random.bits(key, (batch, -(-units // per_word)), jnp.uint32)
+        shifts = jnp.arange(0, 32, self.bits, dtype=jnp.uint32)
+        draws = ((words[..., None] >> shifts) & jnp.uint32(2**self.bits - 1)).reshape(batch, -1)[:, :units]
+        keep = draws >= jnp.uint32(min(round(self.rate * 2**self.bits), 2**self.bits - 1))
+        return jnp.where(keep, x / (1 - self.rate), 0)
+
+
 class LinearClassifier(nnx.Module):
     """784 -> 10: one affine map from pixels to class scores."""
 
@@ -81,7 +103,7 @@ class MLP(nnx.Module):
     ):
         self.hidden = torch_linear(NUM_PIXELS, hidden, rngs)
         self.batchnorm = BatchNorm1d(hidden) if batchnorm else None
-        self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
+        self.dropout = Dropout(dropout) if dropout > 0 else None
         self.output = torch_linear(hidden, NUM_CLASSES, rngs)
 
     def __call__(
@@ -92,8 +114,8 @@ class MLP(nnx.Module):
         if self.batchnorm is not None:
             h = self.batchnorm(h, train=train)
         h = jax.nn.relu(h)
-        if self.dropout is not None:
-            h = self.dropout(h, deterministic=not train, rngs=dropout_key)
+        if self.dropout is not None and train:
+            h = self.dropout(h, dropout_key)
         return self.output(h)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mnist_jax.models import BatchNorm1d, count_params
+from mnist_jax.models import BatchNorm1d, Dropout, count_params
 from mnist_jax.stages import STAGES, cross_entropy, softmax_mse
 
 
@@ -55,6 +55,23 @@ def test_dropout_is_active_only_in_training():
     a = model(x, train=True, dropout_key=jax.random.key(1))
     b = model(x, train=True, dropout_key=jax.random.key(2))
     assert not np.allclose(a, eval_out) and not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("rate, bits, units", [(0.5, 1, 256), (0.25, 2, 256), (0.125, 4, 100), (0.3, 32, 256)])
+def test_dropout_drops_each_unit_at_the_exact_rate_independently_of_its_word_neighbours(rate, bits, units):
+    """Units packed into one random word (32 // bits of them) are dropped at `rate`, each
+    column alike, neighbours independently; the kept ones are scaled by 1 / (1 - rate)."""
+    dropout = Dropout(rate)
+    assert dropout.bits == bits
+    rows, keep = 8192, 1 - rate
+    out = np.asarray(dropout(jnp.ones((rows, units)), jax.random.key(0)))
+    kept = out != 0
+    assert np.all(out[kept] == np.float32(1 / keep))
+    sigma = math.sqrt(keep * rate / kept.size)
+    assert abs(kept.mean() - keep) < 5 * sigma
+    assert np.all(np.abs(kept.mean(0) - keep) < 5 * math.sqrt(keep * rate / rows))
+    both = kept[:, 0::2] & kept[:, 1::2]  # disjoint pairs of neighbours, each pair in one word
+    assert abs(both.mean() - keep**2) < 5 * math.sqrt(keep**2 * (1 - keep**2) / both.size)
 
 
 def test_softmax_mse_matches_a_hand_computed_value():
