@@ -7,6 +7,8 @@ Every figure is measured in the calling process; nothing is typed in.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import platform
 import re
 import statistics
@@ -15,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -164,31 +166,70 @@ def _stage_row(config: TrainConfig, measured: dict[str, list[float]], num_seeds:
     return row
 
 
+# What JAX does to make each program, by the time spans `jax.monitoring` records.
+JAX_PHASES = {
+    "trace": "/jax/core/compile/jaxpr_trace_duration",
+    "lower": "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "compile": "/jax/core/compile/backend_compile_duration",  # or fetch from the persistent cache
+}
+# `python -c TIMED_RUN SPANS SCRIPT ARGS...` runs SCRIPT as __main__ and writes to SPANS, as
+# JSON, the (event, start, end) time spans that `jax.monitoring` records in it.
+TIMED_RUN = """
+import atexit, json, runpy, sys
+import jax.monitoring
+spans = []
+jax.monitoring.register_event_time_span_listener(lambda event, start, end, **_: spans.append((event, start, end)))
+out, sys.argv = sys.argv[1], sys.argv[2:]
+atexit.register(lambda: open(out, "w").write(json.dumps(spans)))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def covered_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: overlapping or nested ones count once."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        total += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total
+
+
+def jax_phase_seconds(spans: list[tuple[str, float, float]]) -> dict[str, float]:
+    """Wall seconds a process spent in each of `JAX_PHASES` (a function traced inside
+    another's trace counts once)."""
+    return {phase: covered_seconds((start, end) for name, start, end in spans if name == event) for phase, event in JAX_PHASES.items()}
+
+
 def end_to_end(train_args: list[str], rounds: int = 1) -> dict:
     """Wall time of `scripts/train.py <train_args>` as a fresh process, import to exit:
     cold (an empty compilation cache) and then warm (the cache the cold run filled),
-    `rounds` times with a new cache each; medians."""
+    `rounds` times with a new cache each; medians. Each run also reports the seconds
+    JAX spent tracing, lowering and compiling (warm: fetching) its programs."""
     pairs = []
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
-            cache = Path(tmp) / "cache"
+            cache, spans = Path(tmp) / "cache", Path(tmp) / "spans.json"
             command = [
-                sys.executable, str(SCRIPTS / "train.py"), *train_args, "--out", f"{tmp}/run", "--overwrite",
-                "--compile-cache", str(cache),
+                sys.executable, "-c", TIMED_RUN, str(spans), str(SCRIPTS / "train.py"), *train_args,
+                "--out", f"{tmp}/run", "--overwrite", "--compile-cache", str(cache),
             ]
-            seconds = []
-            for _ in ("cold", "warm"):
+            pair = {}
+            for run in ("cold", "warm"):
                 start = time.perf_counter()
                 subprocess.run(command, check=True, capture_output=True)
-                seconds.append(time.perf_counter() - start)
-            programs = sorted(entry.name.split("-")[0] for entry in cache.iterdir())
-            pairs.append(
-                {"cold_seconds": seconds[0], "warm_seconds": seconds[1], "cache_entries": len(programs), "cached_programs": programs}
-            )
+                pair[f"{run}_seconds"] = time.perf_counter() - start
+                pair[f"{run}_jax_seconds"] = jax_phase_seconds(json.loads(spans.read_text()))
+            pair["cached_programs"] = sorted(entry.name.split("-")[0] for entry in cache.iterdir())
+            pair["cache_entries"] = len(pair["cached_programs"])
+            pairs.append(pair)
     return {
         "command": " ".join(["python", "scripts/train.py", *train_args]),
         "rounds": pairs,
         **{key: statistics.median(p[key] for p in pairs) for key in ("cold_seconds", "warm_seconds", "cache_entries")},
+        **{
+            f"{run}_jax_seconds": {phase: statistics.median(p[f"{run}_jax_seconds"][phase] for p in pairs) for phase in JAX_PHASES}
+            for run in ("cold", "warm")
+        },
         "warm_over_cold": statistics.median(p["warm_seconds"] / p["cold_seconds"] for p in pairs),
     }
 
@@ -346,10 +387,10 @@ def hlo_ops(hlo_text: str) -> tuple[dict[str, str], set[str]]:
 
 def profile_pass(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict:
     """Where a training pass of a stage goes: the project's compiled epoch (epoch 1's
-    batches) run under `jax.profiler`, its ops' time summed by kind, median of `repeats`
-    traced passes. XLA names each op's trace event after its HLO instruction; control
-    flow (the scan's loop) is left out, its time being its body's. The matmuls' FLOP/s
-    are the pass's counted FLOPs over the time of the matmul ops alone."""
+    batches) run under `jax.profiler`, its ops' time summed by kind, and the time when no
+    op ran; median of `repeats` traced passes. XLA names each op's trace event after its
+    HLO instruction; control flow (the scan's loop) is left out, its time being its body's.
+    The matmuls' FLOP/s are the pass's counted FLOPs over the time of the matmul ops alone."""
     e = first_epoch(config, data)
     args = (e.state, e.images, e.labels, e.order, e.dropout_key)
     epoch = jax.jit(make_train_epoch(e.graphdef, config.spec.loss, e.tx, config.batch_size)).lower(*args).compile()
@@ -368,12 +409,15 @@ def profile_pass(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict:
         events = (event for plane in planes for line in plane.lines for event in line.events)
         ops = [ev for ev in events if opcodes.get(ev.name) not in (None, "while", "conditional", "call")]
         matmul_seconds = sum(ev.duration_ns for ev in ops if ev.name in matmuls) / 1e9
+        busy_seconds = covered_seconds((ev.start_ns / 1e9, ev.end_ns / 1e9) for ev in ops)
         if not matmul_seconds:
             raise RuntimeError(f"no trace event of {jax.default_backend()} is named after a matmul of the program")
         passes.append({
             "pass_seconds": wall,
             "matmul_seconds": matmul_seconds,
             "other_seconds": sum(ev.duration_ns for ev in ops if ev.name not in matmuls) / 1e9,
+            "between_ops_seconds": wall - busy_seconds,  # XLA's runtime between ops, and any wait
+            "ops_per_step": len(ops) / math.ceil(len(e.order) / config.batch_size),
             "matmul_calls": sum(ev.name in matmuls for ev in ops),
             "matmul_flops": len(e.order) * flops_per_example(config)[1] / matmul_seconds,
         })

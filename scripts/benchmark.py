@@ -68,11 +68,11 @@ def print_table(report: dict) -> None:
 def print_profiles(profiles: list[dict]) -> None:
     repeats = len(profiles[0]["passes"])
     print(f"\nwhere a training pass goes (jax.profiler, median of {repeats} traced passes; matmul GFLOP/s over the stage's ceiling):")
-    head = ["stage", "pass s", "matmul ops s", "matmul GFLOP/s", "of the ceiling", "other ops s", "matmul calls"]
+    head = ["stage", "pass s", "matmul ops s", "matmul GFLOP/s", "of the ceiling", "other ops s", "between ops s", "ops per step"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for p in profiles:
         print(f"| `{p['stage']}` | {p['pass_seconds']:.3f} | {p['matmul_seconds']:.3f} | {p['matmul_flops'] / 1e9:.1f} | "
-              f"{p['matmul_efficiency']:.2f} | {p['other_seconds']:.3f} | {p['matmul_calls']:,} |")
+              f"{p['matmul_efficiency']:.2f} | {p['other_seconds']:.3f} | {p['between_ops_seconds']:.3f} | {p['ops_per_step']:.0f} |")
 
 
 def main() -> None:
@@ -120,6 +120,8 @@ def main() -> None:
         report["end_to_end"] = e2e = benchmark.end_to_end(["--stage", "mlp_bn", *data_args], args.rounds)
         print(f"\n{e2e['command']}: cold {e2e['cold_seconds']:.1f}s, warm {e2e['warm_seconds']:.1f}s "
               f"(warm/cold {e2e['warm_over_cold']:.2f}, median of {args.rounds}; {e2e['cache_entries']} programs cached)")
+        for run in ("cold", "warm"):
+            print(f"  {run}: JAX " + ", ".join(f"{phase} {s:.2f}s" for phase, s in e2e[f"{run}_jax_seconds"].items()))
     if args.json:
         write_json(args.json, report)
         print(f"wrote {args.json}")

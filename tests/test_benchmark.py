@@ -48,6 +48,7 @@ def test_benchmark_script_writes_the_figures_it_prints_for_two_seeds(tmp_path, d
     # the profile sees the linear model's two matmuls (forward, weight gradient) in each of the 422 steps
     (profile,) = report["profiles"]
     assert profile["matmul_calls"] == 2 * 422 and 0 < profile["matmul_seconds"] < profile["pass_seconds"]
+    assert 0 <= profile["between_ops_seconds"] < profile["pass_seconds"] - profile["matmul_seconds"]
     assert profile["matmul_efficiency"] == pytest.approx(profile["matmul_flops"] / row["ceiling_flops"])
     assert f"| `linear_ce` | {profile['pass_seconds']:.3f} |" in proc.stdout
 
@@ -59,3 +60,14 @@ def test_end_to_end_times_a_cold_then_a_warm_train_py_that_reads_the_cache_the_c
     # every program of the run, however quick to compile (JAX's default caches only those over 1 s)
     programs = set(e2e["rounds"][0]["cached_programs"])
     assert {"jit_init", "jit_subset", "jit_epoch_keys", "jit_epoch_order", "jit_train_epoch", "jit_evaluate"} <= programs
+    # the warm run still traces and lowers every program (the cache key is the lowered
+    # program), and fetches instead of compiling
+    cold, warm = e2e["cold_jax_seconds"], e2e["warm_jax_seconds"]
+    assert warm["trace"] > 0 and warm["lower"] > 0
+    assert 0 < warm["compile"] < cold["compile"] / 2
+
+
+def test_covered_seconds_counts_nested_and_overlapping_spans_once():
+    assert benchmark.covered_seconds([(0, 3), (1, 2), (2.5, 4), (6, 7)]) == 5
+    spans = [("/jax/core/compile/jaxpr_trace_duration", 0, 3), ("/jax/core/compile/jaxpr_trace_duration", 1, 2), ("other", 0, 9)]
+    assert benchmark.jax_phase_seconds(spans) == {"trace": 3, "lower": 0, "compile": 0}
