@@ -137,14 +137,14 @@ def benchmark_stages(
     num_train = len(data.train_labels) - NUM_VALIDATION
     times: list[dict[str, list[float]]] = [{} for _ in configs]
     for r in range(rounds):
-        if on_round:
-            on_round(r + 1)
         for config, measured in zip(configs, times):
             measured.setdefault("ceiling_flops", []).append(matmul_ceiling())
             for name, seconds in time_jax(config, data, seeds).items():
                 measured.setdefault(f"jax_{name}", []).append(seconds)
             for loop in torch_loops:
                 measured.setdefault(f"torch_{loop}_epoch_seconds", []).append(time_torch(config, data, seeds, loop))
+        if on_round:
+            on_round(r + 1)
     return [_stage_row(config, measured, len(seeds), num_train, torch_loops) for config, measured in zip(configs, times)]
 
 

@@ -59,15 +59,19 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         meta = json.loads(str(saved["meta"]))
         config = TrainConfig(**meta["config"])
         tx = make_optimizer(config.lr)
-        graphdef, final = init_state(config, jax.random.key(0), tx)  # templates: the tree structure
-        _, best = init_state(config, jax.random.key(0), tx)
-        like = _arrays(RunResult(config, meta["device"], graphdef, final, best, 0, []))
+        graphdef, template = jax.eval_shape(lambda: init_state(config, jax.random.key(0), tx))  # the tree structure
+        like = _arrays(RunResult(config, meta["device"], graphdef, template, template, 0, []))
         arrays = jax.tree.unflatten(jax.tree.structure(like), [jnp.asarray(saved[name]) for name in _named(like)])
-    for state, restored in ((final, arrays["final"]), (best, arrays["best"])):
-        nnx.replace_by_pure_dict(state.params, restored["params"])
-        nnx.replace_by_pure_dict(state.batch_stats, restored["batch_stats"])
-    opt_state = jax.tree.unflatten(jax.tree.structure(final.opt_state), arrays["opt_state"])
-    final = final._replace(opt_state=opt_state)
+
+    def model(which: str) -> tuple[nnx.State, nnx.State]:
+        params, batch_stats = jax.tree.map(lambda leaf: leaf, (template.params, template.batch_stats))  # fresh copies
+        nnx.replace_by_pure_dict(params, arrays[which]["params"])
+        nnx.replace_by_pure_dict(batch_stats, arrays[which]["batch_stats"])
+        return params, batch_stats
+
+    final = TrainState(*model("final"), jax.tree.unflatten(jax.tree.structure(template.opt_state), arrays["opt_state"]))
+    best_params, best_stats = model("best")
+    best = TrainState(best_params, best_stats, tx.init(best_params))  # only the best epoch's model is saved
     return RunResult(config, meta["device"], graphdef, final, best, meta["best_epoch"], meta["history"])
 
 

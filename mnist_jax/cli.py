@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -12,9 +13,11 @@ from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
 import jax
+from tqdm import tqdm
 
 from mnist_jax.data import SOURCES, DataError, default_cache_dir
 from mnist_jax.stages import STAGES
+from mnist_jax.train import TrainConfig
 
 EXIT_USAGE = 2  # bad arguments or bad/missing data
 EXIT_DIVERGED = 3  # the loss stopped being finite
@@ -76,8 +79,21 @@ def existing_folder(text: str) -> Path:
     return path
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """`--help` shows every option's default (those that have one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """Errors are one line and exit with status 2."""
+    """Errors are one line and exit with status 2; `--help` shows the defaults."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         fail(f"{self.prog}: error: {message}")
@@ -102,15 +118,18 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+TRAIN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=positive_int, default=5, help="passes over the 54,000 training images")
-    parser.add_argument("--batch-size", type=positive_int, default=128, help="examples per Adam step")
-    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--epochs", type=positive_int, default=TRAIN_DEFAULTS["epochs"], help="passes over the 54,000 training images")
+    parser.add_argument("--batch-size", type=positive_int, default=TRAIN_DEFAULTS["batch_size"], help="examples per Adam step")
+    parser.add_argument("--lr", type=positive_float, default=TRAIN_DEFAULTS["lr"], help="Adam learning rate")
     parser.add_argument(
-        "--hidden", type=positive_int, help="hidden width of the MLP stages (default 256)"
+        "--hidden", type=positive_int, help="hidden width of the MLP stages (default: the stage's own, 256)"
     )
     parser.add_argument(
-        "--dropout", type=dropout_rate, help="dropout rate of the MLP stages (mlp_dropout: 0.5)"
+        "--dropout", type=dropout_rate, help="dropout rate of the MLP stages (default: the stage's own, 0.5 for mlp_dropout, else 0)"
     )
 
 
@@ -133,6 +152,39 @@ def use_compile_cache(args: argparse.Namespace) -> None:
     folder = args.compile_cache or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir() / "jax"
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, default: Path, holds: str) -> None:
+    parser.add_argument("--out", type=output_folder, default=default, help=f"folder for {holds}")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+
+
+def refuse_existing(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Results already in `args.out` are kept unless --overwrite says otherwise."""
+    found = [name for name in names if (args.out / name).exists()]
+    if found and not args.overwrite:
+        parser.error(f"--out: {args.out} already holds {', '.join(found)}; pass --overwrite to replace them")
+
+
+class Progress:
+    """Progress in the unit of the work: tqdm's bar on a terminal, else (CI logs,
+    notebooks) one plain line per step."""
+
+    def __init__(self, total: int, desc: str, unit: str):
+        self.total, self.desc, self.unit, self.done = total, desc, unit, 0
+        self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr) if sys.stderr.isatty() else None
+
+    def step(self, note: str = "") -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(note, refresh=False)
+            self.bar.update()
+        else:
+            print(f"{self.desc}: {self.unit} {self.done}/{self.total}" + (f", {note}" if note else ""), flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def parse_stages(parser: argparse.ArgumentParser, text: str) -> list[str]:

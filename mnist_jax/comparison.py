@@ -48,11 +48,12 @@ def compare_stage(
     epochs: int = 5,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict:
-    """Train `stage` for each seed in JAX and in each PyTorch loop style, on the JAX split."""
+    """Train `stage` for each seed in JAX and in each PyTorch loop style, on the JAX split;
+    `progress` is told of each run once it is done."""
     jax_runs = []
     for seed in seeds:
-        progress(f"{stage} jax seed {seed}")
         jax_runs.append(train(TrainConfig(stage, epochs=epochs, seed=seed), data))
+        progress(f"{stage} jax seed {seed}")
     result = {
         "stage": stage,
         "documented_accuracy": STAGES[stage].documented_accuracy,
@@ -65,9 +66,9 @@ def compare_stage(
     for loop in loops:
         torch_runs = []
         for seed in seeds:
-            progress(f"{stage} torch/{loop} seed {seed}")
             split = jax_split(seed, len(data.train_labels))
             torch_runs.append(torch_reference.train(stage, data, split, epochs=epochs, seed=seed, loop=loop))
+            progress(f"{stage} torch/{loop} seed {seed}")
         result[f"torch_{loop}"] = summarise(
             [r.test_accuracy for r in torch_runs], [r.history for r in torch_runs], None
         )

@@ -13,9 +13,11 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from mnist_jax.data import MNIST
 from mnist_jax.evaluate import to_inputs
+from mnist_jax.models import count_params
 from mnist_jax.stages import cross_entropy
 from mnist_jax.train import run_keys, split_indices
 
@@ -25,7 +27,7 @@ def _with_bias(x: jax.Array) -> jax.Array:
 
 
 def _train_test(data: MNIST, seed: int):
-    train_idx, _ = split_indices(run_keys(seed).split, len(data.train_labels))
+    train_idx, _ = jax.jit(split_indices, static_argnums=1)(run_keys(seed).split, len(data.train_labels))
     images = jnp.asarray(data.train_images.reshape(len(data.train_labels), -1))[train_idx]
     labels = jnp.asarray(data.train_labels, jnp.int32)[train_idx]
     return to_inputs(images), labels, to_inputs(jnp.asarray(data.test_images)), jnp.asarray(data.test_labels)
@@ -96,11 +98,12 @@ def width_sweep(data: MNIST, widths: list[int], seeds: list[int], epochs: int = 
 
     rows = []
     for width in widths:
-        result = train_seeds(TrainConfig("mlp", epochs=epochs, hidden=width), data, seeds)
+        config = TrainConfig("mlp", epochs=epochs, hidden=width)
+        result = train_seeds(config, data, seeds)
         mean, std, ci = mean_ci95(result.test_accuracies)
         rows.append({
             "hidden": width,
-            "parameters": 784 * width + width + width * 10 + 10,
+            "parameters": count_params(nnx.eval_shape(lambda: config.spec.build(nnx.Rngs(0), width))),
             "test_accuracies": result.test_accuracies.tolist(),
             "mean": mean,
             "std": std,

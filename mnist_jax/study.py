@@ -11,6 +11,7 @@ import functools
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,10 +48,15 @@ class SeedsResult:
 
 
 def train_seeds(
-    config: TrainConfig, data: MNIST, seeds: list[int], mesh: jax.sharding.Mesh | None = None
+    config: TrainConfig,
+    data: MNIST,
+    seeds: list[int],
+    mesh: jax.sharding.Mesh | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> SeedsResult:
     """Train `config` once per seed, all seeds at once. Several devices split the
-    seeds (see `sharding`); `mesh` picks them (default: as many as divide the seeds)."""
+    seeds (see `sharding`); `mesh` picks them (default: as many as divide the seeds).
+    `on_epoch` is told each epoch's number once that epoch has run."""
     stage = config.spec
     tx = make_optimizer(config.lr)
     graphdef, init = make_init(config, tx, len(data.train_images))
@@ -87,6 +93,9 @@ def train_seeds(
     for e in range(1, config.epochs + 1):
         states, metrics = epoch(states, train_idx, val_idx, epochs_keys, numbers(e), images, labels)
         rows.append(metrics)
+        if on_epoch:
+            metrics.block_until_ready()
+            on_epoch(e)
     accuracies, predictions = test(states, test_images, test_labels)
     accuracies = np.asarray(accuracies)
     train_seconds = time.perf_counter() - start

@@ -1,10 +1,11 @@
 """Speed of every stage, JAX against PyTorch and against the matmul ceiling:
-python scripts/benchmark.py --stages all --epochs 3 --json assets/benchmark_cpu.json"""
+python scripts/benchmark.py --stages all --epochs 3"""
 
 import importlib.metadata
 import importlib.util
 import statistics
 import sys
+from pathlib import Path
 
 import jax
 
@@ -15,7 +16,7 @@ from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig, device_description
 
 
-def parse_args():
+def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
     parser.add_argument("--epochs", type=cli.positive_int, default=3, help="epochs per run; the first is left out of s/epoch")
@@ -24,7 +25,8 @@ def parse_args():
         "--rounds", type=cli.positive_int, default=1,
         help="every stage is measured this many times, in turns (and cold/warm train.py runs are repeated); figures are medians over rounds",
     )
-    parser.add_argument("--json", type=cli.output_file, help="write the figures here as JSON")
+    parser.add_argument("--json", type=cli.output_file, default=Path("runs/benchmark.json"), help="write the figures here as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     parser.add_argument("--no-torch", action="store_true", help="JAX only, even when PyTorch is installed")
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the cold and warm train.py runs")
     parser.add_argument(
@@ -37,8 +39,15 @@ def parse_args():
         help="also trace a training pass (one seed) of every stage under jax.profiler: time in its matmuls (and their FLOP/s) and in its other ops",
     )
     cli.add_data_arguments(parser)
+    return parser
+
+
+def parse_args():
+    parser = build_parser()
     args = parser.parse_args()
     args.stages = cli.parse_stages(parser, args.stages)
+    if args.json.exists() and not args.overwrite:
+        parser.error(f"--json: {args.json} already exists; pass --overwrite to replace it")
     return args
 
 
@@ -98,10 +107,11 @@ def main() -> None:
     }
     print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version']}", flush=True)
     configs = [TrainConfig(stage, epochs=args.epochs) for stage in args.stages]
+    progress = cli.Progress(args.rounds, f"benchmark of {', '.join(args.stages)}", "round")
     report["stages"] = benchmark.benchmark_stages(
-        configs, data, list(range(args.seeds)), report["torch_loops"], args.rounds,
-        on_round=lambda r: print(f"round {r} of {args.rounds}: {', '.join(args.stages)} ...", flush=True),
+        configs, data, list(range(args.seeds)), report["torch_loops"], args.rounds, on_round=lambda _: progress.step()
     )
+    progress.close()
     report["ceiling_flops"] = statistics.median(r["ceiling_flops"] for r in report["stages"])
     print_table(report)
     if args.profile:
@@ -122,9 +132,8 @@ def main() -> None:
               f"(warm/cold {e2e['warm_over_cold']:.2f}, median of {args.rounds}; {e2e['cache_entries']} programs cached)")
         for run in ("cold", "warm"):
             print(f"  {run}: JAX " + ", ".join(f"{phase} {s:.2f}s" for phase, s in e2e[f"{run}_jax_seconds"].items()))
-    if args.json:
-        write_json(args.json, report)
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

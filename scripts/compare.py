@@ -1,5 +1,6 @@
 """JAX and PyTorch side by side: python scripts/compare.py --stages all --seeds 3"""
 
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +11,10 @@ from mnist_jax.stages import STAGES
 from mnist_jax.train import device_description
 
 
-def parse_args():
+RESULTS = ("compare.json", "framework_comparison.png")
+
+
+def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})"
@@ -28,11 +32,17 @@ def parse_args():
     parser.add_argument(
         "--torch-threads", type=cli.positive_int, help="PyTorch's intra-op threads (default: its own choice)"
     )
-    parser.add_argument("--out", type=cli.output_folder, default=Path("runs/compare"), help="folder for compare.json and the figure")
+    cli.add_output_arguments(parser, Path("runs/compare"), " and ".join(RESULTS))
     cli.add_data_arguments(parser)
     cli.add_cache_arguments(parser)
+    return parser
+
+
+def parse_args():
+    parser = build_parser()
     args = parser.parse_args()
     args.stages = cli.parse_stages(parser, args.stages)
+    cli.refuse_existing(parser, args, *RESULTS)
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -74,31 +84,31 @@ def main() -> None:
     device = device_description()
     print(f"device: {device}, PyTorch threads: {torch.get_num_threads()} | data: {data.source}", flush=True)
     start = time.perf_counter()
+    replayed = [stage for stage in args.stages if args.replay_original and not STAGES[stage].dropout]
+    progress = cli.Progress(len(args.stages) * args.seeds * (1 + len(loops)) + len(replayed), "compare", "run")
     results = [
-        comparison.compare_stage(
-            stage, data, list(range(args.seeds)), loops, args.epochs,
-            progress=lambda msg: print(f"  training {msg}", flush=True),
-        )
+        comparison.compare_stage(stage, data, list(range(args.seeds)), loops, args.epochs, progress=progress.step)
         for stage in args.stages
     ]
+    replays = []
+    for stage in replayed:
+        replays.append(comparison.replay_original(stage, data, args.epochs))
+        progress.step(f"{stage} replay of the original")
+    progress.close()
     print_table(results, loops)
-    report = {"command": "python scripts/compare.py", "device": device, "seeds": args.seeds,
+    report = {"command": " ".join(["python", "scripts/compare.py", *sys.argv[1:]]), "device": device, "seeds": args.seeds,
               "epochs": args.epochs, "seconds": time.perf_counter() - start, "stages": results}
     if args.replay_original:
-        report["replay"] = []
+        report["replay"] = replays
         print("\nReplay of the original's seed-42 run (same split, initial weights, batch order):")
         print("| stage | documented | PyTorch replay | JAX replay | JAX - PyTorch |\n|---|---|---|---|---|")
-        for stage in args.stages:
-            if STAGES[stage].dropout:
-                continue
-            r = comparison.replay_original(stage, data, args.epochs)
-            report["replay"].append(r)
+        for r in replays:
             gap = 100 * (r["jax_replay_accuracy"] - r["torch_replay_accuracy"])
-            print(f"| `{stage}` | {100 * r['documented_accuracy']:.2f} | {100 * r['torch_replay_accuracy']:.2f} "
-                  f"| {100 * r['jax_replay_accuracy']:.2f} | {gap:+.2f} |", flush=True)
-    write_json(args.out / "compare.json", report)
-    plots.framework_comparison(results, args.out / "framework_comparison.png", f"JAX vs PyTorch on {device}")
-    print(f"wrote {args.out / 'compare.json'} and {args.out / 'framework_comparison.png'}")
+            print(f"| `{r['stage']}` | {100 * r['documented_accuracy']:.2f} | {100 * r['torch_replay_accuracy']:.2f} "
+                  f"| {100 * r['jax_replay_accuracy']:.2f} | {gap:+.2f} |")
+    write_json(args.out / RESULTS[0], report)
+    plots.framework_comparison(results, args.out / RESULTS[1], f"JAX vs PyTorch on {device}")
+    print(f"wrote {args.out / RESULTS[0]} and {args.out / RESULTS[1]}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The limits of linearity: exact least squares, converged softmax regression, MLP widths.
-python scripts/linearity.py --seeds 3 --out assets"""
+"""The limits of linearity: exact least squares, converged softmax regression, MLP widths:
+python scripts/linearity.py --seeds 3"""
 
 import sys
 import time
@@ -9,19 +9,29 @@ from mnist_jax import cli
 from mnist_jax.data import load_mnist
 
 
-def parse_args():
+RESULTS = ("linearity.json", "width_sweep.png")
+
+
+def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="seeds per MLP width")
     parser.add_argument("--widths", default="8,16,32,64,128,256,512,1024", help="comma-separated hidden widths")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per MLP run")
-    parser.add_argument("--out", type=cli.output_folder, default=Path("assets"), help="folder for linearity.json and width_sweep.png")
+    parser.add_argument("--max-steps", type=cli.positive_int, default=2000, help="most L-BFGS steps of the converged softmax regression")
+    cli.add_output_arguments(parser, Path("runs/linearity"), " and ".join(RESULTS))
     cli.add_data_arguments(parser)
     cli.add_cache_arguments(parser)
+    return parser
+
+
+def parse_args():
+    parser = build_parser()
     args = parser.parse_args()
     try:
         args.widths = [cli.positive_int(w) for w in args.widths.split(",")]
     except Exception:
         parser.error(f"argument --widths: expected comma-separated positive integers, got {args.widths!r}")
+    cli.refuse_existing(parser, args, *RESULTS)
     return args
 
 
@@ -36,16 +46,21 @@ def main() -> None:
 
     data = load_mnist(args.source, args.data_dir)
     start = time.perf_counter()
+    progress = cli.Progress(2 + len(args.widths), "linearity", "model")
     lstsq = linearity.linear_lstsq(data)
-    print(f"linear_lstsq: test {lstsq['test_accuracy']:.2%} (train {lstsq['train_accuracy']:.2%}), {lstsq['seconds']:.1f}s", flush=True)
-    converged = linearity.linear_ce_converged(data)
-    print(f"linear_ce_converged: test {converged['test_accuracy']:.2%} (train {converged['train_accuracy']:.2%}), "
-          f"{converged['steps']} L-BFGS steps, gradient norm {converged['grad_norm']:.1e}, {converged['seconds']:.1f}s", flush=True)
+    progress.step("linear_lstsq")
+    converged = linearity.linear_ce_converged(data, max_steps=args.max_steps)
+    progress.step("linear_ce_converged")
     sweep = []
     for width in args.widths:
         sweep += linearity.width_sweep(data, [width], list(range(args.seeds)), args.epochs)
-        r = sweep[-1]
-        print(f"mlp hidden {width:5d} ({r['parameters']:,} parameters): {100 * r['mean']:.2f} ± {100 * r['std']:.2f}", flush=True)
+        progress.step(f"mlp hidden {width}")
+    progress.close()
+    print(f"linear_lstsq: test {lstsq['test_accuracy']:.2%} (train {lstsq['train_accuracy']:.2%}), {lstsq['seconds']:.1f}s")
+    print(f"linear_ce_converged: test {converged['test_accuracy']:.2%} (train {converged['train_accuracy']:.2%}), "
+          f"{converged['steps']} L-BFGS steps, gradient norm {converged['grad_norm']:.1e}, {converged['seconds']:.1f}s")
+    for r in sweep:
+        print(f"mlp hidden {r['hidden']:5d} ({r['parameters']:,} parameters): {100 * r['mean']:.2f} ± {100 * r['std']:.2f}")
     report = {
         "linear_lstsq": lstsq,
         "linear_ce_converged": converged,
@@ -57,9 +72,9 @@ def main() -> None:
         "jax_version": jax.__version__,
         "seconds": time.perf_counter() - start,
     }
-    write_json(args.out / "linearity.json", report)
-    plots.width_sweep(report, args.out / "width_sweep.png")
-    print(f"{report['seconds']:.1f}s in all; wrote {args.out / 'linearity.json'} and {args.out / 'width_sweep.png'}")
+    write_json(args.out / RESULTS[0], report)
+    plots.width_sweep(report, args.out / RESULTS[1])
+    print(f"{report['seconds']:.1f}s in all; wrote {args.out / RESULTS[0]} and {args.out / RESULTS[1]}")
 
 
 if __name__ == "__main__":

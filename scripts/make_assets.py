@@ -1,5 +1,5 @@
 """Redraw every figure from results.json and study_arrays.npz (no training):
-python scripts/make_assets.py --results assets/results.json --out assets"""
+python scripts/make_assets.py --results runs/study/results.json"""
 
 import json
 from pathlib import Path
@@ -8,16 +8,25 @@ import numpy as np
 
 from mnist_jax import cli
 
+FIGURES = ("training_curves.png", "comparison_chart.png", "evolution_diagram.png", "weight_templates.png",
+           "confusion_matrices.png", "misclassified.png")
+
+
+def build_parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", type=Path, default=Path("runs/study/results.json"), help="written by scripts/study.py")
+    cli.add_output_arguments(parser, Path("runs/figures"), "the figures")
+    return parser
+
 
 def parse_args():
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("--results", type=Path, default=Path("assets/results.json"), help="written by scripts/study.py")
-    parser.add_argument("--out", type=cli.output_folder, default=Path("assets"), help="folder for the figures")
+    parser = build_parser()
     args = parser.parse_args()
     arrays = args.results.with_name("study_arrays.npz")
     for path in (args.results, arrays):
         if not path.is_file():
             parser.error(f"argument --results: {path} not found; run scripts/study.py first")
+    cli.refuse_existing(parser, args, *FIGURES)
     return args
 
 

@@ -4,38 +4,34 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from mnist_jax import cli
 from mnist_jax.data import load_mnist
 from mnist_jax.stages import STAGES
 
+RESULTS = ("results.json", "study_arrays.npz")
 
-def parse_args():
+
+def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=cli.positive_int, default=10, help="seeds 0..N-1, trained together per stage")
     parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per run")
-    parser.add_argument("--out", type=cli.output_folder, default=Path("assets"), help="folder for results.json and study_arrays.npz")
+    cli.add_output_arguments(parser, Path("runs/study"), " and ".join(RESULTS))
     cli.add_data_arguments(parser)
     cli.add_cache_arguments(parser)
+    return parser
+
+
+def parse_args():
+    parser = build_parser()
     args = parser.parse_args()
     args.stages = cli.parse_stages(parser, args.stages)
+    cli.refuse_existing(parser, args, *RESULTS)
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    cli.use_compile_cache(args)
-    from mnist_jax import study
-
-    data = load_mnist(args.source, args.data_dir)
-    start = time.perf_counter()
-    results = {}
-    for stage in tqdm(args.stages, desc="stages", unit="stage", file=sys.stdout):
-        results[stage] = study.train_seeds(study.TrainConfig(stage, epochs=args.epochs), data, list(range(args.seeds)))
-    report = study.save_study(results, data, args.out, " ".join(["python", "scripts/study.py", *sys.argv[1:]]), time.perf_counter() - start)
-    print(f"\n{args.seeds} seeds, {args.epochs} epochs, {report['device']}, {report['seconds']:.1f}s in all")
+def print_report(report: dict) -> None:
+    """The table of every stage and its step, and each MLP variant against the plain MLP."""
     print("| stage | documented | mean ± std | 95% CI | step difference | significant |\n|---|---|---|---|---|---|")
     steps = {s["to"]: s for s in report["steps"]}
     for stage, r in report["stages"].items():
@@ -47,7 +43,25 @@ def main() -> None:
     for step in report["versus_mlp"]:
         print(f"{step['to']} vs mlp: {100 * step['difference']:+.2f} points, 95% CI "
               f"[{100 * step['ci95'][0]:+.2f}, {100 * step['ci95'][1]:+.2f}]")
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'study_arrays.npz'}")
+
+
+def main() -> None:
+    args = parse_args()
+    cli.use_compile_cache(args)
+    from mnist_jax import study
+
+    data = load_mnist(args.source, args.data_dir)
+    start = time.perf_counter()
+    results = {}
+    for stage in args.stages:
+        progress = cli.Progress(args.epochs, f"{stage}, {args.seeds} seeds", "epoch")
+        config = study.TrainConfig(stage, epochs=args.epochs)
+        results[stage] = study.train_seeds(config, data, list(range(args.seeds)), on_epoch=lambda _: progress.step())
+        progress.close()
+    report = study.save_study(results, data, args.out, " ".join(["python", "scripts/study.py", *sys.argv[1:]]), time.perf_counter() - start)
+    print(f"\n{args.seeds} seeds, {args.epochs} epochs, {report['device']}, {report['seconds']:.1f}s in all")
+    print_report(report)
+    print(f"wrote {args.out / RESULTS[0]} and {args.out / RESULTS[1]}")
 
 
 if __name__ == "__main__":

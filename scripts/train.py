@@ -12,23 +12,28 @@ from mnist_jax.stages import STAGES
 from mnist_jax.train import NonFiniteLoss, TrainConfig, device_description, summary, train
 
 
-def parse_args():
+def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--stage", required=True, choices=[*STAGES, "all"], help="which stage to train; all: the five in turn"
     )
     cli.add_training_arguments(parser)
-    parser.add_argument("--seed", type=int, default=42, help="seeds the split, init, order and dropout")
+    parser.add_argument("--seed", type=int, default=cli.TRAIN_DEFAULTS["seed"], help="seeds the split, init, order and dropout")
     cli.add_data_arguments(parser)
     cli.add_cache_arguments(parser)
     parser.add_argument(
-        "--out", type=cli.output_folder, help="run folder (default runs/<stage>-seed<seed>; with all, one folder per stage inside it)"
+        "--out", type=cli.output_folder, help="run folder; with all, one folder per stage inside it (default: runs/<stage>-seed<seed>)"
     )
     again = parser.add_mutually_exclusive_group()
     again.add_argument(
         "--resume", action="store_true", help="continue the run saved in the run folder, with its settings, up to --epochs"
     )
     again.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
+    return parser
+
+
+def parse_args():
+    parser = build_parser()
     args = parser.parse_args()
     args.stages = list(STAGES) if args.stage == "all" else [args.stage]
     for name in ("hidden", "dropout"):

@@ -1,15 +1,27 @@
+"""Shared fixtures. Two tiers: `pytest -m "not slow"` runs on synthetic arrays in under a
+minute; the full suite adds every test on the real MNIST and every script run."""
+
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
-from mnist_jax.data import DATA_DIR_ENV, load_mnist
+from mnist_jax.data import DATA_DIR_ENV, MNIST, DataError, default_cache_dir, load_idx_dir, load_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+REAL_DATA = {"mnist", "data_dir", "data_args"}
+
+
+def pytest_collection_modifyitems(items):
+    """Every test on the real MNIST belongs to the slow tier."""
+    for item in items:
+        if REAL_DATA & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,17 +36,64 @@ def compilation_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The verified IDX files: $MNIST_JAX_DATA_DIR, else ../shared/data/mnist."""
-    path = Path(os.environ.get(DATA_DIR_ENV) or SHARED_MNIST)
-    if not path.is_dir():
-        pytest.fail(f"MNIST IDX files not found at {path}; set {DATA_DIR_ENV}")
-    return path
+def real_mnist() -> tuple[MNIST, Path | None]:
+    """MNIST found as `train.py` finds it: the IDX files of $MNIST_JAX_DATA_DIR when it is
+    set, else TFDS's prepared copy, else the verified download into the user cache. With
+    the folder of IDX files it came from (None for TFDS)."""
+    folder = os.environ.get(DATA_DIR_ENV)
+    try:
+        if folder:
+            return load_idx_dir(folder), Path(folder)
+        data = load_mnist("auto")
+    except DataError as e:
+        pytest.exit(f"the tests on real data need MNIST: {e}", returncode=2)
+    return data, None if data.source == "TFDS" else default_cache_dir()
 
 
 @pytest.fixture(scope="session")
-def mnist(data_dir):
-    return load_mnist("idx", data_dir)
+def mnist(real_mnist) -> MNIST:
+    return real_mnist[0]
+
+
+@pytest.fixture(scope="session")
+def data_dir(real_mnist) -> Path:
+    """A folder holding the four verified IDX files."""
+    if real_mnist[1] is None:
+        pytest.skip(f"needs the IDX files; MNIST came from TFDS (set {DATA_DIR_ENV} to a folder of them)")
+    return real_mnist[1]
+
+
+@pytest.fixture(scope="session")
+def data_args(real_mnist) -> list[str]:
+    """The arguments that make a script read the same MNIST as these tests."""
+    return ["--source", "tfds"] if real_mnist[1] is None else ["--data-dir", str(real_mnist[1])]
+
+
+def synthetic_mnist(num_train: int = 7_000, num_test: int = 1_000, seed: int = 0) -> MNIST:
+    """MNIST-shaped uint8 digits a model can learn: each class a fixed random template plus
+    noise. 7,000 training images leave 1,000 to train on beside the 6,000 validation ones."""
+    rng = np.random.default_rng(seed)
+    templates = rng.integers(0, 256, (10, 28, 28))
+
+    def digits(n):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = np.clip(templates[labels] + rng.integers(-100, 101, (n, 28, 28)), 0, 255).astype(np.uint8)
+        return images, labels
+
+    return MNIST(*digits(num_train), *digits(num_test), source="synthetic")
+
+
+@pytest.fixture(scope="session")
+def tiny() -> MNIST:
+    return synthetic_mnist()
+
+
+def load_script(name: str):
+    """scripts/<name> as a module (its `main` not run)."""
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), ROOT / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_script(name: str, *args, env: dict | None = None, cwd: Path | None = None):

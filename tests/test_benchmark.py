@@ -12,6 +12,7 @@ from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig, init_state, make_optimizer, make_train_step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_flop_count_is_xlas_own_count_less_the_elementwise_work(stage):
     config = TrainConfig(stage)
@@ -26,11 +27,11 @@ def test_flop_count_is_xlas_own_count_less_the_elementwise_work(stage):
     assert ours <= xla_flops <= 1.10 * ours
 
 
-def test_benchmark_script_writes_the_figures_it_prints_for_two_seeds(tmp_path, data_dir):
+def test_benchmark_script_writes_the_figures_it_prints_for_two_seeds(tmp_path, data_args):
     out = tmp_path / "bench.json"
     proc = run_script(
         "benchmark.py", "--stages", "linear_ce", "--epochs", "1", "--seeds", "2", "--no-end-to-end", "--profile",
-        "--data-dir", data_dir, "--json", out,
+        *data_args, "--json", out,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
@@ -53,8 +54,8 @@ def test_benchmark_script_writes_the_figures_it_prints_for_two_seeds(tmp_path, d
     assert f"| `linear_ce` | {profile['pass_seconds']:.3f} |" in proc.stdout
 
 
-def test_end_to_end_times_a_cold_then_a_warm_train_py_that_reads_the_cache_the_cold_one_wrote(data_dir):
-    e2e = benchmark.end_to_end(["--stage", "linear_ce", "--epochs", "1", "--data-dir", str(data_dir)])
+def test_end_to_end_times_a_cold_then_a_warm_train_py_that_reads_the_cache_the_cold_one_wrote(data_args):
+    e2e = benchmark.end_to_end(["--stage", "linear_ce", "--epochs", "1", *data_args])
     assert e2e["cold_seconds"] > 0 and e2e["warm_seconds"] > 0
     assert e2e["warm_over_cold"] == pytest.approx(e2e["warm_seconds"] / e2e["cold_seconds"])
     # every program of the run, however quick to compile (JAX's default caches only those over 1 s)

@@ -1,5 +1,6 @@
 """User mistakes end in one clear line and exit status 2, never a traceback."""
 
+import argparse
 import gzip
 import json
 import signal
@@ -10,7 +11,56 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, load_script, run_script
+from mnist_jax import cli
+
+SCRIPTS = ["train.py", "study.py", "make_assets.py", "linearity.py", "compare.py", "benchmark.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_shows_every_default(script):
+    parser = load_script(script).build_parser()
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in text, action.option_strings
+
+
+@pytest.mark.parametrize(
+    "convert, text",
+    [(cli.positive_int, "0"), (cli.positive_int, "2.5"), (cli.positive_float, "inf"), (cli.positive_float, "-1"),
+     (cli.dropout_rate, "1"), (cli.dropout_rate, "nan")],
+)
+def test_argument_types_reject_values_outside_their_range(convert, text):
+    with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
+        convert(text)
+
+
+def test_a_parser_error_is_one_line_with_status_2(capsys):
+    parser = cli.ArgumentParser(prog="train.py")
+    parser.add_argument("--epochs", type=cli.positive_int)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--epochs", "-1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == ["train.py: error: argument --epochs: expected a positive integer, got '-1'"]
+
+
+def test_results_in_the_out_folder_are_refused_without_overwrite(tmp_path, capsys):
+    parser = cli.ArgumentParser(prog="study.py")
+    cli.add_output_arguments(parser, tmp_path, "results.json")
+    (tmp_path / "results.json").write_text("{}")
+    cli.refuse_existing(parser, parser.parse_args(["--overwrite"]), "results.json", "study_arrays.npz")
+    with pytest.raises(SystemExit):
+        cli.refuse_existing(parser, parser.parse_args([]), "results.json", "study_arrays.npz")
+    assert "already holds results.json; pass --overwrite" in capsys.readouterr().err
+
+
+def test_progress_off_a_terminal_is_one_plain_line_per_step(capsys):
+    progress = cli.Progress(2, "mlp, 3 seeds", "epoch")
+    progress.step()
+    progress.step("done")
+    progress.close()
+    assert capsys.readouterr().out.splitlines() == ["mlp, 3 seeds: epoch 1/2", "mlp, 3 seeds: epoch 2/2, done"]
 
 
 def offline_env(tmp_path) -> dict:
@@ -32,12 +82,14 @@ def assert_one_line_error(proc, *fragments):
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_without_any_data_source_the_message_names_the_three_ways(tmp_path):
     proc = run_script("train.py", "--stage", "mlp", env=offline_env(tmp_path), cwd=tmp_path)
     assert_one_line_error(proc, "no MNIST found", "TFDS", "download", "--data-dir", "internet")
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, fragments",
     [
@@ -55,6 +107,7 @@ def test_bad_arguments_give_one_line_and_status_2(tmp_path, args, fragments):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, fragments",
     [
@@ -69,6 +122,7 @@ def test_more_bad_training_arguments(tmp_path, args, fragments):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "compare.py", "study.py", "make_assets.py", "linearity.py"])
 def test_every_script_refuses_an_out_that_is_a_file(tmp_path, script):
     afile = tmp_path / "a_file"
@@ -78,11 +132,11 @@ def test_every_script_refuses_an_out_that_is_a_file(tmp_path, script):
     assert afile.read_text() == "keep me"
 
 
-def test_ctrl_c_exits_promptly_with_130_and_a_resumable_run(tmp_path, data_dir):
+def test_ctrl_c_exits_promptly_with_130_and_a_resumable_run(tmp_path, data_args):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "train.py"), "--stage", "linear_ce", "--epochs", "100",
-         "--out", str(out), "--data-dir", str(data_dir)],
+         "--out", str(out), *data_args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     for line in proc.stdout:
@@ -94,11 +148,12 @@ def test_ctrl_c_exits_promptly_with_130_and_a_resumable_run(tmp_path, data_dir):
     assert proc.returncode == 130 and time.monotonic() - start < 10
     assert stderr.strip().splitlines() == ["interrupted"]
     # Ctrl-C may land while epoch 2 is being saved: the run then holds epoch 1, complete
-    resumed = run_script("train.py", "--stage", "linear_ce", "--epochs", "3", "--resume", "--out", out)
+    resumed = run_script("train.py", "--stage", "linear_ce", "--epochs", "3", "--resume", "--out", out, *data_args)
     assert resumed.returncode == 0 and 1 <= resumed.stdout.count("[Epoch") <= 2
     assert [row["epoch"] for row in json.loads((out / "metrics.json").read_text())["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, fragments",
     [

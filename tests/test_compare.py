@@ -2,15 +2,17 @@
 
 import json
 
+import pytest
+
 from conftest import run_script
-from mnist_jax.comparison import replay_original
+from mnist_jax.comparison import compare_stage, replay_original, steady_seconds_per_epoch
 from mnist_jax.torch_reference import original_draws
 
 
-def test_compare_writes_the_table_json_and_figure(tmp_path, data_dir):
+def test_compare_writes_the_table_json_and_figure(tmp_path, data_args):
     proc = run_script(
         "compare.py", "--stages", "linear_ce", "--seeds", "2", "--epochs", "2",
-        "--torch-loop", "both", "--out", tmp_path, "--data-dir", data_dir,
+        "--torch-loop", "both", "--out", tmp_path, *data_args,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "compare.json").read_text())
@@ -37,3 +39,19 @@ def test_jax_replay_of_the_original_run_matches_the_pytorch_replay(mnist):
     """Same split, initial weights and batch order as the original's seed 42."""
     r = replay_original("linear_ce", mnist)
     assert abs(r["jax_replay_accuracy"] - r["torch_replay_accuracy"]) <= 0.0002  # 2 of 10,000 images
+
+
+@pytest.mark.slow
+def test_compare_stage_trains_both_frameworks_on_the_same_split(tiny):
+    done = []
+    result = compare_stage("linear_ce", tiny, [0], ["tensor"], epochs=2, progress=done.append)
+    assert done == ["linear_ce jax seed 0", "linear_ce torch/tensor seed 0"]
+    for framework in ("jax", "torch_tensor"):
+        assert len(result[framework]["accuracies"]) == 1
+        assert 0.5 < result[framework]["mean_accuracy"] <= 1  # learnable synthetic digits
+
+
+def test_steady_epoch_time_is_the_median_epoch_leaving_out_each_runs_first():
+    runs = [[{"seconds": 9.0}, {"seconds": 1.0}, {"seconds": 3.0}], [{"seconds": 8.0}, {"seconds": 2.0}]]
+    assert steady_seconds_per_epoch(runs) == 2.0
+    assert steady_seconds_per_epoch([[{"seconds": 9.0}]]) == 9.0  # a one-epoch run has only its first

@@ -10,7 +10,7 @@ from flax import nnx
 
 from conftest import run_script
 from mnist_jax.checkpoint import has_checkpoint, load_run, save_run
-from mnist_jax.train import NonFiniteLoss, TrainConfig, summary, train
+from mnist_jax.train import NonFiniteLoss, RunResult, TrainConfig, init_state, make_optimizer, summary, train
 
 
 def metrics(run_dir) -> dict:
@@ -29,10 +29,10 @@ def params_equal(a, b) -> bool:
 
 
 @pytest.fixture(scope="module")
-def mlp_bn_runs(tmp_path_factory, data_dir):
+def mlp_bn_runs(tmp_path_factory, data_args):
     """mlp_bn for 5 epochs twice, and once interrupted after epoch 2 then resumed."""
     root = tmp_path_factory.mktemp("mlp_bn")
-    common = ["--stage", "mlp_bn", "--data-dir", data_dir]
+    common = ["--stage", "mlp_bn", *data_args]
     for name in ("first", "second"):
         assert run_script("train.py", *common, "--out", root / name).returncode == 0
     assert run_script("train.py", *common, "--epochs", "2", "--out", root / "resumed").returncode == 0
@@ -53,57 +53,73 @@ def test_resuming_after_epoch_2_ends_exactly_like_an_uninterrupted_run(mlp_bn_ru
 
 
 @pytest.mark.parametrize("stage", ["mlp_bn", "mlp_dropout"])
-def test_the_same_command_twice_gives_identical_metrics(stage, mlp_bn_runs, data_dir, tmp_path):
+def test_the_same_command_twice_gives_identical_metrics(stage, mlp_bn_runs, data_args, tmp_path):
     if stage == "mlp_bn":
         first, second = mlp_bn_runs[0] / "first", mlp_bn_runs[0] / "second"
     else:
         first, second = tmp_path / "first", tmp_path / "second"
         for out in (first, second):
-            args = ["--stage", stage, "--epochs", "1", "--out", out, "--data-dir", data_dir]
+            args = ["--stage", stage, "--epochs", "1", "--out", out, *data_args]
             assert run_script("train.py", *args).returncode == 0
     assert without_timings(metrics(first)) == without_timings(metrics(second))
 
 
-def test_a_run_diverging_in_epoch_1_exits_3_and_writes_nothing(tmp_path, data_dir):
+def test_a_run_diverging_in_epoch_1_exits_3_and_writes_nothing(tmp_path, data_args):
     out = tmp_path / "run"
-    proc = run_script("train.py", "--stage", "mlp", "--lr", "1e30", "--out", out, "--data-dir", data_dir)
+    proc = run_script("train.py", "--stage", "mlp", "--lr", "1e30", "--out", out, *data_args)
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "training stopped: non-finite loss in epoch 1; nothing was saved"
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_a_run_diverging_later_keeps_the_last_good_epoch(tmp_path, mnist):
+@pytest.mark.slow
+def test_a_run_diverging_later_keeps_the_last_good_epoch(tmp_path, tiny):
     """Two good epochs saved, then the weights go bad: epoch 3 raises before anything
     is saved, and the run folder still holds epoch 2's finite checkpoint and metrics."""
     out = tmp_path / "run"
     save = lambda run: save_run(run, out, summary(run))  # noqa: E731  (what train.py does)
-    train(TrainConfig("linear_ce", epochs=2), mnist, on_epoch=save)
+    train(TrainConfig("linear_ce", epochs=2), tiny, on_epoch=save)
     saved_metrics = (out / "metrics.json").read_bytes()
     run = load_run(out)
     run.final = run.final._replace(params=jax.tree.map(lambda w: w.at[0].set(jnp.inf), run.final.params))
     run.config = TrainConfig("linear_ce", epochs=3)
     with pytest.raises(NonFiniteLoss, match="epoch 3"):
-        train(run.config, mnist, on_epoch=save, resume=run)
+        train(run.config, tiny, on_epoch=save, resume=run)
     assert (out / "metrics.json").read_bytes() == saved_metrics
     kept = load_run(out)
     assert len(kept.history) == 2
     assert all(bool(jnp.isfinite(w).all()) for w in jax.tree.leaves(kept.final.params))
 
 
-def test_an_existing_run_is_not_overwritten_without_asking(mlp_bn_runs, data_dir, tmp_path):
+def test_a_checkpoint_restores_every_array_of_the_run(tmp_path):
+    config = TrainConfig("mlp_bn")
+    graphdef, state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    best = state._replace(params=jax.tree.map(lambda w: w + 1, state.params))
+    history = [{"epoch": 1, "train_loss": 0.5}]
+    save_run(RunResult(config, "cpu", graphdef, state, best, 1, history), tmp_path, {"stage": "mlp_bn"})
+    restored = load_run(tmp_path)
+    assert (restored.config, restored.best_epoch, restored.history) == (config, 1, history)
+    for saved, loaded in ((state, restored.final), (best, restored.best)):
+        assert params_equal(saved.params, loaded.params) and params_equal(saved.batch_stats, loaded.batch_stats)
+    for a, b in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(restored.final.opt_state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"stage": "mlp_bn"}
+
+
+def test_an_existing_run_is_not_overwritten_without_asking(mlp_bn_runs, data_args, tmp_path):
     out = mlp_bn_runs[0] / "first"
     before = (out / "metrics.json").read_bytes()
-    proc = run_script("train.py", "--stage", "mlp_bn", "--out", out, "--data-dir", data_dir)
+    proc = run_script("train.py", "--stage", "mlp_bn", "--out", out, *data_args)
     assert proc.returncode == 2 and "--resume" in proc.stderr and "--overwrite" in proc.stderr
     assert (out / "metrics.json").read_bytes() == before
     fresh = tmp_path / "fresh"
-    proc = run_script("train.py", "--stage", "linear_ce", "--resume", "--out", fresh, "--data-dir", data_dir)
+    proc = run_script("train.py", "--stage", "linear_ce", "--resume", "--out", fresh, *data_args)
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr
 
 
-def test_overwrite_replaces_the_run(tmp_path, data_dir):
+def test_overwrite_replaces_the_run(tmp_path, data_args):
     out = tmp_path / "run"
-    args = ["--stage", "linear_ce", "--epochs", "1", "--out", out, "--data-dir", data_dir]
+    args = ["--stage", "linear_ce", "--epochs", "1", "--out", out, *data_args]
     assert run_script("train.py", *args).returncode == 0
     assert run_script("train.py", *args[:3], "2", *args[4:], "--overwrite").returncode == 0
     assert len(metrics(out)["history"]) == 2 and has_checkpoint(out)

@@ -8,31 +8,37 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import run_script
-from mnist_jax.data import MNIST
-from mnist_jax.study import mean_ci95, step_differences, t_quantile, train_seeds
+from conftest import ROOT, run_script
+from mnist_jax import plots
+from mnist_jax.study import mean_ci95, save_study, step_differences, t_quantile, train_seeds
 from mnist_jax.train import TrainConfig, train
 
 
-def test_a_vmapped_seed_trains_exactly_like_the_same_seed_alone(mnist):
+@pytest.fixture(scope="module")
+def tiny_seeds(tiny):
+    """`linear_ce`, seeds 3 and 7 together, 2 epochs on synthetic digits, in float64."""
+    with jax.enable_x64(True):
+        return train_seeds(TrainConfig("linear_ce", epochs=2), tiny, [3, 7])
+
+
+@pytest.mark.parametrize("stage", ["linear_ce", pytest.param("mlp_dropout", marks=pytest.mark.slow)])
+def test_a_vmapped_seed_trains_exactly_like_the_same_seed_alone(tiny, tiny_seeds, stage):
     """In float64, where agreement shows the same computation: in float32, batched and
     single matmuls round differently and Adam amplifies it (one epoch of seed 7 on the
-    full training set ended 2 of 10,000 test images apart). 12,000 training images
-    (6,000 train + 6,000 validation) keep float64 quick."""
-    data = MNIST(mnist.train_images[:12_000], mnist.train_labels[:12_000], mnist.test_images, mnist.test_labels, "subset")
-    config = TrainConfig("mlp_dropout", epochs=2)
+    full training set ended 2 of 10,000 test images apart)."""
     with jax.enable_x64(True):
-        together = train_seeds(config, data, [3, 7])
-        alone = [train(dataclasses.replace(config, seed=seed), data) for seed in (3, 7)]
-    for i, run in enumerate(alone):
-        assert together.test_accuracies[i] == pytest.approx(run.test_accuracy, abs=1e-12)
-        for row_v, row_a in zip(together.history[i], run.history, strict=True):
-            assert row_v["val_accuracy"] == pytest.approx(row_a["val_accuracy"], abs=1e-12)
-            assert row_v["train_loss"] == pytest.approx(row_a["train_loss"], rel=1e-10)
-        params = jax.tree.map(lambda a: a[i], together.final_params)
-        assert params["hidden"]["kernel"].dtype == np.float64
-        for v, a in zip(jax.tree.leaves(params), jax.tree.leaves(nnx.to_pure_dict(run.final.params)), strict=True):
-            np.testing.assert_allclose(v, a, rtol=1e-10, atol=1e-12)
+        together = tiny_seeds if stage == "linear_ce" else train_seeds(TrainConfig(stage, epochs=2), tiny, [3, 7])
+        alone = train(dataclasses.replace(together.config, seed=7), tiny)
+    assert together.test_accuracies[1] == pytest.approx(alone.test_accuracy, abs=1e-12)
+    for row_v, row_a in zip(together.history[1], alone.history, strict=True):
+        assert row_v["val_accuracy"] == pytest.approx(row_a["val_accuracy"], abs=1e-12)
+        assert row_v["train_loss"] == pytest.approx(row_a["train_loss"], rel=1e-10)
+    params = jax.tree.map(lambda a: a[1], together.final_params)
+    assert jax.tree.leaves(params)[0].dtype == np.float64
+    for v, a in zip(jax.tree.leaves(params), jax.tree.leaves(nnx.to_pure_dict(alone.final.params)), strict=True):
+        np.testing.assert_allclose(v, a, rtol=1e-10, atol=1e-12)
+    kernels = jax.tree.leaves(together.final_params)[-1]
+    assert not np.allclose(kernels[0], kernels[1])  # two seeds, two models
 
 
 def test_t_quantiles_match_the_tables():
@@ -53,9 +59,9 @@ def test_ci95_and_paired_step_differences():
     assert not steps[1]["significant"]  # +0.01, -0.005, 0.0: the interval holds zero
 
 
-def test_study_and_make_assets_write_results_and_every_figure(tmp_path, data_dir):
+def test_study_and_make_assets_write_results_and_every_figure(tmp_path, data_args):
     proc = run_script("study.py", "--seeds", "2", "--epochs", "1", "--stages", "linear_ce,mlp",
-                      "--out", tmp_path, "--data-dir", data_dir)
+                      "--out", tmp_path, *data_args)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert list(results["stages"]) == ["linear_ce", "mlp"]
@@ -74,6 +80,33 @@ def test_study_and_make_assets_write_results_and_every_figure(tmp_path, data_dir
         assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 5_000, name
 
 
+@pytest.mark.slow
 def test_make_assets_without_results_says_so(tmp_path):
     proc = run_script("make_assets.py", "--results", tmp_path / "results.json")
     assert proc.returncode == 2 and "run scripts/study.py first" in proc.stderr
+
+
+def test_a_study_saves_its_results_and_the_arrays_its_figures_need(tiny, tiny_seeds, tmp_path):
+    report = save_study({"linear_ce": tiny_seeds}, tiny, tmp_path, "python scripts/study.py", 1.0)
+    assert json.loads((tmp_path / "results.json").read_text()) == report
+    assert report["stages"]["linear_ce"]["test_accuracies"] == tiny_seeds.test_accuracies.tolist()
+    arrays = dict(np.load(tmp_path / "study_arrays.npz"))
+    assert arrays["linear_ce_confusion"].sum() == len(tiny.test_labels)
+    assert arrays["linear_ce_weights"].shape == (10, 784)
+
+
+def test_every_figure_draws_from_the_committed_study(tmp_path):
+    report = json.loads((ROOT / "assets" / "results.json").read_text())
+    arrays = dict(np.load(ROOT / "assets" / "study_arrays.npz"))
+    linear, mlp = (str(s) for s in arrays["misclassified_stages"])
+    figures = {
+        "training_curves.png": lambda path: plots.training_curves(report, path),
+        "comparison_chart.png": lambda path: plots.comparison_chart(report, path),
+        "weight_templates.png": lambda path: plots.weight_templates(arrays, path),
+        "confusion_matrices.png": lambda path: plots.confusion_matrices(arrays, path, [linear, mlp]),
+        "misclassified.png": lambda path: plots.misclassified(arrays, path),
+        "evolution_diagram.png": plots.evolution_diagram,
+    }
+    for name, draw in figures.items():
+        draw(tmp_path / name)
+        assert (tmp_path / name).stat().st_size > 5_000, name

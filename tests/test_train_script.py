@@ -19,10 +19,10 @@ EPOCH_LINE = re.compile(
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, data_dir):
+def runs(tmp_path_factory, data_args):
     """All five stages with the defaults, in one `train.py --stage all` process."""
     cwd = tmp_path_factory.mktemp("work")
-    proc = run_script("train.py", "--stage", "all", "--data-dir", data_dir, cwd=cwd)
+    proc = run_script("train.py", "--stage", "all", *data_args, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout, {stage: cwd / "runs" / f"{stage}-seed42" for stage in STAGES}
 
@@ -76,10 +76,10 @@ def test_checkpoint_restores_the_final_and_best_models(runs, mnist):
     assert val_acc == pytest.approx(best_row["val_accuracy"], abs=1e-6)
 
 
-def test_no_cache_leaves_no_compilation_cache(tmp_path, data_dir):
+def test_no_cache_leaves_no_compilation_cache(tmp_path, data_args):
     cache = tmp_path / "cache"
     proc = run_script(
-        "train.py", "--stage", "linear_ce", "--epochs", "1", "--data-dir", data_dir, "--out", tmp_path / "run",
+        "train.py", "--stage", "linear_ce", "--epochs", "1", *data_args, "--out", tmp_path / "run",
         "--compile-cache", cache, "--no-cache",
     )
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,81 @@
+"""Every table of results in README.md and docs/ is what the project's scripts print from
+the committed runs in assets/: nothing typed in, nothing stale."""
+
+import contextlib
+import io
+import json
+import re
+
+import pytest
+
+from conftest import ROOT, load_script
+
+ASSETS = ROOT / "assets"
+
+
+def printed(function, *args) -> list[str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        function(*args)
+    return [line for line in out.getvalue().splitlines() if line.startswith("|")]
+
+
+def doc(name: str) -> str:
+    return (ROOT / name).read_text()
+
+
+def assert_table_in(lines: list[str], text: str):
+    assert lines and all(line in text.splitlines() for line in lines), [line for line in lines if line not in text]
+
+
+def test_the_ten_seed_table_is_what_study_py_prints_of_assets_results_json():
+    report = json.loads((ASSETS / "results.json").read_text())
+    assert_table_in(printed(load_script("study.py").print_report, report), doc("README.md"))
+
+
+def test_the_seed_42_table_is_the_one_in_the_committed_log():
+    log = (ASSETS / "train_all_seed42.log").read_text()
+    table = [line for line in log.splitlines() if line.startswith("| `")]
+    assert len(table) == 5
+    assert_table_in(table, doc("README.md"))
+
+
+def test_the_speed_tables_are_what_benchmark_py_prints_of_assets_benchmark_cpu_json():
+    report = json.loads((ASSETS / "benchmark_cpu.json").read_text())
+    benchmark = load_script("benchmark.py")
+    assert_table_in(printed(benchmark.print_table, report), doc("docs/performance.md"))
+    assert_table_in(printed(benchmark.print_profiles, report["profiles"]), doc("docs/performance.md"))
+
+
+def test_the_readme_speed_table_is_drawn_from_assets_benchmark_cpu_json():
+    report = json.loads((ASSETS / "benchmark_cpu.json").read_text())
+    rows = {r["stage"]: r for r in report["stages"]}
+    readme = [line for line in doc("README.md").splitlines() if re.match(r"\| `\w+` \| \d\.\d{3} \|", line)]
+    assert len(readme) == len(rows)
+    for line in readme:
+        stage, epoch, *speedups, efficiency = [cell.strip(" `x") for cell in line.strip("|").split("|")]
+        r = rows[stage]
+        assert epoch == f"{r['jax_epoch_seconds']:.3f}" and efficiency == f"{r['efficiency']:.2f}"
+        assert speedups == [f"{r[f'speedup_vs_torch_{loop}']:.1f}" for loop in ("tensor", "original", "fused")]
+
+
+def test_the_side_by_side_table_is_what_compare_py_prints_of_assets_compare_json():
+    report = json.loads((ASSETS / "compare.json").read_text())
+    assert_table_in(printed(load_script("compare.py").print_table, report["stages"], ["original", "tensor"]), doc("docs/parity.md"))
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/performance.md", "docs/parity.md", "docs/study.md"])
+def test_every_local_link_and_image_exists(name):
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc(name)):
+        assert ((ROOT / name).parent / target).exists(), target
+
+
+def test_the_seed_42_figures_under_older_instruction_sets_are_those_of_their_logs():
+    def accuracy(log: str, stage: str) -> str:
+        (line,) = [line for line in (ASSETS / log).read_text().splitlines() if line.startswith(f"| `{stage}` |")]
+        return line.split("|")[3].strip()
+
+    readme = " ".join(doc("README.md").split())
+    avx, sse = "train_all_seed42_max_isa_AVX.log", "train_all_seed42_max_isa_SSE4_2.log"
+    assert accuracy(avx, "mlp") == accuracy(sse, "mlp")
+    assert f"gives {accuracy(avx, 'mlp_bn')} and {accuracy(sse, 'mlp_bn')} for `mlp_bn`, {accuracy(avx, 'mlp')} for `mlp`" in readme
