@@ -1,14 +1,17 @@
 """A stranger's machine: a fresh clone with nothing beside it, an empty cache, and a local
-HTTP server on 127.0.0.1 standing in for the internet's MNIST mirror."""
+HTTP server on 127.0.0.1 standing in for the internet's MNIST mirror. The scripts run
+there as a user runs them, their outputs at their defaults."""
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -82,27 +85,90 @@ def test_the_tests_find_mnist_as_train_py_does(stranger):
     assert "2 passed" in proc.stdout
 
 
-def test_every_script_writes_under_runs_by_default_and_refuses_to_overwrite(stranger, clone):
+# Every script but train.py (tests/test_train_script.py), as a user runs it, with its outputs at their defaults
+COMMANDS = {
+    "study.py": ["--seeds", "2", "--epochs", "1", "--stages", "linear_ce,mlp"],
+    "make_assets.py": [],
+    "linearity.py": ["--seeds", "1", "--widths", "8", "--epochs", "1", "--max-steps", "5"],
+    "compare.py": ["--stages", "linear_ce", "--seeds", "2", "--epochs", "2", "--torch-loop", "both"],
+    "benchmark.py": ["--stages", "linear_ce", "--epochs", "1", "--seeds", "2", "--no-end-to-end", "--profile"],
+}
+
+
+@pytest.fixture(scope="module")
+def default_runs(stranger, clone) -> dict:
     run, _ = stranger
-    commands = [
-        ["scripts/study.py", "--seeds", "2", "--epochs", "1", "--stages", "linear_ce,mlp"],
-        ["scripts/make_assets.py"],
-        ["scripts/linearity.py", "--seeds", "1", "--widths", "8", "--epochs", "1", "--max-steps", "5"],
-        ["scripts/compare.py", "--stages", "linear_ce", "--seeds", "1", "--epochs", "1", "--torch-loop", "tensor"],
-        ["scripts/benchmark.py", "--stages", "linear_ce", "--epochs", "1", "--no-end-to-end"],
-    ]
-    for command in commands:
-        proc = run(*command)
-        assert proc.returncode == 0, (command, proc.stderr[-2000:])
-        if command[0] == "scripts/study.py":  # progress, as plain lines off a terminal
-            assert "linear_ce, 2 seeds: epoch 1/1" in proc.stdout and "mlp, 2 seeds: epoch 1/1" in proc.stdout
-    written = {p.relative_to(clone / "runs").as_posix() for p in (clone / "runs").rglob("*") if p.is_file()}
-    assert {"study/results.json", "figures/comparison_chart.png", "linearity/linearity.json",
-            "compare/compare.json", "benchmark.json"} <= written
-    for command in commands:
-        before = {p: p.stat().st_mtime_ns for p in (clone / "runs").rglob("*") if p.is_file()}
-        proc = run(*command)
-        assert proc.returncode == 2 and "--overwrite" in proc.stderr and len(proc.stderr.splitlines()) == 1, (command, proc.stderr)
-        assert {p: p.stat().st_mtime_ns for p in (clone / "runs").rglob("*") if p.is_file()} == before
+    procs = {}
+    for script, args in COMMANDS.items():
+        procs[script] = proc = run(f"scripts/{script}", *args)
+        assert proc.returncode == 0, (script, proc.stderr[-2000:])
+    return procs
+
+
+def test_study_py_writes_results_and_make_assets_py_every_figure_under_runs(default_runs, clone):
+    results = json.loads((clone / "runs/study/results.json").read_text())
+    assert list(results["stages"]) == ["linear_ce", "mlp"]
+    for r in results["stages"].values():
+        assert r["seeds"] == [0, 1] and len(r["test_accuracies"]) == 2 and len(r["history"][0]) == 1
+        assert r["ci95"][0] <= r["mean"] <= r["ci95"][1]
+    assert len(results["steps"]) == 1 and {"command", "device", "jax_version", "seconds"} <= results.keys()
+    arrays = np.load(clone / "runs/study/study_arrays.npz")
+    assert arrays["linear_ce_weights"].shape == (10, 784) and arrays["mlp_predictions"].shape == (10_000,)
+    assert arrays["mlp_confusion"].sum() == 10_000
+    # progress in the unit of the work, as plain lines off a terminal
+    assert "linear_ce, 2 seeds: epoch 1/1" in default_runs["study.py"].stdout
+    for name in ("training_curves", "comparison_chart", "weight_templates", "evolution_diagram", "confusion_matrices", "misclassified"):
+        assert (clone / "runs/figures" / f"{name}.png").stat().st_size > 5_000, name
+
+
+def test_linearity_py_writes_the_ceilings_and_the_sweep_under_runs(default_runs, clone):
+    report = json.loads((clone / "runs/linearity/linearity.json").read_text())
+    assert report["linear_ce_converged"]["steps"] <= 5 and [r["hidden"] for r in report["width_sweep"]] == [8]
+    assert (clone / "runs/linearity/width_sweep.png").stat().st_size > 5_000
+    assert "linearity: model 3/3" in default_runs["linearity.py"].stdout
+
+
+def test_compare_py_writes_the_table_json_and_figure_under_runs(default_runs, clone):
+    report = json.loads((clone / "runs/compare/compare.json").read_text())
+    (stage,) = report["stages"]
+    assert stage["stage"] == "linear_ce" and stage["documented_accuracy"] == 0.9215
+    for framework in ("jax", "torch_original", "torch_tensor"):
+        assert len(stage[framework]["accuracies"]) == 2 and 0.8 < stage[framework]["mean_accuracy"] < 1
+        assert stage[framework]["seconds_per_epoch"] > 0
+    assert stage["jax"]["compile_seconds"] > 0
+    assert (clone / "runs/compare/framework_comparison.png").stat().st_size > 10_000
+    assert "| `linear_ce` | 92.15 |" in default_runs["compare.py"].stdout
+    assert "compare: run 6/6" in default_runs["compare.py"].stdout
+
+
+def test_benchmark_py_writes_the_figures_it_prints_for_two_seeds(default_runs, clone):
+    stdout = default_runs["benchmark.py"].stdout
+    report = json.loads((clone / "runs/benchmark.json").read_text())
+    assert {"stages", "ceiling_flops", "device", "jax_version", "torch_version"} <= report.keys()
+    (row,) = report["stages"]
+    assert row["stage"] == "linear_ce" and report["torch_loops"] == ["tensor", "original", "fused"]
+    for loop in report["torch_loops"]:
+        assert row[f"speedup_vs_torch_{loop}"] == pytest.approx(row[f"torch_{loop}_epoch_seconds"] / row["jax_epoch_seconds"])
+        assert f"{row[f'speedup_vs_torch_{loop}']:.1f}x" in stdout
+    # two seeds: JAX trains them together (vmap), PyTorch one after the other
+    assert row["jax_samples_per_second"] == pytest.approx(2 * 54_000 / row["jax_epoch_seconds"])
+    assert row["efficiency"] == pytest.approx(row["achieved_flops"] / row["ceiling_flops"])  # one round
+    assert report["ceiling_flops"] == row["ceiling_flops"]
+    assert 0 < row["efficiency"] < 1 and row["jax_compile_seconds"] > 0
+    # the profile sees the linear model's two matmuls (forward, weight gradient) in each of the 422 steps
+    (profile,) = report["profiles"]
+    assert profile["matmul_calls"] == 2 * 422 and 0 < profile["matmul_seconds"] < profile["pass_seconds"]
+    assert 0 <= profile["between_ops_seconds"] < profile["pass_seconds"] - profile["matmul_seconds"]
+    assert profile["matmul_efficiency"] == pytest.approx(profile["matmul_flops"] / row["ceiling_flops"])
+    assert f"| `linear_ce` | {profile['pass_seconds']:.3f} |" in stdout
+
+
+def test_every_script_refuses_to_overwrite_its_results_and_no_tracked_file_changes(default_runs, stranger, clone):
+    run, _ = stranger
+    written = {p: p.stat().st_mtime_ns for p in (clone / "runs").rglob("*") if p.is_file()}
+    for script, args in COMMANDS.items():
+        proc = run(f"scripts/{script}", *args)
+        assert proc.returncode == 2 and "--overwrite" in proc.stderr and len(proc.stderr.splitlines()) == 1, (script, proc.stderr)
+    assert {p: p.stat().st_mtime_ns for p in (clone / "runs").rglob("*") if p.is_file()} == written
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
     assert status.stdout == ""

@@ -59,27 +59,6 @@ def test_ci95_and_paired_step_differences():
     assert not steps[1]["significant"]  # +0.01, -0.005, 0.0: the interval holds zero
 
 
-def test_study_and_make_assets_write_results_and_every_figure(tmp_path, data_args):
-    proc = run_script("study.py", "--seeds", "2", "--epochs", "1", "--stages", "linear_ce,mlp",
-                      "--out", tmp_path, *data_args)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["stages"]) == ["linear_ce", "mlp"]
-    for r in results["stages"].values():
-        assert r["seeds"] == [0, 1] and len(r["test_accuracies"]) == 2 and len(r["history"][0]) == 1
-        assert r["ci95"][0] <= r["mean"] <= r["ci95"][1]
-    assert len(results["steps"]) == 1 and {"command", "device", "jax_version", "seconds"} <= results.keys()
-    arrays = np.load(tmp_path / "study_arrays.npz")
-    assert arrays["linear_ce_weights"].shape == (10, 784) and arrays["mlp_predictions"].shape == (10_000,)
-    assert arrays["mlp_confusion"].sum() == 10_000
-
-    proc = run_script("make_assets.py", "--results", tmp_path / "results.json", "--out", tmp_path / "figs")
-    assert proc.returncode == 0, proc.stderr
-    for name in ("training_curves", "comparison_chart", "weight_templates", "evolution_diagram",
-                 "confusion_matrices", "misclassified"):
-        assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 5_000, name
-
-
 @pytest.mark.slow
 def test_make_assets_without_results_says_so(tmp_path):
     proc = run_script("make_assets.py", "--results", tmp_path / "results.json")
