@@ -74,18 +74,22 @@ def test_a_study_saves_its_results_and_the_arrays_its_figures_need(tiny, tiny_se
     assert arrays["linear_ce_weights"].shape == (10, 784)
 
 
-def test_every_figure_draws_from_the_committed_study(tmp_path):
+FIGURES = {
+    "comparison_chart.png": lambda report, arrays, path: plots.comparison_chart(report, path),
+    "weight_templates.png": lambda report, arrays, path: plots.weight_templates(arrays, path),
+    "evolution_diagram.png": lambda report, arrays, path: plots.evolution_diagram(path),
+    "training_curves.png": lambda report, arrays, path: plots.training_curves(report, path),
+    "confusion_matrices.png": lambda report, arrays, path: plots.confusion_matrices(
+        arrays, path, [str(s) for s in arrays["misclassified_stages"]]
+    ),
+    "misclassified.png": lambda report, arrays, path: plots.misclassified(arrays, path),
+}
+SLOWER = ("training_curves.png", "confusion_matrices.png", "misclassified.png")  # about a second each
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOWER else n for n in FIGURES])
+def test_every_figure_draws_from_the_committed_study(name, tmp_path):
     report = json.loads((ROOT / "assets" / "results.json").read_text())
     arrays = dict(np.load(ROOT / "assets" / "study_arrays.npz"))
-    linear, mlp = (str(s) for s in arrays["misclassified_stages"])
-    figures = {
-        "training_curves.png": lambda path: plots.training_curves(report, path),
-        "comparison_chart.png": lambda path: plots.comparison_chart(report, path),
-        "weight_templates.png": lambda path: plots.weight_templates(arrays, path),
-        "confusion_matrices.png": lambda path: plots.confusion_matrices(arrays, path, [linear, mlp]),
-        "misclassified.png": lambda path: plots.misclassified(arrays, path),
-        "evolution_diagram.png": plots.evolution_diagram,
-    }
-    for name, draw in figures.items():
-        draw(tmp_path / name)
-        assert (tmp_path / name).stat().st_size > 5_000, name
+    FIGURES[name](report, arrays, tmp_path / name)
+    assert (tmp_path / name).stat().st_size > 5_000
