@@ -1,6 +1,6 @@
 """JAX against the PyTorch reference: same data, same splits, several seeds.
 
-Needs `torch` (the optional extra).
+Training PyTorch needs `torch` (the optional extra), imported when a PyTorch run starts.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from typing import Callable
 
 import numpy as np
 
-from mnist_jax import torch_reference
 from mnist_jax.data import MNIST
 from mnist_jax.stages import STAGES
-from mnist_jax.train import TrainConfig, run_keys, split_indices, train
+from mnist_jax.train import Replay, TrainConfig, run_keys, split_indices, train
 
 
 def jax_split(seed: int, num_images: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +49,8 @@ def compare_stage(
 ) -> dict:
     """Train `stage` for each seed in JAX and in each PyTorch loop style, on the JAX split;
     `progress` is told of each run once it is done."""
+    from mnist_jax import torch_reference
+
     jax_runs = []
     for seed in seeds:
         jax_runs.append(train(TrainConfig(stage, epochs=epochs, seed=seed), data))
@@ -78,11 +79,13 @@ def compare_stage(
 def replay_original(stage: str, data: MNIST, epochs: int = 5, seed: int = 42) -> dict:
     """The original's own run at `seed`: PyTorch as its code does it, and JAX from the
     same split, initial weights and batch order. Stages without dropout only."""
+    from mnist_jax import torch_reference
+
     if STAGES[stage].dropout:
         raise ValueError(f"{stage}: dropout masks come from torch's RNG; cannot replay")
     torch_run = torch_reference.train(stage, data, epochs=epochs, seed=seed, loop="original")
     split, initial, orders = torch_reference.original_draws(stage, len(data.train_labels), epochs, seed=seed)
-    jax_run = train(TrainConfig(stage, epochs=epochs, seed=seed), data, split=split, initial=initial, orders=orders)
+    jax_run = train(TrainConfig(stage, epochs=epochs, seed=seed), data, replay=Replay(split, initial, orders))
     return {
         "stage": stage,
         "documented_accuracy": STAGES[stage].documented_accuracy,

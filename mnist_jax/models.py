@@ -24,12 +24,9 @@ def torch_uniform(fan_in: int) -> nnx.Initializer:
 
 
 def torch_linear(fan_in: int, fan_out: int, rngs: nnx.Rngs) -> nnx.Einsum:
-    """`nn.Linear(fan_in, fan_out)`: kernel stored (out, in) as PyTorch stores its weight,
-    float32 (float64 under `jax.enable_x64`, as the other parameters).
-
-    On XLA:CPU this layout makes the output layer's weight gradient a (10, 256) product,
-    about 6x faster than the (256, 10) one of `nnx.Linear`'s (in, out) kernel.
-    """
+    """`nn.Linear(fan_in, fan_out)`: kernel stored (out, in) as PyTorch stores its weight
+    (a `state_dict` maps over without transposes), float32 (float64 under
+    `jax.enable_x64`, as the other parameters)."""
     init = torch_uniform(fan_in)
     return nnx.Einsum(
         "bi,oi->bo", (fan_out, fan_in), (fan_out,), param_dtype=jnp.result_type(float), kernel_init=init, bias_init=init, rngs=rngs
@@ -66,9 +63,7 @@ class Dropout(nnx.Module):
     """`torch.nn.Dropout(rate)` in training: zero each unit with probability `rate`, scale
     the rest by 1 / (1 - rate). Each unit is decided by the fewest random bits that make
     `rate` exact (1 for 0.5, 2 for 0.25; else 32, exact to 2**-32), packed 32 // bits to a
-    uint32 word. `nnx.Dropout` draws a float32 uniform per unit: for rate 0.5, 32x the
-    random words, whose generation (threefry) took 7-9% of an `mlp_dropout` training pass
-    on a 2-core CPU."""
+    uint32 word, where `nnx.Dropout` draws a float32 uniform per unit (docs/performance.md)."""
 
     def __init__(self, rate: float):
         self.rate = rate

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mnist_jax.files import atomic_write  # noqa: E402
+from mnist_jax.files import atomic_write
+from mnist_jax.stages import STAGES, Stage, softmax_mse
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
@@ -160,30 +159,37 @@ def misclassified(arrays, path: str | os.PathLike) -> None:
     save_figure(fig, path)
 
 
+def architecture(stage: Stage) -> list[str]:
+    """The stage as the boxes of the diagram, input to loss."""
+    loss = "softmax + MSE" if stage.loss is softmax_mse else "cross-entropy"
+    if not stage.is_mlp:
+        return ["784", "Linear", "10", loss]
+    middle = (["BatchNorm"] if stage.batchnorm else []) + ["ReLU"] + ([f"Dropout {stage.dropout:g}"] if stage.dropout else [])
+    return ["784", "Linear", str(stage.hidden), *middle, "Linear", "10", loss]
+
+
 def evolution_diagram(path: str | os.PathLike) -> None:
-    """The five architectures as boxes, with what each stage adds highlighted."""
+    """The stages of the registry as boxes, with what each changes from the one above highlighted."""
     from matplotlib.patches import FancyBboxPatch
 
-    stages = [
-        ("linear_mse", ["784", "Linear", "10", "softmax + MSE"], {3}),
-        ("linear_ce", ["784", "Linear", "10", "cross-entropy"], {3}),
-        ("mlp", ["784", "Linear", "256", "ReLU", "Linear", "10"], {2, 3, 4}),
-        ("mlp_dropout", ["784", "Linear", "256", "ReLU", "Dropout 0.5", "Linear", "10"], {4}),
-        ("mlp_bn", ["784", "Linear", "256", "BatchNorm", "ReLU", "Linear", "10"], {3}),
-    ]
-    fig, ax = plt.subplots(figsize=(13, 5.5))
-    for row, (name, boxes, new) in enumerate(stages):
-        y = len(stages) - 1 - row
+    rows = [(name, architecture(stage)) for name, stage in STAGES.items()]
+    fig, ax = plt.subplots(figsize=(14, 5.5))
+    previous: list[str] = []
+    for row, (name, boxes) in enumerate(rows):
+        y = len(rows) - 1 - row
+        unseen = Counter(previous)
         ax.text(-0.2, y, name, ha="right", va="center", fontsize=11, family="monospace")
         for col, text in enumerate(boxes):
-            color = "#f4a261" if col in new else "#cfe1f2"
+            new = unseen[text] <= 0  # not in the stage above (or not this many times)
+            unseen[text] -= 1
             ax.add_patch(FancyBboxPatch((col * 1.7, y - 0.3), 1.4, 0.6, boxstyle="round,pad=0.05",
-                                        facecolor=color, edgecolor="#33415c"))
+                                        facecolor="#f4a261" if new and previous else "#cfe1f2", edgecolor="#33415c"))
             ax.text(col * 1.7 + 0.7, y, text, ha="center", va="center", fontsize=9)
             if col:
                 ax.annotate("", (col * 1.7 - 0.05, y), (col * 1.7 - 0.3, y), arrowprops={"arrowstyle": "->"})
-    ax.set_xlim(-2.6, 7 * 1.7)
-    ax.set_ylim(-0.7, len(stages) - 0.3)
+        previous = boxes
+    ax.set_xlim(-2.6, max(len(boxes) for _, boxes in rows) * 1.7)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.axis("off")
     ax.set_title("from a linear classifier to an MLP: orange is what each stage changes from the one above")
     save_figure(fig, path)

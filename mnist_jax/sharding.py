@@ -20,8 +20,8 @@ def make_mesh(axis: str, *sizes: int) -> Mesh:
     return jax.make_mesh((n,), (axis,), (AxisType.Auto,), devices=jax.devices()[:n])
 
 
-def split(tree, mesh: Mesh, *spec):
-    """Place `tree` on `mesh`, its leaves split as `PartitionSpec(*spec)`; no spec: copied to every device."""
+def place(tree, mesh: Mesh, *spec):
+    """Put `tree` on `mesh`, its leaves split as `PartitionSpec(*spec)`; no spec: copied to every device."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(*spec)))
 
 

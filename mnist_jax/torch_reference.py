@@ -4,8 +4,7 @@ Imported only when used: `torch` is an optional extra (`pip install -e ".[torch]
 It trains on the same arrays and split as the JAX side, in three loop styles:
 `original` (a per-item Dataset behind a shuffling DataLoader, as the study does with
 torchvision), `tensor` (one tensor, batches sliced from a permutation) and `fused`
-(the tensor loop with `Adam(fused=True)`: the fastest PyTorch step we measured on a
-CPU; the default single-tensor Adam takes about half of each step there).
+(the tensor loop with `Adam(fused=True)`, PyTorch's fastest Adam kernel on a CPU).
 """
 
 from __future__ import annotations

@@ -61,8 +61,8 @@ def shuffle(key: jax.Array, x: jax.Array) -> jax.Array:
     """`x` in a random order, drawn as `jax.random.permutation` draws one: stable sorts by
     fresh random keys, repeated until 3 log2(n) random bits make ties unlikely. Here each
     sort is of one uint32 array, random high bits over each element's current position
-    (which makes the sort stable and tells where each element came from): XLA:CPU sorts
-    that about 6x faster than the (key, value) pairs `jax.random.permutation` sorts."""
+    (which makes the sort stable and tells where each element came from), where
+    `jax.random.permutation` sorts (key, value) pairs (docs/performance.md)."""
     n = x.shape[0]
     position_bits = max(1, (n - 1).bit_length())
     positions = jnp.arange(n, dtype=jnp.uint32)
@@ -162,6 +162,46 @@ def subset(images: jax.Array, labels: jax.Array, idx: jax.Array) -> tuple[jax.Ar
     return images[idx], labels[idx]
 
 
+class Replay(NamedTuple):
+    """What another run (say a PyTorch one) drew, to train from exactly: its (train,
+    validation) indices, its initial (params, batch_stats) as pure dicts, its epochs'
+    orders of training indices. A field left None is drawn from the seed as usual."""
+
+    split: tuple[np.ndarray, np.ndarray] | None = None
+    initial: tuple[dict, dict] | None = None
+    orders: Sequence[np.ndarray] | None = None
+
+
+class Setup(NamedTuple):
+    """Where every way of training starts: one program draws the keys, initial state and
+    split (of each seed, vmapped, when `seeds` are given); the data sits on the device."""
+
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    epochs_key: jax.Array
+    state: TrainState
+    train_idx: jax.Array
+    val_idx: jax.Array
+    data: tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # see device_data
+
+
+def prepare(config: TrainConfig, data: MNIST, seeds: Sequence[int] | None = None, replay: Replay = Replay()) -> Setup:
+    """`config.seed`'s run, or with `seeds` every seed's at once (a leading seed axis)."""
+    tx = make_optimizer(config.lr)
+    graphdef, init = make_init(config, tx, len(data.train_images))
+    if seeds is None:
+        epochs_key, state, train_idx, val_idx = jax.jit(init)(config.seed)
+    else:
+        epochs_key, state, train_idx, val_idx = jax.jit(jax.vmap(init))(jnp.asarray(seeds))
+    if replay.initial is not None:
+        for template, values in zip((state.params, state.batch_stats), replay.initial):
+            nnx.replace_by_pure_dict(template, jax.tree.map(jnp.asarray, values))
+        state = TrainState(state.params, state.batch_stats, tx.init(state.params))
+    if replay.split is not None:
+        train_idx, val_idx = map(jnp.asarray, replay.split)
+    return Setup(graphdef, tx, epochs_key, state, train_idx, val_idx, device_data(data))
+
+
 def make_train_epoch(
     graphdef: nnx.GraphDef,
     loss_fn: LossFn,
@@ -238,60 +278,47 @@ def train(
     on_epoch: Callable[[RunResult], None] | None = None,
     *,
     resume: RunResult | None = None,
-    split: tuple[jax.Array, jax.Array] | None = None,
-    initial: tuple[dict, dict] | None = None,
-    orders: Sequence[jax.Array] | None = None,
+    replay: Replay = Replay(),
     mesh: jax.sharding.Mesh | None = None,
 ) -> RunResult:
     """Train one stage from one seed up to `config.epochs`.
 
     `on_epoch` sees the run after each epoch (its last history row is the new one).
-    `resume` continues a run (see `checkpoint.load_run`): the randomness of each
-    epoch depends on the seed and the epoch number alone, so a resumed run ends
-    exactly where an uninterrupted one does. To replay another run (say a PyTorch
-    one), pass its `split` (train, validation indices), `initial` (params,
-    batch_stats) as pure dicts, and the epochs' `orders` of indices.
-    Several devices split each batch (see `sharding`); `mesh` picks them
-    (default: as many as divide the batch sizes).
+    `resume` continues a run (see `checkpoint.load_run`; it is not changed): the
+    randomness of each epoch depends on the seed and the epoch number alone, so a
+    resumed run ends exactly where an uninterrupted one does. `replay` trains from
+    another run's draws. Several devices split each batch (see `sharding`); `mesh`
+    picks them (default: as many as divide the batch sizes).
     Raises `NonFiniteLoss` if the loss stops being finite.
     """
-    stage = config.spec
-    tx = make_optimizer(config.lr)
-    graphdef, init = make_init(config, tx, len(data.train_images))
-    epochs_key, state, train_idx, val_idx = jax.jit(init)(config.seed)
-    if initial is not None:
-        for template, values in zip((state.params, state.batch_stats), initial):
-            nnx.replace_by_pure_dict(template, jax.tree.map(jnp.asarray, values))
-        state = TrainState(state.params, state.batch_stats, tx.init(state.params))
-    run = resume or RunResult(config, device_description(), graphdef, state, state, 0, [])
-
-    images, labels, test_images, test_labels = device_data(data)
-    if split is not None:
-        train_idx, val_idx = map(jnp.asarray, split)
-    val_images, val_labels = subset(images, labels, val_idx)
-    mesh = mesh or sharding.make_mesh("batch", config.batch_size, len(train_idx) % config.batch_size or config.batch_size)
+    setup = prepare(config, data, replay=replay)
+    images, labels, test_images, test_labels = setup.data
+    val_images, val_labels = subset(images, labels, setup.val_idx)
+    start_state = setup.state
+    run = dataclasses.replace(resume, history=list(resume.history)) if resume else RunResult(
+        config, device_description(), setup.graphdef, start_state, start_state, 0, []
+    )
+    mesh = mesh or sharding.make_mesh("batch", config.batch_size, len(setup.train_idx) % config.batch_size or config.batch_size)
     if mesh.size > 1:  # every device holds the data and the model; the batches are split
-        run.final, images, labels, val_images, val_labels, test_images, test_labels = sharding.split(
+        run.final, images, labels, val_images, val_labels, test_images, test_labels = sharding.place(
             (run.final, images, labels, val_images, val_labels, test_images, test_labels), mesh
         )
 
     start = time.perf_counter()
     train_epoch = (
-        jax.jit(make_train_epoch(graphdef, stage.loss, tx, config.batch_size, mesh))
-        .lower(run.final, images, labels, train_idx, epochs_key)
+        jax.jit(make_train_epoch(setup.graphdef, config.spec.loss, setup.tx, config.batch_size, mesh))
+        .lower(run.final, images, labels, setup.train_idx, setup.epochs_key)
         .compile()
     )
-    evaluate = jax.jit(make_evaluate(graphdef, stage.loss))
-    jax.block_until_ready(evaluate(state.params, state.batch_stats, val_images, val_labels))
+    evaluate = jax.jit(make_evaluate(setup.graphdef, config.spec.loss))
+    jax.block_until_ready(evaluate(start_state.params, start_state.batch_stats, val_images, val_labels))
     run.compile_seconds = time.perf_counter() - start
 
     for epoch in range(len(run.history) + 1, config.epochs + 1):
         start = time.perf_counter()
-        shuffle_key, dropout_key = epoch_keys(epochs_key, epoch)
-        order = epoch_order(train_idx, shuffle_key) if orders is None else orders[epoch - 1]
-        state, (train_loss, train_acc) = train_epoch(
-            run.final, images, labels, jnp.asarray(order), dropout_key
-        )
+        shuffle_key, dropout_key = epoch_keys(setup.epochs_key, epoch)
+        order = epoch_order(setup.train_idx, shuffle_key) if replay.orders is None else jnp.asarray(replay.orders[epoch - 1])
+        state, (train_loss, train_acc) = train_epoch(run.final, images, labels, order, dropout_key)
         val_loss, val_acc = evaluate(state.params, state.batch_stats, val_images, val_labels)
         row = {
             "epoch": epoch,

@@ -2,14 +2,14 @@
 python scripts/benchmark.py --stages all --epochs 3"""
 
 import importlib.metadata
-import importlib.util
 import statistics
 import sys
 from pathlib import Path
 
 import jax
 
-from mnist_jax import benchmark, cli
+import measure
+from mnist_jax import cli
 from mnist_jax.data import load_mnist
 from mnist_jax.files import write_json
 from mnist_jax.stages import STAGES
@@ -51,6 +51,14 @@ def parse_args():
     return args
 
 
+def torch_importable() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def full_float32_matmuls(has_torch: bool) -> None:
     """The same float32 matmuls in both frameworks: no TF32 or bfloat16 passes (GPU, TPU)."""
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -87,16 +95,16 @@ def print_profiles(profiles: list[dict]) -> None:
 def main() -> None:
     args = parse_args()
     data = load_mnist(args.source, args.data_dir)
-    has_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
+    has_torch = not args.no_torch and torch_importable()
     if not has_torch:
-        print("PyTorch not measured: " + ("--no-torch" if args.no_torch else 'not installed (pip install -e ".[torch]")'))
+        print("PyTorch not measured: " + ("--no-torch" if args.no_torch else 'torch cannot be imported (pip install -e ".[torch]")'))
     full_float32_matmuls(has_torch)
     jax.config.update("jax_enable_compilation_cache", False)  # compile times are real ones
 
     report = {
         "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
         "device": device_description(),
-        "cpu": benchmark.cpu_model(),
+        "cpu": measure.cpu_model(),
         "jax_version": jax.__version__,
         "torch_version": importlib.metadata.version("torch") if has_torch else None,
         "matmul_precision": "highest (full float32) in both frameworks",
@@ -108,26 +116,26 @@ def main() -> None:
     print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version']}", flush=True)
     configs = [TrainConfig(stage, epochs=args.epochs) for stage in args.stages]
     progress = cli.Progress(args.rounds, f"benchmark of {', '.join(args.stages)}", "round")
-    report["stages"] = benchmark.benchmark_stages(
+    report["stages"] = measure.benchmark_stages(
         configs, data, list(range(args.seeds)), report["torch_loops"], args.rounds, on_round=lambda _: progress.step()
     )
     progress.close()
     report["ceiling_flops"] = statistics.median(r["ceiling_flops"] for r in report["stages"])
     print_table(report)
     if args.profile:
-        report["profiles"] = [benchmark.profile_pass(config, data) for config in configs]
+        report["profiles"] = [measure.profile_pass(config, data) for config in configs]
         for profile, row in zip(report["profiles"], report["stages"]):
             profile["matmul_efficiency"] = profile["matmul_flops"] / row["ceiling_flops"]
         print_profiles(report["profiles"])
     if args.loop_variants:
-        report["loop_variants"] = {"stage": args.loop_variants, **benchmark.loop_variants(TrainConfig(args.loop_variants), data)}
+        report["loop_variants"] = {"stage": args.loop_variants, **measure.loop_variants(TrainConfig(args.loop_variants), data)}
         print(f"\nseconds per training pass of {args.loop_variants}, and the rest of its epoch:")
         for name, seconds in report["loop_variants"].items():
             if name != "stage":
                 print(f"  {seconds:.3f}  {name}")
     if not args.no_end_to_end:
         data_args = ["--source", args.source] + (["--data-dir", str(args.data_dir)] if args.data_dir else [])
-        report["end_to_end"] = e2e = benchmark.end_to_end(["--stage", "mlp_bn", *data_args], args.rounds)
+        report["end_to_end"] = e2e = measure.end_to_end(["--stage", "mlp_bn", *data_args], args.rounds)
         print(f"\n{e2e['command']}: cold {e2e['cold_seconds']:.1f}s, warm {e2e['warm_seconds']:.1f}s "
               f"(warm/cold {e2e['warm_over_cold']:.2f}, median of {args.rounds}; {e2e['cache_entries']} programs cached)")
         for run in ("cold", "warm"):

@@ -89,7 +89,9 @@ def tiny() -> MNIST:
 
 
 def load_script(name: str):
-    """scripts/<name> as a module (its `main` not run)."""
+    """scripts/<name> as a module (its `main` not run), importing its neighbours as it would."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.append(str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), ROOT / "scripts" / name)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,13 +1,20 @@
-"""The benchmark counts the FLOPs XLA runs and times cold and warm starts.
-(`scripts/benchmark.py` itself: tests/test_fresh_clone.py.)"""
+"""The benchmark's measurements (`scripts/measure.py`): the FLOPs XLA runs, cold and warm
+starts, and JAX alone where torch cannot be imported. (`scripts/benchmark.py` with PyTorch:
+tests/test_fresh_clone.py.)"""
+
+import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from mnist_jax import benchmark
+from conftest import ROOT, load_script
 from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig, init_state, make_optimizer, make_train_step
+
+benchmark = load_script("measure.py")
 
 
 @pytest.mark.slow
@@ -43,3 +50,17 @@ def test_covered_seconds_counts_nested_and_overlapping_spans_once():
     assert benchmark.covered_seconds([(0, 3), (1, 2), (2.5, 4), (6, 7)]) == 5
     spans = [("/jax/core/compile/jaxpr_trace_duration", 0, 3), ("/jax/core/compile/jaxpr_trace_duration", 1, 2), ("other", 0, 9)]
     assert benchmark.jax_phase_seconds(spans) == {"trace": 3, "lower": 0, "compile": 0}
+
+
+def test_benchmark_py_measures_jax_alone_where_torch_cannot_be_imported(tmp_path, data_args):
+    out = tmp_path / "bench.json"
+    no_torch = ("import os, runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "  # as `python SCRIPT`, torch missing
+                "sys.path.insert(0, os.path.dirname(sys.argv[0])); runpy.run_path(sys.argv[0], run_name='__main__')")
+    args = [str(ROOT / "scripts" / "benchmark.py"), "--stages", "linear_ce", "--epochs", "2", "--no-end-to-end", *data_args, "--json", str(out)]
+    proc = subprocess.run([sys.executable, "-c", no_torch, *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PyTorch not measured: torch cannot be imported" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["torch_version"] is None and report["torch_loops"] == []
+    (row,) = report["stages"]
+    assert row["jax_epoch_seconds"] > 0 and not any(key.startswith(("torch_", "speedup")) for key in row)

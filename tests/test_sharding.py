@@ -19,7 +19,7 @@ PROGRAM = textwrap.dedent(
     from flax import nnx
     from mnist_jax import sharding, study
     from mnist_jax.data import MNIST, load_idx_dir
-    from mnist_jax.train import TrainConfig, init_state, make_optimizer, run_keys, train
+    from mnist_jax.train import Replay, TrainConfig, init_state, make_optimizer, run_keys, train
 
     full = load_idx_dir(sys.argv[1])
     data = MNIST(full.train_images[:7000], full.train_labels[:7000], full.test_images[:2000], full.test_labels[:2000], "subset")
@@ -30,7 +30,7 @@ PROGRAM = textwrap.dedent(
     _, start = init_state(config, run_keys(config.seed).init, make_optimizer(config.lr))
     initial = [jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(s)) for s in start[:2]]
     for name, mesh in (("one", sharding.make_mesh("batch", 1)), ("many", None)):
-        run = train(config, data, mesh=mesh, initial=initial)
+        run = train(config, data, mesh=mesh, replay=Replay(initial=initial))
         out[f"run64_{name}"] = {
             "devices": len(run.final.params["hidden"]["kernel"].sharding.device_set),
             "losses": [row["train_loss"] for row in run.history],

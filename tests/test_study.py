@@ -10,7 +10,7 @@ from flax import nnx
 
 from conftest import ROOT, run_script
 from mnist_jax import plots
-from mnist_jax.study import mean_ci95, save_study, step_differences, t_quantile, train_seeds
+from mnist_jax.study import mean_ci95, save_study, step_differences, train_seeds
 from mnist_jax.train import TrainConfig, train
 
 
@@ -39,12 +39,6 @@ def test_a_vmapped_seed_trains_exactly_like_the_same_seed_alone(tiny, tiny_seeds
         np.testing.assert_allclose(v, a, rtol=1e-10, atol=1e-12)
     kernels = jax.tree.leaves(together.final_params)[-1]
     assert not np.allclose(kernels[0], kernels[1])  # two seeds, two models
-
-
-def test_t_quantiles_match_the_tables():
-    assert t_quantile(0.975, 9) == pytest.approx(2.2622, abs=1e-4)
-    assert t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-4)
-    assert t_quantile(0.975, 1000) == pytest.approx(1.9623, abs=1e-3)
 
 
 def test_ci95_and_paired_step_differences():

@@ -1,5 +1,6 @@
-"""Speed: JAX against the PyTorch reference, against the machine's matmul ceiling,
-and `scripts/train.py` end to end with and without the compilation cache.
+"""What `benchmark.py` measures: JAX against the PyTorch reference, against the machine's
+matmul ceiling, where a training pass goes (`jax.profiler`), and `train.py` end to end with
+and without the compilation cache (fresh processes). PyTorch is imported only to time it.
 
 Every figure is measured in the calling process; nothing is typed in.
 """
@@ -17,11 +18,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 from jax.profiler import ProfileData
 
@@ -30,19 +30,18 @@ from mnist_jax.data import MNIST, NUM_VALIDATION
 from mnist_jax.evaluate import make_evaluate, to_inputs
 from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
 from mnist_jax.train import (
+    Setup,
     TrainConfig,
     TrainState,
-    device_data,
     epoch_keys,
     epoch_order,
-    make_init,
-    make_optimizer,
     make_train_epoch,
     make_train_step,
+    prepare,
     train,
 )
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parent
 
 
 def matmul_ceiling(size: int = 2048, repeats: int = 20) -> float:
@@ -246,30 +245,11 @@ def with_in_out_kernels(model: nnx.Module) -> nnx.Module:
     return model
 
 
-class FirstEpoch(NamedTuple):
-    """What epoch 1 of a run starts from: the model, the data on the device, the batches' order."""
-
-    graphdef: nnx.GraphDef
-    tx: optax.GradientTransformation
-    state: TrainState
-    images: jax.Array
-    labels: jax.Array
-    train_idx: jax.Array
-    val_idx: jax.Array
-    order: jax.Array
-    shuffle_key: jax.Array
-    dropout_key: jax.Array
-
-
-def first_epoch(config: TrainConfig, data: MNIST) -> FirstEpoch:
-    """Epoch 1 as `train` starts it (same initialisation program, same keys)."""
-    tx = make_optimizer(config.lr)
-    graphdef, init = make_init(config, tx, len(data.train_images))
-    epochs_key, state, train_idx, val_idx = jax.jit(init)(config.seed)
-    images, labels, _, _ = device_data(data)
-    shuffle_key, dropout_key = epoch_keys(epochs_key, 1)
-    order = epoch_order(train_idx, shuffle_key)
-    return FirstEpoch(graphdef, tx, state, images, labels, train_idx, val_idx, order, shuffle_key, dropout_key)
+def first_epoch(config: TrainConfig, data: MNIST) -> tuple[Setup, jax.Array, jax.Array]:
+    """Epoch 1 as `train` starts it: its setup, the batches' order and the dropout key."""
+    setup = prepare(config, data)
+    shuffle_key, dropout_key = epoch_keys(setup.epochs_key, 1)
+    return setup, epoch_order(setup.train_idx, shuffle_key), dropout_key
 
 
 def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[str, float]:
@@ -277,7 +257,10 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
     (what each of this project's choices buys), the floor set by its two largest
     matmuls, and the rest of an epoch (shuffle, two ways, and validation pass). Median
     of `repeats`, round robin."""
-    graphdef, tx, state, images, labels, train_idx, val_idx, order, shuffle_key, dropout_key = first_epoch(config, data)
+    setup, order, dropout_key = first_epoch(config, data)
+    graphdef, tx, state, train_idx, val_idx = setup.graphdef, setup.tx, setup.state, setup.train_idx, setup.val_idx
+    images, labels, _, _ = setup.data
+    shuffle_key = epoch_keys(setup.epochs_key, 1)[0]
     starts = range(0, len(order), config.batch_size)
     loss_fn = config.spec.loss
     evaluate = jax.jit(make_evaluate(graphdef, loss_fn))
@@ -391,9 +374,10 @@ def profile_pass(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict:
     op ran; median of `repeats` traced passes. XLA names each op's trace event after its
     HLO instruction; control flow (the scan's loop) is left out, its time being its body's.
     The matmuls' FLOP/s are the pass's counted FLOPs over the time of the matmul ops alone."""
-    e = first_epoch(config, data)
-    args = (e.state, e.images, e.labels, e.order, e.dropout_key)
-    epoch = jax.jit(make_train_epoch(e.graphdef, config.spec.loss, e.tx, config.batch_size)).lower(*args).compile()
+    setup, order, dropout_key = first_epoch(config, data)
+    images, labels, _, _ = setup.data
+    args = (setup.state, images, labels, order, dropout_key)
+    epoch = jax.jit(make_train_epoch(setup.graphdef, config.spec.loss, setup.tx, config.batch_size)).lower(*args).compile()
     jax.block_until_ready(epoch(*args))
     opcodes, matmuls = hlo_ops(epoch.as_text())
     passes = []
@@ -417,8 +401,8 @@ def profile_pass(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict:
             "matmul_seconds": matmul_seconds,
             "other_seconds": sum(ev.duration_ns for ev in ops if ev.name not in matmuls) / 1e9,
             "between_ops_seconds": wall - busy_seconds,  # XLA's runtime between ops, and any wait
-            "ops_per_step": len(ops) / math.ceil(len(e.order) / config.batch_size),
+            "ops_per_step": len(ops) / math.ceil(len(order) / config.batch_size),
             "matmul_calls": sum(ev.name in matmuls for ev in ops),
-            "matmul_flops": len(e.order) * flops_per_example(config)[1] / matmul_seconds,
+            "matmul_flops": len(order) * flops_per_example(config)[1] / matmul_seconds,
         })
     return {"stage": config.stage, **{key: statistics.median(p[key] for p in passes) for key in passes[0]}, "passes": passes}
