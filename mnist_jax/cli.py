@@ -24,34 +24,34 @@ EXIT_DIVERGED = 3  # the loss stopped being finite
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
-def positive_int(text: str) -> int:
+def _number(text: str, convert: Callable[[str], float], accept: Callable[[float], bool], expected: str):
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v > 0, "a positive integer")
 
 
 def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
+
+
+def positive_ints(text: str) -> list[int]:
+    """A comma-separated list of positive integers."""
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
+        return [positive_int(item) for item in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
 
 
 def dropout_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {text!r}")
-    return value
+    return _number(text, float, lambda v: 0 <= v < 1, "a rate in [0, 1)")
 
 
 def output_folder(text: str) -> Path:
@@ -159,6 +159,23 @@ def add_output_arguments(parser: argparse.ArgumentParser, default: Path, holds: 
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, out: Path, results: tuple[str, ...]) -> None:
+    """Where a script that trains writes its `results`, where it finds MNIST, how it compiles."""
+    add_output_arguments(parser, out, " and ".join(results))
+    add_data_arguments(parser)
+    add_cache_arguments(parser)
+
+
+def parse(parser: argparse.ArgumentParser, results: tuple[str, ...] = ()) -> argparse.Namespace:
+    """Parse the command line: `--stages` into a list, and results already in `--out` refused."""
+    args = parser.parse_args()
+    if hasattr(args, "stages"):
+        args.stages = parse_stages(parser, args.stages)
+    if results:
+        refuse_existing(parser, args, *results)
+    return args
+
+
 def refuse_existing(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
     """Results already in `args.out` are kept unless --overwrite says otherwise."""
     found = [name for name in names if (args.out / name).exists()]
@@ -219,3 +236,6 @@ def run(main: Callable[[], None]) -> None:
         fail(f"data error: {e}")
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:  # the output's reader stopped early (`| head`): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

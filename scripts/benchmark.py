@@ -35,6 +35,10 @@ def build_parser() -> cli.ArgumentParser:
         "jit per batch, nnx.jit), its two largest matmuls alone, its shuffle (and jax.random.permutation's) and its validation pass",
     )
     parser.add_argument(
+        "--standard-parts", action="store_true",
+        help="also time each piece this project writes in place of a standard one against that piece, --rounds paired rounds",
+    )
+    parser.add_argument(
         "--profile", action="store_true",
         help="also trace a training pass (one seed) of every stage under jax.profiler: time in its matmuls (and their FLOP/s) and in its other ops",
     )
@@ -44,8 +48,7 @@ def build_parser() -> cli.ArgumentParser:
 
 def parse_args():
     parser = build_parser()
-    args = parser.parse_args()
-    args.stages = cli.parse_stages(parser, args.stages)
+    args = cli.parse(parser)
     if args.json.exists() and not args.overwrite:
         parser.error(f"--json: {args.json} already exists; pass --overwrite to replace it")
     return args
@@ -92,6 +95,18 @@ def print_profiles(profiles: list[dict]) -> None:
               f"{p['matmul_efficiency']:.2f} | {p['other_seconds']:.3f} | {p['between_ops_seconds']:.3f} | {p['ops_per_step']:.0f} |")
 
 
+def print_standard_parts(rows: list[dict]) -> None:
+    rounds = len(rows[0]["rounds"]["ours"])
+    print(f"\neach piece of this project against the standard one (medians of {rounds} paired rounds):")
+    print("| piece | stage | ours s | standard s | ours / standard (quartiles) | saving, of the stage's training pass |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ratios = [o / s for o, s in zip(r["rounds"]["ours"], r["rounds"]["standard"])]
+        low, _, high = statistics.quantiles(ratios, n=4)
+        print(f"| {r['piece']} | `{r['stage']}` | {r['ours_seconds']:.4f} | {r['standard_seconds']:.4f} "
+              f"| {r['ratio']:.2f} ({low:.2f}-{high:.2f}) | {r['saving_of_pass']:+.1%} |")
+
+
 def main() -> None:
     args = parse_args()
     data = load_mnist(args.source, args.data_dir)
@@ -133,6 +148,9 @@ def main() -> None:
         for name, seconds in report["loop_variants"].items():
             if name != "stage":
                 print(f"  {seconds:.3f}  {name}")
+    if args.standard_parts:
+        report["standard_parts"] = measure.standard_parts(data, args.rounds)
+        print_standard_parts(report["standard_parts"])
     if not args.no_end_to_end:
         data_args = ["--source", args.source] + (["--data-dir", str(args.data_dir)] if args.data_dir else [])
         report["end_to_end"] = e2e = measure.end_to_end(["--stage", "mlp_bn", *data_args], args.rounds)

@@ -32,17 +32,13 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument(
         "--torch-threads", type=cli.positive_int, help="PyTorch's intra-op threads (default: its own choice)"
     )
-    cli.add_output_arguments(parser, Path("runs/compare"), " and ".join(RESULTS))
-    cli.add_data_arguments(parser)
-    cli.add_cache_arguments(parser)
+    cli.add_run_arguments(parser, Path("runs/compare"), RESULTS)
     return parser
 
 
 def parse_args():
     parser = build_parser()
-    args = parser.parse_args()
-    args.stages = cli.parse_stages(parser, args.stages)
-    cli.refuse_existing(parser, args, *RESULTS)
+    args = cli.parse(parser, RESULTS)
     try:
         import torch  # noqa: F401
     except ImportError:

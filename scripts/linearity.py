@@ -15,28 +15,15 @@ RESULTS = ("linearity.json", "width_sweep.png")
 def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="seeds per MLP width")
-    parser.add_argument("--widths", default="8,16,32,64,128,256,512,1024", help="comma-separated hidden widths")
+    parser.add_argument("--widths", type=cli.positive_ints, default="8,16,32,64,128,256,512,1024", help="comma-separated hidden widths")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per MLP run")
     parser.add_argument("--max-steps", type=cli.positive_int, default=2000, help="most L-BFGS steps of the converged softmax regression")
-    cli.add_output_arguments(parser, Path("runs/linearity"), " and ".join(RESULTS))
-    cli.add_data_arguments(parser)
-    cli.add_cache_arguments(parser)
+    cli.add_run_arguments(parser, Path("runs/linearity"), RESULTS)
     return parser
 
 
-def parse_args():
-    parser = build_parser()
-    args = parser.parse_args()
-    try:
-        args.widths = [cli.positive_int(w) for w in args.widths.split(",")]
-    except Exception:
-        parser.error(f"argument --widths: expected comma-separated positive integers, got {args.widths!r}")
-    cli.refuse_existing(parser, args, *RESULTS)
-    return args
-
-
 def main() -> None:
-    args = parse_args()
+    args = cli.parse(build_parser(), RESULTS)
     cli.use_compile_cache(args)
     import jax
 

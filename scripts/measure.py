@@ -406,3 +406,99 @@ def profile_pass(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict:
             "matmul_flops": len(order) * flops_per_example(config)[1] / matmul_seconds,
         })
     return {"stage": config.stage, **{key: statistics.median(p[key] for p in passes) for key in passes[0]}, "passes": passes}
+
+
+class StandardDropout(nnx.Module):
+    """`nnx.Dropout` behind the call of `models.Dropout`, to time one against the other."""
+
+    def __init__(self, rate: float):
+        self.dropout = nnx.Dropout(rate)
+
+    def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        return self.dropout(x, deterministic=False, rngs=key)
+
+
+def epoch_program(model: nnx.Module, config: TrainConfig, setup: Setup, order: jax.Array, dropout_key: jax.Array) -> Callable:
+    """A training pass of `model` over epoch 1's batches, ready to time."""
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    params = nnx.as_pure(params)
+    state = TrainState(params, nnx.as_pure(batch_stats), setup.tx.init(params))
+    images, labels, _, _ = setup.data
+    epoch = jax.jit(make_train_epoch(graphdef, config.spec.loss, setup.tx, config.batch_size))
+    return lambda: epoch(state, images, labels, order, dropout_key)
+
+
+def standard_parts(data: MNIST, rounds: int = 9) -> list[dict]:
+    """Each piece this project writes in place of a standard one, against that piece: both
+    timed in each of `rounds` rounds (which goes first alternating), on the same inputs.
+    Reports the medians, the median of the per-round ratios (ours / standard), and the
+    median saving per epoch as a fraction of the stage's training pass."""
+    import orbax.checkpoint as ocp
+
+    from mnist_jax.checkpoint import save_checkpoint
+    from mnist_jax.train import RunResult, shuffle
+
+    def model(setup: Setup):
+        return nnx.merge(setup.graphdef, setup.state.params, setup.state.batch_stats)
+
+    programs = {}
+    for stage in ("linear_ce", "mlp_dropout", "mlp_bn"):
+        config = TrainConfig(stage)
+        setup, order, dropout_key = first_epoch(config, data)
+        programs[stage] = (config, setup, order, dropout_key, epoch_program(model(setup), config, setup, order, dropout_key))
+    bn_config, bn_setup, bn_order, bn_key, bn_pass = programs["mlp_bn"]
+    do_config, do_setup, do_order, do_key, do_pass = programs["mlp_dropout"]
+    standard_dropout = nnx.clone(model(do_setup))
+    standard_dropout.dropout = StandardDropout(standard_dropout.dropout.rate)
+
+    run = RunResult(bn_config, "", bn_setup.graphdef, bn_setup.state, bn_setup.state, 1, [])
+    checkpointer = ocp.StandardCheckpointer()
+    orbax_tree = {"final": {"params": nnx.to_pure_dict(run.final.params), "batch_stats": nnx.to_pure_dict(run.final.batch_stats)},
+                  "best": {"params": nnx.to_pure_dict(run.best.params), "batch_stats": nnx.to_pure_dict(run.best.batch_stats)},
+                  "opt_state": jax.tree.leaves(run.final.opt_state)}
+    train_idx = bn_setup.train_idx
+    key = jax.random.key(0)
+    permutation = jax.jit(lambda idx, key: idx[jax.random.permutation(key, idx.shape[0])])
+    ours_shuffle = jax.jit(shuffle)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        def orbax_save():
+            checkpointer.save(Path(tmp) / "orbax", orbax_tree, force=True)
+            checkpointer.wait_until_finished()
+
+        pieces = [
+            ("(out, in) kernels (`nnx.Einsum`) against `nnx.Linear`'s (in, out)", "mlp_bn",
+             bn_pass, epoch_program(with_in_out_kernels(model(bn_setup)), bn_config, bn_setup, bn_order, bn_key)),
+            ("`models.Dropout` (packed random bits) against `nnx.Dropout`", "mlp_dropout",
+             do_pass, epoch_program(standard_dropout, do_config, do_setup, do_order, do_key)),
+            ("`train.shuffle` against `jax.random.permutation` (54,000 indices)", "linear_ce",
+             lambda: ours_shuffle(key, train_idx), lambda: permutation(train_idx, key)),
+            ("`checkpoint.npz` against orbax's `StandardCheckpointer` (one save)", "mlp_bn",
+             lambda: save_checkpoint(run, tmp), orbax_save),
+        ]
+        times = [([], [], []) for _ in pieces]  # ours, standard, the stage's pass
+        for _, _, ours, standard in pieces:
+            jax.block_until_ready((ours(), standard()))  # compile, warm up
+        for r in range(rounds):
+            for (_, stage, ours, standard), (t_ours, t_standard, t_pass) in zip(pieces, times):
+                for fn, out in ((ours, t_ours), (standard, t_standard))[:: 1 if r % 2 else -1]:
+                    start = time.perf_counter()
+                    jax.block_until_ready(fn())
+                    out.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                jax.block_until_ready(programs[stage][-1]())
+                t_pass.append(time.perf_counter() - start)
+        checkpointer.close()
+    rows = []
+    for (name, stage, _, _), (t_ours, t_standard, t_pass) in zip(pieces, times):
+        rows.append({
+            "piece": name,
+            "stage": stage,
+            "ours_seconds": statistics.median(t_ours),
+            "standard_seconds": statistics.median(t_standard),
+            "ratio": statistics.median(o / s for o, s in zip(t_ours, t_standard)),
+            "saving_of_pass": statistics.median((s - o) / p for o, s, p in zip(t_ours, t_standard, t_pass)),
+            "pass_seconds": statistics.median(t_pass),
+            "rounds": {"ours": t_ours, "standard": t_standard, "pass": t_pass},
+        })
+    return rows

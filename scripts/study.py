@@ -16,18 +16,8 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--seeds", type=cli.positive_int, default=10, help="seeds 0..N-1, trained together per stage")
     parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per run")
-    cli.add_output_arguments(parser, Path("runs/study"), " and ".join(RESULTS))
-    cli.add_data_arguments(parser)
-    cli.add_cache_arguments(parser)
+    cli.add_run_arguments(parser, Path("runs/study"), RESULTS)
     return parser
-
-
-def parse_args():
-    parser = build_parser()
-    args = parser.parse_args()
-    args.stages = cli.parse_stages(parser, args.stages)
-    cli.refuse_existing(parser, args, *RESULTS)
-    return args
 
 
 def print_report(report: dict) -> None:
@@ -46,7 +36,7 @@ def print_report(report: dict) -> None:
 
 
 def main() -> None:
-    args = parse_args()
+    args = cli.parse(build_parser(), RESULTS)
     cli.use_compile_cache(args)
     from mnist_jax import study
 

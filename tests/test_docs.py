@@ -79,3 +79,10 @@ def test_the_seed_42_figures_under_older_instruction_sets_are_those_of_their_log
     avx, sse = "train_all_seed42_max_isa_AVX.log", "train_all_seed42_max_isa_SSE4_2.log"
     assert accuracy(avx, "mlp") == accuracy(sse, "mlp")
     assert f"gives {accuracy(avx, 'mlp_bn')} and {accuracy(sse, 'mlp_bn')} for `mlp_bn`, {accuracy(avx, 'mlp')} for `mlp`" in readme
+
+
+def test_the_standard_parts_table_is_what_benchmark_py_prints_of_its_committed_run():
+    report = json.loads((ASSETS / "benchmark_standard_parts_cpu.json").read_text())
+    assert min(len(r["rounds"]["ours"]) for r in report["standard_parts"]) >= 9  # the rule's paired rounds
+    assert all(r["saving_of_pass"] >= 0.10 for r in report["standard_parts"])  # each piece kept earns its place
+    assert_table_in(printed(load_script("benchmark.py").print_standard_parts, report["standard_parts"]), doc("docs/performance.md"))

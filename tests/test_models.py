@@ -88,3 +88,14 @@ def test_cross_entropy_matches_a_hand_computed_value():
     # -log(3/4) for the first example, -log(1/10) for the second, averaged
     expected = (-math.log(0.75) + math.log(10)) / 2
     assert float(cross_entropy(logits, jnp.array([1, 4]))) == pytest.approx(expected, rel=1e-6)
+
+
+def test_dropout_keeps_and_scales_units_as_nnx_dropout_does():
+    """The standard piece `models.Dropout` stands in for (docs/performance.md says why)."""
+    x = jnp.ones((8192, 256))
+    ours = np.asarray(jax.jit(Dropout(0.5))(x, jax.random.key(0)))
+    standard = np.asarray(jax.jit(lambda x, key: nnx.Dropout(0.5)(x, deterministic=False, rngs=key))(x, jax.random.key(0)))
+    for out in (ours, standard):
+        assert set(np.unique(out)) == {0.0, 2.0}
+    sigma = math.sqrt(0.25 / x.size)
+    assert abs((ours != 0).mean() - (standard != 0).mean()) < 5 * math.sqrt(2) * sigma
