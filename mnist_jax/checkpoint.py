@@ -5,7 +5,9 @@ state), the best-validation model, and under `meta` the config and history that
 rebuild it; its arrays are named by their place in the tree, e.g.
 `best/params/hidden/kernel`. One file, written beside the old one and renamed over
 it: a crash leaves the previous epoch's checkpoint or the new one, never a mix.
-(A plain NumPy archive rather than orbax: see docs/performance.md.)
+(A plain NumPy archive rather than orbax: see docs/performance.md.) `meta` carries
+the format's version; a checkpoint that is damaged, of another format or of arrays
+its config does not describe raises `CheckpointError`, never a half-restored run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import jax
@@ -24,6 +28,14 @@ from mnist_jax.files import atomic_write, write_json
 from mnist_jax.train import RunResult, TrainConfig, TrainState, init_state, make_optimizer
 
 CHECKPOINT_FILE = "checkpoint.npz"
+FORMAT = 1  # bump when the layout changes: older checkpoints are then refused, not misread
+
+
+_UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
+
+
+class CheckpointError(Exception):
+    """The checkpoint cannot be resumed; the message says why."""
 
 
 def _arrays(run: RunResult) -> dict:
@@ -39,7 +51,7 @@ def _named(tree) -> dict[str, jax.Array]:
 
 
 def save_checkpoint(run: RunResult, run_dir: str | os.PathLike) -> None:
-    meta = {"config": dataclasses.asdict(run.config), "device": run.device, "best_epoch": run.best_epoch, "history": run.history}
+    meta = {"format": FORMAT, "config": dataclasses.asdict(run.config), "device": run.device, "best_epoch": run.best_epoch, "history": run.history}
     arrays = {name: np.asarray(leaf) for name, leaf in _named(_arrays(run)).items()}
     with atomic_write(Path(run_dir) / CHECKPOINT_FILE) as tmp:
         with open(tmp, "wb") as f:
@@ -50,18 +62,45 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / CHECKPOINT_FILE).is_file()
 
 
+def saved_epochs(run_dir: str | os.PathLike) -> int:
+    """How many epochs the checkpoint in `run_dir` holds (0: none, or unreadable)."""
+    try:
+        with np.load(Path(run_dir) / CHECKPOINT_FILE) as saved:
+            return len(json.loads(str(saved["meta"]))["history"])
+    except _UNREADABLE:
+        return 0
+
+
 def load_run(run_dir: str | os.PathLike) -> RunResult:
     """The run saved in `run_dir` at its last completed epoch, ready to resume."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint in {run_dir}")
-    with np.load(path) as saved:
-        meta = json.loads(str(saved["meta"]))
-        config = TrainConfig(**meta["config"])
-        tx = make_optimizer(config.lr)
-        graphdef, template = jax.eval_shape(lambda: init_state(config, jax.random.key(0), tx))  # the tree structure
-        like = _arrays(RunResult(config, meta["device"], graphdef, template, template, 0, []))
-        arrays = jax.tree.unflatten(jax.tree.structure(like), [jnp.asarray(saved[name]) for name in _named(like)])
+        raise CheckpointError(f"no checkpoint in {run_dir}")
+    try:
+        with np.load(path) as saved:
+            meta = json.loads(str(saved["meta"]))
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                version = meta.get("format", "none") if isinstance(meta, dict) else "none"
+                raise CheckpointError(f"{path} is in checkpoint format {version}; this version reads format {FORMAT}")
+            config = TrainConfig(**meta["config"])
+            config.spec  # noqa: B018  (a known stage)
+            tx = make_optimizer(config.lr)
+            graphdef, template = jax.eval_shape(lambda: init_state(config, jax.random.key(0), tx))  # the tree structure
+            like = _named(_arrays(RunResult(config, meta["device"], graphdef, template, template, 0, [])))
+            for name, expected in like.items():
+                if name not in saved or saved[name].shape != expected.shape or saved[name].dtype != expected.dtype:
+                    found = f"{saved[name].dtype}{list(saved[name].shape)}" if name in saved else "nothing"
+                    raise CheckpointError(
+                        f"{path} does not hold the arrays of its own config ({config.describe()}): "
+                        f"{name} is {found}, expected {expected.dtype}{list(expected.shape)}"
+                    )
+            arrays = [jnp.asarray(saved[name]) for name in like]
+            best_epoch, history = int(meta["best_epoch"]), list(meta["history"])
+    except CheckpointError:
+        raise
+    except _UNREADABLE as e:
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: {e})") from None
+    arrays = jax.tree.unflatten(jax.tree.structure(_arrays(RunResult(config, "", graphdef, template, template, 0, []))), arrays)
 
     def model(which: str) -> tuple[nnx.State, nnx.State]:
         params, batch_stats = jax.tree.map(lambda leaf: leaf, (template.params, template.batch_stats))  # fresh copies
@@ -72,7 +111,7 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
     final = TrainState(*model("final"), jax.tree.unflatten(jax.tree.structure(template.opt_state), arrays["opt_state"]))
     best_params, best_stats = model("best")
     best = TrainState(best_params, best_stats, tx.init(best_params))  # only the best epoch's model is saved
-    return RunResult(config, meta["device"], graphdef, final, best, meta["best_epoch"], meta["history"])
+    return RunResult(config, meta["device"], graphdef, final, best, best_epoch, history)
 
 
 def load_model(run_dir: str | os.PathLike, which: str = "final") -> tuple[nnx.Module, TrainConfig]:

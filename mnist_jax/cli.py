@@ -9,19 +9,28 @@ import math
 import os
 import signal
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
 import jax
 from tqdm import tqdm
 
+from mnist_jax import files, memory
 from mnist_jax.data import SOURCES, DataError, default_cache_dir
 from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig
 
-EXIT_USAGE = 2  # bad arguments or bad/missing data
+EXIT_USAGE = 2  # bad arguments, bad or missing data, an unwritable or busy --out, a damaged checkpoint
 EXIT_DIVERGED = 3  # the loss stopped being finite
+EXIT_DOES_NOT_FIT = 4  # more memory than the device has
+EXIT_WRITE_FAILED = 5  # a save failed (disk full, I/O error): the last complete save is kept
 EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_BROKEN_PIPE = 141  # the output's reader stopped early (`| head`), as a shell reports SIGPIPE
+
+MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
+MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits: seed 2**32 would be seed 0 again
 
 
 def _number(text: str, convert: Callable[[str], float], accept: Callable[[float], bool], expected: str):
@@ -35,7 +44,11 @@ def _number(text: str, convert: Callable[[str], float], accept: Callable[[float]
 
 
 def positive_int(text: str) -> int:
-    return _number(text, int, lambda v: v > 0, "a positive integer")
+    return _number(text, int, lambda v: 0 < v <= MAX_INT, f"an integer from 1 to {MAX_INT}")
+
+
+def seed(text: str) -> int:
+    return _number(text, int, lambda v: 0 <= v <= MAX_SEED, f"a seed from 0 to {MAX_SEED}")
 
 
 def positive_float(text: str) -> float:
@@ -47,7 +60,7 @@ def positive_ints(text: str) -> list[int]:
     try:
         return [positive_int(item) for item in text.split(",")]
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers from 1 to {MAX_INT}, got {text!r}") from None
 
 
 def dropout_rate(text: str) -> float:
@@ -70,6 +83,34 @@ def output_file(text: str) -> Path:
     if path.parent.exists() and not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{path.parent} is a file; expected a folder")
     return path
+
+
+def writable(path: Path) -> str | None:
+    """Why `path` (a folder, or a folder to be made) cannot be written, or None. Tried
+    on the deepest folder that exists, with a folder made and removed again."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=files.PARTIAL))
+    except OSError as e:
+        return f"cannot make a folder in {existing}: {e.strerror}"
+    return None
+
+
+def claim(parser: argparse.ArgumentParser, option: str, folder: Path) -> None:
+    """Before any work: `folder` must be writable and not being written by another run;
+    then hold it (see `files.lock_folder`) until this process ends."""
+    reason = writable(folder)
+    if reason is None:
+        try:
+            files.lock_folder(folder)
+            return
+        except files.FolderBusy as e:
+            parser.error(f"{option}: {e}; wait for it to end or choose another {option}")
+        except OSError as e:
+            reason = f"{e.filename or folder}: {e.strerror}"
+    parser.error(f"{option}: cannot write to {folder} ({reason})")
 
 
 def existing_folder(text: str) -> Path:
@@ -143,9 +184,15 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="compile afresh and keep no compilation cache")
 
 
-def use_compile_cache(args: argparse.Namespace) -> None:
+def use_compile_cache(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Turn JAX's persistent compilation cache on (every program, however quick to
-    compile: a run's many small ones add up) or, with --no-cache, off."""
+    compile: a run's many small ones add up) or, with --no-cache, off. Before JAX
+    compiles anything: the cache is set up by the first compilation. A `--compile-cache`
+    that cannot be written is refused; a cache that fails later (a full disk) costs only
+    speed, and JAX's warnings about it are silenced."""
+    if args.compile_cache is not None and not args.no_cache and (reason := writable(args.compile_cache)):
+        parser.error(f"--compile-cache: cannot write to {args.compile_cache} ({reason})")
+    warnings.filterwarnings("ignore", message="Error writing persistent compilation cache")
     if args.no_cache:
         jax.config.update("jax_enable_compilation_cache", False)
         return
@@ -167,11 +214,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, out: Path, results: tuple
 
 
 def parse(parser: argparse.ArgumentParser, results: tuple[str, ...] = ()) -> argparse.Namespace:
-    """Parse the command line: `--stages` into a list, and results already in `--out` refused."""
+    """Parse the command line: `--stages` into a list; `--out` claimed (writable, not in
+    use by another run) and the `results` already in it refused; the compilation cache
+    writable."""
     args = parser.parse_args()
     if hasattr(args, "stages"):
         args.stages = parse_stages(parser, args.stages)
+    if hasattr(args, "no_cache"):
+        use_compile_cache(parser, args)
     if results:
+        claim(parser, "--out", args.out)
         refuse_existing(parser, args, *results)
     return args
 
@@ -191,9 +243,13 @@ class Progress:
         self.total, self.desc, self.unit, self.done = total, desc, unit, 0
         self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr) if sys.stderr.isatty() else None
 
-    def step(self, note: str = "") -> None:
+    def step(self, note: str = "", total: int | None = None) -> None:
+        """One more step done; `total` changes the count of steps expected."""
         self.done += 1
+        if total is not None:
+            self.total = total
         if self.bar is not None:
+            self.bar.total = self.total
             self.bar.set_postfix_str(note, refresh=False)
             self.bar.update()
         else:
@@ -228,14 +284,30 @@ def interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "can't allocate memory")
+
+
 def run(main: Callable[[], None]) -> None:
-    """Run a script's main: data errors and Ctrl-C end in one line, not a traceback."""
+    """Run a script's main: every failure a user or the machine can cause ends in one
+    line and its exit status (the table in README.md), not a traceback."""
+    try:
+        memory.available_bytes()  # $MNIST_JAX_MEMORY_LIMIT is readable
+    except ValueError as e:
+        fail(str(e))
     try:
         main()
     except DataError as e:
         fail(f"data error: {e}")
+    except memory.DoesNotFit as e:
+        fail(f"does not fit: {e}", EXIT_DOES_NOT_FIT)
+    except (MemoryError, ValueError, RuntimeError) as e:  # XLA's RESOURCE_EXHAUSTED is a ValueError, torch's a RuntimeError
+        if isinstance(e, MemoryError) or any(s in str(e) for s in OUT_OF_MEMORY):
+            fail(f"does not fit: out of memory ({str(e).splitlines()[0] if str(e) else 'MemoryError'})", EXIT_DOES_NOT_FIT)
+        raise
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:  # the output's reader stopped early (`| head`): nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+        sys.exit(EXIT_BROKEN_PIPE)
+    except OSError as e:  # a write failed: each file is renamed into place only when complete
+        fail(f"could not write {e.filename or 'a file'}: {e.strerror or e}; no file was left half-written", EXIT_WRITE_FAILED)

@@ -1,8 +1,11 @@
-"""Atomic file writes: a reader, or a crash, sees the old complete file or the new one."""
+"""Atomic file writes: a reader, or a crash, sees the old complete file or the new one;
+and the lock that keeps two runs from writing one folder."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -10,17 +13,23 @@ from pathlib import Path
 from typing import Iterator
 
 
+PARTIAL = ".partial-"  # the prefix of a file being written
+LOCK = ".lock"
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{PARTIAL}{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as e:  # named by the file meant, not by the temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -29,3 +38,48 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+class FolderBusy(Exception):
+    """Another live process holds the folder's lock."""
+
+
+def lock_folder(folder: Path) -> int:
+    """Create `folder` if need be and hold its lock (`.lock` inside it, `flock`ed) until
+    this process ends: a second process gets `FolderBusy`. The kernel drops the lock of
+    a process that dies however it dies, so a killed run's lock blocks no one; what it
+    was writing (`.partial-*` files) is deleted here, once the lock is ours. At exit the
+    lock file goes, and the folders made here if nothing was written into them."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FolderBusy(f"{folder} is being written by another run (process {holder})") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(folder / LOCK).st_ino:
+                break
+        os.close(fd)  # the file was replaced as its holder left: lock the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    for stale in folder.glob(f"{PARTIAL}*"):
+        stale.unlink()
+
+    def release() -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(folder / LOCK)
+            for empty in made:
+                empty.rmdir()
+        os.close(fd)
+
+    atexit.register(release)
+    return fd
+
+
+def holds_results(folder: Path) -> bool:
+    """Whether `folder` holds anything but its lock and files being written."""
+    return folder.is_dir() and any(p.name != LOCK and not p.name.startswith(PARTIAL) for p in folder.iterdir())

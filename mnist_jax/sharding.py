@@ -28,3 +28,9 @@ def place(tree, mesh: Mesh, *spec):
 def constrain(x: jax.Array, mesh: Mesh, *spec) -> jax.Array:
     """Inside `jit`: lay `x` out as `PartitionSpec(*spec)` over `mesh`."""
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+def abstract(tree, mesh: Mesh, *spec):
+    """The shapes of `tree` as they would lie on `mesh` after `place(tree, mesh, *spec)`."""
+    sharding = NamedSharding(mesh, PartitionSpec(*spec))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)

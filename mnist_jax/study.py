@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import time
+import zipfile
+import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +22,23 @@ import numpy as np
 import scipy.stats
 from flax import nnx
 
-from mnist_jax import sharding
+from mnist_jax import memory, sharding
 from mnist_jax.data import MNIST
+from mnist_jax.models import NUM_CLASSES
+from mnist_jax.stages import STAGES
 from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.files import atomic_write, write_json
-from mnist_jax.train import TrainConfig, device_description, epoch_keys, epoch_order, make_train_epoch, prepare
+from mnist_jax.train import (
+    TrainConfig,
+    device_data,
+    device_description,
+    epoch_keys,
+    epoch_order,
+    make_init,
+    make_optimizer,
+    make_train_epoch,
+    prepare,
+)
 
 
 @dataclasses.dataclass
@@ -36,28 +51,14 @@ class SeedsResult:
     final_params: dict  # pure dict, leading seed axis
     compile_seconds: float
     train_seconds: float
+    seeds_at_once: int = 0  # the chunk size: as many as fitted in memory, or as asked
 
 
-def train_seeds(
-    config: TrainConfig,
-    data: MNIST,
-    seeds: list[int],
-    mesh: jax.sharding.Mesh | None = None,
-    on_epoch: Callable[[int], None] | None = None,
-) -> SeedsResult:
-    """Train `config` once per seed, all seeds at once. Several devices split the
-    seeds (see `sharding`); `mesh` picks them (default: as many as divide the seeds).
-    `on_epoch` is told each epoch's number once that epoch has run."""
-    stage = config.spec
-    setup = prepare(config, data, seeds)
-    graphdef, epochs_keys, states, train_idx, val_idx = setup.graphdef, setup.epochs_key, setup.state, setup.train_idx, setup.val_idx
-    images, labels, test_images, test_labels = setup.data
-    mesh = mesh or sharding.make_mesh("seed", len(seeds))
-    if mesh.size > 1:
-        epochs_keys, states, train_idx, val_idx = sharding.place((epochs_keys, states, train_idx, val_idx), mesh, "seed")
-        images, labels, test_images, test_labels = sharding.place((images, labels, test_images, test_labels), mesh)
-    train_epoch = make_train_epoch(graphdef, stage.loss, setup.tx, config.batch_size)
-    evaluate = make_evaluate(graphdef, stage.loss)
+def _seed_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx) -> tuple[Callable, Callable]:
+    """The vmapped epoch (train, then evaluate on each seed's validation split) and the
+    vmapped test, each one program for all the seeds of a chunk."""
+    train_epoch = make_train_epoch(graphdef, config.spec.loss, tx, config.batch_size)
+    evaluate = make_evaluate(graphdef, config.spec.loss)
 
     # The images are arguments, not closed over: a closed-over array is compiled into
     # the program as a constant.
@@ -68,25 +69,76 @@ def train_seeds(
         val_loss, val_acc = evaluate(state.params, state.batch_stats, images[val_idx], labels[val_idx])
         return state, jnp.stack([loss, acc, val_loss, val_acc])
 
-    @jax.jit
     def test(states, images, labels):
         predicted = jax.vmap(lambda s: predict(graphdef, s.params, s.batch_stats, images).argmax(-1))(states)
         return (predicted == labels).mean(-1), predicted
 
-    numbers = lambda e: jnp.full(len(seeds), e)  # noqa: E731  (the epoch number, per seed)
-    start = time.perf_counter()
-    epoch = jax.jit(epoch).lower(states, train_idx, val_idx, epochs_keys, numbers(1), images, labels).compile()
-    compile_seconds = time.perf_counter() - start
+    return jax.jit(epoch), jax.jit(test)
+
+
+class Chunk(NamedTuple):
+    """The compiled programs for `size` seeds at once."""
+
+    size: int
+    mesh: jax.sharding.Mesh
+    epoch: jax.stages.Compiled
+    test: jax.stages.Compiled
+    bytes: int  # the seeds' states, the data, and what the larger program allocates, per XLA
+
+
+def compile_chunk(config: TrainConfig, data: MNIST, size: int, mesh: jax.sharding.Mesh | None = None) -> Chunk:
+    """Compile the programs for `size` seeds from shapes alone: nothing is allocated."""
+    mesh = mesh if mesh is not None and size % mesh.size == 0 else sharding.make_mesh("seed", size)
+    tx = make_optimizer(config.lr)
+    graphdef, init = make_init(config, tx, len(data.train_images))
+    epoch, test = _seed_programs(config, graphdef, tx)
+    seeds = jax.eval_shape(lambda: jnp.full(size, 1))  # (the epoch numbers have the same shape)
+    per_seed, shared = jax.eval_shape(jax.vmap(init), seeds), jax.eval_shape(lambda: device_data(data))
+    if mesh.size > 1:
+        per_seed, shared = sharding.abstract(per_seed, mesh, "seed"), sharding.abstract(shared, mesh)
+    epochs_keys, states, train_idx, val_idx = per_seed
+    images, labels, test_images, test_labels = shared
+    epoch = epoch.lower(states, train_idx, val_idx, epochs_keys, seeds, images, labels).compile()
+    test = test.lower(states, test_images, test_labels).compile()
+    resident = memory.tree_bytes((per_seed, shared))
+    return Chunk(size, mesh, epoch, test, resident + max(memory.program_bytes(epoch), memory.program_bytes(test)))
+
+
+def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.Mesh | None = None) -> Chunk:
+    """The programs for as many of `n` seeds at once as fit in memory. What they hold
+    grows linearly with the seeds: XLA's figures for `n` seeds and for 1 give the slope."""
+    whole = compile_chunk(config, data, n, mesh)
+    available = memory.available_bytes()
+    if whole.bytes <= available:
+        return whole
+    one = whole if n == 1 else compile_chunk(config, data, 1, mesh)
+    memory.check(f"the programs training {config.describe()}, one seed,", one.bytes)
+    per_seed = (whole.bytes - one.bytes) / (n - 1)
+    size = min(n - 1, 1 + int((available - one.bytes) // per_seed))
+    while size > 1:
+        chunk = compile_chunk(config, data, size, mesh)
+        if chunk.bytes <= available:
+            return chunk
+        size = size * 9 // 10
+    return one
+
+
+def _train_chunk(config: TrainConfig, data: MNIST, seeds: list[int], chunk: Chunk, on_epoch: Callable[[], None]) -> SeedsResult:
+    setup = prepare(config, data, seeds)
+    epochs_keys, states, train_idx, val_idx = setup.epochs_key, setup.state, setup.train_idx, setup.val_idx
+    images, labels, test_images, test_labels = setup.data
+    if chunk.mesh.size > 1:
+        epochs_keys, states, train_idx, val_idx = sharding.place((epochs_keys, states, train_idx, val_idx), chunk.mesh, "seed")
+        images, labels, test_images, test_labels = sharding.place(setup.data, chunk.mesh)
 
     start = time.perf_counter()
     rows = []
     for e in range(1, config.epochs + 1):
-        states, metrics = epoch(states, train_idx, val_idx, epochs_keys, numbers(e), images, labels)
+        states, metrics = chunk.epoch(states, train_idx, val_idx, epochs_keys, jnp.full(len(seeds), e), images, labels)
         rows.append(metrics)
-        if on_epoch:
-            metrics.block_until_ready()
-            on_epoch(e)
-    accuracies, predictions = test(states, test_images, test_labels)
+        metrics.block_until_ready()
+        on_epoch()
+    accuracies, predictions = chunk.test(states, test_images, test_labels)
     accuracies = np.asarray(accuracies)
     train_seconds = time.perf_counter() - start
 
@@ -96,15 +148,53 @@ def train_seeds(
         [{"epoch": e + 1, **{n: float(v) for n, v in zip(names, metrics[s, e])}} for e in range(config.epochs)]
         for s in range(len(seeds))
     ]
+    final_params = jax.tree.map(np.asarray, nnx.to_pure_dict(states.params))
+    return SeedsResult(config, list(seeds), history, accuracies, np.asarray(predictions), final_params, 0.0, train_seconds)
+
+
+def train_seeds(
+    config: TrainConfig,
+    data: MNIST,
+    seeds: list[int],
+    mesh: jax.sharding.Mesh | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
+    seeds_at_once: int | None = None,
+) -> SeedsResult:
+    """Train `config` once per seed, as many seeds at once as fit in memory (and at most
+    `seeds_at_once`), the rest in further chunks of that size, with the same results.
+    Several devices split a chunk's seeds (see `sharding`); `mesh` picks them (default:
+    as many as divide the chunk). `on_epoch(done, total)` counts the epochs of all chunks."""
+    start = time.perf_counter()
+    chunk = fitting_chunk(config, data, min(len(seeds), seeds_at_once or len(seeds)), mesh)
+    compiled = {chunk.size: chunk}
+    compile_seconds = time.perf_counter() - start
+    parts = [seeds[i : i + chunk.size] for i in range(0, len(seeds), chunk.size)]
+    done, total = 0, len(parts) * config.epochs
+
+    def count() -> None:
+        nonlocal done
+        done += 1
+        if on_epoch:
+            on_epoch(done, total)
+
+    results = []
+    for part in parts:
+        if len(part) not in compiled:
+            start = time.perf_counter()
+            compiled[len(part)] = compile_chunk(config, data, len(part), mesh)
+            compile_seconds += time.perf_counter() - start
+        results.append(_train_chunk(config, data, part, compiled[len(part)], count))
+    concatenate = lambda *parts: np.concatenate(parts)  # noqa: E731
     return SeedsResult(
         config,
         list(seeds),
-        history,
-        accuracies,
-        np.asarray(predictions),
-        jax.tree.map(np.asarray, nnx.to_pure_dict(states.params)),
+        [row for r in results for row in r.history],
+        concatenate(*(r.test_accuracies for r in results)),
+        concatenate(*(r.test_predictions for r in results)),
+        jax.tree.map(concatenate, *(r.final_params for r in results)),
         compile_seconds,
-        train_seconds,
+        sum(r.train_seconds for r in results),
+        chunk.size,
     )
 
 
@@ -131,6 +221,7 @@ def stage_summary(result: SeedsResult) -> dict:
         "documented_accuracy": result.config.spec.documented_accuracy,
         "compile_seconds": result.compile_seconds,
         "train_seconds": result.train_seconds,
+        "seeds_at_once": result.seeds_at_once,
     }
 
 
@@ -189,3 +280,61 @@ def save_study(results: dict[str, SeedsResult], data: MNIST, out: Path, command:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
     return report
+
+
+class StudyFileError(ValueError):
+    """`results.json` or `study_arrays.npz` is not what `save_study` writes."""
+
+
+HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+def _check_report(report: dict) -> None:
+    """Raise unless `report` holds what the figures read."""
+    if not isinstance(report["device"], str) or not report["stages"]:
+        raise ValueError("no device or no stages")
+    for name, stage in report["stages"].items():
+        STAGES[name]  # noqa: B018  (a known stage)
+        histories = stage["history"]
+        if not len(stage["seeds"]) == len(stage["test_accuracies"]) == len(histories) > 0 or len(stage["ci95"]) != 2:
+            raise ValueError(f"{name}: seeds, test_accuracies and history differ in length")
+        if not histories[0] or any(len(seed) != len(histories[0]) for seed in histories):
+            raise ValueError(f"{name}: seeds with different numbers of epochs")
+        numbers = [stage["mean"], stage["std"], stage["documented_accuracy"], *stage["ci95"], *stage["test_accuracies"]]
+        numbers += [row[key] for seed in histories for row in seed for key in HISTORY_KEYS]
+        if not all(isinstance(x, (int, float)) for x in numbers):
+            raise ValueError(f"{name}: a figure that is not a number")
+
+
+def _check_arrays(arrays: dict, stages: list[str]) -> None:
+    """Raise unless `arrays` holds what the figures of `stages` read, in their shapes."""
+    shapes = {f"{name}_confusion": (10, 10) for name in stages}
+    shapes |= {f"{name}_weights": (NUM_CLASSES, 784) for name in stages if not STAGES[name].is_mlp}
+    if "misclassified_stages" in arrays:
+        n = len(arrays["misclassified_images"])
+        shapes |= {"misclassified_stages": (2,), "misclassified_images": (n, 28, 28),
+                   "misclassified_labels": (n,), "misclassified_linear_predictions": (n,)}
+        if not set(map(str, arrays["misclassified_stages"])) <= set(stages):
+            raise ValueError("misclassified_stages names stages not in results.json")
+    for key, shape in shapes.items():
+        if key not in arrays:
+            raise ValueError(f"no {key}")
+        if arrays[key].shape != shape:
+            raise ValueError(f"{key} has shape {arrays[key].shape}, expected {shape}")
+
+
+def load_study(results: Path) -> tuple[dict, dict]:
+    """`results.json` and the `study_arrays.npz` beside it, as `save_study` wrote them;
+    `StudyFileError` names the file and what is wrong with it."""
+    unreadable = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
+    path = results
+    try:
+        report = json.loads(results.read_text())
+        _check_report(report)
+        path = results.with_name("study_arrays.npz")
+        with np.load(path) as saved:
+            arrays = dict(saved)
+        _check_arrays(arrays, list(report["stages"]))
+    except unreadable as e:
+        raise StudyFileError(f"{path} is damaged or not written by scripts/study.py ({type(e).__name__}: {e})") from None
+    return report, arrays

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mnist_jax import sharding
+from mnist_jax import memory, sharding
 from mnist_jax.data import MNIST, NUM_VALIDATION
 from mnist_jax.evaluate import make_evaluate, to_inputs
 from mnist_jax.stages import STAGES, LossFn, Stage
@@ -37,6 +37,11 @@ class TrainConfig:
     @property
     def spec(self) -> Stage:
         return STAGES[self.stage]
+
+    def describe(self) -> str:
+        """e.g. 'mlp (hidden 256, batch 128)', for messages."""
+        hidden = f"hidden {self.hidden or self.spec.hidden}, " if self.spec.is_mlp else ""
+        return f"{self.stage} ({hidden}batch {self.batch_size})"
 
 
 class TrainState(NamedTuple):
@@ -186,9 +191,15 @@ class Setup(NamedTuple):
 
 
 def prepare(config: TrainConfig, data: MNIST, seeds: Sequence[int] | None = None, replay: Replay = Replay()) -> Setup:
-    """`config.seed`'s run, or with `seeds` every seed's at once (a leading seed axis)."""
+    """`config.seed`'s run, or with `seeds` every seed's at once (a leading seed axis).
+    Raises `memory.DoesNotFit` before allocating what would not fit."""
     tx = make_optimizer(config.lr)
     graphdef, init = make_init(config, tx, len(data.train_images))
+    runs = 1 if seeds is None else len(seeds)
+    state_bytes = memory.tree_bytes(jax.eval_shape(init, 0))
+    data_bytes = sum(a.nbytes for a in data[:4])
+    what = f"{config.describe()}, {runs} seed{'s' * (runs != 1)}: its parameters, optimizer state and data"
+    memory.check(what, runs * state_bytes + data_bytes)
     if seeds is None:
         epochs_key, state, train_idx, val_idx = jax.jit(init)(config.seed)
     else:
@@ -311,15 +322,21 @@ def train(
         .compile()
     )
     evaluate = jax.jit(make_evaluate(setup.graphdef, config.spec.loss))
-    jax.block_until_ready(evaluate(start_state.params, start_state.batch_stats, val_images, val_labels))
+    evaluate_val, evaluate_test = (
+        evaluate.lower(run.final.params, run.final.batch_stats, x, y).compile()
+        for x, y in ((val_images, val_labels), (test_images, test_labels))
+    )
     run.compile_seconds = time.perf_counter() - start
+    resident = memory.tree_bytes((run.final, images, labels, val_images, val_labels, test_images, test_labels))
+    needed = resident + max(memory.program_bytes(p) for p in (train_epoch, evaluate_val, evaluate_test))
+    memory.check(f"the programs training {config.describe()}", needed)
 
     for epoch in range(len(run.history) + 1, config.epochs + 1):
         start = time.perf_counter()
         shuffle_key, dropout_key = epoch_keys(setup.epochs_key, epoch)
         order = epoch_order(setup.train_idx, shuffle_key) if replay.orders is None else jnp.asarray(replay.orders[epoch - 1])
         state, (train_loss, train_acc) = train_epoch(run.final, images, labels, order, dropout_key)
-        val_loss, val_acc = evaluate(state.params, state.batch_stats, val_images, val_labels)
+        val_loss, val_acc = evaluate_val(state.params, state.batch_stats, val_images, val_labels)
         row = {
             "epoch": epoch,
             "train_loss": float(train_loss),
@@ -337,7 +354,7 @@ def train(
         if on_epoch:
             on_epoch(run)
 
-    test_loss, test_acc = evaluate(run.final.params, run.final.batch_stats, test_images, test_labels)
+    test_loss, test_acc = evaluate_test(run.final.params, run.final.batch_stats, test_images, test_labels)
     run.test_loss, run.test_accuracy = float(test_loss), float(test_acc)
     return run
 

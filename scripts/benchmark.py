@@ -49,6 +49,9 @@ def build_parser() -> cli.ArgumentParser:
 def parse_args():
     parser = build_parser()
     args = cli.parse(parser)
+    reason = cli.writable(args.json.parent)
+    if reason:
+        parser.error(f"--json: cannot write to {args.json} ({reason})")
     if args.json.exists() and not args.overwrite:
         parser.error(f"--json: {args.json} already exists; pass --overwrite to replace it")
     return args

@@ -67,7 +67,6 @@ def print_table(results: list[dict], loops: list[str]) -> None:
 
 def main() -> None:
     args = parse_args()
-    cli.use_compile_cache(args)
     import torch
 
     from mnist_jax import comparison, plots

@@ -24,7 +24,6 @@ def build_parser() -> cli.ArgumentParser:
 
 def main() -> None:
     args = cli.parse(build_parser(), RESULTS)
-    cli.use_compile_cache(args)
     import jax
 
     from mnist_jax import linearity, plots

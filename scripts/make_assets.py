@@ -1,12 +1,12 @@
 """Redraw every figure from results.json and study_arrays.npz (no training):
 python scripts/make_assets.py --results runs/study/results.json"""
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from mnist_jax import cli
+from mnist_jax.study import StudyFileError, load_study
 
 FIGURES = ("training_curves.png", "comparison_chart.png", "evolution_diagram.png", "weight_templates.png",
            "confusion_matrices.png", "misclassified.png")
@@ -26,6 +26,11 @@ def parse_args():
     for path in (args.results, arrays):
         if not path.is_file():
             parser.error(f"argument --results: {path} not found; run scripts/study.py first")
+    try:
+        args.study = load_study(args.results)
+    except StudyFileError as e:
+        parser.error(f"argument --results: {e}")
+    cli.claim(parser, "--out", args.out)
     cli.refuse_existing(parser, args, *FIGURES)
     return args
 
@@ -34,11 +39,7 @@ def main() -> None:
     args = parse_args()
     from mnist_jax import plots
 
-    try:
-        results = json.loads(args.results.read_text())
-        arrays = dict(np.load(args.results.with_name("study_arrays.npz")))
-    except (ValueError, OSError) as e:
-        cli.fail(f"make_assets.py: error: cannot read the study results: {e}")
+    results, arrays = args.study
     written = []
 
     def draw(name, fn, *fn_args):

@@ -16,6 +16,10 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--seeds", type=cli.positive_int, default=10, help="seeds 0..N-1, trained together per stage")
     parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per run")
+    parser.add_argument(
+        "--seeds-at-once", type=cli.positive_int,
+        help="train at most this many seeds in one program (default: as many as fit in memory; the rest in further chunks)",
+    )
     cli.add_run_arguments(parser, Path("runs/study"), RESULTS)
     return parser
 
@@ -37,7 +41,6 @@ def print_report(report: dict) -> None:
 
 def main() -> None:
     args = cli.parse(build_parser(), RESULTS)
-    cli.use_compile_cache(args)
     from mnist_jax import study
 
     data = load_mnist(args.source, args.data_dir)
@@ -46,8 +49,13 @@ def main() -> None:
     for stage in args.stages:
         progress = cli.Progress(args.epochs, f"{stage}, {args.seeds} seeds", "epoch")
         config = study.TrainConfig(stage, epochs=args.epochs)
-        results[stage] = study.train_seeds(config, data, list(range(args.seeds)), on_epoch=lambda _: progress.step())
+        results[stage] = study.train_seeds(
+            config, data, list(range(args.seeds)), seeds_at_once=args.seeds_at_once,
+            on_epoch=lambda done, total: progress.step(total=total),
+        )
         progress.close()
+        if results[stage].seeds_at_once < args.seeds:
+            print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].seeds_at_once}", flush=True)
     report = study.save_study(results, data, args.out, " ".join(["python", "scripts/study.py", *sys.argv[1:]]), time.perf_counter() - start)
     print(f"\n{args.seeds} seeds, {args.epochs} epochs, {report['device']}, {report['seconds']:.1f}s in all")
     print_report(report)

@@ -5,9 +5,9 @@ import shutil
 from pathlib import Path
 
 from mnist_jax import cli
-from mnist_jax.checkpoint import has_checkpoint, load_run, save_run
+from mnist_jax.checkpoint import CheckpointError, has_checkpoint, load_run, save_run, saved_epochs
 from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION, load_mnist
-from mnist_jax.files import write_json
+from mnist_jax.files import LOCK, holds_results, write_json
 from mnist_jax.stages import STAGES
 from mnist_jax.train import NonFiniteLoss, TrainConfig, device_description, summary, train
 
@@ -18,7 +18,7 @@ def build_parser() -> cli.ArgumentParser:
         "--stage", required=True, choices=[*STAGES, "all"], help="which stage to train; all: the five in turn"
     )
     cli.add_training_arguments(parser)
-    parser.add_argument("--seed", type=int, default=cli.TRAIN_DEFAULTS["seed"], help="seeds the split, init, order and dropout")
+    parser.add_argument("--seed", type=cli.seed, default=cli.TRAIN_DEFAULTS["seed"], help="seeds the split, init, order and dropout")
     cli.add_data_arguments(parser)
     cli.add_cache_arguments(parser)
     parser.add_argument(
@@ -42,13 +42,39 @@ def parse_args():
     num_train = NUM_EXAMPLES["train"] - NUM_VALIDATION
     if args.batch_size > num_train:
         parser.error(f"argument --batch-size: at most the {num_train} training images, got {args.batch_size}")
+    cli.use_compile_cache(parser, args)
+    args.resumed = {}
     for stage in args.stages:
         out = run_dir(args, stage)
-        if args.resume and not has_checkpoint(out):
-            parser.error(f"--resume: no checkpoint in {out} to continue")
-        if not (args.resume or args.overwrite) and out.is_dir() and any(out.iterdir()):
+        cli.claim(parser, "--out", out)
+        if args.resume:
+            args.resumed[stage] = resumable(parser, args, stage, out)
+        elif holds_results(out) and not args.overwrite:
             parser.error(f"--out: {out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     return args
+
+
+def resumable(parser, args, stage: str, out: Path):
+    """The run saved in `out`, if it is one that `args` can continue."""
+    if not has_checkpoint(out):
+        parser.error(f"--resume: no checkpoint in {out} to continue")
+    try:
+        run = load_run(out)
+    except CheckpointError as e:
+        parser.error(f"--resume: {e}; pass --overwrite to start again")
+    if len(run.history) > args.epochs:
+        parser.error(f"--resume: {out} already ran {len(run.history)} epochs, more than --epochs {args.epochs}")
+    saved = dataclasses.asdict(run.config) | {"hidden": run.config.spec.hidden, "dropout": run.config.spec.dropout}
+    saved |= {name: value for name in ("hidden", "dropout") if (value := getattr(run.config, name)) is not None}
+    asked = {"stage": stage} | {
+        name: getattr(args, name) for name in ("batch_size", "lr", "seed", "hidden", "dropout")
+        if getattr(args, name) != parser.get_default(name)
+    }
+    differ = [f"--{name.replace('_', '-')} {value} (saved: {saved[name]})" for name, value in asked.items() if saved[name] != value]
+    if differ:
+        parser.error(f"--resume: the run in {out} is {run.config.describe()}, not what was asked: {', '.join(differ)}; "
+                     "pass --overwrite to start again")
+    return run
 
 
 def run_dir(args, stage: str) -> Path:
@@ -79,22 +105,31 @@ def print_table(results) -> None:
 
 def train_stage(args, stage: str, data):
     out = run_dir(args, stage)
-    resume = None
-    if args.resume:
-        resume = load_run(out)
+    resume = args.resumed.get(stage)
+    if resume:
         resume.config = dataclasses.replace(resume.config, epochs=args.epochs)
         print(f"resuming {out} after epoch {len(resume.history)}", flush=True)
-    elif args.overwrite and out.exists():
-        shutil.rmtree(out)
+    elif args.overwrite:
+        for entry in out.iterdir():  # all but the lock this run holds
+            if entry.name != LOCK:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     config = resume.config if resume else TrainConfig(
         stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout
     )
     print(f"stage {config.stage}: {config.spec.description}", flush=True)
 
+    def save(run, write) -> None:
+        try:
+            with cli.interrupts_deferred():
+                write()
+        except OSError as e:
+            kept = saved_epochs(out)
+            kept = f"{out} keeps the checkpoint of epoch {kept}; --resume continues it" if kept else "nothing was saved"
+            cli.fail(f"could not save epoch {len(run.history)} to {out}: {e.strerror or e}; {kept}", cli.EXIT_WRITE_FAILED)
+
     def after_epoch(run) -> None:
         print_epoch(run.history[-1])
-        with cli.interrupts_deferred():
-            save_run(run, out, summary(run))
+        save(run, lambda: save_run(run, out, summary(run)))
 
     try:
         result = train(config, data, on_epoch=after_epoch, resume=resume)
@@ -102,15 +137,13 @@ def train_stage(args, stage: str, data):
         kept = f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1 else "nothing was saved"
         cli.fail(f"training stopped: {e}; {kept}", cli.EXIT_DIVERGED)
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
-    with cli.interrupts_deferred():
-        write_json(out / "metrics.json", summary(result))
+    save(result, lambda: write_json(out / "metrics.json", summary(result)))
     print(f"compiled in {result.compile_seconds:.2f}s; best val epoch {result.best_epoch}; saved to {out}", flush=True)
     return result
 
 
 def main() -> None:
     args = parse_args()
-    cli.use_compile_cache(args)
     data = load_mnist(args.source, args.data_dir)
     print(f"device: {device_description()} | data: {data.source}", flush=True)
     results = [train_stage(args, stage, data) for stage in args.stages]

@@ -108,3 +108,13 @@ def run_script(name: str, *args, env: dict | None = None, cwd: Path | None = Non
         cwd=cwd,
         timeout=600,
     )
+
+
+def assert_one_line_error(proc, *fragments, status: int = 2):
+    """The script ended with `status` and one line on stderr holding every fragment."""
+    assert proc.returncode == status, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, load_script, run_script
+from conftest import ROOT, assert_one_line_error, load_script, run_script
 from mnist_jax import cli
 
 SCRIPTS = ["train.py", "study.py", "make_assets.py", "linearity.py", "compare.py", "benchmark.py"]
@@ -28,8 +28,9 @@ def test_help_shows_every_default(script):
 
 @pytest.mark.parametrize(
     "convert, text",
-    [(cli.positive_int, "0"), (cli.positive_int, "2.5"), (cli.positive_float, "inf"), (cli.positive_float, "-1"),
-     (cli.dropout_rate, "1"), (cli.dropout_rate, "nan")],
+    [(cli.positive_int, "0"), (cli.positive_int, "2.5"), (cli.positive_int, "2147483648"), (cli.positive_float, "inf"),
+     (cli.positive_float, "-1"), (cli.dropout_rate, "1"), (cli.dropout_rate, "nan"), (cli.seed, "-1"),
+     (cli.seed, "4294967296")],
 )
 def test_argument_types_reject_values_outside_their_range(convert, text):
     with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
@@ -42,7 +43,7 @@ def test_a_parser_error_is_one_line_with_status_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["--epochs", "-1"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines() == ["train.py: error: argument --epochs: expected a positive integer, got '-1'"]
+    assert capsys.readouterr().err.splitlines() == ["train.py: error: argument --epochs: expected an integer from 1 to 2147483647, got '-1'"]
 
 
 def test_results_in_the_out_folder_are_refused_without_overwrite(tmp_path, capsys):
@@ -73,15 +74,6 @@ def offline_env(tmp_path) -> dict:
     }
 
 
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-
-
 @pytest.mark.slow
 def test_without_any_data_source_the_message_names_the_three_ways(tmp_path):
     proc = run_script("train.py", "--stage", "mlp", env=offline_env(tmp_path), cwd=tmp_path)
@@ -94,7 +86,7 @@ def test_without_any_data_source_the_message_names_the_three_ways(tmp_path):
     "args, fragments",
     [
         (["--stage", "mlp_huge"], ["--stage", "choose from"]),
-        (["--stage", "mlp", "--epochs", "0"], ["--epochs", "positive integer"]),
+        (["--stage", "mlp", "--epochs", "0"], ["--epochs", "integer from 1 to 2147483647"]),
         (["--stage", "mlp", "--lr", "nan"], ["--lr", "positive finite"]),
         (["--stage", "mlp", "--dropout", "1"], ["--dropout", "[0, 1)"]),
         (["--stage", "linear_ce", "--hidden", "64"], ["--hidden", "MLP stages only"]),
@@ -112,7 +104,7 @@ def test_bad_arguments_give_one_line_and_status_2(tmp_path, args, fragments):
     "args, fragments",
     [
         (["--stage", "mlp", "--batch-size", "54001"], ["--batch-size", "54000"]),
-        (["--stage", "mlp", "--hidden", "-3"], ["--hidden", "positive integer"]),
+        (["--stage", "mlp", "--hidden", "-3"], ["--hidden", "integer from 1 to"]),
         (["--stage", "mlp", "--dropout", "-0.1"], ["--dropout", "[0, 1)"]),
         (["--stage", "mlp", "--lr", "0"], ["--lr", "positive finite"]),
     ],
@@ -158,7 +150,7 @@ def test_ctrl_c_exits_promptly_with_130_and_a_resumable_run(tmp_path, data_args)
     "args, fragments",
     [
         (["--stages", "mlp,deep_net"], ["--stages", "deep_net"]),
-        (["--seeds", "0"], ["--seeds", "positive integer"]),
+        (["--seeds", "0"], ["--seeds", "integer from 1 to"]),
         (["--torch-loop", "fast"], ["--torch-loop", "choose from"]),
     ],
 )

@@ -1,6 +1,12 @@
-"""Faults lose nothing: divergence stops cleanly, runs resume exactly, reruns are identical."""
+"""Faults lose nothing: divergence stops cleanly, runs killed at any moment resume
+exactly, damaged checkpoints are refused, reruns are identical."""
 
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import run_script
-from mnist_jax.checkpoint import has_checkpoint, load_run, save_run
+from conftest import ROOT, assert_one_line_error, run_script
+from mnist_jax.checkpoint import CheckpointError, has_checkpoint, load_run, save_run, saved_epochs
 from mnist_jax.train import NonFiniteLoss, RunResult, TrainConfig, init_state, make_optimizer, summary, train
 
 
@@ -123,3 +129,97 @@ def test_overwrite_replaces_the_run(tmp_path, data_args):
     assert run_script("train.py", *args).returncode == 0
     assert run_script("train.py", *args[:3], "2", *args[4:], "--overwrite").returncode == 0
     assert len(metrics(out)["history"]) == 2 and has_checkpoint(out)
+
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_until(proc: subprocess.Popen, prefix: str) -> None:
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"the run ended before printing {prefix!r}: {proc.stderr.read()}")
+
+
+def kill(proc: subprocess.Popen) -> str:
+    """SIGKILL: no handler runs, no file is closed or cleaned up. What it printed after."""
+    proc.send_signal(signal.SIGKILL)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == -signal.SIGKILL
+    return rest
+
+
+def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_end(mlp_bn_runs, data_args, tmp_path):
+    """Killed while compiling, inside epoch 2 and while writing a checkpoint, each time
+    run again: the end equals the uninterrupted 3-epoch run, array for array."""
+    out = tmp_path / "killed"
+    args = ["--stage", "mlp_bn", "--epochs", "3", "--out", out, "--no-cache", *data_args]
+
+    run = start(*args)
+    read_until(run, "stage mlp_bn")
+    time.sleep(0.5)  # compiling (2-3 s without the cache)
+    assert "[Epoch" not in kill(run) and not has_checkpoint(out)
+
+    run = start(*args)  # the folder holds no run, only the dead run's lock: a fresh start
+    read_until(run, "[Epoch 01]")
+    time.sleep(0.3)  # epoch 1 is being saved, then epoch 2 runs (about 1 s)
+    assert "[Epoch 02]" not in kill(run) and saved_epochs(out) == 1
+
+    run = start(*args, "--resume")
+    while run.poll() is None and not list(out.glob(".partial-checkpoint*")):
+        time.sleep(0.0005)
+    assert run.poll() is None, "the run ended before it was seen writing a checkpoint"
+    kill(run)
+    assert list(out.glob(".partial-checkpoint*")) and saved_epochs(out) in (1, 2)
+
+    resumed = run_script("train.py", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "metrics.json"]  # the partial file deleted
+    assert without_timings(metrics(out)) == without_timings(metrics(mlp_bn_runs[0] / "first"))
+    whole, ended = load_run(mlp_bn_runs[0] / "first"), load_run(out)
+    for a, b in ((whole.final, ended.final), (whole.best, ended.best)):
+        assert params_equal(a.params, b.params) and params_equal(a.batch_stats, b.batch_stats)
+    for a, b in zip(jax.tree.leaves(whole.final.opt_state), jax.tree.leaves(ended.final.opt_state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def rewrite_meta(path, change) -> None:
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    meta = json.loads(str(arrays.pop("meta")))
+    change(meta)
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+
+DAMAGE = {
+    "truncated": (lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]), [], "is damaged or not a checkpoint"),
+    "not a checkpoint": (lambda path: path.write_text("hello"), [], "is damaged or not a checkpoint"),
+    "another stage": (lambda path: None, ["--stage", "mlp"], "is mlp_bn (hidden 256, batch 128), not what was asked: --stage mlp (saved: mlp_bn)"),
+    "another hidden size": (lambda path: None, ["--stage", "mlp_bn", "--hidden", "128"], "not what was asked: --hidden 128 (saved: 256)"),
+    "an older format": (lambda path: rewrite_meta(path, lambda meta: meta.pop("format")), [], "is in checkpoint format none; this version reads format 1"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_resume_refuses_a_checkpoint_it_cannot_continue(mlp_bn_runs, data_args, tmp_path, damage):
+    make, args, complaint = DAMAGE[damage]
+    out = tmp_path / "run"
+    shutil.copytree(mlp_bn_runs[0] / "first", out)
+    make(out / "checkpoint.npz")
+    before = (out / "checkpoint.npz").read_bytes()
+    args = args or ["--stage", "mlp_bn"]
+    proc = run_script("train.py", *args, "--epochs", "4", "--resume", "--out", out, *data_args)
+    assert_one_line_error(proc, "--resume:", complaint, "pass --overwrite to start again")
+    assert (out / "checkpoint.npz").read_bytes() == before and proc.stdout == ""
+
+
+def test_a_checkpoint_whose_arrays_are_not_of_its_config_is_refused(tmp_path):
+    config = TrainConfig("mlp", hidden=64)
+    graphdef, state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    save_run(RunResult(config, "cpu", graphdef, state, state, 1, [{"epoch": 1}]), tmp_path, {})
+    rewrite_meta(tmp_path / "checkpoint.npz", lambda meta: meta["config"].update(hidden=32))
+    with pytest.raises(CheckpointError, match=r"does not hold the arrays of its own config \(mlp \(hidden 32, .*hidden/bias is float32\[64\], expected float32\[32\]"):
+        load_run(tmp_path)

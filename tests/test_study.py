@@ -2,15 +2,25 @@
 
 import dataclasses
 import json
+import shutil
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT, run_script
-from mnist_jax import plots
-from mnist_jax.study import mean_ci95, save_study, step_differences, train_seeds
+from conftest import ROOT, assert_one_line_error, run_script
+from mnist_jax import memory, plots
+from mnist_jax.study import (
+    StudyFileError,
+    compile_chunk,
+    fitting_chunk,
+    load_study,
+    mean_ci95,
+    save_study,
+    step_differences,
+    train_seeds,
+)
 from mnist_jax.train import TrainConfig, train
 
 
@@ -41,6 +51,32 @@ def test_a_vmapped_seed_trains_exactly_like_the_same_seed_alone(tiny, tiny_seeds
     assert not np.allclose(kernels[0], kernels[1])  # two seeds, two models
 
 
+@pytest.mark.slow
+def test_seeds_that_do_not_fit_at_once_train_in_chunks_with_the_same_results(tiny, monkeypatch):
+    """Memory capped between what 2 and 3 seeds at once need, per XLA: four seeds train
+    as two chunks of two, equal to the four trained together (in float64, as above:
+    in float32 a batch of 2 seeds rounds differently from a batch of 4)."""
+    config = TrainConfig("linear_ce", epochs=2)
+    with jax.enable_x64(True):
+        together = train_seeds(config, tiny, [0, 1, 2, 3])
+        two, three = (compile_chunk(config, tiny, n).bytes for n in (2, 3))
+        monkeypatch.setenv(memory.LIMIT_ENV, str((two + three) // 2))
+        assert fitting_chunk(config, tiny, 4).size == 2
+        epochs_seen = []
+        chunked = train_seeds(config, tiny, [0, 1, 2, 3], on_epoch=lambda done, total: epochs_seen.append((done, total)))
+    assert epochs_seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert chunked.seeds == [0, 1, 2, 3]
+    for rows_c, rows_t in zip(chunked.history, together.history, strict=True):
+        for row_c, row_t in zip(rows_c, rows_t, strict=True):
+            assert row_c == pytest.approx(row_t, rel=1e-12)
+    np.testing.assert_array_equal(chunked.test_predictions, together.test_predictions)
+    for a, b in zip(jax.tree.leaves(chunked.final_params), jax.tree.leaves(together.final_params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    monkeypatch.setenv(memory.LIMIT_ENV, str(compile_chunk(config, tiny, 1).bytes // 2))
+    with pytest.raises(memory.DoesNotFit, match="one seed, need about"):
+        train_seeds(config, tiny, [0, 1])
+
+
 def test_ci95_and_paired_step_differences():
     mean, std, (lo, hi) = mean_ci95([1.0, 2.0, 3.0, 4.0, 5.0])
     assert (mean, std) == (3.0, pytest.approx(1.5811, abs=1e-4))
@@ -59,9 +95,59 @@ def test_make_assets_without_results_says_so(tmp_path):
     assert proc.returncode == 2 and "run scripts/study.py first" in proc.stderr
 
 
+def committed_study_with(tmp_path, damage=None, name="results.json"):
+    """A copy of the committed results.json and study_arrays.npz, `damage` done to one."""
+    for file in ("results.json", "study_arrays.npz"):
+        shutil.copy(ROOT / "assets" / file, tmp_path / file)
+    if damage:
+        damage(tmp_path / name)
+    return tmp_path / "results.json"
+
+
+def without_key(path, key: str) -> None:
+    with np.load(path) as saved:
+        arrays = {k: v for k, v in saved.items() if k != key}
+    np.savez(path, **arrays)
+
+
+def edited(path, edit) -> None:
+    report = json.loads(path.read_text())
+    edit(report)
+    path.write_text(json.dumps(report))
+
+
+STUDY_DAMAGE = {
+    "results.json truncated": ("results.json", lambda p: p.write_bytes(p.read_bytes()[:5000]), "JSONDecodeError"),
+    "results.json of something else": ("results.json", lambda p: p.write_text("{}"), "KeyError: 'device'"),
+    "a seed without its history": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"]["history"].pop()),
+                                   "mlp: seeds, test_accuracies and history differ in length"),
+    "study_arrays.npz truncated": ("study_arrays.npz", lambda p: p.write_bytes(p.read_bytes()[:20000]), "BadZipFile"),
+    "study_arrays.npz without a confusion matrix": ("study_arrays.npz", lambda p: without_key(p, "mlp_confusion"), "no mlp_confusion"),
+}
+
+
+@pytest.mark.parametrize("damage", STUDY_DAMAGE)
+def test_damaged_study_results_are_refused_naming_the_file_and_the_fault(tmp_path, damage):
+    name, make, fault = STUDY_DAMAGE[damage]
+    results = committed_study_with(tmp_path, make, name)
+    with pytest.raises(StudyFileError, match=f"{tmp_path / name} is damaged or not written by scripts/study.py .*{fault}"):
+        load_study(results)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["results.json truncated", "study_arrays.npz truncated"])
+def test_make_assets_refuses_damaged_results_in_one_line(tmp_path, damage):
+    name, make, fault = STUDY_DAMAGE[damage]
+    results = committed_study_with(tmp_path, make, name)
+    proc = run_script("make_assets.py", "--results", results, "--out", tmp_path / "figures")
+    assert_one_line_error(proc, "--results", f"{tmp_path / name} is damaged", fault)
+    assert not (tmp_path / "figures").exists()
+
+
 def test_a_study_saves_its_results_and_the_arrays_its_figures_need(tiny, tiny_seeds, tmp_path):
     report = save_study({"linear_ce": tiny_seeds}, tiny, tmp_path, "python scripts/study.py", 1.0)
     assert json.loads((tmp_path / "results.json").read_text()) == report
+    assert load_study(tmp_path / "results.json")[0] == report  # and what load_study checks holds
     assert report["stages"]["linear_ce"]["test_accuracies"] == tiny_seeds.test_accuracies.tolist()
     arrays = dict(np.load(tmp_path / "study_arrays.npz"))
     assert arrays["linear_ce_confusion"].sum() == len(tiny.test_labels)

@@ -1,0 +1,87 @@
+"""Will it fit: the memory a run needs against the memory the device has.
+
+What a compiled program needs comes from XLA (`Compiled.memory_analysis`); what a
+device has from the device itself (GPU, TPU) or, for the CPU, from the host's
+available memory. `MNIST_JAX_MEMORY_LIMIT` (bytes, or with a K, M or G suffix) caps
+the latter, to leave room for others or to act out a smaller device.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import jax
+
+LIMIT_ENV = "MNIST_JAX_MEMORY_LIMIT"
+_SUFFIXES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+class DoesNotFit(Exception):
+    """The work asked for needs more memory than the device has."""
+
+
+def parse_size(text: str) -> int:
+    """'1500000', '512M', '2G' -> bytes."""
+    number, suffix = (text[:-1], text[-1].upper()) if text and text[-1].upper() in _SUFFIXES else (text, "")
+    try:
+        size = int(float(number) * _SUFFIXES[suffix])
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise ValueError(f"{LIMIT_ENV}={text!r}: expected a positive size such as 2G or 512M")
+    return size
+
+
+def _kilobytes(path: str, field: str) -> int:
+    with open(path) as f:
+        return int(next(line for line in f if line.startswith(field + ":")).split()[1]) * 1024
+
+
+def _host_available() -> int:
+    """The host's available memory, less what this process's address-space limit forbids."""
+    available = _kilobytes("/proc/meminfo", "MemAvailable")
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        available = min(available, soft - _kilobytes("/proc/self/status", "VmSize"))
+    return available
+
+
+def available_bytes(device: jax.Device | None = None) -> int:
+    """Bytes a new program may still allocate on `device` (default: the first)."""
+    device = device or jax.devices()[0]
+    stats = device.memory_stats()
+    if stats and "bytes_limit" in stats:
+        available = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    else:
+        available = _host_available()
+    if os.environ.get(LIMIT_ENV):
+        available = min(available, parse_size(os.environ[LIMIT_ENV]))
+    return available
+
+
+def tree_bytes(tree) -> int:
+    """Bytes of the arrays (or `jax.ShapeDtypeStruct`s) in `tree`."""
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
+def program_bytes(compiled: jax.stages.Compiled) -> int:
+    """What XLA says a run of a compiled program allocates beside its arguments: its
+    outputs and temporaries."""
+    m = compiled.memory_analysis()
+    return m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+
+
+def gigabytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GB" if n >= 2**27 else f"{n / 2**20:.1f} MB"
+
+
+def check(what: str, needed: int) -> None:
+    """Raise `DoesNotFit` unless the `needed` bytes of `what` (plural) are available."""
+    available = available_bytes()
+    if needed > available:
+        device = jax.devices()[0]
+        raise DoesNotFit(
+            f"{what} need about {gigabytes(needed)} of memory; {device.platform} device {device.id} "
+            f"has {gigabytes(available)} available"
+        )

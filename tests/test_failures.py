@@ -1,0 +1,215 @@
+"""Past the typos, what a user or the machine can do to a run ends in one line and its
+exit status, and loses nothing: memory too small, values beyond what the code holds,
+folders that cannot be written, a disk that fills up, two runs on one folder."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, assert_one_line_error, run_script
+from mnist_jax import memory
+
+pytestmark = pytest.mark.slow  # every test runs a script
+
+
+def command(script: str, *args) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / script), *map(str, args)]
+
+
+def run_limited(limit: str, size: int, argv: list[str]) -> subprocess.CompletedProcess:
+    """Run `argv` (a Python command line) under the resource limit `limit` (RLIMIT_...), set
+    by a small Python launcher that then execs it (no fork-time code in this process)."""
+    launcher = (f"import os, resource, sys; resource.setrlimit(resource.{limit}, ({size}, resource.RLIM_INFINITY)); "
+                "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+    return subprocess.run([sys.executable, "-c", launcher, *argv[1:]], capture_output=True, text=True, timeout=300)
+
+
+def listing(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# Values
+
+
+@pytest.mark.parametrize(
+    "script, args, fragment",
+    [
+        ("train.py", ["--stage", "mlp", "--seed", "4294967296"], "a seed from 0 to 4294967295"),
+        ("study.py", ["--seeds", "2147483648"], "an integer from 1 to 2147483647"),
+        ("compare.py", ["--epochs", "99999999999999999999"], "an integer from 1 to 2147483647"),
+        ("linearity.py", ["--widths", "8,4294967296"], "integers from 1 to 2147483647"),
+        ("benchmark.py", ["--rounds", "2147483648"], "an integer from 1 to 2147483647"),
+    ],
+)
+def test_a_number_beyond_what_the_code_holds_is_refused_with_the_accepted_range(tmp_path, script, args, fragment):
+    assert_one_line_error(run_script(script, *args, cwd=tmp_path), fragment)
+    assert listing(tmp_path) == []
+
+
+# Folders that cannot be written
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder nobody may write into, root included when it may mount: a read-only
+    tmpfs; else one without write permission."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)]
+    mounted = os.geteuid() == 0 and subprocess.run(mount, capture_output=True).returncode == 0
+    if not mounted:
+        folder.chmod(0o555)
+        if os.access(folder, os.W_OK):
+            pytest.skip("root without mount: no folder here is read-only to this process")
+    yield folder
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+        folder.chmod(0o755)
+
+
+def through_a_file(request, tmp_path):
+    (tmp_path / "a_file").write_text("keep me")
+    return tmp_path / "a_file" / "out"
+
+
+UNWRITABLE = {
+    "read-only": lambda request, tmp_path: request.getfixturevalue("read_only") / "out",
+    "pseudo-filesystem": lambda request, tmp_path: "/proc/mnist_jax_out",
+    "through a file": through_a_file,
+}
+TRAINING = {"train.py": ["--stage", "linear_ce"], "study.py": ["--stages", "linear_ce"], "compare.py": ["--stages", "linear_ce"]}
+
+
+@pytest.mark.parametrize("kind", UNWRITABLE)
+@pytest.mark.parametrize("script", TRAINING)
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(request, tmp_path, script, kind):
+    out = UNWRITABLE[kind](request, tmp_path)
+    proc = run_script(script, *TRAINING[script], "--out", out, cwd=tmp_path)
+    assert_one_line_error(proc, "--out: cannot write to", str(out))
+    assert proc.stdout == ""  # nothing loaded, nothing trained
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("make_assets.py", ["--results", ROOT / "assets" / "results.json", "--out", "/proc/mnist_jax_out"]),
+        ("linearity.py", ["--out", "/proc/mnist_jax_out"]),
+        ("benchmark.py", ["--json", "/proc/mnist_jax_out/benchmark.json"]),
+        ("train.py", ["--stage", "mlp", "--compile-cache", "/proc/mnist_jax_cache"]),
+    ],
+)
+def test_every_other_output_that_cannot_be_written_is_refused(tmp_path, script, args):
+    proc = run_script(script, *args, cwd=tmp_path)
+    assert_one_line_error(proc, "cannot write to", "/proc/mnist_jax_")
+    assert proc.stdout == ""
+
+
+# Memory
+
+
+def test_a_model_larger_than_memory_exits_4_before_training(tmp_path, data_args):
+    proc = run_script("train.py", "--stage", "mlp", "--hidden", "20000000", "--out", tmp_path / "run", *data_args)
+    assert_one_line_error(proc, "does not fit: mlp (hidden 20000000, batch 128)", "GB of memory", "available", status=4)
+    assert "[Epoch" not in proc.stdout and listing(tmp_path) == []
+
+
+def test_programs_larger_than_the_memory_left_exit_4_before_training(tmp_path, data_args):
+    proc = run_script("train.py", "--stage", "mlp", "--out", tmp_path / "run", *data_args,
+                      env={memory.LIMIT_ENV: "64M"})
+    assert_one_line_error(proc, "does not fit: the programs training mlp", "64.0 MB available", status=4)
+    assert "[Epoch" not in proc.stdout and listing(tmp_path) == []
+
+
+def test_an_allocation_the_machine_refuses_exits_4():
+    """Where no estimate warned (here an address-space limit of 4 GB), the allocation
+    failure itself is caught."""
+    code = "import jax.numpy as jnp; from mnist_jax import cli; cli.run(lambda: jnp.ones(2**31).block_until_ready())"
+    proc = run_limited("RLIMIT_AS", 4 * 2**30, [sys.executable, "-c", code])
+    assert_one_line_error(proc, "does not fit: out of memory", "RESOURCE_EXHAUSTED", status=4)
+
+
+def test_a_study_of_more_seeds_than_fit_runs_them_in_chunks(tmp_path, data_args, mnist):
+    from mnist_jax.study import compile_chunk
+    from mnist_jax.train import TrainConfig
+
+    config = TrainConfig("linear_ce", epochs=1)
+    two, three = (compile_chunk(config, mnist, n).bytes for n in (2, 3))
+    out = tmp_path / "study"
+    proc = run_script("study.py", "--stages", "linear_ce", "--seeds", "3", "--epochs", "1", "--out", out, *data_args,
+                      env={memory.LIMIT_ENV: str((two + three) // 2)})
+    assert proc.returncode == 0, proc.stderr
+    assert "linear_ce: 3 seeds in chunks of 2" in proc.stdout
+    stage = json.loads((out / "results.json").read_text())["stages"]["linear_ce"]
+    assert stage["seeds"] == [0, 1, 2] and stage["seeds_at_once"] == 2 and len(set(stage["test_accuracies"])) > 1
+
+
+# A disk that fills up
+
+
+def test_a_save_that_fails_keeps_the_last_complete_checkpoint(tmp_path, data_args):
+    out = tmp_path / "run"
+    args = ["--stage", "linear_ce", "--out", out, "--no-cache", *data_args]
+    assert run_script("train.py", *args, "--epochs", "1").returncode == 0
+    saved = {name: (out / name).read_bytes() for name in ("checkpoint.npz", "metrics.json")}
+    # writes past the limit fail with EFBIG (Python ignores SIGXFSZ)
+    proc = run_limited("RLIMIT_FSIZE", len(saved["checkpoint.npz"]) // 2, command("train.py", *args, "--epochs", "2", "--resume"))
+    assert_one_line_error(proc, f"could not save epoch 2 to {out}: File too large",
+                          "keeps the checkpoint of epoch 1; --resume continues it", status=5)
+    assert listing(out) == ["checkpoint.npz", "metrics.json"]  # no temporary file, no lock
+    assert {name: (out / name).read_bytes() for name in saved} == saved
+    resumed = run_script("train.py", *args, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 192 KiB tmpfs: room for one `linear_ce` checkpoint (about 130 KB), not for a second beside it."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(folder)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; test_a_save_that_fails_keeps_the_last_complete_checkpoint covers it")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_disk_that_fills_up_mid_run_keeps_the_last_complete_epoch(small_disk, data_args):
+    out = small_disk / "run"
+    proc = run_script("train.py", "--stage", "linear_ce", "--epochs", "3", "--out", out, "--no-cache", *data_args)
+    assert_one_line_error(proc, f"could not save epoch 2 to {out}: No space left on device",
+                          "keeps the checkpoint of epoch 1", status=5)
+    assert listing(out) == ["checkpoint.npz", "metrics.json"]
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 1
+
+
+def test_a_study_whose_results_cannot_be_written_exits_5_and_leaves_nothing(tmp_path, data_args):
+    out = tmp_path / "study"
+    argv = command("study.py", "--stages", "linear_ce", "--seeds", "2", "--epochs", "1", "--out", out, "--no-cache", *data_args)
+    proc = run_limited("RLIMIT_FSIZE", 1000, argv)
+    assert_one_line_error(proc, "could not write", "results.json", "File too large", status=5)
+    assert not out.exists()
+
+
+# Two runs, one folder
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_even_with_overwrite(tmp_path, data_args):
+    out = tmp_path / "run"
+    first = subprocess.Popen(command("train.py", "--stage", "linear_ce", "--epochs", "1000", "--out", out, *data_args),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in first.stdout:
+        if line.startswith("[Epoch 01]"):
+            break
+    second = run_script("train.py", "--stage", "linear_ce", "--epochs", "1", "--overwrite", "--out", out, *data_args)
+    assert_one_line_error(second, f"--out: {out} is being written by another run (process {first.pid})")
+    assert first.poll() is None  # untouched, still training
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=60) == 130 and len(json.loads((out / "metrics.json").read_text())["history"]) >= 1
+    third = run_script("train.py", "--stage", "linear_ce", "--epochs", "1", "--overwrite", "--out", out, *data_args)
+    assert third.returncode == 0, third.stderr  # the lock went with the first run
+    assert listing(out) == ["checkpoint.npz", "metrics.json"]
