@@ -70,9 +70,9 @@ def compare_stage(
             split = jax_split(seed, len(data.train_labels))
             torch_runs.append(torch_reference.train(stage, data, split, epochs=epochs, seed=seed, loop=loop))
             progress(f"{stage} torch/{loop} seed {seed}")
-        result[f"torch_{loop}"] = summarise(
-            [r.test_accuracy for r in torch_runs], [r.history for r in torch_runs], None
-        )
+        histories = [r.history for r in torch_runs]
+        warm_up = [h[0]["seconds"] - steady_seconds_per_epoch([h]) for h in histories] if loop == "compile" else None
+        result[f"torch_{loop}"] = summarise([r.test_accuracy for r in torch_runs], histories, warm_up and float(np.mean(warm_up)))
     return result
 
 

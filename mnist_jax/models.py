@@ -11,6 +11,7 @@ from flax import nnx
 
 NUM_PIXELS = 28 * 28
 NUM_CLASSES = 10
+MATMUL_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def torch_uniform(fan_in: int) -> nnx.Initializer:
@@ -26,10 +27,12 @@ def torch_uniform(fan_in: int) -> nnx.Initializer:
 def torch_linear(fan_in: int, fan_out: int, rngs: nnx.Rngs) -> nnx.Einsum:
     """`nn.Linear(fan_in, fan_out)`: kernel stored (out, in) as PyTorch stores its weight
     (a `state_dict` maps over without transposes), float32 (float64 under
-    `jax.enable_x64`, as the other parameters)."""
+    `jax.enable_x64`, as the other parameters). Its matmuls are full float32 on every
+    backend, as PyTorch's are by default: no TF32 on a GPU, no bfloat16 passes on a TPU."""
     init = torch_uniform(fan_in)
     return nnx.Einsum(
-        "bi,oi->bo", (fan_out, fan_in), (fan_out,), param_dtype=jnp.result_type(float), kernel_init=init, bias_init=init, rngs=rngs
+        "bi,oi->bo", (fan_out, fan_in), (fan_out,), param_dtype=jnp.result_type(float), precision=MATMUL_PRECISION,
+        kernel_init=init, bias_init=init, rngs=rngs,
     )
 
 

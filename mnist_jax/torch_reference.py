@@ -1,10 +1,11 @@
 """The five stages in plain PyTorch, as the original study defines them.
 
 Imported only when used: `torch` is an optional extra (`pip install -e ".[torch]"`).
-It trains on the same arrays and split as the JAX side, in three loop styles:
+It trains on the same arrays and split as the JAX side, in four loop styles:
 `original` (a per-item Dataset behind a shuffling DataLoader, as the study does with
-torchvision), `tensor` (one tensor, batches sliced from a permutation) and `fused`
-(the tensor loop with `Adam(fused=True)`, PyTorch's fastest Adam kernel on a CPU).
+torchvision), `tensor` (one tensor, batches sliced from a permutation), `fused`
+(the tensor loop with `Adam(fused=True)`, PyTorch's fastest Adam kernel on a CPU) and
+`compile` (the tensor loop with the model and the optimizer step under `torch.compile`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 from mnist_jax.data import MNIST, NUM_VALIDATION
 from mnist_jax.stages import STAGES
 
-LOOPS = ("original", "tensor", "fused")
+LOOPS = ("original", "tensor", "fused", "compile")
 
 
 class TorchLinear(nn.Module):
@@ -200,6 +201,9 @@ def train(
     model = build_model(stage, hidden, dropout)
     loss = loss_fn(stage)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True if loop == "fused" else None)
+    trained = model
+    if loop == "compile":  # the forward and backward graphs, and Adam's update; one graph per batch shape
+        trained, optimizer.step = torch.compile(model, dynamic=False), torch.compile(optimizer.step)
     train_x, train_y = as_tensors(data.train_images[train_idx], data.train_labels[train_idx])
     val_x, val_y = as_tensors(data.train_images[val_idx], data.train_labels[val_idx])
 
@@ -212,8 +216,8 @@ def train(
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         batches = train_loader if loop == "original" else tensor_batches(train_x, train_y, batch_size)
-        loss_sum, correct = train_epoch(model, optimizer, loss, batches)
-        val_loss, val_acc = evaluate(model, loss, val_loader if loop == "original" else [(val_x, val_y)])
+        loss_sum, correct = train_epoch(trained, optimizer, loss, batches)
+        val_loss, val_acc = evaluate(trained, loss, val_loader if loop == "original" else [(val_x, val_y)])
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / len(train_y),
@@ -225,7 +229,7 @@ def train(
         history.append(row)
         if on_epoch:
             on_epoch(row)
-    test_loss, test_acc = evaluate(model, loss, [as_tensors(data.test_images, data.test_labels)])
+    test_loss, test_acc = evaluate(trained, loss, [as_tensors(data.test_images, data.test_labels)])
     return TorchResult(stage, loop, history, test_loss, test_acc, model)
 
 

@@ -25,6 +25,10 @@ def build_parser() -> cli.ArgumentParser:
         "--rounds", type=cli.positive_int, default=1,
         help="every stage is measured this many times, in turns (and cold/warm train.py runs are repeated); figures are medians over rounds",
     )
+    parser.add_argument(
+        "--studies", type=cli.positive_ints,
+        help="also time study.py's vmapped training of every stage at each of these numbers of seeds, e.g. 10,100",
+    )
     parser.add_argument("--json", type=cli.output_file, default=Path("runs/benchmark.json"), help="write the figures here as JSON")
     parser.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     parser.add_argument("--no-torch", action="store_true", help="JAX only, even when PyTorch is installed")
@@ -74,18 +78,39 @@ def full_float32_matmuls(has_torch: bool) -> None:
         torch.set_float32_matmul_precision("highest")
 
 
+TARGETS = {"speedup_vs_torch_compile": 2.0, "speedup_vs_nnx_jit": 3.0}  # JAX's steady epoch against each peer's
+
+
 def print_table(report: dict) -> None:
     loops = report["torch_loops"]
+    peers = [("nnx.jit", "nnx_jit")] * ("nnx_jit_epoch_seconds" in report["stages"][0])
+    peers += [(f"PyTorch {loop}", f"torch_{loop}") for loop in loops]
     head = ["stage", "JAX compile s", "JAX s/epoch", "JAX samples/s", "ceiling GFLOP/s", "efficiency"]
-    head += [f"PyTorch {loop} s/epoch" for loop in loops] + [f"speed-up vs {loop}" for loop in loops]
+    head += [f"{name} s/epoch" for name, _ in peers] + [f"speed-up vs {name.removeprefix('PyTorch ')}" for name, _ in peers]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in report["stages"]:
         cells = [f"`{r['stage']}`", f"{r['jax_compile_seconds']:.2f}", f"{r['jax_epoch_seconds']:.3f}"]
         cells += [f"{r['jax_samples_per_second']:,.0f}", f"{r['ceiling_flops'] / 1e9:.1f}", f"{r['efficiency']:.2f}"]
-        cells += [f"{r[f'torch_{loop}_epoch_seconds']:.3f}" for loop in loops]
-        cells += [f"{r[f'speedup_vs_torch_{loop}']:.1f}x" for loop in loops]
+        cells += [f"{r[f'{key}_epoch_seconds']:.3f}" for _, key in peers]
+        cells += [f"{r[f'speedup_vs_{key}']:.1f}x" for _, key in peers]
         print("| " + " | ".join(cells) + " |")
     print(f"matmul ceiling: {report['ceiling_flops'] / 1e9:.1f} GFLOP/s (2048^3 float32 under XLA; median of every round)")
+    if "compile" in loops:  # later rounds reuse the graphs the first compiled
+        print("torch.compile's compiling (the first round's first epoch beyond a steady one): "
+              + ", ".join(f"{r['stage']} {r['rounds']['torch_compile_warm_up_seconds'][0]:.1f}s" for r in report["stages"]))
+    for key, target in TARGETS.items():
+        if key in report["stages"][0]:
+            met = [r["stage"] for r in report["stages"] if r[key] >= target]
+            print(f"target {key} >= {target:g}: met by {len(met)} of {len(report['stages'])} stages"
+                  + (f" ({', '.join(met)})" if 0 < len(met) < len(report["stages"]) else ""))
+
+
+def print_studies(studies: list[dict]) -> None:
+    print("\nstudy.py's vmapped training, seconds per epoch per model (and against the stage's single run):")
+    print("| stage | seeds | compile s | s/epoch, all seeds | s/epoch per model | per model / single run |\n|---|---|---|---|---|---|")
+    for s in studies:
+        print(f"| `{s['stage']}` | {s['seeds']} | {s['compile_seconds']:.2f} | {s['epoch_seconds']:.3f} "
+              f"| {s['epoch_seconds_per_model']:.4f} | {s['per_model_over_single']:.2f} |")
 
 
 def print_profiles(profiles: list[dict]) -> None:
@@ -129,7 +154,7 @@ def main() -> None:
         "epochs": args.epochs,
         "seeds": args.seeds,
         "rounds": args.rounds,
-        "torch_loops": ["tensor", "original", "fused"] if has_torch else [],
+        "torch_loops": ["tensor", "original", "fused", "compile"] if has_torch else [],
     }
     print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version']}", flush=True)
     configs = [TrainConfig(stage, epochs=args.epochs) for stage in args.stages]
@@ -140,6 +165,12 @@ def main() -> None:
     progress.close()
     report["ceiling_flops"] = statistics.median(r["ceiling_flops"] for r in report["stages"])
     print_table(report)
+    report["targets"] = {key: {"target": target, "met": [r["stage"] for r in report["stages"] if r.get(key, 0) >= target]}
+                         for key, target in TARGETS.items() if key in report["stages"][0]}
+    if args.studies:
+        single = {r["stage"]: r["jax_epoch_seconds"] for r in report["stages"]}
+        report["studies"] = [measure.time_study(config, data, n, single[config.stage]) for n in args.studies for config in configs]
+        print_studies(report["studies"])
     if args.profile:
         report["profiles"] = [measure.profile_pass(config, data) for config in configs]
         for profile, row in zip(report["profiles"], report["stages"]):

@@ -22,8 +22,9 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="seeds 0..N-1 per stage and framework")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per run")
     parser.add_argument(
-        "--torch-loop", choices=["original", "tensor", "both"], default="both",
-        help="PyTorch loop style: original (Dataset + DataLoader) or tensor (sliced tensors)",
+        "--torch-loop", choices=["original", "tensor", "compile", "both", "all"], default="both",
+        help="PyTorch loop style: original (Dataset + DataLoader), tensor (sliced tensors), compile (the tensor loop "
+        "under torch.compile); both: original and tensor; all: the three",
     )
     parser.add_argument(
         "--replay-original", action="store_true",
@@ -63,6 +64,9 @@ def print_table(results: list[dict], loops: list[str]) -> None:
         print("| " + " | ".join(cells) + " |")
     compile_s = ", ".join(f"{r['stage']} {r['jax']['compile_seconds']:.2f}s" for r in results)
     print(f"JAX compile time (once per run, not in s/epoch): {compile_s}")
+    if "compile" in loops:
+        compile_s = ", ".join(f"{r['stage']} {r['torch_compile']['compile_seconds']:.2f}s" for r in results)
+        print(f"torch.compile's first epoch beyond a steady one (compiling, not in s/epoch): {compile_s}")
 
 
 def main() -> None:
@@ -75,7 +79,7 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
 
     data = load_mnist(args.source, args.data_dir)
-    loops = ["original", "tensor"] if args.torch_loop == "both" else [args.torch_loop]
+    loops = {"both": ["original", "tensor"], "all": ["original", "tensor", "compile"]}.get(args.torch_loop, [args.torch_loop])
     device = device_description()
     print(f"device: {device}, PyTorch threads: {torch.get_num_threads()} | data: {data.source}", flush=True)
     start = time.perf_counter()

@@ -108,18 +108,82 @@ def time_jax(config: TrainConfig, data: MNIST, seeds: list[int]) -> dict:
     return {"compile_seconds": result.compile_seconds, "epoch_seconds": result.train_seconds / config.epochs}
 
 
-def time_torch(config: TrainConfig, data: MNIST, seeds: list[int], loop: str) -> float:
+def time_torch(config: TrainConfig, data: MNIST, seeds: list[int], loop: str) -> dict:
     """Steady-state seconds per epoch of the PyTorch reference, seeds one after another
-    (on the JAX run's split, so both see the same data)."""
+    (on the JAX run's split, so both see the same data), and what its first epochs took
+    beyond that (for `compile`, compiling)."""
     from mnist_jax import torch_reference
 
-    total = 0.0
+    epoch = warm_up = 0.0
     for seed in seeds:
         run = torch_reference.train(
             config.stage, data, jax_split(seed, len(data.train_labels)), epochs=config.epochs, batch_size=config.batch_size, seed=seed, loop=loop,
             hidden=config.hidden, dropout=config.dropout,
         )
-        total += steady_seconds_per_epoch([run.history])
+        steady = steady_seconds_per_epoch([run.history])
+        epoch, warm_up = epoch + steady, warm_up + run.history[0]["seconds"] - steady
+    return {"epoch_seconds": epoch, "warm_up_seconds": warm_up}
+
+
+def time_study(config: TrainConfig, data: MNIST, seeds: int, single_epoch_seconds: float) -> dict:
+    """`study.train_seeds` of `seeds` seeds: compile seconds, seconds per epoch, in all and
+    per model, and per model against one run's epoch."""
+    from mnist_jax.study import train_seeds
+
+    result = train_seeds(config, data, list(range(seeds)))
+    epoch = result.train_seconds / config.epochs
+    return {"stage": config.stage, "seeds": seeds, "seeds_at_once": result.seeds_at_once,
+            "compile_seconds": result.compile_seconds, "epoch_seconds": epoch, "epoch_seconds_per_model": epoch / seeds,
+            "per_model_over_single": epoch / seeds / single_epoch_seconds}
+
+
+def nnx_jit_loop(config: TrainConfig, setup: Setup) -> tuple[Callable, Callable]:
+    """Flax's own idiom, as its MNIST example writes it: the model and an `nnx.Optimizer`
+    as objects, an `nnx.jit` step per batch driven by a Python loop, an `nnx.jit`
+    evaluation. (train_pass(images, labels, order, dropout key), evaluate(images, labels))."""
+    model = nnx.merge(setup.graphdef, setup.state.params, setup.state.batch_stats)
+    optimizer = nnx.Optimizer(model, setup.tx, wrt=nnx.Param)
+    loss_fn = config.spec.loss
+
+    @nnx.jit
+    def step(model, optimizer, x, y, key):
+        def objective(model):
+            return loss_fn(model(to_inputs(x), train=True, dropout_key=key), y)
+
+        loss, grads = nnx.value_and_grad(objective)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    @nnx.jit
+    def evaluate(model, x, y):
+        logits = model(to_inputs(x))
+        return loss_fn(logits, y), jnp.mean(logits.argmax(-1) == y)
+
+    def train_pass(images, labels, order, dropout_key):
+        for i, start in enumerate(range(0, len(order), config.batch_size)):
+            idx = order[start : start + config.batch_size]
+            loss = step(model, optimizer, images[idx], labels[idx], jax.random.fold_in(dropout_key, i))
+        return loss
+
+    return train_pass, lambda images, labels: evaluate(model, images, labels)
+
+
+def time_nnx_jit(config: TrainConfig, data: MNIST, seeds: list[int]) -> float:
+    """Steady-state seconds per epoch of `nnx_jit_epoch`, seeds one after another."""
+    total = 0.0
+    for seed in seeds:
+        setup = prepare(dataclasses.replace(config, seed=seed), data)
+        images, labels, _, _ = setup.data
+        validation = images[setup.val_idx], labels[setup.val_idx]
+        train_pass, evaluate = nnx_jit_loop(config, setup)
+        seconds = []
+        for number in range(1, config.epochs + 1):
+            start = time.perf_counter()
+            shuffle_key, dropout_key = epoch_keys(setup.epochs_key, number)
+            train_pass(images, labels, epoch_order(setup.train_idx, shuffle_key), dropout_key)
+            jax.block_until_ready(evaluate(*validation))
+            seconds.append(time.perf_counter() - start)
+        total += statistics.median(seconds[1:] or seconds)
     return total
 
 
@@ -127,9 +191,9 @@ def benchmark_stages(
     configs: list[TrainConfig], data: MNIST, seeds: list[int], torch_loops: list[str], rounds: int = 1,
     on_round: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """Each stage: JAX and each PyTorch loop, seconds per epoch, samples/s, speed-ups
-    and FLOP efficiency. A round measures every stage in turn, each stage the matmul
-    ceiling, then JAX, then each PyTorch loop: a slow spell of a shared machine falls
+    """Each stage: JAX, Flax's `nnx.jit` loop and each PyTorch loop, seconds per epoch,
+    samples/s, speed-ups and FLOP efficiency. A round measures every stage in turn, each
+    stage the matmul ceiling, then JAX, the `nnx.jit` loop, then each PyTorch loop: a slow spell of a shared machine falls
     on one round of every stage and every framework, not on all rounds of one stage.
     Each figure is the median over rounds (`rounds` keeps them all), and `efficiency`
     the median of each round's achieved FLOP/s over that round's ceiling."""
@@ -140,8 +204,10 @@ def benchmark_stages(
             measured.setdefault("ceiling_flops", []).append(matmul_ceiling())
             for name, seconds in time_jax(config, data, seeds).items():
                 measured.setdefault(f"jax_{name}", []).append(seconds)
+            measured.setdefault("nnx_jit_epoch_seconds", []).append(time_nnx_jit(config, data, seeds))
             for loop in torch_loops:
-                measured.setdefault(f"torch_{loop}_epoch_seconds", []).append(time_torch(config, data, seeds, loop))
+                for name, seconds in time_torch(config, data, seeds, loop).items():
+                    measured.setdefault(f"torch_{loop}_{name}", []).append(seconds)
         if on_round:
             on_round(r + 1)
     return [_stage_row(config, measured, len(seeds), num_train, torch_loops) for config, measured in zip(configs, times)]
@@ -157,6 +223,8 @@ def _stage_row(config: TrainConfig, measured: dict[str, list[float]], num_seeds:
     row["efficiency"] = statistics.median(
         flops / seconds / ceiling for seconds, ceiling in zip(measured["jax_epoch_seconds"], measured["ceiling_flops"])
     )
+    row["nnx_jit_samples_per_second"] = num_seeds * num_train / row["nnx_jit_epoch_seconds"]
+    row["speedup_vs_nnx_jit"] = row["nnx_jit_epoch_seconds"] / epoch
     for loop in torch_loops:
         torch_epoch = row[f"torch_{loop}_epoch_seconds"]
         row[f"torch_{loop}_samples_per_second"] = num_seeds * num_train / torch_epoch
@@ -282,22 +350,7 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
             s, _ = step(s, images[idx], labels[idx], jax.random.fold_in(dropout_key, i))
         return s
 
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    @nnx.jit
-    def nnx_step(model, optimizer, x, y, key):
-        def objective(model):
-            return loss_fn(model(to_inputs(x), train=True, dropout_key=key), y)
-
-        loss, grads = nnx.value_and_grad(objective)(model)
-        optimizer.update(model, grads)
-        return loss
-
-    def nnx_jit_per_batch():
-        for i, start in enumerate(starts):
-            idx = order[start : start + config.batch_size]
-            loss = nnx_step(model, optimizer, images[idx], labels[idx], jax.random.fold_in(dropout_key, i))
-        return loss
+    nnx_jit_pass = nnx_jit_loop(config, setup)[0]
 
     fan_in, fan_out = layer_sizes(config)[0]
     batches = order[: len(order) // config.batch_size * config.batch_size].reshape(-1, config.batch_size)
@@ -324,7 +377,7 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
             in_out_state, images, labels, order, dropout_key
         ),
         "jax.jit step per batch, Python loop": jit_per_batch,
-        "nnx.jit step per batch, Python loop (NNX objects)": nnx_jit_per_batch,
+        "nnx.jit step per batch, Python loop (NNX objects)": lambda: nnx_jit_pass(images, labels, order, dropout_key),
         "floor: gather each batch, the first layer's forward and weight-gradient matmuls, nothing else": lambda: first_layer_matmuls(
             kernel, images, batches
         ),

@@ -64,8 +64,9 @@ def resumable(parser, args, stage: str, out: Path):
         parser.error(f"--resume: {e}; pass --overwrite to start again")
     if len(run.history) > args.epochs:
         parser.error(f"--resume: {out} already ran {len(run.history)} epochs, more than --epochs {args.epochs}")
-    saved = dataclasses.asdict(run.config) | {"hidden": run.config.spec.hidden, "dropout": run.config.spec.dropout}
-    saved |= {name: value for name in ("hidden", "dropout") if (value := getattr(run.config, name)) is not None}
+    config = run.config  # its hidden width and dropout rate as trained (None: the stage's own)
+    saved = dataclasses.asdict(config) | {"hidden": config.hidden or config.spec.hidden,
+                                          "dropout": config.spec.dropout if config.dropout is None else config.dropout}
     asked = {"stage": stage} | {
         name: getattr(args, name) for name in ("batch_size", "lr", "seed", "hidden", "dropout")
         if getattr(args, name) != parser.get_default(name)

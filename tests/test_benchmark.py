@@ -56,11 +56,15 @@ def test_benchmark_py_measures_jax_alone_where_torch_cannot_be_imported(tmp_path
     out = tmp_path / "bench.json"
     no_torch = ("import os, runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "  # as `python SCRIPT`, torch missing
                 "sys.path.insert(0, os.path.dirname(sys.argv[0])); runpy.run_path(sys.argv[0], run_name='__main__')")
-    args = [str(ROOT / "scripts" / "benchmark.py"), "--stages", "linear_ce", "--epochs", "2", "--no-end-to-end", *data_args, "--json", str(out)]
+    args = [str(ROOT / "scripts" / "benchmark.py"), "--stages", "linear_ce", "--epochs", "2", "--no-end-to-end", "--studies", "2",
+            *data_args, "--json", str(out)]
     proc = subprocess.run([sys.executable, "-c", no_torch, *args], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "PyTorch not measured: torch cannot be imported" in proc.stdout
     report = json.loads(out.read_text())
     assert report["torch_version"] is None and report["torch_loops"] == []
     (row,) = report["stages"]
-    assert row["jax_epoch_seconds"] > 0 and not any(key.startswith(("torch_", "speedup")) for key in row)
+    assert row["jax_epoch_seconds"] > 0 and not any(key.startswith(("torch_", "speedup_vs_torch")) for key in row)
+    assert row["speedup_vs_nnx_jit"] == pytest.approx(row["nnx_jit_epoch_seconds"] / row["jax_epoch_seconds"])
+    (study,) = report["studies"]  # two seeds vmapped, against the single run
+    assert study["seeds"] == 2 and study["per_model_over_single"] == pytest.approx(study["epoch_seconds"] / 2 / row["jax_epoch_seconds"])

@@ -23,11 +23,14 @@ def test_jax_replay_of_the_original_run_matches_the_pytorch_replay(mnist):
 @pytest.mark.slow
 def test_compare_stage_trains_both_frameworks_on_the_same_split(tiny):
     done = []
-    result = compare_stage("linear_ce", tiny, [0], ["tensor"], epochs=2, progress=done.append)
-    assert done == ["linear_ce jax seed 0", "linear_ce torch/tensor seed 0"]
-    for framework in ("jax", "torch_tensor"):
+    result = compare_stage("linear_ce", tiny, [0], ["tensor", "compile"], epochs=2, progress=done.append)
+    assert done == ["linear_ce jax seed 0", "linear_ce torch/tensor seed 0", "linear_ce torch/compile seed 0"]
+    for framework in ("jax", "torch_tensor", "torch_compile"):
         assert len(result[framework]["accuracies"]) == 1
         assert 0.5 < result[framework]["mean_accuracy"] <= 1  # learnable synthetic digits
+    # torch.compile trains the same model as the eager loop, and its compiling is timed apart
+    assert result["torch_compile"]["accuracies"] == pytest.approx(result["torch_tensor"]["accuracies"], abs=0.002)
+    assert result["torch_compile"]["compile_seconds"] > 0 and result["torch_tensor"]["compile_seconds"] is None
 
 
 def test_steady_epoch_time_is_the_median_epoch_leaving_out_each_runs_first():

@@ -45,6 +45,7 @@ def test_the_speed_tables_are_what_benchmark_py_prints_of_assets_benchmark_cpu_j
     benchmark = load_script("benchmark.py")
     assert_table_in(printed(benchmark.print_table, report), doc("docs/performance.md"))
     assert_table_in(printed(benchmark.print_profiles, report["profiles"]), doc("docs/performance.md"))
+    assert_table_in(printed(benchmark.print_studies, report["studies"]), doc("docs/performance.md"))
 
 
 def test_the_readme_speed_table_is_drawn_from_assets_benchmark_cpu_json():
@@ -56,7 +57,8 @@ def test_the_readme_speed_table_is_drawn_from_assets_benchmark_cpu_json():
         stage, epoch, *speedups, efficiency = [cell.strip(" `x") for cell in line.strip("|").split("|")]
         r = rows[stage]
         assert epoch == f"{r['jax_epoch_seconds']:.3f}" and efficiency == f"{r['efficiency']:.2f}"
-        assert speedups == [f"{r[f'speedup_vs_torch_{loop}']:.1f}" for loop in ("tensor", "original", "fused")]
+        peers = [f"torch_{loop}" for loop in ("tensor", "original", "fused", "compile")] + ["nnx_jit"]
+        assert speedups == [f"{r[f'speedup_vs_{peer}']:.1f}" for peer in peers]
 
 
 def test_the_side_by_side_table_is_what_compare_py_prints_of_assets_compare_json():

@@ -209,7 +209,8 @@ def test_a_second_run_on_a_folder_in_use_is_refused_even_with_overwrite(tmp_path
     assert_one_line_error(second, f"--out: {out} is being written by another run (process {first.pid})")
     assert first.poll() is None  # untouched, still training
     first.send_signal(signal.SIGINT)
-    assert first.wait(timeout=60) == 130 and len(json.loads((out / "metrics.json").read_text())["history"]) >= 1
+    first.communicate(timeout=60)  # (reading what it printed meanwhile: a full pipe would block its exit)
+    assert first.returncode == 130 and len(json.loads((out / "metrics.json").read_text())["history"]) >= 1
     third = run_script("train.py", "--stage", "linear_ce", "--epochs", "1", "--overwrite", "--out", out, *data_args)
     assert third.returncode == 0, third.stderr  # the lock went with the first run
     assert listing(out) == ["checkpoint.npz", "metrics.json"]

@@ -1,9 +1,12 @@
 """scripts/colab.ipynb is a valid notebook whose Python runs end to end, without TensorFlow."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -42,3 +45,26 @@ def test_notebook_python_cells_train_every_stage_run_a_study_and_draw_figures(tm
     assert (tmp_path / "out" / "results.json").is_file()
     for figure in ("training_curves.png", "comparison_chart.png"):
         assert (tmp_path / "out" / figure).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_the_install_cell_installs_the_project_from_repo_against_the_runtimes_jax():
+    """The runtime's jax and jaxlib pinned as they are: the same pip command, offline
+    against this checkout, would install the project and nothing else."""
+    pytest.importorskip("setuptools")  # the build backend, for --no-build-isolation
+    where, install = code_cells()[:2]
+    assert where.splitlines()[1].startswith('REPO = "https://github.com/')
+    pip = [line for line in install.splitlines() if line.startswith("!")]
+    assert pip == ['!pip install -q --constraint {CONSTRAINTS} "mnist_jax @ git+{REPO}"']
+    namespace = {}
+    exec("\n".join(line for line in install.splitlines() if not line.startswith("!")), namespace)
+    pins = namespace["CONSTRAINTS"].read_text().split()
+    for package in ("jax", "jaxlib"):
+        assert f"{package}=={importlib.metadata.version(package)}" in pins
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation",
+         "--constraint", str(namespace["CONSTRAINTS"]), "-e", str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("Would install")] == ["Would install mnist_jax-0.1.0"]
