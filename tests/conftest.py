@@ -3,6 +3,7 @@ minute; the full suite adds every test on the real MNIST and every script run.""
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,11 @@ import pytest
 from mnist_jax.data import DATA_DIR_ENV, MNIST, DataError, default_cache_dir, load_idx_dir, load_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Tests send Ctrl-C (SIGINT) to scripts as a terminal would. A shell starts background jobs
+# with SIGINT ignored, and an ignored signal stays ignored in every child: undo that here.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 REAL_DATA = {"mnist", "data_dir", "data_args"}
 
 

@@ -5,6 +5,7 @@ tests/test_fresh_clone.py.)"""
 import json
 import subprocess
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -54,8 +55,19 @@ def test_covered_seconds_counts_nested_and_overlapping_spans_once():
 
 def test_benchmark_py_measures_jax_alone_where_torch_cannot_be_imported(tmp_path, data_args):
     out = tmp_path / "bench.json"
-    no_torch = ("import os, runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "  # as `python SCRIPT`, torch missing
-                "sys.path.insert(0, os.path.dirname(sys.argv[0])); runpy.run_path(sys.argv[0], run_name='__main__')")
+    # as `python SCRIPT` where torch is not installed: importing it raises ModuleNotFoundError
+    # (and, as there, no `torch` in sys.modules: SciPy looks for one)
+    no_torch = textwrap.dedent("""
+        import importlib.abc, os, runpy, sys
+        class NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ModuleNotFoundError(f"No module named {name!r}")
+        sys.meta_path.insert(0, NoTorch())
+        sys.argv = sys.argv[1:]
+        sys.path.insert(0, os.path.dirname(sys.argv[0]))
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """)
     args = [str(ROOT / "scripts" / "benchmark.py"), "--stages", "linear_ce", "--epochs", "2", "--no-end-to-end", "--studies", "2",
             *data_args, "--json", str(out)]
     proc = subprocess.run([sys.executable, "-c", no_torch, *args], capture_output=True, text=True, timeout=600)

@@ -91,7 +91,7 @@ COMMANDS = {
     "make_assets.py": [],
     "linearity.py": ["--seeds", "1", "--widths", "8", "--epochs", "1", "--max-steps", "5"],
     "compare.py": ["--stages", "linear_ce", "--seeds", "2", "--epochs", "2", "--torch-loop", "both"],
-    "benchmark.py": ["--stages", "linear_ce", "--epochs", "1", "--seeds", "2", "--no-end-to-end", "--profile"],
+    "benchmark.py": ["--stages", "linear_ce", "--epochs", "2", "--seeds", "2", "--no-end-to-end", "--profile"],
 }
 
 
