@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import zipfile
-import zlib
 from pathlib import Path
 
 import jax
@@ -24,14 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mnist_jax.files import atomic_write, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, write_json
 from mnist_jax.train import RunResult, TrainConfig, TrainState, init_state, make_optimizer
 
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT = 1  # bump when the layout changes: older checkpoints are then refused, not misread
-
-
-_UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
 
 
 class CheckpointError(Exception):
@@ -67,7 +62,7 @@ def saved_epochs(run_dir: str | os.PathLike) -> int:
     try:
         with np.load(Path(run_dir) / CHECKPOINT_FILE) as saved:
             return len(json.loads(str(saved["meta"]))["history"])
-    except _UNREADABLE:
+    except UNREADABLE:
         return 0
 
 
@@ -98,7 +93,7 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
             best_epoch, history = int(meta["best_epoch"]), list(meta["history"])
     except CheckpointError:
         raise
-    except _UNREADABLE as e:
+    except UNREADABLE as e:
         raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: {e})") from None
     arrays = jax.tree.unflatten(jax.tree.structure(_arrays(RunResult(config, "", graphdef, template, template, 0, []))), arrays)
 

@@ -9,9 +9,15 @@ import fcntl
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
+
+# What reading a damaged JSON or NumPy file can raise (a truncated archive, bad JSON, a
+# missing key or a value of the wrong kind).
+UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
 
 PARTIAL = ".partial-"  # the prefix of a file being written
 LOCK = ".lock"

@@ -11,8 +11,6 @@ import functools
 import json
 import math
 import time
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -27,7 +25,7 @@ from mnist_jax.data import MNIST
 from mnist_jax.models import NUM_CLASSES
 from mnist_jax.stages import STAGES
 from mnist_jax.evaluate import make_evaluate, predict
-from mnist_jax.files import atomic_write, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, write_json
 from mnist_jax.train import (
     TrainConfig,
     device_data,
@@ -326,7 +324,6 @@ def _check_arrays(arrays: dict, stages: list[str]) -> None:
 def load_study(results: Path) -> tuple[dict, dict]:
     """`results.json` and the `study_arrays.npz` beside it, as `save_study` wrote them;
     `StudyFileError` names the file and what is wrong with it."""
-    unreadable = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
     path = results
     try:
         report = json.loads(results.read_text())
@@ -335,6 +332,6 @@ def load_study(results: Path) -> tuple[dict, dict]:
         with np.load(path) as saved:
             arrays = dict(saved)
         _check_arrays(arrays, list(report["stages"]))
-    except unreadable as e:
+    except UNREADABLE as e:
         raise StudyFileError(f"{path} is damaged or not written by scripts/study.py ({type(e).__name__}: {e})") from None
     return report, arrays
