@@ -26,7 +26,7 @@ from mnist_jax.files import UNREADABLE, atomic_write, write_json
 from mnist_jax.train import RunResult, TrainConfig, TrainState, init_state, make_optimizer
 
 CHECKPOINT_FILE = "checkpoint.npz"
-FORMAT = 1  # bump when the layout changes: older checkpoints are then refused, not misread
+FORMAT = 2  # bump when the layout changes: older checkpoints are then refused, not misread
 
 
 class CheckpointError(Exception):
@@ -103,9 +103,10 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         nnx.replace_by_pure_dict(batch_stats, arrays[which]["batch_stats"])
         return params, batch_stats
 
-    final = TrainState(*model("final"), jax.tree.unflatten(jax.tree.structure(template.opt_state), arrays["opt_state"]))
+    rate = jnp.asarray(config.dropout_rate, template.dropout_rate.dtype)
+    final = TrainState(*model("final"), jax.tree.unflatten(jax.tree.structure(template.opt_state), arrays["opt_state"]), rate)
     best_params, best_stats = model("best")
-    best = TrainState(best_params, best_stats, tx.init(best_params))  # only the best epoch's model is saved
+    best = TrainState(best_params, best_stats, tx.init(best_params), rate)  # only the best epoch's model is saved
     return RunResult(config, meta["device"], graphdef, final, best, best_epoch, history)
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, NoReturn
 import jax
 from tqdm import tqdm
 
-from mnist_jax import files, memory
+from mnist_jax import distributed, files, memory
 from mnist_jax.data import SOURCES, DataError, default_cache_dir
 from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig
@@ -28,6 +28,8 @@ EXIT_DOES_NOT_FIT = 4  # more memory than the device has
 EXIT_WRITE_FAILED = 5  # a save failed (disk full, I/O error): the last complete save is kept
 EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_BROKEN_PIPE = 141  # the output's reader stopped early (`| head`), as a shell reports SIGPIPE
+EXIT_PEER_LOST = distributed.EXIT_PEER_LOST  # another process of the run died, or the coordinator was unreachable
+DOCUMENTED_EXITS = (0, EXIT_USAGE, EXIT_DIVERGED, EXIT_DOES_NOT_FIT, EXIT_WRITE_FAILED, EXIT_PEER_LOST, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE)
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
 MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits: seed 2**32 would be seed 0 again
@@ -55,12 +57,16 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
 
 
-def positive_ints(text: str) -> list[int]:
-    """A comma-separated list of positive integers."""
-    try:
-        return [positive_int(item) for item in text.split(",")]
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers from 1 to {MAX_INT}, got {text!r}") from None
+def comma_separated(item: Callable[[str], object]) -> Callable[[str], list]:
+    """An argument type: a comma-separated list, each item of type `item`."""
+
+    def parse(text: str) -> list:
+        try:
+            return [item(part) for part in text.split(",")]
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"in {text!r}: {e}") from None
+
+    return parse
 
 
 def dropout_rate(text: str) -> float:
@@ -222,7 +228,13 @@ def parse(parser: argparse.ArgumentParser, results: tuple[str, ...] = ()) -> arg
         args.stages = parse_stages(parser, args.stages)
     if hasattr(args, "no_cache"):
         use_compile_cache(parser, args)
-    if results:
+    if hasattr(args, "coordinator"):
+        distributed.check_arguments(parser, args)
+        if os.environ.get(distributed.CHILD_ENV):
+            distributed.initialize(parser, args)
+            if not distributed.is_main():  # process 0 speaks for the run
+                sys.stdout = open(os.devnull, "w")
+    if results and (not hasattr(args, "coordinator") or distributed.is_main()):  # only process 0 writes
         claim(parser, "--out", args.out)
         refuse_existing(parser, args, *results)
     return args
@@ -287,11 +299,15 @@ def interrupts_deferred() -> Iterator[None]:
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "can't allocate memory")
 
 
-def run(main: Callable[[], None]) -> None:
+def run(main: Callable[[], None], several_processes: bool = False) -> None:
     """Run a script's main: every failure a user or the machine can cause ends in one
-    line and its exit status (the table in README.md), not a traceback."""
+    line and its exit status (the table in README.md), not a traceback. A script that
+    can run as one of `several_processes` does so under a supervisor (`distributed`)."""
+    if several_processes and not os.environ.get(distributed.CHILD_ENV) and distributed.requested(sys.argv[1:]):
+        distributed.supervise()
     try:
-        memory.available_bytes()  # $MNIST_JAX_MEMORY_LIMIT is readable
+        if os.environ.get(memory.LIMIT_ENV):
+            memory.parse_size(os.environ[memory.LIMIT_ENV])  # readable (before JAX starts: jax.distributed comes first)
     except ValueError as e:
         fail(str(e))
     try:

@@ -48,8 +48,8 @@ def _host_available() -> int:
 
 
 def available_bytes(device: jax.Device | None = None) -> int:
-    """Bytes a new program may still allocate on `device` (default: the first)."""
-    device = device or jax.devices()[0]
+    """Bytes a new program may still allocate on `device` (default: this process's first)."""
+    device = device or jax.local_devices()[0]
     stats = device.memory_stats()
     if stats and "bytes_limit" in stats:
         available = stats["bytes_limit"] - stats.get("bytes_in_use", 0)

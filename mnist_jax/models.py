@@ -62,24 +62,30 @@ class BatchNorm1d(nnx.Module):
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
 
 
+def dropout_bits(rate: float) -> int:
+    """The fewest random bits per unit that make `rate` exact (1 for 0.5, 2 for 0.25;
+    else 32): a unit is kept when its bits, read as an integer, reach rate * 2**bits."""
+    return next((b for b in (1, 2, 4, 8, 16) if (rate * 2**b).is_integer()), 32)
+
+
 class Dropout(nnx.Module):
     """`torch.nn.Dropout(rate)` in training: zero each unit with probability `rate`, scale
-    the rest by 1 / (1 - rate). Each unit is decided by the fewest random bits that make
-    `rate` exact (1 for 0.5, 2 for 0.25; else 32, exact to 2**-32), packed 32 // bits to a
-    uint32 word, where `nnx.Dropout` draws a float32 uniform per unit (docs/performance.md)."""
+    the rest by 1 / (1 - rate). Each unit is decided by `bits` random bits, packed
+    32 // bits to a uint32 word, where `nnx.Dropout` draws a float32 uniform per unit
+    (docs/performance.md). The rate is an argument, an array that may differ per model
+    of a grid (any rate that `bits` makes exact); `bits` shapes the program."""
 
-    def __init__(self, rate: float):
-        self.rate = rate
-        self.bits = next((b for b in (1, 2, 4, 8, 16) if (rate * 2**b).is_integer()), 32)
+    def __init__(self, bits: int):
+        self.bits = bits
 
-    def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key: jax.Array, rate: jax.Array) -> jax.Array:
         batch, units = x.shape
         per_word = 32 // self.bits
         words = jax.random.bits(key, (batch, -(-units // per_word)), jnp.uint32)
         shifts = jnp.arange(0, 32, self.bits, dtype=jnp.uint32)
         draws = ((words[..., None] >> shifts) & jnp.uint32(2**self.bits - 1)).reshape(batch, -1)[:, :units]
-        keep = draws >= jnp.uint32(min(round(self.rate * 2**self.bits), 2**self.bits - 1))
-        return jnp.where(keep, x / (1 - self.rate), 0)
+        threshold = jnp.round(rate * float(2**self.bits)).astype(jnp.uint32)  # exact: a float times a power of two
+        return jnp.where(draws >= threshold, x / (1 - rate), 0)
 
 
 class LinearClassifier(nnx.Module):
@@ -88,7 +94,7 @@ class LinearClassifier(nnx.Module):
     def __init__(self, *, rngs: nnx.Rngs):
         self.linear = torch_linear(NUM_PIXELS, NUM_CLASSES, rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool = False, dropout_key=None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_key=None, dropout_rate=None) -> jax.Array:
         chex.assert_shape(x, (None, NUM_PIXELS))
         return self.linear(x)
 
@@ -101,19 +107,23 @@ class MLP(nnx.Module):
     ):
         self.hidden = torch_linear(NUM_PIXELS, hidden, rngs)
         self.batchnorm = BatchNorm1d(hidden) if batchnorm else None
-        self.dropout = Dropout(dropout) if dropout > 0 else None
+        self.dropout = Dropout(dropout_bits(dropout)) if dropout > 0 else None
+        self.dropout_rate = dropout
         self.output = torch_linear(hidden, NUM_CLASSES, rngs)
 
     def __call__(
-        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
+        dropout_rate: jax.Array | None = None,
     ) -> jax.Array:
+        """`dropout_rate` (default: the model's own) may be an array: one program then
+        trains models of many rates (any that its Dropout's bits make exact)."""
         chex.assert_shape(x, (None, NUM_PIXELS))
         h = self.hidden(x)
         if self.batchnorm is not None:
             h = self.batchnorm(h, train=train)
         h = jax.nn.relu(h)
         if self.dropout is not None and train:
-            h = self.dropout(h, dropout_key)
+            h = self.dropout(h, dropout_key, self.dropout_rate if dropout_rate is None else dropout_rate)
         return self.output(h)
 
 

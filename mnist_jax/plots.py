@@ -214,3 +214,61 @@ def width_sweep(report: dict, path: str | os.PathLike) -> None:
     ax.set_title("how much width the nonlinearity needs")
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def _band(ax, epochs, summaries, label, **style):
+    """A mean line with its 95% interval as a band."""
+    mean = [100 * s["mean"] for s in summaries]
+    (line,) = ax.plot(epochs, mean, label=label, **style)
+    ax.fill_between(epochs, [100 * s["ci95"][0] for s in summaries], [100 * s["ci95"][1] for s in summaries],
+                    color=line.get_color(), alpha=0.2)
+
+
+def sweep_dropout(answer: dict, device: str, path: str | os.PathLike) -> None:
+    """Question 1: test accuracy of `mlp` and of `mlp_dropout` at each rate after every
+    epoch, and each rate's paired difference from `mlp`, with 95% interval bands."""
+    epochs = np.arange(1, answer["epochs"] + 1)
+    fig, (acc_ax, diff_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    _band(acc_ax, epochs, answer["mlp"]["test"], "mlp", color="black")
+    for rate, r in answer["rates"].items():
+        _band(acc_ax, epochs, r["test"], f"dropout {rate}")
+        diffs = [{"mean": d["difference"], "ci95": d["ci95"]} for d in r["difference"]]
+        _band(diff_ax, epochs, diffs, f"dropout {rate} − mlp")
+    diff_ax.axhline(0, color="black", lw=0.8)
+    curves = [answer["mlp"]["test"], *(r["test"] for r in answer["rates"].values())]
+    acc_ax.set_ylim(bottom=min(100 * s["ci95"][0] for c in curves for s in c[1:]) - 0.2)  # epoch 1 would flatten the rest
+    for ax in (acc_ax, diff_ax):
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    acc_ax.set_ylabel("test accuracy (%)")
+    diff_ax.set_ylabel("difference (points), paired by seed")
+    acc_ax.set_title(f"test accuracy after each epoch: mean, 95% CI ({answer['seeds']} seeds)")
+    diff_ax.set_title("dropout minus no dropout")
+    fig.suptitle(f"when does dropout start to help? (lr {answer['lr']:g}, {device})")
+    save_figure(fig, path)
+
+
+def sweep_learning_rates(answers: dict, device: str, path: str | os.PathLike) -> None:
+    """Questions 2 and 3: validation and test accuracy against the learning rate, per
+    stage, at each compared length; a ring marks each stage's choice on validation."""
+    panels = [("batchnorm", answers["batchnorm"])] if "batchnorm" in answers else []
+    panels += [("linear", c) for c in answers.get("linear", {}).get("at_epochs", {}).values()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for ax, (question, comparison) in zip(axes[0], panels):
+        for stage, choice in comparison["choice"].items():
+            lrs = [float(lr) for lr in choice["by_lr"]]
+            test = [choice["by_lr"][lr]["test"] for lr in choice["by_lr"]]
+            mean = [100 * t["mean"] for t in test]
+            err = [[m - 100 * t["ci95"][0] for m, t in zip(mean, test)], [100 * t["ci95"][1] - m for m, t in zip(mean, test)]]
+            (line, *_) = ax.errorbar(lrs, mean, yerr=err, fmt="o-", capsize=3, label=f"{stage}: test, 95% CI")
+            ax.plot(lrs, [100 * choice["by_lr"][lr]["val"]["mean"] for lr in choice["by_lr"]], ":", color=line.get_color(),
+                    label=f"{stage}: validation mean")
+            best = choice["by_lr"][f"{choice['lr']:g}"]["test"]["mean"]
+            ax.scatter([choice["lr"]], [100 * best], s=160, facecolors="none", edgecolors=line.get_color())
+        ax.set_xscale("log")
+        ax.set_xlabel("Adam learning rate")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{'BatchNorm' if question == 'batchnorm' else 'linear losses'}: after {comparison['epoch']} epochs")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"accuracy against learning rate, {comparison['seeds']} seeds per rate; ring: chosen on validation ({device})")
+    save_figure(fig, path)

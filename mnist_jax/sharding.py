@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 
@@ -21,8 +23,27 @@ def make_mesh(axis: str, *sizes: int) -> Mesh:
 
 
 def place(tree, mesh: Mesh, *spec):
-    """Put `tree` on `mesh`, its leaves split as `PartitionSpec(*spec)`; no spec: copied to every device."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(*spec)))
+    """Put `tree` on `mesh`, its leaves split as `PartitionSpec(*spec)`; no spec: copied to
+    every device. With several processes each passes the same whole `tree` and keeps the
+    pieces that fall on its own devices."""
+    sharding = NamedSharding(mesh, PartitionSpec(*spec))
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
+
+
+def gather(tree):
+    """`tree`'s arrays whole, as NumPy arrays, in every process (`place`'s converse)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def constrain(x: jax.Array, mesh: Mesh, *spec) -> jax.Array:

@@ -7,7 +7,6 @@ images stay one shared device array. The statistics compare stages seed by seed.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import time
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from mnist_jax import memory, sharding
 from mnist_jax.data import MNIST
@@ -26,7 +26,9 @@ from mnist_jax.models import NUM_CLASSES
 from mnist_jax.stages import STAGES
 from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.files import UNREADABLE, atomic_write, write_json
+from mnist_jax.models import dropout_bits
 from mnist_jax.train import (
+    Point,
     TrainConfig,
     device_data,
     device_description,
@@ -36,138 +38,201 @@ from mnist_jax.train import (
     make_optimizer,
     make_train_epoch,
     prepare,
+    stack,
 )
 
 
 @dataclasses.dataclass
-class SeedsResult:
+class GridResult:
+    """Models of one stage trained together: one per `Point` (seed, learning rate,
+    dropout rate); the config gives what they share (stage, width, epochs, batch)."""
+
     config: TrainConfig
-    seeds: list[int]
-    history: list[list[dict]]  # per seed, per epoch
-    test_accuracies: np.ndarray  # (seeds,)
-    test_predictions: np.ndarray  # (seeds, 10000) predicted classes
-    final_params: dict  # pure dict, leading seed axis
+    points: list[Point]
+    history: list[list[dict]]  # per point, per epoch
+    test_accuracies: np.ndarray  # (points,), the final models'
+    test_predictions: np.ndarray  # (points, 10000) predicted classes
+    final_params: dict  # pure dict, leading axis of points
     compile_seconds: float
     train_seconds: float
-    seeds_at_once: int = 0  # the chunk size: as many as fitted in memory, or as asked
+    models_at_once: int = 0  # the chunk size: as many as fitted in memory, or as asked
+
+    @property
+    def seeds(self) -> list[int]:
+        return [p.seed for p in self.points]
 
 
-def _seed_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx) -> tuple[Callable, Callable]:
-    """The vmapped epoch (train, then evaluate on each seed's validation split) and the
-    vmapped test, each one program for all the seeds of a chunk."""
+def vmap_width(platform: str | None = None) -> int | None:
+    """How many models one step of the program trains side by side (`jax.vmap`); the
+    rest of a chunk is walked through by `lax.map`. On the CPU one: XLA:CPU's batched
+    matmuls are slower than one model's (docs/performance.md); elsewhere all (None)."""
+    return 1 if (platform or jax.default_backend()) == "cpu" else None
+
+
+def over_models(f: Callable, width: int | None) -> Callable:
+    """`f` of one model's arguments, over a leading axis of models: `width` at a time."""
+    if width is None:
+        return jax.vmap(f)
+    if width == 1:
+        return lambda xs: jax.lax.map(f, xs)
+    return lambda xs: jax.lax.map(f, xs, batch_size=width)
+
+
+def _grid_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx, mesh: jax.sharding.Mesh, width: int | None) -> tuple[Callable, Callable]:
+    """The epoch of every model (train; evaluate on its validation split and on the test
+    set) and the final test predictions, each one program for all the models of a
+    chunk, split over the mesh's devices (`shard_map`: no communication)."""
     train_epoch = make_train_epoch(graphdef, config.spec.loss, tx, config.batch_size)
     evaluate = make_evaluate(graphdef, config.spec.loss)
+    per_model, shared = PartitionSpec("seed"), PartitionSpec()
 
     # The images are arguments, not closed over: a closed-over array is compiled into
     # the program as a constant.
-    @functools.partial(jax.vmap, in_axes=(0, 0, 0, 0, 0, None, None))
-    def epoch(state, train_idx, val_idx, epochs_key, number, images, labels):
-        shuffle_key, dropout_key = epoch_keys(epochs_key, number)
-        state, (loss, acc) = train_epoch(state, images, labels, epoch_order(train_idx, shuffle_key), dropout_key)
-        val_loss, val_acc = evaluate(state.params, state.batch_stats, images[val_idx], labels[val_idx])
-        return state, jnp.stack([loss, acc, val_loss, val_acc])
+    def epoch(models, number, images, labels, test_images, test_labels):
+        def one(model):
+            state, train_idx, val_idx, epochs_key = model
+            shuffle_key, dropout_key = epoch_keys(epochs_key, number)
+            state, (loss, acc) = train_epoch(state, images, labels, epoch_order(train_idx, shuffle_key), dropout_key)
+            val_loss, val_acc = evaluate(state.params, state.batch_stats, images[val_idx], labels[val_idx])
+            test_acc = evaluate(state.params, state.batch_stats, test_images, test_labels)[1]
+            return state, jnp.stack([loss, acc, val_loss, val_acc, test_acc])
+
+        return over_models(one, width)(models)
 
     def test(states, images, labels):
-        predicted = jax.vmap(lambda s: predict(graphdef, s.params, s.batch_stats, images).argmax(-1))(states)
+        predicted = over_models(lambda s: predict(graphdef, s.params, s.batch_stats, images).argmax(-1), width)(states)
         return (predicted == labels).mean(-1), predicted
 
+    in_specs = (per_model, shared, shared, shared, shared, shared)
+    epoch = jax.shard_map(epoch, mesh=mesh, in_specs=in_specs, out_specs=per_model)
+    test = jax.shard_map(test, mesh=mesh, in_specs=(per_model, shared, shared), out_specs=per_model)
     return jax.jit(epoch), jax.jit(test)
 
 
 class Chunk(NamedTuple):
-    """The compiled programs for `size` seeds at once."""
+    """The compiled programs for `size` models at once."""
 
     size: int
     mesh: jax.sharding.Mesh
     epoch: jax.stages.Compiled
     test: jax.stages.Compiled
-    bytes: int  # the seeds' states, the data, and what the larger program allocates, per XLA
+    bytes: int  # the models' states, the data, and what the larger program allocates, per XLA
 
 
-def compile_chunk(config: TrainConfig, data: MNIST, size: int, mesh: jax.sharding.Mesh | None = None) -> Chunk:
-    """Compile the programs for `size` seeds from shapes alone: nothing is allocated."""
+def compile_chunk(
+    config: TrainConfig, data: MNIST, size: int, mesh: jax.sharding.Mesh | None = None, width: int | None | str = "auto"
+) -> Chunk:
+    """Compile the programs for `size` models from shapes alone: nothing is allocated.
+    `width` models side by side (None: all; "auto": `vmap_width()`)."""
     mesh = mesh if mesh is not None and size % mesh.size == 0 else sharding.make_mesh("seed", size)
     tx = make_optimizer(config.lr)
     graphdef, init = make_init(config, tx, len(data.train_images))
-    epoch, test = _seed_programs(config, graphdef, tx)
-    seeds = jax.eval_shape(lambda: jnp.full(size, 1))  # (the epoch numbers have the same shape)
-    per_seed, shared = jax.eval_shape(jax.vmap(init), seeds), jax.eval_shape(lambda: device_data(data))
-    if mesh.size > 1:
-        per_seed, shared = sharding.abstract(per_seed, mesh, "seed"), sharding.abstract(shared, mesh)
-    epochs_keys, states, train_idx, val_idx = per_seed
+    epoch, test = _grid_programs(config, graphdef, tx, mesh, vmap_width() if width == "auto" else width)
+    points = jax.eval_shape(lambda: stack([config.point] * size))
+    epochs_keys, states, train_idx, val_idx = jax.eval_shape(jax.vmap(init), points)
+    per_model = sharding.abstract((states, train_idx, val_idx, epochs_keys), mesh, "seed")
+    shared = sharding.abstract(jax.eval_shape(lambda: device_data(data)), mesh)
+    number = jax.ShapeDtypeStruct((), jnp.int32)
     images, labels, test_images, test_labels = shared
-    epoch = epoch.lower(states, train_idx, val_idx, epochs_keys, seeds, images, labels).compile()
-    test = test.lower(states, test_images, test_labels).compile()
-    resident = memory.tree_bytes((per_seed, shared))
+    epoch = epoch.lower(per_model, number, images, labels, test_images, test_labels).compile()
+    test = test.lower(per_model[0], test_images, test_labels).compile()
+    resident = memory.tree_bytes((per_model, shared))
     return Chunk(size, mesh, epoch, test, resident + max(memory.program_bytes(epoch), memory.program_bytes(test)))
 
 
-def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.Mesh | None = None) -> Chunk:
-    """The programs for as many of `n` seeds at once as fit in memory. What they hold
-    grows linearly with the seeds: XLA's figures for `n` seeds and for 1 give the slope."""
-    whole = compile_chunk(config, data, n, mesh)
+def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.Mesh | None = None, width: int | None | str = "auto") -> Chunk:
+    """The programs for as many of `n` models at once as fit in memory. What they hold
+    grows linearly with the models: XLA's figures for `n` models and for 1 give the slope."""
+    whole = compile_chunk(config, data, n, mesh, width)
     available = memory.available_bytes()
     if whole.bytes <= available:
         return whole
-    one = whole if n == 1 else compile_chunk(config, data, 1, mesh)
-    memory.check(f"the programs training {config.describe()}, one seed,", one.bytes)
-    per_seed = (whole.bytes - one.bytes) / (n - 1)
-    size = min(n - 1, 1 + int((available - one.bytes) // per_seed))
+    one = whole if n == 1 else compile_chunk(config, data, 1, mesh, width)
+    memory.check(f"the programs training {config.describe()}, one model,", one.bytes)
+    per_model = (whole.bytes - one.bytes) / (n - 1)
+    size = min(n - 1, 1 + int((available - one.bytes) // per_model))
     while size > 1:
-        chunk = compile_chunk(config, data, size, mesh)
+        chunk = compile_chunk(config, data, size, mesh, width)
         if chunk.bytes <= available:
             return chunk
         size = size * 9 // 10
     return one
 
 
-def _train_chunk(config: TrainConfig, data: MNIST, seeds: list[int], chunk: Chunk, on_epoch: Callable[[], None]) -> SeedsResult:
-    setup = prepare(config, data, seeds)
-    epochs_keys, states, train_idx, val_idx = setup.epochs_key, setup.state, setup.train_idx, setup.val_idx
-    images, labels, test_images, test_labels = setup.data
-    if chunk.mesh.size > 1:
-        epochs_keys, states, train_idx, val_idx = sharding.place((epochs_keys, states, train_idx, val_idx), chunk.mesh, "seed")
-        images, labels, test_images, test_labels = sharding.place(setup.data, chunk.mesh)
+HISTORY_NAMES = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_accuracy")
+
+
+def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: Chunk, on_epoch: Callable[[], None]) -> GridResult:
+    setup = prepare(config, data, points)
+    models = sharding.place((setup.state, setup.train_idx, setup.val_idx, setup.epochs_key), chunk.mesh, "seed")
+    images, labels, test_images, test_labels = sharding.place(setup.data, chunk.mesh)
 
     start = time.perf_counter()
     rows = []
     for e in range(1, config.epochs + 1):
-        states, metrics = chunk.epoch(states, train_idx, val_idx, epochs_keys, jnp.full(len(seeds), e), images, labels)
+        states, metrics = chunk.epoch(models, jnp.int32(e), images, labels, test_images, test_labels)
+        models = (states, *models[1:])
         rows.append(metrics)
         metrics.block_until_ready()
         on_epoch()
-    accuracies, predictions = chunk.test(states, test_images, test_labels)
-    accuracies = np.asarray(accuracies)
+    accuracies, predictions = sharding.gather(chunk.test(models[0], test_images, test_labels))
     train_seconds = time.perf_counter() - start
 
-    metrics = np.asarray(jnp.stack(rows, 1))  # (seeds, epochs, 4)
-    names = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    metrics = np.stack(sharding.gather(rows), 1)  # (models, epochs, 5)
     history = [
-        [{"epoch": e + 1, **{n: float(v) for n, v in zip(names, metrics[s, e])}} for e in range(config.epochs)]
-        for s in range(len(seeds))
+        [{"epoch": e + 1, **{n: float(v) for n, v in zip(HISTORY_NAMES, metrics[m, e])}} for e in range(config.epochs)]
+        for m in range(len(points))
     ]
-    final_params = jax.tree.map(np.asarray, nnx.to_pure_dict(states.params))
-    return SeedsResult(config, list(seeds), history, accuracies, np.asarray(predictions), final_params, 0.0, train_seconds)
+    final_params = sharding.gather(nnx.to_pure_dict(models[0].params))
+    return GridResult(config, list(points), history, np.asarray(accuracies), np.asarray(predictions), final_params, 0.0, train_seconds)
 
 
-def train_seeds(
+def _concatenate(config: TrainConfig, results: list[GridResult], order: list[int], models_at_once: int, compile_seconds: float) -> GridResult:
+    """The results of several chunks as one, its points in `order` (their indices in the
+    chunks' concatenation)."""
+    pick = lambda *parts: np.concatenate(parts)[order]  # noqa: E731
+    every = [(p, h) for r in results for p, h in zip(r.points, r.history)]
+    return GridResult(
+        config,
+        [every[i][0] for i in order],
+        [every[i][1] for i in order],
+        pick(*(r.test_accuracies for r in results)),
+        pick(*(r.test_predictions for r in results)),
+        jax.tree.map(pick, *(r.final_params for r in results)),
+        compile_seconds,
+        sum(r.train_seconds for r in results),
+        models_at_once,
+    )
+
+
+def train_grid(
     config: TrainConfig,
     data: MNIST,
-    seeds: list[int],
+    points: list[Point],
     mesh: jax.sharding.Mesh | None = None,
     on_epoch: Callable[[int, int], None] | None = None,
-    seeds_at_once: int | None = None,
-) -> SeedsResult:
-    """Train `config` once per seed, as many seeds at once as fit in memory (and at most
-    `seeds_at_once`), the rest in further chunks of that size, with the same results.
-    Several devices split a chunk's seeds (see `sharding`); `mesh` picks them (default:
-    as many as divide the chunk). `on_epoch(done, total)` counts the epochs of all chunks."""
+    models_at_once: int | None = None,
+    width: int | None | str = "auto",
+) -> GridResult:
+    """Train one model of `config`'s stage per point, as many at once as fit in memory
+    (and at most `models_at_once`), the rest in further chunks of that size, with the
+    same results. Points whose dropout rates need different random bits per unit
+    (`models.dropout_bits`) train in programs of their own, so that every model draws
+    what it would draw alone. Several devices split a chunk's models (see `sharding`);
+    `mesh` picks them (default: as many as divide the chunk). `on_epoch(done, total)`
+    counts the epochs of all chunks. `width`: see `compile_chunk`."""
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(points):
+        groups.setdefault(dropout_bits(p.dropout), []).append(i)
+    plans = []
     start = time.perf_counter()
-    chunk = fitting_chunk(config, data, min(len(seeds), seeds_at_once or len(seeds)), mesh)
-    compiled = {chunk.size: chunk}
+    for members in groups.values():
+        group = dataclasses.replace(config, dropout=max(points[i].dropout for i in members))
+        chunk = fitting_chunk(group, data, min(len(members), models_at_once or len(members)), mesh, width)
+        parts = [members[i : i + chunk.size] for i in range(0, len(members), chunk.size)]
+        plans.append((group, {chunk.size: chunk}, parts))
     compile_seconds = time.perf_counter() - start
-    parts = [seeds[i : i + chunk.size] for i in range(0, len(seeds), chunk.size)]
-    done, total = 0, len(parts) * config.epochs
+    done, total = 0, sum(len(parts) for *_, parts in plans) * config.epochs
 
     def count() -> None:
         nonlocal done
@@ -175,25 +240,22 @@ def train_seeds(
         if on_epoch:
             on_epoch(done, total)
 
-    results = []
-    for part in parts:
-        if len(part) not in compiled:
-            start = time.perf_counter()
-            compiled[len(part)] = compile_chunk(config, data, len(part), mesh)
-            compile_seconds += time.perf_counter() - start
-        results.append(_train_chunk(config, data, part, compiled[len(part)], count))
-    concatenate = lambda *parts: np.concatenate(parts)  # noqa: E731
-    return SeedsResult(
-        config,
-        list(seeds),
-        [row for r in results for row in r.history],
-        concatenate(*(r.test_accuracies for r in results)),
-        concatenate(*(r.test_predictions for r in results)),
-        jax.tree.map(concatenate, *(r.final_params for r in results)),
-        compile_seconds,
-        sum(r.train_seconds for r in results),
-        chunk.size,
-    )
+    results, trained = [], []
+    for group, compiled, parts in plans:
+        for part in parts:
+            if len(part) not in compiled:
+                start = time.perf_counter()
+                compiled[len(part)] = compile_chunk(group, data, len(part), mesh, width)
+                compile_seconds += time.perf_counter() - start
+            results.append(_train_chunk(group, data, [points[i] for i in part], compiled[len(part)], count))
+            trained += part
+    order = np.argsort(trained).tolist()
+    return _concatenate(config, results, order, max(chunk.size for _, compiled, _ in plans for chunk in compiled.values()), compile_seconds)
+
+
+def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int], **kwargs) -> GridResult:
+    """`config` once per seed: the grid of one learning rate and one dropout rate."""
+    return train_grid(config, data, [config.point._replace(seed=s) for s in seeds], **kwargs)
 
 
 def mean_ci95(values) -> tuple[float, float, tuple[float, float]]:
@@ -207,7 +269,7 @@ def mean_ci95(values) -> tuple[float, float, tuple[float, float]]:
     return mean, std, (mean - half, mean + half)
 
 
-def stage_summary(result: SeedsResult) -> dict:
+def stage_summary(result: GridResult) -> dict:
     mean, std, ci = mean_ci95(result.test_accuracies)
     return {
         "seeds": result.seeds,
@@ -219,7 +281,7 @@ def stage_summary(result: SeedsResult) -> dict:
         "documented_accuracy": result.config.spec.documented_accuracy,
         "compile_seconds": result.compile_seconds,
         "train_seconds": result.train_seconds,
-        "seeds_at_once": result.seeds_at_once,
+        "seeds_at_once": result.models_at_once,
     }
 
 
@@ -241,8 +303,9 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def save_study(results: dict[str, SeedsResult], data: MNIST, out: Path, command: str, seconds: float) -> dict:
-    """Write `results.json` and `study_arrays.npz` (what the figures need) to `out`."""
+def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: str, seconds: float, write: bool = True) -> dict:
+    """Write `results.json` and `study_arrays.npz` (what the figures need) to `out`, unless
+    not `write` (a process of several, not the first)."""
     stages = {name: stage_summary(r) for name, r in results.items()}
     report = {
         "stages": stages,
@@ -273,6 +336,8 @@ def save_study(results: dict[str, SeedsResult], data: MNIST, out: Path, command:
             "misclassified_labels": data.test_labels[picked],
             "misclassified_linear_predictions": results[best_linear].test_predictions[0][picked],
         }
+    if not write:
+        return report
     write_json(out / "results.json", report)
     with atomic_write(out / "study_arrays.npz") as tmp:
         with open(tmp, "wb") as f:

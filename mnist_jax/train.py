@@ -24,6 +24,15 @@ from mnist_jax.evaluate import make_evaluate, to_inputs
 from mnist_jax.stages import STAGES, LossFn, Stage
 
 
+class Point(NamedTuple):
+    """What may differ between the models trained by one program: their seed, learning
+    rate and dropout rate (scalars, or arrays with a leading axis of models)."""
+
+    seed: int | jax.Array
+    lr: float | jax.Array
+    dropout: float | jax.Array
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     stage: str
@@ -38,6 +47,14 @@ class TrainConfig:
     def spec(self) -> Stage:
         return STAGES[self.stage]
 
+    @property
+    def dropout_rate(self) -> float:
+        return self.spec.dropout if self.dropout is None else self.dropout
+
+    @property
+    def point(self) -> Point:
+        return Point(self.seed, self.lr, self.dropout_rate)
+
     def describe(self) -> str:
         """e.g. 'mlp (hidden 256, batch 128)', for messages."""
         hidden = f"hidden {self.hidden or self.spec.hidden}, " if self.spec.is_mlp else ""
@@ -49,7 +66,8 @@ class TrainState(NamedTuple):
 
     params: nnx.State
     batch_stats: nnx.State  # BatchNorm running statistics; empty for other models
-    opt_state: optax.OptState
+    opt_state: optax.OptState  # holds the learning rate (`optax.inject_hyperparams`)
+    dropout_rate: jax.Array  # a scalar, read by the model's Dropout if it has one
 
 
 class RunKeys(NamedTuple):
@@ -85,31 +103,40 @@ def split_indices(key: jax.Array, num_train: int) -> tuple[jax.Array, jax.Array]
 
 
 def make_optimizer(lr: float) -> optax.GradientTransformation:
-    """`torch.optim.Adam(lr=lr)`: betas (0.9, 0.999), eps 1e-8 added outside the sqrt."""
-    return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+    """`torch.optim.Adam(lr=lr)`: betas (0.9, 0.999), eps 1e-8 added outside the sqrt.
+    The learning rate lives in the optimizer state, so models trained together may each
+    have their own (`init_state` sets it)."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
 def init_state(
-    config: TrainConfig, key: jax.Array, tx: optax.GradientTransformation
+    config: TrainConfig, key: jax.Array, tx: optax.GradientTransformation,
+    lr: float | jax.Array | None = None, dropout_rate: float | jax.Array | None = None,
 ) -> tuple[nnx.GraphDef, TrainState]:
+    """The initial state from `key`, with `lr` and `dropout_rate` (default: the config's)."""
     model = config.spec.build(nnx.Rngs(key), config.hidden, config.dropout)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params, batch_stats = nnx.as_pure(params), nnx.as_pure(batch_stats)
-    return graphdef, TrainState(params, batch_stats, tx.init(params))
+    opt_state = tx.init(params)
+    dtype = jnp.result_type(float)
+    opt_state.hyperparams["learning_rate"] = jnp.asarray(config.lr if lr is None else lr, dtype)
+    rate = jnp.asarray(config.dropout_rate if dropout_rate is None else dropout_rate, dtype)
+    return graphdef, TrainState(params, batch_stats, opt_state, rate)
 
 
 def make_init(
     config: TrainConfig, tx: optax.GradientTransformation, num_images: int
 ) -> tuple[nnx.GraphDef, Callable[[int | jax.Array], tuple[jax.Array, TrainState, jax.Array, jax.Array]]]:
-    """The model's graph definition, and a pure function seed -> (epochs key, initial
-    state, train indices, validation indices) to jit or to vmap over seeds: one
+    """The model's graph definition, and a pure function `Point` -> (epochs key, initial
+    state, train indices, validation indices) to jit or to vmap over points: one
     program, where eager initialisation runs one per operation (each traced, and
     compiled or fetched from the cache, on every start)."""
     abstract = nnx.eval_shape(lambda: config.spec.build(nnx.Rngs(0), config.hidden, config.dropout))
 
-    def init(seed):
-        keys = run_keys(seed)
-        return keys.epochs, init_state(config, keys.init, tx)[1], *split_indices(keys.split, num_images)
+    def init(point: Point):
+        keys = run_keys(point.seed)
+        state = init_state(config, keys.init, tx, point.lr, point.dropout)[1]
+        return keys.epochs, state, *split_indices(keys.split, num_images)
 
     return nnx.graphdef(abstract), init
 
@@ -122,7 +149,7 @@ def make_train_step(
     def train_step(state: TrainState, images, labels, dropout_key):
         def objective(params):
             model = nnx.merge(graphdef, params, state.batch_stats)
-            logits = model(to_inputs(images), train=True, dropout_key=dropout_key)
+            logits = model(to_inputs(images), train=True, dropout_key=dropout_key, dropout_rate=state.dropout_rate)
             return loss_fn(logits, labels), (logits, nnx.as_pure(nnx.state(model, nnx.BatchStat)))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
@@ -131,7 +158,7 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         correct = jnp.sum(logits.argmax(-1) == labels)
-        return TrainState(params, batch_stats, opt_state), (loss, correct)
+        return TrainState(params, batch_stats, opt_state, state.dropout_rate), (loss, correct)
 
     return train_step
 
@@ -179,7 +206,7 @@ class Replay(NamedTuple):
 
 class Setup(NamedTuple):
     """Where every way of training starts: one program draws the keys, initial state and
-    split (of each seed, vmapped, when `seeds` are given); the data sits on the device."""
+    split (of each point, vmapped, when `points` are given); the data sits on the device."""
 
     graphdef: nnx.GraphDef
     tx: optax.GradientTransformation
@@ -190,24 +217,32 @@ class Setup(NamedTuple):
     data: tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # see device_data
 
 
-def prepare(config: TrainConfig, data: MNIST, seeds: Sequence[int] | None = None, replay: Replay = Replay()) -> Setup:
-    """`config.seed`'s run, or with `seeds` every seed's at once (a leading seed axis).
-    Raises `memory.DoesNotFit` before allocating what would not fit."""
+def stack(points: Sequence[Point]) -> Point:
+    """Points as one `Point` of arrays with a leading axis of models."""
+    seeds, lrs, rates = zip(*points)
+    dtype = jnp.result_type(float)
+    return Point(jnp.asarray(seeds, jnp.int32), jnp.asarray(lrs, dtype), jnp.asarray(rates, dtype))
+
+
+def prepare(config: TrainConfig, data: MNIST, points: Sequence[Point] | None = None, replay: Replay = Replay()) -> Setup:
+    """`config`'s run, or with `points` every point's at once (a leading axis of models;
+    the config gives what they share). Raises `memory.DoesNotFit` before allocating what
+    would not fit."""
     tx = make_optimizer(config.lr)
     graphdef, init = make_init(config, tx, len(data.train_images))
-    runs = 1 if seeds is None else len(seeds)
-    state_bytes = memory.tree_bytes(jax.eval_shape(init, 0))
+    runs = 1 if points is None else len(points)
+    state_bytes = memory.tree_bytes(jax.eval_shape(init, config.point))
     data_bytes = sum(a.nbytes for a in data[:4])
     what = f"{config.describe()}, {runs} seed{'s' * (runs != 1)}: its parameters, optimizer state and data"
     memory.check(what, runs * state_bytes + data_bytes)
-    if seeds is None:
-        epochs_key, state, train_idx, val_idx = jax.jit(init)(config.seed)
+    if points is None:
+        epochs_key, state, train_idx, val_idx = jax.jit(init)(config.point)
     else:
-        epochs_key, state, train_idx, val_idx = jax.jit(jax.vmap(init))(jnp.asarray(seeds))
+        epochs_key, state, train_idx, val_idx = jax.jit(jax.vmap(init))(stack(points))
     if replay.initial is not None:
         for template, values in zip((state.params, state.batch_stats), replay.initial):
             nnx.replace_by_pure_dict(template, jax.tree.map(jnp.asarray, values))
-        state = TrainState(state.params, state.batch_stats, tx.init(state.params))
+        state = state._replace(opt_state=tx.init(state.params))
     if replay.split is not None:
         train_idx, val_idx = map(jnp.asarray, replay.split)
     return Setup(graphdef, tx, epochs_key, state, train_idx, val_idx, device_data(data))
@@ -279,8 +314,10 @@ def device_description() -> str:
     d = jax.devices()[0]
     if d.platform == "cpu":
         cpu = f"cpu ({os.cpu_count()} cores)"
-        return cpu if jax.device_count() == 1 else f"{jax.device_count()} x {cpu}"
-    return f"{jax.device_count()} x {d.device_kind}"
+        devices = cpu if jax.device_count() == 1 else f"{jax.device_count()} x {cpu}"
+    else:
+        devices = f"{jax.device_count()} x {d.device_kind}"
+    return devices if jax.process_count() == 1 else f"{devices}, {jax.process_count()} processes"
 
 
 def train(

@@ -26,8 +26,9 @@ def build_parser() -> cli.ArgumentParser:
         help="every stage is measured this many times, in turns (and cold/warm train.py runs are repeated); figures are medians over rounds",
     )
     parser.add_argument(
-        "--studies", type=cli.positive_ints,
-        help="also time study.py's vmapped training of every stage at each of these numbers of seeds, e.g. 10,100",
+        "--studies", type=cli.comma_separated(cli.positive_int),
+        help="also time study.py's training of every stage at each of these numbers of seeds, e.g. 10,100: "
+        "the seeds walked through one at a time (lax.map) and side by side (vmap)",
     )
     parser.add_argument("--json", type=cli.output_file, default=Path("runs/benchmark.json"), help="write the figures here as JSON")
     parser.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
@@ -106,10 +107,12 @@ def print_table(report: dict) -> None:
 
 
 def print_studies(studies: list[dict]) -> None:
-    print("\nstudy.py's vmapped training, seconds per epoch per model (and against the stage's single run):")
-    print("| stage | seeds | compile s | s/epoch, all seeds | s/epoch per model | per model / single run |\n|---|---|---|---|---|---|")
+    print("\nstudy.py's training of many seeds (one program), seconds per epoch per model (and against the stage's single run):")
+    print("| stage | seeds | side by side | compile s | s/epoch, all seeds | s/epoch per model | per model / single run |")
+    print("|---|---|---|---|---|---|---|")
     for s in studies:
-        print(f"| `{s['stage']}` | {s['seeds']} | {s['compile_seconds']:.2f} | {s['epoch_seconds']:.3f} "
+        way = ("1 (lax.map)" if s["width"] == 1 else f"{s['width']} (vmap)") + (", the default" if s["backend_default"] else "")
+        print(f"| `{s['stage']}` | {s['seeds']} | {way} | {s['compile_seconds']:.2f} | {s['epoch_seconds']:.3f} "
               f"| {s['epoch_seconds_per_model']:.4f} | {s['per_model_over_single']:.2f} |")
 
 
@@ -169,7 +172,8 @@ def main() -> None:
                          for key, target in TARGETS.items() if key in report["stages"][0]}
     if args.studies:
         single = {r["stage"]: r["jax_epoch_seconds"] for r in report["stages"]}
-        report["studies"] = [measure.time_study(config, data, n, single[config.stage]) for n in args.studies for config in configs]
+        report["studies"] = [measure.time_study(config, data, n, single[config.stage], width)
+                             for n in args.studies for config in configs for width in (1, None)]
         print_studies(report["studies"])
     if args.profile:
         report["profiles"] = [measure.profile_pass(config, data) for config in configs]

@@ -15,7 +15,7 @@ RESULTS = ("linearity.json", "width_sweep.png")
 def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="seeds per MLP width")
-    parser.add_argument("--widths", type=cli.positive_ints, default="8,16,32,64,128,256,512,1024", help="comma-separated hidden widths")
+    parser.add_argument("--widths", type=cli.comma_separated(cli.positive_int), default="8,16,32,64,128,256,512,1024", help="comma-separated hidden widths")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per MLP run")
     parser.add_argument("--max-steps", type=cli.positive_int, default=2000, help="most L-BFGS steps of the converged softmax regression")
     cli.add_run_arguments(parser, Path("runs/linearity"), RESULTS)

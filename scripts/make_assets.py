@@ -1,5 +1,5 @@
-"""Redraw every figure from results.json and study_arrays.npz (no training):
-python scripts/make_assets.py --results runs/study/results.json"""
+"""Redraw every figure from results.json and study_arrays.npz, and with --sweep from sweep.json
+(no training): python scripts/make_assets.py --results runs/study/results.json --sweep runs/sweep/sweep.json"""
 
 from pathlib import Path
 
@@ -7,14 +7,17 @@ import numpy as np
 
 from mnist_jax import cli
 from mnist_jax.study import StudyFileError, load_study
+from mnist_jax.sweep import SweepFileError, answers, load_sweep
 
 FIGURES = ("training_curves.png", "comparison_chart.png", "evolution_diagram.png", "weight_templates.png",
            "confusion_matrices.png", "misclassified.png")
+SWEEP_FIGURES = ("sweep_dropout.png", "sweep_learning_rates.png")
 
 
 def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--results", type=Path, default=Path("runs/study/results.json"), help="written by scripts/study.py")
+    parser.add_argument("--sweep", type=Path, help="sweep.json written by scripts/sweep.py: draw its figures too")
     cli.add_output_arguments(parser, Path("runs/figures"), "the figures")
     return parser
 
@@ -30,8 +33,17 @@ def parse_args():
         args.study = load_study(args.results)
     except StudyFileError as e:
         parser.error(f"argument --results: {e}")
+    if args.sweep is not None:
+        if not args.sweep.is_file():
+            parser.error(f"argument --sweep: {args.sweep} not found; run scripts/sweep.py first")
+        try:
+            sweep = load_sweep(args.sweep)
+            args.answers = answers(sweep)
+        except (SweepFileError, ValueError, KeyError) as e:
+            parser.error(f"argument --sweep: {e}")
+        args.sweep_device = sweep["grids"][0]["device"]
     cli.claim(parser, "--out", args.out)
-    cli.refuse_existing(parser, args, *FIGURES)
+    cli.refuse_existing(parser, args, *FIGURES, *(SWEEP_FIGURES if args.sweep else ()))
     return args
 
 
@@ -55,6 +67,10 @@ def main() -> None:
         linear, mlp = (str(s) for s in arrays["misclassified_stages"])
         draw("confusion_matrices.png", lambda a, p: plots.confusion_matrices(a, p, [linear, mlp]), arrays)
         draw("misclassified.png", plots.misclassified, arrays)
+    if args.sweep is not None and "dropout" in args.answers:
+        draw("sweep_dropout.png", plots.sweep_dropout, args.answers["dropout"], args.sweep_device)
+    if args.sweep is not None and {"batchnorm", "linear"} & args.answers.keys():
+        draw("sweep_learning_rates.png", plots.sweep_learning_rates, args.answers, args.sweep_device)
     print(f"wrote {', '.join(written)} to {args.out}")
     print("| stage | val accuracy after epoch 1 | train accuracy after the last epoch |\n|---|---|---|")
     for stage, r in results["stages"].items():

@@ -32,7 +32,6 @@ from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
 from mnist_jax.train import (
     Setup,
     TrainConfig,
-    TrainState,
     epoch_keys,
     epoch_order,
     make_train_epoch,
@@ -125,14 +124,16 @@ def time_torch(config: TrainConfig, data: MNIST, seeds: list[int], loop: str) ->
     return {"epoch_seconds": epoch, "warm_up_seconds": warm_up}
 
 
-def time_study(config: TrainConfig, data: MNIST, seeds: int, single_epoch_seconds: float) -> dict:
-    """`study.train_seeds` of `seeds` seeds: compile seconds, seconds per epoch, in all and
-    per model, and per model against one run's epoch."""
-    from mnist_jax.study import train_seeds
+def time_study(config: TrainConfig, data: MNIST, seeds: int, single_epoch_seconds: float, width: int | None) -> dict:
+    """`study.train_seeds` of `seeds` seeds, `width` models side by side (None: all, vmap):
+    compile seconds, seconds per epoch, in all and per model, and per model against one
+    run's epoch."""
+    from mnist_jax.study import train_seeds, vmap_width
 
-    result = train_seeds(config, data, list(range(seeds)))
+    result = train_seeds(config, data, list(range(seeds)), width=width)
     epoch = result.train_seconds / config.epochs
-    return {"stage": config.stage, "seeds": seeds, "seeds_at_once": result.seeds_at_once,
+    return {"stage": config.stage, "seeds": seeds, "seeds_at_once": result.models_at_once,
+            "width": width or seeds, "backend_default": width == vmap_width(),
             "compile_seconds": result.compile_seconds, "epoch_seconds": epoch, "epoch_seconds_per_model": epoch / seeds,
             "per_model_over_single": epoch / seeds / single_epoch_seconds}
 
@@ -148,7 +149,7 @@ def nnx_jit_loop(config: TrainConfig, setup: Setup) -> tuple[Callable, Callable]
     @nnx.jit
     def step(model, optimizer, x, y, key):
         def objective(model):
-            return loss_fn(model(to_inputs(x), train=True, dropout_key=key), y)
+            return loss_fn(model(to_inputs(x), train=True, dropout_key=key, dropout_rate=config.dropout_rate), y)
 
         loss, grads = nnx.value_and_grad(objective)(model)
         optimizer.update(model, grads)
@@ -339,7 +340,7 @@ def loop_variants(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict[st
     model = nnx.merge(graphdef, state.params, state.batch_stats)
     in_out_graphdef, in_out_params, in_out_stats = nnx.split(with_in_out_kernels(model), nnx.Param, nnx.BatchStat)
     in_out_params = nnx.as_pure(in_out_params)
-    in_out_state = TrainState(in_out_params, nnx.as_pure(in_out_stats), tx.init(in_out_params))
+    in_out_state = state._replace(params=in_out_params, batch_stats=nnx.as_pure(in_out_stats), opt_state=tx.init(in_out_params))
     in_out_epoch = jax.jit(make_train_epoch(in_out_graphdef, loss_fn, tx, config.batch_size))
     step = jax.jit(make_train_step(graphdef, loss_fn, tx))
 
@@ -467,7 +468,7 @@ class StandardDropout(nnx.Module):
     def __init__(self, rate: float):
         self.dropout = nnx.Dropout(rate)
 
-    def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key: jax.Array, rate: jax.Array) -> jax.Array:
         return self.dropout(x, deterministic=False, rngs=key)
 
 
@@ -475,7 +476,7 @@ def epoch_program(model: nnx.Module, config: TrainConfig, setup: Setup, order: j
     """A training pass of `model` over epoch 1's batches, ready to time."""
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params = nnx.as_pure(params)
-    state = TrainState(params, nnx.as_pure(batch_stats), setup.tx.init(params))
+    state = setup.state._replace(params=params, batch_stats=nnx.as_pure(batch_stats), opt_state=setup.tx.init(params))
     images, labels, _, _ = setup.data
     epoch = jax.jit(make_train_epoch(graphdef, config.spec.loss, setup.tx, config.batch_size))
     return lambda: epoch(state, images, labels, order, dropout_key)

@@ -1,10 +1,10 @@
-"""Every stage over many seeds at once (jax.vmap): python scripts/study.py --seeds 10"""
+"""Every stage over many seeds in one program per stage: python scripts/study.py --seeds 10"""
 
 import sys
 import time
 from pathlib import Path
 
-from mnist_jax import cli
+from mnist_jax import cli, distributed
 from mnist_jax.data import load_mnist
 from mnist_jax.stages import STAGES
 
@@ -21,6 +21,7 @@ def build_parser() -> cli.ArgumentParser:
         help="train at most this many seeds in one program (default: as many as fit in memory; the rest in further chunks)",
     )
     cli.add_run_arguments(parser, Path("runs/study"), RESULTS)
+    distributed.add_arguments(parser)
     return parser
 
 
@@ -50,17 +51,18 @@ def main() -> None:
         progress = cli.Progress(args.epochs, f"{stage}, {args.seeds} seeds", "epoch")
         config = study.TrainConfig(stage, epochs=args.epochs)
         results[stage] = study.train_seeds(
-            config, data, list(range(args.seeds)), seeds_at_once=args.seeds_at_once,
+            config, data, list(range(args.seeds)), models_at_once=args.seeds_at_once,
             on_epoch=lambda done, total: progress.step(total=total),
         )
         progress.close()
-        if results[stage].seeds_at_once < args.seeds:
-            print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].seeds_at_once}", flush=True)
-    report = study.save_study(results, data, args.out, " ".join(["python", "scripts/study.py", *sys.argv[1:]]), time.perf_counter() - start)
+        if results[stage].models_at_once < args.seeds:
+            print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].models_at_once}", flush=True)
+    command = " ".join(["python", "scripts/study.py", *sys.argv[1:]])
+    report = study.save_study(results, data, args.out, command, time.perf_counter() - start, write=distributed.is_main())
     print(f"\n{args.seeds} seeds, {args.epochs} epochs, {report['device']}, {report['seconds']:.1f}s in all")
     print_report(report)
     print(f"wrote {args.out / RESULTS[0]} and {args.out / RESULTS[1]}")
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, several_processes=True)

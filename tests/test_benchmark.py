@@ -78,5 +78,7 @@ def test_benchmark_py_measures_jax_alone_where_torch_cannot_be_imported(tmp_path
     (row,) = report["stages"]
     assert row["jax_epoch_seconds"] > 0 and not any(key.startswith(("torch_", "speedup_vs_torch")) for key in row)
     assert row["speedup_vs_nnx_jit"] == pytest.approx(row["nnx_jit_epoch_seconds"] / row["jax_epoch_seconds"])
-    (study,) = report["studies"]  # two seeds vmapped, against the single run
-    assert study["seeds"] == 2 and study["per_model_over_single"] == pytest.approx(study["epoch_seconds"] / 2 / row["jax_epoch_seconds"])
+    mapped, vmapped = report["studies"]  # two seeds walked through by lax.map, then side by side; against the single run
+    assert (mapped["width"], vmapped["width"]) == (1, 2) and mapped["backend_default"] and not vmapped["backend_default"]
+    for study in (mapped, vmapped):
+        assert study["seeds"] == 2 and study["per_model_over_single"] == pytest.approx(study["epoch_seconds"] / 2 / row["jax_epoch_seconds"])

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, assert_one_line_error, load_script, run_script
 from mnist_jax import cli
 
-SCRIPTS = ["train.py", "study.py", "make_assets.py", "linearity.py", "compare.py", "benchmark.py"]
+SCRIPTS = ["train.py", "study.py", "sweep.py", "make_assets.py", "linearity.py", "compare.py", "benchmark.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -115,7 +115,7 @@ def test_more_bad_training_arguments(tmp_path, args, fragments):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["train.py", "compare.py", "study.py", "make_assets.py", "linearity.py"])
+@pytest.mark.parametrize("script", ["train.py", "compare.py", "study.py", "sweep.py", "make_assets.py", "linearity.py"])
 def test_every_script_refuses_an_out_that_is_a_file(tmp_path, script):
     afile = tmp_path / "a_file"
     afile.write_text("keep me")

@@ -33,11 +33,21 @@ def test_the_ten_seed_table_is_what_study_py_prints_of_assets_results_json():
     assert_table_in(printed(load_script("study.py").print_report, report), doc("README.md"))
 
 
+def test_the_three_questions_tables_are_what_sweep_py_prints_of_assets_sweep_json():
+    from mnist_jax.sweep import answers, load_sweep
+
+    sweep = load_sweep(ASSETS / "sweep.json")
+    tables = printed(load_script("sweep.py").print_answers, answers(sweep))
+    heads = ("| model |", "| epochs | best lr `mlp` |", "| epochs | best lr `linear_mse` |")  # the three questions
+    assert all(any(line.startswith(head) for line in tables) for head in heads)
+    assert_table_in(tables, doc("docs/study.md"))
+
+
 def test_the_seed_42_table_is_the_one_in_the_committed_log():
     log = (ASSETS / "train_all_seed42.log").read_text()
     table = [line for line in log.splitlines() if line.startswith("| `")]
     assert len(table) == 5
-    assert_table_in(table, doc("README.md"))
+    assert_table_in(table, doc("docs/parity.md"))
 
 
 def test_the_speed_tables_are_what_benchmark_py_prints_of_assets_benchmark_cpu_json():
@@ -77,7 +87,7 @@ def test_the_seed_42_figures_under_older_instruction_sets_are_those_of_their_log
         (line,) = [line for line in (ASSETS / log).read_text().splitlines() if line.startswith(f"| `{stage}` |")]
         return line.split("|")[3].strip()
 
-    readme = " ".join(doc("README.md").split())
+    readme = " ".join(doc("docs/parity.md").split())
     avx, sse = "train_all_seed42_max_isa_AVX.log", "train_all_seed42_max_isa_SSE4_2.log"
     assert accuracy(avx, "mlp") == accuracy(sse, "mlp")
     assert f"gives {accuracy(avx, 'mlp_bn')} and {accuracy(sse, 'mlp_bn')} for `mlp_bn`, {accuracy(avx, 'mlp')} for `mlp`" in readme

@@ -19,8 +19,8 @@ from mnist_jax import sharding
 from mnist_jax.data import MNIST, NUM_EXAMPLES
 from mnist_jax.evaluate import make_evaluate
 from mnist_jax.stages import STAGES
-from mnist_jax.study import _seed_programs
-from mnist_jax.train import TrainConfig, device_data, epoch_keys, epoch_order, make_init, make_optimizer, make_train_epoch, subset
+from mnist_jax.study import _grid_programs
+from mnist_jax.train import TrainConfig, device_data, epoch_keys, epoch_order, make_init, make_optimizer, make_train_epoch, stack, subset
 
 PLATFORMS = ("tpu", "cuda")
 
@@ -48,22 +48,24 @@ def exported_facts(jitted, *args) -> dict:
     }
 
 
-def programs(config: TrainConfig, data: MNIST, seeds: int = 10, mesh: jax.sharding.Mesh | None = None) -> dict:
-    """Each program `train.train` and `study.train_seeds` compile, with its arguments'
-    shapes; with a `mesh`, the training epoch's batches split over it, as `train` does."""
+def programs(config: TrainConfig, data: MNIST, models: int = 10, mesh: jax.sharding.Mesh | None = None) -> dict:
+    """Each program `train.train` and `study.train_grid` compile, with its arguments'
+    shapes (the grid's as an accelerator runs them: every model of a chunk vmapped, each
+    with its own learning rate and dropout rate); with a `mesh`, the training epoch's
+    batches split over it, as `train` does."""
     tx = make_optimizer(config.lr)
     graphdef, init = make_init(config, tx, len(data.train_images))
-    epochs_key, state, train_idx, val_idx = jax.eval_shape(init, 0)
+    epochs_key, state, train_idx, val_idx = jax.eval_shape(init, config.point)
     images, labels, test_images, test_labels = jax.eval_shape(lambda: device_data(data))
     if mesh is not None:
         state, images, labels = sharding.abstract((state, images, labels), mesh)
     val_images, val_labels = jax.eval_shape(subset, images, labels, val_idx)
     evaluate = jax.jit(make_evaluate(graphdef, config.spec.loss))
-    seed_epoch, seed_test = _seed_programs(config, graphdef, tx)
-    many = jax.eval_shape(jax.vmap(init), jax.ShapeDtypeStruct((seeds,), jnp.int32))
-    numbers = jax.ShapeDtypeStruct((seeds,), jnp.int32)
+    grid_epoch, grid_test = _grid_programs(config, graphdef, tx, sharding.make_mesh("seed", 1), width=None)
+    many_keys, many_states, many_train_idx, many_val_idx = jax.eval_shape(jax.vmap(init), stack([config.point] * models))
+    grid_models = (many_states, many_train_idx, many_val_idx, many_keys)
     return {
-        "init": (jax.jit(init), 0),
+        "init": (jax.jit(init), config.point),
         "epoch_keys": (epoch_keys, epochs_key, 1),
         "epoch_order": (epoch_order, train_idx, epochs_key),
         "subset": (subset, images, labels, val_idx),
@@ -71,8 +73,8 @@ def programs(config: TrainConfig, data: MNIST, seeds: int = 10, mesh: jax.shardi
                         state, images, labels, train_idx, epochs_key),
         "evaluate_validation": (evaluate, state.params, state.batch_stats, val_images, val_labels),
         "evaluate_test": (evaluate, state.params, state.batch_stats, test_images, test_labels),
-        "seed_study_epoch": (seed_epoch, many[1], many[2], many[3], many[0], numbers, images, labels),
-        "seed_study_test": (seed_test, many[1], test_images, test_labels),
+        "grid_epoch": (grid_epoch, grid_models, jnp.int32(1), images, labels, test_images, test_labels),
+        "grid_test": (grid_test, many_states, test_images, test_labels),
     }
 
 
@@ -87,7 +89,7 @@ def test_every_program_of_a_stage_exports_for_tpu_and_cuda_with_full_float32_mat
     for name, (jitted, *args) in programs(TrainConfig(stage), real_shapes()).items():
         facts = exported_facts(jitted, *args)
         assert_ready_for_accelerators(facts)
-        if name in ("train_epoch", "evaluate_test", "seed_study_epoch"):
+        if name in ("train_epoch", "evaluate_test", "grid_epoch"):
             assert facts["dots"] > 0, name  # the checks saw the model's matmuls
 
 

@@ -40,8 +40,9 @@ def listing(folder) -> list[str]:
     [
         ("train.py", ["--stage", "mlp", "--seed", "4294967296"], "a seed from 0 to 4294967295"),
         ("study.py", ["--seeds", "2147483648"], "an integer from 1 to 2147483647"),
+        ("sweep.py", ["--lr", "1e-3,-1"], "in '1e-3,-1': expected a positive finite number"),
         ("compare.py", ["--epochs", "99999999999999999999"], "an integer from 1 to 2147483647"),
-        ("linearity.py", ["--widths", "8,4294967296"], "integers from 1 to 2147483647"),
+        ("linearity.py", ["--widths", "8,4294967296"], "an integer from 1 to 2147483647"),
         ("benchmark.py", ["--rounds", "2147483648"], "an integer from 1 to 2147483647"),
     ],
 )

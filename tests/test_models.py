@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mnist_jax.models import BatchNorm1d, Dropout, count_params
+from mnist_jax.models import BatchNorm1d, Dropout, count_params, dropout_bits
 from mnist_jax.stages import STAGES, cross_entropy, softmax_mse
 
 
@@ -61,10 +61,9 @@ def test_dropout_is_active_only_in_training():
 def test_dropout_drops_each_unit_at_the_exact_rate_independently_of_its_word_neighbours(rate, bits, units):
     """Units packed into one random word (32 // bits of them) are dropped at `rate`, each
     column alike, neighbours independently; the kept ones are scaled by 1 / (1 - rate)."""
-    dropout = Dropout(rate)
-    assert dropout.bits == bits
+    assert dropout_bits(rate) == bits
     rows, keep = 8192, 1 - rate
-    out = np.asarray(jax.jit(dropout)(jnp.ones((rows, units)), jax.random.key(0)))
+    out = np.asarray(jax.jit(Dropout(bits))(jnp.ones((rows, units)), jax.random.key(0), jnp.float32(rate)))
     kept = out != 0
     assert np.all(out[kept] == np.float32(1 / keep))
     sigma = math.sqrt(keep * rate / kept.size)
@@ -93,7 +92,7 @@ def test_cross_entropy_matches_a_hand_computed_value():
 def test_dropout_keeps_and_scales_units_as_nnx_dropout_does():
     """The standard piece `models.Dropout` stands in for (docs/performance.md says why)."""
     x = jnp.ones((8192, 256))
-    ours = np.asarray(jax.jit(Dropout(0.5))(x, jax.random.key(0)))
+    ours = np.asarray(jax.jit(Dropout(1))(x, jax.random.key(0), 0.5))
     standard = np.asarray(jax.jit(lambda x, key: nnx.Dropout(0.5)(x, deterministic=False, rngs=key))(x, jax.random.key(0)))
     for out in (ours, standard):
         assert set(np.unique(out)) == {0.0, 2.0}

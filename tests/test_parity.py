@@ -146,8 +146,8 @@ def test_mlp_dropout_matches_pytorch_in_eval_mode(tiny):
 
 def test_dropout_keeps_half_the_units_and_doubles_them_in_both_frameworks():
     ones = np.ones((4096, 256), np.float32)
-    jax_dropout = STAGES["mlp_dropout"].build(nnx.Rngs(0)).dropout
-    jax_out = np.asarray(jax_dropout(jnp.asarray(ones), jax.random.key(0)))
+    model = STAGES["mlp_dropout"].build(nnx.Rngs(0))
+    jax_out = np.asarray(model.dropout(jnp.asarray(ones), jax.random.key(0), model.dropout_rate))
     torch.manual_seed(0)
     torch_out = tr.build_model("mlp_dropout").dropout.train()(torch.from_numpy(ones)).numpy()
     for out in (jax_out, torch_out):

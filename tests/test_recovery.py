@@ -199,7 +199,7 @@ DAMAGE = {
     "not a checkpoint": (lambda path: path.write_text("hello"), [], "is damaged or not a checkpoint"),
     "another stage": (lambda path: None, ["--stage", "mlp"], "is mlp_bn (hidden 256, batch 128), not what was asked: --stage mlp (saved: mlp_bn)"),
     "another hidden size": (lambda path: None, ["--stage", "mlp_bn", "--hidden", "128"], "not what was asked: --hidden 128 (saved: 256)"),
-    "an older format": (lambda path: rewrite_meta(path, lambda meta: meta.pop("format")), [], "is in checkpoint format none; this version reads format 1"),
+    "an older format": (lambda path: rewrite_meta(path, lambda meta: meta.pop("format")), [], "is in checkpoint format none; this version reads format 2"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Many seeds train at once under vmap, exactly as one seed trains alone."""
+"""Many seeds train in one program, each exactly as it trains alone."""
 
 import dataclasses
 import json
@@ -32,10 +32,10 @@ def tiny_seeds(tiny):
 
 
 @pytest.mark.parametrize("stage", ["linear_ce", pytest.param("mlp_dropout", marks=pytest.mark.slow)])
-def test_a_vmapped_seed_trains_exactly_like_the_same_seed_alone(tiny, tiny_seeds, stage):
-    """In float64, where agreement shows the same computation: in float32, batched and
-    single matmuls round differently and Adam amplifies it (one epoch of seed 7 on the
-    full training set ended 2 of 10,000 test images apart)."""
+def test_a_seed_of_a_study_trains_exactly_like_the_same_seed_alone(tiny, tiny_seeds, stage):
+    """In float64, where agreement shows the same computation whichever way the backend
+    trains the seeds of a program (`lax.map` here; under `jax.vmap`, in float32, batched
+    and single matmuls round differently and Adam amplifies it)."""
     with jax.enable_x64(True):
         together = tiny_seeds if stage == "linear_ce" else train_seeds(TrainConfig(stage, epochs=2), tiny, [3, 7])
         alone = train(dataclasses.replace(together.config, seed=7), tiny)
@@ -73,7 +73,7 @@ def test_seeds_that_do_not_fit_at_once_train_in_chunks_with_the_same_results(tin
     for a, b in zip(jax.tree.leaves(chunked.final_params), jax.tree.leaves(together.final_params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
     monkeypatch.setenv(memory.LIMIT_ENV, str(compile_chunk(config, tiny, 1).bytes // 2))
-    with pytest.raises(memory.DoesNotFit, match="one seed, need about"):
+    with pytest.raises(memory.DoesNotFit, match="one model, need about"):
         train_seeds(config, tiny, [0, 1])
 
 

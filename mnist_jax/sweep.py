@@ -1,0 +1,255 @@
+"""Hyperparameter grids: every (stage, learning rate, dropout rate, width, seed) trained
+by `study.train_grid`, one program per stage and width; `sweep.json`; and the three
+questions the original study left open, answered from it on validation-chosen settings.
+
+A row is one model: its grid point, its seed, its final test accuracy, its best
+validation epoch and its history (every epoch's losses and accuracies, test included).
+With a constant learning rate the model after epoch k is a k-epoch run, so one long
+sweep answers every shorter length too. Settings (learning rate, epoch) are chosen on
+validation accuracy only; test accuracy is reported, never chosen on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from mnist_jax.data import MNIST
+from mnist_jax.files import UNREADABLE, write_json
+from mnist_jax.stages import STAGES
+from mnist_jax.study import GridResult, mean_ci95, train_grid
+from mnist_jax.train import Point, TrainConfig, device_description
+
+SWEEP_FILE = "sweep.json"
+ROW_KEYS = ("stage", "lr", "dropout", "hidden", "seed", "test_accuracy", "best_val_epoch", "history")
+HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_accuracy")
+
+
+def grid_points(stage: str, lrs: list[float] | None, dropouts: list[float] | None, seeds: int) -> list[Point]:
+    """Every (learning rate, dropout rate) of the grid by every seed 0..seeds-1. Unlisted
+    options take the stage's own values; dropout rates apply only to stages with dropout."""
+    config = TrainConfig(stage)
+    lrs = lrs or [config.lr]
+    dropouts = dropouts if dropouts and config.spec.dropout > 0 else [config.dropout_rate]
+    return [Point(seed, lr, rate) for lr, rate, seed in itertools.product(lrs, dropouts, range(seeds))]
+
+
+def rows_of(result: GridResult) -> list[dict]:
+    """One row per model of a trained grid (`ROW_KEYS`)."""
+    rows = []
+    for point, history, accuracy in zip(result.points, result.history, result.test_accuracies, strict=True):
+        best = max(history, key=lambda row: row["val_accuracy"])  # the first of equals
+        rows.append({
+            "stage": result.config.stage,
+            "lr": float(point.lr),
+            "dropout": float(point.dropout),
+            "hidden": result.config.hidden or result.config.spec.hidden,
+            "seed": int(point.seed),
+            "test_accuracy": float(accuracy),
+            "best_val_epoch": best["epoch"],
+            "history": history,
+        })
+    return rows
+
+
+def run_grid(
+    stages: list[str], data: MNIST, *, lrs: list[float] | None = None, dropouts: list[float] | None = None,
+    hiddens: list[int | None] = (None,), seeds: int = 10, epochs: int = 5, batch_size: int = 128,
+    models_at_once: int | None = None, on_stage: Callable[[str, int], Callable[[int, int], None]] | None = None,
+) -> dict:
+    """Train the grid, stage by stage and width by width (one `train_grid` each).
+    `on_stage(name, models)` returns the `on_epoch` of that part. The grid's record:
+    its rows and its seconds (`save_grid` adds the command)."""
+    rows, compile_seconds, train_seconds, chunks = [], 0.0, 0.0, {}
+    for stage, hidden in itertools.product(stages, hiddens):
+        spec = STAGES[stage]
+        if hidden is not None and not spec.is_mlp and hidden != hiddens[0]:
+            continue  # a linear model has no width: train it once
+        config = TrainConfig(stage, epochs=epochs, batch_size=batch_size, hidden=hidden if spec.is_mlp else None)
+        points = grid_points(stage, lrs, dropouts, seeds)
+        name = stage if not spec.is_mlp else f"{stage} (hidden {config.hidden or spec.hidden})"
+        on_epoch = on_stage(name, len(points)) if on_stage else None
+        result = train_grid(config, data, points, on_epoch=on_epoch, models_at_once=models_at_once)
+        rows += rows_of(result)
+        compile_seconds += result.compile_seconds
+        train_seconds += result.train_seconds
+        chunks[name] = result.models_at_once
+    return {"device": device_description(), "jax_version": jax.__version__, "epochs": epochs, "batch_size": batch_size,
+            "compile_seconds": compile_seconds, "train_seconds": train_seconds, "models_at_once": chunks, "rows": rows}
+
+
+def save_grid(grid: dict, path: Path, command: str, seconds: float, add: bool, write: bool = True) -> dict:
+    """Write `grid` as `sweep.json` (with `add`, as a further grid of the one at `path`),
+    unless not `write` (a process of several, not the first). The file: `grids`, one
+    record per command (device, JAX version, seconds), and `rows`, every model of every
+    grid, each naming its grid by index."""
+    sweep = load_sweep(path) if add and write else {"grids": [], "rows": []}
+    index = len(sweep["grids"])
+    record = {k: v for k, v in grid.items() if k != "rows"} | {"command": command, "seconds": seconds}
+    sweep["grids"].append(record)
+    sweep["rows"] += [row | {"grid": index} for row in grid["rows"]]
+    if write:
+        write_json(path, sweep)
+    return sweep
+
+
+class SweepFileError(ValueError):
+    """`sweep.json` is not what `save_grid` writes."""
+
+
+def _check_sweep(sweep: dict) -> None:
+    if not sweep["grids"] or not sweep["rows"]:
+        raise ValueError("no grids or no rows")
+    for grid in sweep["grids"]:
+        if not isinstance(grid["command"], str) or not isinstance(grid["device"], str):
+            raise ValueError("a grid without its command or device")
+    for row in sweep["rows"]:
+        STAGES[row["stage"]]  # noqa: B018  (a known stage)
+        if not 0 <= row["grid"] < len(sweep["grids"]) or len(row["history"]) != sweep["grids"][row["grid"]]["epochs"]:
+            raise ValueError(f"a {row['stage']} row whose history is not its grid's epochs")
+        numbers = [row[k] for k in ("lr", "dropout", "seed", "test_accuracy", "best_val_epoch")]
+        numbers += [entry[k] for entry in row["history"] for k in HISTORY_KEYS]
+        if not all(isinstance(x, (int, float)) for x in numbers):
+            raise ValueError(f"a {row['stage']} row with a figure that is not a number")
+
+
+def load_sweep(path: Path) -> dict:
+    """`sweep.json` as `save_grid` wrote it; `SweepFileError` names the file and the fault."""
+    try:
+        sweep = json.loads(path.read_text())
+        _check_sweep(sweep)
+    except UNREADABLE as e:
+        raise SweepFileError(f"{path} is damaged or not written by scripts/sweep.py ({type(e).__name__}: {e})") from None
+    return sweep
+
+
+# The three questions. A "setting" is (stage, lr, dropout, hidden, grid); its rows are
+# its seeds, which pair across settings: a seed draws the same split and batch order.
+
+
+def setting(rows: list[dict], stage: str, **fixed) -> dict[int, dict]:
+    """The rows of one stage whose fields equal `fixed`, by seed."""
+    chosen = [r for r in rows if r["stage"] == stage and all(np.isclose(r[k], v) for k, v in fixed.items())]
+    by_seed = {r["seed"]: r for r in chosen}
+    if len(by_seed) != len(chosen):
+        raise ValueError(f"{stage} {fixed}: more than one setting per seed; name the one to compare")
+    return by_seed
+
+
+def curve(by_seed: dict[int, dict], key: str, seeds: list[int]) -> np.ndarray:
+    """(seeds, epochs) of one history figure."""
+    return np.array([[entry[key] for entry in by_seed[s]["history"]] for s in seeds])
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict:
+    """b - a, seed by seed: mean, 95% interval, and whether it excludes zero."""
+    mean, _, (lo, hi) = mean_ci95(np.subtract(b, a))
+    return {"difference": mean, "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0)}
+
+
+def summary(values: np.ndarray) -> dict:
+    mean, std, ci = mean_ci95(values)
+    return {"mean": mean, "std": std, "ci95": list(ci)}
+
+
+def dropout_over_epochs(rows: list[dict], lr: float = 1e-3) -> dict:
+    """Question 1: `mlp_dropout` at each of its rates against `mlp` after every epoch, at
+    learning rate `lr`."""
+    rows = [r for r in rows if np.isclose(r["lr"], lr)]
+    base = setting(rows, "mlp")
+    rates = sorted({r["dropout"] for r in rows if r["stage"] == "mlp_dropout"})
+    seeds = sorted(base)
+    plain = curve(base, "test_accuracy", seeds)
+    answer = {"lr": lr, "seeds": len(seeds), "epochs": plain.shape[1], "mlp": _per_epoch(base, seeds), "rates": {}}
+    plain_best = answer["mlp"]["best_val_epoch"]
+    for rate in rates:
+        other = setting(rows, "mlp_dropout", dropout=rate)
+        dropped = curve(other, "test_accuracy", seeds)
+        differences = [paired(plain[:, e], dropped[:, e]) for e in range(plain.shape[1])]
+        better = [d["significant"] and d["difference"] > 0 for d in differences]
+        first = next((e + 1 for e in range(len(better)) if better[e]), None)
+        since = next((e + 1 for e in range(len(better)) if all(better[e:])), None)  # and to the last epoch
+        per_epoch = _per_epoch(other, seeds)
+        at_best = paired(plain[:, plain_best - 1], dropped[:, per_epoch["best_val_epoch"] - 1])  # each at its own
+        answer["rates"][f"{rate:g}"] = {**per_epoch, "difference": differences, "first_better_epoch": first,
+                                        "better_from_epoch": since, "difference_at_best_val_epochs": at_best}
+    return answer
+
+
+def _per_epoch(by_seed: dict[int, dict], seeds: list[int]) -> dict:
+    """Test accuracy after every epoch (mean and interval) and the epoch whose mean
+    validation accuracy is highest, with the test accuracy there."""
+    test, val = curve(by_seed, "test_accuracy", seeds), curve(by_seed, "val_accuracy", seeds)
+    best = int(val.mean(0).argmax())
+    return {"test": [summary(test[:, e]) for e in range(test.shape[1])], "best_val_epoch": best + 1,
+            "test_at_best_val_epoch": summary(test[:, best]),
+            "best_val_epochs_of_seeds": [by_seed[s]["best_val_epoch"] for s in seeds]}
+
+
+def best_lr(rows: list[dict], stage: str, epoch: int) -> dict:
+    """The learning rate whose mean validation accuracy after `epoch` is highest."""
+    lrs = sorted({r["lr"] for r in rows if r["stage"] == stage})
+    scores = {}
+    for lr in lrs:
+        by_seed = setting(rows, stage, lr=lr)
+        seeds = sorted(by_seed)
+        scores[lr] = {"val": summary(curve(by_seed, "val_accuracy", seeds)[:, epoch - 1]),
+                      "test": summary(curve(by_seed, "test_accuracy", seeds)[:, epoch - 1])}
+    lr = max(lrs, key=lambda lr: scores[lr]["val"]["mean"])
+    return {"lr": lr, "by_lr": {f"{k:g}": v for k, v in scores.items()}}
+
+
+def at_lr(rows: list[dict], stage: str, lr: float, epoch: int, seeds: list[int]) -> np.ndarray:
+    return curve(setting(rows, stage, lr=lr), "test_accuracy", seeds)[:, epoch - 1]
+
+
+def compare_at_best_lr(rows: list[dict], before: str, after: str, epoch: int, reference_lr: float = 1e-3) -> dict:
+    """Questions 2 and 3: each stage at its own best learning rate after `epoch` (chosen on
+    validation), `after` minus `before` on test, paired by seed; and the same at `reference_lr`."""
+    choice = {s: best_lr(rows, s, epoch) for s in (before, after)}
+    seeds = sorted(setting(rows, before, lr=choice[before]["lr"]))
+    best = paired(*(at_lr(rows, s, choice[s]["lr"], epoch, seeds) for s in (before, after)))
+    reference = paired(*(at_lr(rows, s, reference_lr, epoch, seeds) for s in (before, after)))
+    return {"epoch": epoch, "seeds": len(seeds), "choice": choice, "at_best_lr": best, f"at_lr_{reference_lr:g}": reference}
+
+
+def best_lr_and_epoch(rows: list[dict], stage: str) -> dict:
+    """The (learning rate, epoch) whose mean validation accuracy is highest."""
+    lrs = sorted({r["lr"] for r in rows if r["stage"] == stage})
+    means = {lr: curve(setting(rows, stage, lr=lr), "val_accuracy", sorted(setting(rows, stage, lr=lr))).mean(0) for lr in lrs}
+    lr = max(lrs, key=lambda lr: means[lr].max())
+    return {"lr": lr, "epoch": int(means[lr].argmax()) + 1}
+
+
+def linear_losses(rows: list[dict], epochs: list[int]) -> dict:
+    """Question 3: softmax-MSE against cross-entropy for the linear model, at each stage's
+    best learning rate after each of `epochs`, and each at its best (rate, epoch)."""
+    at_epochs = {str(e): compare_at_best_lr(rows, "linear_mse", "linear_ce", e) for e in epochs}
+    choice = {s: best_lr_and_epoch(rows, s) for s in ("linear_mse", "linear_ce")}
+    seeds = sorted(setting(rows, "linear_mse", lr=choice["linear_mse"]["lr"]))
+    overall = paired(*(at_lr(rows, s, choice[s]["lr"], choice[s]["epoch"], seeds) for s in ("linear_mse", "linear_ce")))
+    return {"at_epochs": at_epochs, "best_lr_and_epoch": choice, "at_best_lr_and_epoch": overall}
+
+
+def answers(sweep: dict) -> dict:
+    """The three questions, each from the last grid that trained both its stages (a
+    question reads one grid: the same seeds and epochs)."""
+
+    def grid_of(*stages: str) -> tuple[list[dict], int] | None:
+        grids = [g for g in range(len(sweep["grids"])) if all(any(r["grid"] == g and r["stage"] == s for r in sweep["rows"]) for s in stages)]
+        return ([r for r in sweep["rows"] if r["grid"] == grids[-1]], sweep["grids"][grids[-1]]["epochs"]) if grids else None
+
+    found = {}
+    if grid := grid_of("mlp", "mlp_dropout"):
+        lrs = {r["lr"] for r in grid[0] if r["stage"] in ("mlp", "mlp_dropout")}
+        found["dropout"] = dropout_over_epochs(grid[0], lrs.pop() if len(lrs) == 1 else 1e-3)
+    if grid := grid_of("mlp", "mlp_bn"):
+        found["batchnorm"] = compare_at_best_lr(grid[0], "mlp", "mlp_bn", grid[1])
+    if grid := grid_of("linear_mse", "linear_ce"):
+        found["linear"] = linear_losses(grid[0], sorted({min(5, grid[1]), grid[1]}))
+    return found

@@ -1,0 +1,126 @@
+"""Hyperparameter grids, every point and seed trained together, one program per stage and width:
+python scripts/sweep.py --stages mlp,mlp_dropout --dropout 0.1,0.2,0.5 --epochs 40 --seeds 10"""
+
+import sys
+import time
+from pathlib import Path
+
+from mnist_jax import cli, distributed
+from mnist_jax.data import load_mnist
+from mnist_jax.stages import STAGES
+
+RESULTS = ("sweep.json",)
+
+
+def build_parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
+    parser.add_argument("--lr", type=cli.comma_separated(cli.positive_float), help="comma-separated Adam learning rates (default: 1e-3)")
+    parser.add_argument(
+        "--dropout", type=cli.comma_separated(cli.dropout_rate),
+        help="comma-separated dropout rates of the stages with dropout (default: the stage's own, 0.5)",
+    )
+    parser.add_argument("--hidden", type=cli.comma_separated(cli.positive_int), help="comma-separated widths of the MLP stages (default: 256)")
+    parser.add_argument("--seeds", type=cli.positive_int, default=10, help="seeds 0..N-1 of every grid point")
+    parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per model; every shorter length is in its history")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=cli.TRAIN_DEFAULTS["batch_size"], help="examples per Adam step")
+    parser.add_argument(
+        "--models-at-once", type=cli.positive_int,
+        help="train at most this many models in one program (default: as many as fit in memory; the rest in further chunks)",
+    )
+    parser.add_argument("--add", action="store_true", help="add this grid to the sweep.json already in --out")
+    cli.add_run_arguments(parser, Path("runs/sweep"), RESULTS)
+    distributed.add_arguments(parser)
+    return parser
+
+
+def parse_args():
+    parser = build_parser()
+    add = "--add" in sys.argv[1:]
+    args = cli.parse(parser, () if add else RESULTS)
+    if add and distributed.is_main():
+        from mnist_jax.sweep import SweepFileError, load_sweep
+
+        cli.claim(parser, "--out", args.out)
+        path = args.out / RESULTS[0]
+        if not path.is_file():
+            parser.error(f"--add: {path} not found; run without --add first")
+        try:
+            load_sweep(path)
+        except SweepFileError as e:
+            parser.error(f"--add: {e}")
+    return args
+
+
+def pct(summary: dict) -> str:
+    return f"{100 * summary['mean']:.2f} [{100 * summary['ci95'][0]:.2f}, {100 * summary['ci95'][1]:.2f}]"
+
+
+def diff(d: dict) -> str:
+    return f"{100 * d['difference']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
+
+
+def print_answers(answers: dict) -> None:
+    """The three questions' tables: test accuracy in %, 95% intervals over seeds, paired
+    differences; learning rates and epochs chosen on validation."""
+    if "dropout" in answers:
+        q = answers["dropout"]
+        epochs = sorted({e for e in (1, 5, 10, 20, 30, q["epochs"]) if e <= q["epochs"]})
+        print(f"\nDropout against `mlp` at lr {q['lr']:g} ({q['seeds']} seeds; test accuracy after each epoch, difference paired by seed):\n")
+        print("| model | " + " | ".join(f"epoch {e}" for e in epochs) + " | best val epoch | test there |")
+        print("|---|" + "---|" * (len(epochs) + 2))
+        print("| `mlp` | " + " | ".join(pct(q["mlp"]["test"][e - 1]) for e in epochs)
+              + f" | {q['mlp']['best_val_epoch']} | {pct(q['mlp']['test_at_best_val_epoch'])} |")
+        for rate, r in q["rates"].items():
+            print(f"| dropout {rate} | " + " | ".join(pct(r["test"][e - 1]) for e in epochs)
+                  + f" | {r['best_val_epoch']} | {pct(r['test_at_best_val_epoch'])} |")
+            print("| − `mlp` | " + " | ".join(diff(r["difference"][e - 1]) for e in epochs)
+                  + f" | significantly better first after epoch {r['first_better_epoch'] or '—'}, "
+                  f"from epoch {r['better_from_epoch'] or '—'} on | {diff(r['difference_at_best_val_epochs'])} |")
+    for key, (before, after) in (("batchnorm", ("mlp", "mlp_bn")), ("linear", ("linear_mse", "linear_ce"))):
+        if key not in answers:
+            continue
+        comparisons = [answers[key]] if key == "batchnorm" else list(answers[key]["at_epochs"].values())
+        print(f"\n`{after}` − `{before}`, each at its best learning rate (chosen on validation), on test:\n")
+        print(f"| epochs | best lr `{before}` | best lr `{after}` | `{before}` test | `{after}` test | difference | at lr 1e-3 |")
+        print("|---|---|---|---|---|---|---|")
+        for c in comparisons:
+            lr = {s: c["choice"][s]["lr"] for s in (before, after)}
+            test = {s: c["choice"][s]["by_lr"][f"{lr[s]:g}"]["test"] for s in (before, after)}
+            print(f"| {c['epoch']} | {lr[before]:g} | {lr[after]:g} | {pct(test[before])} | {pct(test[after])} "
+                  f"| {diff(c['at_best_lr'])} | {diff(c['at_lr_0.001'])} |")
+        if key == "linear":
+            best = answers[key]["best_lr_and_epoch"]
+            print(f"| best (lr, epoch) | {best[before]['lr']:g}, {best[before]['epoch']} | {best[after]['lr']:g}, {best[after]['epoch']} "
+                  f"| | | {diff(answers[key]['at_best_lr_and_epoch'])} | |")
+
+
+def main() -> None:
+    args = parse_args()
+    from mnist_jax import sweep
+
+    data = load_mnist(args.source, args.data_dir)
+    progress = {}
+
+    def on_stage(name: str, models: int):
+        progress["bar"] = cli.Progress(args.epochs, f"{name}, {models} models", "epoch")
+        return lambda done, total: progress["bar"].step(total=total)
+
+    start = time.perf_counter()
+    grid = sweep.run_grid(
+        args.stages, data, lrs=args.lr, dropouts=args.dropout, hiddens=args.hidden or [None], seeds=args.seeds,
+        epochs=args.epochs, batch_size=args.batch_size, models_at_once=args.models_at_once, on_stage=on_stage,
+    )
+    command = " ".join(["python", "scripts/sweep.py", *sys.argv[1:]])
+    path = args.out / RESULTS[0]
+    saved = sweep.save_grid(grid, path, command, time.perf_counter() - start, args.add, write=distributed.is_main())
+    print(f"\n{len(grid['rows'])} models, {args.epochs} epochs, {grid['device']}: compiling {grid['compile_seconds']:.1f}s, "
+          f"training {grid['train_seconds']:.1f}s")
+    for name, size in grid["models_at_once"].items():
+        print(f"{name}: {size} models at once")
+    print_answers(sweep.answers(saved))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    cli.run(main, several_processes=True)

@@ -1,0 +1,166 @@
+"""Several processes (`jax.distributed`, here on 127.0.0.1, each with simulated CPU
+devices) train one study or grid as one process does: the models split over every
+process's devices by one global mesh, only process 0 writing. A process that dies stops
+the others within the timeout, in one line."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, assert_one_line_error, run_script
+
+from mnist_jax.distributed import diagnosis, requested
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def devices_env(n: int) -> dict:
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def start(script: str, args: list, process: int, processes: int, port: int, devices: int = 2) -> subprocess.Popen:
+    argv = [sys.executable, str(ROOT / "scripts" / script), *map(str, args),
+            "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(process)]
+    return subprocess.Popen(argv, env=devices_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def run_processes(script: str, args: list, processes: int = 2, devices: int = 2) -> list[tuple[int, str, str]]:
+    port = free_port()
+    procs = [start(script, args, i, processes, port, devices) for i in range(processes)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    return [(p.returncode, *output) for p, output in zip(procs, outputs)]
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory, data_args):
+    """8 seeds of `linear_ce` and `mlp`, one epoch: two processes of 2 devices each, one
+    process of 4 devices, one process of one device."""
+    args = ["--stages", "linear_ce,mlp", "--seeds", 8, "--epochs", 1, *data_args]
+    out = {name: tmp_path_factory.mktemp(name) for name in ("two_processes", "four_devices", "one_device")}
+    finished = run_processes("study.py", [*args, "--out", out["two_processes"] / "run"])
+    for name, devices in (("four_devices", 4), ("one_device", 1)):
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), *map(str, args), "--out", out[name] / "run"],
+                              env=devices_env(devices), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    return finished, {name: folder / "run" for name, folder in out.items()}
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_study_exactly_as_one_process_and_as_one_device(studies):
+    finished, out = studies
+    for status, _, stderr in finished:
+        assert status == 0, stderr
+    (_, stdout_0, _), (_, stdout_1, _) = finished
+    assert "4 x cpu" in stdout_0 and "2 processes" in stdout_0 and stdout_1 == ""  # process 0 speaks for the run
+    reports = {name: json.loads((folder / "results.json").read_text()) for name, folder in out.items()}
+    assert reports["two_processes"]["device"].endswith("2 processes")
+    for name in ("four_devices", "one_device"):
+        for stage in ("linear_ce", "mlp"):
+            ours, theirs = reports["two_processes"]["stages"][stage], reports[name]["stages"][stage]
+            assert ours["test_accuracies"] == theirs["test_accuracies"], (name, stage)  # float32, exactly
+            assert ours["history"] == theirs["history"], (name, stage)
+        with np.load(out["two_processes"] / "study_arrays.npz") as ours, np.load(out[name] / "study_arrays.npz") as theirs:
+            np.testing.assert_array_equal(ours["linear_ce_weights"], theirs["linear_ce_weights"])
+            np.testing.assert_array_equal(ours["mlp_confusion"], theirs["mlp_confusion"])
+    assert len(set(reports["two_processes"]["stages"]["mlp"]["test_accuracies"])) > 1  # eight seeds, eight models
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_grid_as_one_process_does(tmp_path, data_args):
+    args = ["--stages", "linear_ce", "--lr", "1e-3,1e-2", "--seeds", 4, "--epochs", 1, *data_args]
+    for status, _, stderr in run_processes("sweep.py", [*args, "--out", tmp_path / "two"]):
+        assert status == 0, stderr
+    alone = run_script("sweep.py", *args, "--out", tmp_path / "one")
+    assert alone.returncode == 0, alone.stderr
+    two, one = (json.loads((tmp_path / name / "sweep.json").read_text()) for name in ("two", "one"))
+    assert two["rows"] == one["rows"] and len(two["rows"]) == 8
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["sweep.json"]
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_other_within_the_timeout_in_one_line(tmp_path, data_args):
+    port, timeout = free_port(), 10
+    args = ["--stages", "mlp", "--seeds", 8, "--epochs", 20, "--timeout", timeout, "--out", tmp_path / "run", *data_args]
+    survivor, victim = start("study.py", args, 0, 2, port), start("study.py", args, 1, 2, port)
+    time.sleep(20)  # joined, compiled, training
+    assert survivor.poll() is None and victim.poll() is None
+    os.killpg(victim.pid, 9)  # the process and its supervised child
+    killed = time.monotonic()
+    stdout, stderr = survivor.communicate(timeout=120)
+    assert time.monotonic() - killed < timeout + 20
+    assert survivor.returncode == 6, stderr
+    assert stderr.strip().splitlines() == ["process 1 of the run stopped answering (it died or hung); this process stopped too, writing nothing"]
+    assert not (tmp_path / "run" / "results.json").exists()
+    victim.communicate()
+
+
+@pytest.mark.slow
+def test_processes_started_unalike_are_refused_by_each_in_one_line(tmp_path, data_args):
+    port = free_port()
+    args = ["--stages", "linear_ce", "--seeds", 2, "--epochs", 1, "--out", tmp_path / "run", "--timeout", 30, *data_args]
+    first = start("study.py", args, 0, 2, port)
+    second = start("study.py", args, 1, 3, port)  # --num-processes 3, against the run's 2
+    for proc in (first, second):
+        stdout, stderr = proc.communicate(timeout=300)
+        assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
+                              "were not started alike", "--num-processes 2")
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_a_process_that_cannot_reach_its_coordinator_gives_up_within_the_timeout(tmp_path):
+    start_time = time.monotonic()
+    proc = run_script("sweep.py", "--stages", "linear_ce", "--out", tmp_path / "run", "--coordinator", f"127.0.0.1:{free_port()}",
+                      "--num-processes", "2", "--process-id", "1", "--timeout", "5")
+    assert time.monotonic() - start_time < 5 + 30
+    assert_one_line_error(proc, "could not join the run", status=6)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, fragment", [
+    (["--num-processes", "2", "--process-id", "2", "--coordinator", "127.0.0.1:1234"], "--process-id: expected 0 to 1"),
+    (["--num-processes", "2", "--process-id", "0"], "go together"),
+    (["--num-processes", "2", "--process-id", "0", "--coordinator", "localhost"], "expected HOST:PORT"),
+])
+def test_a_wrong_process_number_or_address_is_refused_in_one_line(tmp_path, args, fragment):
+    assert_one_line_error(run_script("study.py", *args, "--out", tmp_path / "run"), fragment)
+
+
+HEARTBEAT_ABORT = """E1202 03:16:59.052532    8764 coordination_service.cc:1549] [1028] Use error polling to propagate the following error to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):
+1
+The tasks have crashed. Check the task logs for an earlier error, or scheduler events (e.g. preemption, eviction) to debug further. [type.googleapis.com/tensorflow.CoordinationServiceError='']
+F1202 03:16:59.054798    8782 client.h:80] Terminating process because the JAX distributed service detected fatal errors.
+*** Check failure stack trace: ***
+    @     0x7f34d2040634  absl::lts_20260107::log_internal::LogMessage::SendToLog()
+"""
+CONNECT_ABORT = """F1202 03:19:45.007156    9047 client.h:80] Terminating process because the JAX distributed service detected fatal errors. absl::Status: DEADLINE_EXCEEDED: Deadline Exceeded
+
+RPC: /xla.coordination.CoordinationService/RegisterTask
+*** Check failure stack trace: ***
+"""
+
+
+def test_the_runtimes_abort_is_read_as_one_line_naming_the_lost_process():
+    """The logs JAX's runtime wrote when a peer was killed and when no coordinator answered."""
+    assert diagnosis(HEARTBEAT_ABORT.splitlines(keepends=True), -6).startswith("process 1 of the run stopped answering")
+    assert diagnosis(CONNECT_ABORT.splitlines(keepends=True), -6).startswith("could not join the run")
+    assert diagnosis([], -9) == "the run's work was ended by SIGKILL; nothing written"
+
+
+def test_one_process_stays_one_process_unless_asked_or_on_a_cluster(monkeypatch):
+    for variable in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "OMPI_MCA_orte_hnp_uri"):
+        monkeypatch.delenv(variable, raising=False)
+    assert not requested(["--stages", "mlp", "--seeds", "10"])
+    assert requested(["--coordinator=10.0.0.1:1234", "--num-processes", "2", "--process-id", "1"])

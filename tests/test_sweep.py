@@ -1,0 +1,141 @@
+"""A hyperparameter grid trains every point and seed in one program per stage, each model
+exactly as it trains alone; its questions choose settings on validation only."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import assert_one_line_error, run_script
+from mnist_jax import memory, study
+from mnist_jax.sweep import SweepFileError, answers, best_lr, grid_points, load_sweep, rows_of
+from mnist_jax.train import Point, TrainConfig, train
+
+
+def test_a_grid_is_every_rate_by_every_seed_and_unlisted_options_are_the_stages_own():
+    assert grid_points("mlp_dropout", [1e-3, 3e-3], [0.1, 0.5], 2) == [
+        Point(0, 1e-3, 0.1), Point(1, 1e-3, 0.1), Point(0, 1e-3, 0.5), Point(1, 1e-3, 0.5),
+        Point(0, 3e-3, 0.1), Point(1, 3e-3, 0.1), Point(0, 3e-3, 0.5), Point(1, 3e-3, 0.5),
+    ]
+    assert grid_points("mlp", None, [0.1, 0.5], 2) == [Point(0, 1e-3, 0.0), Point(1, 1e-3, 0.0)]  # no dropout to vary
+    assert grid_points("mlp_dropout", [3e-3], None, 1) == [Point(0, 3e-3, 0.5)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [1, None], ids=["lax.map (the CPU's way)", "vmap (the accelerators' way)"])
+def test_every_grid_point_trains_exactly_like_its_configuration_alone(tiny, width):
+    """Learning rates and dropout rates differ between the models of one program; each
+    model is its configuration trained alone, in float64, where agreement shows the same
+    computation. Rates 0.3 and 0.5 need different random bits per unit (32 and 1), so
+    they train in programs of their own, as they would alone."""
+    config = TrainConfig("mlp_dropout", epochs=2, hidden=16)
+    points = [Point(0, 1e-3, 0.3), Point(1, 3e-3, 0.3), Point(1, 3e-3, 0.5), Point(0, 1e-2, 0.5)]
+    with jax.enable_x64(True):
+        grid = study.train_grid(config, tiny, points, width=width)
+        alone = [train(dataclasses.replace(config, seed=p.seed, lr=p.lr, dropout=p.dropout), tiny) for p in points[1:3]]
+    assert grid.points == points
+    for i, run in enumerate(alone, start=1):
+        assert grid.test_accuracies[i] == pytest.approx(run.test_accuracy, abs=1e-12)
+        for row_grid, row_alone in zip(grid.history[i], run.history, strict=True):
+            for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+                assert row_grid[key] == pytest.approx(row_alone[key], rel=1e-10, abs=1e-12), key
+        params = jax.tree.map(lambda a, i=i: a[i], grid.final_params)
+        for g, a in zip(jax.tree.leaves(params), jax.tree.leaves(nnx.to_pure_dict(run.final.params)), strict=True):
+            np.testing.assert_allclose(g, a, rtol=1e-10, atol=1e-12)
+    assert len(set(grid.test_accuracies.tolist())) > 1  # four settings, four models
+
+
+@pytest.mark.slow
+def test_a_thousand_seeds_train_in_chunks_that_fit(tiny, monkeypatch):
+    """Memory capped to what about 300 models at once need, per XLA: 1,000 seeds train in
+    chunks, the last one shorter, and seed 999 ends as it does alone."""
+    config = TrainConfig("linear_ce", epochs=1)
+    monkeypatch.setenv(memory.LIMIT_ENV, str(study.compile_chunk(config, tiny, 300).bytes))
+    result = study.train_seeds(config, tiny, list(range(1000)))
+    assert 100 < result.models_at_once <= 300
+    assert result.seeds == list(range(1000)) and result.test_accuracies.shape == (1000,)
+    assert len({tuple(k.ravel()[:3]) for k in result.final_params["linear"]["kernel"]}) == 1000  # a model per seed
+    alone = train(dataclasses.replace(config, seed=999), tiny)
+    assert result.test_accuracies[999] == alone.test_accuracy  # lax.map on the CPU: the same float32 program
+    assert result.history[999][0]["val_loss"] == alone.history[0]["val_loss"]
+
+
+def fake_rows(stage, lr, val, test, seeds=4, grid=0):
+    """Rows with accuracies that rise by `val` and `test` per epoch over two epochs."""
+    return [{"stage": stage, "lr": lr, "dropout": 0.0, "hidden": 256, "seed": s, "grid": grid, "test_accuracy": 2 * test,
+             "best_val_epoch": 2, "history": [{"epoch": e, "train_loss": 1.0, "train_accuracy": 0.9, "val_loss": 1.0,
+                                               "val_accuracy": e * val + s * 1e-4, "test_accuracy": e * test + s * 1e-4}
+                                              for e in (1, 2)]} for s in range(seeds)]
+
+
+def test_the_learning_rate_is_chosen_on_validation_and_never_on_test():
+    """lr 1e-3 is better on validation, 3e-3 on test: 1e-3 is chosen, and the comparison
+    reports the test accuracies there, paired by seed."""
+    rows = fake_rows("mlp", 1e-3, val=0.45, test=0.40) + fake_rows("mlp", 3e-3, val=0.40, test=0.47)
+    assert best_lr(rows, "mlp", 2)["lr"] == 1e-3
+    rows += fake_rows("mlp_bn", 1e-3, val=0.40, test=0.46) + fake_rows("mlp_bn", 3e-3, val=0.46, test=0.45)
+    sweep = {"grids": [{"epochs": 2, "command": "", "device": ""}], "rows": rows}
+    q = answers(sweep)["batchnorm"]
+    assert (q["choice"]["mlp"]["lr"], q["choice"]["mlp_bn"]["lr"]) == (1e-3, 3e-3)
+    assert q["at_best_lr"]["difference"] == pytest.approx(0.90 - 0.80)  # 2 x (0.45 - 0.40), seed by seed
+    assert q["at_best_lr"]["ci95"][0] == pytest.approx(0.10) and q["at_best_lr"]["significant"]
+    assert q["at_lr_0.001"]["difference"] == pytest.approx(0.92 - 0.80)
+
+
+def test_damaged_sweep_files_are_refused_naming_the_file(tmp_path):
+    path = tmp_path / "sweep.json"
+    rows = fake_rows("mlp", 1e-3, 0.4, 0.4)
+    path.write_text(json.dumps({"grids": [{"epochs": 2, "command": "c", "device": "cpu"}], "rows": rows}))
+    assert len(load_sweep(path)["rows"]) == 4
+    for damage, fault in [
+        (lambda s: s["rows"][0]["history"].pop(), "history is not its grid's epochs"),
+        (lambda s: s["rows"][0]["history"][0].update(val_accuracy="high"), "not a number"),
+        (lambda s: s["rows"][0].update(stage="mlp_huge"), "KeyError"),
+        (lambda s: s.pop("grids"), "KeyError"),
+    ]:
+        sweep = {"grids": [{"epochs": 2, "command": "c", "device": "cpu"}], "rows": json.loads(json.dumps(rows))}
+        damage(sweep)
+        path.write_text(json.dumps(sweep))
+        with pytest.raises(SweepFileError, match=fault) as caught:
+            load_sweep(path)
+        assert str(path) in str(caught.value)
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(SweepFileError, match="JSONDecodeError"):
+        load_sweep(path)
+
+
+@pytest.mark.slow
+def test_sweep_py_trains_a_grid_whose_point_equals_train_py_alone(tmp_path, data_args):
+    """The scripts themselves, on MNIST: a grid over two learning rates and two dropout
+    rates of `mlp_dropout`, and `train.py` at one of its points. On the CPU each model of
+    the grid is walked through by `lax.map`, the program a run alone compiles, so the
+    figures agree exactly, in float32."""
+    grid = run_script("sweep.py", "--stages", "mlp_dropout", "--lr", "1e-3,3e-3", "--dropout", "0.2,0.5", "--epochs", "2",
+                      "--seeds", "2", "--out", tmp_path / "sweep", *data_args)
+    assert grid.returncode == 0, grid.stderr
+    alone = run_script("train.py", "--stage", "mlp_dropout", "--lr", "3e-3", "--dropout", "0.2", "--seed", "1", "--epochs", "2",
+                       "--out", tmp_path / "alone", *data_args)
+    assert alone.returncode == 0, alone.stderr
+    sweep = load_sweep(tmp_path / "sweep" / "sweep.json")
+    assert len(sweep["rows"]) == 8 and sweep["grids"][0]["command"].startswith("python scripts/sweep.py --stages mlp_dropout")
+    (row,) = [r for r in sweep["rows"] if (r["lr"], r["dropout"], r["seed"]) == (3e-3, 0.2, 1)]
+    metrics = json.loads(next((tmp_path / "alone").glob("**/metrics.json")).read_text())
+    assert row["test_accuracy"] == metrics["test_accuracy"]
+    for grid_epoch, alone_epoch in zip(row["history"], metrics["history"], strict=True):
+        assert {k: v for k, v in grid_epoch.items() if k != "test_accuracy"} == {
+            k: v for k, v in alone_epoch.items() if k != "seconds"}
+    assert row["history"][-1]["test_accuracy"] == row["test_accuracy"]
+    assert row["best_val_epoch"] == metrics["best_epoch"]
+
+    again = run_script("sweep.py", "--stages", "mlp", "--epochs", "1", "--seeds", "1", "--out", tmp_path / "sweep", *data_args)
+    assert_one_line_error(again, "already holds sweep.json; pass --overwrite")
+    added = run_script("sweep.py", "--stages", "mlp", "--epochs", "2", "--seeds", "2", "--out", tmp_path / "sweep", "--add", *data_args)
+    assert added.returncode == 0, added.stderr
+    sweep = load_sweep(tmp_path / "sweep" / "sweep.json")
+    assert [g["epochs"] for g in sweep["grids"]] == [2, 2] and "--add" in sweep["grids"][1]["command"]
+    assert [r["stage"] for r in sweep["rows"] if r["grid"] == 1] == ["mlp", "mlp"] and len(sweep["rows"]) == 10
+    assert "Dropout against `mlp`" not in added.stdout  # a question reads one grid: these two hold one stage each
+    assert_one_line_error(run_script("sweep.py", "--add", "--out", tmp_path / "none", *data_args), "not found; run without --add first")
