@@ -221,7 +221,10 @@ def compare_at_best_lr(rows: list[dict], before: str, after: str, epoch: int, re
 def best_lr_and_epoch(rows: list[dict], stage: str) -> dict:
     """The (learning rate, epoch) whose mean validation accuracy is highest."""
     lrs = sorted({r["lr"] for r in rows if r["stage"] == stage})
-    means = {lr: curve(setting(rows, stage, lr=lr), "val_accuracy", sorted(setting(rows, stage, lr=lr))).mean(0) for lr in lrs}
+    means = {}
+    for lr in lrs:
+        by_seed = setting(rows, stage, lr=lr)
+        means[lr] = curve(by_seed, "val_accuracy", sorted(by_seed)).mean(0)
     lr = max(lrs, key=lambda lr: means[lr].max())
     return {"lr": lr, "epoch": int(means[lr].argmax()) + 1}
 

@@ -97,7 +97,7 @@ def epoch_flops(config: TrainConfig, num_train: int) -> int:
 
 def time_jax(config: TrainConfig, data: MNIST, seeds: list[int]) -> dict:
     """Compile time and steady-state seconds per epoch of `train` (one seed) or of
-    `study.train_seeds` (several seeds in one vmapped program)."""
+    `study.train_seeds` (several seeds in one program)."""
     if len(seeds) == 1:
         run = train(dataclasses.replace(config, seed=seeds[0]), data)
         return {"compile_seconds": run.compile_seconds, "epoch_seconds": steady_seconds_per_epoch([run.history])}

@@ -36,12 +36,15 @@ def build_parser() -> cli.ArgumentParser:
 
 def parse_args():
     parser = build_parser()
-    add = "--add" in sys.argv[1:]
-    args = cli.parse(parser, () if add else RESULTS)
-    if add and distributed.is_main():
+    args = cli.parse(parser)
+    if not distributed.is_main():  # only process 0 writes
+        return args
+    cli.claim(parser, "--out", args.out)
+    if not args.add:
+        cli.refuse_existing(parser, args, *RESULTS)
+    else:
         from mnist_jax.sweep import SweepFileError, load_sweep
 
-        cli.claim(parser, "--out", args.out)
         path = args.out / RESULTS[0]
         if not path.is_file():
             parser.error(f"--add: {path} not found; run without --add first")
