@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import jax
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mnist_jax.files import UNREADABLE, atomic_write, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, is_json_with, write_json
 from mnist_jax.train import RunResult, TrainConfig, TrainState, init_state, make_optimizer
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -55,6 +56,19 @@ def save_checkpoint(run: RunResult, run_dir: str | os.PathLike) -> None:
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / CHECKPOINT_FILE).is_file()
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is an archive as `save_checkpoint` writes (told by its `meta`)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "meta.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+# What a run folder may hold, each told from a user's file of the same name by its content.
+RUN_FILES = {CHECKPOINT_FILE: is_checkpoint, "metrics.json": lambda path: is_json_with(path, "stage", "framework", "history")}
 
 
 def saved_epochs(run_dir: str | os.PathLike) -> int:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from mnist_jax import distributed, files, memory
 from mnist_jax.data import SOURCES, DataError, default_cache_dir
+from mnist_jax.progress import GridProgress, ProgressError
 from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig
 
@@ -26,10 +27,13 @@ EXIT_USAGE = 2  # bad arguments, bad or missing data, an unwritable or busy --ou
 EXIT_DIVERGED = 3  # the loss stopped being finite
 EXIT_DOES_NOT_FIT = 4  # more memory than the device has
 EXIT_WRITE_FAILED = 5  # a save failed (disk full, I/O error): the last complete save is kept
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_HANGUP = 129  # SIGHUP (the terminal closed): what was saved is kept
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): likewise
+EXIT_TERMINATED = 143  # SIGTERM (`kill`, `timeout`, SLURM's scancel, a preempted VM): likewise
 EXIT_BROKEN_PIPE = 141  # the output's reader stopped early (`| head`), as a shell reports SIGPIPE
 EXIT_PEER_LOST = distributed.EXIT_PEER_LOST  # another process of the run died, or the coordinator was unreachable
-DOCUMENTED_EXITS = (0, EXIT_USAGE, EXIT_DIVERGED, EXIT_DOES_NOT_FIT, EXIT_WRITE_FAILED, EXIT_PEER_LOST, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE)
+DOCUMENTED_EXITS = (0, EXIT_USAGE, EXIT_DIVERGED, EXIT_DOES_NOT_FIT, EXIT_WRITE_FAILED, EXIT_PEER_LOST,
+                    EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_BROKEN_PIPE)
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
 MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits: seed 2**32 would be seed 0 again
@@ -169,15 +173,28 @@ TRAIN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Trai
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of one run. Those `--resume` compares default to None (`given_training`
+    tells them apart from ones given with their default value)."""
     parser.add_argument("--epochs", type=positive_int, default=TRAIN_DEFAULTS["epochs"], help="passes over the 54,000 training images")
-    parser.add_argument("--batch-size", type=positive_int, default=TRAIN_DEFAULTS["batch_size"], help="examples per Adam step")
-    parser.add_argument("--lr", type=positive_float, default=TRAIN_DEFAULTS["lr"], help="Adam learning rate")
+    parser.add_argument("--batch-size", type=positive_int, help=f"examples per Adam step (default: {TRAIN_DEFAULTS['batch_size']})")
+    parser.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default: {TRAIN_DEFAULTS['lr']:g})")
+    parser.add_argument("--seed", type=seed, help=f"seeds the split, init, order and dropout (default: {TRAIN_DEFAULTS['seed']})")
     parser.add_argument(
         "--hidden", type=positive_int, help="hidden width of the MLP stages (default: the stage's own, 256)"
     )
     parser.add_argument(
         "--dropout", type=dropout_rate, help="dropout rate of the MLP stages (default: the stage's own, 0.5 for mlp_dropout, else 0)"
     )
+
+
+def given_training(args: argparse.Namespace) -> dict:
+    """The run options given on the command line, whatever their value; then the others
+    take their defaults in `args`."""
+    given = {name: getattr(args, name) for name in ("batch_size", "lr", "seed", "hidden", "dropout") if getattr(args, name) is not None}
+    for name in ("batch_size", "lr", "seed"):
+        if getattr(args, name) is None:
+            setattr(args, name, TRAIN_DEFAULTS[name])
+    return given
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,14 +224,48 @@ def use_compile_cache(parser: argparse.ArgumentParser, args: argparse.Namespace)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
-def add_output_arguments(parser: argparse.ArgumentParser, default: Path, holds: str) -> None:
+def add_output_arguments(parser: argparse.ArgumentParser, default: Path, holds: str, resume: bool = False) -> None:
     parser.add_argument("--out", type=output_folder, default=default, help=f"folder for {holds}")
-    parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true", help="replace results already in --out, once the new ones are complete")
+    if resume:
+        again.add_argument("--resume", action="store_true", help="continue the work saved in --out/progress by a run that was stopped")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, out: Path, results: tuple[str, ...]) -> None:
-    """Where a script that trains writes its `results`, where it finds MNIST, how it compiles."""
-    add_output_arguments(parser, out, " and ".join(results))
+def grid_progress(parser: argparse.ArgumentParser, args: argparse.Namespace, work: dict) -> GridProgress:
+    """The progress of `work` in --out, as the options allow: continued with --resume (the
+    same work only), replaced with --overwrite, else refused if there is some."""
+    script = parser.prog
+    progress = GridProgress(args.out, {"script": script, **work}, write=distributed.is_main())
+    if foreign := progress.foreign():
+        parser.error(f"--out: {args.out} holds {', '.join(foreign)}, which {script} did not write; choose another --out")
+    if args.resume:
+        if not progress.exists():
+            parser.error(f"--resume: no unfinished work in {args.out} to continue")
+        try:
+            differ = progress.differences()
+        except ProgressError as e:
+            parser.error(f"--resume: {e}")
+        if differ:
+            parser.error(f"--resume: the work saved in {args.out} is not what was asked: {', '.join(differ)}; "
+                         "pass --overwrite to start again, or choose another --out")
+    elif progress.exists() and not args.overwrite:
+        parser.error(f"--out: {args.out} holds unfinished work; pass --resume to continue it, --overwrite to start again, "
+                     "or choose another --out")
+    on_stop(lambda: progress_note(progress))
+    return progress
+
+
+def progress_note(progress: GridProgress) -> str:
+    if not progress.saved_chunks():
+        return "no epoch was saved; run the same command again to start afresh"
+    return f"{progress.folder} keeps every epoch saved; continue with: {resume_command()}"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, out: Path, results: tuple[str, ...], resume: bool = False) -> None:
+    """Where a script that trains writes its `results` (and with `resume` its progress, to
+    continue), where it finds MNIST, how it compiles."""
+    add_output_arguments(parser, out, " and ".join(results), resume)
     add_data_arguments(parser)
     add_cache_arguments(parser)
 
@@ -232,6 +283,7 @@ def parse(parser: argparse.ArgumentParser, results: tuple[str, ...] = ()) -> arg
         distributed.check_arguments(parser, args)
         if os.environ.get(distributed.CHILD_ENV):
             distributed.initialize(parser, args)
+            STOP_SIGNALS.remove(signal.SIGTERM)  # JAX's preemption service has it now
             if not distributed.is_main():  # process 0 speaks for the run
                 sys.stdout = open(os.devnull, "w")
     if results and (not hasattr(args, "coordinator") or distributed.is_main()):  # only process 0 writes
@@ -241,10 +293,15 @@ def parse(parser: argparse.ArgumentParser, results: tuple[str, ...] = ()) -> arg
 
 
 def refuse_existing(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
-    """Results already in `args.out` are kept unless --overwrite says otherwise."""
-    found = [name for name in names if (args.out / name).exists()]
-    if found and not args.overwrite:
-        parser.error(f"--out: {args.out} already holds {', '.join(found)}; pass --overwrite to replace them")
+    """Results already in `args.out` are kept unless --overwrite says otherwise (or
+    --resume continues the work that writes them); --overwrite replaces only results
+    this project wrote (`files.is_result`), never a user's file of the same name."""
+    found = [name for name in names if (args.out / name).exists() or (args.out / name).is_symlink()]
+    if found and not args.overwrite and not getattr(args, "resume", False):
+        parser.error(f"--out: {args.out} already holds {', '.join(found)}; pass --overwrite to replace them, or choose another --out")
+    if alien := [name for name in found if not files.is_result(args.out / name)]:
+        parser.error(f"--out: {', '.join(alien)} in {args.out} {'is' if len(alien) == 1 else 'are'} not "
+                     f"{parser.prog}'s results and will not be replaced: move {'it' if len(alien) == 1 else 'them'} or choose another --out")
 
 
 class Progress:
@@ -283,17 +340,63 @@ def parse_stages(parser: argparse.ArgumentParser, text: str) -> list[str]:
     return stages
 
 
+class Stopped(BaseException):
+    """A signal asked the script to stop: SIGINT, SIGTERM or SIGHUP."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame) -> None:
+    raise Stopped(signum)
+
+
+# The signals Python handles here; in a run of several processes JAX's preemption service
+# takes SIGTERM (`distributed.stop_agreed`), and SIGINT stays ignored where it was (a
+# shell's background job).
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+_stop_note: Callable[[], str] = lambda: "nothing was written"  # noqa: E731
+
+
+def on_stop(note: Callable[[], str]) -> None:
+    """What a stop says it kept and how to continue, e.g. 'runs/mlp-seed42 keeps epoch 3;
+    continue with: ... --resume'; asked when the signal comes."""
+    global _stop_note
+    _stop_note = note
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """This command again, to continue its work: with --resume, without --overwrite."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--overwrite", "--resume")]
+    return " ".join(["python", f"scripts/{Path(sys.argv[0]).name}", *args, "--resume"])
+
+
+def _exit_stopped(signum: int) -> NoReturn:
+    """One line, then out at once: the interpreter's teardown can crash while XLA still
+    compiles on another thread, so it is skipped (the locks are dropped first)."""
+    with contextlib.suppress(Exception):
+        note = _stop_note()
+    with contextlib.suppress(Exception):
+        print(f"stopped by {signal.Signals(signum).name}: {note}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+    files.release_locks()
+    os._exit(128 + signum)
+
+
 @contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C while files are written, and act on it right after."""
+def signals_deferred() -> Iterator[None]:
+    """Hold the stop signals while files are written, and act on them right after."""
     received = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    handled = [s for s in STOP_SIGNALS if signal.getsignal(s) not in (signal.SIG_IGN, signal.SIG_DFL)]
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if received:
-        raise KeyboardInterrupt
+        raise Stopped(received[0])
 
 
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "can't allocate memory")
@@ -305,6 +408,9 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
     can run as one of `several_processes` does so under a supervisor (`distributed`)."""
     if several_processes and not os.environ.get(distributed.CHILD_ENV) and distributed.requested(sys.argv[1:]):
         distributed.supervise()
+    for s in STOP_SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, _stop)
     try:
         if os.environ.get(memory.LIMIT_ENV):
             memory.parse_size(os.environ[memory.LIMIT_ENV])  # readable (before JAX starts: jax.distributed comes first)
@@ -312,6 +418,12 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
         fail(str(e))
     try:
         main()
+    except Stopped as e:
+        _exit_stopped(e.signum)
+    except distributed.StopAgreed:
+        _exit_stopped(signal.SIGTERM)
+    except KeyboardInterrupt:  # a SIGINT that came before the handler above
+        _exit_stopped(signal.SIGINT)
     except DataError as e:
         fail(f"data error: {e}")
     except memory.DoesNotFit as e:
@@ -320,8 +432,6 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
         if isinstance(e, MemoryError) or any(s in str(e) for s in OUT_OF_MEMORY):
             fail(f"does not fit: out of memory ({str(e).splitlines()[0] if str(e) else 'MemoryError'})", EXIT_DOES_NOT_FIT)
         raise
-    except KeyboardInterrupt:
-        fail("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:  # the output's reader stopped early (`| head`): nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(EXIT_BROKEN_PIPE)

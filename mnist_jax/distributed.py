@@ -91,6 +91,27 @@ def initialize(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                      f"with --num-processes {jax.process_count()}, and its own --process-id")
 
 
+class StopAgreed(Exception):
+    """A SIGTERM reached a process of the run, and all agreed to stop at this point."""
+
+
+_sync_points = 0
+
+
+def stop_if_agreed() -> None:
+    """In a run of several processes, raise `StopAgreed` once a SIGTERM (as a cluster
+    sends every process before it ends them) has reached any of them: JAX's preemption
+    service takes the signal and names the point where all stop together. Every process
+    must call this at the same points of the work; a lone process has its own handler."""
+    global _sync_points
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        _sync_points += 1
+        if multihost_utils.reached_preemption_sync_point(_sync_points):
+            raise StopAgreed
+
+
 def is_main() -> bool:
     """Process 0: the one that writes and prints."""
     return jax.process_index() == 0

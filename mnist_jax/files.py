@@ -12,7 +12,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Mapping
 
 
 # What reading a damaged JSON or NumPy file can raise (a truncated archive, bad JSON, a
@@ -20,7 +20,8 @@ from typing import Iterator
 UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
 
 PARTIAL = ".partial-"  # the prefix of a file being written
-LOCK = ".lock"
+LOCK = ".mnist_jax.lock"
+_LOCKS_HELD: list[Callable[[], None]] = []
 
 
 @contextlib.contextmanager
@@ -51,15 +52,16 @@ class FolderBusy(Exception):
 
 
 def lock_folder(folder: Path) -> int:
-    """Create `folder` if need be and hold its lock (`.lock` inside it, `flock`ed) until
-    this process ends: a second process gets `FolderBusy`. The kernel drops the lock of
-    a process that dies however it dies, so a killed run's lock blocks no one; what it
-    was writing (`.partial-*` files) is deleted here, once the lock is ours. At exit the
-    lock file goes, and the folders made here if nothing was written into them."""
+    """Create `folder` if need be and hold its lock (`.mnist_jax.lock` inside it,
+    `flock`ed) until this process ends: a second process gets `FolderBusy`. The kernel
+    drops the lock of a process that dies however it dies, so a killed run's lock blocks
+    no one; what it was writing (`.partial-*` files) is deleted here, once the lock is
+    ours. At exit (`release_locks`) the lock file goes, and the folders made here if
+    nothing was written into them. A link in place of the lock file is never followed."""
     made = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -73,7 +75,8 @@ def lock_folder(folder: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     for stale in folder.glob(f"{PARTIAL}*"):
-        stale.unlink()
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink()
 
     def release() -> None:
         with contextlib.suppress(OSError):
@@ -82,8 +85,70 @@ def lock_folder(folder: Path) -> int:
                 empty.rmdir()
         os.close(fd)
 
-    atexit.register(release)
+    _LOCKS_HELD.append(release)
     return fd
+
+
+def release_locks() -> None:
+    """Drop every lock this process holds (at exit, also one forced by a signal)."""
+    while _LOCKS_HELD:
+        _LOCKS_HELD.pop()()
+
+
+atexit.register(release_locks)
+
+
+def foreign_entries(folder: Path, ours: Mapping[str, Callable[[Path], bool]]) -> list[str]:
+    """The entries of `folder` this project did not write: every one not named in
+    `ours` or whose content its check refuses, and every link (never followed)."""
+    found = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if entry.is_symlink():
+            found.append(f"{entry.name} (a link)")
+        elif entry.name == LOCK or entry.name.startswith(PARTIAL) and entry.is_file():
+            continue
+        elif entry.name not in ours or not ours[entry.name](entry):
+            found.append(entry.name + "/" * entry.is_dir())
+    return found
+
+
+def is_json_with(path: Path, *keys: str) -> bool:
+    """Whether `path` is a JSON object holding `keys`: how a result this project wrote is
+    told from a user's file of the same name."""
+    try:
+        content = json.loads(path.read_text()) if path.is_file() and path.stat().st_size < 2**30 else None
+    except UNREADABLE:
+        return False
+    return isinstance(content, dict) and set(keys) <= content.keys()
+
+
+def is_result(path: Path) -> bool:
+    """Whether `path` is a result file as the scripts write them, told by its content: a
+    JSON record naming its command and device (or a sweep's grids and rows), a NumPy
+    archive, a figure drawn by Matplotlib."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.suffix == ".json":
+        return is_json_with(path, "command", "device") or is_json_with(path, "grids", "rows")
+    if path.suffix == ".npz":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return all(name.endswith(".npy") for name in archive.namelist())
+        except (OSError, zipfile.BadZipFile):
+            return False
+    if path.suffix == ".png":
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        return head.startswith(b"\x89PNG") and b"Software\x00Matplotlib" in head
+    return False
+
+
+def remove_ours(folder: Path, ours: Mapping[str, Callable[[Path], bool]]) -> None:
+    """Delete the files of `folder` named in `ours` whose content its check accepts."""
+    for name, check in ours.items():
+        path = folder / name
+        if path.is_file() and not path.is_symlink() and check(path):
+            path.unlink()
 
 
 def holds_results(folder: Path) -> bool:

@@ -20,13 +20,14 @@ import scipy.stats
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from mnist_jax import memory, sharding
+from mnist_jax import distributed, memory, sharding
 from mnist_jax.data import MNIST
 from mnist_jax.models import NUM_CLASSES
 from mnist_jax.stages import STAGES
 from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.files import UNREADABLE, atomic_write, write_json
 from mnist_jax.models import dropout_bits
+from mnist_jax.progress import GridProgress
 from mnist_jax.train import (
     Point,
     TrainConfig,
@@ -162,23 +163,35 @@ def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.M
 HISTORY_NAMES = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_accuracy")
 
 
-def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: Chunk, on_epoch: Callable[[], None]) -> GridResult:
+def _train_chunk(
+    config: TrainConfig, data: MNIST, points: list[Point], chunk: Chunk, on_epoch: Callable[[], None],
+    progress: GridProgress | None, key: str,
+) -> GridResult:
+    """Train one chunk, saving its progress under `key` after every epoch (and starting
+    from what was saved); stop after the save if every process agreed to (a SIGTERM)."""
     setup = prepare(config, data, points)
-    models = sharding.place((setup.state, setup.train_idx, setup.val_idx, setup.epochs_key), chunk.mesh, "seed")
+    states, first, saved_rows = setup.state, 1, np.zeros((0, len(points), len(HISTORY_NAMES)), np.float32)
+    if progress and (saved := progress.load(key, jax.device_get(setup.state))):
+        states, first, saved_rows = saved.states, saved.epochs + 1, saved.rows
+        for _ in range(saved.epochs):
+            on_epoch()
+    models = sharding.place((states, setup.train_idx, setup.val_idx, setup.epochs_key), chunk.mesh, "seed")
     images, labels, test_images, test_labels = sharding.place(setup.data, chunk.mesh)
 
     start = time.perf_counter()
     rows = []
-    for e in range(1, config.epochs + 1):
+    for e in range(first, config.epochs + 1):
         states, metrics = chunk.epoch(models, jnp.int32(e), images, labels, test_images, test_labels)
         models = (states, *models[1:])
         rows.append(metrics)
-        metrics.block_until_ready()
+        if progress:
+            progress.save(key, e, sharding.gather(states), np.concatenate([saved_rows, np.stack(sharding.gather(rows))]))
+        distributed.stop_if_agreed()
         on_epoch()
     accuracies, predictions = sharding.gather(chunk.test(models[0], test_images, test_labels))
     train_seconds = time.perf_counter() - start
 
-    metrics = np.stack(sharding.gather(rows), 1)  # (models, epochs, 5)
+    metrics = np.concatenate([saved_rows, *([np.stack(sharding.gather(rows))] if rows else [])]).transpose(1, 0, 2)  # (models, epochs, 5)
     history = [
         [{"epoch": e + 1, **{n: float(v) for n, v in zip(HISTORY_NAMES, metrics[m, e])}} for e in range(config.epochs)]
         for m in range(len(points))
@@ -213,6 +226,7 @@ def train_grid(
     on_epoch: Callable[[int, int], None] | None = None,
     models_at_once: int | None = None,
     width: int | None | str = "auto",
+    progress: GridProgress | None = None,
 ) -> GridResult:
     """Train one model of `config`'s stage per point, as many at once as fit in memory
     (and at most `models_at_once`), the rest in further chunks of that size, with the
@@ -220,7 +234,8 @@ def train_grid(
     (`models.dropout_bits`) train in programs of their own, so that every model draws
     what it would draw alone. Several devices split a chunk's models (see `sharding`);
     `mesh` picks them (default: as many as divide the chunk). `on_epoch(done, total)`
-    counts the epochs of all chunks. `width`: see `compile_chunk`."""
+    counts the epochs of all chunks. `width`: see `compile_chunk`. With `progress`, each
+    chunk is saved after every epoch and continues from what was saved."""
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(points):
         groups.setdefault(dropout_bits(p.dropout), []).append(i)
@@ -241,13 +256,14 @@ def train_grid(
             on_epoch(done, total)
 
     results, trained = [], []
-    for group, compiled, parts in plans:
+    for bits, (group, compiled, parts) in zip(groups, plans):
         for part in parts:
             if len(part) not in compiled:
                 start = time.perf_counter()
                 compiled[len(part)] = compile_chunk(group, data, len(part), mesh, width)
                 compile_seconds += time.perf_counter() - start
-            results.append(_train_chunk(group, data, [points[i] for i in part], compiled[len(part)], count))
+            key = f"{config.stage}-hidden{config.hidden or config.spec.hidden or 0}-bits{bits}-from{part[0]}-{len(part)}"
+            results.append(_train_chunk(group, data, [points[i] for i in part], compiled[len(part)], count, progress, key))
             trained += part
     order = np.argsort(trained).tolist()
     return _concatenate(config, results, order, max(chunk.size for _, compiled, _ in plans for chunk in compiled.values()), compile_seconds)

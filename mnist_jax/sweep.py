@@ -21,6 +21,7 @@ import numpy as np
 
 from mnist_jax.data import MNIST
 from mnist_jax.files import UNREADABLE, write_json
+from mnist_jax.progress import GridProgress
 from mnist_jax.stages import STAGES
 from mnist_jax.study import GridResult, mean_ci95, train_grid
 from mnist_jax.train import Point, TrainConfig, device_description
@@ -61,6 +62,7 @@ def run_grid(
     stages: list[str], data: MNIST, *, lrs: list[float] | None = None, dropouts: list[float] | None = None,
     hiddens: list[int | None] = (None,), seeds: int = 10, epochs: int = 5, batch_size: int = 128,
     models_at_once: int | None = None, on_stage: Callable[[str, int], Callable[[int, int], None]] | None = None,
+    progress: GridProgress | None = None,
 ) -> dict:
     """Train the grid, stage by stage and width by width (one `train_grid` each).
     `on_stage(name, models)` returns the `on_epoch` of that part. The grid's record:
@@ -74,7 +76,7 @@ def run_grid(
         points = grid_points(stage, lrs, dropouts, seeds)
         name = stage if not spec.is_mlp else f"{stage} (hidden {config.hidden or spec.hidden})"
         on_epoch = on_stage(name, len(points)) if on_stage else None
-        result = train_grid(config, data, points, on_epoch=on_epoch, models_at_once=models_at_once)
+        result = train_grid(config, data, points, on_epoch=on_epoch, models_at_once=models_at_once, progress=progress)
         rows += rows_of(result)
         compile_seconds += result.compile_seconds
         train_seconds += result.train_seconds
@@ -83,14 +85,17 @@ def run_grid(
             "compile_seconds": compile_seconds, "train_seconds": train_seconds, "models_at_once": chunks, "rows": rows}
 
 
-def save_grid(grid: dict, path: Path, command: str, seconds: float, add: bool, write: bool = True) -> dict:
-    """Write `grid` as `sweep.json` (with `add`, as a further grid of the one at `path`),
+def save_grid(grid: dict, path: Path, command: str, seconds: float, add: bool, run_id: str, write: bool = True) -> dict:
+    """Write `grid` as `sweep.json` (with `add`, as a further grid of the one at `path`,
+    unless that already holds the grid of `run_id`: a resumed run stopped after writing),
     unless not `write` (a process of several, not the first). The file: `grids`, one
-    record per command (device, JAX version, seconds), and `rows`, every model of every
-    grid, each naming its grid by index."""
+    record per command (device, JAX version, seconds, run id), and `rows`, every model of
+    every grid, each naming its grid by index."""
     sweep = load_sweep(path) if add and write else {"grids": [], "rows": []}
+    if any(g.get("run_id") == run_id for g in sweep["grids"]):
+        return sweep
     index = len(sweep["grids"])
-    record = {k: v for k, v in grid.items() if k != "rows"} | {"command": command, "seconds": seconds}
+    record = {k: v for k, v in grid.items() if k != "rows"} | {"command": command, "seconds": seconds, "run_id": run_id}
     sweep["grids"].append(record)
     sweep["rows"] += [row | {"grid": index} for row in grid["rows"]]
     if write:

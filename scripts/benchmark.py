@@ -9,9 +9,8 @@ from pathlib import Path
 import jax
 
 import measure
-from mnist_jax import cli
+from mnist_jax import cli, files
 from mnist_jax.data import load_mnist
-from mnist_jax.files import write_json
 from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig, device_description
 
@@ -59,6 +58,8 @@ def parse_args():
         parser.error(f"--json: cannot write to {args.json} ({reason})")
     if args.json.exists() and not args.overwrite:
         parser.error(f"--json: {args.json} already exists; pass --overwrite to replace it")
+    if (args.json.exists() or args.json.is_symlink()) and not files.is_result(args.json):
+        parser.error(f"--json: {args.json} is not a benchmark's result and will not be replaced: move it or choose another --json")
     return args
 
 
@@ -196,7 +197,7 @@ def main() -> None:
               f"(warm/cold {e2e['warm_over_cold']:.2f}, median of {args.rounds}; {e2e['cache_entries']} programs cached)")
         for run in ("cold", "warm"):
             print(f"  {run}: JAX " + ", ".join(f"{phase} {s:.2f}s" for phase, s in e2e[f"{run}_jax_seconds"].items()))
-    write_json(args.json, report)
+    files.write_json(args.json, report)
     print(f"wrote {args.json}")
 
 

@@ -20,7 +20,7 @@ def build_parser() -> cli.ArgumentParser:
         "--seeds-at-once", type=cli.positive_int,
         help="train at most this many seeds in one program (default: as many as fit in memory; the rest in further chunks)",
     )
-    cli.add_run_arguments(parser, Path("runs/study"), RESULTS)
+    cli.add_run_arguments(parser, Path("runs/study"), RESULTS, resume=True)
     distributed.add_arguments(parser)
     return parser
 
@@ -41,24 +41,30 @@ def print_report(report: dict) -> None:
 
 
 def main() -> None:
-    args = cli.parse(build_parser(), RESULTS)
+    parser = build_parser()
+    args = cli.parse(parser, RESULTS)
+    progress = cli.grid_progress(parser, args, {"stages": args.stages, "seeds": args.seeds, "epochs": args.epochs})
     from mnist_jax import study
+
+    if not args.resume:
+        progress.start()
 
     data = load_mnist(args.source, args.data_dir)
     start = time.perf_counter()
     results = {}
     for stage in args.stages:
-        progress = cli.Progress(args.epochs, f"{stage}, {args.seeds} seeds", "epoch")
+        bar = cli.Progress(args.epochs, f"{stage}, {args.seeds} seeds", "epoch")
         config = study.TrainConfig(stage, epochs=args.epochs)
         results[stage] = study.train_seeds(
             config, data, list(range(args.seeds)), models_at_once=args.seeds_at_once,
-            on_epoch=lambda done, total: progress.step(total=total),
+            on_epoch=lambda done, total: bar.step(total=total), progress=progress,
         )
-        progress.close()
+        bar.close()
         if results[stage].models_at_once < args.seeds:
             print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].models_at_once}", flush=True)
     command = " ".join(["python", "scripts/study.py", *sys.argv[1:]])
     report = study.save_study(results, data, args.out, command, time.perf_counter() - start, write=distributed.is_main())
+    progress.clear()
     print(f"\n{args.seeds} seeds, {args.epochs} epochs, {report['device']}, {report['seconds']:.1f}s in all")
     print_report(report)
     print(f"wrote {args.out / RESULTS[0]} and {args.out / RESULTS[1]}")

@@ -29,16 +29,24 @@ def build_parser() -> cli.ArgumentParser:
         help="train at most this many models in one program (default: as many as fit in memory; the rest in further chunks)",
     )
     parser.add_argument("--add", action="store_true", help="add this grid to the sweep.json already in --out")
-    cli.add_run_arguments(parser, Path("runs/sweep"), RESULTS)
+    cli.add_run_arguments(parser, Path("runs/sweep"), RESULTS, resume=True)
     distributed.add_arguments(parser)
     return parser
+
+
+WORK = ("stages", "lr", "dropout", "hidden", "seeds", "epochs", "batch_size", "add")  # what decides the results
 
 
 def parse_args():
     parser = build_parser()
     args = cli.parse(parser)
-    if not distributed.is_main():  # only process 0 writes
-        return args
+    if distributed.is_main():  # only process 0 writes
+        check_out(parser, args)
+    args.progress = cli.grid_progress(parser, args, {name: getattr(args, name) for name in WORK})
+    return args
+
+
+def check_out(parser, args) -> None:
     cli.claim(parser, "--out", args.out)
     if not args.add:
         cli.refuse_existing(parser, args, *RESULTS)
@@ -52,7 +60,6 @@ def parse_args():
             load_sweep(path)
         except SweepFileError as e:
             parser.error(f"--add: {e}")
-    return args
 
 
 def pct(summary: dict) -> str:
@@ -102,6 +109,8 @@ def main() -> None:
     args = parse_args()
     from mnist_jax import sweep
 
+    if not args.resume:
+        args.progress.start()
     data = load_mnist(args.source, args.data_dir)
     progress = {}
 
@@ -113,10 +122,12 @@ def main() -> None:
     grid = sweep.run_grid(
         args.stages, data, lrs=args.lr, dropouts=args.dropout, hiddens=args.hidden or [None], seeds=args.seeds,
         epochs=args.epochs, batch_size=args.batch_size, models_at_once=args.models_at_once, on_stage=on_stage,
+        progress=args.progress,
     )
     command = " ".join(["python", "scripts/sweep.py", *sys.argv[1:]])
     path = args.out / RESULTS[0]
-    saved = sweep.save_grid(grid, path, command, time.perf_counter() - start, args.add, write=distributed.is_main())
+    saved = sweep.save_grid(grid, path, command, time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
+    args.progress.clear()
     print(f"\n{len(grid['rows'])} models, {args.epochs} epochs, {grid['device']}: compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")
     for name, size in grid["models_at_once"].items():

@@ -1,13 +1,13 @@
 """Train stages of the study: python scripts/train.py --stage mlp_bn (or --stage all)"""
 
 import dataclasses
-import shutil
+import json
 from pathlib import Path
 
 from mnist_jax import cli
-from mnist_jax.checkpoint import CheckpointError, has_checkpoint, load_run, save_run, saved_epochs
+from mnist_jax.checkpoint import RUN_FILES, CheckpointError, has_checkpoint, load_run, save_run, saved_epochs
 from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION, load_mnist
-from mnist_jax.files import LOCK, holds_results, write_json
+from mnist_jax.files import foreign_entries, write_json
 from mnist_jax.stages import STAGES
 from mnist_jax.train import NonFiniteLoss, TrainConfig, device_description, summary, train
 
@@ -18,7 +18,6 @@ def build_parser() -> cli.ArgumentParser:
         "--stage", required=True, choices=[*STAGES, "all"], help="which stage to train; all: the five in turn"
     )
     cli.add_training_arguments(parser)
-    parser.add_argument("--seed", type=cli.seed, default=cli.TRAIN_DEFAULTS["seed"], help="seeds the split, init, order and dropout")
     cli.add_data_arguments(parser)
     cli.add_cache_arguments(parser)
     parser.add_argument(
@@ -26,15 +25,22 @@ def build_parser() -> cli.ArgumentParser:
     )
     again = parser.add_mutually_exclusive_group()
     again.add_argument(
-        "--resume", action="store_true", help="continue the run saved in the run folder, with its settings, up to --epochs"
+        "--resume", action="store_true",
+        help="continue the run saved in the run folder, with its settings, up to --epochs; with all, "
+        "finished stages are skipped and stages not started begin",
     )
-    again.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
+    again.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a run already in the run folder (once the new run has saved its first epoch; "
+        "a folder holding anything else is refused)",
+    )
     return parser
 
 
 def parse_args():
     parser = build_parser()
     args = parser.parse_args()
+    args.given = cli.given_training(args)
     args.stages = list(STAGES) if args.stage == "all" else [args.stage]
     for name in ("hidden", "dropout"):
         if getattr(args, name) is not None and not all(STAGES[s].is_mlp for s in args.stages):
@@ -47,17 +53,25 @@ def parse_args():
     for stage in args.stages:
         out = run_dir(args, stage)
         cli.claim(parser, "--out", out)
+        foreign = foreign_entries(out, RUN_FILES)
+        if foreign and not args.resume:
+            parser.error(f"--out: {out} holds {', '.join(foreign)}, which train.py did not write; "
+                         "it writes or replaces only a run folder: choose another --out")
         if args.resume:
             args.resumed[stage] = resumable(parser, args, stage, out)
-        elif holds_results(out) and not args.overwrite:
-            parser.error(f"--out: {out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        elif has_checkpoint(out) and not args.overwrite:
+            parser.error(f"--out: {out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                         "or choose another --out")
+    if args.resume and not any(args.resumed.values()):
+        parser.error(f"--resume: no checkpoint in {run_dir(args, args.stages[0]) if len(args.stages) == 1 else args.out} to continue")
     return args
 
 
 def resumable(parser, args, stage: str, out: Path):
-    """The run saved in `out`, if it is one that `args` can continue."""
+    """The run saved in `out`, if it is one that `args` can continue; None if there is
+    none and `args` trains all stages (this one has not started)."""
     if not has_checkpoint(out):
-        parser.error(f"--resume: no checkpoint in {out} to continue")
+        return None
     try:
         run = load_run(out)
     except CheckpointError as e:
@@ -65,16 +79,12 @@ def resumable(parser, args, stage: str, out: Path):
     if len(run.history) > args.epochs:
         parser.error(f"--resume: {out} already ran {len(run.history)} epochs, more than --epochs {args.epochs}")
     config = run.config  # its hidden width and dropout rate as trained (None: the stage's own)
-    saved = dataclasses.asdict(config) | {"hidden": config.hidden or config.spec.hidden,
-                                          "dropout": config.spec.dropout if config.dropout is None else config.dropout}
-    asked = {"stage": stage} | {
-        name: getattr(args, name) for name in ("batch_size", "lr", "seed", "hidden", "dropout")
-        if getattr(args, name) != parser.get_default(name)
-    }
+    saved = dataclasses.asdict(config) | {"hidden": config.hidden or config.spec.hidden, "dropout": config.dropout_rate}
+    asked = {"stage": stage} | args.given
     differ = [f"--{name.replace('_', '-')} {value} (saved: {saved[name]})" for name, value in asked.items() if saved[name] != value]
     if differ:
         parser.error(f"--resume: the run in {out} is {run.config.describe()}, not what was asked: {', '.join(differ)}; "
-                     "pass --overwrite to start again")
+                     "pass --overwrite to start again, or choose another --out")
     return run
 
 
@@ -94,26 +104,52 @@ def print_epoch(row: dict) -> None:
     )
 
 
-def print_table(results) -> None:
+def print_table(results: list[dict]) -> None:
     print("\n| stage | documented | this run | difference |\n|---|---|---|---|")
     for r in results:
-        documented = r.config.spec.documented_accuracy
-        print(
-            f"| `{r.config.stage}` | {documented:.2%} | {r.test_accuracy:.2%} | "
-            f"{100 * (r.test_accuracy - documented):+.2f} |"
-        )
+        print(f"| `{r['stage']}` | {r['documented_accuracy']:.2%} | {r['test_accuracy']:.2%} | "
+              f"{100 * (r['test_accuracy'] - r['documented_accuracy']):+.2f} |")
 
 
-def train_stage(args, stage: str, data):
+def finished(resume, out: Path, epochs: int) -> dict | None:
+    """The metrics of a resumed run that already ended after `epochs`, else None."""
+    if resume is None or len(resume.history) != epochs:
+        return None
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    done = metrics.get("test_accuracy") is not None and len(metrics.get("history", [])) == epochs
+    return metrics if done else None
+
+
+def stop_note(args, stage: str) -> str:
+    """What a stop in `stage` leaves, and how to continue."""
+    out = run_dir(args, stage)
+    kept = saved_epochs(out)
+    done = args.stages[: args.stages.index(stage)]
+    if kept:
+        what = f"{out} keeps the checkpoint of epoch {kept}"
+    elif args.overwrite and has_checkpoint(out):
+        what = f"the run being replaced in {out} is kept as it was"
+    else:
+        what = f"no epoch of {stage} was saved"
+    finished_stages = f"the stages before it are finished ({', '.join(done)}); " if done else ""
+    if not kept and not done:
+        return f"{what}; run the same command again to start afresh"
+    return f"{finished_stages}{what}; continue with: {cli.resume_command()}"
+
+
+def train_stage(args, stage: str, data) -> dict:
     out = run_dir(args, stage)
     resume = args.resumed.get(stage)
+    cli.on_stop(lambda: stop_note(args, stage))
+    if metrics := finished(resume, out, args.epochs):
+        print(f"stage {stage}: finished in {out} (test accuracy {metrics['test_accuracy']:.2%}), skipped", flush=True)
+        return metrics
     if resume:
         resume.config = dataclasses.replace(resume.config, epochs=args.epochs)
         print(f"resuming {out} after epoch {len(resume.history)}", flush=True)
-    elif args.overwrite:
-        for entry in out.iterdir():  # all but the lock this run holds
-            if entry.name != LOCK:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     config = resume.config if resume else TrainConfig(
         stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout
     )
@@ -121,16 +157,21 @@ def train_stage(args, stage: str, data):
 
     def save(run, write) -> None:
         try:
-            with cli.interrupts_deferred():
+            with cli.signals_deferred():
                 write()
         except OSError as e:
             kept = saved_epochs(out)
             kept = f"{out} keeps the checkpoint of epoch {kept}; --resume continues it" if kept else "nothing was saved"
             cli.fail(f"could not save epoch {len(run.history)} to {out}: {e.strerror or e}; {kept}", cli.EXIT_WRITE_FAILED)
 
+    def write_epoch(run) -> None:
+        if not resume and len(run.history) == 1:  # a run being replaced goes now, its metrics first
+            (out / "metrics.json").unlink(missing_ok=True)
+        save_run(run, out, summary(run))
+
     def after_epoch(run) -> None:
         print_epoch(run.history[-1])
-        save(run, lambda: save_run(run, out, summary(run)))
+        save(run, lambda: write_epoch(run))
 
     try:
         result = train(config, data, on_epoch=after_epoch, resume=resume)
@@ -138,9 +179,10 @@ def train_stage(args, stage: str, data):
         kept = f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1 else "nothing was saved"
         cli.fail(f"training stopped: {e}; {kept}", cli.EXIT_DIVERGED)
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
-    save(result, lambda: write_json(out / "metrics.json", summary(result)))
+    metrics = summary(result)
+    save(result, lambda: write_json(out / "metrics.json", metrics))
     print(f"compiled in {result.compile_seconds:.2f}s; best val epoch {result.best_epoch}; saved to {out}", flush=True)
-    return result
+    return metrics
 
 
 def main() -> None:

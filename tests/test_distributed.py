@@ -5,6 +5,7 @@ the others within the timeout, in one line."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -164,3 +165,35 @@ def test_one_process_stays_one_process_unless_asked_or_on_a_cluster(monkeypatch)
         monkeypatch.delenv(variable, raising=False)
     assert not requested(["--stages", "mlp", "--seeds", "10"])
     assert requested(["--coordinator=10.0.0.1:1234", "--num-processes", "2", "--process-id", "1"])
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_stops_the_run_together_and_it_resumes_exactly(tmp_path, data_args):
+    """As SLURM's scancel does: SIGTERM to each process while the run trains. All agree on
+    the epoch to stop after (JAX's preemption service), save it, and end in one line with
+    status 143 well within a cluster's 30 s of grace; two processes resumed end exactly as
+    one process of four devices trained through."""
+    args = ["--stages", "linear_ce,mlp", "--seeds", 8, "--epochs", 2, *data_args]
+    port, out = free_port(), tmp_path / "run"
+    procs = [start("study.py", [*args, "--out", out], i, 2, port) for i in range(2)]
+    for line in procs[0].stdout:
+        if line.startswith("linear_ce, 8 seeds: epoch 1/2"):
+            break
+    signalled = time.monotonic()
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 143, stderr
+        assert len(stderr.strip().splitlines()) == 1 and "stopped by SIGTERM:" in stderr and "--resume" in stderr
+    assert time.monotonic() - signalled < 30
+    assert not (out / "results.json").exists() and list((out / "progress").glob("*.npz"))
+    for status, _, stderr in run_processes("study.py", [*args, "--out", out, "--resume"]):
+        assert status == 0, stderr
+    alone = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), *map(str, args), "--out", tmp_path / "alone"],
+                           env=devices_env(4), capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr
+    resumed, whole = (json.loads((folder / "results.json").read_text()) for folder in (out, tmp_path / "alone"))
+    for stage in ("linear_ce", "mlp"):
+        assert resumed["stages"][stage]["test_accuracies"] == whole["stages"][stage]["test_accuracies"]
+        assert resumed["stages"][stage]["history"] == whole["stages"][stage]["history"]

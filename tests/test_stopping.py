@@ -1,0 +1,263 @@
+"""Nothing a user owns is ever deleted and stopped work is never lost: --overwrite
+replaces only a run, and only once the new one has saved an epoch; SIGINT, SIGTERM and
+SIGHUP end every script in one line, at any moment, with what was kept and how to go
+on; a study or sweep stopped at any moment resumes to the uninterrupted results."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, assert_one_line_error, load_script, run_script
+from mnist_jax import cli
+from mnist_jax.checkpoint import load_run, save_run
+from mnist_jax.files import LOCK, release_locks
+from mnist_jax.train import RunResult, TrainConfig, init_state, make_optimizer
+
+
+def start(script: str, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_until(proc: subprocess.Popen, text: str) -> None:
+    for line in proc.stdout:
+        if text in line:
+            return
+    raise AssertionError(f"the script ended before printing {text!r}: {proc.stderr.read()}")
+
+
+def stop(proc: subprocess.Popen, signum: int) -> str:
+    """Send `signum`; the last line the script wrote on stderr."""
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert "Traceback" not in stderr and "Fatal Python error" not in stderr, stderr
+    return stderr.strip().splitlines()[-1] if stderr.strip() else ""
+
+
+def a_users_folder(folder):
+    """A folder holding what a user keeps, and what it holds, byte for byte."""
+    (folder / "thesis").mkdir(parents=True)
+    (folder / "thesis" / "chapter1.tex").write_text("\\chapter{MNIST}")
+    (folder / "notes.txt").write_text("keep me")
+    (folder / ".git").mkdir()
+    return snapshot(folder)
+
+
+def snapshot(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def parse_train(monkeypatch, *argv):
+    """train.py's own parsing of `argv`, in this process."""
+    monkeypatch.setattr(sys, "argv", ["train.py", *map(str, argv), "--no-cache"])
+    try:
+        return load_script("train.py").parse_args()
+    finally:
+        release_locks()  # as the script's exit does
+
+
+def saved_run(folder, config: TrainConfig) -> None:
+    """A run of `config` saved after one (untrained) epoch, as train.py saves it."""
+    graphdef, state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    save_run(RunResult(config, "cpu", graphdef, state, state, 1, [{"epoch": 1}]), folder,
+             {"stage": config.stage, "framework": "jax", "history": [{"epoch": 1}]})
+
+
+# --overwrite
+
+
+@pytest.mark.parametrize("out", ["a folder of the user's", "the same folder through a link"])
+def test_overwrite_refuses_a_folder_holding_what_train_py_did_not_write(tmp_path, monkeypatch, capsys, out):
+    before = a_users_folder(tmp_path / "mine")
+    target = tmp_path / "mine"
+    if out == "the same folder through a link":
+        (tmp_path / "link").symlink_to(target)
+        target = tmp_path / "link"
+    with pytest.raises(SystemExit) as stopped:
+        parse_train(monkeypatch, "--stage", "linear_ce", "--out", target, "--overwrite")
+    assert stopped.value.code == 2
+    assert ".git/, notes.txt, thesis/, which train.py did not write" in capsys.readouterr().err
+    assert snapshot(tmp_path / "mine") == before
+
+
+def test_overwrite_refuses_a_link_or_a_users_file_under_a_run_files_name(tmp_path, monkeypatch, capsys):
+    (tmp_path / "elsewhere.txt").write_text("keep me")
+    run = tmp_path / "run"
+    saved_run(run, TrainConfig("linear_ce"))
+    (run / "metrics.json").unlink()
+    (run / "metrics.json").symlink_to(tmp_path / "elsewhere.txt")
+    with pytest.raises(SystemExit):
+        parse_train(monkeypatch, "--stage", "linear_ce", "--out", run, "--overwrite")
+    assert "metrics.json (a link)" in capsys.readouterr().err
+    (run / "metrics.json").unlink()
+    (run / "metrics.json").write_text('{"my": "numbers"}')
+    with pytest.raises(SystemExit):
+        parse_train(monkeypatch, "--stage", "linear_ce", "--out", run, "--overwrite")
+    assert "holds metrics.json, which train.py did not write" in capsys.readouterr().err
+    assert (tmp_path / "elsewhere.txt").read_text() == "keep me" and (run / "metrics.json").read_text() == '{"my": "numbers"}'
+
+
+def test_overwrite_in_a_clone_refuses_the_clone_in_one_line(tmp_path):
+    """`--out .` in a clone of this project: everything stays, the message says why."""
+    before = a_users_folder(tmp_path)
+    proc = run_script("train.py", "--stage", "linear_ce", "--out", ".", "--overwrite", cwd=tmp_path)
+    assert_one_line_error(proc, "--out: . holds .git/, notes.txt, thesis/, which train.py did not write", "choose another --out")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory, data_args):
+    out = tmp_path_factory.mktemp("linear_ce") / "run"
+    proc = run_script("train.py", "--stage", "linear_ce", "--epochs", "1", "--out", out, *data_args)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.mark.parametrize("failure, args, env, status", [
+    ("diverges in epoch 1", ["--stage", "mlp", "--lr", "1e30"], {}, 3),
+    ("does not fit", ["--stage", "linear_ce"], {"MNIST_JAX_MEMORY_LIMIT": "1M"}, 4),
+])
+def test_a_replacement_that_fails_before_its_first_epoch_keeps_the_run_it_replaces(one_epoch_run, tmp_path, data_args, failure, args, env, status):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("checkpoint.npz", "metrics.json"):
+        (out / name).write_bytes((one_epoch_run / name).read_bytes())
+    before = snapshot(out)
+    proc = run_script("train.py", *args, "--epochs", "2", "--out", out, "--overwrite", *data_args, env=env)
+    assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr
+    assert snapshot(out) == before
+
+
+# Signals
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_compiling_ends_in_one_line_with_its_status(tmp_path, data_args, signum):
+    """Sent while XLA compiles (no cache): no crash at exit, the lock released, the
+    folders the run made removed, as nothing was saved."""
+    out = tmp_path / "new" / "run"
+    proc = start("train.py", "--stage", "mlp_bn", "--no-cache", "--out", out, *data_args)
+    read_until(proc, "stage mlp_bn")
+    time.sleep(0.3)
+    line = stop(proc, signum)
+    assert proc.returncode == 128 + signum
+    assert line == (f"stopped by {signal.Signals(signum).name}: no epoch of mlp_bn was saved; "
+                    "run the same command again to start afresh")
+    assert not (tmp_path / "new").exists()
+
+
+def test_train_all_stopped_in_its_third_stage_resumes_there(tmp_path, data_args):
+    """SIGTERM inside `mlp`: the message names what was kept and the command to go on;
+    that command skips the finished stages and continues `mlp` where it stopped."""
+    out = tmp_path / "all"
+    args = ["--stage", "all", "--epochs", "2", "--out", out, *data_args]
+    proc = start("train.py", *args)
+    read_until(proc, "stage mlp:")
+    read_until(proc, "[Epoch 01]")
+    line = stop(proc, signal.SIGTERM)
+    assert proc.returncode == 143
+    assert line.startswith("stopped by SIGTERM: the stages before it are finished (linear_mse, linear_ce); ")
+    assert line.endswith(f"continue with: python scripts/train.py {' '.join(map(str, args))} --resume")
+    finished = {name: (out / f"{name}-seed42" / "metrics.json").read_bytes() for name in ("linear_mse", "linear_ce")}
+    kept = len(load_run(out / "mlp-seed42").history)
+
+    resumed = run_script("train.py", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("skipped") == 2 and f"resuming {out / 'mlp-seed42'} after epoch {kept}" in resumed.stdout
+    assert {name: (out / f"{name}-seed42" / "metrics.json").read_bytes() for name in finished} == finished
+    for stage in ("mlp", "mlp_dropout", "mlp_bn"):
+        assert len(json.loads((out / f"{stage}-seed42" / "metrics.json").read_text())["history"]) == 2
+    assert "| `mlp_bn` |" in resumed.stdout
+    assert not list(out.rglob(LOCK))
+
+
+def test_resume_compares_every_option_given_even_at_its_default_value(tmp_path, monkeypatch, capsys):
+    saved_run(tmp_path, TrainConfig("mlp", lr=3e-3))
+    with pytest.raises(SystemExit):
+        parse_train(monkeypatch, "--stage", "mlp", "--lr", "1e-3", "--resume", "--out", tmp_path)
+    assert "not what was asked: --lr 0.001 (saved: 0.003)" in capsys.readouterr().err
+    assert parse_train(monkeypatch, "--stage", "mlp", "--lr", "3e-3", "--resume", "--out", tmp_path).resumed["mlp"]
+
+
+# Long work resumes
+
+
+def results_without_timings(folder) -> tuple[dict, dict]:
+    report = json.loads((folder / "results.json").read_text())
+    for stage in report["stages"].values():
+        del stage["compile_seconds"], stage["train_seconds"]
+    del report["seconds"]
+    with np.load(folder / "study_arrays.npz") as saved:
+        return report, dict(saved)
+
+
+STUDY = ["--stages", "linear_ce,mlp", "--seeds", "2", "--epochs", "4"]
+
+
+@pytest.fixture(scope="module")
+def whole_study(tmp_path_factory, data_args):
+    out = tmp_path_factory.mktemp("study") / "whole"
+    whole = run_script("study.py", *STUDY, *data_args, "--out", out)
+    assert whole.returncode == 0, whole.stderr
+    return out
+
+
+@pytest.mark.parametrize("stopped_by", [signal.SIGKILL, signal.SIGTERM])
+def test_a_study_stopped_at_a_random_moment_resumes_to_the_uninterrupted_results(whole_study, tmp_path, data_args, stopped_by):
+    """Stopped inside its second stage, at a moment drawn at random (printed on failure),
+    and resumed: results.json and every array the figures read equal an uninterrupted run."""
+    args = [*STUDY, *data_args]
+    delay = random.uniform(0, 0.8)
+    out = tmp_path / "stopped"
+    proc = start("study.py", *args, "--out", out)
+    read_until(proc, "mlp, 2 seeds: epoch 1/")
+    time.sleep(delay)
+    line = stop(proc, stopped_by)
+    if proc.returncode == 0:
+        pytest.fail(f"the study ended within {delay:.2f} s of its second stage's first epoch: stop it sooner")
+    if stopped_by == signal.SIGTERM:
+        assert proc.returncode == 143 and line.endswith(f"keeps every epoch saved; continue with: python scripts/study.py "
+                                                        f"{' '.join(map(str, args))} --out {out} --resume"), line
+    assert_one_line_error(run_script("study.py", *args, "--out", out), "holds unfinished work; pass --resume")
+    resumed = run_script("study.py", *args, "--out", out, "--resume")
+    assert resumed.returncode == 0, f"stopped {delay:.2f} s in: {resumed.stderr}"
+    (report, arrays), (whole_report, whole_arrays) = results_without_timings(out), results_without_timings(whole_study)
+    assert report["stages"] == whole_report["stages"] and report["steps"] == whole_report["steps"], f"stopped {delay:.2f} s in"
+    assert arrays.keys() == whole_arrays.keys() and all(np.array_equal(arrays[k], whole_arrays[k]) for k in arrays)
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "study_arrays.npz"]  # the progress is gone
+
+
+def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_grid_and_only_the_same_grid(tmp_path, data_args):
+    args = ["--stages", "mlp,mlp_dropout", "--dropout", "0.2,0.5", "--seeds", "2", "--epochs", "2", *data_args]
+    whole = run_script("sweep.py", *args, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "stopped"
+    proc = start("sweep.py", *args, "--out", out)
+    read_until(proc, "mlp_dropout (hidden 256), 4 models: epoch 1/")
+    time.sleep(random.uniform(0, 0.5))
+    stop(proc, signal.SIGTERM)
+    assert proc.returncode == 143
+    other = run_script("sweep.py", *args, "--epochs", "3", "--out", out, "--resume")
+    assert_one_line_error(other, "--resume: the work saved in", "epochs 2 (asked: 3)", "pass --overwrite to start again")
+    resumed = run_script("sweep.py", *args, "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [json.loads((folder / "sweep.json").read_text())["rows"] for folder in (out, tmp_path / "whole")]
+    assert rows[0] == rows[1] and len(rows[0]) == 6
+
+
+def test_progress_holding_a_users_file_is_refused(tmp_path, capsys):
+    parser = cli.ArgumentParser(prog="study.py")
+    cli.add_output_arguments(parser, tmp_path, "results.json", resume=True)
+    (tmp_path / "progress").mkdir()
+    (tmp_path / "progress" / "plan.md").write_text("mine")
+    with pytest.raises(SystemExit):
+        cli.grid_progress(parser, parser.parse_args(["--overwrite"]), {"seeds": 2})
+    assert "holds progress/plan.md, which" in capsys.readouterr().err
+    assert (tmp_path / "progress" / "plan.md").read_text() == "mine"
