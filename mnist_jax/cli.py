@@ -20,7 +20,7 @@ from tqdm import tqdm
 from mnist_jax import distributed, files, memory
 from mnist_jax.data import SOURCES, DataError, default_cache_dir
 from mnist_jax.stages import STAGES
-from mnist_jax.train import TrainConfig
+from mnist_jax.train import MAX_SEED, TrainConfig
 
 EXIT_USAGE = 2  # bad arguments, bad or missing data, an unwritable or busy --out, a damaged checkpoint
 EXIT_DIVERGED = 3  # the loss stopped being finite
@@ -32,7 +32,6 @@ EXIT_PEER_LOST = distributed.EXIT_PEER_LOST  # another process of the run died, 
 DOCUMENTED_EXITS = (0, EXIT_USAGE, EXIT_DIVERGED, EXIT_DOES_NOT_FIT, EXIT_WRITE_FAILED, EXIT_PEER_LOST, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE)
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
-MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits: seed 2**32 would be seed 0 again
 
 
 def _number(text: str, convert: Callable[[str], float], accept: Callable[[float], bool], expected: str):
