@@ -309,6 +309,12 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
             memory.parse_size(os.environ[memory.LIMIT_ENV])  # readable (before JAX starts: jax.distributed comes first)
     except ValueError as e:
         fail(str(e))
+    if os.environ.get("JAX_PLATFORMS") and not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
+        try:
+            jax.devices()  # starts the platforms asked for, in well under a second, or fails before any work
+        except Exception as e:  # noqa: BLE001  (a RuntimeError, or an AssertionError where the platform's plugin is missing)
+            why = str(e).splitlines()[0] if str(e) else "no backend for it is installed"
+            fail(f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']}: JAX cannot start it ({why}); unset it to let JAX choose")
     try:
         main()
     except DataError as e:
