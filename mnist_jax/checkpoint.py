@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mnist_jax.files import UNREADABLE, atomic_write, finite_number, npz_member, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, check_finite, npz_member, write_json
 from mnist_jax.train import RunResult, TrainConfig, TrainState, init_state, make_optimizer
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -88,8 +88,9 @@ def _check_meta(meta: dict) -> TrainConfig:
     if not isinstance(meta["device"], str) or not isinstance(history, list):
         raise ValueError("no device or no history")
     for epoch, row in enumerate(history, 1):
-        if row["epoch"] != epoch or not all(finite_number(row[k]) for k in (*HISTORY_KEYS, *row)):
-            raise ValueError(f"history row {epoch} is not epoch {epoch}'s finite figures")
+        if row["epoch"] != epoch:
+            raise ValueError(f"history row {epoch} is of epoch {row['epoch']!r}")
+        check_finite(f"history of epoch {epoch}", **{key: row[key] for key in (*HISTORY_KEYS, *row)})
     if type(best) is not int or not 0 <= best <= len(history):
         raise ValueError(f"best_epoch {best!r} is not one of the {len(history)} epochs of its history")
     return config

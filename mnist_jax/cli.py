@@ -57,13 +57,17 @@ def positive_float(text: str) -> float:
 
 
 def comma_separated(item: Callable[[str], object]) -> Callable[[str], list]:
-    """An argument type: a comma-separated list, each item of type `item`."""
+    """An argument type: a comma-separated list, each item of type `item`, each value once."""
 
     def parse(text: str) -> list:
+        parts = text.split(",")
         try:
-            return [item(part) for part in text.split(",")]
+            values = [item(part) for part in parts]
         except argparse.ArgumentTypeError as e:
             raise argparse.ArgumentTypeError(f"in {text!r}: {e}") from None
+        if again := [part for i, (part, value) in enumerate(zip(parts, values)) if value in values[:i]]:
+            raise argparse.ArgumentTypeError(f"in {text!r}: {again[0]} repeats a value given before; name each once")
+        return values
 
     return parse
 
