@@ -117,11 +117,12 @@ def _check_sweep(sweep: dict) -> None:
         if type(row["grid"]) is not int or not 0 <= row["grid"] < len(sweep["grids"]) or len(row["history"]) != sweep["grids"][row["grid"]]["epochs"]:
             raise ValueError(f"a {row['stage']} row whose history is not its grid's epochs")
         where = f"grid {row['grid']}, {row['stage']} seed {row['seed']}"
-        check_finite(where, lr=row["lr"], dropout=row["dropout"], test_accuracy=row["test_accuracy"])
+        check_finite(where, lr=row["lr"], dropout=row["dropout"], test_accuracy=row["test_accuracy"], best_val_epoch=row["best_val_epoch"])
         for epoch, entry in enumerate(row["history"], 1):
             check_finite(f"{where}, epoch {epoch}", **{k: entry[k] for k in HISTORY_KEYS})
-        if type(row["seed"]) is not int or not 1 <= row["best_val_epoch"] <= len(row["history"]) or not (row["hidden"] is None or type(row["hidden"]) is int):
-            raise ValueError(f"{where}: a seed, best_val_epoch or hidden width that no grid has")
+        if (type(row["seed"]) is not int or row["lr"] <= 0 or not 0 <= row["dropout"] < 1 or not 1 <= row["best_val_epoch"] <= len(row["history"])
+                or not (row["hidden"] is None or type(row["hidden"]) is int and row["hidden"] > 0)):
+            raise ValueError(f"{where}: a seed, lr, dropout, best_val_epoch or hidden width that no grid has")
         setting_seeds = seeds.setdefault((row["grid"], row["stage"], row["lr"], row["dropout"], row["hidden"]), [])
         if row["seed"] in setting_seeds:
             raise ValueError(f"{where}: twice at lr {row['lr']:g}, dropout {row['dropout']:g}, hidden {row['hidden']}")
