@@ -13,6 +13,7 @@ its config does not describe raises `CheckpointError`, never a half-restored run
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import zipfile
@@ -23,11 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mnist_jax.files import UNREADABLE, atomic_write, is_json_with, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, check_finite, is_json_with, npz_member, write_json
 from mnist_jax.train import RunResult, TrainConfig, TrainState, init_state, make_optimizer
 
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT = 2  # bump when the layout changes: older checkpoints are then refused, not misread
+MAX_META_BYTES = 2**26  # the config and history of some 100,000 epochs, as NumPy stores text (4 bytes a character)
+HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")  # and "seconds", by train.py
 
 
 class CheckpointError(Exception):
@@ -74,10 +77,36 @@ RUN_FILES = {CHECKPOINT_FILE: is_checkpoint, "metrics.json": lambda path: is_jso
 def saved_epochs(run_dir: str | os.PathLike) -> int:
     """How many epochs the checkpoint in `run_dir` holds (0: none, or unreadable)."""
     try:
-        with np.load(Path(run_dir) / CHECKPOINT_FILE) as saved:
-            return len(json.loads(str(saved["meta"]))["history"])
+        with zipfile.ZipFile(Path(run_dir) / CHECKPOINT_FILE) as archive:
+            return len(_meta(archive)["history"])
     except UNREADABLE:
         return 0
+
+
+def _meta(archive: zipfile.ZipFile) -> dict:
+    """The `meta` entry, read only if its header declares at most `MAX_META_BYTES`."""
+
+    def check(shape: tuple, dtype: np.dtype) -> None:
+        if shape != () or dtype.kind != "U" or dtype.itemsize > MAX_META_BYTES:
+            raise ValueError(f"meta is {dtype}{list(shape)}, expected text of at most {MAX_META_BYTES:,} bytes")
+
+    return json.loads(str(npz_member(archive, "meta", check)))
+
+
+def _check_meta(meta: dict) -> TrainConfig:
+    """The config of a checkpoint's `meta` (TrainConfig's own checks), once its history
+    is of finite figures, epoch by epoch, and its best epoch one of them; else ValueError."""
+    config = TrainConfig(**meta["config"])
+    history, best = meta["history"], meta["best_epoch"]
+    if not isinstance(meta["device"], str) or not isinstance(history, list):
+        raise ValueError("no device or no history")
+    for epoch, row in enumerate(history, 1):
+        if row["epoch"] != epoch:
+            raise ValueError(f"history row {epoch} is of epoch {row['epoch']!r}")
+        check_finite(f"history of epoch {epoch}", **{key: row[key] for key in (*HISTORY_KEYS, *row)})
+    if type(best) is not int or not 0 <= best <= len(history):
+        raise ValueError(f"best_epoch {best!r} is not one of the {len(history)} epochs of its history")
+    return config
 
 
 def load_run(run_dir: str | os.PathLike) -> RunResult:
@@ -86,24 +115,25 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint in {run_dir}")
     try:
-        with np.load(path) as saved:
-            meta = json.loads(str(saved["meta"]))
+        with zipfile.ZipFile(path) as archive:
+            meta = _meta(archive)
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 version = meta.get("format", "none") if isinstance(meta, dict) else "none"
                 raise CheckpointError(f"{path} is in checkpoint format {version}; this version reads format {FORMAT}")
-            config = TrainConfig(**meta["config"])
-            config.spec  # noqa: B018  (a known stage)
+            config = _check_meta(meta)
             tx = make_optimizer(config.lr)
             graphdef, template = jax.eval_shape(lambda: init_state(config, jax.random.key(0), tx))  # the tree structure
             like = _named(_arrays(RunResult(config, meta["device"], graphdef, template, template, 0, [])))
-            for name, expected in like.items():
-                if name not in saved or saved[name].shape != expected.shape or saved[name].dtype != expected.dtype:
-                    found = f"{saved[name].dtype}{list(saved[name].shape)}" if name in saved else "nothing"
+
+            def check(name: str, shape: tuple, dtype: np.dtype) -> None:  # before the data is read
+                expected = like[name]
+                if shape != expected.shape or dtype != expected.dtype:
                     raise CheckpointError(
-                        f"{path} does not hold the arrays of its own config ({config.describe()}): "
-                        f"{name} is {found}, expected {expected.dtype}{list(expected.shape)}"
+                        f"{path} is damaged: it does not hold the arrays of its own config ({config.describe()}): "
+                        f"{name} is {dtype}{list(shape)}, expected {expected.dtype}{list(expected.shape)}"
                     )
-            arrays = [jnp.asarray(saved[name]) for name in like]
+
+            arrays = [jnp.asarray(npz_member(archive, name, functools.partial(check, name))) for name in like]
             best_epoch, history = int(meta["best_epoch"]), list(meta["history"])
     except CheckpointError:
         raise
@@ -126,6 +156,8 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
 
 def load_model(run_dir: str | os.PathLike, which: str = "final") -> tuple[nnx.Module, TrainConfig]:
     """The `final` or `best` model of a saved run, as a Flax NNX module."""
+    if which not in ("final", "best"):
+        raise ValueError(f"load_model which: expected 'final' or 'best', got {which!r}")
     run = load_run(run_dir)
     state = run.final if which == "final" else run.best
     return nnx.merge(run.graphdef, state.params, state.batch_stats), run.config

@@ -21,7 +21,7 @@ from mnist_jax import distributed, files, memory
 from mnist_jax.data import SOURCES, DataError, default_cache_dir
 from mnist_jax.progress import GridProgress, ProgressError
 from mnist_jax.stages import STAGES
-from mnist_jax.train import TrainConfig
+from mnist_jax.train import MAX_SEED, NonFiniteLoss, TrainConfig
 
 EXIT_USAGE = 2  # bad arguments, bad or missing data, an unwritable or busy --out, a damaged checkpoint
 EXIT_DIVERGED = 3  # the loss stopped being finite
@@ -36,7 +36,6 @@ DOCUMENTED_EXITS = (0, EXIT_USAGE, EXIT_DIVERGED, EXIT_DOES_NOT_FIT, EXIT_WRITE_
                     EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_BROKEN_PIPE)
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
-MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits: seed 2**32 would be seed 0 again
 
 
 def _number(text: str, convert: Callable[[str], float], accept: Callable[[float], bool], expected: str):
@@ -62,13 +61,17 @@ def positive_float(text: str) -> float:
 
 
 def comma_separated(item: Callable[[str], object]) -> Callable[[str], list]:
-    """An argument type: a comma-separated list, each item of type `item`."""
+    """An argument type: a comma-separated list, each item of type `item`, each value once."""
 
     def parse(text: str) -> list:
+        parts = text.split(",")
         try:
-            return [item(part) for part in text.split(",")]
+            values = [item(part) for part in parts]
         except argparse.ArgumentTypeError as e:
             raise argparse.ArgumentTypeError(f"in {text!r}: {e}") from None
+        if again := [part for i, (part, value) in enumerate(zip(parts, values)) if value in values[:i]]:
+            raise argparse.ArgumentTypeError(f"in {text!r}: {again[0]} repeats a value given before; name each once")
+        return values
 
     return parse
 
@@ -402,6 +405,21 @@ def signals_deferred() -> Iterator[None]:
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "can't allocate memory")
 
 
+def check_environment() -> None:
+    """The variables the scripts read, checked before any work."""
+    if os.environ.get(memory.LIMIT_ENV):
+        try:
+            memory.parse_size(os.environ[memory.LIMIT_ENV])  # readable (before JAX starts: jax.distributed comes first)
+        except ValueError as e:
+            fail(str(e))
+    if os.environ.get("JAX_PLATFORMS") and not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
+        try:
+            jax.devices()  # starts the platforms asked for, in well under a second, or fails before any work
+        except Exception as e:  # noqa: BLE001  (a RuntimeError, or an AssertionError where the platform's plugin is missing)
+            why = str(e).splitlines()[0] if str(e) else "no backend for it is installed"
+            fail(f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']}: JAX cannot start it ({why}); unset it to let JAX choose")
+
+
 def run(main: Callable[[], None], several_processes: bool = False) -> None:
     """Run a script's main: every failure a user or the machine can cause ends in one
     line and its exit status (the table in README.md), not a traceback. A script that
@@ -412,12 +430,10 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
         if signal.getsignal(s) is not signal.SIG_IGN:
             signal.signal(s, _stop)
     try:
-        if os.environ.get(memory.LIMIT_ENV):
-            memory.parse_size(os.environ[memory.LIMIT_ENV])  # readable (before JAX starts: jax.distributed comes first)
-    except ValueError as e:
-        fail(str(e))
-    try:
+        check_environment()
         main()
+    except NonFiniteLoss as e:  # a grid's model (train.py says more of its run itself)
+        fail(f"training stopped: {e}", EXIT_DIVERGED)
     except Stopped as e:
         _exit_stopped(e.signum)
     except distributed.StopAgreed:

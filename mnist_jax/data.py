@@ -39,6 +39,7 @@ RECORDS_SHA256 = {
 NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
 NUM_VALIDATION = 6_000
 _IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}  # unsigned bytes, 1 or 3 dimensions
+MAX_IDX_BYTES = 16 + NUM_EXAMPLES["train"] * 28 * 28  # the training images, decompressed
 
 
 class DataError(Exception):
@@ -82,13 +83,16 @@ def _find_idx(directory: Path, stem: str) -> Path:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed if gzip, read only up to `MAX_IDX_BYTES`: a
+    file that is (or expands to) more is damaged, and is refused as soon as seen."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            raw = f.read(MAX_IDX_BYTES + 1)  # gzip decompresses it in chunks: never more than this
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
+    if len(raw) > MAX_IDX_BYTES:
+        raise DataError(f"{path}: damaged: it holds more than the {MAX_IDX_BYTES:,} bytes of the largest MNIST IDX file")
+    return raw
 
 
 def read_idx_file(path: Path, ndim: int, verify: bool = True) -> np.ndarray:

@@ -7,12 +7,15 @@ import atexit
 import contextlib
 import fcntl
 import json
+import math
 import os
 import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
+
+import numpy as np
 
 
 # What reading a damaged JSON or NumPy file can raise (a truncated archive, bad JSON, a
@@ -22,6 +25,46 @@ UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError
 PARTIAL = ".partial-"  # the prefix of a file being written
 LOCK = ".mnist_jax.lock"
 _LOCKS_HELD: list[Callable[[], None]] = []
+
+
+def finite_number(x) -> bool:
+    """Whether a value read from a file is a finite int or float (a bool is not)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_finite(where: str, **figures) -> None:
+    """ValueError naming the first of `figures` (read from a file) that is not a finite number."""
+    for key, value in figures.items():
+        if not finite_number(value):
+            raise ValueError(f"{where}: {key} is {value!r}, not a finite number")
+
+
+def read_json(path: str | os.PathLike, max_bytes: int):
+    """A JSON file of at most `max_bytes` (else ValueError, before reading it)."""
+    if (size := os.path.getsize(path)) > max_bytes:
+        raise ValueError(f"{size:,} bytes, more than the {max_bytes:,} such a file may have")
+    return json.loads(Path(path).read_text())
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def npz_member(archive: zipfile.ZipFile, name: str, check: Callable[[tuple[int, ...], np.dtype], None]) -> np.ndarray:
+    """Array `name` of an .npz archive, its data read only once `check(shape, dtype)`
+    has passed on its header: the size a damaged header claims is never allocated."""
+    with archive.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in _NPY_HEADERS:
+            raise ValueError(f"{name}: .npy format version {version}")
+        shape, fortran, dtype = _NPY_HEADERS[version](f)
+        check(shape, dtype)
+        if dtype.hasobject:
+            raise ValueError(f"{name}: holds Python objects")
+        size = math.prod(shape) * dtype.itemsize
+        data = f.read(size)
+    if len(data) != size:
+        raise ValueError(f"{name}: {len(data)} bytes of the {size} its header declares")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
 
 
 @contextlib.contextmanager

@@ -107,7 +107,7 @@ def width_sweep(data: MNIST, widths: list[int], seeds: list[int], epochs: int = 
             "test_accuracies": result.test_accuracies.tolist(),
             "mean": mean,
             "std": std,
-            "ci95": list(ci),
+            "ci95": list(ci) if ci else None,
         })
     return rows
 

@@ -8,6 +8,7 @@ the latter, to leave room for others or to act out a smaller device.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 
@@ -25,12 +26,12 @@ def parse_size(text: str) -> int:
     """'1500000', '512M', '2G' -> bytes."""
     number, suffix = (text[:-1], text[-1].upper()) if text and text[-1].upper() in _SUFFIXES else (text, "")
     try:
-        size = int(float(number) * _SUFFIXES[suffix])
+        size = float(number) * _SUFFIXES[suffix]
     except ValueError:
         size = 0
-    if size <= 0:
+    if not 1 <= size < math.inf:  # nan, inf, negative, under a byte
         raise ValueError(f"{LIMIT_ENV}={text!r}: expected a positive size such as 2G or 512M")
-    return size
+    return int(size)
 
 
 def _kilobytes(path: str, field: str) -> int:

@@ -62,6 +62,13 @@ def _pct(values) -> np.ndarray:
     return 100 * np.asarray(values, dtype=float)
 
 
+def _ci_pct(summaries: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """The ends of each summary's 95% interval in %; NaN, which is not drawn, where a
+    summary has none (one seed)."""
+    ends = np.array([s["ci95"] or (np.nan, np.nan) for s in summaries], dtype=float).reshape(-1, 2)
+    return 100 * ends[:, 0], 100 * ends[:, 1]
+
+
 def training_curves(results: dict, path: str | os.PathLike) -> None:
     """Train and validation loss and accuracy per epoch: mean over seeds, band = min..max."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
@@ -91,8 +98,8 @@ def comparison_chart(results: dict, path: str | os.PathLike) -> None:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, stage in enumerate(stages):
         r = results["stages"][stage]
-        lo, hi = _pct(r["ci95"])
-        ax.errorbar([i], [100 * r["mean"]], yerr=[[100 * r["mean"] - lo], [hi - 100 * r["mean"]]],
+        lo, hi = _ci_pct([r])
+        ax.errorbar([i], [100 * r["mean"]], yerr=[100 * r["mean"] - lo, hi - 100 * r["mean"]],
                     fmt="o", color="C0", capsize=5, label="this project: mean, 95% CI" if i == 0 else None)
         ax.scatter([i + 0.12] * len(r["test_accuracies"]), _pct(r["test_accuracies"]), s=8, color="C0",
                    alpha=0.4, label="one seed" if i == 0 else None)
@@ -199,8 +206,8 @@ def width_sweep(report: dict, path: str | os.PathLike) -> None:
     """MLP test accuracy against parameter count, with the linear ceilings as lines."""
     rows = report["width_sweep"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.errorbar([r["parameters"] for r in rows], [100 * r["mean"] for r in rows],
-                yerr=[[100 * (r["mean"] - r["ci95"][0]) for r in rows], [100 * (r["ci95"][1] - r["mean"]) for r in rows]],
+    mean, (lo, hi) = _pct([r["mean"] for r in rows]), _ci_pct(rows)
+    ax.errorbar([r["parameters"] for r in rows], mean, yerr=[mean - lo, hi - mean],
                 fmt="o-", capsize=4, label=f"mlp, 5 epochs ({report['seeds']} seeds, 95% CI)")
     for r in rows:
         ax.annotate(str(r["hidden"]), (r["parameters"], 100 * r["mean"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
@@ -220,8 +227,7 @@ def _band(ax, epochs, summaries, label, **style):
     """A mean line with its 95% interval as a band."""
     mean = [100 * s["mean"] for s in summaries]
     (line,) = ax.plot(epochs, mean, label=label, **style)
-    ax.fill_between(epochs, [100 * s["ci95"][0] for s in summaries], [100 * s["ci95"][1] for s in summaries],
-                    color=line.get_color(), alpha=0.2)
+    ax.fill_between(epochs, *_ci_pct(summaries), color=line.get_color(), alpha=0.2)
 
 
 def sweep_dropout(answer: dict, device: str, path: str | os.PathLike) -> None:
@@ -236,7 +242,7 @@ def sweep_dropout(answer: dict, device: str, path: str | os.PathLike) -> None:
         _band(diff_ax, epochs, diffs, f"dropout {rate} − mlp")
     diff_ax.axhline(0, color="black", lw=0.8)
     curves = [answer["mlp"]["test"], *(r["test"] for r in answer["rates"].values())]
-    acc_ax.set_ylim(bottom=min(100 * s["ci95"][0] for c in curves for s in c[1:]) - 0.2)  # epoch 1 would flatten the rest
+    acc_ax.set_ylim(bottom=min(100 * (s["ci95"] or [s["mean"]])[0] for c in curves for s in c[1:]) - 0.2)  # epoch 1 would flatten the rest
     for ax in (acc_ax, diff_ax):
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
@@ -258,8 +264,8 @@ def sweep_learning_rates(answers: dict, device: str, path: str | os.PathLike) ->
         for stage, choice in comparison["choice"].items():
             lrs = [float(lr) for lr in choice["by_lr"]]
             test = [choice["by_lr"][lr]["test"] for lr in choice["by_lr"]]
-            mean = [100 * t["mean"] for t in test]
-            err = [[m - 100 * t["ci95"][0] for m, t in zip(mean, test)], [100 * t["ci95"][1] - m for m, t in zip(mean, test)]]
+            mean, (lo, hi) = _pct([t["mean"] for t in test]), _ci_pct(test)
+            err = [mean - lo, hi - mean]
             (line, *_) = ax.errorbar(lrs, mean, yerr=err, fmt="o-", capsize=3, label=f"{stage}: test, 95% CI")
             ax.plot(lrs, [100 * choice["by_lr"][lr]["val"]["mean"] for lr in choice["by_lr"]], ":", color=line.get_color(),
                     label=f"{stage}: validation mean")

@@ -7,9 +7,9 @@ images stay one shared device array. The statistics compare stages seed by seed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -25,10 +25,11 @@ from mnist_jax.data import MNIST
 from mnist_jax.models import NUM_CLASSES
 from mnist_jax.stages import STAGES
 from mnist_jax.evaluate import make_evaluate, predict
-from mnist_jax.files import UNREADABLE, atomic_write, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, check_finite, npz_member, read_json, write_json
 from mnist_jax.models import dropout_bits
 from mnist_jax.progress import GridProgress
 from mnist_jax.train import (
+    NonFiniteLoss,
     Point,
     TrainConfig,
     device_data,
@@ -184,6 +185,11 @@ def _train_chunk(
         states, metrics = chunk.epoch(models, jnp.int32(e), images, labels, test_images, test_labels)
         models = (states, *models[1:])
         rows.append(metrics)
+        losses = sharding.gather(metrics)[:, [0, 2]]  # train and validation loss
+        if not np.isfinite(losses).all():
+            point = points[int(np.flatnonzero(~np.isfinite(losses).all(1))[0])]
+            kept = f"; {progress.folder} keeps epoch {e - 1}" if progress and e > 1 else ""
+            raise NonFiniteLoss(e, f" ({config.stage}, seed {point.seed}, lr {point.lr:g}, dropout {point.dropout:g}){kept}")
         if progress:
             progress.save(key, e, sharding.gather(states), np.concatenate([saved_rows, np.stack(sharding.gather(rows))]))
         distributed.stop_if_agreed()
@@ -274,15 +280,25 @@ def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int], **kwargs) ->
     return train_grid(config, data, [config.point._replace(seed=s) for s in seeds], **kwargs)
 
 
-def mean_ci95(values) -> tuple[float, float, tuple[float, float]]:
-    """Mean, sample standard deviation and 95% t-interval of the mean."""
+def mean_ci95(values) -> tuple[float, float | None, tuple[float, float] | None]:
+    """Mean, sample standard deviation and 95% t-interval of the mean; the last two None
+    under two values (one value has no spread). ValueError on none, or on a non-finite one."""
     values = np.asarray(values, np.float64)
+    if not values.size or not np.isfinite(values).all():
+        raise ValueError(f"expected finite values, got {values.tolist()}")
     mean = float(values.mean())
     if len(values) < 2:
-        return mean, 0.0, (mean, mean)
+        return mean, None, None
     std = float(values.std(ddof=1))
     half = float(scipy.stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
     return mean, std, (mean - half, mean + half)
+
+
+def paired_difference(differences) -> dict:
+    """Differences paired by seed: their mean, 95% interval (None under two pairs) and
+    whether the interval excludes zero (never without one)."""
+    mean, _, ci = mean_ci95(differences)
+    return {"difference": mean, "ci95": list(ci) if ci else None, "significant": bool(ci and (ci[0] > 0 or ci[1] < 0))}
 
 
 def stage_summary(result: GridResult) -> dict:
@@ -293,7 +309,7 @@ def stage_summary(result: GridResult) -> dict:
         "history": result.history,
         "mean": mean,
         "std": std,
-        "ci95": list(ci),
+        "ci95": list(ci) if ci else None,
         "documented_accuracy": result.config.spec.documented_accuracy,
         "compile_seconds": result.compile_seconds,
         "train_seconds": result.train_seconds,
@@ -303,13 +319,16 @@ def stage_summary(result: GridResult) -> dict:
 
 def step_differences(stages: dict[str, dict], pairs: list[tuple[str, str]] | None = None) -> list[dict]:
     """Accuracy of `to` minus `from` for each pair (default: consecutive stages), paired
-    by seed (a seed gives both stages the same split and batch order)."""
+    by seed (a seed gives both stages the same split and batch order): both stages must
+    have run the same seeds."""
     names = list(stages)
     steps = []
-    for before, after in pairs or list(zip(names, names[1:])):
+    for before, after in zip(names, names[1:]) if pairs is None else pairs:
+        if stages[before]["seeds"] != stages[after]["seeds"]:
+            raise ValueError(f"{before} and {after} ran different seeds ({stages[before]['seeds']}, {stages[after]['seeds']}): "
+                             "a difference pairs the same seeds")
         diff = np.subtract(stages[after]["test_accuracies"], stages[before]["test_accuracies"])
-        mean, _, (lo, hi) = mean_ci95(diff)
-        steps.append({"from": before, "to": after, "difference": mean, "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0)})
+        steps.append({"from": before, "to": after, **paired_difference(diff)})
     return steps
 
 
@@ -317,6 +336,9 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     matrix = np.zeros((10, 10), np.int64)
     np.add.at(matrix, (labels, predicted), 1)
     return matrix
+
+
+MISCLASSIFIED = 24  # test digits kept that the best linear stage gets wrong and an MLP right
 
 
 def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: str, seconds: float, write: bool = True) -> dict:
@@ -345,7 +367,7 @@ def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: 
         mlp = "mlp" if "mlp" in mlps else mlps[0]
         wrong = results[best_linear].test_predictions[0] != data.test_labels
         right = results[mlp].test_predictions[0] == data.test_labels
-        picked = np.flatnonzero(wrong & right)[:24]
+        picked = np.flatnonzero(wrong & right)[:MISCLASSIFIED]
         arrays |= {
             "misclassified_stages": np.array([best_linear, mlp]),
             "misclassified_images": data.test_images[picked],
@@ -366,40 +388,84 @@ class StudyFileError(ValueError):
 
 
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+MAX_RESULTS_BYTES = 2**28  # results.json of ten seeds and five epochs is 78 KB
+
+
+def _check_interval(where: str, mean: float, ci95: list | None, n: int) -> None:
+    """A 95% interval of `n` values holds its mean; under two values there is none."""
+    if n < 2:
+        if ci95 is not None:
+            raise ValueError(f"{where}: a 95% interval {ci95} of one seed")
+        return
+    lo, hi = ci95
+    check_finite(where, ci95_low=lo, ci95_high=hi)
+    if not lo <= mean <= hi:
+        raise ValueError(f"{where}: mean {mean} outside its 95% interval [{lo}, {hi}]")
 
 
 def _check_report(report: dict) -> None:
-    """Raise unless `report` holds what the figures read."""
+    """Raise unless `report` is what `save_study` writes: every figure a finite number,
+    each mean within its interval, every stage of the same seeds and epochs, and the
+    steps between the stages it holds."""
     if not isinstance(report["device"], str) or not report["stages"]:
         raise ValueError("no device or no stages")
-    for name, stage in report["stages"].items():
+    stages = report["stages"]
+    first = next(iter(stages.values()))
+    for name, stage in stages.items():
         STAGES[name]  # noqa: B018  (a known stage)
-        histories = stage["history"]
-        if not len(stage["seeds"]) == len(stage["test_accuracies"]) == len(histories) > 0 or len(stage["ci95"]) != 2:
+        seeds, histories = stage["seeds"], stage["history"]
+        if seeds != first["seeds"] or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError(f"{name}: seeds {seeds}, where each stage has the same distinct seeds {first['seeds']}")
+        if not len(seeds) == len(stage["test_accuracies"]) == len(histories) > 0:
             raise ValueError(f"{name}: seeds, test_accuracies and history differ in length")
-        if not histories[0] or any(len(seed) != len(histories[0]) for seed in histories):
+        if not histories[0] or any(len(history) != len(first["history"][0]) for history in histories):
             raise ValueError(f"{name}: seeds with different numbers of epochs")
-        numbers = [stage["mean"], stage["std"], stage["documented_accuracy"], *stage["ci95"], *stage["test_accuracies"]]
-        numbers += [row[key] for seed in histories for row in seed for key in HISTORY_KEYS]
-        if not all(isinstance(x, (int, float)) for x in numbers):
-            raise ValueError(f"{name}: a figure that is not a number")
+        check_finite(name, mean=stage["mean"], documented_accuracy=stage["documented_accuracy"],
+                      **{f"test_accuracies[{i}]": x for i, x in enumerate(stage["test_accuracies"])})
+        for seed, history in zip(seeds, histories):
+            for epoch, row in enumerate(history, 1):
+                check_finite(f"{name}, seed {seed}, epoch {epoch}", **{key: row[key] for key in HISTORY_KEYS})
+        if len(seeds) > 1:
+            check_finite(name, std=stage["std"])
+        _check_interval(name, stage["mean"], stage["ci95"], len(seeds))
+    names = list(stages)
+    pairs = {"steps": list(zip(names, names[1:])), "versus_mlp": [("mlp", s) for s in ("mlp_dropout", "mlp_bn") if {"mlp", s} <= stages.keys()]}
+    for key, expected in pairs.items():
+        if [(step["from"], step["to"]) for step in report[key]] != expected:
+            raise ValueError(f"{key} compares {[(step['from'], step['to']) for step in report[key]]}, not {expected}")
+        for step in report[key]:
+            where = f"{key} {step['to']} - {step['from']}"
+            check_finite(where, difference=step["difference"])
+            _check_interval(where, step["difference"], step["ci95"], len(first["seeds"]))
 
 
-def _check_arrays(arrays: dict, stages: list[str]) -> None:
-    """Raise unless `arrays` holds what the figures of `stages` read, in their shapes."""
+def _read_arrays(path: Path, stages: list[str]) -> dict:
+    """What the figures of `stages` read from `study_arrays.npz`, each array read only
+    once its header declares its shape (None: a length up to MISCLASSIFIED) and numbers."""
     shapes = {f"{name}_confusion": (10, 10) for name in stages}
     shapes |= {f"{name}_weights": (NUM_CLASSES, 784) for name in stages if not STAGES[name].is_mlp}
+    with zipfile.ZipFile(path) as archive:
+        if "misclassified_stages.npy" in archive.namelist():
+            shapes |= {"misclassified_stages": (2,), "misclassified_images": (None, 28, 28),
+                       "misclassified_labels": (None,), "misclassified_linear_predictions": (None,)}
+
+        def read(name: str, shape: tuple) -> np.ndarray:
+            def check(found: tuple, dtype: np.dtype) -> None:
+                fits = len(found) == len(shape) and all(f == s or s is None and f <= MISCLASSIFIED for f, s in zip(found, shape))
+                if not fits or dtype.kind not in "iufU" or dtype.itemsize > 64:
+                    raise ValueError(f"{name} is {dtype}{list(found)}, expected {list(shape)} (None: up to {MISCLASSIFIED})")
+
+            return npz_member(archive, name, check)
+
+        arrays = {name: read(name, shape) for name, shape in shapes.items()}
+    if not all(np.isfinite(arrays[f"{name}_weights"]).all() for name in stages if not STAGES[name].is_mlp):
+        raise ValueError("weights that are not finite numbers")
     if "misclassified_stages" in arrays:
-        n = len(arrays["misclassified_images"])
-        shapes |= {"misclassified_stages": (2,), "misclassified_images": (n, 28, 28),
-                   "misclassified_labels": (n,), "misclassified_linear_predictions": (n,)}
+        if len({len(arrays[k]) for k in shapes if k.startswith("misclassified_") and k != "misclassified_stages"}) != 1:
+            raise ValueError("misclassified_images, _labels and _linear_predictions differ in length")
         if not set(map(str, arrays["misclassified_stages"])) <= set(stages):
             raise ValueError("misclassified_stages names stages not in results.json")
-    for key, shape in shapes.items():
-        if key not in arrays:
-            raise ValueError(f"no {key}")
-        if arrays[key].shape != shape:
-            raise ValueError(f"{key} has shape {arrays[key].shape}, expected {shape}")
+    return arrays
 
 
 def load_study(results: Path) -> tuple[dict, dict]:
@@ -407,12 +473,10 @@ def load_study(results: Path) -> tuple[dict, dict]:
     `StudyFileError` names the file and what is wrong with it."""
     path = results
     try:
-        report = json.loads(results.read_text())
+        report = read_json(results, MAX_RESULTS_BYTES)
         _check_report(report)
         path = results.with_name("study_arrays.npz")
-        with np.load(path) as saved:
-            arrays = dict(saved)
-        _check_arrays(arrays, list(report["stages"]))
+        arrays = _read_arrays(path, list(report["stages"]))
     except UNREADABLE as e:
         raise StudyFileError(f"{path} is damaged or not written by scripts/study.py ({type(e).__name__}: {e})") from None
     return report, arrays

@@ -12,7 +12,6 @@ validation accuracy only; test accuracy is reported, never chosen on.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -20,15 +19,16 @@ import jax
 import numpy as np
 
 from mnist_jax.data import MNIST
-from mnist_jax.files import UNREADABLE, write_json
+from mnist_jax.files import UNREADABLE, check_finite, read_json, write_json
 from mnist_jax.progress import GridProgress
 from mnist_jax.stages import STAGES
-from mnist_jax.study import GridResult, mean_ci95, train_grid
+from mnist_jax.study import GridResult, mean_ci95, paired_difference, train_grid
 from mnist_jax.train import Point, TrainConfig, device_description
 
 SWEEP_FILE = "sweep.json"
 ROW_KEYS = ("stage", "lr", "dropout", "hidden", "seed", "test_accuracy", "best_val_epoch", "history")
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_accuracy")
+MAX_SWEEP_BYTES = 2**28  # assets/sweep.json, 200 models of up to 40 epochs, is 1.5 MB
 
 
 def grid_points(stage: str, lrs: list[float] | None, dropouts: list[float] | None, seeds: int) -> list[Point]:
@@ -108,25 +108,41 @@ class SweepFileError(ValueError):
 
 
 def _check_sweep(sweep: dict) -> None:
+    """Raise unless `sweep` is what `save_grid` writes: every figure a finite number, each
+    row's history its grid's epochs, each setting of a grid with each seed once and the
+    same seeds as the grid's other settings (a question pairs them)."""
     if not sweep["grids"] or not sweep["rows"]:
         raise ValueError("no grids or no rows")
     for grid in sweep["grids"]:
-        if not isinstance(grid["command"], str) or not isinstance(grid["device"], str):
-            raise ValueError("a grid without its command or device")
+        if not isinstance(grid["command"], str) or not isinstance(grid["device"], str) or type(grid["epochs"]) is not int:
+            raise ValueError("a grid without its command, device or epochs")
+    seeds: dict[tuple, list] = {}  # (grid, stage, lr, dropout, hidden) -> its seeds
     for row in sweep["rows"]:
         STAGES[row["stage"]]  # noqa: B018  (a known stage)
-        if not 0 <= row["grid"] < len(sweep["grids"]) or len(row["history"]) != sweep["grids"][row["grid"]]["epochs"]:
+        if type(row["grid"]) is not int or not 0 <= row["grid"] < len(sweep["grids"]) or len(row["history"]) != sweep["grids"][row["grid"]]["epochs"]:
             raise ValueError(f"a {row['stage']} row whose history is not its grid's epochs")
-        numbers = [row[k] for k in ("lr", "dropout", "seed", "test_accuracy", "best_val_epoch")]
-        numbers += [entry[k] for entry in row["history"] for k in HISTORY_KEYS]
-        if not all(isinstance(x, (int, float)) for x in numbers):
-            raise ValueError(f"a {row['stage']} row with a figure that is not a number")
+        where = f"grid {row['grid']}, {row['stage']} seed {row['seed']}"
+        check_finite(where, lr=row["lr"], dropout=row["dropout"], test_accuracy=row["test_accuracy"], best_val_epoch=row["best_val_epoch"])
+        for epoch, entry in enumerate(row["history"], 1):
+            check_finite(f"{where}, epoch {epoch}", **{k: entry[k] for k in HISTORY_KEYS})
+        if (type(row["seed"]) is not int or row["lr"] <= 0 or not 0 <= row["dropout"] < 1 or not 1 <= row["best_val_epoch"] <= len(row["history"])
+                or not (row["hidden"] is None or type(row["hidden"]) is int and row["hidden"] > 0)):
+            raise ValueError(f"{where}: a seed, lr, dropout, best_val_epoch or hidden width that no grid has")
+        setting_seeds = seeds.setdefault((row["grid"], row["stage"], row["lr"], row["dropout"], row["hidden"]), [])
+        if row["seed"] in setting_seeds:
+            raise ValueError(f"{where}: twice at lr {row['lr']:g}, dropout {row['dropout']:g}, hidden {row['hidden']}")
+        setting_seeds.append(row["seed"])
+    for (grid, stage, lr, dropout, hidden), found in seeds.items():
+        every = {s for key, other in seeds.items() if key[0] == grid for s in other}
+        if missing := sorted(every - set(found)):
+            raise ValueError(f"grid {grid}, {stage} at lr {lr:g}, dropout {dropout:g}, hidden {hidden}: no seed "
+                             f"{', '.join(map(str, missing))}, which the grid's other settings have")
 
 
 def load_sweep(path: Path) -> dict:
     """`sweep.json` as `save_grid` wrote it; `SweepFileError` names the file and the fault."""
     try:
-        sweep = json.loads(path.read_text())
+        sweep = read_json(path, MAX_SWEEP_BYTES)
         _check_sweep(sweep)
     except UNREADABLE as e:
         raise SweepFileError(f"{path} is damaged or not written by scripts/sweep.py ({type(e).__name__}: {e})") from None
@@ -139,11 +155,25 @@ def load_sweep(path: Path) -> dict:
 
 def setting(rows: list[dict], stage: str, **fixed) -> dict[int, dict]:
     """The rows of one stage whose fields equal `fixed`, by seed."""
-    chosen = [r for r in rows if r["stage"] == stage and all(np.isclose(r[k], v) for k, v in fixed.items())]
+    chosen = [r for r in rows if r["stage"] == stage and all(r[k] == v for k, v in fixed.items())]
     by_seed = {r["seed"]: r for r in chosen}
+    if not chosen:
+        raise ValueError(f"no {stage} rows with {fixed}")
     if len(by_seed) != len(chosen):
         raise ValueError(f"{stage} {fixed}: more than one setting per seed; name the one to compare")
     return by_seed
+
+
+def same_seeds(*settings: dict[int, dict]) -> list[int]:
+    """The seeds of settings compared with one another, which must be the same: a seed
+    missing from one is a ValueError naming it, never a smaller pairing."""
+    seeds = sorted(set().union(*settings))
+    for by_seed in settings:
+        if missing := [s for s in seeds if s not in by_seed]:
+            row = next(iter(by_seed.values()))
+            raise ValueError(f"{row['stage']} at lr {row['lr']:g}, dropout {row['dropout']:g} has no seed "
+                             f"{', '.join(map(str, missing))}, which a setting it is compared with has")
+    return seeds
 
 
 def curve(by_seed: dict[int, dict], key: str, seeds: list[int]) -> np.ndarray:
@@ -152,28 +182,26 @@ def curve(by_seed: dict[int, dict], key: str, seeds: list[int]) -> np.ndarray:
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> dict:
-    """b - a, seed by seed: mean, 95% interval, and whether it excludes zero."""
-    mean, _, (lo, hi) = mean_ci95(np.subtract(b, a))
-    return {"difference": mean, "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0)}
+    """b - a, seed by seed: mean, 95% interval (None under two seeds), and whether it excludes zero."""
+    return paired_difference(np.subtract(b, a))
 
 
 def summary(values: np.ndarray) -> dict:
     mean, std, ci = mean_ci95(values)
-    return {"mean": mean, "std": std, "ci95": list(ci)}
+    return {"mean": mean, "std": std, "ci95": list(ci) if ci else None}
 
 
 def dropout_over_epochs(rows: list[dict], lr: float = 1e-3) -> dict:
     """Question 1: `mlp_dropout` at each of its rates against `mlp` after every epoch, at
     learning rate `lr`."""
-    rows = [r for r in rows if np.isclose(r["lr"], lr)]
+    rows = [r for r in rows if r["lr"] == lr]
     base = setting(rows, "mlp")
-    rates = sorted({r["dropout"] for r in rows if r["stage"] == "mlp_dropout"})
-    seeds = sorted(base)
+    others = {rate: setting(rows, "mlp_dropout", dropout=rate) for rate in sorted({r["dropout"] for r in rows if r["stage"] == "mlp_dropout"})}
+    seeds = same_seeds(base, *others.values())
     plain = curve(base, "test_accuracy", seeds)
     answer = {"lr": lr, "seeds": len(seeds), "epochs": plain.shape[1], "mlp": _per_epoch(base, seeds), "rates": {}}
     plain_best = answer["mlp"]["best_val_epoch"]
-    for rate in rates:
-        other = setting(rows, "mlp_dropout", dropout=rate)
+    for rate, other in others.items():
         dropped = curve(other, "test_accuracy", seeds)
         differences = [paired(plain[:, e], dropped[:, e]) for e in range(plain.shape[1])]
         better = [d["significant"] and d["difference"] > 0 for d in differences]
@@ -196,16 +224,18 @@ def _per_epoch(by_seed: dict[int, dict], seeds: list[int]) -> dict:
             "best_val_epochs_of_seeds": [by_seed[s]["best_val_epoch"] for s in seeds]}
 
 
+def by_lr(rows: list[dict], stage: str) -> dict[float, dict[int, dict]]:
+    """Each learning rate's setting of `stage`."""
+    return {lr: setting(rows, stage, lr=lr) for lr in sorted({r["lr"] for r in rows if r["stage"] == stage})}
+
+
 def best_lr(rows: list[dict], stage: str, epoch: int) -> dict:
     """The learning rate whose mean validation accuracy after `epoch` is highest."""
-    lrs = sorted({r["lr"] for r in rows if r["stage"] == stage})
-    scores = {}
-    for lr in lrs:
-        by_seed = setting(rows, stage, lr=lr)
-        seeds = sorted(by_seed)
-        scores[lr] = {"val": summary(curve(by_seed, "val_accuracy", seeds)[:, epoch - 1]),
-                      "test": summary(curve(by_seed, "test_accuracy", seeds)[:, epoch - 1])}
-    lr = max(lrs, key=lambda lr: scores[lr]["val"]["mean"])
+    settings = by_lr(rows, stage)
+    seeds = same_seeds(*settings.values())
+    scores = {lr: {"val": summary(curve(by_seed, "val_accuracy", seeds)[:, epoch - 1]),
+                   "test": summary(curve(by_seed, "test_accuracy", seeds)[:, epoch - 1])} for lr, by_seed in settings.items()}
+    lr = max(scores, key=lambda lr: scores[lr]["val"]["mean"])
     return {"lr": lr, "by_lr": {f"{k:g}": v for k, v in scores.items()}}
 
 
@@ -215,22 +245,23 @@ def at_lr(rows: list[dict], stage: str, lr: float, epoch: int, seeds: list[int])
 
 def compare_at_best_lr(rows: list[dict], before: str, after: str, epoch: int, reference_lr: float = 1e-3) -> dict:
     """Questions 2 and 3: each stage at its own best learning rate after `epoch` (chosen on
-    validation), `after` minus `before` on test, paired by seed; and the same at `reference_lr`."""
+    validation), `after` minus `before` on test, paired by seed; and the same at
+    `reference_lr` (None where a stage was not trained at it)."""
+    settings = {s: by_lr(rows, s) for s in (before, after)}
+    seeds = same_seeds(*settings[before].values(), *settings[after].values())
     choice = {s: best_lr(rows, s, epoch) for s in (before, after)}
-    seeds = sorted(setting(rows, before, lr=choice[before]["lr"]))
     best = paired(*(at_lr(rows, s, choice[s]["lr"], epoch, seeds) for s in (before, after)))
-    reference = paired(*(at_lr(rows, s, reference_lr, epoch, seeds) for s in (before, after)))
+    reference = paired(*(at_lr(rows, s, reference_lr, epoch, seeds) for s in (before, after))) if all(
+        reference_lr in settings[s] for s in (before, after)) else None
     return {"epoch": epoch, "seeds": len(seeds), "choice": choice, "at_best_lr": best, f"at_lr_{reference_lr:g}": reference}
 
 
 def best_lr_and_epoch(rows: list[dict], stage: str) -> dict:
     """The (learning rate, epoch) whose mean validation accuracy is highest."""
-    lrs = sorted({r["lr"] for r in rows if r["stage"] == stage})
-    means = {}
-    for lr in lrs:
-        by_seed = setting(rows, stage, lr=lr)
-        means[lr] = curve(by_seed, "val_accuracy", sorted(by_seed)).mean(0)
-    lr = max(lrs, key=lambda lr: means[lr].max())
+    settings = by_lr(rows, stage)
+    seeds = same_seeds(*settings.values())
+    means = {lr: curve(by_seed, "val_accuracy", seeds).mean(0) for lr, by_seed in settings.items()}
+    lr = max(means, key=lambda lr: means[lr].max())
     return {"lr": lr, "epoch": int(means[lr].argmax()) + 1}
 
 
@@ -239,25 +270,32 @@ def linear_losses(rows: list[dict], epochs: list[int]) -> dict:
     best learning rate after each of `epochs`, and each at its best (rate, epoch)."""
     at_epochs = {str(e): compare_at_best_lr(rows, "linear_mse", "linear_ce", e) for e in epochs}
     choice = {s: best_lr_and_epoch(rows, s) for s in ("linear_mse", "linear_ce")}
-    seeds = sorted(setting(rows, "linear_mse", lr=choice["linear_mse"]["lr"]))
+    seeds = same_seeds(*(setting(rows, s, lr=choice[s]["lr"]) for s in ("linear_mse", "linear_ce")))
     overall = paired(*(at_lr(rows, s, choice[s]["lr"], choice[s]["epoch"], seeds) for s in ("linear_mse", "linear_ce")))
     return {"at_epochs": at_epochs, "best_lr_and_epoch": choice, "at_best_lr_and_epoch": overall}
 
 
 def answers(sweep: dict) -> dict:
     """The three questions, each from the last grid that trained both its stages (a
-    question reads one grid: the same seeds and epochs)."""
+    question reads one grid: the same seeds and epochs), at one width of the MLPs: their
+    own (256) if the grid trained it, else its widest."""
 
-    def grid_of(*stages: str) -> tuple[list[dict], int] | None:
+    def grid_of(*stages: str) -> tuple[list[dict], int, int | None] | None:
         grids = [g for g in range(len(sweep["grids"])) if all(any(r["grid"] == g and r["stage"] == s for r in sweep["rows"]) for s in stages)]
-        return ([r for r in sweep["rows"] if r["grid"] == grids[-1]], sweep["grids"][grids[-1]]["epochs"]) if grids else None
+        if not grids:
+            return None
+        rows = [r for r in sweep["rows"] if r["grid"] == grids[-1] and r["stage"] in stages]
+        widths = sorted({r["hidden"] for r in rows if r["hidden"] is not None})
+        width = STAGES["mlp"].hidden if STAGES["mlp"].hidden in widths else widths[-1] if widths else None
+        return [r for r in rows if r["hidden"] == width], sweep["grids"][grids[-1]]["epochs"], width
 
     found = {}
     if grid := grid_of("mlp", "mlp_dropout"):
-        lrs = {r["lr"] for r in grid[0] if r["stage"] in ("mlp", "mlp_dropout")}
-        found["dropout"] = dropout_over_epochs(grid[0], lrs.pop() if len(lrs) == 1 else 1e-3)
+        lrs = sorted({r["lr"] for r in grid[0]})
+        lr = lrs[0] if len(lrs) == 1 else 1e-3 if 1e-3 in lrs else best_lr(grid[0], "mlp", grid[1])["lr"]
+        found["dropout"] = dropout_over_epochs(grid[0], lr) | {"hidden": grid[2]}
     if grid := grid_of("mlp", "mlp_bn"):
-        found["batchnorm"] = compare_at_best_lr(grid[0], "mlp", "mlp_bn", grid[1])
+        found["batchnorm"] = compare_at_best_lr(grid[0], "mlp", "mlp_bn", grid[1]) | {"hidden": grid[2]}
     if grid := grid_of("linear_mse", "linear_ce"):
         found["linear"] = linear_losses(grid[0], sorted({min(5, grid[1]), grid[1]}))
     return found

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import time
 from typing import Callable, NamedTuple, Sequence
@@ -33,6 +34,17 @@ class Point(NamedTuple):
     dropout: float | jax.Array
 
 
+MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits: seed 2**32 would be seed 0 again
+
+
+def _integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # True is not an epoch count
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     stage: str
@@ -42,6 +54,21 @@ class TrainConfig:
     seed: int = 42
     hidden: int | None = None  # None: the stage's own (256 for the MLPs)
     dropout: float | None = None  # None: the stage's own
+
+    def __post_init__(self) -> None:
+        """Refuse what no run can be: `ValueError` naming the field and what it accepts."""
+        rules = {
+            "stage": (isinstance(self.stage, str) and self.stage in STAGES, f"one of {', '.join(STAGES)}"),
+            "epochs": (_integer(self.epochs) and self.epochs > 0, "a positive int"),
+            "batch_size": (_integer(self.batch_size) and self.batch_size > 0, "a positive int"),
+            "lr": (_real(self.lr) and self.lr > 0, "a positive finite number"),
+            "seed": (_integer(self.seed) and 0 <= self.seed <= MAX_SEED, f"an int from 0 to {MAX_SEED}"),
+            "hidden": (self.hidden is None or _integer(self.hidden) and self.hidden > 0, "a positive int or None"),
+            "dropout": (self.dropout is None or _real(self.dropout) and 0 <= self.dropout < 1, "a rate in [0, 1) or None"),
+        }
+        for name, (valid, accepted) in rules.items():
+            if not valid:
+                raise ValueError(f"TrainConfig {name}: expected {accepted}, got {getattr(self, name)!r}")
 
     @property
     def spec(self) -> Stage:
@@ -304,8 +331,8 @@ class RunResult:
 class NonFiniteLoss(Exception):
     """Training diverged; the run up to the epoch before is intact."""
 
-    def __init__(self, epoch: int):
-        super().__init__(f"non-finite loss in epoch {epoch}")
+    def __init__(self, epoch: int, where: str = ""):
+        super().__init__(f"non-finite loss in epoch {epoch}{where}")
         self.epoch = epoch
 
 

@@ -46,7 +46,8 @@ def main() -> None:
     print(f"linear_ce_converged: test {converged['test_accuracy']:.2%} (train {converged['train_accuracy']:.2%}), "
           f"{converged['steps']} L-BFGS steps, gradient norm {converged['grad_norm']:.1e}, {converged['seconds']:.1f}s")
     for r in sweep:
-        print(f"mlp hidden {r['hidden']:5d} ({r['parameters']:,} parameters): {100 * r['mean']:.2f} ± {100 * r['std']:.2f}")
+        std = f"{100 * r['std']:.2f}" if r["std"] is not None else "n/a (one seed)"
+        print(f"mlp hidden {r['hidden']:5d} ({r['parameters']:,} parameters): {100 * r['mean']:.2f} ± {std}")
     report = {
         "linear_lstsq": lstsq,
         "linear_ce_converged": converged,

@@ -1,11 +1,13 @@
 """Redraw every figure from results.json and study_arrays.npz, and with --sweep from sweep.json
 (no training): python scripts/make_assets.py --results runs/study/results.json --sweep runs/sweep/sweep.json"""
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from mnist_jax import cli
+from mnist_jax.files import PARTIAL
 from mnist_jax.study import StudyFileError, load_study
 from mnist_jax.sweep import SweepFileError, answers, load_sweep
 
@@ -52,25 +54,31 @@ def main() -> None:
     from mnist_jax import plots
 
     results, arrays = args.study
-    written = []
+    written = []  # each drawn beside its place, and moved there once all are drawn: a failure leaves none
 
     def draw(name, fn, *fn_args):
-        fn(*fn_args, args.out / name)
+        fn(*fn_args, args.out / f"{PARTIAL}{name}")
         written.append(name)
 
-    draw("training_curves.png", plots.training_curves, results)
-    draw("comparison_chart.png", plots.comparison_chart, results)
-    draw("evolution_diagram.png", plots.evolution_diagram)
-    if any(k.endswith("_weights") for k in arrays):
-        draw("weight_templates.png", plots.weight_templates, arrays)
-    if "misclassified_stages" in arrays:
-        linear, mlp = (str(s) for s in arrays["misclassified_stages"])
-        draw("confusion_matrices.png", lambda a, p: plots.confusion_matrices(a, p, [linear, mlp]), arrays)
-        draw("misclassified.png", plots.misclassified, arrays)
-    if args.sweep is not None and "dropout" in args.answers:
-        draw("sweep_dropout.png", plots.sweep_dropout, args.answers["dropout"], args.sweep_device)
-    if args.sweep is not None and {"batchnorm", "linear"} & args.answers.keys():
-        draw("sweep_learning_rates.png", plots.sweep_learning_rates, args.answers, args.sweep_device)
+    try:
+        draw("training_curves.png", plots.training_curves, results)
+        draw("comparison_chart.png", plots.comparison_chart, results)
+        draw("evolution_diagram.png", plots.evolution_diagram)
+        if any(k.endswith("_weights") for k in arrays):
+            draw("weight_templates.png", plots.weight_templates, arrays)
+        if "misclassified_stages" in arrays:
+            linear, mlp = (str(s) for s in arrays["misclassified_stages"])
+            draw("confusion_matrices.png", lambda a, p: plots.confusion_matrices(a, p, [linear, mlp]), arrays)
+            draw("misclassified.png", plots.misclassified, arrays)
+        if args.sweep is not None and "dropout" in args.answers:
+            draw("sweep_dropout.png", plots.sweep_dropout, args.answers["dropout"], args.sweep_device)
+        if args.sweep is not None and {"batchnorm", "linear"} & args.answers.keys():
+            draw("sweep_learning_rates.png", plots.sweep_learning_rates, args.answers, args.sweep_device)
+        for name in written:
+            os.replace(args.out / f"{PARTIAL}{name}", args.out / name)
+    finally:
+        for name in written:
+            (args.out / f"{PARTIAL}{name}").unlink(missing_ok=True)
     print(f"wrote {', '.join(written)} to {args.out}")
     print("| stage | val accuracy after epoch 1 | train accuracy after the last epoch |\n|---|---|---|")
     for stage, r in results["stages"].items():

@@ -25,19 +25,24 @@ def build_parser() -> cli.ArgumentParser:
     return parser
 
 
+def interval(ci95: list | None, sign: str = "") -> str:
+    """A 95% interval in points, or n/a (a study of one seed has none)."""
+    return f"[{100 * ci95[0]:{sign}.2f}, {100 * ci95[1]:{sign}.2f}]" if ci95 else "[n/a]"
+
+
 def print_report(report: dict) -> None:
     """The table of every stage and its step, and each MLP variant against the plain MLP."""
     print("| stage | documented | mean ± std | 95% CI | step difference | significant |\n|---|---|---|---|---|---|")
     steps = {s["to"]: s for s in report["steps"]}
     for stage, r in report["stages"].items():
         step = steps.get(stage)
-        diff = f"{100 * step['difference']:+.2f} [{100 * step['ci95'][0]:+.2f}, {100 * step['ci95'][1]:+.2f}]" if step else "—"
-        sig = ("yes" if step["significant"] else "no") if step else "—"
-        print(f"| `{stage}` | {100 * r['documented_accuracy']:.2f} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} "
-              f"| [{100 * r['ci95'][0]:.2f}, {100 * r['ci95'][1]:.2f}] | {diff} | {sig} |")
+        diff = f"{100 * step['difference']:+.2f} {interval(step['ci95'], '+')}" if step else "—"
+        sig = ("yes" if step["significant"] else "no" if step["ci95"] else "n/a") if step else "—"
+        std = f"{100 * r['std']:.2f}" if r["std"] is not None else "n/a"
+        print(f"| `{stage}` | {100 * r['documented_accuracy']:.2f} | {100 * r['mean']:.2f} ± {std} "
+              f"| {interval(r['ci95'])} | {diff} | {sig} |")
     for step in report["versus_mlp"]:
-        print(f"{step['to']} vs mlp: {100 * step['difference']:+.2f} points, 95% CI "
-              f"[{100 * step['ci95'][0]:+.2f}, {100 * step['ci95'][1]:+.2f}]")
+        print(f"{step['to']} vs {step['from']}: {100 * step['difference']:+.2f} points, 95% CI {interval(step['ci95'], '+')}")
 
 
 def main() -> None:

@@ -62,12 +62,22 @@ def check_out(parser, args) -> None:
             parser.error(f"--add: {e}")
 
 
+def interval(ci95: list | None, sign: str = "") -> str:
+    """A 95% interval in points, or n/a (one seed has none)."""
+    return f"[{100 * ci95[0]:{sign}.2f}, {100 * ci95[1]:{sign}.2f}]" if ci95 else "[n/a]"
+
+
 def pct(summary: dict) -> str:
-    return f"{100 * summary['mean']:.2f} [{100 * summary['ci95'][0]:.2f}, {100 * summary['ci95'][1]:.2f}]"
+    return f"{100 * summary['mean']:.2f} {interval(summary['ci95'])}"
 
 
-def diff(d: dict) -> str:
-    return f"{100 * d['difference']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
+def diff(d: dict | None) -> str:
+    return f"{100 * d['difference']:+.2f} {interval(d['ci95'], '+')}" if d else "n/a"
+
+
+def width(answer: dict) -> str:
+    """The MLPs' width a question was answered at, if not their own."""
+    return f", hidden {answer['hidden']}" if answer.get("hidden") not in (None, STAGES["mlp"].hidden) else ""
 
 
 def print_answers(answers: dict) -> None:
@@ -76,7 +86,7 @@ def print_answers(answers: dict) -> None:
     if "dropout" in answers:
         q = answers["dropout"]
         epochs = sorted({e for e in (1, 5, 10, 20, 30, q["epochs"]) if e <= q["epochs"]})
-        print(f"\nDropout against `mlp` at lr {q['lr']:g} ({q['seeds']} seeds; test accuracy after each epoch, difference paired by seed):\n")
+        print(f"\nDropout against `mlp` at lr {q['lr']:g}{width(q)} ({q['seeds']} seeds; test accuracy after each epoch, difference paired by seed):\n")
         print("| model | " + " | ".join(f"epoch {e}" for e in epochs) + " | best val epoch | test there |")
         print("|---|" + "---|" * (len(epochs) + 2))
         print("| `mlp` | " + " | ".join(pct(q["mlp"]["test"][e - 1]) for e in epochs)
@@ -91,7 +101,7 @@ def print_answers(answers: dict) -> None:
         if key not in answers:
             continue
         comparisons = [answers[key]] if key == "batchnorm" else list(answers[key]["at_epochs"].values())
-        print(f"\n`{after}` − `{before}`, each at its best learning rate (chosen on validation), on test:\n")
+        print(f"\n`{after}` − `{before}`{width(answers[key])}, each at its best learning rate (chosen on validation), on test:\n")
         print(f"| epochs | best lr `{before}` | best lr `{after}` | `{before}` test | `{after}` test | difference | at lr 1e-3 |")
         print("|---|---|---|---|---|---|---|")
         for c in comparisons:

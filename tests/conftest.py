@@ -2,10 +2,12 @@
 minute; the full suite adds every test on the real MNIST and every script run."""
 
 import importlib.util
+import io
 import os
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import jax
@@ -124,3 +126,16 @@ def assert_one_line_error(proc, *fragments, status: int = 2):
     assert len(lines) == 1, proc.stderr
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def npz_with_header(path, name: str, shape: tuple, dtype: str) -> None:
+    """The .npz archive at `path` with array `name` replaced by a header declaring `shape`
+    and `dtype` and no data after it: a few bytes claiming gigabytes."""
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
+    members[f"{name}.npy"] = header.getvalue()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)

@@ -2,12 +2,13 @@
 
 import argparse
 import gzip
+import importlib.util
 import struct
 
 import pytest
 
 from conftest import assert_one_line_error, load_script, run_script
-from mnist_jax import cli
+from mnist_jax import cli, memory
 
 SCRIPTS = ["train.py", "study.py", "sweep.py", "make_assets.py", "linearity.py", "compare.py", "benchmark.py"]
 
@@ -171,3 +172,26 @@ def test_bad_data_gives_one_line_naming_the_file_and_status_2(tmp_path, data_dir
     proc = run_script("train.py", "--stage", "mlp", "--data-dir", folder, cwd=tmp_path)
     assert_one_line_error(proc, "data error", name.removesuffix(".gz"), complaint)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("limit", ["inf", "nan", "-1", "1e400", "0.5", "2X"])
+def test_a_memory_limit_that_is_no_size_is_refused_in_one_line_before_any_work(monkeypatch, capsys, limit):
+    monkeypatch.setenv(memory.LIMIT_ENV, limit)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(lambda: print("worked"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr() == ("", f"MNIST_JAX_MEMORY_LIMIT={limit!r}: expected a positive size such as 2G or 512M\n")
+
+
+GPU_PLUGIN = any(importlib.util.find_spec(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platforms, why", [
+    ("nonsense", "Unable to initialize backend 'nonsense'"),
+    pytest.param("cuda", "", marks=pytest.mark.skipif(GPU_PLUGIN, reason="JAX may start cuda here")),
+])
+def test_a_platform_jax_cannot_start_is_refused_in_one_line_before_any_work(tmp_path, platforms, why):
+    proc = run_script("train.py", "--stage", "mlp", "--out", tmp_path / "run", env={"JAX_PLATFORMS": platforms})
+    assert_one_line_error(proc, f"JAX_PLATFORMS={platforms}: JAX cannot start it ({why}", "unset it to let JAX choose")
+    assert proc.stdout == "" and not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ import http.server
 import shutil
 import struct
 import threading
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -232,3 +233,28 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
             raise KeyboardInterrupt
     assert target.read_text() == '{\n  "complete": true\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def bomb(path, size: int) -> None:
+    """A gzip file of `size` zero bytes (a two-hundredth of that on disk)."""
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        for _ in range(size // 2**20):
+            f.write(bytes(2**20))
+
+
+@pytest.mark.parametrize("name, make", [
+    ("train-images-idx3-ubyte.gz", lambda path: bomb(path, 200 * 2**20)),
+    ("train-images-idx3-ubyte", lambda path: open(path, "wb").truncate(data.MAX_IDX_BYTES + 1)),  # sparse: nothing on disk
+])
+def test_a_file_larger_than_any_mnist_file_is_refused_as_damaged_having_read_no_more_than_one(tmp_path, name, make):
+    """A gzip bomb of 200 MB (under 1 MB on disk) is refused with at most the largest IDX
+    file's 47 MB (and its decompression buffer) in memory, not after expanding it."""
+    make(tmp_path / name)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=f"{name}: damaged: it holds more than the 47,040,016 bytes of the largest MNIST IDX file"):
+            data.read_idx_file(tmp_path / name, 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * data.MAX_IDX_BYTES

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT, assert_one_line_error, run_script
-from mnist_jax.checkpoint import CheckpointError, has_checkpoint, load_run, save_run, saved_epochs
+from conftest import ROOT, assert_one_line_error, npz_with_header, run_script
+from mnist_jax.checkpoint import CheckpointError, has_checkpoint, load_model, load_run, save_run, saved_epochs
 from mnist_jax.train import NonFiniteLoss, RunResult, TrainConfig, init_state, make_optimizer, summary, train
 
 
@@ -101,7 +101,7 @@ def test_a_checkpoint_restores_every_array_of_the_run(tmp_path):
     config = TrainConfig("mlp_bn")
     graphdef, state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
     best = state._replace(params=jax.tree.map(lambda w: w + 1, state.params))
-    history = [{"epoch": 1, "train_loss": 0.5}]
+    history = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "val_loss": 0.4, "val_accuracy": 0.9, "seconds": 1.0}]
     save_run(RunResult(config, "cpu", graphdef, state, best, 1, history), tmp_path, {"stage": "mlp_bn"})
     restored = load_run(tmp_path)
     assert (restored.config, restored.best_epoch, restored.history) == (config, 1, history)
@@ -219,7 +219,49 @@ def test_resume_refuses_a_checkpoint_it_cannot_continue(mlp_bn_runs, data_args, 
 def test_a_checkpoint_whose_arrays_are_not_of_its_config_is_refused(tmp_path):
     config = TrainConfig("mlp", hidden=64)
     graphdef, state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
-    save_run(RunResult(config, "cpu", graphdef, state, state, 1, [{"epoch": 1}]), tmp_path, {})
+    save_run(RunResult(config, "cpu", graphdef, state, state, 0, []), tmp_path, {})
     rewrite_meta(tmp_path / "checkpoint.npz", lambda meta: meta["config"].update(hidden=32))
     with pytest.raises(CheckpointError, match=r"does not hold the arrays of its own config \(mlp \(hidden 32, .*hidden/bias is float32\[64\], expected float32\[32\]"):
         load_run(tmp_path)
+
+
+@pytest.fixture
+def saved_run(tmp_path):
+    """A `linear_ce` run of two epochs, saved as train.py saves it."""
+    config = TrainConfig("linear_ce", epochs=2)
+    graphdef, state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    history = [{"epoch": e, "train_loss": 0.3, "train_accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.9, "seconds": 0.1} for e in (1, 2)]
+    save_run(RunResult(config, "cpu", graphdef, state, state, 2, history), tmp_path, {})
+    return tmp_path
+
+
+HAND_EDITED = {
+    "batch_size 0": (lambda p: rewrite_meta(p, lambda m: m["config"].update(batch_size=0)),
+                     "TrainConfig batch_size: expected a positive int, got 0"),
+    "an unknown stage": (lambda p: rewrite_meta(p, lambda m: m["config"].update(stage="nope")), "TrainConfig stage: expected one of"),
+    "best_epoch beyond the history": (lambda p: rewrite_meta(p, lambda m: m.update(best_epoch=3)),
+                                      "best_epoch 3 is not one of the 2 epochs of its history"),
+    "a history row of NaN": (lambda p: rewrite_meta(p, lambda m: m["history"][1].update(val_loss=float("nan"))),
+                             "history of epoch 2: val_loss is nan, not a finite number"),
+    "a history without epoch 1": (lambda p: rewrite_meta(p, lambda m: m["history"].pop(0)), "history row 1 is of epoch 2"),
+    "an array claiming a terabyte": (lambda p: npz_with_header(p, "final/params/linear/kernel", (2**38,), "<f4"),
+                                     r"it does not hold the arrays .*final/params/linear/kernel is float32\[274877906944\]"),
+    "metadata claiming 1.6 GB": (lambda p: npz_with_header(p, "meta", (), "<U400000000"),
+                                 r"meta is <U400000000\[\], expected text of at most 67,108,864 bytes"),
+}
+
+
+@pytest.mark.parametrize("edit", HAND_EDITED)
+def test_a_hand_edited_or_damaged_checkpoint_is_refused_as_damaged_before_its_data_is_read(saved_run, edit):
+    """Each a `CheckpointError` (train.py --resume: one line, exit 2), never a run that
+    fails later, nor an allocation of what a header claims (which ended in exit 4)."""
+    make, fault = HAND_EDITED[edit]
+    make(saved_run / "checkpoint.npz")
+    with pytest.raises(CheckpointError, match=f"is damaged.*{fault}"):
+        load_run(saved_run)
+
+
+def test_load_model_refuses_a_model_it_does_not_have(saved_run):
+    assert isinstance(load_model(saved_run, "best")[0], nnx.Module)
+    with pytest.raises(ValueError, match="load_model which: expected 'final' or 'best', got 'bset'"):
+        load_model(saved_run, "bset")

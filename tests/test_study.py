@@ -3,13 +3,16 @@
 import dataclasses
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT, assert_one_line_error, run_script
+from conftest import ROOT, assert_one_line_error, load_script, npz_with_header, run_script
+from mnist_jax.files import LOCK
 from mnist_jax import memory, plots
 from mnist_jax.study import (
     StudyFileError,
@@ -81,12 +84,51 @@ def test_ci95_and_paired_step_differences():
     mean, std, (lo, hi) = mean_ci95([1.0, 2.0, 3.0, 4.0, 5.0])
     assert (mean, std) == (3.0, pytest.approx(1.5811, abs=1e-4))
     assert (lo, hi) == (pytest.approx(3 - 2.7764 * 1.5811 / 5**0.5, abs=1e-3), pytest.approx(3 + 2.7764 * 1.5811 / 5**0.5, abs=1e-3))
-    stages = {"a": {"test_accuracies": [0.90, 0.91, 0.92]}, "b": {"test_accuracies": [0.95, 0.955, 0.97]},
-              "c": {"test_accuracies": [0.96, 0.95, 0.97]}}
+    stages = {"a": {"seeds": [0, 1, 2], "test_accuracies": [0.90, 0.91, 0.92]},
+              "b": {"seeds": [0, 1, 2], "test_accuracies": [0.95, 0.955, 0.97]},
+              "c": {"seeds": [0, 1, 2], "test_accuracies": [0.96, 0.95, 0.97]}}
     steps = step_differences(stages)
     assert [(s["from"], s["to"]) for s in steps] == [("a", "b"), ("b", "c")]
     assert steps[0]["difference"] == pytest.approx((0.05 + 0.045 + 0.05) / 3) and steps[0]["significant"]
     assert not steps[1]["significant"]  # +0.01, -0.005, 0.0: the interval holds zero
+    stages["c"]["seeds"] = [0, 1, 3]
+    with pytest.raises(ValueError, match=r"b and c ran different seeds \(\[0, 1, 2\], \[0, 1, 3\]\): a difference pairs the same seeds"):
+        step_differences(stages)
+
+
+def first_seed(result, stage: str | None = None, gain: float = 0.0):
+    """The first seed of a trained grid alone; as `stage` (its figures are what is
+    compared here), `gain` added to its test accuracy."""
+    config = TrainConfig(stage, epochs=result.config.epochs) if stage else result.config
+    return dataclasses.replace(result, config=config, points=result.points[:1], history=result.history[:1],
+                               test_accuracies=result.test_accuracies[:1] + gain, test_predictions=result.test_predictions[:1],
+                               final_params=jax.tree.map(lambda a: a[:1], result.final_params))
+
+
+def test_a_study_of_one_seed_has_no_interval_and_calls_no_step_significant(tiny, tiny_seeds, tmp_path, capsys):
+    """One seed has no spread: no interval, n/a where the table prints one, and a
+    difference of 5 points that is not called significant (was a zero-width interval, "yes")."""
+    assert mean_ci95([0.97]) == (0.97, None, None)
+    results = {"linear_ce": first_seed(tiny_seeds), "mlp": first_seed(tiny_seeds, "mlp", gain=0.05)}
+    report = save_study(results, tiny, tmp_path, "python scripts/study.py --seeds 1", 1.0)
+    assert report["stages"]["mlp"]["std"] is None and report["stages"]["mlp"]["ci95"] is None
+    assert report["steps"] == [{"from": "linear_ce", "to": "mlp", "difference": pytest.approx(0.05), "ci95": None, "significant": False}]
+    assert load_study(tmp_path / "results.json")[0] == report  # valid as written
+    load_script("study.py").print_report(report)
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| `mlp`"))
+    assert row.endswith("± n/a | [n/a] | +5.00 [n/a] | n/a |")
+    plots.comparison_chart(report, tmp_path / "chart.png")  # the mean alone, no bar
+
+
+def test_a_study_compares_only_the_stages_it_ran_and_names_them_so(tiny, tiny_seeds, tmp_path, capsys):
+    """`--stages linear_ce,mlp`: the step from linear_ce to mlp, and no comparison with
+    `mlp` of a variant not run (was the same step again, printed as "mlp vs mlp")."""
+    results = {"linear_ce": tiny_seeds, "mlp": dataclasses.replace(
+        tiny_seeds, config=TrainConfig("mlp", epochs=2), test_accuracies=tiny_seeds.test_accuracies + 0.05)}
+    report = save_study(results, tiny, tmp_path, "python scripts/study.py --stages linear_ce,mlp", 1.0)
+    assert [(s["from"], s["to"]) for s in report["steps"]] == [("linear_ce", "mlp")] and report["versus_mlp"] == []
+    load_script("study.py").print_report(report)
+    assert " vs " not in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -122,7 +164,19 @@ STUDY_DAMAGE = {
     "a seed without its history": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"]["history"].pop()),
                                    "mlp: seeds, test_accuracies and history differ in length"),
     "study_arrays.npz truncated": ("study_arrays.npz", lambda p: p.write_bytes(p.read_bytes()[:20000]), "BadZipFile"),
-    "study_arrays.npz without a confusion matrix": ("study_arrays.npz", lambda p: without_key(p, "mlp_confusion"), "no mlp_confusion"),
+    "study_arrays.npz without a confusion matrix": ("study_arrays.npz", lambda p: without_key(p, "mlp_confusion"), "no item named 'mlp_confusion.npy'"),
+    "a NaN accuracy": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"]["test_accuracies"].__setitem__(3, float("nan"))),
+                       r"mlp: test_accuracies\[3\] is nan, not a finite number"),
+    "a NaN loss": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp_bn"]["history"][2][4].update(val_loss=float("inf"))),
+                   "mlp_bn, seed 2, epoch 5: val_loss is inf, not a finite number"),
+    "a mean outside its interval": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp_bn"].update(mean=0.99)),
+                                    "mlp_bn: mean 0.99 outside its 95% interval"),
+    "a stage missing a seed": ("results.json", lambda p: edited(p, lambda r: [r["stages"]["mlp"][k].pop() for k in ("seeds", "test_accuracies", "history")]),
+                               r"mlp: seeds \[0, 1, 2, 3, 4, 5, 6, 7, 8\], where each stage has the same distinct seeds \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]"),
+    "a comparison mislabelled": ("results.json", lambda p: edited(p, lambda r: r["versus_mlp"][0].update({"from": "linear_ce"})),
+                                 r"versus_mlp compares \[\('linear_ce', 'mlp_dropout'\), \('mlp', 'mlp_bn'\)\]"),
+    "a confusion matrix claiming a terabyte": ("study_arrays.npz", lambda p: npz_with_header(p, "mlp_confusion", (2**19, 2**18), "<i8"),
+                                               r"mlp_confusion is int64\[524288, 262144\], expected \[10, 10\]"),
 }
 
 
@@ -135,8 +189,8 @@ def test_damaged_study_results_are_refused_naming_the_file_and_the_fault(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["results.json truncated", "study_arrays.npz truncated"])
-def test_make_assets_refuses_damaged_results_in_one_line(tmp_path, damage):
+@pytest.mark.parametrize("damage", ["results.json truncated", "study_arrays.npz truncated", "a mean outside its interval"])
+def test_make_assets_refuses_damaged_results_in_one_line_and_draws_nothing(tmp_path, damage):
     name, make, fault = STUDY_DAMAGE[damage]
     results = committed_study_with(tmp_path, make, name)
     proc = run_script("make_assets.py", "--results", results, "--out", tmp_path / "figures")
@@ -173,3 +227,15 @@ def test_every_figure_draws_from_the_committed_study(name, tmp_path):
     arrays = dict(np.load(ROOT / "assets" / "study_arrays.npz"))
     FIGURES[name](report, arrays, tmp_path / name)
     assert (tmp_path / name).stat().st_size > 5_000
+
+
+def test_a_figure_that_fails_leaves_none_of_the_figures_drawn_before_it(tmp_path, monkeypatch):
+    """make_assets.py draws every figure beside its place and moves them there only when
+    all are drawn: here the second fails, and the first is not left behind."""
+    make_assets = load_script("make_assets.py")
+    monkeypatch.setattr(plots, "training_curves", lambda results, path: Path(path).write_text("drawn"))
+    monkeypatch.setattr(plots, "comparison_chart", lambda results, path: 1 / 0)
+    monkeypatch.setattr(sys, "argv", ["make_assets.py", "--results", str(ROOT / "assets" / "results.json"), "--out", str(tmp_path / "figures")])
+    with pytest.raises(ZeroDivisionError):
+        make_assets.main()
+    assert [p.name for p in (tmp_path / "figures").iterdir()] == [LOCK]  # the lock this process holds, nothing else

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error, load_script, run_script
 from mnist_jax import memory, study
-from mnist_jax.sweep import SweepFileError, answers, best_lr, grid_points, load_sweep, rows_of
+from mnist_jax.sweep import SweepFileError, answers, best_lr, grid_points, load_sweep
 from mnist_jax.train import Point, TrainConfig, train
 
 
@@ -92,7 +92,11 @@ def test_damaged_sweep_files_are_refused_naming_the_file(tmp_path):
     assert len(load_sweep(path)["rows"]) == 4
     for damage, fault in [
         (lambda s: s["rows"][0]["history"].pop(), "history is not its grid's epochs"),
-        (lambda s: s["rows"][0]["history"][0].update(val_accuracy="high"), "not a number"),
+        (lambda s: s["rows"][0]["history"][0].update(val_accuracy="high"), "grid 0, mlp seed 0, epoch 1: val_accuracy is 'high', not a finite number"),
+        (lambda s: s["rows"][1]["history"][1].update(val_loss=float("nan")), "grid 0, mlp seed 1, epoch 2: val_loss is nan, not a finite number"),
+        (lambda s: s["rows"].append(s["rows"][0]), "grid 0, mlp seed 0: twice at lr 0.001, dropout 0, hidden 256"),
+        (lambda s: s["rows"].append(s["rows"][0] | {"lr": 3e-3, "seed": 9}),
+         "grid 0, mlp at lr 0.001, dropout 0, hidden 256: no seed 9, which the grid's other settings have"),
         (lambda s: s["rows"][0].update(stage="mlp_huge"), "KeyError"),
         (lambda s: s.pop("grids"), "KeyError"),
     ]:
@@ -139,3 +143,49 @@ def test_sweep_py_trains_a_grid_whose_point_equals_train_py_alone(tmp_path, data
     assert [r["stage"] for r in sweep["rows"] if r["grid"] == 1] == ["mlp", "mlp"] and len(sweep["rows"]) == 10
     assert "Dropout against `mlp`" not in added.stdout  # a question reads one grid: these two hold one stage each
     assert_one_line_error(run_script("sweep.py", "--add", "--out", tmp_path / "none", *data_args), "not found; run without --add first")
+
+
+@pytest.mark.parametrize("option, text, again", [("--lr", "1e-3,3e-3,0.001", "0.001"), ("--dropout", "0.5,0.5", "0.5"), ("--hidden", "256,128,256", "256")])
+def test_a_grid_value_given_twice_is_refused_before_training(capsys, option, text, again):
+    """Was: the whole grid trained and sweep.json written, then a traceback (two settings
+    per seed), and the same on every later --add into that folder."""
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("sweep.py").build_parser().parse_args([option, text])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith(f"error: argument {option}: in {text!r}: {again} repeats a value given before; name each once")
+
+
+def sweep_of(rows, epochs=2) -> dict:
+    return {"grids": [{"epochs": epochs, "command": "c", "device": "cpu"}], "rows": rows}
+
+
+def test_a_comparison_needs_the_same_seeds_in_both_settings():
+    """A seed missing from one side is an error naming it, never a smaller pairing."""
+    rows = fake_rows("mlp", 1e-3, val=0.40, test=0.40) + fake_rows("mlp_bn", 1e-3, val=0.45, test=0.45)
+    del rows[7]  # mlp_bn, seed 3
+    with pytest.raises(ValueError, match="mlp_bn at lr 0.001, dropout 0 has no seed 3, which a setting it is compared with has"):
+        answers(sweep_of(rows))
+
+
+def test_with_one_seed_no_interval_is_given_and_no_difference_called_significant(capsys):
+    rows = fake_rows("mlp", 1e-3, val=0.40, test=0.40, seeds=1) + fake_rows("mlp_bn", 1e-3, val=0.45, test=0.45, seeds=1)
+    found = answers(sweep_of(rows))
+    assert found["batchnorm"]["at_best_lr"] == {"difference": pytest.approx(0.10), "ci95": None, "significant": False}
+    load_script("sweep.py").print_answers(found)
+    assert "| 2 | 0.001 | 0.001 | 80.00 [n/a] | 90.00 [n/a] | +10.00 [n/a] | +10.00 [n/a] |" in capsys.readouterr().out
+
+
+def test_grids_without_lr_1e3_or_of_several_widths_have_their_questions_answered(capsys):
+    """Grids sweep.py trains whole, whose answers were tracebacks after the work: without
+    the reference rate 1e-3 (n/a there), and of two widths (answered at the MLPs' own, 256)."""
+    rows = [r | {"dropout": 0.5} if r["stage"] == "mlp_dropout" else r for lr in (3e-4, 3e-3)
+            for stage in ("mlp", "mlp_dropout", "mlp_bn") for r in fake_rows(stage, lr, val=0.4 + lr, test=0.4)]
+    found = answers(sweep_of(rows))
+    assert found["dropout"]["lr"] == 3e-3  # the best on validation, as the reference rate is not there
+    assert found["batchnorm"]["at_lr_0.001"] is None
+    load_script("sweep.py").print_answers(found)
+    assert capsys.readouterr().out.count("| n/a |") == 1
+    wide = [r | {"hidden": 512} for r in fake_rows("mlp", 1e-3, val=0.5, test=0.5) + fake_rows("mlp_bn", 1e-3, val=0.5, test=0.5)]
+    found = answers(sweep_of(fake_rows("mlp", 1e-3, val=0.4, test=0.4) + fake_rows("mlp_bn", 1e-3, val=0.45, test=0.45) + wide))
+    assert (found["batchnorm"]["hidden"], found["batchnorm"]["at_best_lr"]["difference"]) == (256, pytest.approx(0.10))

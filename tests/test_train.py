@@ -105,3 +105,21 @@ def test_epoch_counts_each_training_example_exactly_once(frozen_epoch):
     full_loss, full_acc = make_evaluate(e.graphdef, e.config.spec.loss)(e.start.params, e.start.batch_stats, e.images, e.labels)
     assert float(e.accuracy) == pytest.approx(float(full_acc), abs=1e-7)
     assert float(e.loss) == pytest.approx(float(full_loss), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "field, value, accepted",
+    [("stage", "nope", "one of linear_mse, linear_ce, mlp, mlp_dropout, mlp_bn"), ("epochs", 0, "a positive int"),
+     ("epochs", True, "a positive int"), ("batch_size", 0, "a positive int"), ("batch_size", 12.0, "a positive int"),
+     ("lr", float("nan"), "a positive finite number"), ("lr", -1e-3, "a positive finite number"),
+     ("seed", 2**32, "an int from 0 to 4294967295"), ("seed", -1, "an int from 0 to 4294967295"),
+     ("hidden", 0, "a positive int or None"), ("dropout", 1.0, r"a rate in \[0, 1\) or None")],
+)
+def test_a_config_no_run_can_have_is_refused_naming_the_field_and_what_it_accepts(field, value, accepted):
+    with pytest.raises(ValueError, match=f"TrainConfig {field}: expected {accepted}, got {value!r}"):
+        TrainConfig(**{"stage": "mlp", field: value})
+
+
+def test_a_config_accepts_numpy_integers_and_the_stages_own_defaults():
+    config = TrainConfig("mlp_dropout", epochs=np.int64(3), seed=np.uint32(2**32 - 1), hidden=None, dropout=0.0)
+    assert (config.epochs, config.dropout_rate, config.describe()) == (3, 0.0, "mlp_dropout (hidden 256, batch 128)")
