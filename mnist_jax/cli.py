@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -14,14 +15,26 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
-import jax
-from tqdm import tqdm
 
-from mnist_jax import distributed, files, memory
-from mnist_jax.data import SOURCES, DataError, default_cache_dir
-from mnist_jax.progress import GridProgress, ProgressError
-from mnist_jax.stages import STAGES
-from mnist_jax.train import MAX_SEED, NonFiniteLoss, TrainConfig
+def _stop_before_work(signum: int, _frame) -> None:
+    """Until `run` starts a script's work (importing JAX takes a second): one line, out."""
+    os.write(2, f"stopped by {signal.Signals(signum).name}: nothing was started\n".encode())
+    os._exit(128 + signum)
+
+
+if Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parents[1] / "scripts":  # one of this project's scripts
+    for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(_signum) is not signal.SIG_IGN:
+            signal.signal(_signum, _stop_before_work)
+
+import jax  # noqa: E402  (after the handlers: it takes a second to import)
+from tqdm import tqdm  # noqa: E402
+
+from mnist_jax import distributed, files, memory  # noqa: E402
+from mnist_jax.data import SOURCES, DataError, default_cache_dir  # noqa: E402
+from mnist_jax.progress import GridProgress, ProgressError  # noqa: E402
+from mnist_jax.stages import STAGES  # noqa: E402
+from mnist_jax.train import MAX_SEED, NonFiniteLoss, TrainConfig  # noqa: E402
 
 EXIT_USAGE = 2  # bad arguments, bad or missing data, an unwritable or busy --out, a damaged checkpoint
 EXIT_DIVERGED = 3  # the loss stopped being finite
@@ -260,8 +273,9 @@ def grid_progress(parser: argparse.ArgumentParser, args: argparse.Namespace, wor
 
 
 def progress_note(progress: GridProgress) -> str:
-    if not progress.saved_chunks():
-        return "no epoch was saved; run the same command again to start afresh"
+    if not progress.started:
+        kept = "; the unfinished work it would replace is kept as it was" if progress.saved_chunks() else ""
+        return f"no epoch was saved{kept}; run the same command again to start afresh"
     return f"{progress.folder} keeps every epoch saved; continue with: {resume_command()}"
 
 
@@ -359,7 +373,7 @@ def _stop(signum: int, _frame) -> None:
 # takes SIGTERM (`distributed.stop_agreed`), and SIGINT stays ignored where it was (a
 # shell's background job).
 STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
-_stop_note: Callable[[], str] = lambda: "nothing was written"  # noqa: E731
+_stop_note: Callable[[], str] = lambda: "no file was left half-written; run the same command again"  # noqa: E731
 
 
 def on_stop(note: Callable[[], str]) -> None:
@@ -369,10 +383,11 @@ def on_stop(note: Callable[[], str]) -> None:
     _stop_note = note
 
 
-def resume_command(argv: list[str] | None = None) -> str:
-    """This command again, to continue its work: with --resume, without --overwrite."""
-    args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--overwrite", "--resume")]
-    return " ".join(["python", f"scripts/{Path(sys.argv[0]).name}", *args, "--resume"])
+def resume_command() -> str:
+    """This command again, as typed, to continue its work: with --resume, without
+    --overwrite (nor any abbreviation of either), quoted for a POSIX shell."""
+    again = [a for a in sys.argv[1:] if not (len(a) > 3 and ("--overwrite".startswith(a) or "--resume".startswith(a)))]
+    return shlex.join(["python", sys.argv[0], *again, "--resume"])
 
 
 def _exit_stopped(signum: int) -> NoReturn:
@@ -426,8 +441,11 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
     can run as one of `several_processes` does so under a supervisor (`distributed`)."""
     if several_processes and not os.environ.get(distributed.CHILD_ENV) and distributed.requested(sys.argv[1:]):
         distributed.supervise()
+    child = os.environ.get(distributed.CHILD_ENV)  # of a run of several processes: its supervisor forwards them
     for s in STOP_SIGNALS:
-        if signal.getsignal(s) is not signal.SIG_IGN:
+        if child and s != signal.SIGTERM:
+            signal.signal(s, signal.SIG_IGN)
+        elif signal.getsignal(s) is not signal.SIG_IGN:
             signal.signal(s, _stop)
     try:
         check_environment()
@@ -438,6 +456,8 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
         _exit_stopped(e.signum)
     except distributed.StopAgreed:
         _exit_stopped(signal.SIGTERM)
+    except ProgressError as e:
+        fail(f"--resume: {e}")
     except KeyboardInterrupt:  # a SIGINT that came before the handler above
         _exit_stopped(signal.SIGINT)
     except DataError as e:

@@ -67,6 +67,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"argument --num-processes: expected a positive number, got {args.num_processes}")
         if not 0 <= args.process_id < args.num_processes:
             parser.error(f"argument --process-id: expected 0 to {args.num_processes - 1} (--num-processes {args.num_processes}), got {args.process_id}")
+        if getattr(args, "seeds", 0) % args.num_processes:
+            parser.error(f"argument --seeds: {args.seeds} seeds do not split evenly over {args.num_processes} processes; "
+                         f"give a multiple of {args.num_processes}")
     if not 0 < args.timeout <= 86400:
         parser.error(f"argument --timeout: expected 1 to 86400 seconds, got {args.timeout}")
 
@@ -123,8 +126,8 @@ def supervise() -> NoReturn:
     stdout passes through; of its stderr, the lines this project writes."""
     child = subprocess.Popen([sys.executable, *sys.argv], env={**os.environ, CHILD_ENV: str(os.getpid())},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child too (one process group): it stops it
-    signal.signal(signal.SIGTERM, lambda s, _: child.send_signal(s))
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # each becomes the SIGTERM JAX's preemption service takes
+        signal.signal(stop, lambda *_: child.send_signal(signal.SIGTERM))
     runtime_log = []
 
     def forward(stream, to, runtime) -> None:

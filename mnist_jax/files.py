@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
+import glob
 import json
 import math
 import os
+import re
 import tempfile
 import zipfile
 import zlib
@@ -23,6 +26,11 @@ import numpy as np
 UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
 
 PARTIAL = ".partial-"  # the prefix of a file being written
+
+
+def is_partial(path: Path) -> bool:
+    """Whether `path` is a file `atomic_write` was writing: `.partial-<stem>.<8 random characters><suffix>`."""
+    return bool(re.fullmatch(r"\.partial-.+\.[a-z0-9_]{8}(\.json|\.npz|\.png)?", path.name)) and path.is_file() and not path.is_symlink()
 LOCK = ".mnist_jax.lock"
 _LOCKS_HELD: list[Callable[[], None]] = []
 
@@ -72,6 +80,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{PARTIAL}{glob.escape(path.stem)}.*{path.suffix}"):  # of a run killed writing it
+        if is_partial(stale):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{PARTIAL}{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
@@ -98,28 +109,33 @@ def lock_folder(folder: Path) -> int:
     """Create `folder` if need be and hold its lock (`.mnist_jax.lock` inside it,
     `flock`ed) until this process ends: a second process gets `FolderBusy`. The kernel
     drops the lock of a process that dies however it dies, so a killed run's lock blocks
-    no one; what it was writing (`.partial-*` files) is deleted here, once the lock is
-    ours. At exit (`release_locks`) the lock file goes, and the folders made here if
-    nothing was written into them. A link in place of the lock file is never followed."""
+    no one. At exit (`release_locks`) the lock file goes, and the folders made here if
+    nothing was written into them. A lock file that is not one (a link, a user's file
+    of that name) is never written: `FolderBusy` says so."""
     made = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise FolderBusy(f"{folder} holds {LOCK} as a link, not this project's lock") from None
+        held = os.read(fd, 32)
+        if os.fstat(fd).st_nlink != 1 or not re.fullmatch(rb"(\d+\n)?", held):
+            os.close(fd)
+            raise FolderBusy(f"{folder} holds a {LOCK} that is not this project's lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise FolderBusy(f"{folder} is being written by another run (process {holder})") from None
+            raise FolderBusy(f"{folder} is being written by another run (process {held.decode().strip() or 'unknown'})") from None
         with contextlib.suppress(FileNotFoundError):
             if os.fstat(fd).st_ino == os.stat(folder / LOCK).st_ino:
                 break
         os.close(fd)  # the file was replaced as its holder left: lock the new one
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    for stale in folder.glob(f"{PARTIAL}*"):
-        if stale.is_file() and not stale.is_symlink():
-            stale.unlink()
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
     def release() -> None:
         with contextlib.suppress(OSError):
@@ -148,7 +164,7 @@ def foreign_entries(folder: Path, ours: Mapping[str, Callable[[Path], bool]]) ->
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
         if entry.is_symlink():
             found.append(f"{entry.name} (a link)")
-        elif entry.name == LOCK or entry.name.startswith(PARTIAL) and entry.is_file():
+        elif entry.name == LOCK or is_partial(entry):
             continue
         elif entry.name not in ours or not ours[entry.name](entry):
             found.append(entry.name + "/" * entry.is_dir())
@@ -165,18 +181,23 @@ def is_json_with(path: Path, *keys: str) -> bool:
     return isinstance(content, dict) and set(keys) <= content.keys()
 
 
+# The keys that tell each named JSON result from a user's file of the same name.
+RESULT_KEYS = {"results.json": ("stages", "steps", "command"), "sweep.json": ("grids", "rows"),
+               "compare.json": ("stages", "replay", "command"), "linearity.json": ("linear_lstsq", "width_sweep", "command")}
+
+
 def is_result(path: Path) -> bool:
-    """Whether `path` is a result file as the scripts write them, told by its content: a
-    JSON record naming its command and device (or a sweep's grids and rows), a NumPy
-    archive, a figure drawn by Matplotlib."""
+    """Whether `path` is a result as the scripts write them, told by its name and content:
+    a JSON record with its keys (`RESULT_KEYS`), a study's arrays (`study_arrays.npz`), a
+    figure drawn by Matplotlib."""
     if path.is_symlink() or not path.is_file():
         return False
-    if path.suffix == ".json":
-        return is_json_with(path, "command", "device") or is_json_with(path, "grids", "rows")
-    if path.suffix == ".npz":
+    if path.name in RESULT_KEYS:
+        return is_json_with(path, *RESULT_KEYS[path.name])
+    if path.name == "study_arrays.npz":
         try:
             with zipfile.ZipFile(path) as archive:
-                return all(name.endswith(".npy") for name in archive.namelist())
+                return any(name.endswith("_confusion.npy") for name in archive.namelist())
         except (OSError, zipfile.BadZipFile):
             return False
     if path.suffix == ".png":
@@ -192,8 +213,3 @@ def remove_ours(folder: Path, ours: Mapping[str, Callable[[Path], bool]]) -> Non
         path = folder / name
         if path.is_file() and not path.is_symlink() and check(path):
             path.unlink()
-
-
-def holds_results(folder: Path) -> bool:
-    """Whether `folder` holds anything but its lock and files being written."""
-    return folder.is_dir() and any(p.name != LOCK and not p.name.startswith(PARTIAL) for p in folder.iterdir())

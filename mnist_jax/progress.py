@@ -11,6 +11,7 @@ on from a saved epoch gives the arrays an unbroken run gives.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -35,13 +36,7 @@ class Saved(NamedTuple):
     rows: np.ndarray  # (epochs, models, metrics)
 
 
-def _is_chunk(path: Path) -> bool:
-    try:
-        with np.load(path) as saved:
-            return "meta" in saved.files
-    except UNREADABLE:
-        return False
-
+CHUNK = re.compile(r"[a-z_]+-hidden\d+-bits\d+-from\d+-\d+\.npz")  # the name `study.train_grid` gives a chunk
 
 class GridProgress:
     """The progress files of one piece of work in `out`; `write` False in every process
@@ -49,19 +44,21 @@ class GridProgress:
 
     def __init__(self, out: Path, work: dict, write: bool = True):
         self.folder, self.work, self.write, self.run_id = out / FOLDER, work, write, None
-
+        self.started = True  # resuming, until `start`
     def ours(self) -> dict:
         """Each file name in the folder that this class wrote, with its check."""
         names = {WORK_FILE: lambda path: is_json_with(path, "script")}
-        if self.folder.is_dir():
-            names |= {p.name: _is_chunk for p in self.folder.glob("*.npz")}
+        if self.folder.is_dir() and not self.folder.is_symlink():
+            names |= {p.name: lambda path: True for p in self.folder.iterdir() if CHUNK.fullmatch(p.name)}
         return names
 
     def foreign(self) -> list[str]:
+        if self.folder.is_symlink() or self.folder.exists() and not self.folder.is_dir():
+            return [f"{FOLDER} (a link or a file)"]
         return [f"{FOLDER}/{name}" for name in foreign_entries(self.folder, self.ours())]
 
     def saved_chunks(self) -> list[Path]:
-        return sorted(self.folder.glob("*.npz")) if self.folder.is_dir() else []
+        return sorted(p for p in self.folder.glob("*.npz") if CHUNK.fullmatch(p.name)) if self.folder.is_dir() else []
 
     def exists(self) -> bool:
         return (self.folder / WORK_FILE).is_file()
@@ -78,13 +75,9 @@ class GridProgress:
         return [f"{k} {saved.get(k)!r} (asked: {v!r})" for k, v in self.work.items() if saved.get(k) != v]
 
     def start(self) -> None:
-        """Record the work (a fresh start: progress of other work is removed) under a new
-        `run_id`, by which its results are told from earlier ones."""
-        self.run_id = uuid.uuid4().hex
-        if self.write:
-            self.clear()
-            write_json(self.folder / WORK_FILE, self.work | {"run_id": self.run_id})
-
+        """A fresh start under a new `run_id`, by which its results are told from earlier
+        ones. The progress already in the folder stays until the first save replaces it."""
+        self.run_id, self.started = uuid.uuid4().hex, False
     def load(self, key: str, like) -> Saved | None:
         """The chunk `key`'s saved progress, its states shaped as `like`; None if none."""
         path = self.folder / f"{key}.npz"
@@ -108,6 +101,11 @@ class GridProgress:
 
     def save(self, key: str, epochs: int, states, rows: np.ndarray) -> None:
         """The chunk `key` after `epochs` epochs (`states` and `rows` whole, as NumPy)."""
+        if not self.started:  # the first save of a fresh start: the work it replaces goes now
+            self.started = True
+            if self.write:
+                self.clear()
+                write_json(self.folder / WORK_FILE, self.work | {"run_id": self.run_id})
         if not self.write:
             return
         arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(states))}
@@ -116,7 +114,7 @@ class GridProgress:
 
     def clear(self) -> None:
         """Remove the files of this class, and the folder if nothing else is in it."""
-        if not self.write or not self.folder.is_dir():
+        if not self.write or not self.folder.is_dir() or self.folder.is_symlink():
             return
         remove_ours(self.folder, self.ours())
         if not any(self.folder.iterdir()):

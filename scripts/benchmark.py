@@ -6,10 +6,10 @@ import statistics
 import sys
 from pathlib import Path
 
-import jax
+from mnist_jax import cli, files  # first: its signal handlers cover the imports after it
 
+import jax
 import measure
-from mnist_jax import cli, files
 from mnist_jax.data import load_mnist
 from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig, device_description
@@ -58,7 +58,7 @@ def parse_args():
         parser.error(f"--json: cannot write to {args.json} ({reason})")
     if args.json.exists() and not args.overwrite:
         parser.error(f"--json: {args.json} already exists; pass --overwrite to replace it")
-    if (args.json.exists() or args.json.is_symlink()) and not files.is_result(args.json):
+    if (args.json.exists() or args.json.is_symlink()) and not files.is_json_with(args.json, "command", "device", "torch_loops"):
         parser.error(f"--json: {args.json} is not a benchmark's result and will not be replaced: move it or choose another --json")
     return args
 

@@ -52,6 +52,8 @@ def parse_args():
     args.resumed = {}
     for stage in args.stages:
         out = run_dir(args, stage)
+        if out.is_symlink() and out != args.out:
+            parser.error(f"--out: {out} is a link; train.py never follows one it did not make: choose another --out")
         cli.claim(parser, "--out", out)
         foreign = foreign_entries(out, RUN_FILES)
         if foreign and not args.resume:

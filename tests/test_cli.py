@@ -45,7 +45,7 @@ def test_a_parser_error_is_one_line_with_status_2(capsys):
 def test_results_in_the_out_folder_are_refused_without_overwrite_and_a_users_file_even_with_it(tmp_path, capsys):
     parser = cli.ArgumentParser(prog="study.py")
     cli.add_output_arguments(parser, tmp_path, "results.json")
-    (tmp_path / "results.json").write_text('{"command": "python scripts/study.py", "device": "cpu"}')
+    (tmp_path / "results.json").write_text('{"stages": {}, "steps": [], "command": "python scripts/study.py"}')
     cli.refuse_existing(parser, parser.parse_args(["--overwrite"]), "results.json", "study_arrays.npz")
     with pytest.raises(SystemExit):
         cli.refuse_existing(parser, parser.parse_args([]), "results.json", "study_arrays.npz")

@@ -180,8 +180,8 @@ def test_sigterm_to_every_process_stops_the_run_together_and_it_resumes_exactly(
         if line.startswith("linear_ce, 8 seeds: epoch 1/2"):
             break
     signalled = time.monotonic()
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
+    procs[0].send_signal(signal.SIGTERM)
+    procs[1].send_signal(signal.SIGHUP)  # a closed terminal: each process's supervisor makes it a SIGTERM
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 143, stderr

@@ -4,7 +4,9 @@ SIGHUP end every script in one line, at any moment, with what was kept and how t
 on; a study or sweep stopped at any moment resumes to the uninterrupted results."""
 
 import json
+import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,9 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, assert_one_line_error, load_script, run_script
-from mnist_jax import cli
+from mnist_jax import cli, distributed
 from mnist_jax.checkpoint import load_run, save_run
 from mnist_jax.files import LOCK, release_locks
+from mnist_jax.progress import GridProgress
 from mnist_jax.train import RunResult, TrainConfig, init_state, make_optimizer
 
 
@@ -105,6 +108,46 @@ def test_overwrite_refuses_a_link_or_a_users_file_under_a_run_files_name(tmp_pat
     assert (tmp_path / "elsewhere.txt").read_text() == "keep me" and (run / "metrics.json").read_text() == '{"my": "numbers"}'
 
 
+def test_a_users_files_named_like_the_projects_own_are_left_alone(tmp_path, monkeypatch, capsys):
+    """A `.partial-` file, a hard link named as the lock, links in place of a stage's
+    folder or of the progress folder: refused, nothing written through them."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / ".partial-notes.txt").write_text("draft")
+    with pytest.raises(SystemExit):
+        parse_train(monkeypatch, "--stage", "linear_ce", "--out", tmp_path / "mine")
+    assert "holds .partial-notes.txt" in capsys.readouterr().err and (tmp_path / "mine" / ".partial-notes.txt").read_text() == "draft"
+    (tmp_path / "diary.txt").write_text("dear diary")
+    os.link(tmp_path / "diary.txt", tmp_path / "mine" / LOCK)
+    with pytest.raises(SystemExit):
+        parse_train(monkeypatch, "--stage", "linear_ce", "--out", tmp_path / "mine")
+    assert f"holds a {LOCK} that is not this project's lock" in capsys.readouterr().err
+    assert (tmp_path / "diary.txt").read_text() == "dear diary"
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "linear_mse-seed42").symlink_to(tmp_path / "mine")
+    with pytest.raises(SystemExit):
+        parse_train(monkeypatch, "--stage", "all", "--out", tmp_path / "runs")
+    assert "linear_mse-seed42 is a link" in capsys.readouterr().err
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "progress").symlink_to(tmp_path / "mine")
+    parser = cli.ArgumentParser(prog="study.py")
+    cli.add_output_arguments(parser, tmp_path / "study", "results.json", resume=True)
+    with pytest.raises(SystemExit):
+        cli.grid_progress(parser, parser.parse_args(["--overwrite"]), {"seeds": 2})
+    assert "holds progress (a link or a file)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [LOCK, ".partial-notes.txt"]
+
+
+def test_benchmark_overwrites_only_a_benchmarks_json(tmp_path, monkeypatch, capsys):
+    np.savez(tmp_path / "embeddings.npz", x=np.ones(3))
+    (tmp_path / "results.json").write_text('{"stages": {}, "steps": [], "command": "python scripts/study.py", "device": "cpu"}')
+    for name in ("embeddings.npz", "results.json"):
+        monkeypatch.setattr(sys, "argv", ["benchmark.py", "--json", str(tmp_path / name), "--overwrite"])
+        with pytest.raises(SystemExit):
+            load_script("benchmark.py").parse_args()
+        assert "is not a benchmark's result and will not be replaced" in capsys.readouterr().err
+    assert np.load(tmp_path / "embeddings.npz")["x"].sum() == 3
+
+
 def test_overwrite_in_a_clone_refuses_the_clone_in_one_line(tmp_path):
     """`--out .` in a clone of this project: everything stays, the message says why."""
     before = a_users_folder(tmp_path)
@@ -139,6 +182,19 @@ def test_a_replacement_that_fails_before_its_first_epoch_keeps_the_run_it_replac
 # Signals
 
 
+def test_a_signal_while_importing_ends_in_one_line(tmp_path):
+    proc = start("study.py", "--out", tmp_path / "run")
+    time.sleep(0.5)  # importing JAX takes a second
+    assert stop(proc, signal.SIGTERM) == "stopped by SIGTERM: nothing was started" and proc.returncode == 143
+
+
+def test_a_study_refused_for_its_data_leaves_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_script("study.py", "--data-dir", tmp_path / "empty", "--out", tmp_path / "study")
+    assert_one_line_error(proc, "data error")
+    assert not (tmp_path / "study").exists()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_while_compiling_ends_in_one_line_with_its_status(tmp_path, data_args, signum):
     """Sent while XLA compiles (no cache): no crash at exit, the lock released, the
@@ -157,7 +213,7 @@ def test_a_signal_while_compiling_ends_in_one_line_with_its_status(tmp_path, dat
 def test_train_all_stopped_in_its_third_stage_resumes_there(tmp_path, data_args):
     """SIGTERM inside `mlp`: the message names what was kept and the command to go on;
     that command skips the finished stages and continues `mlp` where it stopped."""
-    out = tmp_path / "all"
+    out = tmp_path / "my runs" / "all"  # the command to continue is quoted for the shell
     args = ["--stage", "all", "--epochs", "2", "--out", out, *data_args]
     proc = start("train.py", *args)
     read_until(proc, "stage mlp:")
@@ -165,11 +221,12 @@ def test_train_all_stopped_in_its_third_stage_resumes_there(tmp_path, data_args)
     line = stop(proc, signal.SIGTERM)
     assert proc.returncode == 143
     assert line.startswith("stopped by SIGTERM: the stages before it are finished (linear_mse, linear_ce); ")
-    assert line.endswith(f"continue with: python scripts/train.py {' '.join(map(str, args))} --resume")
     finished = {name: (out / f"{name}-seed42" / "metrics.json").read_bytes() for name in ("linear_mse", "linear_ce")}
     kept = len(load_run(out / "mlp-seed42").history)
 
-    resumed = run_script("train.py", *args, "--resume")
+    python, *command = shlex.split(line.split("continue with: ")[1])  # pasted as it stands
+    assert python == "python" and command == [str(ROOT / "scripts" / "train.py"), *map(str, args), "--resume"]
+    resumed = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.count("skipped") == 2 and f"resuming {out / 'mlp-seed42'} after epoch {kept}" in resumed.stdout
     assert {name: (out / f"{name}-seed42" / "metrics.json").read_bytes() for name in finished} == finished
@@ -224,9 +281,14 @@ def test_a_study_stopped_at_a_random_moment_resumes_to_the_uninterrupted_results
     if proc.returncode == 0:
         pytest.fail(f"the study ended within {delay:.2f} s of its second stage's first epoch: stop it sooner")
     if stopped_by == signal.SIGTERM:
-        assert proc.returncode == 143 and line.endswith(f"keeps every epoch saved; continue with: python scripts/study.py "
-                                                        f"{' '.join(map(str, args))} --out {out} --resume"), line
+        command = shlex.join(["python", str(ROOT / "scripts" / "study.py"), *map(str, args), "--out", str(out), "--resume"])
+        assert proc.returncode == 143 and line.endswith(f"keeps every epoch saved; continue with: {command}"), line
     assert_one_line_error(run_script("study.py", *args, "--out", out), "holds unfinished work; pass --resume")
+    if stopped_by == signal.SIGKILL:  # a replacement that fails before its first epoch keeps the work it would replace
+        saved = snapshot(out)
+        replacement = run_script("study.py", *args, "--out", out, "--overwrite", env={"MNIST_JAX_MEMORY_LIMIT": "1M"})
+        assert_one_line_error(replacement, "does not fit", status=4)
+        assert snapshot(out) == saved
     resumed = run_script("study.py", *args, "--out", out, "--resume")
     assert resumed.returncode == 0, f"stopped {delay:.2f} s in: {resumed.stderr}"
     (report, arrays), (whole_report, whole_arrays) = results_without_timings(out), results_without_timings(whole_study)
@@ -251,6 +313,31 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_grid_and_only_t
     assert resumed.returncode == 0, resumed.stderr
     rows = [json.loads((folder / "sweep.json").read_text())["rows"] for folder in (out, tmp_path / "whole")]
     assert rows[0] == rows[1] and len(rows[0]) == 6
+
+
+def test_damaged_progress_is_ours_to_replace_and_refused_in_one_line_on_resume(tmp_path, capsys):
+    """A chunk file cut short is still the study's (its name says so): --overwrite may
+    replace it, and --resume names the damage in one line with status 2."""
+    progress = GridProgress(tmp_path, {"script": "study.py"})
+    progress.start()
+    states = {"kernel": np.ones((3, 784, 10), np.float32)}
+    progress.save("mlp-hidden256-bits1-from0-3", 1, states, np.zeros((1, 3, 5), np.float32))
+    path = tmp_path / "progress" / "mlp-hidden256-bits1-from0-3.npz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert progress.foreign() == []
+    with pytest.raises(SystemExit) as stopped:
+        cli.run(lambda: progress.load("mlp-hidden256-bits1-from0-3", states))
+    assert stopped.value.code == 2 and "is damaged" in capsys.readouterr().err
+
+
+def test_seeds_that_do_not_split_over_the_processes_are_refused(capsys):
+    parser = cli.ArgumentParser(prog="study.py")
+    parser.add_argument("--seeds", type=int)
+    distributed.add_arguments(parser)
+    args = parser.parse_args(["--seeds", "3", "--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "0"])
+    with pytest.raises(SystemExit):
+        distributed.check_arguments(parser, args)
+    assert "3 seeds do not split evenly over 2 processes" in capsys.readouterr().err
 
 
 def test_progress_holding_a_users_file_is_refused(tmp_path, capsys):
