@@ -33,7 +33,7 @@ MAX_META_BYTES = 2**26  # the config and history of some 100,000 epochs, as NumP
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")  # and "seconds", by train.py
 
 
-class CheckpointError(Exception):
+class CheckpointError(ValueError):
     """The checkpoint cannot be resumed; the message says why."""
 
 

@@ -331,6 +331,7 @@ class Progress:
 
     def step(self, note: str = "", total: int | None = None) -> None:
         """One more step done; `total` changes the count of steps expected."""
+        stop_if_pending()
         self.done += 1
         if total is not None:
             self.total = total
@@ -354,6 +355,8 @@ def parse_stages(parser: argparse.ArgumentParser, text: str) -> list[str]:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         parser.error(f"argument --stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)} or all")
+    if len(set(stages)) != len(stages):
+        parser.error(f"argument --stages: {text!r} names a stage twice; name each once")
     return stages
 
 
@@ -365,8 +368,18 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+_pending: list[int] = []  # signals received: one raised where exceptions are ignored (a GC callback) is acted on later
+
+
 def _stop(signum: int, _frame) -> None:
+    _pending.append(signum)
     raise Stopped(signum)
+
+
+def stop_if_pending() -> None:
+    """Act on a signal whose `Stopped` was swallowed: at each step of progress and at the end."""
+    if _pending:
+        raise Stopped(_pending[0])
 
 
 # The signals Python handles here; in a run of several processes JAX's preemption service
@@ -450,6 +463,7 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
     try:
         check_environment()
         main()
+        stop_if_pending()
     except NonFiniteLoss as e:  # a grid's model (train.py says more of its run itself)
         fail(f"training stopped: {e}", EXIT_DIVERGED)
     except Stopped as e:

@@ -42,7 +42,7 @@ _IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}  # unsigned bytes, 1 or 3 dimensions
 MAX_IDX_BYTES = 16 + NUM_EXAMPLES["train"] * 28 * 28  # the training images, decompressed
 
 
-class DataError(Exception):
+class DataError(ValueError):
     """MNIST could not be read or did not verify; the message says why."""
 
 

@@ -67,9 +67,6 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"argument --num-processes: expected a positive number, got {args.num_processes}")
         if not 0 <= args.process_id < args.num_processes:
             parser.error(f"argument --process-id: expected 0 to {args.num_processes - 1} (--num-processes {args.num_processes}), got {args.process_id}")
-        if getattr(args, "seeds", 0) % args.num_processes:
-            parser.error(f"argument --seeds: {args.seeds} seeds do not split evenly over {args.num_processes} processes; "
-                         f"give a multiple of {args.num_processes}")
     if not 0 < args.timeout <= 86400:
         parser.error(f"argument --timeout: expected 1 to 86400 seconds, got {args.timeout}")
 
@@ -92,6 +89,9 @@ def initialize(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if not (every == mine).all():
         parser.error(f"the {jax.process_count()} processes of the run were not started alike: each needs the same options, "
                      f"with --num-processes {jax.process_count()}, and its own --process-id")
+    if getattr(args, "seeds", 0) % jax.process_count():  # each process holds as many models
+        parser.error(f"argument --seeds: {args.seeds} seeds do not split evenly over {jax.process_count()} processes; "
+                     f"give a multiple of {jax.process_count()}")
 
 
 class StopAgreed(Exception):
@@ -140,7 +140,14 @@ def supervise() -> NoReturn:
 
     out = threading.Thread(target=forward, args=(child.stdout, sys.stdout, lambda line: "[Gloo]" in line))  # Gloo prints to stdout
     out.start()
-    forward(child.stderr, sys.stderr, _runtime_line)
+    in_traceback = []  # a Python traceback of the child (a collective failing as a peer dies) is the runtime's too
+
+    def runtime(line: str) -> bool:
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback.append(True)
+        return bool(in_traceback) or _runtime_line(line)
+
+    forward(child.stderr, sys.stderr, runtime)
     out.join()
     status = child.wait()
     from mnist_jax import cli
@@ -168,6 +175,8 @@ def diagnosis(log: list[str], status: int) -> str:
         return f"the run's work was ended by {signal.Signals(-status).name}; nothing written"
     if m := re.search(r"absl::Status: (.*)", text):
         return f"the run stopped: {m.group(1)}; nothing written"
+    if m := re.search(r"Traceback \(most recent call last\):\n(?:[ \t].*\n)*(\S.*)", text):
+        return f"the run's work failed: {m.group(1)}; nothing written"
     return f"the run's work ended with status {status}; nothing written"
 
 

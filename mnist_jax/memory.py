@@ -8,8 +8,8 @@ the latter, to leave room for others or to act out a smaller device.
 
 from __future__ import annotations
 
-import math
 import os
+import re
 import resource
 
 import jax
@@ -23,13 +23,10 @@ class DoesNotFit(Exception):
 
 
 def parse_size(text: str) -> int:
-    """'1500000', '512M', '2G' -> bytes."""
-    number, suffix = (text[:-1], text[-1].upper()) if text and text[-1].upper() in _SUFFIXES else (text, "")
-    try:
-        size = float(number) * _SUFFIXES[suffix]
-    except ValueError:
-        size = 0
-    if not 1 <= size < math.inf:  # nan, inf, negative, under a byte
+    """'1500000', '512M', '2.5G' -> bytes: ASCII digits, an optional K, M, G or T, nothing else."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?)([KMGTkmgt]?)", text)
+    size = float(match[1]) * _SUFFIXES[match[2].upper()] if match else 0
+    if not 1 <= size < 2**60:
         raise ValueError(f"{LIMIT_ENV}={text!r}: expected a positive size such as 2G or 512M")
     return int(size)
 

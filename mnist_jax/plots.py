@@ -242,7 +242,7 @@ def sweep_dropout(answer: dict, device: str, path: str | os.PathLike) -> None:
         _band(diff_ax, epochs, diffs, f"dropout {rate} − mlp")
     diff_ax.axhline(0, color="black", lw=0.8)
     curves = [answer["mlp"]["test"], *(r["test"] for r in answer["rates"].values())]
-    acc_ax.set_ylim(bottom=min(100 * (s["ci95"] or [s["mean"]])[0] for c in curves for s in c[1:]) - 0.2)  # epoch 1 would flatten the rest
+    acc_ax.set_ylim(bottom=min(100 * (s["ci95"] or [s["mean"]])[0] for c in curves for s in c) - 0.2)
     for ax in (acc_ax, diff_ax):
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)

@@ -25,7 +25,7 @@ from mnist_jax.data import MNIST
 from mnist_jax.models import NUM_CLASSES
 from mnist_jax.stages import STAGES
 from mnist_jax.evaluate import make_evaluate, predict
-from mnist_jax.files import UNREADABLE, atomic_write, check_finite, npz_member, read_json, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, check_finite, check_fractions, npz_member, read_json, write_json
 from mnist_jax.models import dropout_bits
 from mnist_jax.progress import GridProgress
 from mnist_jax.train import (
@@ -277,6 +277,10 @@ def train_grid(
 
 def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int], **kwargs) -> GridResult:
     """`config` once per seed: the grid of one learning rate and one dropout rate."""
+    if not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"train_seeds seeds: expected a list of distinct seeds, got {seeds!r}")
+    for seed in seeds:  # each as TrainConfig checks it
+        dataclasses.replace(config, seed=seed)
     return train_grid(config, data, [config.point._replace(seed=s) for s in seeds], **kwargs)
 
 
@@ -298,7 +302,7 @@ def paired_difference(differences) -> dict:
     """Differences paired by seed: their mean, 95% interval (None under two pairs) and
     whether the interval excludes zero (never without one)."""
     mean, _, ci = mean_ci95(differences)
-    return {"difference": mean, "ci95": list(ci) if ci else None, "significant": bool(ci and (ci[0] > 0 or ci[1] < 0))}
+    return {"difference": mean, "ci95": list(ci) if ci else None, "significant": bool(ci[0] > 0 or ci[1] < 0) if ci else None}
 
 
 def stage_summary(result: GridResult) -> dict:
@@ -422,9 +426,14 @@ def _check_report(report: dict) -> None:
             raise ValueError(f"{name}: seeds with different numbers of epochs")
         check_finite(name, mean=stage["mean"], documented_accuracy=stage["documented_accuracy"],
                       **{f"test_accuracies[{i}]": x for i, x in enumerate(stage["test_accuracies"])})
+        check_fractions(name, *stage["test_accuracies"], stage["mean"], stage["documented_accuracy"])
         for seed, history in zip(seeds, histories):
             for epoch, row in enumerate(history, 1):
-                check_finite(f"{name}, seed {seed}, epoch {epoch}", **{key: row[key] for key in HISTORY_KEYS})
+                where = f"{name}, seed {seed}, epoch {epoch}"
+                check_finite(where, **{key: row[key] for key in HISTORY_KEYS})
+                check_fractions(where, row["train_accuracy"], row["val_accuracy"])
+                if row["epoch"] != epoch:
+                    raise ValueError(f"{where}: numbered {row['epoch']}")
         if len(seeds) > 1:
             check_finite(name, std=stage["std"])
         _check_interval(name, stage["mean"], stage["ci95"], len(seeds))
@@ -460,6 +469,17 @@ def _read_arrays(path: Path, stages: list[str]) -> dict:
         arrays = {name: read(name, shape) for name, shape in shapes.items()}
     if not all(np.isfinite(arrays[f"{name}_weights"]).all() for name in stages if not STAGES[name].is_mlp):
         raise ValueError("weights that are not finite numbers")
+    totals = set()
+    for name in stages:  # counts of the test images, by true and predicted class
+        confusion = arrays[f"{name}_confusion"]
+        if confusion.dtype.kind not in "iu" or confusion.min() < 0:
+            raise ValueError(f"{name}_confusion is not counts of test images")
+        totals.add(int(confusion.sum()))
+    if len(totals) != 1:
+        raise ValueError(f"confusion matrices of different numbers of test images: {sorted(totals)}")
+    for key in ("misclassified_labels", "misclassified_linear_predictions"):
+        if key in arrays and (arrays[key].dtype.kind not in "iu" or len(arrays[key]) and not 0 <= arrays[key].min() <= arrays[key].max() < NUM_CLASSES):
+            raise ValueError(f"{key} holds classes outside 0-{NUM_CLASSES - 1}")
     if "misclassified_stages" in arrays:
         if len({len(arrays[k]) for k in shapes if k.startswith("misclassified_") and k != "misclassified_stages"}) != 1:
             raise ValueError("misclassified_images, _labels and _linear_predictions differ in length")

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from mnist_jax.data import MNIST
-from mnist_jax.files import UNREADABLE, check_finite, read_json, write_json
+from mnist_jax.files import UNREADABLE, check_finite, check_fractions, read_json, write_json
 from mnist_jax.progress import GridProgress
 from mnist_jax.stages import STAGES
 from mnist_jax.study import GridResult, mean_ci95, paired_difference, train_grid
@@ -40,11 +40,14 @@ def grid_points(stage: str, lrs: list[float] | None, dropouts: list[float] | Non
     return [Point(seed, lr, rate) for lr, rate, seed in itertools.product(lrs, dropouts, range(seeds))]
 
 
+def _best_epoch(history: list[dict]) -> int:
+    return max(history, key=lambda row: row["val_accuracy"])["epoch"]  # the first of equals
+
+
 def rows_of(result: GridResult) -> list[dict]:
     """One row per model of a trained grid (`ROW_KEYS`)."""
     rows = []
     for point, history, accuracy in zip(result.points, result.history, result.test_accuracies, strict=True):
-        best = max(history, key=lambda row: row["val_accuracy"])  # the first of equals
         rows.append({
             "stage": result.config.stage,
             "lr": float(point.lr),
@@ -52,7 +55,7 @@ def rows_of(result: GridResult) -> list[dict]:
             "hidden": result.config.hidden or result.config.spec.hidden,
             "seed": int(point.seed),
             "test_accuracy": float(accuracy),
-            "best_val_epoch": best["epoch"],
+            "best_val_epoch": _best_epoch(history),
             "history": history,
         })
     return rows
@@ -67,6 +70,15 @@ def run_grid(
     """Train the grid, stage by stage and width by width (one `train_grid` each).
     `on_stage(name, models)` returns the `on_epoch` of that part. The grid's record:
     its rows and its seconds (`save_grid` adds the command)."""
+    for name, values in (("stages", stages), ("lrs", lrs), ("dropouts", dropouts), ("hiddens", hiddens)):
+        if values is not None and (not isinstance(values, (list, tuple)) or not values or len(set(values)) != len(values)):
+            raise ValueError(f"run_grid {name}: expected a list of distinct values, got {values!r}")
+    if not all(isinstance(s, str) and s in STAGES for s in stages):
+        raise ValueError(f"run_grid stages: expected names from {', '.join(STAGES)}, got {stages!r}")
+    if not (type(seeds) is int and seeds > 0) or models_at_once is not None and not (type(models_at_once) is int and models_at_once > 0):
+        raise ValueError(f"run_grid seeds and models_at_once: expected positive ints, got {seeds!r} and {models_at_once!r}")
+    for lr, rate, hidden in itertools.product(lrs or [1e-3], dropouts or [None], hiddens):  # each as TrainConfig checks it
+        TrainConfig("mlp_dropout", epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden, dropout=rate)
     rows, compile_seconds, train_seconds, chunks = [], 0.0, 0.0, {}
     for stage, hidden in itertools.product(stages, hiddens):
         spec = STAGES[stage]
@@ -125,6 +137,12 @@ def _check_sweep(sweep: dict) -> None:
         check_finite(where, lr=row["lr"], dropout=row["dropout"], test_accuracy=row["test_accuracy"], best_val_epoch=row["best_val_epoch"])
         for epoch, entry in enumerate(row["history"], 1):
             check_finite(f"{where}, epoch {epoch}", **{k: entry[k] for k in HISTORY_KEYS})
+            check_fractions(f"{where}, epoch {epoch}", entry["train_accuracy"], entry["val_accuracy"], entry["test_accuracy"])
+            if entry["epoch"] != epoch:
+                raise ValueError(f"{where}, epoch {epoch}: numbered {entry['epoch']}")
+        check_fractions(where, row["test_accuracy"])
+        if row["test_accuracy"] != row["history"][-1]["test_accuracy"] or row["best_val_epoch"] != _best_epoch(row["history"]):
+            raise ValueError(f"{where}: a test accuracy or best validation epoch that is not its history's")
         if (type(row["seed"]) is not int or row["lr"] <= 0 or not 0 <= row["dropout"] < 1 or not 1 <= row["best_val_epoch"] <= len(row["history"])
                 or not (row["hidden"] is None or type(row["hidden"]) is int and row["hidden"] > 0)):
             raise ValueError(f"{where}: a seed, lr, dropout, best_val_epoch or hidden width that no grid has")

@@ -66,9 +66,16 @@ class TrainConfig:
             "hidden": (self.hidden is None or _integer(self.hidden) and self.hidden > 0, "a positive int or None"),
             "dropout": (self.dropout is None or _real(self.dropout) and 0 <= self.dropout < 1, "a rate in [0, 1) or None"),
         }
+        rules["hidden"] = (rules["hidden"][0] and (self.hidden is None or self.stage not in STAGES or STAGES[self.stage].is_mlp),
+                           "a positive int for an MLP stage, else None")
+        rules["dropout"] = (rules["dropout"][0] and (not self.dropout or self.stage not in STAGES or STAGES[self.stage].is_mlp),
+                            "a rate in [0, 1) for an MLP stage, else None")
         for name, (valid, accepted) in rules.items():
             if not valid:
                 raise ValueError(f"TrainConfig {name}: expected {accepted}, got {getattr(self, name)!r}")
+        for name, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("seed", int), ("hidden", int), ("dropout", float)):
+            if getattr(self, name) is not None:  # NumPy scalars as Python numbers (JSON, optax)
+                object.__setattr__(self, name, kind(getattr(self, name)))
 
     @property
     def spec(self) -> Stage:
@@ -366,6 +373,11 @@ def train(
     picks them (default: as many as divide the batch sizes).
     Raises `NonFiniteLoss` if the loss stops being finite.
     """
+    if not isinstance(config, TrainConfig) or not isinstance(data, MNIST):
+        raise ValueError(f"train: expected a TrainConfig and an MNIST, got {type(config).__name__} and {type(data).__name__}")
+    if config.batch_size > len(data.train_images) - NUM_VALIDATION:
+        raise ValueError(f"TrainConfig batch_size: expected at most the {len(data.train_images) - NUM_VALIDATION} "
+                         f"training images, got {config.batch_size}")
     setup = prepare(config, data, replay=replay)
     images, labels, test_images, test_labels = setup.data
     val_images, val_labels = subset(images, labels, setup.val_idx)

@@ -174,6 +174,7 @@ def train_stage(args, stage: str, data) -> dict:
     def after_epoch(run) -> None:
         print_epoch(run.history[-1])
         save(run, lambda: write_epoch(run))
+        cli.stop_if_pending()
 
     try:
         result = train(config, data, on_epoch=after_epoch, resume=resume)

@@ -3,6 +3,7 @@
 import argparse
 import gzip
 import importlib.util
+import signal
 import struct
 
 import pytest
@@ -174,7 +175,7 @@ def test_bad_data_gives_one_line_naming_the_file_and_status_2(tmp_path, data_dir
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("limit", ["inf", "nan", "-1", "1e400", "0.5", "2X"])
+@pytest.mark.parametrize("limit", ["inf", "nan", "-1", "1e400", "0.5", "2X", " 2G", "1_000M", "\u0662G", "+2G"])
 def test_a_memory_limit_that_is_no_size_is_refused_in_one_line_before_any_work(monkeypatch, capsys, limit):
     monkeypatch.setenv(memory.LIMIT_ENV, limit)
     with pytest.raises(SystemExit) as exit_info:
@@ -195,3 +196,21 @@ def test_a_platform_jax_cannot_start_is_refused_in_one_line_before_any_work(tmp_
     proc = run_script("train.py", "--stage", "mlp", "--out", tmp_path / "run", env={"JAX_PLATFORMS": platforms})
     assert_one_line_error(proc, f"JAX_PLATFORMS={platforms}: JAX cannot start it ({why}", "unset it to let JAX choose")
     assert proc.stdout == "" and not (tmp_path / "run").exists()
+
+
+def test_a_stage_named_twice_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_stages(cli.ArgumentParser(prog="sweep.py"), "mlp,mlp")
+    assert "names a stage twice" in capsys.readouterr().err
+
+
+def test_a_stop_swallowed_where_exceptions_are_ignored_is_acted_on_at_the_next_step(monkeypatch):
+    """A signal's `Stopped` raised inside a callback whose exceptions Python ignores (XLA's
+    garbage-collection callback) stops the work at the next step all the same."""
+    monkeypatch.setattr(cli, "_pending", [])
+    try:
+        cli._stop(signal.SIGTERM, None)
+    except cli.Stopped:
+        pass  # as the callback's caller does
+    with pytest.raises(cli.Stopped):
+        cli.Progress(2, "mlp, 2 seeds", "epoch").step()

@@ -188,12 +188,12 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_last_complete_epoch(small_disk, 
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 1
 
 
-def test_a_study_whose_results_cannot_be_written_exits_5_and_leaves_nothing(tmp_path, data_args):
+def test_a_study_whose_files_cannot_be_written_exits_5_and_leaves_nothing_half_written(tmp_path, data_args):
     out = tmp_path / "study"
     argv = command("study.py", "--stages", "linear_ce", "--seeds", "2", "--epochs", "1", "--out", out, "--no-cache", *data_args)
     proc = run_limited("RLIMIT_FSIZE", 1000, argv)
-    assert_one_line_error(proc, "could not write", "results.json", "File too large", status=5)
-    assert not out.exists()
+    assert_one_line_error(proc, "could not write", "progress", "File too large", status=5)
+    assert not list(out.rglob(".partial-*")) and not (out / "results.json").exists()
 
 
 # Two runs, one folder

@@ -164,8 +164,10 @@ def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_end(mlp_bn_runs
 
     run = start(*args)  # the folder holds no run, only the dead run's lock: a fresh start
     read_until(run, "[Epoch 01]")
-    time.sleep(0.3)  # epoch 1 is being saved, then epoch 2 runs (about 1 s)
-    assert "[Epoch 02]" not in kill(run) and saved_epochs(out) == 1
+    while not saved_epochs(out):  # epoch 1 is being saved, then epoch 2 runs (a fraction of a second)
+        time.sleep(0.001)
+    kill(run)
+    assert saved_epochs(out) in (1, 2)
 
     run = start(*args, "--resume")
     while run.poll() is None and not list(out.glob(".partial-checkpoint*")):

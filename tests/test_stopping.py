@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, assert_one_line_error, load_script, run_script
-from mnist_jax import cli, distributed
+from mnist_jax import cli
 from mnist_jax.checkpoint import load_run, save_run
 from mnist_jax.files import LOCK, release_locks
 from mnist_jax.progress import GridProgress
@@ -328,16 +328,6 @@ def test_damaged_progress_is_ours_to_replace_and_refused_in_one_line_on_resume(t
     with pytest.raises(SystemExit) as stopped:
         cli.run(lambda: progress.load("mlp-hidden256-bits1-from0-3", states))
     assert stopped.value.code == 2 and "is damaged" in capsys.readouterr().err
-
-
-def test_seeds_that_do_not_split_over_the_processes_are_refused(capsys):
-    parser = cli.ArgumentParser(prog="study.py")
-    parser.add_argument("--seeds", type=int)
-    distributed.add_arguments(parser)
-    args = parser.parse_args(["--seeds", "3", "--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "0"])
-    with pytest.raises(SystemExit):
-        distributed.check_arguments(parser, args)
-    assert "3 seeds do not split evenly over 2 processes" in capsys.readouterr().err
 
 
 def test_progress_holding_a_users_file_is_refused(tmp_path, capsys):

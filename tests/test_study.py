@@ -109,10 +109,10 @@ def test_a_study_of_one_seed_has_no_interval_and_calls_no_step_significant(tiny,
     """One seed has no spread: no interval, n/a where the table prints one, and a
     difference of 5 points that is not called significant (was a zero-width interval, "yes")."""
     assert mean_ci95([0.97]) == (0.97, None, None)
-    results = {"linear_ce": first_seed(tiny_seeds), "mlp": first_seed(tiny_seeds, "mlp", gain=0.05)}
+    results = {"linear_ce": first_seed(tiny_seeds, gain=-0.05), "mlp": first_seed(tiny_seeds, "mlp")}
     report = save_study(results, tiny, tmp_path, "python scripts/study.py --seeds 1", 1.0)
     assert report["stages"]["mlp"]["std"] is None and report["stages"]["mlp"]["ci95"] is None
-    assert report["steps"] == [{"from": "linear_ce", "to": "mlp", "difference": pytest.approx(0.05), "ci95": None, "significant": False}]
+    assert report["steps"] == [{"from": "linear_ce", "to": "mlp", "difference": pytest.approx(0.05), "ci95": None, "significant": None}]
     assert load_study(tmp_path / "results.json")[0] == report  # valid as written
     load_script("study.py").print_report(report)
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| `mlp`"))
@@ -152,6 +152,13 @@ def without_key(path, key: str) -> None:
     np.savez(path, **arrays)
 
 
+def with_array(path, key: str, change) -> None:
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    arrays[key] = change(arrays[key])
+    np.savez(path, **arrays)
+
+
 def edited(path, edit) -> None:
     report = json.loads(path.read_text())
     edit(report)
@@ -175,6 +182,16 @@ STUDY_DAMAGE = {
                                r"mlp: seeds \[0, 1, 2, 3, 4, 5, 6, 7, 8\], where each stage has the same distinct seeds \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]"),
     "a comparison mislabelled": ("results.json", lambda p: edited(p, lambda r: r["versus_mlp"][0].update({"from": "linear_ce"})),
                                  r"versus_mlp compares \[\('linear_ce', 'mlp_dropout'\), \('mlp', 'mlp_bn'\)\]"),
+    "an accuracy over 1": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"]["test_accuracies"].__setitem__(0, 97.5)),
+                           r"mlp: an accuracy outside \[0, 1\]"),
+    "epochs out of order": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"]["history"][0][2].update(epoch=7)),
+                            "mlp, seed 0, epoch 3: numbered 7"),
+    "a confusion matrix of NaN": ("study_arrays.npz", lambda p: with_array(p, "mlp_confusion", lambda a: np.full((10, 10), np.nan)),
+                                  "mlp_confusion is not counts of test images"),
+    "a negative count": ("study_arrays.npz", lambda p: with_array(p, "mlp_confusion", lambda a: a - 1000 * np.eye(10, dtype=a.dtype)),
+                         "mlp_confusion is not counts of test images"),
+    "a label out of range": ("study_arrays.npz", lambda p: with_array(p, "misclassified_labels", lambda a: a + 20),
+                             "misclassified_labels holds classes outside 0-9"),
     "a confusion matrix claiming a terabyte": ("study_arrays.npz", lambda p: npz_with_header(p, "mlp_confusion", (2**19, 2**18), "<i8"),
                                                r"mlp_confusion is int64\[524288, 262144\], expected \[10, 10\]"),
 }

@@ -11,6 +11,7 @@ from flax import nnx
 
 from conftest import assert_one_line_error, load_script, run_script
 from mnist_jax import memory, study
+from mnist_jax import plots
 from mnist_jax.sweep import SweepFileError, answers, best_lr, grid_points, load_sweep
 from mnist_jax.train import Point, TrainConfig, train
 
@@ -65,7 +66,7 @@ def test_a_thousand_seeds_train_in_chunks_that_fit(tiny, monkeypatch):
 
 def fake_rows(stage, lr, val, test, seeds=4, grid=0):
     """Rows with accuracies that rise by `val` and `test` per epoch over two epochs."""
-    return [{"stage": stage, "lr": lr, "dropout": 0.0, "hidden": 256, "seed": s, "grid": grid, "test_accuracy": 2 * test,
+    return [{"stage": stage, "lr": lr, "dropout": 0.0, "hidden": 256, "seed": s, "grid": grid, "test_accuracy": 2 * test + s * 1e-4,
              "best_val_epoch": 2, "history": [{"epoch": e, "train_loss": 1.0, "train_accuracy": 0.9, "val_loss": 1.0,
                                                "val_accuracy": e * val + s * 1e-4, "test_accuracy": e * test + s * 1e-4}
                                               for e in (1, 2)]} for s in range(seeds)]
@@ -98,6 +99,9 @@ def test_damaged_sweep_files_are_refused_naming_the_file(tmp_path):
         (lambda s: s["rows"].append(s["rows"][0] | {"lr": 3e-3, "seed": 9}),
          "grid 0, mlp at lr 0.001, dropout 0, hidden 256: no seed 9, which the grid's other settings have"),
         (lambda s: s["rows"][0].update(stage="mlp_huge"), "KeyError"),
+        (lambda s: s["rows"][0].update(test_accuracy=5.0), r"grid 0, mlp seed 0: an accuracy outside \[0, 1\]"),
+        (lambda s: s["rows"][0]["history"][1].update(epoch=99), "grid 0, mlp seed 0, epoch 2: numbered 99"),
+        (lambda s: s["rows"][0].update(best_val_epoch=1), "a test accuracy or best validation epoch that is not its history's"),
         (lambda s: s.pop("grids"), "KeyError"),
     ]:
         sweep = {"grids": [{"epochs": 2, "command": "c", "device": "cpu"}], "rows": json.loads(json.dumps(rows))}
@@ -171,7 +175,7 @@ def test_a_comparison_needs_the_same_seeds_in_both_settings():
 def test_with_one_seed_no_interval_is_given_and_no_difference_called_significant(capsys):
     rows = fake_rows("mlp", 1e-3, val=0.40, test=0.40, seeds=1) + fake_rows("mlp_bn", 1e-3, val=0.45, test=0.45, seeds=1)
     found = answers(sweep_of(rows))
-    assert found["batchnorm"]["at_best_lr"] == {"difference": pytest.approx(0.10), "ci95": None, "significant": False}
+    assert found["batchnorm"]["at_best_lr"] == {"difference": pytest.approx(0.10), "ci95": None, "significant": None}
     load_script("sweep.py").print_answers(found)
     assert "| 2 | 0.001 | 0.001 | 80.00 [n/a] | 90.00 [n/a] | +10.00 [n/a] | +10.00 [n/a] |" in capsys.readouterr().out
 
@@ -189,3 +193,15 @@ def test_grids_without_lr_1e3_or_of_several_widths_have_their_questions_answered
     wide = [r | {"hidden": 512} for r in fake_rows("mlp", 1e-3, val=0.5, test=0.5) + fake_rows("mlp_bn", 1e-3, val=0.5, test=0.5)]
     found = answers(sweep_of(fake_rows("mlp", 1e-3, val=0.4, test=0.4) + fake_rows("mlp_bn", 1e-3, val=0.45, test=0.45) + wide))
     assert (found["batchnorm"]["hidden"], found["batchnorm"]["at_best_lr"]["difference"]) == (256, pytest.approx(0.10))
+
+
+def test_a_sweep_of_one_epoch_at_another_width_draws_its_dropout_figure(tmp_path):
+    """Every plotted epoch lies inside the axes, the first one too."""
+    rows = [r | {"hidden": 16, "history": r["history"][:1], "test_accuracy": r["history"][0]["test_accuracy"], "best_val_epoch": 1}
+            for stage in ("mlp", "mlp_dropout") for r in fake_rows(stage, 1e-3, val=0.4, test=0.4)]
+    sweep = {"grids": [{"epochs": 1, "command": "c", "device": "cpu"}], "rows": rows}
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(sweep))
+    found = answers(load_sweep(path))
+    plots.sweep_dropout(found["dropout"], "cpu", tmp_path / "sweep_dropout.png")
+    assert (tmp_path / "sweep_dropout.png").stat().st_size > 5_000

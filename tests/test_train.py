@@ -8,7 +8,10 @@ import numpy as np
 import optax
 import pytest
 
+from mnist_jax.data import load_mnist
 from mnist_jax.evaluate import make_evaluate
+from mnist_jax.study import train_seeds
+from mnist_jax.sweep import run_grid
 from mnist_jax.train import (
     TrainConfig,
     init_state,
@@ -18,6 +21,7 @@ from mnist_jax.train import (
     run_keys,
     shuffle,
     split_indices,
+    train,
 )
 
 
@@ -113,7 +117,7 @@ def test_epoch_counts_each_training_example_exactly_once(frozen_epoch):
      ("epochs", True, "a positive int"), ("batch_size", 0, "a positive int"), ("batch_size", 12.0, "a positive int"),
      ("lr", float("nan"), "a positive finite number"), ("lr", -1e-3, "a positive finite number"),
      ("seed", 2**32, "an int from 0 to 4294967295"), ("seed", -1, "an int from 0 to 4294967295"),
-     ("hidden", 0, "a positive int or None"), ("dropout", 1.0, r"a rate in \[0, 1\) or None")],
+     ("hidden", 0, "a positive int for an MLP stage, else None"), ("dropout", 1.0, r"a rate in \[0, 1\) for an MLP stage, else None")],
 )
 def test_a_config_no_run_can_have_is_refused_naming_the_field_and_what_it_accepts(field, value, accepted):
     with pytest.raises(ValueError, match=f"TrainConfig {field}: expected {accepted}, got {value!r}"):
@@ -123,3 +127,21 @@ def test_a_config_no_run_can_have_is_refused_naming_the_field_and_what_it_accept
 def test_a_config_accepts_numpy_integers_and_the_stages_own_defaults():
     config = TrainConfig("mlp_dropout", epochs=np.int64(3), seed=np.uint32(2**32 - 1), hidden=None, dropout=0.0)
     assert (config.epochs, config.dropout_rate, config.describe()) == (3, 0.0, "mlp_dropout (hidden 256, batch 128)")
+
+
+def test_the_api_refuses_what_the_scripts_refuse_and_takes_numpy_numbers(tiny):
+    config = TrainConfig("linear_ce", epochs=np.int64(1), lr=np.float32(1e-3))
+    assert type(config.epochs) is int and type(config.lr) is float
+    for bad in (dict(hidden=16), dict(dropout=0.3)):
+        with pytest.raises(ValueError, match="for an MLP stage, else None"):
+            TrainConfig("linear_ce", **bad)
+    with pytest.raises(ValueError, match="batch_size: expected at most the 1000 training images"):
+        train(TrainConfig("linear_ce", batch_size=1001), tiny)
+    with pytest.raises(ValueError, match="expected a TrainConfig and an MNIST"):
+        train(TrainConfig("linear_ce"), None)
+    with pytest.raises(ValueError, match="unknown source"):
+        load_mnist("nope")
+    with pytest.raises(ValueError, match="distinct seeds"):
+        train_seeds(TrainConfig("linear_ce"), tiny, [0, 0])
+    with pytest.raises(ValueError, match="run_grid stages"):
+        run_grid(["nope"], tiny)
