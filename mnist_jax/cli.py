@@ -406,6 +406,7 @@ def resume_command() -> str:
 def _exit_stopped(signum: int) -> NoReturn:
     """One line, then out at once: the interpreter's teardown can crash while XLA still
     compiles on another thread, so it is skipped (the locks are dropped first)."""
+    note = "no file was left half-written"
     with contextlib.suppress(Exception):
         note = _stop_note()
     with contextlib.suppress(Exception):

@@ -64,7 +64,8 @@ class GridProgress:
         return (self.folder / WORK_FILE).is_file()
 
     def differences(self) -> list[str]:
-        """The options of the saved work that differ from this one's, as 'name: saved, asked'."""
+        """The options of the saved work that differ from this one's, as 'name: saved, asked';
+        the saved work's `run_id` becomes this one's (a resume continues it)."""
         try:
             saved = json.loads((self.folder / WORK_FILE).read_text())
         except UNREADABLE as e:
