@@ -13,7 +13,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn
+from typing import Callable, NoReturn
 
 
 def _stop_before_work(signum: int, _frame) -> None:
@@ -300,7 +300,7 @@ def parse(parser: argparse.ArgumentParser, results: tuple[str, ...] = ()) -> arg
         distributed.check_arguments(parser, args)
         if os.environ.get(distributed.CHILD_ENV):
             distributed.initialize(parser, args)
-            STOP_SIGNALS.remove(signal.SIGTERM)  # JAX's preemption service has it now
+            files.STOP_SIGNALS.remove(signal.SIGTERM)  # JAX's preemption service has it now
             if not distributed.is_main():  # process 0 speaks for the run
                 sys.stdout = open(os.devnull, "w")
     if results and (not hasattr(args, "coordinator") or distributed.is_main()):  # only process 0 writes
@@ -376,16 +376,21 @@ def _stop(signum: int, _frame) -> None:
     raise Stopped(signum)
 
 
+def _unraisable(hook: sys.UnraisableHookArgs) -> None:
+    """A `Stopped` Python could not raise (in a GC callback) says nothing: it is pending."""
+    if not isinstance(hook.exc_value, Stopped):
+        sys.__unraisablehook__(hook)
+
+
 def stop_if_pending() -> None:
     """Act on a signal whose `Stopped` was swallowed: at each step of progress and at the end."""
     if _pending:
         raise Stopped(_pending[0])
 
 
-# The signals Python handles here; in a run of several processes JAX's preemption service
-# takes SIGTERM (`distributed.stop_agreed`), and SIGINT stays ignored where it was (a
-# shell's background job).
-STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+# The signals Python handles here (`files.STOP_SIGNALS`); in a run of several processes
+# JAX's preemption service takes SIGTERM (`distributed.stop_if_agreed`), and SIGINT stays
+# ignored where it was (a shell's background job).
 _stop_note: Callable[[], str] = lambda: "no file was left half-written; run the same command again"  # noqa: E731
 
 
@@ -416,21 +421,6 @@ def _exit_stopped(signum: int) -> NoReturn:
     os._exit(128 + signum)
 
 
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold the stop signals while files are written, and act on them right after."""
-    received = []
-    handled = [s for s in STOP_SIGNALS if signal.getsignal(s) not in (signal.SIG_IGN, signal.SIG_DFL)]
-    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in handled}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if received:
-        raise Stopped(received[0])
-
-
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "can't allocate memory")
 
 
@@ -455,8 +445,9 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
     can run as one of `several_processes` does so under a supervisor (`distributed`)."""
     if several_processes and not os.environ.get(distributed.CHILD_ENV) and distributed.requested(sys.argv[1:]):
         distributed.supervise()
+    sys.unraisablehook = _unraisable
     child = os.environ.get(distributed.CHILD_ENV)  # of a run of several processes: its supervisor forwards them
-    for s in STOP_SIGNALS:
+    for s in files.STOP_SIGNALS:
         if child and s != signal.SIGTERM:
             signal.signal(s, signal.SIG_IGN)
         elif signal.getsignal(s) is not signal.SIG_IGN:

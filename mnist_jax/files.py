@@ -12,7 +12,9 @@ import json
 import math
 import os
 import re
+import signal
 import tempfile
+import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -81,9 +83,38 @@ def npz_member(archive: zipfile.ZipFile, name: str, check: Callable[[tuple[int, 
     return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
 
 
+# The signals that stop a script; a run of several processes leaves SIGTERM to JAX.
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold the stop signals Python handles while files are written (a signal's exception
+    inside a library's writer can leave it raising another), then deliver the first."""
+    received = []
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    handled = [s for s in STOP_SIGNALS if main and signal.getsignal(s) not in (signal.SIG_IGN, signal.SIG_DFL, None)]
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in handled}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
+    Stop signals wait until the file is whole or gone (`signals_deferred`)."""
+    with signals_deferred():
+        with _atomic_write(path) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f"{PARTIAL}{glob.escape(path.stem)}.*{path.suffix}"):  # of a run killed writing it

@@ -7,7 +7,7 @@ from pathlib import Path
 from mnist_jax import cli
 from mnist_jax.checkpoint import RUN_FILES, CheckpointError, has_checkpoint, load_run, save_run, saved_epochs
 from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION, load_mnist
-from mnist_jax.files import foreign_entries, write_json
+from mnist_jax.files import foreign_entries, signals_deferred, write_json
 from mnist_jax.stages import STAGES
 from mnist_jax.train import NonFiniteLoss, TrainConfig, device_description, summary, train
 
@@ -159,7 +159,7 @@ def train_stage(args, stage: str, data) -> dict:
 
     def save(run, write) -> None:
         try:
-            with cli.signals_deferred():
+            with signals_deferred():  # the checkpoint and metrics.json together
                 write()
         except OSError as e:
             kept = saved_epochs(out)

@@ -218,6 +218,8 @@ def test_train_all_stopped_in_its_third_stage_resumes_there(tmp_path, data_args)
     proc = start("train.py", *args)
     read_until(proc, "stage mlp:")
     read_until(proc, "[Epoch 01]")
+    while not (out / "mlp-seed42" / "metrics.json").exists():  # epoch 1 saved, epoch 2 under way
+        time.sleep(0.001)
     line = stop(proc, signal.SIGTERM)
     assert proc.returncode == 143
     assert line.startswith("stopped by SIGTERM: the stages before it are finished (linear_mse, linear_ce); ")
