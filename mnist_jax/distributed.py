@@ -138,7 +138,7 @@ def supervise() -> NoReturn:
                 to.write(line)
                 to.flush()
 
-    out = threading.Thread(target=forward, args=(child.stdout, sys.stdout, lambda line: "[Gloo]" in line))  # Gloo prints to stdout
+    out = threading.Thread(target=forward, args=(child.stdout, sys.stdout, lambda line: "[Gloo]" in line or "peer ranks" in line))  # Gloo prints to stdout, its lines at times cut in two
     out.start()
     in_traceback = []  # a Python traceback of the child (a collective failing as a peer dies) is the runtime's too
 
