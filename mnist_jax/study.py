@@ -180,24 +180,24 @@ def _train_chunk(
     images, labels, test_images, test_labels = sharding.place(setup.data, chunk.mesh)
 
     start = time.perf_counter()
-    rows = []
+    rows = list(saved_rows)  # per epoch, (models, 5) on the host
     for e in range(first, config.epochs + 1):
         states, metrics = chunk.epoch(models, jnp.int32(e), images, labels, test_images, test_labels)
         models = (states, *models[1:])
-        rows.append(metrics)
-        losses = sharding.gather(metrics)[:, [0, 2]]  # train and validation loss
+        rows.append(np.asarray(sharding.gather(metrics)))
+        losses = rows[-1][:, [0, 2]]  # train and validation loss
         if not np.isfinite(losses).all():
             point = points[int(np.flatnonzero(~np.isfinite(losses).all(1))[0])]
             kept = f"; {progress.folder} keeps epoch {e - 1}" if progress and e > 1 else ""
             raise NonFiniteLoss(e, f" ({config.stage}, seed {point.seed}, lr {point.lr:g}, dropout {point.dropout:g}){kept}")
         if progress:
-            progress.save(key, e, sharding.gather(states), np.concatenate([saved_rows, np.stack(sharding.gather(rows))]))
+            progress.save(key, e, sharding.gather(states), np.stack(rows))
         distributed.stop_if_agreed()
         on_epoch()
     accuracies, predictions = sharding.gather(chunk.test(models[0], test_images, test_labels))
     train_seconds = time.perf_counter() - start
 
-    metrics = np.concatenate([saved_rows, *([np.stack(sharding.gather(rows))] if rows else [])]).transpose(1, 0, 2)  # (models, epochs, 5)
+    metrics = np.stack(rows).transpose(1, 0, 2)  # (models, epochs, 5)
     history = [
         [{"epoch": e + 1, **{n: float(v) for n, v in zip(HISTORY_NAMES, metrics[m, e])}} for e in range(config.epochs)]
         for m in range(len(points))
