@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mnist_jax.errors import DataError
+
 SOURCES = ("auto", "idx", "tfds", "download")
 DATA_DIR_ENV = "MNIST_JAX_DATA_DIR"
 MIRROR_ENV = "MNIST_JAX_MIRROR"
@@ -40,10 +42,6 @@ NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
 NUM_VALIDATION = 6_000
 _IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}  # unsigned bytes, 1 or 3 dimensions
 MAX_IDX_BYTES = 16 + NUM_EXAMPLES["train"] * 28 * 28  # the training images, decompressed
-
-
-class DataError(ValueError):
-    """MNIST could not be read or did not verify; the message says why."""
 
 
 class MNIST(NamedTuple):

@@ -14,12 +14,10 @@ import resource
 
 import jax
 
+from mnist_jax.errors import DoesNotFit
+
 LIMIT_ENV = "MNIST_JAX_MEMORY_LIMIT"
 _SUFFIXES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-class DoesNotFit(Exception):
-    """The work asked for needs more memory than the device has."""
 
 
 def parse_size(text: str) -> int:

@@ -19,15 +19,12 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from mnist_jax.errors import ProgressError
 from mnist_jax.files import UNREADABLE, atomic_write, foreign_entries, is_json_with, remove_ours, write_json
 
 FOLDER = "progress"
 WORK_FILE = "work.json"
 MAX_META = 2**20  # bytes: a chunk's metadata is a few hundred
-
-
-class ProgressError(ValueError):
-    """The saved progress cannot be continued; the message says why."""
 
 
 class Saved(NamedTuple):

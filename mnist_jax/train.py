@@ -21,6 +21,7 @@ from flax import nnx
 
 from mnist_jax import memory, sharding
 from mnist_jax.data import MNIST, NUM_VALIDATION
+from mnist_jax.errors import NonFiniteLoss
 from mnist_jax.evaluate import make_evaluate, to_inputs
 from mnist_jax.stages import STAGES, LossFn, Stage
 
@@ -333,14 +334,6 @@ class RunResult:
     compile_seconds: float = 0.0
     test_loss: float | None = None  # set once training ends
     test_accuracy: float | None = None
-
-
-class NonFiniteLoss(Exception):
-    """Training diverged; the run up to the epoch before is intact."""
-
-    def __init__(self, epoch: int, where: str = ""):
-        super().__init__(f"non-finite loss in epoch {epoch}{where}")
-        self.epoch = epoch
 
 
 def device_description() -> str:
