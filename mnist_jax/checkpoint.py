@@ -26,7 +26,7 @@ from flax import nnx
 
 from mnist_jax.errors import CheckpointError
 from mnist_jax.files import UNREADABLE, atomic_write, check_finite, is_json_with, npz_member, write_json
-from mnist_jax.train import RunResult, TrainConfig, TrainState, init_state, make_optimizer
+from mnist_jax.train import RunResult, TrainConfig, TrainState, graph, init_state, make_optimizer
 
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT = 2  # bump when the layout changes: older checkpoints are then refused, not misread
@@ -119,7 +119,7 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
                 raise CheckpointError(f"{path} is in checkpoint format {version}; this version reads format {FORMAT}")
             config = _check_meta(meta)
             tx = make_optimizer(config.lr)
-            graphdef, template = jax.eval_shape(lambda: init_state(config, jax.random.key(0), tx))  # the tree structure
+            graphdef, template = graph(config), jax.eval_shape(lambda: init_state(config, jax.random.key(0), tx))  # the tree structure
             like = _named(_arrays(RunResult(config, meta["device"], graphdef, template, template, 0, [])))
 
             def check(name: str, shape: tuple, dtype: np.dtype) -> None:  # before the data is read

@@ -1,10 +1,11 @@
-"""What the scripts share: argument types, one-line errors and exit codes."""
+"""What the scripts share: one parser that declares and checks their common options,
+one-line failures with the exit statuses of `errors`, progress lines and markdown tables.
+Nothing here imports JAX until the arguments have been checked."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import math
 import os
 import shlex
@@ -17,7 +18,7 @@ from typing import Callable, NoReturn
 
 
 def _stop_before_work(signum: int, _frame) -> None:
-    """Until `run` starts a script's work (importing JAX takes a second): one line, out."""
+    """Until `run` starts a script's work (imports take a moment): one line, out."""
     os.write(2, f"stopped by {signal.Signals(signum).name}: nothing was started\n".encode())
     os._exit(128 + signum)
 
@@ -27,28 +28,17 @@ if Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parents[1] / "
         if signal.getsignal(_signum) is not signal.SIG_IGN:
             signal.signal(_signum, _stop_before_work)
 
-import jax  # noqa: E402  (after the handlers: it takes a second to import)
-from tqdm import tqdm  # noqa: E402
-
-from mnist_jax import distributed, files, memory  # noqa: E402
-from mnist_jax.data import SOURCES, DataError, default_cache_dir  # noqa: E402
-from mnist_jax.progress import GridProgress, ProgressError  # noqa: E402
-from mnist_jax.stages import STAGES  # noqa: E402
-from mnist_jax.train import MAX_SEED, NonFiniteLoss, TrainConfig  # noqa: E402
-
-EXIT_USAGE = 2  # bad arguments, bad or missing data, an unwritable or busy --out, a damaged checkpoint
-EXIT_DIVERGED = 3  # the loss stopped being finite
-EXIT_DOES_NOT_FIT = 4  # more memory than the device has
-EXIT_WRITE_FAILED = 5  # a save failed (disk full, I/O error): the last complete save is kept
-EXIT_HANGUP = 129  # SIGHUP (the terminal closed): what was saved is kept
-EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): likewise
-EXIT_TERMINATED = 143  # SIGTERM (`kill`, `timeout`, SLURM's scancel, a preempted VM): likewise
-EXIT_BROKEN_PIPE = 141  # the output's reader stopped early (`| head`), as a shell reports SIGPIPE
-EXIT_PEER_LOST = distributed.EXIT_PEER_LOST  # another process of the run died, or the coordinator was unreachable
-DOCUMENTED_EXITS = (0, EXIT_USAGE, EXIT_DIVERGED, EXIT_DOES_NOT_FIT, EXIT_WRITE_FAILED, EXIT_PEER_LOST,
-                    EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_BROKEN_PIPE)
+from mnist_jax import distributed, files  # noqa: E402
+from mnist_jax.data import SOURCES, default_cache_dir  # noqa: E402
+from mnist_jax.errors import (  # noqa: E402
+    EXIT_BROKEN_PIPE, EXIT_DIVERGED, EXIT_DOES_NOT_FIT, EXIT_PEER_LOST, EXIT_USAGE, EXIT_WRITE_FAILED,
+    DataError, DoesNotFit, NonFiniteLoss, PeerLost, ProgressError, StopAgreed, UsageError,
+)
+from mnist_jax.stages import MAX_SEED, STAGES  # noqa: E402
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
+# Options that say where a process finds its inputs and puts its outputs, not what it computes.
+LOCAL_OPTIONS = {"process_id", "coordinator", "timeout", "data_dir", "source", "compile_cache", "no_cache", "out", "overwrite"}
 
 
 def _number(text: str, convert: Callable[[str], float], accept: Callable[[float], bool], expected: str):
@@ -73,6 +63,16 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
 
 
+def dropout_rate(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v < 1, "a rate in [0, 1)")
+
+
+def stage(text: str) -> str:
+    if text not in STAGES:
+        raise argparse.ArgumentTypeError(f"expected a stage ({', '.join(STAGES)}), got {text!r}")
+    return text
+
+
 def comma_separated(item: Callable[[str], object]) -> Callable[[str], list]:
     """An argument type: a comma-separated list, each item of type `item`, each value once."""
 
@@ -89,8 +89,9 @@ def comma_separated(item: Callable[[str], object]) -> Callable[[str], list]:
     return parse
 
 
-def dropout_rate(text: str) -> float:
-    return _number(text, float, lambda v: 0 <= v < 1, "a rate in [0, 1)")
+def stages(text: str) -> list[str]:
+    """`all`, or comma-separated stage names."""
+    return list(STAGES) if text == "all" else comma_separated(stage)(text)
 
 
 def output_folder(text: str) -> Path:
@@ -101,19 +102,16 @@ def output_folder(text: str) -> Path:
     return path
 
 
-def output_file(text: str) -> Path:
-    """A file to write: it may not exist yet, but it may not be a folder."""
+def existing_folder(text: str) -> Path:
     path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder; expected a file name")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{path.parent} is a file; expected a folder")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder; expected the folder holding the four MNIST IDX files")
     return path
 
 
-def writable(path: Path) -> str | None:
-    """Why `path` (a folder, or a folder to be made) cannot be written, or None. Tried
-    on the deepest folder that exists, with a folder made and removed again."""
+def why_unwritable(path: Path) -> str | None:
+    """Why `path` (a folder, or a folder to be made) cannot be written, or None if it can:
+    tried on the deepest folder that exists, with a folder made and removed again."""
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if not existing.is_dir():
         return f"{existing} is a file"
@@ -124,26 +122,32 @@ def writable(path: Path) -> str | None:
     return None
 
 
-def claim(parser: argparse.ArgumentParser, option: str, folder: Path) -> None:
+def claim(folder: Path, option: str = "--out") -> None:
     """Before any work: `folder` must be writable and not being written by another run;
-    then hold it (see `files.lock_folder`) until this process ends."""
-    reason = writable(folder)
+    then hold it (`files.lock_folder`) until this process ends. Else `UsageError`."""
+    reason = why_unwritable(folder)
     if reason is None:
         try:
             files.lock_folder(folder)
             return
         except files.FolderBusy as e:
-            parser.error(f"{option}: {e}; wait for it to end or choose another {option}")
+            raise UsageError(f"{option}: {e}; wait for it to end or choose another {option}") from None
         except OSError as e:
             reason = f"{e.filename or folder}: {e.strerror}"
-    parser.error(f"{option}: cannot write to {folder} ({reason})")
+    raise UsageError(f"{option}: cannot write to {folder} ({reason})")
 
 
-def existing_folder(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is not a folder; expected the folder holding the four MNIST IDX files")
-    return path
+def refuse_existing(args: argparse.Namespace, script: str, names: tuple[str, ...]) -> None:
+    """Results already in `args.out` are kept unless --overwrite (or --resume, --add)
+    says otherwise, and even then only results this project wrote (`files.is_result`)
+    are replaced, never a user's file of the same name."""
+    found = [name for name in names if (args.out / name).exists() or (args.out / name).is_symlink()]
+    if found and not (args.overwrite or vars(args).get("resume") or vars(args).get("add")):
+        raise UsageError(f"--out: {args.out} already holds {', '.join(found)}; pass --overwrite to replace them, or choose another --out")
+    if alien := [name for name in found if not files.is_result(args.out / name)]:
+        one = len(alien) == 1
+        raise UsageError(f"--out: {', '.join(alien)} in {args.out} {'is' if one else 'are'} not {script}'s results "
+                         f"and will not be replaced: move {'it' if one else 'them'} or choose another --out")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -157,168 +161,168 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """Errors are one line and exit with status 2; `--help` shows the defaults."""
+    """Every script's parser: errors are one line (exit 2) and `--help` shows the defaults.
+    The options the scripts share are declared here: where results go (`out`, with
+    `results` claimed and refused if present, `resume` to continue stopped work), where
+    MNIST comes from and how programs are compiled (`trains`), several processes
+    (`processes`). `parse` checks them all before any work, JAX imported only then."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+    def __init__(self, description: str | None = None, *, prog: str | None = None, out: str | None = None,
+                 holds: str = "the results", results: tuple[str, ...] = (), resume: bool = False,
+                 trains: bool = True, processes: bool = False):
+        super().__init__(prog=prog, description=description, formatter_class=HelpFormatter)
+        self.results, self.trains, self.processes = results, trains, processes
+        if out is not None or results or resume:
+            self.add_argument("--out", type=output_folder, default=out and Path(out), help=f"folder for {holds}")
+            again = self.add_mutually_exclusive_group()
+            again.add_argument("--overwrite", action="store_true", help="replace what --out holds, once the new results are complete")
+            if resume:
+                again.add_argument("--resume", action="store_true", help="continue the work saved in --out by a run that was stopped")
+        if trains:
+            self.add_argument("--data-dir", type=existing_folder,
+                              help="folder with the four MNIST IDX files, plain or .gz (default: $MNIST_JAX_DATA_DIR)")
+            self.add_argument("--source", choices=SOURCES, default="auto",
+                              help="where MNIST comes from; auto: --data-dir if given, else TFDS, else download")
+            self.add_argument("--compile-cache", type=output_folder, help="JAX's persistent compilation cache, so a rerun "
+                              "skips compiling (default: $JAX_COMPILATION_CACHE_DIR, else the user cache folder)")
+            self.add_argument("--no-cache", action="store_true", help="compile afresh and keep no compilation cache")
+        if processes:
+            group = self.add_argument_group("several processes (jax.distributed; none given: a cluster JAX detects, else one process)")
+            group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which coordinates the run")
+            group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+            group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0..N-1")
+            group.add_argument("--timeout", type=int, default=120, metavar="SECONDS",
+                               help="how long to wait for every process to join, and for a silent one before stopping")
+
+    def add_stages(self) -> None:
+        self.add_argument("--stages", type=stages, default="all", help=f"comma-separated stages ({', '.join(STAGES)}), or all")
 
     def error(self, message: str) -> NoReturn:
         fail(f"{self.prog}: error: {message}")
 
+    def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
+        """The arguments, checked: the environment and the compilation cache (`trains`);
+        the run of several processes joined (`processes`); `--out` claimed and its
+        `results` refused (`results`); with `resume`, the work's progress in `args.progress`."""
+        args = self.parse_args(argv)
+        try:
+            if self.trains:
+                check_environment()
+                use_compile_cache(args.compile_cache, args.no_cache)
+            if self.processes:
+                self._join(args)
+            if self.results and distributed.is_main():  # only process 0 writes
+                claim(args.out)
+                refuse_existing(args, self.prog, self.results)
+            if "resume" in args and self.results:
+                args.progress = grid_progress(args, self.prog)
+        except UsageError as e:
+            self.error(str(e))
+        return args
 
-def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
-    print(message, file=sys.stderr)
-    sys.exit(status)
+    def _join(self, args: argparse.Namespace) -> None:
+        distributed.check(args.coordinator, args.num_processes, args.process_id, args.timeout)
+        if not os.environ.get(distributed.CHILD_ENV):
+            return
+        work = {k: v for k, v in vars(args).items() if k not in LOCAL_OPTIONS}
+        distributed.join(args.coordinator, args.num_processes, args.process_id, args.timeout, work)
+        files.STOP_SIGNALS.remove(signal.SIGTERM)  # JAX's preemption service has it now
+        import jax
 
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=existing_folder,
-        help="folder with the four MNIST IDX files, plain or .gz (default: $MNIST_JAX_DATA_DIR)",
-    )
-    parser.add_argument(
-        "--source",
-        choices=SOURCES,
-        default="auto",
-        help="where MNIST comes from; auto: --data-dir if given, else TFDS, else download",
-    )
-
-
-TRAIN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
-
-
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of one run. Those `--resume` compares default to None (`given_training`
-    tells them apart from ones given with their default value)."""
-    parser.add_argument("--epochs", type=positive_int, default=TRAIN_DEFAULTS["epochs"], help="passes over the 54,000 training images")
-    parser.add_argument("--batch-size", type=positive_int, help=f"examples per Adam step (default: {TRAIN_DEFAULTS['batch_size']})")
-    parser.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default: {TRAIN_DEFAULTS['lr']:g})")
-    parser.add_argument("--seed", type=seed, help=f"seeds the split, init, order and dropout (default: {TRAIN_DEFAULTS['seed']})")
-    parser.add_argument(
-        "--hidden", type=positive_int, help="hidden width of the MLP stages (default: the stage's own, 256)"
-    )
-    parser.add_argument(
-        "--dropout", type=dropout_rate, help="dropout rate of the MLP stages (default: the stage's own, 0.5 for mlp_dropout, else 0)"
-    )
+        if args.seeds % jax.process_count():  # each process holds as many models
+            raise UsageError(f"argument --seeds: {args.seeds} seeds do not split evenly over {jax.process_count()} "
+                             f"processes; give a multiple of {jax.process_count()}")
+        if not distributed.is_main():  # process 0 speaks for the run
+            sys.stdout = open(os.devnull, "w")
 
 
-def given_training(args: argparse.Namespace) -> dict:
-    """The run options given on the command line, whatever their value; then the others
-    take their defaults in `args`."""
-    given = {name: getattr(args, name) for name in ("batch_size", "lr", "seed", "hidden", "dropout") if getattr(args, name) is not None}
-    for name in ("batch_size", "lr", "seed"):
-        if getattr(args, name) is None:
-            setattr(args, name, TRAIN_DEFAULTS[name])
-    return given
-
-
-def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--compile-cache",
-        type=output_folder,
-        help="JAX's persistent compilation cache, so a rerun skips compiling "
-        "(default: $JAX_COMPILATION_CACHE_DIR, else the user cache folder)",
-    )
-    parser.add_argument("--no-cache", action="store_true", help="compile afresh and keep no compilation cache")
-
-
-def use_compile_cache(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def use_compile_cache(folder: Path | None, off: bool) -> None:
     """Turn JAX's persistent compilation cache on (every program, however quick to
-    compile: a run's many small ones add up) or, with --no-cache, off. Before JAX
-    compiles anything: the cache is set up by the first compilation. A `--compile-cache`
-    that cannot be written is refused; a cache that fails later (a full disk) costs only
-    speed, and JAX's warnings about it are silenced."""
-    if args.compile_cache is not None and not args.no_cache and (reason := writable(args.compile_cache)):
-        parser.error(f"--compile-cache: cannot write to {args.compile_cache} ({reason})")
+    compile: a run's many small ones add up) or, `off`, off; before JAX compiles anything.
+    A `folder` that cannot be written is refused; a cache that fails later (a full
+    disk) costs only speed, and JAX's warnings about it are silenced."""
+    if folder is not None and not off and (reason := why_unwritable(folder)):
+        raise UsageError(f"--compile-cache: cannot write to {folder} ({reason})")
+    import jax
+
     warnings.filterwarnings("ignore", message="Error writing persistent compilation cache")
-    if args.no_cache:
+    if off:
         jax.config.update("jax_enable_compilation_cache", False)
         return
-    folder = args.compile_cache or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir() / "jax"
+    folder = folder or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir() / "jax"
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
-def add_output_arguments(parser: argparse.ArgumentParser, default: Path, holds: str, resume: bool = False) -> None:
-    parser.add_argument("--out", type=output_folder, default=default, help=f"folder for {holds}")
-    again = parser.add_mutually_exclusive_group()
-    again.add_argument("--overwrite", action="store_true", help="replace results already in --out, once the new ones are complete")
-    if resume:
-        again.add_argument("--resume", action="store_true", help="continue the work saved in --out/progress by a run that was stopped")
+def check_environment() -> None:
+    """The variables the scripts read, checked before any work."""
+    from mnist_jax import memory
+
+    if os.environ.get(memory.LIMIT_ENV):
+        try:
+            memory.parse_size(os.environ[memory.LIMIT_ENV])
+        except ValueError as e:
+            fail(str(e))
+    if os.environ.get("JAX_PLATFORMS") and not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
+        import jax
+
+        try:
+            jax.devices()  # starts the platforms asked for, in well under a second, or fails before any work
+        except Exception as e:  # noqa: BLE001  (a RuntimeError, or an AssertionError where the platform's plugin is missing)
+            why = str(e).splitlines()[0] if str(e) else "no backend for it is installed"
+            fail(f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']}: JAX cannot start it ({why}); unset it to let JAX choose")
 
 
-def grid_progress(parser: argparse.ArgumentParser, args: argparse.Namespace, work: dict) -> GridProgress:
-    """The progress of `work` in --out, as the options allow: continued with --resume (the
-    same work only), replaced with --overwrite, else refused if there is some."""
-    script = parser.prog
+def grid_progress(args: argparse.Namespace, script: str):
+    """The progress of the work `args` ask for in --out (`GridProgress`): continued with
+    --resume (the same work only), replaced with --overwrite, else refused if there is some."""
+    from mnist_jax.progress import GridProgress
+
+    work = {k: v for k, v in vars(args).items() if k not in LOCAL_OPTIONS | {"resume", "num_processes"}}
     progress = GridProgress(args.out, {"script": script, **work}, write=distributed.is_main())
     if foreign := progress.foreign():
-        parser.error(f"--out: {args.out} holds {', '.join(foreign)}, which {script} did not write; choose another --out")
+        raise UsageError(f"--out: {args.out} holds {', '.join(foreign)}, which {script} did not write; choose another --out")
     if args.resume:
         if not progress.exists():
-            parser.error(f"--resume: no unfinished work in {args.out} to continue")
+            raise UsageError(f"--resume: no unfinished work in {args.out} to continue")
         try:
             differ = progress.differences()
         except ProgressError as e:
-            parser.error(f"--resume: {e}")
+            raise UsageError(f"--resume: {e}") from None
         if differ:
-            parser.error(f"--resume: the work saved in {args.out} is not what was asked: {', '.join(differ)}; "
-                         "pass --overwrite to start again, or choose another --out")
+            raise UsageError(f"--resume: the work saved in {args.out} is not what was asked: {', '.join(differ)}; "
+                             "pass --overwrite to start again, or choose another --out")
     elif progress.exists() and not args.overwrite:
-        parser.error(f"--out: {args.out} holds unfinished work; pass --resume to continue it, --overwrite to start again, "
-                     "or choose another --out")
+        raise UsageError(f"--out: {args.out} holds unfinished work; pass --resume to continue it, --overwrite to start "
+                         "again, or choose another --out")
+    else:
+        progress.start()
     on_stop(lambda: progress_note(progress))
     return progress
 
 
-def progress_note(progress: GridProgress) -> str:
+def progress_note(progress) -> str:
     if not progress.started:
         kept = "; the unfinished work it would replace is kept as it was" if progress.saved_chunks() else ""
         return f"no epoch was saved{kept}; run the same command again to start afresh"
     return f"{progress.folder} keeps every epoch saved; continue with: {resume_command()}"
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, out: Path, results: tuple[str, ...], resume: bool = False) -> None:
-    """Where a script that trains writes its `results` (and with `resume` its progress, to
-    continue), where it finds MNIST, how it compiles."""
-    add_output_arguments(parser, out, " and ".join(results), resume)
-    add_data_arguments(parser)
-    add_cache_arguments(parser)
+def command() -> str:
+    """The command that produced a result, as recorded in it."""
+    return " ".join(["python", f"scripts/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
-def parse(parser: argparse.ArgumentParser, results: tuple[str, ...] = ()) -> argparse.Namespace:
-    """Parse the command line: `--stages` into a list; `--out` claimed (writable, not in
-    use by another run) and the `results` already in it refused; the compilation cache
-    writable."""
-    args = parser.parse_args()
-    if hasattr(args, "stages"):
-        args.stages = parse_stages(parser, args.stages)
-    if hasattr(args, "no_cache"):
-        use_compile_cache(parser, args)
-    if hasattr(args, "coordinator"):
-        distributed.check_arguments(parser, args)
-        if os.environ.get(distributed.CHILD_ENV):
-            distributed.initialize(parser, args)
-            files.STOP_SIGNALS.remove(signal.SIGTERM)  # JAX's preemption service has it now
-            if not distributed.is_main():  # process 0 speaks for the run
-                sys.stdout = open(os.devnull, "w")
-    if results and (not hasattr(args, "coordinator") or distributed.is_main()):  # only process 0 writes
-        claim(parser, "--out", args.out)
-        refuse_existing(parser, args, *results)
-    return args
+def print_table(header: list[str], rows: list[list]) -> None:
+    """A markdown table."""
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(map(str, row)) + " |")
 
 
-def refuse_existing(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
-    """Results already in `args.out` are kept unless --overwrite says otherwise (or
-    --resume continues the work that writes them); --overwrite replaces only results
-    this project wrote (`files.is_result`), never a user's file of the same name."""
-    found = [name for name in names if (args.out / name).exists() or (args.out / name).is_symlink()]
-    if found and not args.overwrite and not getattr(args, "resume", False):
-        parser.error(f"--out: {args.out} already holds {', '.join(found)}; pass --overwrite to replace them, or choose another --out")
-    if alien := [name for name in found if not files.is_result(args.out / name)]:
-        parser.error(f"--out: {', '.join(alien)} in {args.out} {'is' if len(alien) == 1 else 'are'} not "
-                     f"{parser.prog}'s results and will not be replaced: move {'it' if len(alien) == 1 else 'them'} or choose another --out")
+def interval(ci95: list | None, sign: str = "") -> str:
+    """A 95% interval in points, or n/a (one seed has none)."""
+    return f"[{100 * ci95[0]:{sign}.2f}, {100 * ci95[1]:{sign}.2f}]" if ci95 else "[n/a]"
 
 
 class Progress:
@@ -326,6 +330,8 @@ class Progress:
     notebooks) one plain line per step."""
 
     def __init__(self, total: int, desc: str, unit: str):
+        from tqdm import tqdm
+
         self.total, self.desc, self.unit, self.done = total, desc, unit, 0
         self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr) if sys.stderr.isatty() else None
 
@@ -333,8 +339,7 @@ class Progress:
         """One more step done; `total` changes the count of steps expected."""
         stop_if_pending()
         self.done += 1
-        if total is not None:
-            self.total = total
+        self.total = total or self.total
         if self.bar is not None:
             self.bar.total = self.total
             self.bar.set_postfix_str(note, refresh=False)
@@ -345,19 +350,6 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def parse_stages(parser: argparse.ArgumentParser, text: str) -> list[str]:
-    """`all` or a comma-separated list of stage names, in the study's order."""
-    if text == "all":
-        return list(STAGES)
-    stages = text.split(",")
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        parser.error(f"argument --stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)} or all")
-    if len(set(stages)) != len(stages):
-        parser.error(f"argument --stages: {text!r} names a stage twice; name each once")
-    return stages
 
 
 class Stopped(BaseException):
@@ -388,9 +380,6 @@ def stop_if_pending() -> None:
         raise Stopped(_pending[0])
 
 
-# The signals Python handles here (`files.STOP_SIGNALS`); in a run of several processes
-# JAX's preemption service takes SIGTERM (`distributed.stop_if_agreed`), and SIGINT stays
-# ignored where it was (a shell's background job).
 _stop_note: Callable[[], str] = lambda: "no file was left half-written; run the same command again"  # noqa: E731
 
 
@@ -421,61 +410,50 @@ def _exit_stopped(signum: int) -> NoReturn:
     os._exit(128 + signum)
 
 
+def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
+    print(message, file=sys.stderr)
+    sys.exit(status)
+
+
+# How each failure is told: the prefix of its line and its exit status (first match).
+FAILURES = ((NonFiniteLoss, "training stopped: ", EXIT_DIVERGED), (DoesNotFit, "does not fit: ", EXIT_DOES_NOT_FIT),
+            (PeerLost, "", EXIT_PEER_LOST), (ProgressError, "--resume: ", EXIT_USAGE), (DataError, "data error: ", EXIT_USAGE),
+            (UsageError, f"{Path(sys.argv[0]).name}: error: ", EXIT_USAGE))
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "can't allocate memory")
-
-
-def check_environment() -> None:
-    """The variables the scripts read, checked before any work."""
-    if os.environ.get(memory.LIMIT_ENV):
-        try:
-            memory.parse_size(os.environ[memory.LIMIT_ENV])  # readable (before JAX starts: jax.distributed comes first)
-        except ValueError as e:
-            fail(str(e))
-    if os.environ.get("JAX_PLATFORMS") and not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
-        try:
-            jax.devices()  # starts the platforms asked for, in well under a second, or fails before any work
-        except Exception as e:  # noqa: BLE001  (a RuntimeError, or an AssertionError where the platform's plugin is missing)
-            why = str(e).splitlines()[0] if str(e) else "no backend for it is installed"
-            fail(f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']}: JAX cannot start it ({why}); unset it to let JAX choose")
 
 
 def run(main: Callable[[], None], several_processes: bool = False) -> None:
     """Run a script's main: every failure a user or the machine can cause ends in one
     line and its exit status (the table in README.md), not a traceback. A script that
     can run as one of `several_processes` does so under a supervisor (`distributed`)."""
-    if several_processes and not os.environ.get(distributed.CHILD_ENV) and distributed.requested(sys.argv[1:]):
-        distributed.supervise()
-    sys.unraisablehook = _unraisable
-    child = os.environ.get(distributed.CHILD_ENV)  # of a run of several processes: its supervisor forwards them
-    for s in files.STOP_SIGNALS:
-        if child and s != signal.SIGTERM:
-            signal.signal(s, signal.SIG_IGN)
-        elif signal.getsignal(s) is not signal.SIG_IGN:
-            signal.signal(s, _stop)
+    child = os.environ.get(distributed.CHILD_ENV)  # of a run of several processes: its supervisor forwards the signals
     try:
-        check_environment()
+        if several_processes and not child and distributed.requested(sys.argv[1:]):
+            sys.exit(distributed.supervise())
+        sys.unraisablehook = _unraisable
+        for s in files.STOP_SIGNALS:
+            if child and s != signal.SIGTERM:
+                signal.signal(s, signal.SIG_IGN)
+            elif signal.getsignal(s) is not signal.SIG_IGN:
+                signal.signal(s, _stop)
         main()
         stop_if_pending()
-    except NonFiniteLoss as e:  # a grid's model (train.py says more of its run itself)
-        fail(f"training stopped: {e}", EXIT_DIVERGED)
     except Stopped as e:
         _exit_stopped(e.signum)
-    except distributed.StopAgreed:
+    except StopAgreed:
         _exit_stopped(signal.SIGTERM)
-    except ProgressError as e:
-        fail(f"--resume: {e}")
     except KeyboardInterrupt:  # a SIGINT that came before the handler above
         _exit_stopped(signal.SIGINT)
-    except DataError as e:
-        fail(f"data error: {e}")
-    except memory.DoesNotFit as e:
-        fail(f"does not fit: {e}", EXIT_DOES_NOT_FIT)
-    except (MemoryError, ValueError, RuntimeError) as e:  # XLA's RESOURCE_EXHAUSTED is a ValueError, torch's a RuntimeError
-        if isinstance(e, MemoryError) or any(s in str(e) for s in OUT_OF_MEMORY):
-            fail(f"does not fit: out of memory ({str(e).splitlines()[0] if str(e) else 'MemoryError'})", EXIT_DOES_NOT_FIT)
-        raise
     except BrokenPipeError:  # the output's reader stopped early (`| head`): nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(EXIT_BROKEN_PIPE)
     except OSError as e:  # a write failed: each file is renamed into place only when complete
         fail(f"could not write {e.filename or 'a file'}: {e.strerror or e}; no file was left half-written", EXIT_WRITE_FAILED)
+    except (Exception, MemoryError) as e:  # noqa: BLE001
+        for kind, prefix, status in FAILURES:
+            if isinstance(e, kind):
+                fail(f"{prefix}{e}", status)
+        # XLA's RESOURCE_EXHAUSTED is a ValueError, torch's a RuntimeError
+        if isinstance(e, MemoryError) or isinstance(e, (ValueError, RuntimeError)) and any(s in str(e) for s in OUT_OF_MEMORY):
+            fail(f"does not fit: out of memory ({str(e).splitlines()[0] if str(e) else 'MemoryError'})", EXIT_DOES_NOT_FIT)
+        raise

@@ -18,7 +18,7 @@ from mnist_jax.train import Replay, TrainConfig, run_keys, split_indices, train
 def jax_split(seed: int, num_images: int) -> tuple[np.ndarray, np.ndarray]:
     """The (train, validation) indices a JAX run of `seed` uses, as NumPy arrays, so
     that PyTorch trains on the same split."""
-    return tuple(np.asarray(i) for i in split_indices(run_keys(seed).split, num_images))
+    return tuple(np.asarray(i) for i in split_indices(run_keys(seed)[0], num_images))
 
 
 def steady_seconds_per_epoch(histories: list[list[dict]]) -> float:

@@ -5,12 +5,11 @@ the results are gathered, and only process 0 writes.
 
 JAX ends a process whose peer died, or whose coordinator it cannot reach, with a C++
 abort and a stack trace. So the work runs in a child process and this one supervises
-it: such an end becomes one line and exit status `EXIT_PEER_LOST`.
+it: such an end becomes `PeerLost`, one line and exit status 6.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -20,35 +19,23 @@ import subprocess
 import sys
 import threading
 import time
-from typing import NoReturn
 
-import jax
 import numpy as np
 
-EXIT_PEER_LOST = 6  # another process of the run died or hung, or the coordinator could not be reached
+from mnist_jax.errors import DOCUMENTED_EXITS, EXIT_PEER_LOST, PeerLost, StopAgreed, UsageError
+
 CHILD_ENV = "MNIST_JAX_SUPERVISOR"  # set in the child: its supervisor's process id
 OPTIONS = ("--coordinator", "--num-processes", "--process-id")
-LOCAL_OPTIONS = {"process_id", "coordinator", "timeout", "data_dir", "source", "compile_cache", "no_cache", "out", "overwrite"}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("several processes (jax.distributed; none given: a cluster JAX detects, else one process)")
-    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which coordinates the run")
-    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
-    group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0..N-1")
-    group.add_argument("--timeout", type=int, default=120, metavar="SECONDS",
-                       help="how long to wait for every process to join, and for a silent one before stopping")
-
-
-def cluster_detected() -> bool:
-    """Whether `jax.distributed.initialize()` would find a cluster it knows (TPU pod,
-    SLURM, Open MPI, ...). JAX keeps its list of clusters private; without it, none."""
-    try:
-        from jax._src.clusters import ClusterEnv
-
-        return any(cluster.is_env_present() for cluster in ClusterEnv._cluster_types)
-    except Exception:  # noqa: BLE001  (a JAX without that list: detect nothing)
-        return False
+def cluster_detected(env: dict = os.environ) -> bool:
+    """Whether this process is one of several that a cluster started and that
+    `jax.distributed.initialize()` joins from the cluster's own variables: a SLURM job
+    step of several tasks, an Open MPI job, a multi-host Cloud TPU slice on GKE."""
+    slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+    tasks = env.get("SLURM_NTASKS", "")
+    return (all(v in env for v in slurm) and tasks.isdigit() and int(tasks) > 1
+            or "OMPI_MCA_orte_hnp_uri" in env or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
 
 
 def requested(argv: list[str]) -> bool:
@@ -56,46 +43,37 @@ def requested(argv: list[str]) -> bool:
     return any(arg.split("=")[0] in OPTIONS for arg in argv) or cluster_detected()
 
 
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    given = [getattr(args, o[2:].replace("-", "_")) is not None for o in OPTIONS]
+def check(coordinator: str | None, num_processes: int | None, process_id: int | None, timeout: int) -> None:
+    """`UsageError` unless the options of a run of several processes make one."""
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
     if any(given) and not all(given):
-        parser.error("--coordinator, --num-processes and --process-id go together (or none, on a cluster JAX detects)")
-    if args.coordinator is not None:
-        if not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", args.coordinator) or not 0 < int(args.coordinator.rsplit(":", 1)[1]) < 65536:
-            parser.error(f"argument --coordinator: expected HOST:PORT, got {args.coordinator!r}")
-        if not args.num_processes > 0:
-            parser.error(f"argument --num-processes: expected a positive number, got {args.num_processes}")
-        if not 0 <= args.process_id < args.num_processes:
-            parser.error(f"argument --process-id: expected 0 to {args.num_processes - 1} (--num-processes {args.num_processes}), got {args.process_id}")
-    if not 0 < args.timeout <= 86400:
-        parser.error(f"argument --timeout: expected 1 to 86400 seconds, got {args.timeout}")
+        raise UsageError("--coordinator, --num-processes and --process-id go together (or none, on a cluster JAX detects)")
+    if coordinator is not None:
+        if not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", coordinator) or not 0 < int(coordinator.rsplit(":", 1)[1]) < 65536:
+            raise UsageError(f"argument --coordinator: expected HOST:PORT, got {coordinator!r}")
+        if not num_processes > 0:
+            raise UsageError(f"argument --num-processes: expected a positive number, got {num_processes}")
+        if not 0 <= process_id < num_processes:
+            raise UsageError(f"argument --process-id: expected 0 to {num_processes - 1} (--num-processes {num_processes}), got {process_id}")
+    if not 0 < timeout <= 86400:
+        raise UsageError(f"argument --timeout: expected 1 to 86400 seconds, got {timeout}")
 
 
-def initialize(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def join(coordinator: str | None, num_processes: int | None, process_id: int | None, timeout: int, work: dict) -> None:
     """Join the run (in the supervised child), then check that every process was started
-    for the same work (the same options, bar where it finds MNIST and caches, writes, and
-    its --process-id): else each says so and stops."""
-    check_arguments(parser, args)
-    _exit_with_supervisor()
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the CPU's collectives between processes (GPUs, TPUs have their own)
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                               initialization_timeout=args.timeout, heartbeat_timeout_seconds=args.timeout)
+    for the same `work` (the options that decide the results): else `UsageError`."""
+    import jax
     from jax.experimental import multihost_utils
 
-    work = {k: v for k, v in vars(args).items() if k not in LOCAL_OPTIONS}  # what every process must agree on
+    _exit_with_supervisor()
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the CPU's collectives between processes (GPUs, TPUs have their own)
+    jax.distributed.initialize(coordinator, num_processes, process_id,
+                               initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)
     digest = np.frombuffer(hashlib.sha256(json.dumps(work, sort_keys=True, default=str).encode()).digest()[:8], np.uint32)
-    mine = np.concatenate([[args.num_processes or jax.process_count()], digest]).astype(np.uint32)
-    every = multihost_utils.process_allgather(mine)
-    if not (every == mine).all():
-        parser.error(f"the {jax.process_count()} processes of the run were not started alike: each needs the same options, "
-                     f"with --num-processes {jax.process_count()}, and its own --process-id")
-    if getattr(args, "seeds", 0) % jax.process_count():  # each process holds as many models
-        parser.error(f"argument --seeds: {args.seeds} seeds do not split evenly over {jax.process_count()} processes; "
-                     f"give a multiple of {jax.process_count()}")
-
-
-class StopAgreed(Exception):
-    """A SIGTERM reached a process of the run, and all agreed to stop at this point."""
+    mine = np.concatenate([[num_processes or jax.process_count()], digest]).astype(np.uint32)
+    if not (multihost_utils.process_allgather(mine) == mine).all():
+        raise UsageError(f"the {jax.process_count()} processes of the run were not started alike: each needs the same options, "
+                         f"with --num-processes {jax.process_count()}, and its own --process-id")
 
 
 _sync_points = 0
@@ -106,6 +84,8 @@ def stop_if_agreed() -> None:
     sends every process before it ends them) has reached any of them: JAX's preemption
     service takes the signal and names the point where all stop together. Every process
     must call this at the same points of the work; a lone process has its own handler."""
+    import jax
+
     global _sync_points
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -117,13 +97,15 @@ def stop_if_agreed() -> None:
 
 def is_main() -> bool:
     """Process 0: the one that writes and prints."""
+    import jax
+
     return jax.process_index() == 0
 
 
-def supervise() -> NoReturn:
-    """Run this command again as a child and stop as it does; a child aborted by JAX's
-    runtime (a peer died, the coordinator is unreachable) ends in one line. The child's
-    stdout passes through; of its stderr, the lines this project writes."""
+def supervise() -> int:
+    """Run this command again as a child and return its exit status; a child aborted by
+    JAX's runtime (a peer died, the coordinator is unreachable) raises `PeerLost`. The
+    child's stdout passes through; of its stderr, the lines this project writes."""
     child = subprocess.Popen([sys.executable, *sys.argv], env={**os.environ, CHILD_ENV: str(os.getpid())},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
     for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # each becomes the SIGTERM JAX's preemption service takes
@@ -150,11 +132,9 @@ def supervise() -> NoReturn:
     forward(child.stderr, sys.stderr, runtime)
     out.join()
     status = child.wait()
-    from mnist_jax import cli
-
-    if status >= 0 and status in cli.DOCUMENTED_EXITS:
-        sys.exit(status)
-    cli.fail(diagnosis(runtime_log, status), EXIT_PEER_LOST)
+    if status >= 0 and status in DOCUMENTED_EXITS:
+        return status
+    raise PeerLost(diagnosis(runtime_log, status))
 
 
 def _runtime_line(line: str) -> bool:

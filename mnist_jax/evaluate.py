@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mnist_jax.stages import LossFn
 
 
 def to_inputs(images: jax.Array) -> jax.Array:
@@ -21,11 +20,11 @@ def to_inputs(images: jax.Array) -> jax.Array:
 
 def predict(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: jax.Array) -> jax.Array:
     """Eval-mode logits for uint8 images."""
-    return nnx.merge(graphdef, params, batch_stats)(to_inputs(images), train=False)
+    return nnx.merge(graphdef, params, batch_stats)(to_inputs(images))  # eval mode: every model's default
 
 
 def make_evaluate(
-    graphdef: nnx.GraphDef, loss_fn: LossFn
+    graphdef: nnx.GraphDef, loss_fn: Callable
 ) -> Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     """A pure function (params, batch_stats, images, labels) -> (mean loss, accuracy)."""
 

@@ -34,7 +34,7 @@ def is_partial(path: Path) -> bool:
     """Whether `path` is a file `atomic_write` was writing: `.partial-<stem>.<8 random characters><suffix>`."""
     return bool(re.fullmatch(r"\.partial-.+\.[a-z0-9_]{8}(\.json|\.npz|\.png)?", path.name)) and path.is_file() and not path.is_symlink()
 LOCK = ".mnist_jax.lock"
-_LOCKS_HELD: list[Callable[[], None]] = []
+_LOCKS_HELD: dict[Path, Callable[[], None]] = {}  # folder -> what releases its lock
 
 
 def finite_number(x) -> bool:
@@ -142,13 +142,16 @@ class FolderBusy(Exception):
     """Another live process holds the folder's lock."""
 
 
-def lock_folder(folder: Path) -> int:
+def lock_folder(folder: Path) -> None:
     """Create `folder` if need be and hold its lock (`.mnist_jax.lock` inside it,
     `flock`ed) until this process ends: a second process gets `FolderBusy`. The kernel
     drops the lock of a process that dies however it dies, so a killed run's lock blocks
     no one. At exit (`release_locks`) the lock file goes, and the folders made here if
     nothing was written into them. A lock file that is not one (a link, a user's file
-    of that name) is never written: `FolderBusy` says so."""
+    of that name) is never written: `FolderBusy` says so. A folder this process holds
+    already is held once."""
+    if folder.resolve() in _LOCKS_HELD:
+        return
     made = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     while True:
@@ -181,14 +184,13 @@ def lock_folder(folder: Path) -> int:
                 empty.rmdir()
         os.close(fd)
 
-    _LOCKS_HELD.append(release)
-    return fd
+    _LOCKS_HELD[folder.resolve()] = release
 
 
 def release_locks() -> None:
     """Drop every lock this process holds (at exit, also one forced by a signal)."""
     while _LOCKS_HELD:
-        _LOCKS_HELD.pop()()
+        _LOCKS_HELD.popitem()[1]()
 
 
 atexit.register(release_locks)

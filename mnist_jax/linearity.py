@@ -17,8 +17,7 @@ from flax import nnx
 
 from mnist_jax.data import MNIST
 from mnist_jax.evaluate import to_inputs
-from mnist_jax.models import count_params
-from mnist_jax.stages import cross_entropy
+from mnist_jax.models import count_params, cross_entropy
 from mnist_jax.train import run_keys, split_indices
 
 
@@ -27,7 +26,7 @@ def _with_bias(x: jax.Array) -> jax.Array:
 
 
 def _train_test(data: MNIST, seed: int):
-    train_idx, _ = jax.jit(split_indices, static_argnums=1)(run_keys(seed).split, len(data.train_labels))
+    train_idx, _ = jax.jit(split_indices, static_argnums=1)(run_keys(seed)[0], len(data.train_labels))
     images = jnp.asarray(data.train_images.reshape(len(data.train_labels), -1))[train_idx]
     labels = jnp.asarray(data.train_labels, jnp.int32)[train_idx]
     return to_inputs(images), labels, to_inputs(jnp.asarray(data.test_images)), jnp.asarray(data.test_labels)

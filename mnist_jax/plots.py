@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mnist_jax.files import atomic_write
-from mnist_jax.stages import STAGES, Stage, softmax_mse
+from mnist_jax.stages import STAGES, Stage
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
@@ -168,7 +168,7 @@ def misclassified(arrays, path: str | os.PathLike) -> None:
 
 def architecture(stage: Stage) -> list[str]:
     """The stage as the boxes of the diagram, input to loss."""
-    loss = "softmax + MSE" if stage.loss is softmax_mse else "cross-entropy"
+    loss = "softmax + MSE" if stage.loss_name == "softmax_mse" else "cross-entropy"
     if not stage.is_mlp:
         return ["784", "Linear", "10", loss]
     middle = (["BatchNorm"] if stage.batchnorm else []) + ["ReLU"] + ([f"Dropout {stage.dropout:g}"] if stage.dropout else [])

@@ -1,34 +1,21 @@
-"""The five stages of the study: which model, which loss, and what the original reported."""
+"""What a run is: the five stages of the study (model, loss, what the original reported)
+and `TrainConfig`. Plain data, no JAX: the scripts check their arguments against it
+before JAX is imported; `models` builds the models and losses when first asked."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
-
-import jax
-import jax.numpy as jnp
-import optax
-from flax import nnx
-
-from mnist_jax.models import NUM_CLASSES, MLP, LinearClassifier
-
-LossFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-def softmax_mse(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean squared error between softmax(logits) and one-hot labels, over batch x 10."""
-    return jnp.mean((jax.nn.softmax(logits) - jax.nn.one_hot(labels, NUM_CLASSES)) ** 2)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     description: str
-    loss: LossFn
+    loss_name: str  # "softmax_mse" or "cross_entropy", the functions in `models`
     documented_accuracy: float  # test accuracy reported by the original study, seed 42
     hidden: int | None = None  # None: the linear model
     dropout: float = 0.0
@@ -38,41 +25,85 @@ class Stage:
     def is_mlp(self) -> bool:
         return self.hidden is not None
 
-    def build(
-        self, rngs: nnx.Rngs, hidden: int | None = None, dropout: float | None = None
-    ) -> nnx.Module:
-        """The stage's model; `hidden` and `dropout` override the MLP's defaults."""
+    @property
+    def loss(self) -> Callable:
+        """(logits, integer labels) -> mean loss."""
+        from mnist_jax import models
+
+        return getattr(models, self.loss_name)
+
+    def build(self, rngs, hidden: int | None = None, dropout: float | None = None):
+        """The stage's Flax model; `hidden` and `dropout` override the MLP's defaults."""
+        from mnist_jax.models import MLP, LinearClassifier
+
         if not self.is_mlp:
             return LinearClassifier(rngs=rngs)
-        return MLP(
-            hidden or self.hidden,
-            self.dropout if dropout is None else dropout,
-            self.batchnorm,
-            rngs=rngs,
-        )
+        return MLP(hidden or self.hidden, self.dropout if dropout is None else dropout, self.batchnorm, rngs=rngs)
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("linear_mse", "784 -> 10, MSE on softmax", softmax_mse, 0.9257),
-        Stage("linear_ce", "784 -> 10, cross-entropy", cross_entropy, 0.9215),
-        Stage("mlp", "784 -> 256 -> ReLU -> 10", cross_entropy, 0.9745, hidden=256),
-        Stage(
-            "mlp_dropout",
-            "784 -> 256 -> ReLU -> Dropout(0.5) -> 10",
-            cross_entropy,
-            0.9728,
-            hidden=256,
-            dropout=0.5,
-        ),
-        Stage(
-            "mlp_bn",
-            "784 -> 256 -> BatchNorm -> ReLU -> 10",
-            cross_entropy,
-            0.9766,
-            hidden=256,
-            batchnorm=True,
-        ),
+        Stage("linear_mse", "784 -> 10, MSE on softmax", "softmax_mse", 0.9257),
+        Stage("linear_ce", "784 -> 10, cross-entropy", "cross_entropy", 0.9215),
+        Stage("mlp", "784 -> 256 -> ReLU -> 10", "cross_entropy", 0.9745, hidden=256),
+        Stage("mlp_dropout", "784 -> 256 -> ReLU -> Dropout(0.5) -> 10", "cross_entropy", 0.9728, hidden=256, dropout=0.5),
+        Stage("mlp_bn", "784 -> 256 -> BatchNorm -> ReLU -> 10", "cross_entropy", 0.9766, hidden=256, batchnorm=True),
     )
 }
+
+MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits: seed 2**32 would be seed 0 again
+
+
+def _integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # True is not an epoch count
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    stage: str
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 42
+    hidden: int | None = None  # None: the stage's own (256 for the MLPs)
+    dropout: float | None = None  # None: the stage's own
+
+    def __post_init__(self) -> None:
+        """Refuse what no run can be: `ValueError` naming the field and what it accepts."""
+        rules = {
+            "stage": (isinstance(self.stage, str) and self.stage in STAGES, f"one of {', '.join(STAGES)}"),
+            "epochs": (_integer(self.epochs) and self.epochs > 0, "a positive int"),
+            "batch_size": (_integer(self.batch_size) and self.batch_size > 0, "a positive int"),
+            "lr": (_real(self.lr) and self.lr > 0, "a positive finite number"),
+            "seed": (_integer(self.seed) and 0 <= self.seed <= MAX_SEED, f"an int from 0 to {MAX_SEED}"),
+            "hidden": (self.hidden is None or _integer(self.hidden) and self.hidden > 0, "a positive int or None"),
+            "dropout": (self.dropout is None or _real(self.dropout) and 0 <= self.dropout < 1, "a rate in [0, 1) or None"),
+        }
+        rules["hidden"] = (rules["hidden"][0] and (self.hidden is None or self.stage not in STAGES or STAGES[self.stage].is_mlp),
+                           "a positive int for an MLP stage, else None")
+        rules["dropout"] = (rules["dropout"][0] and (not self.dropout or self.stage not in STAGES or STAGES[self.stage].is_mlp),
+                            "a rate in [0, 1) for an MLP stage, else None")
+        for name, (valid, accepted) in rules.items():
+            if not valid:
+                raise ValueError(f"TrainConfig {name}: expected {accepted}, got {getattr(self, name)!r}")
+        for name, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("seed", int), ("hidden", int), ("dropout", float)):
+            if getattr(self, name) is not None:  # NumPy scalars as Python numbers (JSON, optax)
+                object.__setattr__(self, name, kind(getattr(self, name)))
+
+    @property
+    def spec(self) -> Stage:
+        return STAGES[self.stage]
+
+    @property
+    def dropout_rate(self) -> float:
+        return self.spec.dropout if self.dropout is None else self.dropout
+
+    def describe(self) -> str:
+        """e.g. 'mlp (hidden 256, batch 128)', for messages."""
+        hidden = f"hidden {self.hidden or self.spec.hidden}, " if self.spec.is_mlp else ""
+        return f"{self.stage} ({hidden}batch {self.batch_size})"

@@ -1,7 +1,8 @@
-"""Many seeds in one compiled program: `jax.vmap` over the seed axis of the training step.
+"""Many models in one compiled program: the training step mapped over a leading axis of
+models, `lax.map` one after another on the CPU and `jax.vmap` side by side elsewhere.
 
-Each seed draws its own split, initialisation, batch order and dropout masks; the
-images stay one shared device array. The statistics compare stages seed by seed.
+Each model draws its own split, initialisation, batch order and dropout masks from its
+seed; the images stay one shared device array. The statistics compare stages seed by seed.
 """
 
 from __future__ import annotations
@@ -28,26 +29,17 @@ from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.files import UNREADABLE, atomic_write, check_finite, check_fractions, npz_member, read_json, write_json
 from mnist_jax.models import dropout_bits
 from mnist_jax.progress import GridProgress
+from mnist_jax.errors import NonFiniteLoss
 from mnist_jax.train import (
-    NonFiniteLoss,
-    Point,
-    TrainConfig,
-    device_data,
-    device_description,
-    epoch_keys,
-    epoch_order,
-    make_init,
-    make_optimizer,
-    make_train_epoch,
-    prepare,
-    stack,
+    Point, TrainConfig, device_data, device_description, epoch_keys, epoch_order, graph, initial, make_optimizer,
+    make_train_epoch, point, prepare,
 )
 
 
 @dataclasses.dataclass
 class GridResult:
     """Models of one stage trained together: one per `Point` (seed, learning rate,
-    dropout rate); the config gives what they share (stage, width, epochs, batch)."""
+    dropout rate); the config gives what they share (stage, hidden width, epochs, batch)."""
 
     config: TrainConfig
     points: list[Point]
@@ -64,23 +56,19 @@ class GridResult:
         return [p.seed for p in self.points]
 
 
-def vmap_width(platform: str | None = None) -> int | None:
-    """How many models one step of the program trains side by side (`jax.vmap`); the
-    rest of a chunk is walked through by `lax.map`. On the CPU one: XLA:CPU's batched
-    matmuls are slower than one model's (docs/performance.md); elsewhere all (None)."""
-    return 1 if (platform or jax.default_backend()) == "cpu" else None
+def side_by_side(platform: str | None = None) -> bool:
+    """Whether one step of the program trains its models side by side (`jax.vmap`) or one
+    after another (`lax.map`): on the CPU one after another, as XLA:CPU's batched matmuls
+    are slower than one model's (docs/performance.md)."""
+    return (platform or jax.default_backend()) != "cpu"
 
 
-def over_models(f: Callable, width: int | None) -> Callable:
-    """`f` of one model's arguments, over a leading axis of models: `width` at a time."""
-    if width is None:
-        return jax.vmap(f)
-    if width == 1:
-        return lambda xs: jax.lax.map(f, xs)
-    return lambda xs: jax.lax.map(f, xs, batch_size=width)
+def over_models(f: Callable, vmapped: bool) -> Callable:
+    """`f` of one model's arguments, over a leading axis of models."""
+    return jax.vmap(f) if vmapped else lambda xs: jax.lax.map(f, xs)
 
 
-def _grid_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx, mesh: jax.sharding.Mesh, width: int | None) -> tuple[Callable, Callable]:
+def _grid_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx, mesh: jax.sharding.Mesh, vmapped: bool) -> tuple[Callable, Callable]:
     """The epoch of every model (train; evaluate on its validation split and on the test
     set) and the final test predictions, each one program for all the models of a
     chunk, split over the mesh's devices (`shard_map`: no communication)."""
@@ -99,10 +87,10 @@ def _grid_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx, mesh: jax.sh
             test_acc = evaluate(state.params, state.batch_stats, test_images, test_labels)[1]
             return state, jnp.stack([loss, acc, val_loss, val_acc, test_acc])
 
-        return over_models(one, width)(models)
+        return over_models(one, vmapped)(models)
 
     def test(states, images, labels):
-        predicted = over_models(lambda s: predict(graphdef, s.params, s.batch_stats, images).argmax(-1), width)(states)
+        predicted = over_models(lambda s: predict(graphdef, s.params, s.batch_stats, images).argmax(-1), vmapped)(states)
         return (predicted == labels).mean(-1), predicted
 
     in_specs = (per_model, shared, shared, shared, shared, shared)
@@ -122,16 +110,15 @@ class Chunk(NamedTuple):
 
 
 def compile_chunk(
-    config: TrainConfig, data: MNIST, size: int, mesh: jax.sharding.Mesh | None = None, width: int | None | str = "auto"
+    config: TrainConfig, data: MNIST, size: int, mesh: jax.sharding.Mesh | None = None, vmapped: bool | None = None
 ) -> Chunk:
     """Compile the programs for `size` models from shapes alone: nothing is allocated.
-    `width` models side by side (None: all; "auto": `vmap_width()`)."""
+    `vmapped`: the models side by side (default: `side_by_side()`)."""
     mesh = mesh if mesh is not None and size % mesh.size == 0 else sharding.make_mesh("seed", size)
     tx = make_optimizer(config.lr)
-    graphdef, init = make_init(config, tx, len(data.train_images))
-    epoch, test = _grid_programs(config, graphdef, tx, mesh, vmap_width() if width == "auto" else width)
-    points = jax.eval_shape(lambda: stack([config.point] * size))
-    epochs_keys, states, train_idx, val_idx = jax.eval_shape(jax.vmap(init), points)
+    epoch, test = _grid_programs(config, graph(config), tx, mesh, side_by_side() if vmapped is None else vmapped)
+    points = jax.tree.map(lambda x: jax.ShapeDtypeStruct((size,), jnp.asarray(x).dtype), point(config))
+    epochs_keys, states, train_idx, val_idx = jax.eval_shape(jax.vmap(lambda p: initial(config, tx, len(data.train_images), p)), points)
     per_model = sharding.abstract((states, train_idx, val_idx, epochs_keys), mesh, "seed")
     shared = sharding.abstract(jax.eval_shape(lambda: device_data(data)), mesh)
     number = jax.ShapeDtypeStruct((), jnp.int32)
@@ -142,19 +129,19 @@ def compile_chunk(
     return Chunk(size, mesh, epoch, test, resident + max(memory.program_bytes(epoch), memory.program_bytes(test)))
 
 
-def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.Mesh | None = None, width: int | None | str = "auto") -> Chunk:
+def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.Mesh | None = None, vmapped: bool | None = None) -> Chunk:
     """The programs for as many of `n` models at once as fit in memory. What they hold
     grows linearly with the models: XLA's figures for `n` models and for 1 give the slope."""
-    whole = compile_chunk(config, data, n, mesh, width)
+    whole = compile_chunk(config, data, n, mesh, vmapped)
     available = memory.available_bytes()
     if whole.bytes <= available:
         return whole
-    one = whole if n == 1 else compile_chunk(config, data, 1, mesh, width)
+    one = whole if n == 1 else compile_chunk(config, data, 1, mesh, vmapped)
     memory.check(f"the programs training {config.describe()}, one model,", one.bytes)
     per_model = (whole.bytes - one.bytes) / (n - 1)
     size = min(n - 1, 1 + int((available - one.bytes) // per_model))
     while size > 1:
-        chunk = compile_chunk(config, data, size, mesh, width)
+        chunk = compile_chunk(config, data, size, mesh, vmapped)
         if chunk.bytes <= available:
             return chunk
         size = size * 9 // 10
@@ -170,14 +157,14 @@ def _train_chunk(
 ) -> GridResult:
     """Train one chunk, saving its progress under `key` after every epoch (and starting
     from what was saved); stop after the save if every process agreed to (a SIGTERM)."""
-    setup = prepare(config, data, points)
-    states, first, saved_rows = setup.state, 1, np.zeros((0, len(points), len(HISTORY_NAMES)), np.float32)
-    if progress and (saved := progress.load(key, jax.device_get(setup.state))):
+    begin = prepare(config, data, points)
+    states, first, saved_rows = begin.state, 1, np.zeros((0, len(points), len(HISTORY_NAMES)), np.float32)
+    if progress and (saved := progress.load(key, jax.device_get(begin.state))):
         states, first, saved_rows = saved.states, saved.epochs + 1, saved.rows
         for _ in range(saved.epochs):
             on_epoch()
-    models = sharding.place((states, setup.train_idx, setup.val_idx, setup.epochs_key), chunk.mesh, "seed")
-    images, labels, test_images, test_labels = sharding.place(setup.data, chunk.mesh)
+    models = sharding.place((states, begin.train_idx, begin.val_idx, begin.epochs_key), chunk.mesh, "seed")
+    images, labels, test_images, test_labels = sharding.place(device_data(data), chunk.mesh)
 
     start = time.perf_counter()
     rows = list(saved_rows)  # per epoch, (models, 5) on the host
@@ -231,7 +218,7 @@ def train_grid(
     mesh: jax.sharding.Mesh | None = None,
     on_epoch: Callable[[int, int], None] | None = None,
     models_at_once: int | None = None,
-    width: int | None | str = "auto",
+    vmapped: bool | None = None,
     progress: GridProgress | None = None,
 ) -> GridResult:
     """Train one model of `config`'s stage per point, as many at once as fit in memory
@@ -240,7 +227,7 @@ def train_grid(
     (`models.dropout_bits`) train in programs of their own, so that every model draws
     what it would draw alone. Several devices split a chunk's models (see `sharding`);
     `mesh` picks them (default: as many as divide the chunk). `on_epoch(done, total)`
-    counts the epochs of all chunks. `width`: see `compile_chunk`. With `progress`, each
+    counts the epochs of all chunks. `vmapped`: see `compile_chunk`. With `progress`, each
     chunk is saved after every epoch and continues from what was saved."""
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(points):
@@ -249,7 +236,7 @@ def train_grid(
     start = time.perf_counter()
     for members in groups.values():
         group = dataclasses.replace(config, dropout=max(points[i].dropout for i in members))
-        chunk = fitting_chunk(group, data, min(len(members), models_at_once or len(members)), mesh, width)
+        chunk = fitting_chunk(group, data, min(len(members), models_at_once or len(members)), mesh, vmapped)
         parts = [members[i : i + chunk.size] for i in range(0, len(members), chunk.size)]
         plans.append((group, {chunk.size: chunk}, parts))
     compile_seconds = time.perf_counter() - start
@@ -266,7 +253,7 @@ def train_grid(
         for part in parts:
             if len(part) not in compiled:
                 start = time.perf_counter()
-                compiled[len(part)] = compile_chunk(group, data, len(part), mesh, width)
+                compiled[len(part)] = compile_chunk(group, data, len(part), mesh, vmapped)
                 compile_seconds += time.perf_counter() - start
             key = f"{config.stage}-hidden{config.hidden or config.spec.hidden or 0}-bits{bits}-from{part[0]}-{len(part)}"
             results.append(_train_chunk(group, data, [points[i] for i in part], compiled[len(part)], count, progress, key))
@@ -281,7 +268,7 @@ def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int], **kwargs) ->
         raise ValueError(f"train_seeds seeds: expected a list of distinct seeds, got {seeds!r}")
     for seed in seeds:  # each as TrainConfig checks it
         dataclasses.replace(config, seed=seed)
-    return train_grid(config, data, [config.point._replace(seed=s) for s in seeds], **kwargs)
+    return train_grid(config, data, [point(config)._replace(seed=s) for s in seeds], **kwargs)
 
 
 def mean_ci95(values) -> tuple[float, float | None, tuple[float, float] | None]:

@@ -1,14 +1,15 @@
 """Training: one pure step, scanned over a device-resident epoch, driven by `train`.
 
 State is a pytree (`TrainState`); `nnx.split` turns the Flax model into a graph
-definition plus arrays so that everything inside `jax.jit` is plain JAX.
+definition plus arrays so that everything inside `jax.jit` is plain JAX. A seed's
+starting point (`Start`: its keys, initial state and split) is one pure function of
+its `Point`, `initial`, which `prepare` runs for one model or vmaps over many.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 import time
 from typing import Callable, NamedTuple, Sequence
@@ -23,7 +24,8 @@ from mnist_jax import memory, sharding
 from mnist_jax.data import MNIST, NUM_VALIDATION
 from mnist_jax.errors import NonFiniteLoss
 from mnist_jax.evaluate import make_evaluate, to_inputs
-from mnist_jax.stages import STAGES, LossFn, Stage
+from mnist_jax.models import MLP
+from mnist_jax.stages import TrainConfig
 
 
 class Point(NamedTuple):
@@ -35,65 +37,8 @@ class Point(NamedTuple):
     dropout: float | jax.Array
 
 
-MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits: seed 2**32 would be seed 0 again
-
-
-def _integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # True is not an epoch count
-
-
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    stage: str
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 42
-    hidden: int | None = None  # None: the stage's own (256 for the MLPs)
-    dropout: float | None = None  # None: the stage's own
-
-    def __post_init__(self) -> None:
-        """Refuse what no run can be: `ValueError` naming the field and what it accepts."""
-        rules = {
-            "stage": (isinstance(self.stage, str) and self.stage in STAGES, f"one of {', '.join(STAGES)}"),
-            "epochs": (_integer(self.epochs) and self.epochs > 0, "a positive int"),
-            "batch_size": (_integer(self.batch_size) and self.batch_size > 0, "a positive int"),
-            "lr": (_real(self.lr) and self.lr > 0, "a positive finite number"),
-            "seed": (_integer(self.seed) and 0 <= self.seed <= MAX_SEED, f"an int from 0 to {MAX_SEED}"),
-            "hidden": (self.hidden is None or _integer(self.hidden) and self.hidden > 0, "a positive int or None"),
-            "dropout": (self.dropout is None or _real(self.dropout) and 0 <= self.dropout < 1, "a rate in [0, 1) or None"),
-        }
-        rules["hidden"] = (rules["hidden"][0] and (self.hidden is None or self.stage not in STAGES or STAGES[self.stage].is_mlp),
-                           "a positive int for an MLP stage, else None")
-        rules["dropout"] = (rules["dropout"][0] and (not self.dropout or self.stage not in STAGES or STAGES[self.stage].is_mlp),
-                            "a rate in [0, 1) for an MLP stage, else None")
-        for name, (valid, accepted) in rules.items():
-            if not valid:
-                raise ValueError(f"TrainConfig {name}: expected {accepted}, got {getattr(self, name)!r}")
-        for name, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("seed", int), ("hidden", int), ("dropout", float)):
-            if getattr(self, name) is not None:  # NumPy scalars as Python numbers (JSON, optax)
-                object.__setattr__(self, name, kind(getattr(self, name)))
-
-    @property
-    def spec(self) -> Stage:
-        return STAGES[self.stage]
-
-    @property
-    def dropout_rate(self) -> float:
-        return self.spec.dropout if self.dropout is None else self.dropout
-
-    @property
-    def point(self) -> Point:
-        return Point(self.seed, self.lr, self.dropout_rate)
-
-    def describe(self) -> str:
-        """e.g. 'mlp (hidden 256, batch 128)', for messages."""
-        hidden = f"hidden {self.hidden or self.spec.hidden}, " if self.spec.is_mlp else ""
-        return f"{self.stage} ({hidden}batch {self.batch_size})"
+def point(config: TrainConfig) -> Point:
+    return Point(config.seed, config.lr, config.dropout_rate)
 
 
 class TrainState(NamedTuple):
@@ -105,14 +50,10 @@ class TrainState(NamedTuple):
     dropout_rate: jax.Array  # a scalar, read by the model's Dropout if it has one
 
 
-class RunKeys(NamedTuple):
-    split: jax.Array  # train/validation split
-    init: jax.Array  # model initialisation
-    epochs: jax.Array  # folded with the epoch number: shuffling and dropout
-
-
-def run_keys(seed: int | jax.Array) -> RunKeys:
-    return RunKeys(*jax.random.split(jax.random.key(seed), 3))
+def run_keys(seed: int | jax.Array) -> jax.Array:
+    """A seed's three keys: its train/validation split, its initialisation, and its epochs
+    (folded with the epoch number: shuffling and dropout)."""
+    return jax.random.split(jax.random.key(seed), 3)
 
 
 def shuffle(key: jax.Array, x: jax.Array) -> jax.Array:
@@ -144,47 +85,49 @@ def make_optimizer(lr: float) -> optax.GradientTransformation:
     return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
-def init_state(
-    config: TrainConfig, key: jax.Array, tx: optax.GradientTransformation,
-    lr: float | jax.Array | None = None, dropout_rate: float | jax.Array | None = None,
-) -> tuple[nnx.GraphDef, TrainState]:
+def init_state(config: TrainConfig, key: jax.Array, tx: optax.GradientTransformation,
+               lr: float | jax.Array | None = None, dropout_rate: float | jax.Array | None = None) -> TrainState:
     """The initial state from `key`, with `lr` and `dropout_rate` (default: the config's)."""
     model = config.spec.build(nnx.Rngs(key), config.hidden, config.dropout)
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    params, batch_stats = nnx.as_pure(params), nnx.as_pure(batch_stats)
+    params, batch_stats = (nnx.as_pure(nnx.state(model, kind)) for kind in (nnx.Param, nnx.BatchStat))
     opt_state = tx.init(params)
     dtype = jnp.result_type(float)
     opt_state.hyperparams["learning_rate"] = jnp.asarray(config.lr if lr is None else lr, dtype)
     rate = jnp.asarray(config.dropout_rate if dropout_rate is None else dropout_rate, dtype)
-    return graphdef, TrainState(params, batch_stats, opt_state, rate)
+    return TrainState(params, batch_stats, opt_state, rate)
 
 
-def make_init(
-    config: TrainConfig, tx: optax.GradientTransformation, num_images: int
-) -> tuple[nnx.GraphDef, Callable[[int | jax.Array], tuple[jax.Array, TrainState, jax.Array, jax.Array]]]:
-    """The model's graph definition, and a pure function `Point` -> (epochs key, initial
-    state, train indices, validation indices) to jit or to vmap over points: one
-    program, where eager initialisation runs one per operation (each traced, and
-    compiled or fetched from the cache, on every start)."""
-    abstract = nnx.eval_shape(lambda: config.spec.build(nnx.Rngs(0), config.hidden, config.dropout))
+def graph(config: TrainConfig) -> nnx.GraphDef:
+    """The model's graph definition, from shapes alone."""
+    return nnx.graphdef(nnx.eval_shape(lambda: config.spec.build(nnx.Rngs(0), config.hidden, config.dropout)))
 
-    def init(point: Point):
-        keys = run_keys(point.seed)
-        state = init_state(config, keys.init, tx, point.lr, point.dropout)[1]
-        return keys.epochs, state, *split_indices(keys.split, num_images)
 
-    return nnx.graphdef(abstract), init
+class Start(NamedTuple):
+    """Where a seed's run starts (each field with a leading axis of models, for many)."""
+
+    epochs_key: jax.Array
+    state: TrainState
+    train_idx: jax.Array
+    val_idx: jax.Array
+
+
+def initial(config: TrainConfig, tx: optax.GradientTransformation, num_images: int, at: Point) -> Start:
+    """The `Start` of the model at `at`: a pure function, one program to jit or vmap,
+    where eager initialisation runs one per operation."""
+    split_key, init_key, epochs_key = run_keys(at.seed)
+    return Start(epochs_key, init_state(config, init_key, tx, at.lr, at.dropout), *split_indices(split_key, num_images))
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation
+    graphdef: nnx.GraphDef, loss_fn: Callable, tx: optax.GradientTransformation
 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, tuple]]:
     """A pure function (state, images, labels, dropout key) -> (state, (loss, n correct))."""
 
     def train_step(state: TrainState, images, labels, dropout_key):
         def objective(params):
             model = nnx.merge(graphdef, params, state.batch_stats)
-            logits = model(to_inputs(images), train=True, dropout_key=dropout_key, dropout_rate=state.dropout_rate)
+            train_mode = {"train": True, "dropout_key": dropout_key, "dropout_rate": state.dropout_rate}
+            logits = model(to_inputs(images), **(train_mode if isinstance(model, MLP) else {}))
             return loss_fn(logits, labels), (logits, nnx.as_pure(nnx.state(model, nnx.BatchStat)))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
@@ -223,10 +166,20 @@ def device_data(data: MNIST) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array
     ))
 
 
-@jax.jit
-def subset(images: jax.Array, labels: jax.Array, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The examples at `idx`: one program, where eager indexing runs seven."""
-    return images[idx], labels[idx]
+def prepare(config: TrainConfig, data: MNIST, points: Sequence[Point] | None = None) -> Start:
+    """The `Start` of `config`'s run, or with `points` of every point's (a leading axis of
+    models; the config gives what they share). Raises `memory.DoesNotFit` before
+    allocating what would not fit."""
+    init = jax.tree_util.Partial(initial, config, make_optimizer(config.lr), len(data.train_images))
+    runs = 1 if points is None else len(points)
+    state_bytes = memory.tree_bytes(jax.eval_shape(init, point(config)))
+    what = f"{config.describe()}, {runs} seed{'s' * (runs != 1)}: its parameters, optimizer state and data"
+    memory.check(what, runs * state_bytes + sum(a.nbytes for a in data[:4]))
+    if points is None:
+        return jax.jit(init)(point(config))
+    dtype = jnp.result_type(float)
+    seeds, lrs, rates = zip(*points)
+    return jax.jit(jax.vmap(init))(Point(jnp.asarray(seeds, jnp.int32), jnp.asarray(lrs, dtype), jnp.asarray(rates, dtype)))
 
 
 class Replay(NamedTuple):
@@ -238,54 +191,20 @@ class Replay(NamedTuple):
     initial: tuple[dict, dict] | None = None
     orders: Sequence[np.ndarray] | None = None
 
-
-class Setup(NamedTuple):
-    """Where every way of training starts: one program draws the keys, initial state and
-    split (of each point, vmapped, when `points` are given); the data sits on the device."""
-
-    graphdef: nnx.GraphDef
-    tx: optax.GradientTransformation
-    epochs_key: jax.Array
-    state: TrainState
-    train_idx: jax.Array
-    val_idx: jax.Array
-    data: tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # see device_data
-
-
-def stack(points: Sequence[Point]) -> Point:
-    """Points as one `Point` of arrays with a leading axis of models."""
-    seeds, lrs, rates = zip(*points)
-    dtype = jnp.result_type(float)
-    return Point(jnp.asarray(seeds, jnp.int32), jnp.asarray(lrs, dtype), jnp.asarray(rates, dtype))
-
-
-def prepare(config: TrainConfig, data: MNIST, points: Sequence[Point] | None = None, replay: Replay = Replay()) -> Setup:
-    """`config`'s run, or with `points` every point's at once (a leading axis of models;
-    the config gives what they share). Raises `memory.DoesNotFit` before allocating what
-    would not fit."""
-    tx = make_optimizer(config.lr)
-    graphdef, init = make_init(config, tx, len(data.train_images))
-    runs = 1 if points is None else len(points)
-    state_bytes = memory.tree_bytes(jax.eval_shape(init, config.point))
-    data_bytes = sum(a.nbytes for a in data[:4])
-    what = f"{config.describe()}, {runs} seed{'s' * (runs != 1)}: its parameters, optimizer state and data"
-    memory.check(what, runs * state_bytes + data_bytes)
-    if points is None:
-        epochs_key, state, train_idx, val_idx = jax.jit(init)(config.point)
-    else:
-        epochs_key, state, train_idx, val_idx = jax.jit(jax.vmap(init))(stack(points))
-    if replay.initial is not None:
-        for template, values in zip((state.params, state.batch_stats), replay.initial):
-            nnx.replace_by_pure_dict(template, jax.tree.map(jnp.asarray, values))
-        state = state._replace(opt_state=tx.init(state.params))
-    if replay.split is not None:
-        train_idx, val_idx = map(jnp.asarray, replay.split)
-    return Setup(graphdef, tx, epochs_key, state, train_idx, val_idx, device_data(data))
+    def apply(self, start: Start, tx: optax.GradientTransformation) -> Start:
+        """`start` with what was replayed in place of what the seed drew."""
+        state = start.state
+        if self.initial is not None:
+            for template, values in zip((state.params, state.batch_stats), self.initial):
+                nnx.replace_by_pure_dict(template, jax.tree.map(jnp.asarray, values))
+            state = state._replace(opt_state=tx.init(state.params))
+        split = start[2:] if self.split is None else tuple(map(jnp.asarray, self.split))
+        return Start(start.epochs_key, state, *split)
 
 
 def make_train_epoch(
     graphdef: nnx.GraphDef,
-    loss_fn: LossFn,
+    loss_fn: Callable,
     tx: optax.GradientTransformation,
     batch_size: int,
     mesh: jax.sharding.Mesh | None = None,
@@ -371,14 +290,14 @@ def train(
     if config.batch_size > len(data.train_images) - NUM_VALIDATION:
         raise ValueError(f"TrainConfig batch_size: expected at most the {len(data.train_images) - NUM_VALIDATION} "
                          f"training images, got {config.batch_size}")
-    setup = prepare(config, data, replay=replay)
-    images, labels, test_images, test_labels = setup.data
-    val_images, val_labels = subset(images, labels, setup.val_idx)
-    start_state = setup.state
+    tx, graphdef = make_optimizer(config.lr), graph(config)
+    begin = replay.apply(prepare(config, data), tx)
+    images, labels, test_images, test_labels = device_data(data)
+    val_images, val_labels = jax.jit(lambda x, y, i: (x[i], y[i]))(images, labels, begin.val_idx)  # one program, not seven
     run = dataclasses.replace(resume, history=list(resume.history)) if resume else RunResult(
-        config, device_description(), setup.graphdef, start_state, start_state, 0, []
+        config, device_description(), graphdef, begin.state, begin.state, 0, []
     )
-    mesh = mesh or sharding.make_mesh("batch", config.batch_size, len(setup.train_idx) % config.batch_size or config.batch_size)
+    mesh = mesh or sharding.make_mesh("batch", config.batch_size, len(begin.train_idx) % config.batch_size or config.batch_size)
     if mesh.size > 1:  # every device holds the data and the model; the batches are split
         run.final, images, labels, val_images, val_labels, test_images, test_labels = sharding.place(
             (run.final, images, labels, val_images, val_labels, test_images, test_labels), mesh
@@ -386,11 +305,11 @@ def train(
 
     start = time.perf_counter()
     train_epoch = (
-        jax.jit(make_train_epoch(setup.graphdef, config.spec.loss, setup.tx, config.batch_size, mesh))
-        .lower(run.final, images, labels, setup.train_idx, setup.epochs_key)
+        jax.jit(make_train_epoch(graphdef, config.spec.loss, tx, config.batch_size, mesh))
+        .lower(run.final, images, labels, begin.train_idx, begin.epochs_key)
         .compile()
     )
-    evaluate = jax.jit(make_evaluate(setup.graphdef, config.spec.loss))
+    evaluate = jax.jit(make_evaluate(graphdef, config.spec.loss))
     evaluate_val, evaluate_test = (
         evaluate.lower(run.final.params, run.final.batch_stats, x, y).compile()
         for x, y in ((val_images, val_labels), (test_images, test_labels))
@@ -402,8 +321,8 @@ def train(
 
     for epoch in range(len(run.history) + 1, config.epochs + 1):
         start = time.perf_counter()
-        shuffle_key, dropout_key = epoch_keys(setup.epochs_key, epoch)
-        order = epoch_order(setup.train_idx, shuffle_key) if replay.orders is None else jnp.asarray(replay.orders[epoch - 1])
+        shuffle_key, dropout_key = epoch_keys(begin.epochs_key, epoch)
+        order = epoch_order(begin.train_idx, shuffle_key) if replay.orders is None else jnp.asarray(replay.orders[epoch - 1])
         state, (train_loss, train_acc) = train_epoch(run.final, images, labels, order, dropout_key)
         val_loss, val_acc = evaluate_val(state.params, state.batch_stats, val_images, val_labels)
         row = {

@@ -1,24 +1,19 @@
 """JAX and PyTorch side by side: python scripts/compare.py --stages all --seeds 3"""
 
-import sys
 import time
-from pathlib import Path
 
 from mnist_jax import cli
 from mnist_jax.data import load_mnist
+from mnist_jax.errors import UsageError
 from mnist_jax.files import write_json
 from mnist_jax.stages import STAGES
-from mnist_jax.train import device_description
-
 
 RESULTS = ("compare.json", "framework_comparison.png")
 
 
 def build_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})"
-    )
+    parser = cli.ArgumentParser(__doc__, out="runs/compare", results=RESULTS)
+    parser.add_stages()
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="seeds 0..N-1 per stage and framework")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per run")
     parser.add_argument(
@@ -33,18 +28,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument(
         "--torch-threads", type=cli.positive_int, help="PyTorch's intra-op threads (default: its own choice)"
     )
-    cli.add_run_arguments(parser, Path("runs/compare"), RESULTS)
     return parser
-
-
-def parse_args():
-    parser = build_parser()
-    args = cli.parse(parser, RESULTS)
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        parser.error('PyTorch is not installed: pip install -e ".[torch]"')
-    return args
 
 
 def pm(summary: dict) -> str:
@@ -54,14 +38,14 @@ def pm(summary: dict) -> str:
 def print_table(results: list[dict], loops: list[str]) -> None:
     head = ["stage", "documented", "JAX"] + [f"PyTorch {loop}" for loop in loops] + ["JAX s/epoch"]
     head += [f"PyTorch {loop} s/epoch" for loop in loops] + [f"speed-up vs {loop}" for loop in loops]
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    rows = []
     for r in results:
         jax_time = r["jax"]["seconds_per_epoch"]
         cells = [f"`{r['stage']}`", f"{100 * r['documented_accuracy']:.2f}", pm(r["jax"])]
         cells += [pm(r[f"torch_{loop}"]) for loop in loops] + [f"{jax_time:.3f}"]
         cells += [f"{r[f'torch_{loop}']['seconds_per_epoch']:.3f}" for loop in loops]
-        cells += [f"{r[f'torch_{loop}']['seconds_per_epoch'] / jax_time:.1f}x" for loop in loops]
-        print("| " + " | ".join(cells) + " |")
+        rows.append(cells + [f"{r[f'torch_{loop}']['seconds_per_epoch'] / jax_time:.1f}x" for loop in loops])
+    cli.print_table(head, rows)
     compile_s = ", ".join(f"{r['stage']} {r['jax']['compile_seconds']:.2f}s" for r in results)
     print(f"JAX compile time (once per run, not in s/epoch): {compile_s}")
     if "compile" in loops:
@@ -70,10 +54,14 @@ def print_table(results: list[dict], loops: list[str]) -> None:
 
 
 def main() -> None:
-    args = parse_args()
-    import torch
+    args = build_parser().parse()
+    try:
+        import torch
+    except ImportError:
+        raise UsageError('PyTorch is not installed: pip install -e ".[torch]"') from None
 
     from mnist_jax import comparison, plots
+    from mnist_jax.train import device_description
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -95,16 +83,15 @@ def main() -> None:
         progress.step(f"{stage} replay of the original")
     progress.close()
     print_table(results, loops)
-    report = {"command": " ".join(["python", "scripts/compare.py", *sys.argv[1:]]), "device": device, "seeds": args.seeds,
+    report = {"command": cli.command(), "device": device, "seeds": args.seeds,
               "epochs": args.epochs, "seconds": time.perf_counter() - start, "stages": results}
     if args.replay_original:
         report["replay"] = replays
         print("\nReplay of the original's seed-42 run (same split, initial weights, batch order):")
-        print("| stage | documented | PyTorch replay | JAX replay | JAX - PyTorch |\n|---|---|---|---|---|")
-        for r in replays:
-            gap = 100 * (r["jax_replay_accuracy"] - r["torch_replay_accuracy"])
-            print(f"| `{r['stage']}` | {100 * r['documented_accuracy']:.2f} | {100 * r['torch_replay_accuracy']:.2f} "
-                  f"| {100 * r['jax_replay_accuracy']:.2f} | {gap:+.2f} |")
+        cli.print_table(["stage", "documented", "PyTorch replay", "JAX replay", "JAX - PyTorch"], [
+            [f"`{r['stage']}`", f"{100 * r['documented_accuracy']:.2f}", f"{100 * r['torch_replay_accuracy']:.2f}",
+             f"{100 * r['jax_replay_accuracy']:.2f}", f"{100 * (r['jax_replay_accuracy'] - r['torch_replay_accuracy']):+.2f}"]
+            for r in replays])
     write_json(args.out / RESULTS[0], report)
     plots.framework_comparison(results, args.out / RESULTS[1], f"JAX vs PyTorch on {device}")
     print(f"wrote {args.out / RESULTS[0]} and {args.out / RESULTS[1]}")

@@ -1,9 +1,7 @@
 """The limits of linearity: exact least squares, converged softmax regression, MLP widths:
 python scripts/linearity.py --seeds 3"""
 
-import sys
 import time
-from pathlib import Path
 
 from mnist_jax import cli
 from mnist_jax.data import load_mnist
@@ -13,17 +11,16 @@ RESULTS = ("linearity.json", "width_sweep.png")
 
 
 def build_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(__doc__, out="runs/linearity", results=RESULTS)
     parser.add_argument("--seeds", type=cli.positive_int, default=3, help="seeds per MLP width")
     parser.add_argument("--widths", type=cli.comma_separated(cli.positive_int), default="8,16,32,64,128,256,512,1024", help="comma-separated hidden widths")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per MLP run")
     parser.add_argument("--max-steps", type=cli.positive_int, default=2000, help="most L-BFGS steps of the converged softmax regression")
-    cli.add_run_arguments(parser, Path("runs/linearity"), RESULTS)
     return parser
 
 
 def main() -> None:
-    args = cli.parse(build_parser(), RESULTS)
+    args = build_parser().parse()
     import jax
 
     from mnist_jax import linearity, plots
@@ -54,7 +51,7 @@ def main() -> None:
         "width_sweep": sweep,
         "seeds": args.seeds,
         "epochs": args.epochs,
-        "command": " ".join(["python", "scripts/linearity.py", *sys.argv[1:]]),
+        "command": cli.command(),
         "device": device_description(),
         "jax_version": jax.__version__,
         "seconds": time.perf_counter() - start,

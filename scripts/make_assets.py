@@ -8,8 +8,7 @@ import numpy as np
 
 from mnist_jax import cli
 from mnist_jax.files import PARTIAL
-from mnist_jax.study import StudyFileError, load_study
-from mnist_jax.sweep import SweepFileError, answers, load_sweep
+from mnist_jax.errors import UsageError
 
 FIGURES = ("training_curves.png", "comparison_chart.png", "evolution_diagram.png", "weight_templates.png",
            "confusion_matrices.png", "misclassified.png")
@@ -17,43 +16,34 @@ SWEEP_FIGURES = ("sweep_dropout.png", "sweep_learning_rates.png")
 
 
 def build_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(__doc__, out="runs/figures", holds="the figures", results=FIGURES + SWEEP_FIGURES, trains=False)
     parser.add_argument("--results", type=Path, default=Path("runs/study/results.json"), help="written by scripts/study.py")
     parser.add_argument("--sweep", type=Path, help="sweep.json written by scripts/sweep.py: draw its figures too")
-    cli.add_output_arguments(parser, Path("runs/figures"), "the figures")
     return parser
 
 
-def parse_args():
-    parser = build_parser()
-    args = parser.parse_args()
-    arrays = args.results.with_name("study_arrays.npz")
-    for path in (args.results, arrays):
-        if not path.is_file():
-            parser.error(f"argument --results: {path} not found; run scripts/study.py first")
+def read(path: Path, option: str, script: str, load):
+    """What `load` reads from `path`, given as `option`; `UsageError` if it cannot."""
+    if not path.is_file():
+        raise UsageError(f"argument {option}: {path} not found; run scripts/{script} first")
     try:
-        args.study = load_study(args.results)
-    except StudyFileError as e:
-        parser.error(f"argument --results: {e}")
-    if args.sweep is not None:
-        if not args.sweep.is_file():
-            parser.error(f"argument --sweep: {args.sweep} not found; run scripts/sweep.py first")
-        try:
-            sweep = load_sweep(args.sweep)
-            args.answers = answers(sweep)
-        except (SweepFileError, ValueError, KeyError) as e:
-            parser.error(f"argument --sweep: {e}")
-        args.sweep_device = sweep["grids"][0]["device"]
-    cli.claim(parser, "--out", args.out)
-    cli.refuse_existing(parser, args, *FIGURES, *(SWEEP_FIGURES if args.sweep else ()))
-    return args
+        return load(path)
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"argument {option}: {e}") from None
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse()
+    from mnist_jax.study import load_study
+    from mnist_jax.sweep import answers, load_sweep
+
+    read(args.results.with_name("study_arrays.npz"), "--results", "study.py", Path.is_file)
+    results, arrays = read(args.results, "--results", "study.py", load_study)
+    if args.sweep is not None:
+        sweep = read(args.sweep, "--sweep", "sweep.py", load_sweep)
+        found = read(args.sweep, "--sweep", "sweep.py", lambda _: answers(sweep))
     from mnist_jax import plots
 
-    results, arrays = args.study
     written = []  # each drawn beside its place, and moved there once all are drawn: a failure leaves none
 
     def draw(name, fn, *fn_args):
@@ -70,21 +60,19 @@ def main() -> None:
             linear, mlp = (str(s) for s in arrays["misclassified_stages"])
             draw("confusion_matrices.png", lambda a, p: plots.confusion_matrices(a, p, [linear, mlp]), arrays)
             draw("misclassified.png", plots.misclassified, arrays)
-        if args.sweep is not None and "dropout" in args.answers:
-            draw("sweep_dropout.png", plots.sweep_dropout, args.answers["dropout"], args.sweep_device)
-        if args.sweep is not None and {"batchnorm", "linear"} & args.answers.keys():
-            draw("sweep_learning_rates.png", plots.sweep_learning_rates, args.answers, args.sweep_device)
+        if args.sweep is not None and "dropout" in found:
+            draw("sweep_dropout.png", plots.sweep_dropout, found["dropout"], sweep["grids"][0]["device"])
+        if args.sweep is not None and {"batchnorm", "linear"} & found.keys():
+            draw("sweep_learning_rates.png", plots.sweep_learning_rates, found, sweep["grids"][0]["device"])
         for name in written:
             os.replace(args.out / f"{PARTIAL}{name}", args.out / name)
     finally:
         for name in written:
             (args.out / f"{PARTIAL}{name}").unlink(missing_ok=True)
     print(f"wrote {', '.join(written)} to {args.out}")
-    print("| stage | val accuracy after epoch 1 | train accuracy after the last epoch |\n|---|---|---|")
-    for stage, r in results["stages"].items():
-        first = np.mean([seed[0]["val_accuracy"] for seed in r["history"]])
-        last = np.mean([seed[-1]["train_accuracy"] for seed in r["history"]])
-        print(f"| `{stage}` | {first:.2%} | {last:.2%} |")
+    cli.print_table(["stage", "val accuracy after epoch 1", "train accuracy after the last epoch"], [
+        [f"`{stage}`", f"{np.mean([seed[0]['val_accuracy'] for seed in r['history']]):.2%}",
+         f"{np.mean([seed[-1]['train_accuracy'] for seed in r['history']]):.2%}"] for stage, r in results["stages"].items()])
 
 
 if __name__ == "__main__":

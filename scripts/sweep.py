@@ -1,20 +1,19 @@
 """Hyperparameter grids, every point and seed trained together, one program per stage and width:
 python scripts/sweep.py --stages mlp,mlp_dropout --dropout 0.1,0.2,0.5 --epochs 40 --seeds 10"""
 
-import sys
 import time
-from pathlib import Path
 
 from mnist_jax import cli, distributed
 from mnist_jax.data import load_mnist
-from mnist_jax.stages import STAGES
+from mnist_jax.errors import UsageError
+from mnist_jax.stages import STAGES, TrainConfig
 
 RESULTS = ("sweep.json",)
 
 
 def build_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
+    parser = cli.ArgumentParser(__doc__, out="runs/sweep", results=RESULTS, resume=True, processes=True)
+    parser.add_stages()
     parser.add_argument("--lr", type=cli.comma_separated(cli.positive_float), help="comma-separated Adam learning rates (default: 1e-3)")
     parser.add_argument(
         "--dropout", type=cli.comma_separated(cli.dropout_rate),
@@ -23,56 +22,34 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--hidden", type=cli.comma_separated(cli.positive_int), help="comma-separated widths of the MLP stages (default: 256)")
     parser.add_argument("--seeds", type=cli.positive_int, default=10, help="seeds 0..N-1 of every grid point")
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per model; every shorter length is in its history")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=cli.TRAIN_DEFAULTS["batch_size"], help="examples per Adam step")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=TrainConfig.batch_size, help="examples per Adam step")
     parser.add_argument(
         "--models-at-once", type=cli.positive_int,
         help="train at most this many models in one program (default: as many as fit in memory; the rest in further chunks)",
     )
     parser.add_argument("--add", action="store_true", help="add this grid to the sweep.json already in --out")
-    cli.add_run_arguments(parser, Path("runs/sweep"), RESULTS, resume=True)
-    distributed.add_arguments(parser)
     return parser
 
 
-WORK = ("stages", "lr", "dropout", "hidden", "seeds", "epochs", "batch_size", "add")  # what decides the results
+def check_add(args) -> None:
+    """--add extends a sweep.json that is there and whole."""
+    from mnist_jax.sweep import SweepFileError, load_sweep
 
-
-def parse_args():
-    parser = build_parser()
-    args = cli.parse(parser)
-    if distributed.is_main():  # only process 0 writes
-        check_out(parser, args)
-    args.progress = cli.grid_progress(parser, args, {name: getattr(args, name) for name in WORK})
-    return args
-
-
-def check_out(parser, args) -> None:
-    cli.claim(parser, "--out", args.out)
-    if not args.add:
-        cli.refuse_existing(parser, args, *RESULTS)
-    else:
-        from mnist_jax.sweep import SweepFileError, load_sweep
-
-        path = args.out / RESULTS[0]
-        if not path.is_file():
-            parser.error(f"--add: {path} not found; run without --add first")
-        try:
-            load_sweep(path)
-        except SweepFileError as e:
-            parser.error(f"--add: {e}")
-
-
-def interval(ci95: list | None, sign: str = "") -> str:
-    """A 95% interval in points, or n/a (one seed has none)."""
-    return f"[{100 * ci95[0]:{sign}.2f}, {100 * ci95[1]:{sign}.2f}]" if ci95 else "[n/a]"
+    path = args.out / RESULTS[0]
+    if not path.is_file():
+        raise UsageError(f"--add: {path} not found; run without --add first")
+    try:
+        load_sweep(path)
+    except SweepFileError as e:
+        raise UsageError(f"--add: {e}") from None
 
 
 def pct(summary: dict) -> str:
-    return f"{100 * summary['mean']:.2f} {interval(summary['ci95'])}"
+    return f"{100 * summary['mean']:.2f} {cli.interval(summary['ci95'])}"
 
 
 def diff(d: dict | None) -> str:
-    return f"{100 * d['difference']:+.2f} {interval(d['ci95'], '+')}" if d else "n/a"
+    return f"{100 * d['difference']:+.2f} {cli.interval(d['ci95'], '+')}" if d else "n/a"
 
 
 def width(answer: dict) -> str:
@@ -116,11 +93,11 @@ def print_answers(answers: dict) -> None:
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse()
+    if args.add and distributed.is_main():
+        check_add(args)
     from mnist_jax import sweep
 
-    if not args.resume:
-        args.progress.start()
     data = load_mnist(args.source, args.data_dir)
     progress = {}
 
@@ -134,9 +111,8 @@ def main() -> None:
         epochs=args.epochs, batch_size=args.batch_size, models_at_once=args.models_at_once, on_stage=on_stage,
         progress=args.progress,
     )
-    command = " ".join(["python", "scripts/sweep.py", *sys.argv[1:]])
     path = args.out / RESULTS[0]
-    saved = sweep.save_grid(grid, path, command, time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
+    saved = sweep.save_grid(grid, path, cli.command(), time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
     args.progress.clear()
     print(f"\n{len(grid['rows'])} models, {args.epochs} epochs, {grid['device']}: compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")

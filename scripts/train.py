@@ -5,87 +5,89 @@ import json
 from pathlib import Path
 
 from mnist_jax import cli
-from mnist_jax.checkpoint import RUN_FILES, CheckpointError, has_checkpoint, load_run, save_run, saved_epochs
 from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION, load_mnist
+from mnist_jax.errors import EXIT_DIVERGED, EXIT_WRITE_FAILED, NonFiniteLoss, UsageError
 from mnist_jax.files import foreign_entries, signals_deferred, write_json
-from mnist_jax.stages import STAGES
-from mnist_jax.train import NonFiniteLoss, TrainConfig, device_description, summary, train
+from mnist_jax.stages import STAGES, TrainConfig
 
 
 def build_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--stage", required=True, choices=[*STAGES, "all"], help="which stage to train; all: the five in turn"
-    )
-    cli.add_training_arguments(parser)
-    cli.add_data_arguments(parser)
-    cli.add_cache_arguments(parser)
-    parser.add_argument(
-        "--out", type=cli.output_folder, help="run folder; with all, one folder per stage inside it (default: runs/<stage>-seed<seed>)"
-    )
-    again = parser.add_mutually_exclusive_group()
-    again.add_argument(
-        "--resume", action="store_true",
-        help="continue the run saved in the run folder, with its settings, up to --epochs; with all, "
-        "finished stages are skipped and stages not started begin",
-    )
-    again.add_argument(
-        "--overwrite", action="store_true",
-        help="replace a run already in the run folder (once the new run has saved its first epoch; "
-        "a folder holding anything else is refused)",
-    )
+    parser = cli.ArgumentParser(__doc__, holds="the run; with --stage all, one folder per stage inside it "
+                                "(default: runs/<stage>-seed<seed>)", resume=True)
+    parser.add_argument("--stage", required=True, type=lambda s: s if s == "all" else cli.stage(s),
+                        help=f"which stage to train ({', '.join(STAGES)}); all: the five in turn")
+    # Options --resume compares: None unless given (`given` tells them from ones given with their default value).
+    parser.add_argument("--epochs", type=cli.positive_int, default=TrainConfig.epochs, help="passes over the 54,000 training images")
+    parser.add_argument("--batch-size", type=cli.positive_int, help=f"examples per Adam step (default: {TrainConfig.batch_size})")
+    parser.add_argument("--lr", type=cli.positive_float, help=f"Adam learning rate (default: {TrainConfig.lr:g})")
+    parser.add_argument("--seed", type=cli.seed, help=f"seeds the split, init, order and dropout (default: {TrainConfig.seed})")
+    parser.add_argument("--hidden", type=cli.positive_int, help="hidden width of the MLP stages (default: the stage's own, 256)")
+    parser.add_argument("--dropout", type=cli.dropout_rate,
+                        help="dropout rate of the MLP stages (default: the stage's own, 0.5 for mlp_dropout, else 0)")
     return parser
 
 
 def parse_args():
     parser = build_parser()
-    args = parser.parse_args()
-    args.given = cli.given_training(args)
+    args = parser.parse()
+    args.given = {name: getattr(args, name) for name in ("batch_size", "lr", "seed", "hidden", "dropout") if getattr(args, name) is not None}
+    for name in ("batch_size", "lr", "seed"):
+        setattr(args, name, args.given.get(name, getattr(TrainConfig, name)))
     args.stages = list(STAGES) if args.stage == "all" else [args.stage]
+    global checkpoint
+    from mnist_jax import checkpoint  # after the arguments are checked: it imports JAX
+
+    try:
+        check_run_folders(args)
+    except UsageError as e:
+        parser.error(str(e))
+    return args
+
+
+def check_run_folders(args) -> None:
+    """Each stage's run folder: claimed, holding only a run, and one to continue with --resume."""
     for name in ("hidden", "dropout"):
         if getattr(args, name) is not None and not all(STAGES[s].is_mlp for s in args.stages):
-            parser.error(f"--{name} applies to the MLP stages only, not {args.stage}")
+            raise UsageError(f"--{name} applies to the MLP stages only, not {args.stage}")
     num_train = NUM_EXAMPLES["train"] - NUM_VALIDATION
     if args.batch_size > num_train:
-        parser.error(f"argument --batch-size: at most the {num_train} training images, got {args.batch_size}")
-    cli.use_compile_cache(parser, args)
+        raise UsageError(f"argument --batch-size: at most the {num_train} training images, got {args.batch_size}")
     args.resumed = {}
     for stage in args.stages:
         out = run_dir(args, stage)
         if out.is_symlink() and out != args.out:
-            parser.error(f"--out: {out} is a link; train.py never follows one it did not make: choose another --out")
-        cli.claim(parser, "--out", out)
-        foreign = foreign_entries(out, RUN_FILES)
+            raise UsageError(f"--out: {out} is a link; train.py never follows one it did not make: choose another --out")
+        cli.claim(out)
+        foreign = foreign_entries(out, checkpoint.RUN_FILES)
         if foreign and not args.resume:
-            parser.error(f"--out: {out} holds {', '.join(foreign)}, which train.py did not write; "
-                         "it writes or replaces only a run folder: choose another --out")
+            raise UsageError(f"--out: {out} holds {', '.join(foreign)}, which train.py did not write; "
+                             "it writes or replaces only a run folder: choose another --out")
         if args.resume:
-            args.resumed[stage] = resumable(parser, args, stage, out)
-        elif has_checkpoint(out) and not args.overwrite:
-            parser.error(f"--out: {out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                         "or choose another --out")
+            args.resumed[stage] = resumable(args, stage, out)
+        elif checkpoint.has_checkpoint(out) and not args.overwrite:
+            raise UsageError(f"--out: {out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                             "or choose another --out")
     if args.resume and not any(args.resumed.values()):
-        parser.error(f"--resume: no checkpoint in {run_dir(args, args.stages[0]) if len(args.stages) == 1 else args.out} to continue")
-    return args
+        raise UsageError(f"--resume: no checkpoint in {run_dir(args, args.stages[0]) if len(args.stages) == 1 else args.out} to continue")
 
 
-def resumable(parser, args, stage: str, out: Path):
+def resumable(args, stage: str, out: Path):
     """The run saved in `out`, if it is one that `args` can continue; None if there is
     none and `args` trains all stages (this one has not started)."""
-    if not has_checkpoint(out):
+    if not checkpoint.has_checkpoint(out):
         return None
     try:
-        run = load_run(out)
-    except CheckpointError as e:
-        parser.error(f"--resume: {e}; pass --overwrite to start again")
+        run = checkpoint.load_run(out)
+    except checkpoint.CheckpointError as e:
+        raise UsageError(f"--resume: {e}; pass --overwrite to start again") from None
     if len(run.history) > args.epochs:
-        parser.error(f"--resume: {out} already ran {len(run.history)} epochs, more than --epochs {args.epochs}")
+        raise UsageError(f"--resume: {out} already ran {len(run.history)} epochs, more than --epochs {args.epochs}")
     config = run.config  # its hidden width and dropout rate as trained (None: the stage's own)
     saved = dataclasses.asdict(config) | {"hidden": config.hidden or config.spec.hidden, "dropout": config.dropout_rate}
     asked = {"stage": stage} | args.given
     differ = [f"--{name.replace('_', '-')} {value} (saved: {saved[name]})" for name, value in asked.items() if saved[name] != value]
     if differ:
-        parser.error(f"--resume: the run in {out} is {run.config.describe()}, not what was asked: {', '.join(differ)}; "
+        raise UsageError(f"--resume: the run in {out} is {run.config.describe()}, not what was asked: {', '.join(differ)}; "
                      "pass --overwrite to start again, or choose another --out")
     return run
 
@@ -107,10 +109,10 @@ def print_epoch(row: dict) -> None:
 
 
 def print_table(results: list[dict]) -> None:
-    print("\n| stage | documented | this run | difference |\n|---|---|---|---|")
-    for r in results:
-        print(f"| `{r['stage']}` | {r['documented_accuracy']:.2%} | {r['test_accuracy']:.2%} | "
-              f"{100 * (r['test_accuracy'] - r['documented_accuracy']):+.2f} |")
+    print()
+    cli.print_table(["stage", "documented", "this run", "difference"], [
+        [f"`{r['stage']}`", f"{r['documented_accuracy']:.2%}", f"{r['test_accuracy']:.2%}",
+         f"{100 * (r['test_accuracy'] - r['documented_accuracy']):+.2f}"] for r in results])
 
 
 def finished(resume, out: Path, epochs: int) -> dict | None:
@@ -128,11 +130,11 @@ def finished(resume, out: Path, epochs: int) -> dict | None:
 def stop_note(args, stage: str) -> str:
     """What a stop in `stage` leaves, and how to continue."""
     out = run_dir(args, stage)
-    kept = saved_epochs(out)
+    kept = checkpoint.saved_epochs(out)
     done = args.stages[: args.stages.index(stage)]
     if kept:
         what = f"{out} keeps the checkpoint of epoch {kept}"
-    elif args.overwrite and has_checkpoint(out):
+    elif args.overwrite and checkpoint.has_checkpoint(out):
         what = f"the run being replaced in {out} is kept as it was"
     else:
         what = f"no epoch of {stage} was saved"
@@ -162,25 +164,27 @@ def train_stage(args, stage: str, data) -> dict:
             with signals_deferred():  # the checkpoint and metrics.json together
                 write()
         except OSError as e:
-            kept = saved_epochs(out)
+            kept = checkpoint.saved_epochs(out)
             kept = f"{out} keeps the checkpoint of epoch {kept}; --resume continues it" if kept else "nothing was saved"
-            cli.fail(f"could not save epoch {len(run.history)} to {out}: {e.strerror or e}; {kept}", cli.EXIT_WRITE_FAILED)
+            cli.fail(f"could not save epoch {len(run.history)} to {out}: {e.strerror or e}; {kept}", EXIT_WRITE_FAILED)
 
     def write_epoch(run) -> None:
         if not resume and len(run.history) == 1:  # a run being replaced goes now, its metrics first
             (out / "metrics.json").unlink(missing_ok=True)
-        save_run(run, out, summary(run))
+        checkpoint.save_run(run, out, summary(run))
 
     def after_epoch(run) -> None:
         print_epoch(run.history[-1])
         save(run, lambda: write_epoch(run))
         cli.stop_if_pending()
 
+    from mnist_jax.train import summary, train
+
     try:
         result = train(config, data, on_epoch=after_epoch, resume=resume)
     except NonFiniteLoss as e:
         kept = f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1 else "nothing was saved"
-        cli.fail(f"training stopped: {e}; {kept}", cli.EXIT_DIVERGED)
+        cli.fail(f"training stopped: {e}; {kept}", EXIT_DIVERGED)
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
     metrics = summary(result)
     save(result, lambda: write_json(out / "metrics.json", metrics))
@@ -191,6 +195,8 @@ def train_stage(args, stage: str, data) -> dict:
 def main() -> None:
     args = parse_args()
     data = load_mnist(args.source, args.data_dir)
+    from mnist_jax.train import device_description
+
     print(f"device: {device_description()} | data: {data.source}", flush=True)
     results = [train_stage(args, stage, data) for stage in args.stages]
     if len(results) > 1:

@@ -20,7 +20,9 @@ from mnist_jax.data import MNIST, NUM_EXAMPLES
 from mnist_jax.evaluate import make_evaluate
 from mnist_jax.stages import STAGES
 from mnist_jax.study import _grid_programs
-from mnist_jax.train import TrainConfig, device_data, epoch_keys, epoch_order, make_init, make_optimizer, make_train_epoch, stack, subset
+from mnist_jax.train import (
+    Point, TrainConfig, device_data, epoch_keys, epoch_order, graph, initial, make_optimizer, make_train_epoch, point,
+)
 
 PLATFORMS = ("tpu", "cuda")
 
@@ -54,18 +56,19 @@ def programs(config: TrainConfig, data: MNIST, models: int = 10, mesh: jax.shard
     with its own learning rate and dropout rate); with a `mesh`, the training epoch's
     batches split over it, as `train` does."""
     tx = make_optimizer(config.lr)
-    graphdef, init = make_init(config, tx, len(data.train_images))
-    epochs_key, state, train_idx, val_idx = jax.eval_shape(init, config.point)
+    graphdef, init = graph(config), jax.tree_util.Partial(initial, config, tx, len(data.train_images))
+    epochs_key, state, train_idx, val_idx = jax.eval_shape(init, point(config))
     images, labels, test_images, test_labels = jax.eval_shape(lambda: device_data(data))
     if mesh is not None:
         state, images, labels = sharding.abstract((state, images, labels), mesh)
+    subset = jax.jit(lambda x, y, i: (x[i], y[i]))  # as `train` takes the validation images
     val_images, val_labels = jax.eval_shape(subset, images, labels, val_idx)
     evaluate = jax.jit(make_evaluate(graphdef, config.spec.loss))
-    grid_epoch, grid_test = _grid_programs(config, graphdef, tx, sharding.make_mesh("seed", 1), width=None)
-    many_keys, many_states, many_train_idx, many_val_idx = jax.eval_shape(jax.vmap(init), stack([config.point] * models))
+    grid_epoch, grid_test = _grid_programs(config, graphdef, tx, sharding.make_mesh("seed", 1), vmapped=True)
+    many_keys, many_states, many_train_idx, many_val_idx = jax.eval_shape(jax.vmap(init), Point(*(jnp.full(models, x) for x in point(config))))
     grid_models = (many_states, many_train_idx, many_val_idx, many_keys)
     return {
-        "init": (jax.jit(init), config.point),
+        "init": (jax.jit(init), point(config)),
         "epoch_keys": (epoch_keys, epochs_key, 1),
         "epoch_order": (epoch_order, train_idx, epochs_key),
         "subset": (subset, images, labels, val_idx),

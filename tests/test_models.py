@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from mnist_jax.models import BatchNorm1d, Dropout, count_params, dropout_bits
-from mnist_jax.stages import STAGES, cross_entropy, softmax_mse
+from mnist_jax.models import cross_entropy, softmax_mse
+from mnist_jax.stages import STAGES
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from mnist_jax.study import train_seeds
 from mnist_jax.stages import STAGES
 from mnist_jax.train import (
     TrainConfig,
+    graph,
     init_state,
     make_optimizer,
     make_train_step,
@@ -31,7 +32,7 @@ def same_start(stage: str, seed: int = 0):
     """A JAX state and a PyTorch model holding the very same initial weights."""
     config = TrainConfig(stage)
     tx = make_optimizer(config.lr)
-    graphdef, state = init_state(config, run_keys(seed).init, tx)
+    graphdef, state = graph(config), init_state(config, run_keys(seed)[1], tx)
     model = tr.build_model(stage)
     model.load_state_dict(tr.flax_to_torch(nnx.to_pure_dict(state.params), nnx.to_pure_dict(state.batch_stats)))
     return config, tx, graphdef, state, model
@@ -140,7 +141,7 @@ def test_mlp_dropout_matches_pytorch_in_eval_mode(tiny):
     model.eval()
     with torch.no_grad():
         expected = model(x).numpy()
-    jax_logits = nnx.merge(graphdef, state.params, state.batch_stats)(jnp.asarray(x.numpy()), train=False)
+    jax_logits = nnx.merge(graphdef, state.params, state.batch_stats)(jnp.asarray(x.numpy()))
     np.testing.assert_allclose(np.asarray(jax_logits), expected, rtol=0, atol=STATE_ATOL)
 
 

@@ -19,7 +19,7 @@ PROGRAM = textwrap.dedent(
     from flax import nnx
     from mnist_jax import sharding, study
     from mnist_jax.data import MNIST, load_idx_dir
-    from mnist_jax.train import Replay, TrainConfig, init_state, make_optimizer, run_keys, train
+    from mnist_jax.train import Replay, TrainConfig, graph, init_state, make_optimizer, run_keys, train
 
     full = load_idx_dir(sys.argv[1])
     data = MNIST(full.train_images[:7000], full.train_labels[:7000], full.test_images[:2000], full.test_labels[:2000], "subset")
@@ -27,7 +27,7 @@ PROGRAM = textwrap.dedent(
     config = TrainConfig("mlp_bn", epochs=1)
     # float64, so that agreement to ~1e-10 shows the same computation, rounding aside
     jax.config.update("jax_enable_x64", True)
-    _, start = init_state(config, run_keys(config.seed).init, make_optimizer(config.lr))
+    start = init_state(config, run_keys(config.seed)[1], make_optimizer(config.lr))
     initial = [jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(s)) for s in start[:2]]
     for name, mesh in (("one", sharding.make_mesh("batch", 1)), ("many", None)):
         run = train(config, data, mesh=mesh, replay=Replay(initial=initial))
@@ -38,8 +38,8 @@ PROGRAM = textwrap.dedent(
             "batch_stats": jax.tree.map(lambda a: np.asarray(a).tolist(), nnx.to_pure_dict(run.final.batch_stats)),
         }
     jax.config.update("jax_enable_x64", False)
-    for name, mesh, width in (("one", sharding.make_mesh("seed", 1), 1), ("many", None, 1), ("many_vmapped", None, None)):
-        seeds = study.train_seeds(TrainConfig("linear_ce", epochs=1), data, list(range(8)), mesh=mesh, width=width)
+    for name, mesh, vmapped in (("one", sharding.make_mesh("seed", 1), False), ("many", None, False), ("many_vmapped", None, True)):
+        seeds = study.train_seeds(TrainConfig("linear_ce", epochs=1), data, list(range(8)), mesh=mesh, vmapped=vmapped)
         out[f"seeds_{name}"] = {
             "test_accuracies": seeds.test_accuracies.tolist(),
             "params": jax.tree.map(lambda a: a.tolist(), seeds.final_params),

@@ -21,7 +21,7 @@ from mnist_jax import cli
 from mnist_jax.checkpoint import load_run, save_run
 from mnist_jax.files import LOCK, release_locks
 from mnist_jax.progress import GridProgress
-from mnist_jax.train import RunResult, TrainConfig, init_state, make_optimizer
+from mnist_jax.train import RunResult, TrainConfig, graph, init_state, make_optimizer
 
 
 def start(script: str, *args) -> subprocess.Popen:
@@ -68,7 +68,7 @@ def parse_train(monkeypatch, *argv):
 
 def saved_run(folder, config: TrainConfig) -> None:
     """A run of `config` saved after one (untrained) epoch, as train.py saves it."""
-    graphdef, state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    graphdef, state = graph(config), init_state(config, jax.random.key(0), make_optimizer(config.lr))
     history = [{"epoch": 1, "train_loss": 2.3, "train_accuracy": 0.1, "val_loss": 2.3, "val_accuracy": 0.1}]
     save_run(RunResult(config, "cpu", graphdef, state, state, 1, history), folder,
              {"stage": config.stage, "framework": "jax", "history": history})
@@ -129,10 +129,9 @@ def test_a_users_files_named_like_the_projects_own_are_left_alone(tmp_path, monk
     assert "linear_mse-seed42 is a link" in capsys.readouterr().err
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / "progress").symlink_to(tmp_path / "mine")
-    parser = cli.ArgumentParser(prog="study.py")
-    cli.add_output_arguments(parser, tmp_path / "study", "results.json", resume=True)
+    parser = cli.ArgumentParser(prog="study.py", out=str(tmp_path / "study"), results=("results.json",), resume=True, trains=False)
     with pytest.raises(SystemExit):
-        cli.grid_progress(parser, parser.parse_args(["--overwrite"]), {"seeds": 2})
+        parser.parse(["--overwrite"])
     assert "holds progress (a link or a file)" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [LOCK, ".partial-notes.txt"]
 
@@ -333,11 +332,10 @@ def test_damaged_progress_is_ours_to_replace_and_refused_in_one_line_on_resume(t
 
 
 def test_progress_holding_a_users_file_is_refused(tmp_path, capsys):
-    parser = cli.ArgumentParser(prog="study.py")
-    cli.add_output_arguments(parser, tmp_path, "results.json", resume=True)
+    parser = cli.ArgumentParser(prog="study.py", out=str(tmp_path), results=("results.json",), resume=True, trains=False)
     (tmp_path / "progress").mkdir()
     (tmp_path / "progress" / "plan.md").write_text("mine")
     with pytest.raises(SystemExit):
-        cli.grid_progress(parser, parser.parse_args(["--overwrite"]), {"seeds": 2})
+        parser.parse(["--overwrite"])
     assert "holds progress/plan.md, which" in capsys.readouterr().err
     assert (tmp_path / "progress" / "plan.md").read_text() == "mine"

@@ -26,8 +26,8 @@ def test_a_grid_is_every_rate_by_every_seed_and_unlisted_options_are_the_stages_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("width", [1, None], ids=["lax.map (the CPU's way)", "vmap (the accelerators' way)"])
-def test_every_grid_point_trains_exactly_like_its_configuration_alone(tiny, width):
+@pytest.mark.parametrize("vmapped", [False, True], ids=["lax.map (the CPU's way)", "vmap (the accelerators' way)"])
+def test_every_grid_point_trains_exactly_like_its_configuration_alone(tiny, vmapped):
     """Learning rates and dropout rates differ between the models of one program; each
     model is its configuration trained alone, in float64, where agreement shows the same
     computation. Rates 0.3 and 0.5 need different random bits per unit (32 and 1), so
@@ -35,7 +35,7 @@ def test_every_grid_point_trains_exactly_like_its_configuration_alone(tiny, widt
     config = TrainConfig("mlp_dropout", epochs=2, hidden=16)
     points = [Point(0, 1e-3, 0.3), Point(1, 3e-3, 0.3), Point(1, 3e-3, 0.5), Point(0, 1e-2, 0.5)]
     with jax.enable_x64(True):
-        grid = study.train_grid(config, tiny, points, width=width)
+        grid = study.train_grid(config, tiny, points, vmapped=vmapped)
         alone = [train(dataclasses.replace(config, seed=p.seed, lr=p.lr, dropout=p.dropout), tiny) for p in points[1:3]]
     assert grid.points == points
     for i, run in enumerate(alone, start=1):

@@ -14,6 +14,7 @@ from mnist_jax.study import train_seeds
 from mnist_jax.sweep import run_grid
 from mnist_jax.train import (
     TrainConfig,
+    graph,
     init_state,
     make_optimizer,
     make_train_epoch,
@@ -34,7 +35,7 @@ def device_data(tiny):
 def setup(stage="mlp_bn", seed=0):
     config = TrainConfig(stage, seed=seed)
     tx = make_optimizer(config.lr)
-    graphdef, state = init_state(config, run_keys(seed).init, tx)
+    graphdef, state = graph(config), init_state(config, run_keys(seed)[1], tx)
     return config, tx, graphdef, state
 
 
