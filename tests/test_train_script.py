@@ -69,7 +69,7 @@ def test_checkpoint_restores_the_final_and_best_models(runs, mnist):
     assert accuracy(final, mnist.test_images, mnist.test_labels) == metrics["test_accuracy"]
 
     best, _ = load_model(run_dir, "best")
-    _, val_idx = split_indices(run_keys(42).split, 60_000)
+    _, val_idx = split_indices(run_keys(42)[0], 60_000)
     val_idx = np.asarray(val_idx)
     best_row = max(metrics["history"], key=lambda row: row["val_accuracy"])
     val_acc = accuracy(best, mnist.train_images[val_idx], mnist.train_labels[val_idx])
