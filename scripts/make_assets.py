@@ -8,8 +8,9 @@ import numpy as np
 
 from mnist_jax import cli
 from mnist_jax.files import PARTIAL
-from mnist_jax.study import StudyFileError, load_study
-from mnist_jax.sweep import SweepFileError, answers, load_sweep
+from mnist_jax.errors import ResultFileError
+from mnist_jax.results import load_study, load_sweep
+from mnist_jax.sweep import answers
 
 FIGURES = ("training_curves.png", "comparison_chart.png", "evolution_diagram.png", "weight_templates.png",
            "confusion_matrices.png", "misclassified.png")
@@ -33,7 +34,7 @@ def parse_args():
             parser.error(f"argument --results: {path} not found; run scripts/study.py first")
     try:
         args.study = load_study(args.results)
-    except StudyFileError as e:
+    except ResultFileError as e:
         parser.error(f"argument --results: {e}")
     if args.sweep is not None:
         if not args.sweep.is_file():
@@ -41,7 +42,7 @@ def parse_args():
         try:
             sweep = load_sweep(args.sweep)
             args.answers = answers(sweep)
-        except (SweepFileError, ValueError, KeyError) as e:
+        except (ValueError, KeyError) as e:  # a ResultFileError, or a question the sweep cannot answer
             parser.error(f"argument --sweep: {e}")
         args.sweep_device = sweep["grids"][0]["device"]
     cli.claim(parser, "--out", args.out)

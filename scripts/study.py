@@ -50,6 +50,7 @@ def main() -> None:
     args = cli.parse(parser, RESULTS)
     progress = cli.grid_progress(parser, args, {"stages": args.stages, "seeds": args.seeds, "epochs": args.epochs})
     from mnist_jax import study
+    from mnist_jax.results import save_study
 
     if not args.resume:
         progress.start()
@@ -68,7 +69,7 @@ def main() -> None:
         if results[stage].models_at_once < args.seeds:
             print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].models_at_once}", flush=True)
     command = " ".join(["python", "scripts/study.py", *sys.argv[1:]])
-    report = study.save_study(results, data, args.out, command, time.perf_counter() - start, write=distributed.is_main())
+    report = save_study(results, data, args.out, command, time.perf_counter() - start, write=distributed.is_main())
     progress.clear()
     print(f"\n{args.seeds} seeds, {args.epochs} epochs, {report['device']}, {report['seconds']:.1f}s in all")
     print_report(report)

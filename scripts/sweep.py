@@ -51,14 +51,15 @@ def check_out(parser, args) -> None:
     if not args.add:
         cli.refuse_existing(parser, args, *RESULTS)
     else:
-        from mnist_jax.sweep import SweepFileError, load_sweep
+        from mnist_jax.errors import ResultFileError
+        from mnist_jax.results import load_sweep
 
         path = args.out / RESULTS[0]
         if not path.is_file():
             parser.error(f"--add: {path} not found; run without --add first")
         try:
             load_sweep(path)
-        except SweepFileError as e:
+        except ResultFileError as e:
             parser.error(f"--add: {e}")
 
 
@@ -108,7 +109,7 @@ def print_answers(answers: dict) -> None:
             lr = {s: c["choice"][s]["lr"] for s in (before, after)}
             test = {s: c["choice"][s]["by_lr"][f"{lr[s]:g}"]["test"] for s in (before, after)}
             print(f"| {c['epoch']} | {lr[before]:g} | {lr[after]:g} | {pct(test[before])} | {pct(test[after])} "
-                  f"| {diff(c['at_best_lr'])} | {diff(c['at_lr_0.001'])} |")
+                  f"| {diff(c['at_best_lr'])} | {diff(c['at_reference_lr'])} |")
         if key == "linear":
             best = answers[key]["best_lr_and_epoch"]
             print(f"| best (lr, epoch) | {best[before]['lr']:g}, {best[before]['epoch']} | {best[after]['lr']:g}, {best[after]['epoch']} "
@@ -117,7 +118,7 @@ def print_answers(answers: dict) -> None:
 
 def main() -> None:
     args = parse_args()
-    from mnist_jax import sweep
+    from mnist_jax import results, sweep
 
     if not args.resume:
         args.progress.start()
@@ -136,7 +137,7 @@ def main() -> None:
     )
     command = " ".join(["python", "scripts/sweep.py", *sys.argv[1:]])
     path = args.out / RESULTS[0]
-    saved = sweep.save_grid(grid, path, command, time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
+    saved = results.save_grid(grid, path, command, time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
     args.progress.clear()
     print(f"\n{len(grid['rows'])} models, {args.epochs} epochs, {grid['device']}: compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")

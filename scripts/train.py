@@ -9,7 +9,7 @@ from mnist_jax.checkpoint import RUN_FILES, CheckpointError, has_checkpoint, loa
 from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION, load_mnist
 from mnist_jax.files import foreign_entries, signals_deferred, write_json
 from mnist_jax.stages import STAGES
-from mnist_jax.train import NonFiniteLoss, TrainConfig, device_description, summary, train
+from mnist_jax.train import NonFiniteLoss, TrainConfig, device_description, run_record, train
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -169,7 +169,7 @@ def train_stage(args, stage: str, data) -> dict:
     def write_epoch(run) -> None:
         if not resume and len(run.history) == 1:  # a run being replaced goes now, its metrics first
             (out / "metrics.json").unlink(missing_ok=True)
-        save_run(run, out, summary(run))
+        save_run(run, out, run_record(run))
 
     def after_epoch(run) -> None:
         print_epoch(run.history[-1])
@@ -182,7 +182,7 @@ def train_stage(args, stage: str, data) -> dict:
         kept = f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1 else "nothing was saved"
         cli.fail(f"training stopped: {e}; {kept}", cli.EXIT_DIVERGED)
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
-    metrics = summary(result)
+    metrics = run_record(result)
     save(result, lambda: write_json(out / "metrics.json", metrics))
     print(f"compiled in {result.compile_seconds:.2f}s; best val epoch {result.best_epoch}; saved to {out}", flush=True)
     return metrics
