@@ -26,12 +26,11 @@ from flax import nnx
 
 from mnist_jax.errors import CheckpointError
 from mnist_jax.files import UNREADABLE, atomic_write, check_finite, is_json_with, npz_member, write_json
-from mnist_jax.train import RunResult, TrainConfig, TrainState, graph, init_state, make_optimizer
+from mnist_jax.train import HISTORY_KEYS, RunResult, TrainConfig, TrainState, graph, init_state, make_optimizer
 
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT = 2  # bump when the layout changes: older checkpoints are then refused, not misread
 MAX_META_BYTES = 2**26  # the config and history of some 100,000 epochs, as NumPy stores text (4 bytes a character)
-HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")  # and "seconds", by train.py
 
 
 def _arrays(run: RunResult) -> dict:

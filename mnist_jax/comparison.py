@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from mnist_jax.data import MNIST
+from mnist_jax.results import summary
 from mnist_jax.stages import STAGES
 from mnist_jax.train import Replay, TrainConfig, run_keys, split_indices, train
 
@@ -30,13 +31,10 @@ def steady_seconds_per_epoch(histories: list[list[dict]]) -> float:
 
 
 def summarise(accuracies: list[float], histories: list[list[dict]], compile_seconds: float | None) -> dict:
-    return {
-        "accuracies": accuracies,
-        "mean_accuracy": float(np.mean(accuracies)),
-        "std_accuracy": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0,
-        "seconds_per_epoch": steady_seconds_per_epoch(histories),
-        "compile_seconds": compile_seconds,
-    }
+    """One framework's runs of a stage: accuracies (mean; std None for one seed), steady epoch time."""
+    accuracy = summary(accuracies)
+    return {"accuracies": accuracies, "mean_accuracy": accuracy["mean"], "std_accuracy": accuracy["std"],
+            "seconds_per_epoch": steady_seconds_per_epoch(histories), "compile_seconds": compile_seconds}
 
 
 def compare_stage(

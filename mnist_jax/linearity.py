@@ -92,21 +92,19 @@ def linear_ce_converged(data: MNIST, seed: int = 0, max_steps: int = 2000, tol: 
 
 def width_sweep(data: MNIST, widths: list[int], seeds: list[int], epochs: int = 5) -> list[dict]:
     """The `mlp` stage at each hidden width, all seeds at once per width."""
-    from mnist_jax.study import mean_ci95, train_seeds
+    from mnist_jax.results import summary
+    from mnist_jax.study import train_seeds
     from mnist_jax.train import TrainConfig
 
     rows = []
     for width in widths:
         config = TrainConfig("mlp", epochs=epochs, hidden=width)
         result = train_seeds(config, data, seeds)
-        mean, std, ci = mean_ci95(result.test_accuracies)
         rows.append({
             "hidden": width,
             "parameters": count_params(nnx.eval_shape(lambda: config.spec.build(nnx.Rngs(0), width))),
             "test_accuracies": result.test_accuracies.tolist(),
-            "mean": mean,
-            "std": std,
-            "ci95": list(ci) if ci else None,
+            **summary(result.test_accuracies),
         })
     return rows
 

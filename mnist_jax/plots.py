@@ -19,7 +19,7 @@ def save_figure(fig, path: str | os.PathLike) -> None:
 
 
 def framework_comparison(results: list[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Test accuracy (mean ± std over seeds) and seconds per epoch, per stage and framework."""
+    """Test accuracy (mean ± std over seeds; no bar for one seed) and seconds per epoch, per stage and framework."""
     stages = [r["stage"] for r in results]
     frameworks = [k for k in results[0] if k == "jax" or k.startswith("torch_")]
     fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -30,7 +30,7 @@ def framework_comparison(results: list[dict], path: str | os.PathLike, title: st
         acc_ax.errorbar(
             xs,
             [100 * r[name]["mean_accuracy"] for r in results],
-            yerr=[100 * r[name]["std_accuracy"] for r in results],
+            yerr=[100 * (r[name]["std_accuracy"] or 0) for r in results],
             fmt="o",
             capsize=3,
             label=label,

@@ -1,6 +1,7 @@
 """Hyperparameter grids: every (stage, learning rate, dropout rate, width, seed) trained
-by `study.train_grid`, one program per stage and width; `sweep.json`; and the three
-questions the original study left open, answered from it on validation-chosen settings.
+by `study.train_grid`, one program per stage and width (`results.save_grid` records them
+in `sweep.json`); and the three questions the original study left open, answered from
+them on validation-chosen settings.
 
 A row is one model: its grid point, its seed, its final test accuracy, its best
 validation epoch and its history (every epoch's losses and accuracies, test included).
@@ -12,23 +13,17 @@ validation accuracy only; test accuracy is reported, never chosen on.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Callable
 
 import jax
 import numpy as np
 
 from mnist_jax.data import MNIST
-from mnist_jax.files import UNREADABLE, check_finite, check_fractions, read_json, write_json
 from mnist_jax.progress import GridProgress
+from mnist_jax.results import best_val_epoch, paired_difference, summary
 from mnist_jax.stages import STAGES
-from mnist_jax.study import GridResult, mean_ci95, paired_difference, train_grid
+from mnist_jax.study import GridResult, train_grid
 from mnist_jax.train import Point, TrainConfig, device_description
-
-SWEEP_FILE = "sweep.json"
-ROW_KEYS = ("stage", "lr", "dropout", "hidden", "seed", "test_accuracy", "best_val_epoch", "history")
-HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_accuracy")
-MAX_SWEEP_BYTES = 2**28  # assets/sweep.json, 200 models of up to 40 epochs, is 1.5 MB
 
 
 def grid_points(stage: str, lrs: list[float] | None, dropouts: list[float] | None, seeds: int) -> list[Point]:
@@ -40,12 +35,9 @@ def grid_points(stage: str, lrs: list[float] | None, dropouts: list[float] | Non
     return [Point(seed, lr, rate) for lr, rate, seed in itertools.product(lrs, dropouts, range(seeds))]
 
 
-def _best_epoch(history: list[dict]) -> int:
-    return max(history, key=lambda row: row["val_accuracy"])["epoch"]  # the first of equals
-
-
 def rows_of(result: GridResult) -> list[dict]:
-    """One row per model of a trained grid (`ROW_KEYS`)."""
+    """One row per model of a trained grid: its stage, lr, dropout, hidden width and seed,
+    its final test accuracy, its best validation epoch and its history."""
     rows = []
     for point, history, accuracy in zip(result.points, result.history, result.test_accuracies, strict=True):
         rows.append({
@@ -55,7 +47,7 @@ def rows_of(result: GridResult) -> list[dict]:
             "hidden": result.config.hidden or result.config.spec.hidden,
             "seed": int(point.seed),
             "test_accuracy": float(accuracy),
-            "best_val_epoch": _best_epoch(history),
+            "best_val_epoch": best_val_epoch(history),
             "history": history,
         })
     return rows
@@ -69,7 +61,7 @@ def run_grid(
 ) -> dict:
     """Train the grid, stage by stage and width by width (one `train_grid` each).
     `on_stage(name, models)` returns the `on_epoch` of that part. The grid's record:
-    its rows and its seconds (`save_grid` adds the command)."""
+    its rows and its seconds (`results.save_grid` adds the command)."""
     for name, values in (("stages", stages), ("lrs", lrs), ("dropouts", dropouts), ("hiddens", hiddens)):
         if values is not None and (not isinstance(values, (list, tuple)) or not values or len(set(values)) != len(values)):
             raise ValueError(f"run_grid {name}: expected a list of distinct values, got {values!r}")
@@ -95,76 +87,6 @@ def run_grid(
         chunks[name] = result.models_at_once
     return {"device": device_description(), "jax_version": jax.__version__, "epochs": epochs, "batch_size": batch_size,
             "compile_seconds": compile_seconds, "train_seconds": train_seconds, "models_at_once": chunks, "rows": rows}
-
-
-def save_grid(grid: dict, path: Path, command: str, seconds: float, add: bool, run_id: str, write: bool = True) -> dict:
-    """Write `grid` as `sweep.json` (with `add`, as a further grid of the one at `path`,
-    unless that already holds the grid of `run_id`: a resumed run stopped after writing),
-    unless not `write` (a process of several, not the first). The file: `grids`, one
-    record per command (device, JAX version, seconds, run id), and `rows`, every model of
-    every grid, each naming its grid by index."""
-    sweep = load_sweep(path) if add and write else {"grids": [], "rows": []}
-    if any(g.get("run_id") == run_id for g in sweep["grids"]):
-        return sweep
-    index = len(sweep["grids"])
-    record = {k: v for k, v in grid.items() if k != "rows"} | {"command": command, "seconds": seconds, "run_id": run_id}
-    sweep["grids"].append(record)
-    sweep["rows"] += [row | {"grid": index} for row in grid["rows"]]
-    if write:
-        write_json(path, sweep)
-    return sweep
-
-
-class SweepFileError(ValueError):
-    """`sweep.json` is not what `save_grid` writes."""
-
-
-def _check_sweep(sweep: dict) -> None:
-    """Raise unless `sweep` is what `save_grid` writes: every figure a finite number, each
-    row's history its grid's epochs, each setting of a grid with each seed once and the
-    same seeds as the grid's other settings (a question pairs them)."""
-    if not sweep["grids"] or not sweep["rows"]:
-        raise ValueError("no grids or no rows")
-    for grid in sweep["grids"]:
-        if not isinstance(grid["command"], str) or not isinstance(grid["device"], str) or type(grid["epochs"]) is not int:
-            raise ValueError("a grid without its command, device or epochs")
-    seeds: dict[tuple, list] = {}  # (grid, stage, lr, dropout, hidden) -> its seeds
-    for row in sweep["rows"]:
-        STAGES[row["stage"]]  # noqa: B018  (a known stage)
-        if type(row["grid"]) is not int or not 0 <= row["grid"] < len(sweep["grids"]) or len(row["history"]) != sweep["grids"][row["grid"]]["epochs"]:
-            raise ValueError(f"a {row['stage']} row whose history is not its grid's epochs")
-        where = f"grid {row['grid']}, {row['stage']} seed {row['seed']}"
-        check_finite(where, lr=row["lr"], dropout=row["dropout"], test_accuracy=row["test_accuracy"], best_val_epoch=row["best_val_epoch"])
-        for epoch, entry in enumerate(row["history"], 1):
-            check_finite(f"{where}, epoch {epoch}", **{k: entry[k] for k in HISTORY_KEYS})
-            check_fractions(f"{where}, epoch {epoch}", entry["train_accuracy"], entry["val_accuracy"], entry["test_accuracy"])
-            if entry["epoch"] != epoch:
-                raise ValueError(f"{where}, epoch {epoch}: numbered {entry['epoch']}")
-        check_fractions(where, row["test_accuracy"])
-        if row["test_accuracy"] != row["history"][-1]["test_accuracy"] or row["best_val_epoch"] != _best_epoch(row["history"]):
-            raise ValueError(f"{where}: a test accuracy or best validation epoch that is not its history's")
-        if (type(row["seed"]) is not int or row["lr"] <= 0 or not 0 <= row["dropout"] < 1 or not 1 <= row["best_val_epoch"] <= len(row["history"])
-                or not (row["hidden"] is None or type(row["hidden"]) is int and row["hidden"] > 0)):
-            raise ValueError(f"{where}: a seed, lr, dropout, best_val_epoch or hidden width that no grid has")
-        setting_seeds = seeds.setdefault((row["grid"], row["stage"], row["lr"], row["dropout"], row["hidden"]), [])
-        if row["seed"] in setting_seeds:
-            raise ValueError(f"{where}: twice at lr {row['lr']:g}, dropout {row['dropout']:g}, hidden {row['hidden']}")
-        setting_seeds.append(row["seed"])
-    for (grid, stage, lr, dropout, hidden), found in seeds.items():
-        every = {s for key, other in seeds.items() if key[0] == grid for s in other}
-        if missing := sorted(every - set(found)):
-            raise ValueError(f"grid {grid}, {stage} at lr {lr:g}, dropout {dropout:g}, hidden {hidden}: no seed "
-                             f"{', '.join(map(str, missing))}, which the grid's other settings have")
-
-
-def load_sweep(path: Path) -> dict:
-    """`sweep.json` as `save_grid` wrote it; `SweepFileError` names the file and the fault."""
-    try:
-        sweep = read_json(path, MAX_SWEEP_BYTES)
-        _check_sweep(sweep)
-    except UNREADABLE as e:
-        raise SweepFileError(f"{path} is damaged or not written by scripts/sweep.py ({type(e).__name__}: {e})") from None
-    return sweep
 
 
 # The three questions. A "setting" is (stage, lr, dropout, hidden, grid); its rows are
@@ -199,16 +121,6 @@ def curve(by_seed: dict[int, dict], key: str, seeds: list[int]) -> np.ndarray:
     return np.array([[entry[key] for entry in by_seed[s]["history"]] for s in seeds])
 
 
-def paired(a: np.ndarray, b: np.ndarray) -> dict:
-    """b - a, seed by seed: mean, 95% interval (None under two seeds), and whether it excludes zero."""
-    return paired_difference(np.subtract(b, a))
-
-
-def summary(values: np.ndarray) -> dict:
-    mean, std, ci = mean_ci95(values)
-    return {"mean": mean, "std": std, "ci95": list(ci) if ci else None}
-
-
 def dropout_over_epochs(rows: list[dict], lr: float = 1e-3) -> dict:
     """Question 1: `mlp_dropout` at each of its rates against `mlp` after every epoch, at
     learning rate `lr`."""
@@ -221,12 +133,12 @@ def dropout_over_epochs(rows: list[dict], lr: float = 1e-3) -> dict:
     plain_best = answer["mlp"]["best_val_epoch"]
     for rate, other in others.items():
         dropped = curve(other, "test_accuracy", seeds)
-        differences = [paired(plain[:, e], dropped[:, e]) for e in range(plain.shape[1])]
+        differences = [paired_difference(plain[:, e], dropped[:, e]) for e in range(plain.shape[1])]
         better = [d["significant"] and d["difference"] > 0 for d in differences]
         first = next((e + 1 for e in range(len(better)) if better[e]), None)
         since = next((e + 1 for e in range(len(better)) if all(better[e:])), None)  # and to the last epoch
         per_epoch = _per_epoch(other, seeds)
-        at_best = paired(plain[:, plain_best - 1], dropped[:, per_epoch["best_val_epoch"] - 1])  # each at its own
+        at_best = paired_difference(plain[:, plain_best - 1], dropped[:, per_epoch["best_val_epoch"] - 1])  # each at its own
         answer["rates"][f"{rate:g}"] = {**per_epoch, "difference": differences, "first_better_epoch": first,
                                         "better_from_epoch": since, "difference_at_best_val_epochs": at_best}
     return answer
@@ -268,10 +180,11 @@ def compare_at_best_lr(rows: list[dict], before: str, after: str, epoch: int, re
     settings = {s: by_lr(rows, s) for s in (before, after)}
     seeds = same_seeds(*settings[before].values(), *settings[after].values())
     choice = {s: best_lr(rows, s, epoch) for s in (before, after)}
-    best = paired(*(at_lr(rows, s, choice[s]["lr"], epoch, seeds) for s in (before, after)))
-    reference = paired(*(at_lr(rows, s, reference_lr, epoch, seeds) for s in (before, after))) if all(
+    best = paired_difference(*(at_lr(rows, s, choice[s]["lr"], epoch, seeds) for s in (before, after)))
+    reference = paired_difference(*(at_lr(rows, s, reference_lr, epoch, seeds) for s in (before, after))) if all(
         reference_lr in settings[s] for s in (before, after)) else None
-    return {"epoch": epoch, "seeds": len(seeds), "choice": choice, "at_best_lr": best, f"at_lr_{reference_lr:g}": reference}
+    return {"epoch": epoch, "seeds": len(seeds), "choice": choice, "at_best_lr": best, "reference_lr": reference_lr,
+            "at_reference_lr": reference}
 
 
 def best_lr_and_epoch(rows: list[dict], stage: str) -> dict:
@@ -289,7 +202,7 @@ def linear_losses(rows: list[dict], epochs: list[int]) -> dict:
     at_epochs = {str(e): compare_at_best_lr(rows, "linear_mse", "linear_ce", e) for e in epochs}
     choice = {s: best_lr_and_epoch(rows, s) for s in ("linear_mse", "linear_ce")}
     seeds = same_seeds(*(setting(rows, s, lr=choice[s]["lr"]) for s in ("linear_mse", "linear_ce")))
-    overall = paired(*(at_lr(rows, s, choice[s]["lr"], choice[s]["epoch"], seeds) for s in ("linear_mse", "linear_ce")))
+    overall = paired_difference(*(at_lr(rows, s, choice[s]["lr"], choice[s]["epoch"], seeds) for s in ("linear_mse", "linear_ce")))
     return {"at_epochs": at_epochs, "best_lr_and_epoch": choice, "at_best_lr_and_epoch": overall}
 
 

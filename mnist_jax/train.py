@@ -239,6 +239,10 @@ def make_train_epoch(
     return train_epoch
 
 
+HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")  # an epoch's row; a run's adds "seconds"
+GRID_HISTORY_KEYS = (*HISTORY_KEYS, "test_accuracy")  # an epoch's row of a model trained in a grid (`study.train_grid`)
+
+
 @dataclasses.dataclass
 class RunResult:
     """A run so far: enough to report it, save it and continue it."""
@@ -325,13 +329,7 @@ def train(
         order = epoch_order(begin.train_idx, shuffle_key) if replay.orders is None else jnp.asarray(replay.orders[epoch - 1])
         state, (train_loss, train_acc) = train_epoch(run.final, images, labels, order, dropout_key)
         val_loss, val_acc = evaluate_val(state.params, state.batch_stats, val_images, val_labels)
-        row = {
-            "epoch": epoch,
-            "train_loss": float(train_loss),
-            "train_accuracy": float(train_acc),
-            "val_loss": float(val_loss),
-            "val_accuracy": float(val_acc),
-        }
+        row = {"epoch": epoch, **{k: float(v) for k, v in zip(HISTORY_KEYS[1:], (train_loss, train_acc, val_loss, val_acc))}}
         row["seconds"] = time.perf_counter() - start
         if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
             raise NonFiniteLoss(epoch)
@@ -347,7 +345,7 @@ def train(
     return run
 
 
-def summary(result: RunResult) -> dict:
+def run_record(result: RunResult) -> dict:
     """The run as `metrics.json` records it (accuracies as fractions)."""
     c = result.config
     return {

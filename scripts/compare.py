@@ -32,7 +32,8 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def pm(summary: dict) -> str:
-    return f"{100 * summary['mean_accuracy']:.2f} ± {100 * summary['std_accuracy']:.2f}"
+    std = summary["std_accuracy"]
+    return f"{100 * summary['mean_accuracy']:.2f} ± {f'{100 * std:.2f}' if std is not None else 'n/a'}"
 
 
 def print_table(results: list[dict], loops: list[str]) -> None:

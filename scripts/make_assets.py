@@ -34,8 +34,8 @@ def read(path: Path, option: str, script: str, load):
 
 def main() -> None:
     args = build_parser().parse()
-    from mnist_jax.study import load_study
-    from mnist_jax.sweep import answers, load_sweep
+    from mnist_jax.results import load_study, load_sweep
+    from mnist_jax.sweep import answers
 
     read(args.results.with_name("study_arrays.npz"), "--results", "study.py", Path.is_file)
     results, arrays = read(args.results, "--results", "study.py", load_study)

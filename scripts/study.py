@@ -38,6 +38,7 @@ def print_report(report: dict) -> None:
 def main() -> None:
     args = build_parser().parse()
     from mnist_jax import study
+    from mnist_jax.results import save_study
 
     data = load_mnist(args.source, args.data_dir)
     start = time.perf_counter()
@@ -52,7 +53,7 @@ def main() -> None:
         bar.close()
         if results[stage].models_at_once < args.seeds:
             print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].models_at_once}", flush=True)
-    report = study.save_study(results, data, args.out, cli.command(), time.perf_counter() - start, write=distributed.is_main())
+    report = save_study(results, data, args.out, cli.command(), time.perf_counter() - start, write=distributed.is_main())
     args.progress.clear()
     print(f"\n{args.seeds} seeds, {args.epochs} epochs, {report['device']}, {report['seconds']:.1f}s in all")
     print_report(report)

@@ -5,7 +5,7 @@ import time
 
 from mnist_jax import cli, distributed
 from mnist_jax.data import load_mnist
-from mnist_jax.errors import UsageError
+from mnist_jax.errors import ResultFileError, UsageError
 from mnist_jax.stages import STAGES, TrainConfig
 
 RESULTS = ("sweep.json",)
@@ -33,14 +33,14 @@ def build_parser() -> cli.ArgumentParser:
 
 def check_add(args) -> None:
     """--add extends a sweep.json that is there and whole."""
-    from mnist_jax.sweep import SweepFileError, load_sweep
+    from mnist_jax.results import load_sweep
 
     path = args.out / RESULTS[0]
     if not path.is_file():
         raise UsageError(f"--add: {path} not found; run without --add first")
     try:
         load_sweep(path)
-    except SweepFileError as e:
+    except ResultFileError as e:
         raise UsageError(f"--add: {e}") from None
 
 
@@ -85,7 +85,7 @@ def print_answers(answers: dict) -> None:
             lr = {s: c["choice"][s]["lr"] for s in (before, after)}
             test = {s: c["choice"][s]["by_lr"][f"{lr[s]:g}"]["test"] for s in (before, after)}
             print(f"| {c['epoch']} | {lr[before]:g} | {lr[after]:g} | {pct(test[before])} | {pct(test[after])} "
-                  f"| {diff(c['at_best_lr'])} | {diff(c['at_lr_0.001'])} |")
+                  f"| {diff(c['at_best_lr'])} | {diff(c['at_reference_lr'])} |")
         if key == "linear":
             best = answers[key]["best_lr_and_epoch"]
             print(f"| best (lr, epoch) | {best[before]['lr']:g}, {best[before]['epoch']} | {best[after]['lr']:g}, {best[after]['epoch']} "
@@ -96,7 +96,7 @@ def main() -> None:
     args = build_parser().parse()
     if args.add and distributed.is_main():
         check_add(args)
-    from mnist_jax import sweep
+    from mnist_jax import results, sweep
 
     data = load_mnist(args.source, args.data_dir)
     progress = {}
@@ -112,7 +112,7 @@ def main() -> None:
         progress=args.progress,
     )
     path = args.out / RESULTS[0]
-    saved = sweep.save_grid(grid, path, cli.command(), time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
+    saved = results.save_grid(grid, path, cli.command(), time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
     args.progress.clear()
     print(f"\n{len(grid['rows'])} models, {args.epochs} epochs, {grid['device']}: compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")

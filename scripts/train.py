@@ -171,14 +171,14 @@ def train_stage(args, stage: str, data) -> dict:
     def write_epoch(run) -> None:
         if not resume and len(run.history) == 1:  # a run being replaced goes now, its metrics first
             (out / "metrics.json").unlink(missing_ok=True)
-        checkpoint.save_run(run, out, summary(run))
+        checkpoint.save_run(run, out, run_record(run))
 
     def after_epoch(run) -> None:
         print_epoch(run.history[-1])
         save(run, lambda: write_epoch(run))
         cli.stop_if_pending()
 
-    from mnist_jax.train import summary, train
+    from mnist_jax.train import run_record, train
 
     try:
         result = train(config, data, on_epoch=after_epoch, resume=resume)
@@ -186,7 +186,7 @@ def train_stage(args, stage: str, data) -> dict:
         kept = f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1 else "nothing was saved"
         cli.fail(f"training stopped: {e}; {kept}", EXIT_DIVERGED)
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
-    metrics = summary(result)
+    metrics = run_record(result)
     save(result, lambda: write_json(out / "metrics.json", metrics))
     print(f"compiled in {result.compile_seconds:.2f}s; best val epoch {result.best_epoch}; saved to {out}", flush=True)
     return metrics

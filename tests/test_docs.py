@@ -34,7 +34,8 @@ def test_the_ten_seed_table_is_what_study_py_prints_of_assets_results_json():
 
 
 def test_the_three_questions_tables_are_what_sweep_py_prints_of_assets_sweep_json():
-    from mnist_jax.sweep import answers, load_sweep
+    from mnist_jax.results import load_sweep
+    from mnist_jax.sweep import answers
 
     sweep = load_sweep(ASSETS / "sweep.json")
     tables = printed(load_script("sweep.py").print_answers, answers(sweep))

@@ -16,7 +16,7 @@ from flax import nnx
 
 from conftest import ROOT, assert_one_line_error, npz_with_header, run_script
 from mnist_jax.checkpoint import CheckpointError, has_checkpoint, load_model, load_run, save_run, saved_epochs
-from mnist_jax.train import NonFiniteLoss, RunResult, TrainConfig, graph, init_state, make_optimizer, summary, train
+from mnist_jax.train import NonFiniteLoss, RunResult, TrainConfig, graph, init_state, make_optimizer, run_record, train
 
 
 def metrics(run_dir) -> dict:
@@ -83,7 +83,7 @@ def test_a_run_diverging_later_keeps_the_last_good_epoch(tmp_path, tiny):
     """Two good epochs saved, then the weights go bad: epoch 3 raises before anything
     is saved, and the run folder still holds epoch 2's finite checkpoint and metrics."""
     out = tmp_path / "run"
-    save = lambda run: save_run(run, out, summary(run))  # noqa: E731  (what train.py does)
+    save = lambda run: save_run(run, out, run_record(run))  # noqa: E731  (what train.py does)
     train(TrainConfig("linear_ce", epochs=2), tiny, on_epoch=save)
     saved_metrics = (out / "metrics.json").read_bytes()
     run = load_run(out)

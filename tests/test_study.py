@@ -14,16 +14,9 @@ from flax import nnx
 from conftest import ROOT, assert_one_line_error, load_script, npz_with_header, run_script
 from mnist_jax.files import LOCK
 from mnist_jax import memory, plots
-from mnist_jax.study import (
-    StudyFileError,
-    compile_chunk,
-    fitting_chunk,
-    load_study,
-    mean_ci95,
-    save_study,
-    step_differences,
-    train_seeds,
-)
+from mnist_jax.errors import ResultFileError
+from mnist_jax.results import load_study, save_study, step_differences, summary
+from mnist_jax.study import compile_chunk, fitting_chunk, train_seeds
 from mnist_jax.train import TrainConfig, train
 
 
@@ -81,19 +74,19 @@ def test_seeds_that_do_not_fit_at_once_train_in_chunks_with_the_same_results(tin
 
 
 def test_ci95_and_paired_step_differences():
-    mean, std, (lo, hi) = mean_ci95([1.0, 2.0, 3.0, 4.0, 5.0])
+    mean, std, (lo, hi) = summary([1.0, 2.0, 3.0, 4.0, 5.0]).values()
     assert (mean, std) == (3.0, pytest.approx(1.5811, abs=1e-4))
     assert (lo, hi) == (pytest.approx(3 - 2.7764 * 1.5811 / 5**0.5, abs=1e-3), pytest.approx(3 + 2.7764 * 1.5811 / 5**0.5, abs=1e-3))
     stages = {"a": {"seeds": [0, 1, 2], "test_accuracies": [0.90, 0.91, 0.92]},
               "b": {"seeds": [0, 1, 2], "test_accuracies": [0.95, 0.955, 0.97]},
               "c": {"seeds": [0, 1, 2], "test_accuracies": [0.96, 0.95, 0.97]}}
-    steps = step_differences(stages)
+    steps = step_differences(stages, [("a", "b"), ("b", "c")])
     assert [(s["from"], s["to"]) for s in steps] == [("a", "b"), ("b", "c")]
     assert steps[0]["difference"] == pytest.approx((0.05 + 0.045 + 0.05) / 3) and steps[0]["significant"]
     assert not steps[1]["significant"]  # +0.01, -0.005, 0.0: the interval holds zero
     stages["c"]["seeds"] = [0, 1, 3]
     with pytest.raises(ValueError, match=r"b and c ran different seeds \(\[0, 1, 2\], \[0, 1, 3\]\): a difference pairs the same seeds"):
-        step_differences(stages)
+        step_differences(stages, [("a", "b"), ("b", "c")])
 
 
 def first_seed(result, stage: str | None = None, gain: float = 0.0):
@@ -108,7 +101,7 @@ def first_seed(result, stage: str | None = None, gain: float = 0.0):
 def test_a_study_of_one_seed_has_no_interval_and_calls_no_step_significant(tiny, tiny_seeds, tmp_path, capsys):
     """One seed has no spread: no interval, n/a where the table prints one, and a
     difference of 5 points that is not called significant (was a zero-width interval, "yes")."""
-    assert mean_ci95([0.97]) == (0.97, None, None)
+    assert summary([0.97]) == {"mean": 0.97, "std": None, "ci95": None}
     results = {"linear_ce": first_seed(tiny_seeds, gain=-0.05), "mlp": first_seed(tiny_seeds, "mlp")}
     report = save_study(results, tiny, tmp_path, "python scripts/study.py --seeds 1", 1.0)
     assert report["stages"]["mlp"]["std"] is None and report["stages"]["mlp"]["ci95"] is None
@@ -201,7 +194,7 @@ STUDY_DAMAGE = {
 def test_damaged_study_results_are_refused_naming_the_file_and_the_fault(tmp_path, damage):
     name, make, fault = STUDY_DAMAGE[damage]
     results = committed_study_with(tmp_path, make, name)
-    with pytest.raises(StudyFileError, match=f"{tmp_path / name} is damaged or not written by scripts/study.py .*{fault}"):
+    with pytest.raises(ResultFileError, match=f"{tmp_path / name} is damaged or not written by scripts/study.py .*{fault}"):
         load_study(results)
 
 

@@ -12,7 +12,9 @@ from flax import nnx
 from conftest import assert_one_line_error, load_script, run_script
 from mnist_jax import memory, study
 from mnist_jax import plots
-from mnist_jax.sweep import SweepFileError, answers, best_lr, grid_points, load_sweep
+from mnist_jax.errors import ResultFileError
+from mnist_jax.results import load_sweep
+from mnist_jax.sweep import answers, best_lr, grid_points
 from mnist_jax.train import Point, TrainConfig, train
 
 
@@ -83,7 +85,7 @@ def test_the_learning_rate_is_chosen_on_validation_and_never_on_test():
     assert (q["choice"]["mlp"]["lr"], q["choice"]["mlp_bn"]["lr"]) == (1e-3, 3e-3)
     assert q["at_best_lr"]["difference"] == pytest.approx(0.90 - 0.80)  # 2 x (0.45 - 0.40), seed by seed
     assert q["at_best_lr"]["ci95"][0] == pytest.approx(0.10) and q["at_best_lr"]["significant"]
-    assert q["at_lr_0.001"]["difference"] == pytest.approx(0.92 - 0.80)
+    assert q["at_reference_lr"]["difference"] == pytest.approx(0.92 - 0.80)
 
 
 def test_damaged_sweep_files_are_refused_naming_the_file(tmp_path):
@@ -107,11 +109,11 @@ def test_damaged_sweep_files_are_refused_naming_the_file(tmp_path):
         sweep = {"grids": [{"epochs": 2, "command": "c", "device": "cpu"}], "rows": json.loads(json.dumps(rows))}
         damage(sweep)
         path.write_text(json.dumps(sweep))
-        with pytest.raises(SweepFileError, match=fault) as caught:
+        with pytest.raises(ResultFileError, match=fault) as caught:
             load_sweep(path)
         assert str(path) in str(caught.value)
     path.write_bytes(b"\x00garbage")
-    with pytest.raises(SweepFileError, match="JSONDecodeError"):
+    with pytest.raises(ResultFileError, match="JSONDecodeError"):
         load_sweep(path)
 
 
@@ -187,7 +189,7 @@ def test_grids_without_lr_1e3_or_of_several_widths_have_their_questions_answered
             for stage in ("mlp", "mlp_dropout", "mlp_bn") for r in fake_rows(stage, lr, val=0.4 + lr, test=0.4)]
     found = answers(sweep_of(rows))
     assert found["dropout"]["lr"] == 3e-3  # the best on validation, as the reference rate is not there
-    assert found["batchnorm"]["at_lr_0.001"] is None
+    assert found["batchnorm"]["at_reference_lr"] is None
     load_script("sweep.py").print_answers(found)
     assert capsys.readouterr().out.count("| n/a |") == 1
     wide = [r | {"hidden": 512} for r in fake_rows("mlp", 1e-3, val=0.5, test=0.5) + fake_rows("mlp_bn", 1e-3, val=0.5, test=0.5)]
