@@ -1,110 +1,310 @@
-"""Speed of every stage, JAX against PyTorch and against the matmul ceiling:
+"""Speed of every stage: JAX against Flax's `nnx.jit` loop, the PyTorch reference and the
+machine's matmul ceiling; `train.py` cold and warm; the pieces this project writes in place
+of standard ones. Every figure is timed here; PyTorch is imported only to time it.
 python scripts/benchmark.py --stages all --epochs 3"""
 
 import importlib.metadata
+import platform
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Callable
 
 from mnist_jax import cli, files  # first: its signal handlers cover the imports after it
 
 import jax
-import measure
-from mnist_jax.data import load_mnist
+import jax.numpy as jnp
+from flax import nnx
+
+from mnist_jax.comparison import jax_split, steady_seconds_per_epoch
+from mnist_jax.data import MNIST, NUM_VALIDATION, load_mnist
+from mnist_jax.evaluate import to_inputs
+from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
 from mnist_jax.stages import STAGES
-from mnist_jax.train import TrainConfig, device_description
+from mnist_jax.train import Setup, TrainConfig, device_description, epoch_keys, epoch_order, make_train_epoch, prepare, train
+
+RESULT = "benchmark.json"
+TORCH_LOOPS = ["tensor", "original", "fused", "compile"]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def matmul_ceiling(size: int = 2048, repeats: int = 20) -> float:
+    """FLOP/s of a (size x size) @ (size x size) float32 matmul under XLA: the best of `repeats`."""
+    a, b = jax.random.normal(jax.random.key(0), (2, size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    return 2 * size**3 / min(timed(lambda: matmul(a, b)) for _ in range(repeats))
+
+
+def flops_per_example(config: TrainConfig) -> tuple[int, int]:
+    """Matmul FLOPs of one example: (forward, forward + backward). The backward pass computes
+    every weight gradient and every layer's input gradient but the first's (the pixels');
+    elementwise work is left out (XLA's own count of a step is 3-9% higher)."""
+    hidden = config.hidden or config.spec.hidden
+    layers = [(NUM_PIXELS, hidden), (hidden, NUM_CLASSES)] if config.spec.is_mlp else [(NUM_PIXELS, NUM_CLASSES)]
+    forward = sum(2 * fan_in * fan_out for fan_in, fan_out in layers)
+    return forward, 2 * forward + sum(2 * fan_in * fan_out for fan_in, fan_out in layers[1:])
+
+
+def time_jax(config: TrainConfig, data: MNIST) -> dict:
+    """Compile seconds and steady seconds per epoch of `train`."""
+    run = train(config, data)
+    return {"compile_seconds": run.compile_seconds, "epoch_seconds": steady_seconds_per_epoch([run.history])}
+
+
+def time_torch(config: TrainConfig, data: MNIST, loop: str) -> dict:
+    """Steady seconds per epoch of a PyTorch `loop` on the JAX run's split, and what its first
+    epoch took beyond that (for `compile`, compiling)."""
+    from mnist_jax import torch_reference
+
+    run = torch_reference.train(
+        config.stage, data, jax_split(config.seed, len(data.train_labels)), epochs=config.epochs, batch_size=config.batch_size,
+        seed=config.seed, loop=loop, hidden=config.hidden, dropout=config.dropout,
+    )
+    steady = steady_seconds_per_epoch([run.history])
+    return {"epoch_seconds": steady, "warm_up_seconds": run.history[0]["seconds"] - steady}
+
+
+def time_nnx_jit(config: TrainConfig, data: MNIST) -> float:
+    """Steady seconds per epoch of Flax's own idiom, as its MNIST example writes it: the model
+    and an `nnx.Optimizer` as objects, an `nnx.jit` step per batch from a Python loop, an
+    `nnx.jit` evaluation."""
+    loss_fn = config.spec.loss
+
+    @nnx.jit
+    def step(model, optimizer, x, y, key):
+        def objective(model):
+            return loss_fn(model(to_inputs(x), train=True, dropout_key=key, dropout_rate=config.dropout_rate), y)
+
+        loss, grads = nnx.value_and_grad(objective)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    @nnx.jit
+    def evaluate(model, x, y):
+        logits = model(to_inputs(x))
+        return loss_fn(logits, y), jnp.mean(logits.argmax(-1) == y)
+
+    setup = prepare(config, data)
+    model = nnx.merge(setup.graphdef, setup.state.params, setup.state.batch_stats)
+    optimizer = nnx.Optimizer(model, setup.tx, wrt=nnx.Param)
+    images, labels, _, _ = setup.data
+
+    def epoch(number: int):
+        shuffle_key, dropout_key = epoch_keys(setup.epochs_key, number)
+        order = epoch_order(setup.train_idx, shuffle_key)
+        for i, start in enumerate(range(0, len(order), config.batch_size)):
+            idx = order[start : start + config.batch_size]
+            step(model, optimizer, images[idx], labels[idx], jax.random.fold_in(dropout_key, i))
+        return evaluate(model, images[setup.val_idx], labels[setup.val_idx])
+
+    seconds = [timed(lambda: epoch(number)) for number in range(1, config.epochs + 1)]
+    return statistics.median(seconds[1:] or seconds)
+
+
+def benchmark_stages(configs: list[TrainConfig], data: MNIST, torch_loops: list[str], rounds: int,
+                     on_round: Callable[[], None]) -> list[dict]:
+    """Each stage's seconds per epoch: JAX, the `nnx.jit` loop, each PyTorch loop. A round
+    measures every stage in turn (the ceiling, then each framework), so a slow spell of a
+    shared machine falls on one round of all, not all rounds of one; figures are medians over
+    rounds (`rounds` keeps them all), `efficiency` the median of each round's FLOP/s over its ceiling."""
+    times: list[dict[str, list[float]]] = [{} for _ in configs]
+    for _ in range(rounds):
+        for config, measured in zip(configs, times):
+            figures = {"ceiling_flops": matmul_ceiling(), **{f"jax_{k}": v for k, v in time_jax(config, data).items()},
+                       "nnx_jit_epoch_seconds": time_nnx_jit(config, data)}
+            for loop in torch_loops:
+                figures.update({f"torch_{loop}_{k}": v for k, v in time_torch(config, data, loop).items()})
+            for key, value in figures.items():
+                measured.setdefault(key, []).append(value)
+        on_round()
+    examples = len(data.train_labels) - NUM_VALIDATION
+    rows = []
+    for config, measured in zip(configs, times):
+        row = {"stage": config.stage, **{key: statistics.median(values) for key, values in measured.items()}}
+        epoch, (forward, train_step) = row["jax_epoch_seconds"], flops_per_example(config)
+        flops = examples * train_step + NUM_VALIDATION * forward  # a training and a validation pass
+        row.update(jax_samples_per_second=examples / epoch, flops_per_example=train_step)
+        row["efficiency"] = statistics.median(flops / s / c for s, c in zip(measured["jax_epoch_seconds"], measured["ceiling_flops"]))
+        row |= {f"speedup_vs_{peer}": row[f"{peer}_epoch_seconds"] / epoch for peer in ["nnx_jit", *(f"torch_{loop}" for loop in torch_loops)]}
+        rows.append({**row, "rounds": measured})
+    return rows
+
+
+def time_study(config: TrainConfig, data: MNIST, seeds: int, single_epoch_seconds: float, width: int | None) -> dict:
+    """`study.train_seeds` of `seeds` seeds, `width` side by side (None: all, vmap): seconds per
+    epoch, in all and per model, and per model against one run's epoch."""
+    from mnist_jax.study import train_seeds, vmap_width
+
+    result = train_seeds(config, data, list(range(seeds)), width=width)
+    epoch = result.train_seconds / config.epochs
+    return {"stage": config.stage, "seeds": seeds, "seeds_at_once": result.models_at_once,
+            "width": width or seeds, "backend_default": width == vmap_width(),
+            "compile_seconds": result.compile_seconds, "epoch_seconds": epoch, "epoch_seconds_per_model": epoch / seeds,
+            "per_model_over_single": epoch / seeds / single_epoch_seconds}
+
+
+def end_to_end(train_args: list[str], rounds: int) -> dict:
+    """Wall seconds of `scripts/train.py <train_args>` as a fresh process: cold (an empty
+    compilation cache), then warm (the cache the cold run filled), `rounds` times with a new
+    cache each; medians, and the programs the cache holds after each (the last round's)."""
+    seconds, programs = {"cold": [], "warm": []}, {}
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            command = [sys.executable, str(Path(__file__).with_name("train.py")), *train_args,
+                       "--out", f"{tmp}/run", "--overwrite", "--compile-cache", f"{tmp}/cache"]
+            for run, times in seconds.items():
+                times.append(timed(lambda: subprocess.run(command, check=True, capture_output=True)))
+                programs[run] = sorted(entry.name.split("-")[0] for entry in Path(tmp, "cache").iterdir())
+    return {"command": " ".join(["python", "scripts/train.py", *train_args]), "rounds": seconds,
+            **{f"{run}_seconds": statistics.median(times) for run, times in seconds.items()},
+            **{f"{run}_cached_programs": names for run, names in programs.items()},
+            "warm_over_cold": statistics.median(w / c for w, c in zip(seconds["warm"], seconds["cold"]))}
+
+
+class StandardDropout(nnx.Module):
+    """`nnx.Dropout` behind the call of `models.Dropout`, to time one against the other."""
+
+    def __init__(self, rate: float):
+        self.dropout = nnx.Dropout(rate)
+
+    def __call__(self, x: jax.Array, key: jax.Array, rate: jax.Array) -> jax.Array:
+        return self.dropout(x, deterministic=False, rngs=key)
+
+
+def with_in_out_kernels(model: nnx.Module) -> nnx.Module:
+    """A copy of `model` whose layers are `nnx.Linear`, kernels stored (in, out), same values."""
+    model = nnx.clone(model)
+    for name, layer in list(vars(model).items()):
+        if isinstance(layer, nnx.Einsum):
+            fan_out, fan_in = layer.kernel.shape
+            linear = nnx.Linear(fan_in, fan_out, rngs=nnx.Rngs(0))
+            linear.kernel[...], linear.bias[...] = layer.kernel[...].T, layer.bias[...]
+            setattr(model, name, linear)
+    return model
+
+
+def training_pass(config: TrainConfig, setup: Setup, model: nnx.Module | None = None) -> Callable[[], jax.Array]:
+    """A training pass of `model` (default: the stage's own) over epoch 1's batches, ready to time."""
+    model = model or nnx.merge(setup.graphdef, setup.state.params, setup.state.batch_stats)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    params = nnx.as_pure(params)
+    state = setup.state._replace(params=params, batch_stats=nnx.as_pure(batch_stats), opt_state=setup.tx.init(params))
+    shuffle_key, dropout_key = epoch_keys(setup.epochs_key, 1)
+    order, (images, labels, _, _) = epoch_order(setup.train_idx, shuffle_key), setup.data
+    epoch = jax.jit(make_train_epoch(graphdef, config.spec.loss, setup.tx, config.batch_size))
+    return lambda: epoch(state, images, labels, order, dropout_key)
+
+
+def standard_parts(data: MNIST, rounds: int) -> list[dict]:
+    """Each piece this project writes in place of a standard one, against that piece: both
+    timed in each of `rounds` rounds (which goes first alternating) on the same inputs, with
+    the stage's training pass. Medians, the median per-round ratio (ours / standard) and the
+    median saving as a fraction of the pass."""
+    import orbax.checkpoint as ocp
+
+    from mnist_jax.checkpoint import save_checkpoint
+    from mnist_jax.train import RunResult, shuffle
+
+    setups = {stage: (TrainConfig(stage), prepare(TrainConfig(stage), data)) for stage in ("linear_ce", "mlp_dropout", "mlp_bn")}
+    passes = {stage: training_pass(*setups[stage]) for stage in setups}
+    bn_config, bn = setups["mlp_bn"]
+    do_config, do = setups["mlp_dropout"]
+    standard_dropout = nnx.merge(do.graphdef, do.state.params, do.state.batch_stats)
+    standard_dropout.dropout = StandardDropout(standard_dropout.dropout_rate)
+    run = RunResult(bn_config, "", bn.graphdef, bn.state, bn.state, 1, [])
+    orbax_tree = {name: {"params": nnx.to_pure_dict(s.params), "batch_stats": nnx.to_pure_dict(s.batch_stats)}
+                  for name, s in (("final", run.final), ("best", run.best))} | {"opt_state": jax.tree.leaves(run.final.opt_state)}
+    train_idx, key = setups["linear_ce"][1].train_idx, jax.random.key(0)
+    permutation, ours_shuffle = jax.jit(lambda idx, key: idx[jax.random.permutation(key, idx.shape[0])]), jax.jit(shuffle)
+    checkpointer = ocp.StandardCheckpointer()
+    with tempfile.TemporaryDirectory() as tmp:
+        def orbax_save():
+            checkpointer.save(Path(tmp) / "orbax", orbax_tree, force=True)
+            checkpointer.wait_until_finished()
+
+        pieces = [
+            ("(out, in) kernels (`nnx.Einsum`) against `nnx.Linear`'s (in, out)", "mlp_bn",
+             passes["mlp_bn"], training_pass(bn_config, bn, with_in_out_kernels(nnx.merge(bn.graphdef, bn.state.params, bn.state.batch_stats)))),
+            ("`models.Dropout` (packed random bits) against `nnx.Dropout`", "mlp_dropout",
+             passes["mlp_dropout"], training_pass(do_config, do, standard_dropout)),
+            ("`train.shuffle` against `jax.random.permutation` (54,000 indices)", "linear_ce",
+             lambda: ours_shuffle(key, train_idx), lambda: permutation(train_idx, key)),
+            ("`checkpoint.npz` against orbax's `StandardCheckpointer` (one save)", "mlp_bn", lambda: save_checkpoint(run, tmp), orbax_save),
+        ]
+        for _, _, ours, standard in pieces:
+            jax.block_until_ready((ours(), standard()))  # compile, warm up
+        times = [{"ours": [], "standard": [], "pass": []} for _ in pieces]
+        for r in range(rounds):
+            for (_, stage, ours, standard), t in zip(pieces, times):
+                for name, fn in [("ours", ours), ("standard", standard)][:: 1 if r % 2 else -1]:
+                    t[name].append(timed(fn))
+                t["pass"].append(timed(passes[stage]))
+        checkpointer.close()
+    return [{"piece": name, "stage": stage, "ours_seconds": statistics.median(t["ours"]),
+             "standard_seconds": statistics.median(t["standard"]),
+             "ratio": statistics.median(o / s for o, s in zip(t["ours"], t["standard"])),
+             "saving_of_pass": statistics.median((s - o) / p for o, s, p in zip(t["ours"], t["standard"], t["pass"])),
+             "pass_seconds": statistics.median(t["pass"]), "rounds": t}
+            for (name, stage, _, _), t in zip(pieces, times)]
 
 
 def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
     parser.add_argument("--epochs", type=cli.positive_int, default=3, help="epochs per run; the first is left out of s/epoch")
-    parser.add_argument("--seeds", type=cli.positive_int, default=1, help="seeds per stage; JAX trains them at once (vmap)")
-    parser.add_argument(
-        "--rounds", type=cli.positive_int, default=1,
-        help="every stage is measured this many times, in turns (and cold/warm train.py runs are repeated); figures are medians over rounds",
-    )
-    parser.add_argument(
-        "--studies", type=cli.comma_separated(cli.positive_int),
-        help="also time study.py's training of every stage at each of these numbers of seeds, e.g. 10,100: "
-        "the seeds walked through one at a time (lax.map) and side by side (vmap)",
-    )
-    parser.add_argument("--json", type=cli.output_file, default=Path("runs/benchmark.json"), help="write the figures here as JSON")
-    parser.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    parser.add_argument("--rounds", type=cli.positive_int, default=1,
+                        help="every stage is measured this many times, in turns (and the train.py runs repeated); figures are medians")
+    parser.add_argument("--studies", type=cli.comma_separated(cli.positive_int),
+                        help="also time study.py's training of every stage at each of these numbers of seeds, e.g. 10,100: "
+                        "one at a time (lax.map) and side by side (vmap)")
     parser.add_argument("--no-torch", action="store_true", help="JAX only, even when PyTorch is installed")
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the cold and warm train.py runs")
-    parser.add_argument(
-        "--loop-variants", metavar="STAGE", choices=STAGES,
-        help="also time five ways of driving the training step on STAGE (scan, float32 images, (in, out) kernels, "
-        "jit per batch, nnx.jit), its two largest matmuls alone, its shuffle (and jax.random.permutation's) and its validation pass",
-    )
-    parser.add_argument(
-        "--standard-parts", action="store_true",
-        help="also time each piece this project writes in place of a standard one against that piece, --rounds paired rounds",
-    )
-    parser.add_argument(
-        "--profile", action="store_true",
-        help="also trace a training pass (one seed) of every stage under jax.profiler: time in its matmuls (and their FLOP/s) and in its other ops",
-    )
+    parser.add_argument("--standard-parts", action="store_true",
+                        help="also time each piece this project writes in place of a standard one against that piece, --rounds paired rounds")
+    cli.add_output_arguments(parser, Path("runs/benchmark"), RESULT)
     cli.add_data_arguments(parser)
     return parser
 
 
-def parse_args():
-    parser = build_parser()
-    args = cli.parse(parser)
-    reason = cli.writable(args.json.parent)
-    if reason:
-        parser.error(f"--json: cannot write to {args.json} ({reason})")
-    if args.json.exists() and not args.overwrite:
-        parser.error(f"--json: {args.json} already exists; pass --overwrite to replace it")
-    if (args.json.exists() or args.json.is_symlink()) and not files.is_json_with(args.json, "command", "device", "torch_loops"):
-        parser.error(f"--json: {args.json} is not a benchmark's result and will not be replaced: move it or choose another --json")
-    return args
+def cpu_model() -> str:
+    """The processor's name, e.g. 'AMD EPYC 7B13' (Linux), else the architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
-def torch_importable() -> bool:
+def import_torch():
+    """PyTorch, or None where it cannot be imported."""
     try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def full_float32_matmuls(has_torch: bool) -> None:
-    """The same float32 matmuls in both frameworks: no TF32 or bfloat16 passes (GPU, TPU)."""
-    jax.config.update("jax_default_matmul_precision", "highest")
-    if has_torch:
         import torch
-
-        torch.set_float32_matmul_precision("highest")
-
-
-TARGETS = {"speedup_vs_torch_compile": 2.0, "speedup_vs_nnx_jit": 3.0}  # JAX's steady epoch against each peer's
+    except ImportError:
+        return None
+    return torch
 
 
 def print_table(report: dict) -> None:
-    loops = report["torch_loops"]
-    peers = [("nnx.jit", "nnx_jit")] * ("nnx_jit_epoch_seconds" in report["stages"][0])
-    peers += [(f"PyTorch {loop}", f"torch_{loop}") for loop in loops]
+    peers = [("nnx.jit", "nnx_jit")] + [(f"PyTorch {loop}", f"torch_{loop}") for loop in report["torch_loops"]]
     head = ["stage", "JAX compile s", "JAX s/epoch", "JAX samples/s", "ceiling GFLOP/s", "efficiency"]
     head += [f"{name} s/epoch" for name, _ in peers] + [f"speed-up vs {name.removeprefix('PyTorch ')}" for name, _ in peers]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in report["stages"]:
         cells = [f"`{r['stage']}`", f"{r['jax_compile_seconds']:.2f}", f"{r['jax_epoch_seconds']:.3f}"]
         cells += [f"{r['jax_samples_per_second']:,.0f}", f"{r['ceiling_flops'] / 1e9:.1f}", f"{r['efficiency']:.2f}"]
-        cells += [f"{r[f'{key}_epoch_seconds']:.3f}" for _, key in peers]
-        cells += [f"{r[f'speedup_vs_{key}']:.1f}x" for _, key in peers]
+        cells += [f"{r[f'{key}_epoch_seconds']:.3f}" for _, key in peers] + [f"{r[f'speedup_vs_{key}']:.1f}x" for _, key in peers]
         print("| " + " | ".join(cells) + " |")
     print(f"matmul ceiling: {report['ceiling_flops'] / 1e9:.1f} GFLOP/s (2048^3 float32 under XLA; median of every round)")
-    if "compile" in loops:  # later rounds reuse the graphs the first compiled
+    if "compile" in report["torch_loops"]:  # later rounds reuse the graphs the first compiled
         print("torch.compile's compiling (the first round's first epoch beyond a steady one): "
               + ", ".join(f"{r['stage']} {r['rounds']['torch_compile_warm_up_seconds'][0]:.1f}s" for r in report["stages"]))
-    for key, target in TARGETS.items():
-        if key in report["stages"][0]:
-            met = [r["stage"] for r in report["stages"] if r[key] >= target]
-            print(f"target {key} >= {target:g}: met by {len(met)} of {len(report['stages'])} stages"
-                  + (f" ({', '.join(met)})" if 0 < len(met) < len(report["stages"]) else ""))
 
 
 def print_studies(studies: list[dict]) -> None:
@@ -117,88 +317,56 @@ def print_studies(studies: list[dict]) -> None:
               f"| {s['epoch_seconds_per_model']:.4f} | {s['per_model_over_single']:.2f} |")
 
 
-def print_profiles(profiles: list[dict]) -> None:
-    repeats = len(profiles[0]["passes"])
-    print(f"\nwhere a training pass goes (jax.profiler, median of {repeats} traced passes; matmul GFLOP/s over the stage's ceiling):")
-    head = ["stage", "pass s", "matmul ops s", "matmul GFLOP/s", "of the ceiling", "other ops s", "between ops s", "ops per step"]
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for p in profiles:
-        print(f"| `{p['stage']}` | {p['pass_seconds']:.3f} | {p['matmul_seconds']:.3f} | {p['matmul_flops'] / 1e9:.1f} | "
-              f"{p['matmul_efficiency']:.2f} | {p['other_seconds']:.3f} | {p['between_ops_seconds']:.3f} | {p['ops_per_step']:.0f} |")
-
-
 def print_standard_parts(rows: list[dict]) -> None:
-    rounds = len(rows[0]["rounds"]["ours"])
-    print(f"\neach piece of this project against the standard one (medians of {rounds} paired rounds):")
+    print(f"\neach piece of this project against the standard one (medians of {len(rows[0]['rounds']['ours'])} paired rounds):")
     print("| piece | stage | ours s | standard s | ours / standard (quartiles) | saving, of the stage's training pass |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        ratios = [o / s for o, s in zip(r["rounds"]["ours"], r["rounds"]["standard"])]
-        low, _, high = statistics.quantiles(ratios, n=4)
+        low, _, high = statistics.quantiles([o / s for o, s in zip(r["rounds"]["ours"], r["rounds"]["standard"])], n=4)
         print(f"| {r['piece']} | `{r['stage']}` | {r['ours_seconds']:.4f} | {r['standard_seconds']:.4f} "
               f"| {r['ratio']:.2f} ({low:.2f}-{high:.2f}) | {r['saving_of_pass']:+.1%} |")
 
 
 def main() -> None:
-    args = parse_args()
+    args = cli.parse(build_parser(), (RESULT,))
     data = load_mnist(args.source, args.data_dir)
-    has_torch = not args.no_torch and torch_importable()
+    torch = None if args.no_torch else import_torch()
+    has_torch = torch is not None
     if not has_torch:
         print("PyTorch not measured: " + ("--no-torch" if args.no_torch else 'torch cannot be imported (pip install -e ".[torch]")'))
-    full_float32_matmuls(has_torch)
+    jax.config.update("jax_default_matmul_precision", "highest")  # full float32 in both: no TF32 or bfloat16 passes
     jax.config.update("jax_enable_compilation_cache", False)  # compile times are real ones
-
+    if has_torch:
+        torch.set_float32_matmul_precision("highest")
     report = {
         "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
-        "device": device_description(),
-        "cpu": measure.cpu_model(),
-        "jax_version": jax.__version__,
+        "device": device_description(), "cpu": cpu_model(), "jax_version": jax.__version__,
         "torch_version": importlib.metadata.version("torch") if has_torch else None,
         "matmul_precision": "highest (full float32) in both frameworks",
-        "epochs": args.epochs,
-        "seeds": args.seeds,
-        "rounds": args.rounds,
-        "torch_loops": ["tensor", "original", "fused", "compile"] if has_torch else [],
+        "epochs": args.epochs, "rounds": args.rounds, "torch_loops": TORCH_LOOPS if has_torch else [],
     }
     print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version']}", flush=True)
     configs = [TrainConfig(stage, epochs=args.epochs) for stage in args.stages]
     progress = cli.Progress(args.rounds, f"benchmark of {', '.join(args.stages)}", "round")
-    report["stages"] = measure.benchmark_stages(
-        configs, data, list(range(args.seeds)), report["torch_loops"], args.rounds, on_round=lambda _: progress.step()
-    )
+    report["stages"] = rows = benchmark_stages(configs, data, report["torch_loops"], args.rounds, progress.step)
     progress.close()
-    report["ceiling_flops"] = statistics.median(r["ceiling_flops"] for r in report["stages"])
+    report["ceiling_flops"] = statistics.median(r["ceiling_flops"] for r in rows)
     print_table(report)
-    report["targets"] = {key: {"target": target, "met": [r["stage"] for r in report["stages"] if r.get(key, 0) >= target]}
-                         for key, target in TARGETS.items() if key in report["stages"][0]}
     if args.studies:
-        single = {r["stage"]: r["jax_epoch_seconds"] for r in report["stages"]}
-        report["studies"] = [measure.time_study(config, data, n, single[config.stage], width)
+        single = {r["stage"]: r["jax_epoch_seconds"] for r in rows}
+        report["studies"] = [time_study(config, data, n, single[config.stage], width)
                              for n in args.studies for config in configs for width in (1, None)]
         print_studies(report["studies"])
-    if args.profile:
-        report["profiles"] = [measure.profile_pass(config, data) for config in configs]
-        for profile, row in zip(report["profiles"], report["stages"]):
-            profile["matmul_efficiency"] = profile["matmul_flops"] / row["ceiling_flops"]
-        print_profiles(report["profiles"])
-    if args.loop_variants:
-        report["loop_variants"] = {"stage": args.loop_variants, **measure.loop_variants(TrainConfig(args.loop_variants), data)}
-        print(f"\nseconds per training pass of {args.loop_variants}, and the rest of its epoch:")
-        for name, seconds in report["loop_variants"].items():
-            if name != "stage":
-                print(f"  {seconds:.3f}  {name}")
     if args.standard_parts:
-        report["standard_parts"] = measure.standard_parts(data, args.rounds)
+        report["standard_parts"] = standard_parts(data, args.rounds)
         print_standard_parts(report["standard_parts"])
     if not args.no_end_to_end:
         data_args = ["--source", args.source] + (["--data-dir", str(args.data_dir)] if args.data_dir else [])
-        report["end_to_end"] = e2e = measure.end_to_end(["--stage", "mlp_bn", *data_args], args.rounds)
+        report["end_to_end"] = e2e = end_to_end(["--stage", "mlp_bn", *data_args], args.rounds)
         print(f"\n{e2e['command']}: cold {e2e['cold_seconds']:.1f}s, warm {e2e['warm_seconds']:.1f}s "
-              f"(warm/cold {e2e['warm_over_cold']:.2f}, median of {args.rounds}; {e2e['cache_entries']} programs cached)")
-        for run in ("cold", "warm"):
-            print(f"  {run}: JAX " + ", ".join(f"{phase} {s:.2f}s" for phase, s in e2e[f"{run}_jax_seconds"].items()))
-    files.write_json(args.json, report)
-    print(f"wrote {args.json}")
+              f"(warm/cold {e2e['warm_over_cold']:.2f}, median of {args.rounds}; {len(e2e['cold_cached_programs'])} programs cached)")
+    files.write_json(args.out / RESULT, report)
+    print(f"wrote {args.out / RESULT}")
 
 
 if __name__ == "__main__":
