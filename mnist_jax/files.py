@@ -222,7 +222,8 @@ def is_json_with(path: Path, *keys: str) -> bool:
 
 # The keys that tell each named JSON result from a user's file of the same name.
 RESULT_KEYS = {"results.json": ("stages", "steps", "command"), "sweep.json": ("grids", "rows"),
-               "compare.json": ("stages", "replay", "command"), "linearity.json": ("linear_lstsq", "width_sweep", "command")}
+               "compare.json": ("stages", "replay", "command"), "linearity.json": ("linear_lstsq", "width_sweep", "command"),
+               "benchmark.json": ("command", "device", "torch_loops")}
 
 
 def is_result(path: Path) -> bool:

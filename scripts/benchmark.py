@@ -11,20 +11,38 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from mnist_jax import cli, files  # first: its signal handlers cover the imports after it
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from mnist_jax.comparison import jax_split, steady_seconds_per_epoch
 from mnist_jax.data import MNIST, NUM_VALIDATION, load_mnist
 from mnist_jax.evaluate import to_inputs
 from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
-from mnist_jax.stages import STAGES
-from mnist_jax.train import Setup, TrainConfig, device_description, epoch_keys, epoch_order, make_train_epoch, prepare, train
+from mnist_jax.train import (
+    TrainConfig, device_data, device_description, epoch_keys, epoch_order, graph, make_optimizer, make_train_epoch, prepare, train,
+)
+
+
+class Setup(NamedTuple):
+    """What a timed pass starts from: `train.prepare`'s `Start` with its model and data."""
+
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    epochs_key: jax.Array
+    state: object
+    train_idx: jax.Array
+    val_idx: jax.Array
+    data: tuple
+
+
+def set_up(config: TrainConfig, data: MNIST) -> Setup:
+    return Setup(graph(config), make_optimizer(config.lr), *prepare(config, data), device_data(data))
 
 RESULT = "benchmark.json"
 TORCH_LOOPS = ["tensor", "original", "fused", "compile"]
@@ -93,7 +111,7 @@ def time_nnx_jit(config: TrainConfig, data: MNIST) -> float:
         logits = model(to_inputs(x))
         return loss_fn(logits, y), jnp.mean(logits.argmax(-1) == y)
 
-    setup = prepare(config, data)
+    setup = set_up(config, data)
     model = nnx.merge(setup.graphdef, setup.state.params, setup.state.batch_stats)
     optimizer = nnx.Optimizer(model, setup.tx, wrt=nnx.Param)
     images, labels, _, _ = setup.data
@@ -139,15 +157,15 @@ def benchmark_stages(configs: list[TrainConfig], data: MNIST, torch_loops: list[
     return rows
 
 
-def time_study(config: TrainConfig, data: MNIST, seeds: int, single_epoch_seconds: float, width: int | None) -> dict:
-    """`study.train_seeds` of `seeds` seeds, `width` side by side (None: all, vmap): seconds per
+def time_study(config: TrainConfig, data: MNIST, seeds: int, single_epoch_seconds: float, vmapped: bool) -> dict:
+    """`study.train_seeds` of `seeds` seeds, side by side (vmap) or one at a time (lax.map): seconds per
     epoch, in all and per model, and per model against one run's epoch."""
-    from mnist_jax.study import train_seeds, vmap_width
+    from mnist_jax.study import side_by_side, train_seeds
 
-    result = train_seeds(config, data, list(range(seeds)), width=width)
+    result = train_seeds(config, data, list(range(seeds)), vmapped=vmapped)
     epoch = result.train_seconds / config.epochs
     return {"stage": config.stage, "seeds": seeds, "seeds_at_once": result.models_at_once,
-            "width": width or seeds, "backend_default": width == vmap_width(),
+            "width": seeds if vmapped else 1, "backend_default": vmapped == side_by_side(),
             "compile_seconds": result.compile_seconds, "epoch_seconds": epoch, "epoch_seconds_per_model": epoch / seeds,
             "per_model_over_single": epoch / seeds / single_epoch_seconds}
 
@@ -214,7 +232,7 @@ def standard_parts(data: MNIST, rounds: int) -> list[dict]:
     from mnist_jax.checkpoint import save_checkpoint
     from mnist_jax.train import RunResult, shuffle
 
-    setups = {stage: (TrainConfig(stage), prepare(TrainConfig(stage), data)) for stage in ("linear_ce", "mlp_dropout", "mlp_bn")}
+    setups = {stage: (TrainConfig(stage), set_up(TrainConfig(stage), data)) for stage in ("linear_ce", "mlp_dropout", "mlp_bn")}
     passes = {stage: training_pass(*setups[stage]) for stage in setups}
     bn_config, bn = setups["mlp_bn"]
     do_config, do = setups["mlp_dropout"]
@@ -258,8 +276,8 @@ def standard_parts(data: MNIST, rounds: int) -> list[dict]:
 
 
 def build_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("--stages", default="all", help=f"comma-separated stages or all ({', '.join(STAGES)})")
+    parser = cli.ArgumentParser(__doc__, out="runs/benchmark", results=(RESULT,))
+    parser.add_stages()
     parser.add_argument("--epochs", type=cli.positive_int, default=3, help="epochs per run; the first is left out of s/epoch")
     parser.add_argument("--rounds", type=cli.positive_int, default=1,
                         help="every stage is measured this many times, in turns (and the train.py runs repeated); figures are medians")
@@ -270,8 +288,6 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the cold and warm train.py runs")
     parser.add_argument("--standard-parts", action="store_true",
                         help="also time each piece this project writes in place of a standard one against that piece, --rounds paired rounds")
-    cli.add_output_arguments(parser, Path("runs/benchmark"), RESULT)
-    cli.add_data_arguments(parser)
     return parser
 
 
@@ -295,12 +311,11 @@ def print_table(report: dict) -> None:
     peers = [("nnx.jit", "nnx_jit")] + [(f"PyTorch {loop}", f"torch_{loop}") for loop in report["torch_loops"]]
     head = ["stage", "JAX compile s", "JAX s/epoch", "JAX samples/s", "ceiling GFLOP/s", "efficiency"]
     head += [f"{name} s/epoch" for name, _ in peers] + [f"speed-up vs {name.removeprefix('PyTorch ')}" for name, _ in peers]
-    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for r in report["stages"]:
-        cells = [f"`{r['stage']}`", f"{r['jax_compile_seconds']:.2f}", f"{r['jax_epoch_seconds']:.3f}"]
-        cells += [f"{r['jax_samples_per_second']:,.0f}", f"{r['ceiling_flops'] / 1e9:.1f}", f"{r['efficiency']:.2f}"]
-        cells += [f"{r[f'{key}_epoch_seconds']:.3f}" for _, key in peers] + [f"{r[f'speedup_vs_{key}']:.1f}x" for _, key in peers]
-        print("| " + " | ".join(cells) + " |")
+    print()
+    cli.print_table(head, [
+        [f"`{r['stage']}`", f"{r['jax_compile_seconds']:.2f}", f"{r['jax_epoch_seconds']:.3f}", f"{r['jax_samples_per_second']:,.0f}",
+         f"{r['ceiling_flops'] / 1e9:.1f}", f"{r['efficiency']:.2f}", *(f"{r[f'{key}_epoch_seconds']:.3f}" for _, key in peers),
+         *(f"{r[f'speedup_vs_{key}']:.1f}x" for _, key in peers)] for r in report["stages"]])
     print(f"matmul ceiling: {report['ceiling_flops'] / 1e9:.1f} GFLOP/s (2048^3 float32 under XLA; median of every round)")
     if "compile" in report["torch_loops"]:  # later rounds reuse the graphs the first compiled
         print("torch.compile's compiling (the first round's first epoch beyond a steady one): "
@@ -309,26 +324,22 @@ def print_table(report: dict) -> None:
 
 def print_studies(studies: list[dict]) -> None:
     print("\nstudy.py's training of many seeds (one program), seconds per epoch per model (and against the stage's single run):")
-    print("| stage | seeds | side by side | compile s | s/epoch, all seeds | s/epoch per model | per model / single run |")
-    print("|---|---|---|---|---|---|---|")
-    for s in studies:
-        way = ("1 (lax.map)" if s["width"] == 1 else f"{s['width']} (vmap)") + (", the default" if s["backend_default"] else "")
-        print(f"| `{s['stage']}` | {s['seeds']} | {way} | {s['compile_seconds']:.2f} | {s['epoch_seconds']:.3f} "
-              f"| {s['epoch_seconds_per_model']:.4f} | {s['per_model_over_single']:.2f} |")
+    cli.print_table(["stage", "seeds", "side by side", "compile s", "s/epoch, all seeds", "s/epoch per model", "per model / single run"], [
+        [f"`{s['stage']}`", s["seeds"], ("1 (lax.map)" if s["width"] == 1 else f"{s['width']} (vmap)") + (", the default" if s["backend_default"] else ""),
+         f"{s['compile_seconds']:.2f}", f"{s['epoch_seconds']:.3f}", f"{s['epoch_seconds_per_model']:.4f}", f"{s['per_model_over_single']:.2f}"]
+        for s in studies])
 
 
 def print_standard_parts(rows: list[dict]) -> None:
     print(f"\neach piece of this project against the standard one (medians of {len(rows[0]['rounds']['ours'])} paired rounds):")
-    print("| piece | stage | ours s | standard s | ours / standard (quartiles) | saving, of the stage's training pass |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        low, _, high = statistics.quantiles([o / s for o, s in zip(r["rounds"]["ours"], r["rounds"]["standard"])], n=4)
-        print(f"| {r['piece']} | `{r['stage']}` | {r['ours_seconds']:.4f} | {r['standard_seconds']:.4f} "
-              f"| {r['ratio']:.2f} ({low:.2f}-{high:.2f}) | {r['saving_of_pass']:+.1%} |")
+    quartiles = [statistics.quantiles([o / s for o, s in zip(r["rounds"]["ours"], r["rounds"]["standard"])], n=4) for r in rows]
+    cli.print_table(["piece", "stage", "ours s", "standard s", "ours / standard (quartiles)", "saving, of the stage's training pass"], [
+        [r["piece"], f"`{r['stage']}`", f"{r['ours_seconds']:.4f}", f"{r['standard_seconds']:.4f}",
+         f"{r['ratio']:.2f} ({q[0]:.2f}-{q[2]:.2f})", f"{r['saving_of_pass']:+.1%}"] for r, q in zip(rows, quartiles)])
 
 
 def main() -> None:
-    args = cli.parse(build_parser(), (RESULT,))
+    args = build_parser().parse()
     data = load_mnist(args.source, args.data_dir)
     torch = None if args.no_torch else import_torch()
     has_torch = torch is not None
@@ -354,8 +365,8 @@ def main() -> None:
     print_table(report)
     if args.studies:
         single = {r["stage"]: r["jax_epoch_seconds"] for r in rows}
-        report["studies"] = [time_study(config, data, n, single[config.stage], width)
-                             for n in args.studies for config in configs for width in (1, None)]
+        report["studies"] = [time_study(config, data, n, single[config.stage], vmapped)
+                             for n in args.studies for config in configs for vmapped in (False, True)]
         print_studies(report["studies"])
     if args.standard_parts:
         report["standard_parts"] = standard_parts(data, args.rounds)

@@ -64,32 +64,27 @@ def print_answers(answers: dict) -> None:
         q = answers["dropout"]
         epochs = sorted({e for e in (1, 5, 10, 20, 30, q["epochs"]) if e <= q["epochs"]})
         print(f"\nDropout against `mlp` at lr {q['lr']:g}{width(q)} ({q['seeds']} seeds; test accuracy after each epoch, difference paired by seed):\n")
-        print("| model | " + " | ".join(f"epoch {e}" for e in epochs) + " | best val epoch | test there |")
-        print("|---|" + "---|" * (len(epochs) + 2))
-        print("| `mlp` | " + " | ".join(pct(q["mlp"]["test"][e - 1]) for e in epochs)
-              + f" | {q['mlp']['best_val_epoch']} | {pct(q['mlp']['test_at_best_val_epoch'])} |")
+        rows = [["`mlp`", *(pct(q["mlp"]["test"][e - 1]) for e in epochs), q["mlp"]["best_val_epoch"], pct(q["mlp"]["test_at_best_val_epoch"])]]
         for rate, r in q["rates"].items():
-            print(f"| dropout {rate} | " + " | ".join(pct(r["test"][e - 1]) for e in epochs)
-                  + f" | {r['best_val_epoch']} | {pct(r['test_at_best_val_epoch'])} |")
-            print("| − `mlp` | " + " | ".join(diff(r["difference"][e - 1]) for e in epochs)
-                  + f" | significantly better first after epoch {r['first_better_epoch'] or '—'}, "
-                  f"from epoch {r['better_from_epoch'] or '—'} on | {diff(r['difference_at_best_val_epochs'])} |")
+            rows.append([f"dropout {rate}", *(pct(r["test"][e - 1]) for e in epochs), r["best_val_epoch"], pct(r["test_at_best_val_epoch"])])
+            rows.append(["− `mlp`", *(diff(r["difference"][e - 1]) for e in epochs), f"significantly better first after epoch "
+                         f"{r['first_better_epoch'] or '—'}, from epoch {r['better_from_epoch'] or '—'} on", diff(r["difference_at_best_val_epochs"])])
+        cli.print_table(["model", *(f"epoch {e}" for e in epochs), "best val epoch", "test there"], rows)
     for key, (before, after) in (("batchnorm", ("mlp", "mlp_bn")), ("linear", ("linear_mse", "linear_ce"))):
         if key not in answers:
             continue
         comparisons = [answers[key]] if key == "batchnorm" else list(answers[key]["at_epochs"].values())
         print(f"\n`{after}` − `{before}`{width(answers[key])}, each at its best learning rate (chosen on validation), on test:\n")
-        print(f"| epochs | best lr `{before}` | best lr `{after}` | `{before}` test | `{after}` test | difference | at lr 1e-3 |")
-        print("|---|---|---|---|---|---|---|")
+        rows = []
         for c in comparisons:
             lr = {s: c["choice"][s]["lr"] for s in (before, after)}
             test = {s: c["choice"][s]["by_lr"][f"{lr[s]:g}"]["test"] for s in (before, after)}
-            print(f"| {c['epoch']} | {lr[before]:g} | {lr[after]:g} | {pct(test[before])} | {pct(test[after])} "
-                  f"| {diff(c['at_best_lr'])} | {diff(c['at_reference_lr'])} |")
+            rows.append([c["epoch"], f"{lr[before]:g}", f"{lr[after]:g}", pct(test[before]), pct(test[after]), diff(c["at_best_lr"]), diff(c["at_reference_lr"])])
         if key == "linear":
             best = answers[key]["best_lr_and_epoch"]
-            print(f"| best (lr, epoch) | {best[before]['lr']:g}, {best[before]['epoch']} | {best[after]['lr']:g}, {best[after]['epoch']} "
-                  f"| | | {diff(answers[key]['at_best_lr_and_epoch'])} | |")
+            rows.append(["best (lr, epoch)", f"{best[before]['lr']:g}, {best[before]['epoch']}", f"{best[after]['lr']:g}, {best[after]['epoch']}",
+                         "", "", diff(answers[key]["at_best_lr_and_epoch"]), ""])
+        cli.print_table(["epochs", f"best lr `{before}`", f"best lr `{after}`", f"`{before}` test", f"`{after}` test", "difference", "at lr 1e-3"], rows)
 
 
 def main() -> None:

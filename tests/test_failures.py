@@ -100,7 +100,7 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(request
     [
         ("make_assets.py", ["--results", ROOT / "assets" / "results.json", "--out", "/proc/mnist_jax_out"]),
         ("linearity.py", ["--out", "/proc/mnist_jax_out"]),
-        ("benchmark.py", ["--json", "/proc/mnist_jax_out/benchmark.json"]),
+        ("benchmark.py", ["--out", "/proc/mnist_jax_out"]),
         ("train.py", ["--stage", "mlp", "--compile-cache", "/proc/mnist_jax_cache"]),
     ],
 )

@@ -137,14 +137,13 @@ def test_a_users_files_named_like_the_projects_own_are_left_alone(tmp_path, monk
 
 
 def test_benchmark_overwrites_only_a_benchmarks_json(tmp_path, monkeypatch, capsys):
-    np.savez(tmp_path / "embeddings.npz", x=np.ones(3))
-    (tmp_path / "results.json").write_text('{"stages": {}, "steps": [], "command": "python scripts/study.py", "device": "cpu"}')
-    for name in ("embeddings.npz", "results.json"):
-        monkeypatch.setattr(sys, "argv", ["benchmark.py", "--json", str(tmp_path / name), "--overwrite"])
-        with pytest.raises(SystemExit):
-            load_script("benchmark.py").parse_args()
-        assert "is not a benchmark's result and will not be replaced" in capsys.readouterr().err
-    assert np.load(tmp_path / "embeddings.npz")["x"].sum() == 3
+    (tmp_path / "benchmark.json").write_text('{"stages": {}, "steps": [], "command": "python scripts/study.py"}')
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--out", str(tmp_path), "--overwrite"])
+    with pytest.raises(SystemExit):
+        load_script("benchmark.py").main()
+    err = capsys.readouterr().err
+    assert "benchmark.json in" in err and "will not be replaced" in err
+    assert "study.py" in (tmp_path / "benchmark.json").read_text()
 
 
 def test_overwrite_in_a_clone_refuses_the_clone_in_one_line(tmp_path):
