@@ -139,3 +139,33 @@ def npz_with_header(path, name: str, shape: tuple, dtype: str) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for member, data in members.items():
             archive.writestr(member, data)
+
+JAX_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs", "jax_enable_compilation_cache")
+
+
+@pytest.fixture
+def refused(monkeypatch, capsys, tmp_path):
+    """`refused(script, *args)`: the one line on stderr with which `script` refuses `args`,
+    asked in this process exactly as the script's `main` asks first (train.py's
+    `parse_args`, the others' `build_parser().parse()`), in `tmp_path` as the working
+    folder; fails unless the parser exits with status 2 and prints nothing on stdout.
+    (That a real process does the same, traceback-free, is test_a_refused_argument_ends_the_process_in_one_line_with_status_2.)"""
+    monkeypatch.chdir(tmp_path)
+    saved = {name: getattr(jax.config, name) for name in JAX_CACHE_OPTIONS}
+
+    def refuse(script: str, *args) -> str:
+        monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / script), *map(str, args)])  # the parser's prog and argv
+        module = load_script(script)
+        with pytest.raises(SystemExit) as exit_info:
+            module.parse_args() if script == "train.py" else module.build_parser().parse()
+        out, err = capsys.readouterr()
+        assert exit_info.value.code == 2, err
+        assert out == ""
+        lines = err.splitlines()
+        assert len(lines) == 1, err
+        assert lines[0].startswith(f"{script}: error: "), err
+        return lines[0]
+
+    yield refuse
+    for name, value in saved.items():
+        jax.config.update(name, value)

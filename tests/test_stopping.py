@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -27,6 +28,12 @@ from mnist_jax.train import RunResult, TrainConfig, graph, init_state, make_opti
 def start(script: str, *args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def handles(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler of its own for `signum` (its `SigCgt` mask)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return bool(int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16) >> (signum - 1) & 1)
 
 
 def read_until(proc: subprocess.Popen, text: str) -> None:
@@ -182,7 +189,8 @@ def test_a_replacement_that_fails_before_its_first_epoch_keeps_the_run_it_replac
 
 def test_a_signal_while_importing_ends_in_one_line(tmp_path):
     proc = start("study.py", "--out", tmp_path / "run")
-    time.sleep(0.5)  # importing JAX takes a second
+    while not handles(proc.pid, signal.SIGTERM):  # the first thing the script does, before its imports
+        time.sleep(0.001)
     assert stop(proc, signal.SIGTERM) == "stopped by SIGTERM: nothing was started" and proc.returncode == 143
 
 
