@@ -108,29 +108,23 @@ def signals_deferred() -> Iterator[None]:
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
     Stop signals wait until the file is whole or gone (`signals_deferred`)."""
-    with signals_deferred():
-        with _atomic_write(path) as tmp:
-            yield tmp
-
-
-@contextlib.contextmanager
-def _atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{PARTIAL}{glob.escape(path.stem)}.*{path.suffix}"):  # of a run killed writing it
-        if is_partial(stale):
-            stale.unlink()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{PARTIAL}{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as e:  # named by the file meant, not by the temporary one
-        raise OSError(e.errno, e.strerror, str(path)) from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with signals_deferred():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f"{PARTIAL}{glob.escape(path.stem)}.*{path.suffix}"):  # of a run killed writing it
+            if is_partial(stale):
+                stale.unlink()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{PARTIAL}{path.stem}.", suffix=path.suffix)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as e:  # named by the file meant, not by the temporary one
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
