@@ -1,16 +1,16 @@
 """What a set of runs amounts to, and the files that record it: `summary` of a set of
-runs (a stage's seeds, a sweep setting's, a framework's), `paired_difference` of two sets
-seed by seed (a seed gives both the same split and batch order); `results.json` and
-`study_arrays.npz` (`save_study`, `load_study`), `sweep.json` (`save_grid`, `load_sweep`).
-A file that is not what was written is refused with one `ResultFileError`: what can be
-computed again from the file (a summary, a paired difference, a best epoch) must be."""
+runs, `paired_difference` of two sets seed by seed (a seed gives both the same split and
+batch order); `results.json` and `study_arrays.npz` (`save_study`, `load_study`),
+`sweep.json` (`save_grid`, `load_sweep`). A file is refused with one `ResultFileError`
+unless what can be computed again from it (a summary, a paired difference, a best epoch) is."""
 
 from __future__ import annotations
 
 import math
 import zipfile
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -26,7 +26,6 @@ from mnist_jax.train import GRID_HISTORY_KEYS, device_description
 
 MAX_JSON_BYTES = 2**28  # results.json of ten seeds and five epochs is 78 KB; sweep.json of 200 models of 40 epochs, 1.5 MB
 MISCLASSIFIED = 24  # test digits kept that the best linear stage gets wrong and an MLP right
-T = TypeVar("T")
 
 
 def summary(values: Sequence[float]) -> dict:
@@ -56,9 +55,6 @@ def best_val_epoch(history: list[dict]) -> int:
     return max(history, key=lambda row: row["val_accuracy"])["epoch"]
 
 
-# The study: results.json and study_arrays.npz.
-
-
 def comparisons(stages: dict[str, dict]) -> dict[str, list[dict]]:
     """Test accuracy of `to` minus `from`, paired by seed, for each stage and the next
     ("steps") and for the plain MLP and each of its variants that ran ("versus_mlp").
@@ -66,19 +62,16 @@ def comparisons(stages: dict[str, dict]) -> dict[str, list[dict]]:
     names = list(stages)
     pairs = {"steps": list(zip(names, names[1:])),
              "versus_mlp": [("mlp", s) for s in ("mlp_dropout", "mlp_bn") if {"mlp", s} <= set(names)]}
-    for before, after in pairs["steps"]:
-        if stages[before]["seeds"] != stages[after]["seeds"]:
-            raise ValueError(f"{before} and {after} ran different seeds ({stages[before]['seeds']}, {stages[after]['seeds']}): "
-                             "a difference pairs the same seeds")
+    if len(ran := {str(stage["seeds"]) for stage in stages.values()}) > 1:
+        raise ValueError(f"stages ran different seeds ({', '.join(sorted(ran))}): a difference pairs the same seeds")
     return {key: [{"from": before, "to": after,
                    **paired_difference(stages[before]["test_accuracies"], stages[after]["test_accuracies"])}
                   for before, after in found] for key, found in pairs.items()}
 
 
 def _study_arrays(results: dict[str, GridResult], data: MNIST, stages: dict[str, dict]) -> dict[str, np.ndarray]:
-    """What the figures draw, of each stage's first seed: its predictions and confusion
-    matrix, a linear stage's weights, and test digits the best linear stage gets wrong
-    and the plain MLP right."""
+    """What the figures draw, of each stage's first seed: its predictions, confusion matrix,
+    a linear stage's weights, and test digits the best linear stage gets wrong and an MLP right."""
     arrays = {}
     for name, r in results.items():
         arrays[f"{name}_predictions"] = r.test_predictions[0]
@@ -86,20 +79,16 @@ def _study_arrays(results: dict[str, GridResult], data: MNIST, stages: dict[str,
         arrays[f"{name}_confusion"] = confusion.reshape(NUM_CLASSES, NUM_CLASSES)  # by true, then predicted class
         if not r.config.spec.is_mlp:
             arrays[f"{name}_weights"] = r.final_params["linear"]["kernel"][0]
-    linear = [n for n, r in results.items() if not r.config.spec.is_mlp]
-    mlps = [n for n, r in results.items() if r.config.spec.is_mlp]
+    linear, mlps = [n for n in results if not STAGES[n].is_mlp], [n for n in results if STAGES[n].is_mlp]
     if linear and mlps:
         best_linear = max(linear, key=lambda n: stages[n]["mean"])
         mlp = "mlp" if "mlp" in mlps else mlps[0]
         wrong = results[best_linear].test_predictions[0] != data.test_labels
         right = results[mlp].test_predictions[0] == data.test_labels
         picked = np.flatnonzero(wrong & right)[:MISCLASSIFIED]
-        arrays |= {
-            "misclassified_stages": np.array([best_linear, mlp]),
-            "misclassified_images": data.test_images[picked],
-            "misclassified_labels": data.test_labels[picked],
-            "misclassified_linear_predictions": results[best_linear].test_predictions[0][picked],
-        }
+        arrays |= {"misclassified_stages": np.array([best_linear, mlp]), "misclassified_images": data.test_images[picked],
+                   "misclassified_labels": data.test_labels[picked],
+                   "misclassified_linear_predictions": results[best_linear].test_predictions[0][picked]}
     return arrays
 
 
@@ -119,22 +108,18 @@ def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: 
     return report
 
 
-# The sweep: sweep.json.
-
-
 def save_grid(grid: dict, path: Path, command: str, seconds: float, add: bool, run_id: str, write: bool = True) -> dict:
-    """Write `grid` (`sweep.run_grid`'s record) as `sweep.json` (with `add`, as a further
-    grid of the one at `path`, unless that already holds the grid of `run_id`: a resumed
-    run stopped after writing), unless not `write` (a process of several, not the first).
-    The file: `grids`, one record per command (device, JAX version, seconds, run id), and
-    `rows`, every model of every grid, each naming its grid by index."""
+    """Write `grid` (`sweep.run_grid`'s record) as `sweep.json`: `grids`, one record per
+    command, and `rows`, every model of every grid, each naming its grid by index. With
+    `add`, as a further grid of the file at `path`, unless that already holds the grid of
+    `run_id` (a resumed run stopped after writing); not written unless `write` (a process of
+    several, not the first)."""
     sweep = load_sweep(path) if add and write else {"grids": [], "rows": []}
     if any(g.get("run_id") == run_id for g in sweep["grids"]):
         return sweep
-    index = len(sweep["grids"])
-    record = {k: v for k, v in grid.items() if k != "rows"} | {"command": command, "seconds": seconds, "run_id": run_id}
-    sweep["grids"].append(record)
-    sweep["rows"] += [row | {"grid": index} for row in grid["rows"]]
+    sweep["rows"] += [row | {"grid": len(sweep["grids"])} for row in grid["rows"]]
+    record = {k: v for k, v in grid.items() if k != "rows"}
+    sweep["grids"].append(record | {"command": command, "seconds": seconds, "run_id": run_id})
     if write:
         write_json(path, sweep)
     return sweep
@@ -143,7 +128,7 @@ def save_grid(grid: dict, path: Path, command: str, seconds: float, add: bool, r
 # Reading them back: every fault one ResultFileError.
 
 
-def _read(path: Path, script: str, read: Callable[[Path], T]) -> T:
+def _read(path: Path, script: str, read: Callable[[Path], Any]) -> Any:
     """`read(path)`, what goes wrong a ResultFileError naming `path` and the fault."""
     try:
         return read(path)
@@ -152,9 +137,8 @@ def _read(path: Path, script: str, read: Callable[[Path], T]) -> T:
 
 
 def _check_figures(value, where: str = "", key: str = "") -> None:
-    """Every number of a record read back finite, and every loss and accuracy (a field so
-    named, or an item of one) a number, each accuracy in [0, 1]; a fault is named by its
-    place in the record, such as `stages.mlp.history[2][4].val_loss`."""
+    """Every number of a record read back finite, every loss and accuracy (a field so named,
+    or an item of one) a number, each accuracy in [0, 1]; a fault named by its place: `rows[0].lr`."""
     if isinstance(value, dict):
         for name, item in value.items():
             _check_figures(item, f"{where}.{name}" if where else name, name)
@@ -171,7 +155,8 @@ def _check_figures(value, where: str = "", key: str = "") -> None:
 def _agrees(stored, computed) -> bool:
     """Whether `stored` (read back) is `computed` again, its numbers to rounding."""
     if isinstance(computed, dict):
-        return isinstance(stored, dict) and stored.keys() == computed.keys() and all(_agrees(stored[k], computed[k]) for k in computed)
+        same_keys = isinstance(stored, dict) and stored.keys() == computed.keys()
+        return same_keys and all(_agrees(stored[key], computed[key]) for key in computed)
     if isinstance(computed, list):
         return isinstance(stored, list) and len(stored) == len(computed) and all(map(_agrees, stored, computed))
     if isinstance(computed, float):
@@ -213,27 +198,24 @@ def _read_study(path: Path) -> dict:
     return report
 
 
+def _check_header(name: str, shape: tuple, kind: str, found: tuple, dtype: np.dtype) -> None:
+    """ValueError unless array `name` is declared of `shape` (None: a length up to MISCLASSIFIED)
+    and of a dtype of `kind` (numpy's dtype.kind)."""
+    fits = len(found) == len(shape) and all(f == s or s is None and f <= MISCLASSIFIED for f, s in zip(found, shape))
+    if not fits or dtype.kind not in kind or dtype.itemsize > 64:
+        raise ValueError(f"{name} is {dtype}{list(found)}, expected {list(shape)} of kind {kind} (None: up to {MISCLASSIFIED})")
+
+
 def _read_arrays(path: Path, stages: list[str]) -> dict[str, np.ndarray]:
-    """What the figures of `stages` read from `study_arrays.npz`, each array read only
-    once its header declares its shape (None: a length up to MISCLASSIFIED) and kind of
-    number (numpy's dtype.kind), then checked: finite numbers, counts, classes."""
+    """What the figures of `stages` read from `study_arrays.npz`, each array read only once
+    its header is checked, then its numbers: finite, counts of test images, classes."""
     specs = {f"{name}_confusion": ((NUM_CLASSES, NUM_CLASSES), "iu") for name in stages}
     specs |= {f"{name}_weights": ((NUM_CLASSES, 784), "f") for name in stages if not STAGES[name].is_mlp}
     with zipfile.ZipFile(path) as archive:
         if "misclassified_stages.npy" in archive.namelist():
             specs |= {"misclassified_stages": ((2,), "U"), "misclassified_images": ((None, 28, 28), "iuf"),
                       "misclassified_labels": ((None,), "iu"), "misclassified_linear_predictions": ((None,), "iu")}
-
-        def read(name: str, shape: tuple, kind: str) -> np.ndarray:
-            def check(found: tuple, dtype: np.dtype) -> None:
-                fits = len(found) == len(shape) and all(f == s or s is None and f <= MISCLASSIFIED for f, s in zip(found, shape))
-                if not fits or dtype.kind not in kind or dtype.itemsize > 64:
-                    raise ValueError(f"{name} is {dtype}{list(found)}, expected {list(shape)} of kind {kind} "
-                                     f"(None: up to {MISCLASSIFIED})")
-
-            return npz_member(archive, name, check)
-
-        arrays = {name: read(name, *spec) for name, spec in specs.items()}
+        arrays = {name: npz_member(archive, name, functools.partial(_check_header, name, *spec)) for name, spec in specs.items()}
     for name, array in arrays.items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ValueError(f"{name} holds numbers that are not finite")
@@ -254,7 +236,8 @@ def _read_arrays(path: Path, stages: list[str]) -> dict[str, np.ndarray]:
 def load_study(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """`results.json` and the `study_arrays.npz` beside it, as `save_study` wrote them."""
     report = _read(path, "scripts/study.py", _read_study)
-    return report, _read(path.with_name("study_arrays.npz"), "scripts/study.py", lambda p: _read_arrays(p, list(report["stages"])))
+    arrays = _read(path.with_name("study_arrays.npz"), "scripts/study.py", lambda p: _read_arrays(p, list(report["stages"])))
+    return report, arrays
 
 
 def _read_sweep(path: Path) -> dict:

@@ -1,13 +1,9 @@
-"""Hyperparameter grids: every (stage, learning rate, dropout rate, width, seed) trained
-by `study.train_grid`, one program per stage and width (`results.save_grid` records them
-in `sweep.json`); and the three questions the original study left open, answered from
-them on validation-chosen settings.
-
-A row is one model: its grid point, its seed, its final test accuracy, its best
-validation epoch and its history (every epoch's losses and accuracies, test included).
-With a constant learning rate the model after epoch k is a k-epoch run, so one long
-sweep answers every shorter length too. Settings (learning rate, epoch) are chosen on
-validation accuracy only; test accuracy is reported, never chosen on.
+"""Hyperparameter grids (`run_grid`: every stage, learning rate, dropout rate, width and
+seed, in one `study.train_grid` program per stage and width) and the three questions the
+original study left open (`answers`). With a constant learning rate the model after epoch
+k is a k-epoch run, so one long sweep answers every shorter length too. Settings (learning
+rate, epoch) are chosen on validation accuracy only; test accuracy is reported, never
+chosen on.
 """
 
 from __future__ import annotations
@@ -50,7 +46,7 @@ def run_grid(
             raise ValueError(f"run_grid {name}: expected a list of distinct values, got {values!r}")
     if not all(isinstance(s, str) and s in STAGES for s in stages):
         raise ValueError(f"run_grid stages: expected names from {', '.join(STAGES)}, got {stages!r}")
-    if not (type(seeds) is int and seeds > 0) or models_at_once is not None and not (type(models_at_once) is int and models_at_once > 0):
+    if not (type(seeds) is int and seeds > 0 and (models_at_once is None or type(models_at_once) is int and models_at_once > 0)):
         raise ValueError(f"run_grid seeds and models_at_once: expected positive ints, got {seeds!r} and {models_at_once!r}")
     for lr, rate, hidden in itertools.product(lrs or [1e-3], dropouts or [None], hiddens):  # each as TrainConfig checks it
         TrainConfig("mlp_dropout", epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden, dropout=rate)
@@ -62,10 +58,11 @@ def run_grid(
         config = TrainConfig(stage, epochs=epochs, batch_size=batch_size, hidden=hidden if spec.is_mlp else None)
         points = grid_points(stage, lrs, dropouts, seeds)
         name = stage if not spec.is_mlp else f"{stage} (hidden {config.hidden or spec.hidden})"
-        on_epoch = on_stage(name, len(points)) if on_stage else None
-        result = train_grid(config, data, points, on_epoch=on_epoch, models_at_once=models_at_once, progress=progress)
+        result = train_grid(config, data, points, on_epoch=on_stage(name, len(points)) if on_stage else None,
+                            models_at_once=models_at_once, progress=progress)
         rows += [{"stage": stage, "lr": float(point.lr), "dropout": float(point.dropout), "hidden": config.hidden or spec.hidden,
-                  "seed": int(point.seed), "test_accuracy": float(accuracy), "best_val_epoch": best_val_epoch(history), "history": history}
+                  "seed": int(point.seed), "test_accuracy": float(accuracy), "best_val_epoch": best_val_epoch(history),
+                  "history": history}
                  for point, history, accuracy in zip(result.points, result.history, result.test_accuracies, strict=True)]
         compile_seconds += result.compile_seconds
         train_seconds += result.train_seconds
@@ -145,24 +142,24 @@ def compare_at_best_lr(rows: list[dict], before: str, after: str, epoch: int | N
     found = curves(rows, (before, after))
     choice = {s: best_lr(found[s], epoch) for s in (before, after)}
 
-    def difference(lrs: dict[str, float]) -> dict:
-        return paired_difference(*(found[s][lrs[s]]["test"][:, choice[s]["epoch"] - 1] for s in (before, after)))
+    def difference(lr_before: float, lr_after: float) -> dict:
+        return paired_difference(found[before][lr_before]["test"][:, choice[before]["epoch"] - 1],
+                                 found[after][lr_after]["test"][:, choice[after]["epoch"] - 1])
 
+    at_reference = difference(reference_lr, reference_lr) if all(reference_lr in found[s] for s in choice) else None
     return {"epoch": epoch, "seeds": len(found[before][choice[before]["lr"]]["test"]), "choice": choice,
-            "at_best_lr": difference({s: choice[s]["lr"] for s in choice}),
-            "at_reference_lr": difference(dict.fromkeys(choice, reference_lr)) if all(
-                reference_lr in found[s] for s in choice) else None}
+            "at_best_lr": difference(choice[before]["lr"], choice[after]["lr"]), "at_reference_lr": at_reference}
 
 
 def answers(sweep: dict) -> dict:
     """The three questions, each from the last grid that trained both its stages (a
     question reads one grid: the same seeds and epochs), at one width of the MLPs: their
-    own (256) if the grid trained it, else its widest. The linear question compares the
-    losses at their best rates after 5 epochs and after the grid's, and at their best
-    (rate, epoch)."""
+    own (256) if the grid trained it, else its widest. The linear losses are compared
+    after 5 epochs and after the grid's, and each at its best (rate, epoch)."""
+    trained = {(r["grid"], r["stage"]) for r in sweep["rows"]}
 
     def grid_of(*stages: str) -> tuple[list[dict], int, int | None] | None:
-        grids = [g for g in range(len(sweep["grids"])) if all(any(r["grid"] == g and r["stage"] == s for r in sweep["rows"]) for s in stages)]
+        grids = [g for g in range(len(sweep["grids"])) if all((g, s) in trained for s in stages)]
         if not grids:
             return None
         rows = [r for r in sweep["rows"] if r["grid"] == grids[-1] and r["stage"] in stages]

@@ -85,7 +85,7 @@ def test_ci95_and_paired_step_differences():
     assert steps[0]["difference"] == pytest.approx((0.05 + 0.045 + 0.05) / 3) and steps[0]["significant"]
     assert not steps[1]["significant"]  # +0.01, -0.005, 0.0: the interval holds zero
     stages["c"]["seeds"] = [0, 1, 3]
-    with pytest.raises(ValueError, match=r"b and c ran different seeds \(\[0, 1, 2\], \[0, 1, 3\]\): a difference pairs the same seeds"):
+    with pytest.raises(ValueError, match=r"stages ran different seeds \(\[0, 1, 2\], \[0, 1, 3\]\): a difference pairs the same seeds"):
         comparisons(stages)
 
 
