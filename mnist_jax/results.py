@@ -137,15 +137,16 @@ def _read(path: Path, script: str, read: Callable[[Path], Any]) -> Any:
 
 
 def _check_figures(value, where: str = "", key: str = "") -> None:
-    """Every number of a record read back finite, every loss and accuracy (a field so named,
-    or an item of one) a number, each accuracy in [0, 1]; a fault named by its place: `rows[0].lr`."""
+    """Every number of a record read back finite; every loss, accuracy, epoch, lr and dropout
+    (a field so named, or an item of one) a number (not a bool), each accuracy in [0, 1]; a
+    fault named by its place, as `rows[0].history[1].val_loss`."""
     if isinstance(value, dict):
         for name, item in value.items():
             _check_figures(item, f"{where}.{name}" if where else name, name)
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_figures(item, f"{where}[{i}]", key)
-    elif isinstance(value, float) or "loss" in key or "accurac" in key:
+    elif isinstance(value, float) or key in ("lr", "dropout") or any(part in key for part in ("loss", "accurac", "epoch")):
         if not finite_number(value):
             raise ValueError(f"{where} is {value!r}, not a finite number")
         if "accurac" in key and not 0 <= value <= 1:
@@ -167,8 +168,10 @@ def _agrees(stored, computed) -> bool:
 def _check_history(where: str, history: list[dict], epochs: int) -> None:
     """A model's `epochs` epochs (one at least), numbered from 1, each with every figure of an epoch."""
     numbers = [row["epoch"] for row in history]
-    if not epochs or numbers != list(range(1, epochs + 1)) or not all(set(GRID_HISTORY_KEYS) <= row.keys() for row in history):
-        raise ValueError(f"{where}: epochs {numbers}, where {epochs} are expected, each with {', '.join(GRID_HISTORY_KEYS)}")
+    if not epochs or numbers != list(range(1, epochs + 1)):
+        raise ValueError(f"{where}: epochs numbered {numbers}, where 1 to {epochs} are expected")
+    if missing := {key for row in history for key in GRID_HISTORY_KEYS if key not in row}:
+        raise ValueError(f"{where}: epochs without {', '.join(sorted(missing))}")
 
 
 def _read_study(path: Path) -> dict:
@@ -191,10 +194,11 @@ def _read_study(path: Path) -> dict:
         for seed, history in zip(seeds, stage["history"]):
             _check_history(f"{name}, seed {seed}", history, len(first["history"][0]))
         if not _agrees({key: stage[key] for key in ("mean", "std", "ci95")}, summary(stage["test_accuracies"])):
-            raise ValueError(f"{name}: mean {stage['mean']}, std or ci95 not the summary of its test accuracies")
+            raise ValueError(f"{name}: not the summary of its test accuracies: mean {stage['mean']}, std {stage['std']}, "
+                             f"ci95 {stage['ci95']}")
     for key, differences in comparisons(stages).items():
         if not _agrees(report[key], differences):
-            raise ValueError(f"{key} is not {[(d['from'], d['to']) for d in differences]} paired by seed")
+            raise ValueError(f"{key} is not the paired differences of {[(d['from'], d['to']) for d in differences]}")
     return report
 
 

@@ -94,7 +94,7 @@ def test_damaged_sweep_files_are_refused_naming_the_file(tmp_path):
     path.write_text(json.dumps({"grids": [{"epochs": 2, "command": "c", "device": "cpu"}], "rows": rows}))
     assert len(load_sweep(path)["rows"]) == 4
     for damage, fault in [
-        (lambda s: s["rows"][0]["history"].pop(), r"rows\[0\] \(mlp seed 0\): epochs \[1\], where 2 are expected"),
+        (lambda s: s["rows"][0]["history"].pop(), r"rows\[0\] \(mlp seed 0\): epochs numbered \[1\], where 1 to 2 are expected"),
         (lambda s: s["rows"][0]["history"][0].update(val_accuracy="high"), r"rows\[0\].history\[0\].val_accuracy is 'high', not a finite number"),
         (lambda s: s["rows"][1]["history"][1].update(val_loss=float("nan")), r"rows\[1\].history\[1\].val_loss is nan, not a finite number"),
         (lambda s: s["rows"].append(s["rows"][0]),
@@ -103,7 +103,7 @@ def test_damaged_sweep_files_are_refused_naming_the_file(tmp_path):
          r"grid 0, mlp at lr 0.001, dropout 0, hidden 256: seeds \[0, 1, 2, 3\], where each setting of the grid has each of \[0, 1, 2, 3, 9\]"),
         (lambda s: s["rows"][0].update(stage="mlp_huge"), "KeyError"),
         (lambda s: s["rows"][0].update(test_accuracy=5.0), r"rows\[0\].test_accuracy is 5.0, an accuracy outside \[0, 1\]"),
-        (lambda s: s["rows"][0]["history"][1].update(epoch=99), r"rows\[0\] \(mlp seed 0\): epochs \[1, 99\], where 2 are expected"),
+        (lambda s: s["rows"][0]["history"][1].update(epoch=99), r"rows\[0\] \(mlp seed 0\): epochs numbered \[1, 99\], where 1 to 2 are expected"),
         (lambda s: s["rows"][0].update(best_val_epoch=1), "a test accuracy or best validation epoch that is not its history's"),
         (lambda s: s.pop("grids"), "KeyError"),
     ]:
