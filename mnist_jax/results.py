@@ -1,16 +1,16 @@
 """What a set of runs amounts to, and the files that record it: `summary` of a set of
-runs (a stage's seeds, a sweep setting's, a framework's), `paired_difference` of two sets
-seed by seed (a seed gives both the same split and batch order); `results.json` and
-`study_arrays.npz` (`save_study`, `load_study`), `sweep.json` (`save_grid`, `load_sweep`).
-A file that is not what was written is refused with one `ResultFileError`."""
+runs, `paired_difference` of two sets seed by seed (a seed gives both the same split and
+batch order); `results.json` and `study_arrays.npz` (`save_study`, `load_study`),
+`sweep.json` (`save_grid`, `load_sweep`). A file is refused with one `ResultFileError`
+unless what can be computed again from it (a summary, a paired difference, a best epoch) is."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import zipfile
 from pathlib import Path
-from typing import Iterator, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -18,7 +18,7 @@ import scipy.stats
 
 from mnist_jax.data import MNIST
 from mnist_jax.errors import ResultFileError
-from mnist_jax.files import UNREADABLE, atomic_write, check_finite, check_fractions, npz_member, read_json, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, finite_number, npz_member, read_json, write_json
 from mnist_jax.models import NUM_CLASSES
 from mnist_jax.stages import STAGES
 from mnist_jax.study import GridResult
@@ -55,46 +55,23 @@ def best_val_epoch(history: list[dict]) -> int:
     return max(history, key=lambda row: row["val_accuracy"])["epoch"]
 
 
-# The study: results.json and study_arrays.npz.
-
-
-def compared_stages(names: list[str]) -> dict[str, list[tuple[str, str]]]:
-    """The pairs of stages a study compares: each stage with the next ("steps"), and the
-    plain MLP with each of its variants that ran ("versus_mlp")."""
-    return {"steps": list(zip(names, names[1:])),
-            "versus_mlp": [("mlp", s) for s in ("mlp_dropout", "mlp_bn") if {"mlp", s} <= set(names)]}
-
-
-def step_differences(stages: dict[str, dict], pairs: list[tuple[str, str]]) -> list[dict]:
-    """Test accuracy of `to` minus `from` for each pair, paired by seed: both stages must
-    have run the same seeds."""
-    steps = []
-    for before, after in pairs:
-        if stages[before]["seeds"] != stages[after]["seeds"]:
-            raise ValueError(f"{before} and {after} ran different seeds ({stages[before]['seeds']}, {stages[after]['seeds']}): "
-                             "a difference pairs the same seeds")
-        steps.append({"from": before, "to": after,
-                      **paired_difference(stages[before]["test_accuracies"], stages[after]["test_accuracies"])})
-    return steps
-
-
-def _stage(result: GridResult) -> dict:
-    return {
-        "seeds": result.seeds,
-        "test_accuracies": result.test_accuracies.tolist(),
-        "history": result.history,
-        **summary(result.test_accuracies),
-        "documented_accuracy": result.config.spec.documented_accuracy,
-        "compile_seconds": result.compile_seconds,
-        "train_seconds": result.train_seconds,
-        "seeds_at_once": result.models_at_once,
-    }
+def comparisons(stages: dict[str, dict]) -> dict[str, list[dict]]:
+    """Test accuracy of `to` minus `from`, paired by seed, for each stage and the next
+    ("steps") and for the plain MLP and each of its variants that ran ("versus_mlp").
+    Stages compared must have run the same seeds."""
+    names = list(stages)
+    pairs = {"steps": list(zip(names, names[1:])),
+             "versus_mlp": [("mlp", s) for s in ("mlp_dropout", "mlp_bn") if {"mlp", s} <= set(names)]}
+    if len(ran := {str(stage["seeds"]) for stage in stages.values()}) > 1:
+        raise ValueError(f"stages ran different seeds ({', '.join(sorted(ran))}): a difference pairs the same seeds")
+    return {key: [{"from": before, "to": after,
+                   **paired_difference(stages[before]["test_accuracies"], stages[after]["test_accuracies"])}
+                  for before, after in found] for key, found in pairs.items()}
 
 
 def _study_arrays(results: dict[str, GridResult], data: MNIST, stages: dict[str, dict]) -> dict[str, np.ndarray]:
-    """What the figures draw, of each stage's first seed: its predictions and confusion
-    matrix, a linear stage's weights, and test digits the best linear stage gets wrong
-    and the plain MLP right."""
+    """What the figures draw, of each stage's first seed: its predictions, confusion matrix,
+    a linear stage's weights, and test digits the best linear stage gets wrong and an MLP right."""
     arrays = {}
     for name, r in results.items():
         arrays[f"{name}_predictions"] = r.test_predictions[0]
@@ -102,29 +79,27 @@ def _study_arrays(results: dict[str, GridResult], data: MNIST, stages: dict[str,
         arrays[f"{name}_confusion"] = confusion.reshape(NUM_CLASSES, NUM_CLASSES)  # by true, then predicted class
         if not r.config.spec.is_mlp:
             arrays[f"{name}_weights"] = r.final_params["linear"]["kernel"][0]
-    linear = [n for n, r in results.items() if not r.config.spec.is_mlp]
-    mlps = [n for n, r in results.items() if r.config.spec.is_mlp]
+    linear, mlps = [n for n in results if not STAGES[n].is_mlp], [n for n in results if STAGES[n].is_mlp]
     if linear and mlps:
         best_linear = max(linear, key=lambda n: stages[n]["mean"])
         mlp = "mlp" if "mlp" in mlps else mlps[0]
         wrong = results[best_linear].test_predictions[0] != data.test_labels
         right = results[mlp].test_predictions[0] == data.test_labels
         picked = np.flatnonzero(wrong & right)[:MISCLASSIFIED]
-        arrays |= {
-            "misclassified_stages": np.array([best_linear, mlp]),
-            "misclassified_images": data.test_images[picked],
-            "misclassified_labels": data.test_labels[picked],
-            "misclassified_linear_predictions": results[best_linear].test_predictions[0][picked],
-        }
+        arrays |= {"misclassified_stages": np.array([best_linear, mlp]), "misclassified_images": data.test_images[picked],
+                   "misclassified_labels": data.test_labels[picked],
+                   "misclassified_linear_predictions": results[best_linear].test_predictions[0][picked]}
     return arrays
 
 
 def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: str, seconds: float, write: bool = True) -> dict:
     """Write `results.json` and `study_arrays.npz` (what the figures need) to `out`, unless
     not `write` (a process of several, not the first)."""
-    stages = {name: _stage(r) for name, r in results.items()}
-    comparisons = {key: step_differences(stages, pairs) for key, pairs in compared_stages(list(stages)).items()}
-    report = {"stages": stages, **comparisons, "command": command, "device": device_description(),
+    stages = {name: {"seeds": r.seeds, "test_accuracies": r.test_accuracies.tolist(), "history": r.history,
+                     **summary(r.test_accuracies), "documented_accuracy": r.config.spec.documented_accuracy,
+                     "compile_seconds": r.compile_seconds, "train_seconds": r.train_seconds, "seeds_at_once": r.models_at_once}
+              for name, r in results.items()}
+    report = {"stages": stages, **comparisons(stages), "command": command, "device": device_description(),
               "jax_version": jax.__version__, "seconds": seconds}
     if write:
         write_json(out / "results.json", report)
@@ -133,22 +108,18 @@ def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: 
     return report
 
 
-# The sweep: sweep.json.
-
-
 def save_grid(grid: dict, path: Path, command: str, seconds: float, add: bool, run_id: str, write: bool = True) -> dict:
-    """Write `grid` (`sweep.run_grid`'s record) as `sweep.json` (with `add`, as a further
-    grid of the one at `path`, unless that already holds the grid of `run_id`: a resumed
-    run stopped after writing), unless not `write` (a process of several, not the first).
-    The file: `grids`, one record per command (device, JAX version, seconds, run id), and
-    `rows`, every model of every grid, each naming its grid by index."""
+    """Write `grid` (`sweep.run_grid`'s record) as `sweep.json`: `grids`, one record per
+    command, and `rows`, every model of every grid, each naming its grid by index. With
+    `add`, as a further grid of the file at `path`, unless that already holds the grid of
+    `run_id` (a resumed run stopped after writing); not written unless `write` (a process of
+    several, not the first)."""
     sweep = load_sweep(path) if add and write else {"grids": [], "rows": []}
     if any(g.get("run_id") == run_id for g in sweep["grids"]):
         return sweep
-    index = len(sweep["grids"])
-    record = {k: v for k, v in grid.items() if k != "rows"} | {"command": command, "seconds": seconds, "run_id": run_id}
-    sweep["grids"].append(record)
-    sweep["rows"] += [row | {"grid": index} for row in grid["rows"]]
+    sweep["rows"] += [row | {"grid": len(sweep["grids"])} for row in grid["rows"]]
+    record = {k: v for k, v in grid.items() if k != "rows"}
+    sweep["grids"].append(record | {"command": command, "seconds": seconds, "run_id": run_id})
     if write:
         write_json(path, sweep)
     return sweep
@@ -157,104 +128,109 @@ def save_grid(grid: dict, path: Path, command: str, seconds: float, add: bool, r
 # Reading them back: every fault one ResultFileError.
 
 
-@contextlib.contextmanager
-def _written_by(path: Path, script: str) -> Iterator[None]:
-    """Turn what goes wrong reading `path` into a ResultFileError naming it and the fault."""
+def _read(path: Path, script: str, read: Callable[[Path], Any]) -> Any:
+    """`read(path)`, what goes wrong a ResultFileError naming `path` and the fault."""
     try:
-        yield
+        return read(path)
     except UNREADABLE as e:
         raise ResultFileError(f"{path} is damaged or not written by {script} ({type(e).__name__}: {e})") from None
 
 
-def _check_history(where: str, history: list[dict]) -> None:
-    """A grid model's epochs, numbered from 1: every figure finite, every accuracy in [0, 1]."""
-    for epoch, row in enumerate(history, 1):
-        check_finite(f"{where}, epoch {epoch}", **{key: row[key] for key in GRID_HISTORY_KEYS})
-        check_fractions(f"{where}, epoch {epoch}", *(row[key] for key in GRID_HISTORY_KEYS if key.endswith("accuracy")))
-        if row["epoch"] != epoch:
-            raise ValueError(f"{where}, epoch {epoch}: numbered {row['epoch']}")
+def _check_figures(value, where: str = "", key: str = "") -> None:
+    """Every number of a record read back finite; every loss, accuracy, epoch, lr and dropout
+    (a field so named, or an item of one) a number (not a bool), each accuracy in [0, 1]; a
+    fault named by its place, as `rows[0].history[1].val_loss`."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_figures(item, f"{where}.{name}" if where else name, name)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_figures(item, f"{where}[{i}]", key)
+    elif isinstance(value, float) or key in ("lr", "dropout") or any(part in key for part in ("loss", "accurac", "epoch")):
+        if not finite_number(value):
+            raise ValueError(f"{where} is {value!r}, not a finite number")
+        if "accurac" in key and not 0 <= value <= 1:
+            raise ValueError(f"{where} is {value!r}, an accuracy outside [0, 1]")
 
 
-def _check_interval(where: str, mean: float, ci95: list | None, n: int) -> None:
-    """A 95% interval of `n` values holds its mean; under two values there is none."""
-    if n < 2:
-        if ci95 is not None:
-            raise ValueError(f"{where}: a 95% interval {ci95} of one seed")
-        return
-    lo, hi = ci95
-    check_finite(where, ci95_low=lo, ci95_high=hi)
-    if not lo <= mean <= hi:
-        raise ValueError(f"{where}: mean {mean} outside its 95% interval [{lo}, {hi}]")
+def _agrees(stored, computed) -> bool:
+    """Whether `stored` (read back) is `computed` again, its numbers to rounding."""
+    if isinstance(computed, dict):
+        same_keys = isinstance(stored, dict) and stored.keys() == computed.keys()
+        return same_keys and all(_agrees(stored[key], computed[key]) for key in computed)
+    if isinstance(computed, list):
+        return isinstance(stored, list) and len(stored) == len(computed) and all(map(_agrees, stored, computed))
+    if isinstance(computed, float):
+        return finite_number(stored) and math.isclose(stored, computed, rel_tol=1e-9, abs_tol=1e-12)
+    return type(stored) is type(computed) and stored == computed
 
 
-def _check_study(report: dict) -> None:
-    """Raise unless `report` is what `save_study` writes: every figure a finite number,
-    each mean within its interval, every stage of the same seeds and epochs, and the
-    comparisons of the stages it holds."""
+def _check_history(where: str, history: list[dict], epochs: int) -> None:
+    """A model's `epochs` epochs (one at least), numbered from 1, each with every figure of an epoch."""
+    numbers = [row["epoch"] for row in history]
+    if not epochs or numbers != list(range(1, epochs + 1)):
+        raise ValueError(f"{where}: epochs numbered {numbers}, where 1 to {epochs} are expected")
+    if missing := {key for row in history for key in GRID_HISTORY_KEYS if key not in row}:
+        raise ValueError(f"{where}: epochs without {', '.join(sorted(missing))}")
+
+
+def _read_study(path: Path) -> dict:
+    """`results.json`, refused unless it is what `save_study` writes: every figure a finite
+    number, every stage of the same distinct seeds and epochs, and each summary and paired
+    difference the one its test accuracies give."""
+    report = read_json(path, MAX_JSON_BYTES)
     if not isinstance(report["device"], str) or not report["stages"]:
         raise ValueError("no device or no stages")
+    _check_figures(report)
     stages = report["stages"]
     first = next(iter(stages.values()))
     for name, stage in stages.items():
         STAGES[name]  # noqa: B018  (a known stage)
-        seeds, histories = stage["seeds"], stage["history"]
+        seeds = stage["seeds"]
         if seeds != first["seeds"] or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
             raise ValueError(f"{name}: seeds {seeds}, where each stage has the same distinct seeds {first['seeds']}")
-        if not len(seeds) == len(stage["test_accuracies"]) == len(histories) > 0:
+        if not len(seeds) == len(stage["test_accuracies"]) == len(stage["history"]) > 0:
             raise ValueError(f"{name}: seeds, test_accuracies and history differ in length")
-        if not histories[0] or any(len(history) != len(first["history"][0]) for history in histories):
-            raise ValueError(f"{name}: seeds with different numbers of epochs")
-        check_finite(name, mean=stage["mean"], documented_accuracy=stage["documented_accuracy"],
-                     **{f"test_accuracies[{i}]": x for i, x in enumerate(stage["test_accuracies"])})
-        check_fractions(name, *stage["test_accuracies"], stage["mean"], stage["documented_accuracy"])
-        for seed, history in zip(seeds, histories):
-            _check_history(f"{name}, seed {seed}", history)
-        if len(seeds) > 1:
-            check_finite(name, std=stage["std"])
-        _check_interval(name, stage["mean"], stage["ci95"], len(seeds))
-    for key, expected in compared_stages(list(stages)).items():
-        if [(step["from"], step["to"]) for step in report[key]] != expected:
-            raise ValueError(f"{key} compares {[(step['from'], step['to']) for step in report[key]]}, not {expected}")
-        for step in report[key]:
-            where = f"{key} {step['to']} - {step['from']}"
-            check_finite(where, difference=step["difference"])
-            _check_interval(where, step["difference"], step["ci95"], len(first["seeds"]))
+        for seed, history in zip(seeds, stage["history"]):
+            _check_history(f"{name}, seed {seed}", history, len(first["history"][0]))
+        if not _agrees({key: stage[key] for key in ("mean", "std", "ci95")}, summary(stage["test_accuracies"])):
+            raise ValueError(f"{name}: not the summary of its test accuracies: mean {stage['mean']}, std {stage['std']}, "
+                             f"ci95 {stage['ci95']}")
+    for key, differences in comparisons(stages).items():
+        if not _agrees(report[key], differences):
+            raise ValueError(f"{key} is not the paired differences of {[(d['from'], d['to']) for d in differences]}")
+    return report
+
+
+def _check_header(name: str, shape: tuple, kind: str, found: tuple, dtype: np.dtype) -> None:
+    """ValueError unless array `name` is declared of `shape` (None: a length up to MISCLASSIFIED)
+    and of a dtype of `kind` (numpy's dtype.kind)."""
+    fits = len(found) == len(shape) and all(f == s or s is None and f <= MISCLASSIFIED for f, s in zip(found, shape))
+    if not fits or dtype.kind not in kind or dtype.itemsize > 64:
+        raise ValueError(f"{name} is {dtype}{list(found)}, expected {list(shape)} of kind {kind} (None: up to {MISCLASSIFIED})")
 
 
 def _read_arrays(path: Path, stages: list[str]) -> dict[str, np.ndarray]:
-    """What the figures of `stages` read from `study_arrays.npz`, each array read only
-    once its header declares its shape (None: a length up to MISCLASSIFIED) and numbers."""
-    shapes = {f"{name}_confusion": (NUM_CLASSES, NUM_CLASSES) for name in stages}
-    shapes |= {f"{name}_weights": (NUM_CLASSES, 784) for name in stages if not STAGES[name].is_mlp}
+    """What the figures of `stages` read from `study_arrays.npz`, each array read only once
+    its header is checked, then its numbers: finite, counts of test images, classes."""
+    specs = {f"{name}_confusion": ((NUM_CLASSES, NUM_CLASSES), "iu") for name in stages}
+    specs |= {f"{name}_weights": ((NUM_CLASSES, 784), "f") for name in stages if not STAGES[name].is_mlp}
     with zipfile.ZipFile(path) as archive:
         if "misclassified_stages.npy" in archive.namelist():
-            shapes |= {"misclassified_stages": (2,), "misclassified_images": (None, 28, 28),
-                       "misclassified_labels": (None,), "misclassified_linear_predictions": (None,)}
-
-        def read(name: str, shape: tuple) -> np.ndarray:
-            def check(found: tuple, dtype: np.dtype) -> None:
-                fits = len(found) == len(shape) and all(f == s or s is None and f <= MISCLASSIFIED for f, s in zip(found, shape))
-                if not fits or dtype.kind not in "iufU" or dtype.itemsize > 64:
-                    raise ValueError(f"{name} is {dtype}{list(found)}, expected {list(shape)} (None: up to {MISCLASSIFIED})")
-
-            return npz_member(archive, name, check)
-
-        arrays = {name: read(name, shape) for name, shape in shapes.items()}
-    if not all(np.isfinite(arrays[f"{name}_weights"]).all() for name in stages if not STAGES[name].is_mlp):
-        raise ValueError("weights that are not finite numbers")
-    totals = set()
-    for name in stages:  # counts of the test images, by true and predicted class
-        confusion = arrays[f"{name}_confusion"]
-        if confusion.dtype.kind not in "iu" or confusion.min() < 0:
-            raise ValueError(f"{name}_confusion is not counts of test images")
-        totals.add(int(confusion.sum()))
-    if len(totals) != 1:
-        raise ValueError(f"confusion matrices of different numbers of test images: {sorted(totals)}")
-    for key in ("misclassified_labels", "misclassified_linear_predictions"):
-        if key in arrays and (arrays[key].dtype.kind not in "iu" or len(arrays[key]) and not 0 <= arrays[key].min() <= arrays[key].max() < NUM_CLASSES):
-            raise ValueError(f"{key} holds classes outside 0-{NUM_CLASSES - 1}")
+            specs |= {"misclassified_stages": ((2,), "U"), "misclassified_images": ((None, 28, 28), "iuf"),
+                      "misclassified_labels": ((None,), "iu"), "misclassified_linear_predictions": ((None,), "iu")}
+        arrays = {name: npz_member(archive, name, functools.partial(_check_header, name, *spec)) for name, spec in specs.items()}
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"{name} holds numbers that are not finite")
+        if name.endswith("_confusion") and array.min() < 0:
+            raise ValueError(f"{name} is not counts of test images")
+        if name.endswith(("_labels", "_predictions")) and len(array) and not 0 <= array.min() <= array.max() < NUM_CLASSES:
+            raise ValueError(f"{name} holds classes outside 0-{NUM_CLASSES - 1}")
+    if len({int(arrays[f"{name}_confusion"].sum()) for name in stages}) != 1:
+        raise ValueError("confusion matrices of different numbers of test images")
     if "misclassified_stages" in arrays:
-        if len({len(arrays[k]) for k in shapes if k.startswith("misclassified_") and k != "misclassified_stages"}) != 1:
+        if len({len(arrays[k]) for k in specs if k.startswith("misclassified_") and k != "misclassified_stages"}) != 1:
             raise ValueError("misclassified_images, _labels and _linear_predictions differ in length")
         if not set(map(str, arrays["misclassified_stages"])) <= set(stages):
             raise ValueError("misclassified_stages names stages not in results.json")
@@ -263,51 +239,42 @@ def _read_arrays(path: Path, stages: list[str]) -> dict[str, np.ndarray]:
 
 def load_study(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """`results.json` and the `study_arrays.npz` beside it, as `save_study` wrote them."""
-    with _written_by(path, "scripts/study.py"):
-        report = read_json(path, MAX_JSON_BYTES)
-        _check_study(report)
-    arrays = path.with_name("study_arrays.npz")
-    with _written_by(arrays, "scripts/study.py"):
-        return report, _read_arrays(arrays, list(report["stages"]))
+    report = _read(path, "scripts/study.py", _read_study)
+    arrays = _read(path.with_name("study_arrays.npz"), "scripts/study.py", lambda p: _read_arrays(p, list(report["stages"])))
+    return report, arrays
 
 
-def _check_sweep(sweep: dict) -> None:
-    """Raise unless `sweep` is what `save_grid` writes: every figure a finite number, each
-    row's history its grid's epochs, each setting of a grid with each seed once and the
-    same seeds as the grid's other settings (a question pairs them)."""
-    if not sweep["grids"] or not sweep["rows"]:
-        raise ValueError("no grids or no rows")
-    for grid in sweep["grids"]:
-        if not isinstance(grid["command"], str) or not isinstance(grid["device"], str) or type(grid["epochs"]) is not int:
-            raise ValueError("a grid without its command, device or epochs")
+def _read_sweep(path: Path) -> dict:
+    """`sweep.json`, refused unless it is what `save_grid` writes: every figure a finite
+    number, each row's history its grid's epochs with its test accuracy and best validation
+    epoch, each setting of a grid with each of the grid's seeds once (a question pairs them)."""
+    sweep = read_json(path, MAX_JSON_BYTES)
+    grids = sweep["grids"]
+    if not grids or not sweep["rows"] or not all(
+            isinstance(g["command"], str) and isinstance(g["device"], str) and type(g["epochs"]) is int for g in grids):
+        raise ValueError("no grids, no rows, or a grid without its command, device or epochs")
+    _check_figures(sweep)
     seeds: dict[tuple, list[int]] = {}  # (grid, stage, lr, dropout, hidden) -> its seeds
-    for row in sweep["rows"]:
+    for i, row in enumerate(sweep["rows"]):
         STAGES[row["stage"]]  # noqa: B018  (a known stage)
-        if type(row["grid"]) is not int or not 0 <= row["grid"] < len(sweep["grids"]) or len(row["history"]) != sweep["grids"][row["grid"]]["epochs"]:
-            raise ValueError(f"a {row['stage']} row whose history is not its grid's epochs")
-        where = f"grid {row['grid']}, {row['stage']} seed {row['seed']}"
-        check_finite(where, lr=row["lr"], dropout=row["dropout"], test_accuracy=row["test_accuracy"], best_val_epoch=row["best_val_epoch"])
-        _check_history(where, row["history"])
-        check_fractions(where, row["test_accuracy"])
+        where = f"rows[{i}] ({row['stage']} seed {row['seed']})"
+        if type(row["grid"]) is not int or not 0 <= row["grid"] < len(grids):
+            raise ValueError(f"{where}: grid {row['grid']!r}, not one in the file")
+        _check_history(where, row["history"], grids[row["grid"]]["epochs"])
         if row["test_accuracy"] != row["history"][-1]["test_accuracy"] or row["best_val_epoch"] != best_val_epoch(row["history"]):
             raise ValueError(f"{where}: a test accuracy or best validation epoch that is not its history's")
-        if (type(row["seed"]) is not int or row["lr"] <= 0 or not 0 <= row["dropout"] < 1
+        if (type(row["seed"]) is not int or not row["lr"] > 0 or not 0 <= row["dropout"] < 1
                 or not (row["hidden"] is None or type(row["hidden"]) is int and row["hidden"] > 0)):
             raise ValueError(f"{where}: a seed, lr, dropout or hidden width that no grid has")
-        setting_seeds = seeds.setdefault((row["grid"], row["stage"], row["lr"], row["dropout"], row["hidden"]), [])
-        if row["seed"] in setting_seeds:
-            raise ValueError(f"{where}: twice at lr {row['lr']:g}, dropout {row['dropout']:g}, hidden {row['hidden']}")
-        setting_seeds.append(row["seed"])
+        seeds.setdefault((row["grid"], row["stage"], row["lr"], row["dropout"], row["hidden"]), []).append(row["seed"])
     for (grid, stage, lr, dropout, hidden), found in seeds.items():
-        every = {s for key, other in seeds.items() if key[0] == grid for s in other}
-        if missing := sorted(every - set(found)):
-            raise ValueError(f"grid {grid}, {stage} at lr {lr:g}, dropout {dropout:g}, hidden {hidden}: no seed "
-                             f"{', '.join(map(str, missing))}, which the grid's other settings have")
+        every = sorted({s for key, other in seeds.items() if key[0] == grid for s in other})
+        if sorted(found) != every:
+            raise ValueError(f"grid {grid}, {stage} at lr {lr:g}, dropout {dropout:g}, hidden {hidden}: seeds {sorted(found)}, "
+                             f"where each setting of the grid has each of {every} once")
+    return sweep
 
 
 def load_sweep(path: Path) -> dict:
     """`sweep.json` as `save_grid` wrote it."""
-    with _written_by(path, "scripts/sweep.py"):
-        sweep = read_json(path, MAX_JSON_BYTES)
-        _check_sweep(sweep)
-    return sweep
+    return _read(path, "scripts/sweep.py", _read_sweep)

@@ -1,13 +1,9 @@
-"""Hyperparameter grids: every (stage, learning rate, dropout rate, width, seed) trained
-by `study.train_grid`, one program per stage and width (`results.save_grid` records them
-in `sweep.json`); and the three questions the original study left open, answered from
-them on validation-chosen settings.
-
-A row is one model: its grid point, its seed, its final test accuracy, its best
-validation epoch and its history (every epoch's losses and accuracies, test included).
-With a constant learning rate the model after epoch k is a k-epoch run, so one long
-sweep answers every shorter length too. Settings (learning rate, epoch) are chosen on
-validation accuracy only; test accuracy is reported, never chosen on.
+"""Hyperparameter grids (`run_grid`: every stage, learning rate, dropout rate, width and
+seed, in one `study.train_grid` program per stage and width) and the three questions the
+original study left open (`answers`). With a constant learning rate the model after epoch
+k is a k-epoch run, so one long sweep answers every shorter length too. Settings (learning
+rate, epoch) are chosen on validation accuracy only; test accuracy is reported, never
+chosen on.
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ from mnist_jax.data import MNIST
 from mnist_jax.progress import GridProgress
 from mnist_jax.results import best_val_epoch, paired_difference, summary
 from mnist_jax.stages import STAGES
-from mnist_jax.study import GridResult, train_grid
+from mnist_jax.study import train_grid
 from mnist_jax.train import Point, TrainConfig, device_description
 
 
@@ -35,24 +31,6 @@ def grid_points(stage: str, lrs: list[float] | None, dropouts: list[float] | Non
     return [Point(seed, lr, rate) for lr, rate, seed in itertools.product(lrs, dropouts, range(seeds))]
 
 
-def rows_of(result: GridResult) -> list[dict]:
-    """One row per model of a trained grid: its stage, lr, dropout, hidden width and seed,
-    its final test accuracy, its best validation epoch and its history."""
-    rows = []
-    for point, history, accuracy in zip(result.points, result.history, result.test_accuracies, strict=True):
-        rows.append({
-            "stage": result.config.stage,
-            "lr": float(point.lr),
-            "dropout": float(point.dropout),
-            "hidden": result.config.hidden or result.config.spec.hidden,
-            "seed": int(point.seed),
-            "test_accuracy": float(accuracy),
-            "best_val_epoch": best_val_epoch(history),
-            "history": history,
-        })
-    return rows
-
-
 def run_grid(
     stages: list[str], data: MNIST, *, lrs: list[float] | None = None, dropouts: list[float] | None = None,
     hiddens: list[int | None] = (None,), seeds: int = 10, epochs: int = 5, batch_size: int = 128,
@@ -60,14 +38,15 @@ def run_grid(
     progress: GridProgress | None = None,
 ) -> dict:
     """Train the grid, stage by stage and width by width (one `train_grid` each).
-    `on_stage(name, models)` returns the `on_epoch` of that part. The grid's record:
-    its rows and its seconds (`results.save_grid` adds the command)."""
+    `on_stage(name, models)` returns the `on_epoch` of that part. The grid's record: its
+    rows (one per model: its stage, lr, dropout, hidden width and seed, final test accuracy,
+    best validation epoch and history) and its seconds (`results.save_grid` adds the command)."""
     for name, values in (("stages", stages), ("lrs", lrs), ("dropouts", dropouts), ("hiddens", hiddens)):
         if values is not None and (not isinstance(values, (list, tuple)) or not values or len(set(values)) != len(values)):
             raise ValueError(f"run_grid {name}: expected a list of distinct values, got {values!r}")
     if not all(isinstance(s, str) and s in STAGES for s in stages):
         raise ValueError(f"run_grid stages: expected names from {', '.join(STAGES)}, got {stages!r}")
-    if not (type(seeds) is int and seeds > 0) or models_at_once is not None and not (type(models_at_once) is int and models_at_once > 0):
+    if not (type(seeds) is int and seeds > 0 and (models_at_once is None or type(models_at_once) is int and models_at_once > 0)):
         raise ValueError(f"run_grid seeds and models_at_once: expected positive ints, got {seeds!r} and {models_at_once!r}")
     for lr, rate, hidden in itertools.product(lrs or [1e-3], dropouts or [None], hiddens):  # each as TrainConfig checks it
         TrainConfig("mlp_dropout", epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden, dropout=rate)
@@ -79,9 +58,12 @@ def run_grid(
         config = TrainConfig(stage, epochs=epochs, batch_size=batch_size, hidden=hidden if spec.is_mlp else None)
         points = grid_points(stage, lrs, dropouts, seeds)
         name = stage if not spec.is_mlp else f"{stage} (hidden {config.hidden or spec.hidden})"
-        on_epoch = on_stage(name, len(points)) if on_stage else None
-        result = train_grid(config, data, points, on_epoch=on_epoch, models_at_once=models_at_once, progress=progress)
-        rows += rows_of(result)
+        result = train_grid(config, data, points, on_epoch=on_stage(name, len(points)) if on_stage else None,
+                            models_at_once=models_at_once, progress=progress)
+        rows += [{"stage": stage, "lr": float(point.lr), "dropout": float(point.dropout), "hidden": config.hidden or spec.hidden,
+                  "seed": int(point.seed), "test_accuracy": float(accuracy), "best_val_epoch": best_val_epoch(history),
+                  "history": history}
+                 for point, history, accuracy in zip(result.points, result.history, result.test_accuracies, strict=True)]
         compile_seconds += result.compile_seconds
         train_seconds += result.train_seconds
         chunks[name] = result.models_at_once
@@ -89,130 +71,95 @@ def run_grid(
             "compile_seconds": compile_seconds, "train_seconds": train_seconds, "models_at_once": chunks, "rows": rows}
 
 
-# The three questions. A "setting" is (stage, lr, dropout, hidden, grid); its rows are
-# its seeds, which pair across settings: a seed draws the same split and batch order.
+# The three questions, from rows as `results.load_sweep` checks them. A "setting" is (stage,
+# lr, dropout) of one grid at one width; its rows are its seeds, which pair across settings.
 
 
-def setting(rows: list[dict], stage: str, **fixed) -> dict[int, dict]:
-    """The rows of one stage whose fields equal `fixed`, by seed."""
-    chosen = [r for r in rows if r["stage"] == stage and all(r[k] == v for k, v in fixed.items())]
-    by_seed = {r["seed"]: r for r in chosen}
-    if not chosen:
-        raise ValueError(f"no {stage} rows with {fixed}")
-    if len(by_seed) != len(chosen):
-        raise ValueError(f"{stage} {fixed}: more than one setting per seed; name the one to compare")
-    return by_seed
+def curves(rows: list[dict], stages: tuple[str, ...], field: str = "lr") -> dict[str, dict[float, dict[str, np.ndarray]]]:
+    """For each of `stages`, each value of `field` among its rows (a setting): the (seeds,
+    epochs) validation and test accuracies of its seeds, "val" and "test". Every setting
+    must hold the same seeds: one missing is a ValueError naming it, never a smaller pairing."""
+    seeds = sorted({r["seed"] for r in rows if r["stage"] in stages})
+    found = {}
+    for stage in stages:
+        found[stage] = {}
+        for value in sorted({r[field] for r in rows if r["stage"] == stage}):
+            by_seed = {r["seed"]: r["history"] for r in rows if r["stage"] == stage and r[field] == value}
+            if missing := [s for s in seeds if s not in by_seed]:
+                raise ValueError(f"{stage} at {field} {value:g} has no seed {', '.join(map(str, missing))}, "
+                                 "which a setting it is compared with has")
+            found[stage][value] = {key: np.array([[epoch[f"{key}_accuracy"] for epoch in by_seed[s]] for s in seeds])
+                                   for key in ("val", "test")}
+        if not found[stage]:
+            raise ValueError(f"no {stage} rows to compare")
+    return found
 
 
-def same_seeds(*settings: dict[int, dict]) -> list[int]:
-    """The seeds of settings compared with one another, which must be the same: a seed
-    missing from one is a ValueError naming it, never a smaller pairing."""
-    seeds = sorted(set().union(*settings))
-    for by_seed in settings:
-        if missing := [s for s in seeds if s not in by_seed]:
-            row = next(iter(by_seed.values()))
-            raise ValueError(f"{row['stage']} at lr {row['lr']:g}, dropout {row['dropout']:g} has no seed "
-                             f"{', '.join(map(str, missing))}, which a setting it is compared with has")
-    return seeds
-
-
-def curve(by_seed: dict[int, dict], key: str, seeds: list[int]) -> np.ndarray:
-    """(seeds, epochs) of one history figure."""
-    return np.array([[entry[key] for entry in by_seed[s]["history"]] for s in seeds])
+def _per_epoch(curve: dict[str, np.ndarray]) -> dict:
+    """Test accuracy after every epoch (mean and interval) and the epoch whose mean
+    validation accuracy is highest, with the test accuracy there."""
+    best = int(curve["val"].mean(0).argmax())
+    return {"test": [summary(accuracies) for accuracies in curve["test"].T], "best_val_epoch": best + 1,
+            "test_at_best_val_epoch": summary(curve["test"][:, best])}
 
 
 def dropout_over_epochs(rows: list[dict], lr: float = 1e-3) -> dict:
     """Question 1: `mlp_dropout` at each of its rates against `mlp` after every epoch, at
-    learning rate `lr`."""
-    rows = [r for r in rows if r["lr"] == lr]
-    base = setting(rows, "mlp")
-    others = {rate: setting(rows, "mlp_dropout", dropout=rate) for rate in sorted({r["dropout"] for r in rows if r["stage"] == "mlp_dropout"})}
-    seeds = same_seeds(base, *others.values())
-    plain = curve(base, "test_accuracy", seeds)
-    answer = {"lr": lr, "seeds": len(seeds), "epochs": plain.shape[1], "mlp": _per_epoch(base, seeds), "rates": {}}
-    plain_best = answer["mlp"]["best_val_epoch"]
-    for rate, other in others.items():
-        dropped = curve(other, "test_accuracy", seeds)
-        differences = [paired_difference(plain[:, e], dropped[:, e]) for e in range(plain.shape[1])]
+    learning rate `lr`, and each after its own best validation epoch."""
+    found = curves([r for r in rows if r["lr"] == lr], ("mlp", "mlp_dropout"), "dropout")
+    (plain,) = found["mlp"].values()  # mlp has no dropout rate to vary
+    answer = {"lr": lr, "seeds": len(plain["test"]), "epochs": plain["test"].shape[1], "mlp": _per_epoch(plain), "rates": {}}
+    plain_best = plain["test"][:, answer["mlp"]["best_val_epoch"] - 1]
+    for rate, dropped in found["mlp_dropout"].items():
+        differences = [paired_difference(a, b) for a, b in zip(plain["test"].T, dropped["test"].T)]
         better = [d["significant"] and d["difference"] > 0 for d in differences]
-        first = next((e + 1 for e in range(len(better)) if better[e]), None)
-        since = next((e + 1 for e in range(len(better)) if all(better[e:])), None)  # and to the last epoch
-        per_epoch = _per_epoch(other, seeds)
-        at_best = paired_difference(plain[:, plain_best - 1], dropped[:, per_epoch["best_val_epoch"] - 1])  # each at its own
-        answer["rates"][f"{rate:g}"] = {**per_epoch, "difference": differences, "first_better_epoch": first,
-                                        "better_from_epoch": since, "difference_at_best_val_epochs": at_best}
+        per_epoch = _per_epoch(dropped)
+        answer["rates"][f"{rate:g}"] = per_epoch | {
+            "difference": differences,
+            "first_better_epoch": next((e + 1 for e in range(len(better)) if better[e]), None),
+            "better_from_epoch": next((e + 1 for e in range(len(better)) if all(better[e:])), None),  # and to the last
+            "difference_at_best_val_epochs": paired_difference(plain_best, dropped["test"][:, per_epoch["best_val_epoch"] - 1]),
+        }
     return answer
 
 
-def _per_epoch(by_seed: dict[int, dict], seeds: list[int]) -> dict:
-    """Test accuracy after every epoch (mean and interval) and the epoch whose mean
-    validation accuracy is highest, with the test accuracy there."""
-    test, val = curve(by_seed, "test_accuracy", seeds), curve(by_seed, "val_accuracy", seeds)
-    best = int(val.mean(0).argmax())
-    return {"test": [summary(test[:, e]) for e in range(test.shape[1])], "best_val_epoch": best + 1,
-            "test_at_best_val_epoch": summary(test[:, best]),
-            "best_val_epochs_of_seeds": [by_seed[s]["best_val_epoch"] for s in seeds]}
+def best_lr(by_lr: dict[float, dict[str, np.ndarray]], epoch: int | None = None) -> dict:
+    """The learning rate (of one stage's `curves`) whose mean validation accuracy after
+    `epoch` is highest, or without `epoch` the (rate, epoch) of highest; with each rate's
+    validation and test accuracy after that epoch."""
+    means = {lr: curve["val"].mean(0) for lr, curve in by_lr.items()}
+    lr = max(means, key=lambda lr: means[lr][epoch - 1] if epoch else means[lr].max())
+    epoch = epoch or int(means[lr].argmax()) + 1
+    scores = {f"{lr:g}": {key: summary(curve[key][:, epoch - 1]) for key in ("val", "test")} for lr, curve in by_lr.items()}
+    return {"lr": lr, "epoch": epoch, "by_lr": scores}
 
 
-def by_lr(rows: list[dict], stage: str) -> dict[float, dict[int, dict]]:
-    """Each learning rate's setting of `stage`."""
-    return {lr: setting(rows, stage, lr=lr) for lr in sorted({r["lr"] for r in rows if r["stage"] == stage})}
+def compare_at_best_lr(rows: list[dict], before: str, after: str, epoch: int | None = None, reference_lr: float = 1e-3) -> dict:
+    """Questions 2 and 3: each stage at its own best learning rate after `epoch` (without
+    `epoch`, at its best rate and epoch), chosen on validation, `after` minus `before` on
+    test, paired by seed; and the same at `reference_lr` after those epochs (None where a
+    stage was not trained at it)."""
+    found = curves(rows, (before, after))
+    choice = {s: best_lr(found[s], epoch) for s in (before, after)}
 
+    def difference(lr_before: float, lr_after: float) -> dict:
+        return paired_difference(found[before][lr_before]["test"][:, choice[before]["epoch"] - 1],
+                                 found[after][lr_after]["test"][:, choice[after]["epoch"] - 1])
 
-def best_lr(rows: list[dict], stage: str, epoch: int) -> dict:
-    """The learning rate whose mean validation accuracy after `epoch` is highest."""
-    settings = by_lr(rows, stage)
-    seeds = same_seeds(*settings.values())
-    scores = {lr: {"val": summary(curve(by_seed, "val_accuracy", seeds)[:, epoch - 1]),
-                   "test": summary(curve(by_seed, "test_accuracy", seeds)[:, epoch - 1])} for lr, by_seed in settings.items()}
-    lr = max(scores, key=lambda lr: scores[lr]["val"]["mean"])
-    return {"lr": lr, "by_lr": {f"{k:g}": v for k, v in scores.items()}}
-
-
-def at_lr(rows: list[dict], stage: str, lr: float, epoch: int, seeds: list[int]) -> np.ndarray:
-    return curve(setting(rows, stage, lr=lr), "test_accuracy", seeds)[:, epoch - 1]
-
-
-def compare_at_best_lr(rows: list[dict], before: str, after: str, epoch: int, reference_lr: float = 1e-3) -> dict:
-    """Questions 2 and 3: each stage at its own best learning rate after `epoch` (chosen on
-    validation), `after` minus `before` on test, paired by seed; and the same at
-    `reference_lr` (None where a stage was not trained at it)."""
-    settings = {s: by_lr(rows, s) for s in (before, after)}
-    seeds = same_seeds(*settings[before].values(), *settings[after].values())
-    choice = {s: best_lr(rows, s, epoch) for s in (before, after)}
-    best = paired_difference(*(at_lr(rows, s, choice[s]["lr"], epoch, seeds) for s in (before, after)))
-    reference = paired_difference(*(at_lr(rows, s, reference_lr, epoch, seeds) for s in (before, after))) if all(
-        reference_lr in settings[s] for s in (before, after)) else None
-    return {"epoch": epoch, "seeds": len(seeds), "choice": choice, "at_best_lr": best, "reference_lr": reference_lr,
-            "at_reference_lr": reference}
-
-
-def best_lr_and_epoch(rows: list[dict], stage: str) -> dict:
-    """The (learning rate, epoch) whose mean validation accuracy is highest."""
-    settings = by_lr(rows, stage)
-    seeds = same_seeds(*settings.values())
-    means = {lr: curve(by_seed, "val_accuracy", seeds).mean(0) for lr, by_seed in settings.items()}
-    lr = max(means, key=lambda lr: means[lr].max())
-    return {"lr": lr, "epoch": int(means[lr].argmax()) + 1}
-
-
-def linear_losses(rows: list[dict], epochs: list[int]) -> dict:
-    """Question 3: softmax-MSE against cross-entropy for the linear model, at each stage's
-    best learning rate after each of `epochs`, and each at its best (rate, epoch)."""
-    at_epochs = {str(e): compare_at_best_lr(rows, "linear_mse", "linear_ce", e) for e in epochs}
-    choice = {s: best_lr_and_epoch(rows, s) for s in ("linear_mse", "linear_ce")}
-    seeds = same_seeds(*(setting(rows, s, lr=choice[s]["lr"]) for s in ("linear_mse", "linear_ce")))
-    overall = paired_difference(*(at_lr(rows, s, choice[s]["lr"], choice[s]["epoch"], seeds) for s in ("linear_mse", "linear_ce")))
-    return {"at_epochs": at_epochs, "best_lr_and_epoch": choice, "at_best_lr_and_epoch": overall}
+    at_reference = difference(reference_lr, reference_lr) if all(reference_lr in found[s] for s in choice) else None
+    return {"epoch": epoch, "seeds": len(found[before][choice[before]["lr"]]["test"]), "choice": choice,
+            "at_best_lr": difference(choice[before]["lr"], choice[after]["lr"]), "at_reference_lr": at_reference}
 
 
 def answers(sweep: dict) -> dict:
     """The three questions, each from the last grid that trained both its stages (a
     question reads one grid: the same seeds and epochs), at one width of the MLPs: their
-    own (256) if the grid trained it, else its widest."""
+    own (256) if the grid trained it, else its widest. The linear losses are compared
+    after 5 epochs and after the grid's, and each at its best (rate, epoch)."""
+    trained = {(r["grid"], r["stage"]) for r in sweep["rows"]}
 
     def grid_of(*stages: str) -> tuple[list[dict], int, int | None] | None:
-        grids = [g for g in range(len(sweep["grids"])) if all(any(r["grid"] == g and r["stage"] == s for r in sweep["rows"]) for s in stages)]
+        grids = [g for g in range(len(sweep["grids"])) if all((g, s) in trained for s in stages)]
         if not grids:
             return None
         rows = [r for r in sweep["rows"] if r["grid"] == grids[-1] and r["stage"] in stages]
@@ -223,10 +170,13 @@ def answers(sweep: dict) -> dict:
     found = {}
     if grid := grid_of("mlp", "mlp_dropout"):
         lrs = sorted({r["lr"] for r in grid[0]})
-        lr = lrs[0] if len(lrs) == 1 else 1e-3 if 1e-3 in lrs else best_lr(grid[0], "mlp", grid[1])["lr"]
+        lr = lrs[0] if len(lrs) == 1 else 1e-3 if 1e-3 in lrs else best_lr(curves(grid[0], ("mlp",))["mlp"], grid[1])["lr"]
         found["dropout"] = dropout_over_epochs(grid[0], lr) | {"hidden": grid[2]}
     if grid := grid_of("mlp", "mlp_bn"):
         found["batchnorm"] = compare_at_best_lr(grid[0], "mlp", "mlp_bn", grid[1]) | {"hidden": grid[2]}
     if grid := grid_of("linear_mse", "linear_ce"):
-        found["linear"] = linear_losses(grid[0], sorted({min(5, grid[1]), grid[1]}))
+        best = compare_at_best_lr(grid[0], "linear_mse", "linear_ce")
+        found["linear"] = {"at_epochs": {str(e): compare_at_best_lr(grid[0], "linear_mse", "linear_ce", e)
+                                         for e in sorted({min(5, grid[1]), grid[1]})},
+                           "best_lr_and_epoch": best["choice"], "at_best_lr_and_epoch": best["at_best_lr"]}
     return found

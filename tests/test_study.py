@@ -15,7 +15,7 @@ from conftest import ROOT, assert_one_line_error, load_script, npz_with_header, 
 from mnist_jax.files import LOCK
 from mnist_jax import memory, plots
 from mnist_jax.errors import ResultFileError
-from mnist_jax.results import load_study, save_study, step_differences, summary
+from mnist_jax.results import comparisons, load_study, save_study, summary
 from mnist_jax.study import compile_chunk, fitting_chunk, train_seeds
 from mnist_jax.train import TrainConfig, train
 
@@ -80,13 +80,13 @@ def test_ci95_and_paired_step_differences():
     stages = {"a": {"seeds": [0, 1, 2], "test_accuracies": [0.90, 0.91, 0.92]},
               "b": {"seeds": [0, 1, 2], "test_accuracies": [0.95, 0.955, 0.97]},
               "c": {"seeds": [0, 1, 2], "test_accuracies": [0.96, 0.95, 0.97]}}
-    steps = step_differences(stages, [("a", "b"), ("b", "c")])
+    steps = comparisons(stages)["steps"]
     assert [(s["from"], s["to"]) for s in steps] == [("a", "b"), ("b", "c")]
     assert steps[0]["difference"] == pytest.approx((0.05 + 0.045 + 0.05) / 3) and steps[0]["significant"]
     assert not steps[1]["significant"]  # +0.01, -0.005, 0.0: the interval holds zero
     stages["c"]["seeds"] = [0, 1, 3]
-    with pytest.raises(ValueError, match=r"b and c ran different seeds \(\[0, 1, 2\], \[0, 1, 3\]\): a difference pairs the same seeds"):
-        step_differences(stages, [("a", "b"), ("b", "c")])
+    with pytest.raises(ValueError, match=r"stages ran different seeds \(\[0, 1, 2\], \[0, 1, 3\]\): a difference pairs the same seeds"):
+        comparisons(stages)
 
 
 def first_seed(result, stage: str | None = None, gain: float = 0.0):
@@ -166,27 +166,27 @@ STUDY_DAMAGE = {
     "study_arrays.npz truncated": ("study_arrays.npz", lambda p: p.write_bytes(p.read_bytes()[:20000]), "BadZipFile"),
     "study_arrays.npz without a confusion matrix": ("study_arrays.npz", lambda p: without_key(p, "mlp_confusion"), "no item named 'mlp_confusion.npy'"),
     "a NaN accuracy": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"]["test_accuracies"].__setitem__(3, float("nan"))),
-                       r"mlp: test_accuracies\[3\] is nan, not a finite number"),
+                       r"stages.mlp.test_accuracies\[3\] is nan, not a finite number"),
     "a NaN loss": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp_bn"]["history"][2][4].update(val_loss=float("inf"))),
-                   "mlp_bn, seed 2, epoch 5: val_loss is inf, not a finite number"),
+                   r"stages.mlp_bn.history\[2\]\[4\].val_loss is inf, not a finite number"),
     "a mean outside its interval": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp_bn"].update(mean=0.99)),
-                                    "mlp_bn: mean 0.99 outside its 95% interval"),
+                                    "mlp_bn: not the summary of its test accuracies: mean 0.99,"),
     "a stage missing a seed": ("results.json", lambda p: edited(p, lambda r: [r["stages"]["mlp"][k].pop() for k in ("seeds", "test_accuracies", "history")]),
                                r"mlp: seeds \[0, 1, 2, 3, 4, 5, 6, 7, 8\], where each stage has the same distinct seeds \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]"),
     "a comparison mislabelled": ("results.json", lambda p: edited(p, lambda r: r["versus_mlp"][0].update({"from": "linear_ce"})),
-                                 r"versus_mlp compares \[\('linear_ce', 'mlp_dropout'\), \('mlp', 'mlp_bn'\)\]"),
+                                 r"versus_mlp is not the paired differences of \[\('mlp', 'mlp_dropout'\), \('mlp', 'mlp_bn'\)\]"),
     "an accuracy over 1": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"]["test_accuracies"].__setitem__(0, 97.5)),
-                           r"mlp: an accuracy outside \[0, 1\]"),
+                           r"stages.mlp.test_accuracies\[0\] is 97.5, an accuracy outside \[0, 1\]"),
     "epochs out of order": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"]["history"][0][2].update(epoch=7)),
-                            "mlp, seed 0, epoch 3: numbered 7"),
+                            r"mlp, seed 0: epochs numbered \[1, 2, 7, 4, 5\], where 1 to 5 are expected"),
     "a confusion matrix of NaN": ("study_arrays.npz", lambda p: with_array(p, "mlp_confusion", lambda a: np.full((10, 10), np.nan)),
-                                  "mlp_confusion is not counts of test images"),
+                                  r"mlp_confusion is float64\[10, 10\], expected \[10, 10\] of kind iu"),
     "a negative count": ("study_arrays.npz", lambda p: with_array(p, "mlp_confusion", lambda a: a - 1000 * np.eye(10, dtype=a.dtype)),
                          "mlp_confusion is not counts of test images"),
     "a label out of range": ("study_arrays.npz", lambda p: with_array(p, "misclassified_labels", lambda a: a + 20),
                              "misclassified_labels holds classes outside 0-9"),
     "a confusion matrix claiming a terabyte": ("study_arrays.npz", lambda p: npz_with_header(p, "mlp_confusion", (2**19, 2**18), "<i8"),
-                                               r"mlp_confusion is int64\[524288, 262144\], expected \[10, 10\]"),
+                                               r"mlp_confusion is int64\[524288, 262144\], expected \[10, 10\] of kind iu"),
 }
 
 

@@ -14,7 +14,7 @@ from mnist_jax import memory, study
 from mnist_jax import plots
 from mnist_jax.errors import ResultFileError
 from mnist_jax.results import load_sweep
-from mnist_jax.sweep import answers, best_lr, grid_points
+from mnist_jax.sweep import answers, best_lr, curves, grid_points
 from mnist_jax.train import Point, TrainConfig, train
 
 
@@ -78,7 +78,7 @@ def test_the_learning_rate_is_chosen_on_validation_and_never_on_test():
     """lr 1e-3 is better on validation, 3e-3 on test: 1e-3 is chosen, and the comparison
     reports the test accuracies there, paired by seed."""
     rows = fake_rows("mlp", 1e-3, val=0.45, test=0.40) + fake_rows("mlp", 3e-3, val=0.40, test=0.47)
-    assert best_lr(rows, "mlp", 2)["lr"] == 1e-3
+    assert best_lr(curves(rows, ("mlp",))["mlp"], 2)["lr"] == 1e-3
     rows += fake_rows("mlp_bn", 1e-3, val=0.40, test=0.46) + fake_rows("mlp_bn", 3e-3, val=0.46, test=0.45)
     sweep = {"grids": [{"epochs": 2, "command": "", "device": ""}], "rows": rows}
     q = answers(sweep)["batchnorm"]
@@ -94,15 +94,16 @@ def test_damaged_sweep_files_are_refused_naming_the_file(tmp_path):
     path.write_text(json.dumps({"grids": [{"epochs": 2, "command": "c", "device": "cpu"}], "rows": rows}))
     assert len(load_sweep(path)["rows"]) == 4
     for damage, fault in [
-        (lambda s: s["rows"][0]["history"].pop(), "history is not its grid's epochs"),
-        (lambda s: s["rows"][0]["history"][0].update(val_accuracy="high"), "grid 0, mlp seed 0, epoch 1: val_accuracy is 'high', not a finite number"),
-        (lambda s: s["rows"][1]["history"][1].update(val_loss=float("nan")), "grid 0, mlp seed 1, epoch 2: val_loss is nan, not a finite number"),
-        (lambda s: s["rows"].append(s["rows"][0]), "grid 0, mlp seed 0: twice at lr 0.001, dropout 0, hidden 256"),
+        (lambda s: s["rows"][0]["history"].pop(), r"rows\[0\] \(mlp seed 0\): epochs numbered \[1\], where 1 to 2 are expected"),
+        (lambda s: s["rows"][0]["history"][0].update(val_accuracy="high"), r"rows\[0\].history\[0\].val_accuracy is 'high', not a finite number"),
+        (lambda s: s["rows"][1]["history"][1].update(val_loss=float("nan")), r"rows\[1\].history\[1\].val_loss is nan, not a finite number"),
+        (lambda s: s["rows"].append(s["rows"][0]),
+         r"grid 0, mlp at lr 0.001, dropout 0, hidden 256: seeds \[0, 0, 1, 2, 3\], where each setting of the grid has each of \[0, 1, 2, 3\] once"),
         (lambda s: s["rows"].append(s["rows"][0] | {"lr": 3e-3, "seed": 9}),
-         "grid 0, mlp at lr 0.001, dropout 0, hidden 256: no seed 9, which the grid's other settings have"),
+         r"grid 0, mlp at lr 0.001, dropout 0, hidden 256: seeds \[0, 1, 2, 3\], where each setting of the grid has each of \[0, 1, 2, 3, 9\]"),
         (lambda s: s["rows"][0].update(stage="mlp_huge"), "KeyError"),
-        (lambda s: s["rows"][0].update(test_accuracy=5.0), r"grid 0, mlp seed 0: an accuracy outside \[0, 1\]"),
-        (lambda s: s["rows"][0]["history"][1].update(epoch=99), "grid 0, mlp seed 0, epoch 2: numbered 99"),
+        (lambda s: s["rows"][0].update(test_accuracy=5.0), r"rows\[0\].test_accuracy is 5.0, an accuracy outside \[0, 1\]"),
+        (lambda s: s["rows"][0]["history"][1].update(epoch=99), r"rows\[0\] \(mlp seed 0\): epochs numbered \[1, 99\], where 1 to 2 are expected"),
         (lambda s: s["rows"][0].update(best_val_epoch=1), "a test accuracy or best validation epoch that is not its history's"),
         (lambda s: s.pop("grids"), "KeyError"),
     ]:
@@ -170,7 +171,7 @@ def test_a_comparison_needs_the_same_seeds_in_both_settings():
     """A seed missing from one side is an error naming it, never a smaller pairing."""
     rows = fake_rows("mlp", 1e-3, val=0.40, test=0.40) + fake_rows("mlp_bn", 1e-3, val=0.45, test=0.45)
     del rows[7]  # mlp_bn, seed 3
-    with pytest.raises(ValueError, match="mlp_bn at lr 0.001, dropout 0 has no seed 3, which a setting it is compared with has"):
+    with pytest.raises(ValueError, match="mlp_bn at lr 0.001 has no seed 3, which a setting it is compared with has"):
         answers(sweep_of(rows))
 
 
