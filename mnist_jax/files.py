@@ -49,12 +49,6 @@ def check_finite(where: str, **figures) -> None:
             raise ValueError(f"{where}: {key} is {value!r}, not a finite number")
 
 
-def check_fractions(where: str, *values) -> None:
-    """ValueError unless every one of `values` (accuracies read from a file) is in [0, 1]."""
-    if not all(0 <= v <= 1 for v in values):
-        raise ValueError(f"{where}: an accuracy outside [0, 1]")
-
-
 def read_json(path: str | os.PathLike, max_bytes: int):
     """A JSON file of at most `max_bytes` (else ValueError, before reading it)."""
     if (size := os.path.getsize(path)) > max_bytes:
