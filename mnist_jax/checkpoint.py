@@ -1,19 +1,17 @@
 """Saving a run (`metrics.json` and `checkpoint.npz`) and restoring or resuming it.
 
 `checkpoint.npz` holds the final state (parameters, BatchNorm statistics, optimizer
-state), the best-validation model, and under `meta` the config and history that
-rebuild it; its arrays are named by their place in the tree, e.g.
-`best/params/hidden/kernel`. One file, written beside the old one and renamed over
-it: a crash leaves the previous epoch's checkpoint or the new one, never a mix.
-(A plain NumPy archive rather than orbax: see docs/performance.md.) `meta` carries
-the format's version; a checkpoint that is damaged, of another format or of arrays
-its config does not describe raises `CheckpointError`, never a half-restored run.
+state), the best-validation model, and under `meta` the format's version and the config
+and history that rebuild it. One file, written beside the old one and renamed over it:
+a crash leaves the previous epoch's checkpoint or the new one, never a mix. (A plain
+NumPy archive rather than orbax: see docs/performance.md.) A checkpoint that is damaged,
+of another format or of arrays its config does not describe raises `CheckpointError`,
+never a half-restored run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import zipfile
@@ -33,21 +31,24 @@ FORMAT = 2  # bump when the layout changes: older checkpoints are then refused, 
 MAX_META_BYTES = 2**26  # the config and history of some 100,000 epochs, as NumPy stores text (4 bytes a character)
 
 
-def _arrays(run: RunResult) -> dict:
+def _tree(final: TrainState, best: TrainState) -> dict:
+    """What the archive holds: both models as pure dicts and the final optimizer state's leaves."""
+
     def model(state: TrainState) -> dict:
         return {"params": nnx.to_pure_dict(state.params), "batch_stats": nnx.to_pure_dict(state.batch_stats)}
 
-    return {"final": model(run.final), "best": model(run.best), "opt_state": jax.tree.leaves(run.final.opt_state)}
+    return {"final": model(final), "best": model(best), "opt_state": jax.tree.leaves(final.opt_state)}
 
 
-def _named(tree) -> dict[str, jax.Array]:
-    paths, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf for path, leaf in paths}
+def _name(path: tuple) -> str:
+    """An array's name in the archive: its place in `_tree`, e.g. `best/params/hidden/kernel`."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def save_checkpoint(run: RunResult, run_dir: str | os.PathLike) -> None:
-    meta = {"format": FORMAT, "config": dataclasses.asdict(run.config), "device": run.device, "best_epoch": run.best_epoch, "history": run.history}
-    arrays = {name: np.asarray(leaf) for name, leaf in _named(_arrays(run)).items()}
+    meta = {"format": FORMAT, "config": dataclasses.asdict(run.config), "device": run.device, "best_epoch": run.best_epoch,
+            "history": run.history}
+    arrays = {_name(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(_tree(run.final, run.best))}
     with atomic_write(Path(run_dir) / CHECKPOINT_FILE) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
@@ -113,41 +114,37 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
     try:
         with zipfile.ZipFile(path) as archive:
             meta = _meta(archive)
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                version = meta.get("format", "none") if isinstance(meta, dict) else "none"
+            version = meta.get("format", "none") if isinstance(meta, dict) else "none"
+            if version != FORMAT:
                 raise CheckpointError(f"{path} is in checkpoint format {version}; this version reads format {FORMAT}")
             config = _check_meta(meta)
             tx = make_optimizer(config.lr)
-            graphdef, template = graph(config), jax.eval_shape(lambda: init_state(config, jax.random.key(0), tx))  # the tree structure
-            like = _named(_arrays(RunResult(config, meta["device"], graphdef, template, template, 0, [])))
+            template = jax.eval_shape(lambda: init_state(config, jax.random.key(0), tx))  # the tree structure
+            like, structure = jax.tree_util.tree_flatten_with_path(_tree(template, template))
 
-            def check(name: str, shape: tuple, dtype: np.dtype) -> None:  # before the data is read
-                expected = like[name]
-                if shape != expected.shape or dtype != expected.dtype:
-                    raise CheckpointError(
-                        f"{path} is damaged: it does not hold the arrays of its own config ({config.describe()}): "
-                        f"{name} is {dtype}{list(shape)}, expected {expected.dtype}{list(expected.shape)}"
-                    )
+            def read(name: str, expected: jax.ShapeDtypeStruct) -> jax.Array:
+                def check(shape: tuple, dtype: np.dtype) -> None:  # before the data is read
+                    if shape != expected.shape or dtype != expected.dtype:
+                        raise CheckpointError(
+                            f"{path} is damaged: it does not hold the arrays of its own config ({config.describe()}): "
+                            f"{name} is {dtype}{list(shape)}, expected {expected.dtype}{list(expected.shape)}"
+                        )
 
-            arrays = [jnp.asarray(npz_member(archive, name, functools.partial(check, name))) for name in like]
-            best_epoch, history = int(meta["best_epoch"]), list(meta["history"])
+                return jnp.asarray(npz_member(archive, name, check))
+
+            saved = jax.tree.unflatten(structure, [read(_name(place), leaf) for place, leaf in like])
     except CheckpointError:
         raise
     except UNREADABLE as e:
         raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: {e})") from None
-    arrays = jax.tree.unflatten(jax.tree.structure(_arrays(RunResult(config, "", graphdef, template, template, 0, []))), arrays)
-
-    def model(which: str) -> tuple[nnx.State, nnx.State]:
-        params, batch_stats = jax.tree.map(lambda leaf: leaf, (template.params, template.batch_stats))  # fresh copies
-        nnx.replace_by_pure_dict(params, arrays[which]["params"])
-        nnx.replace_by_pure_dict(batch_stats, arrays[which]["batch_stats"])
-        return params, batch_stats
-
+    final_params, final_stats, best_params, best_stats = (
+        nnx.State(saved[which][part]) for which in ("final", "best") for part in ("params", "batch_stats")
+    )
+    opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state), saved["opt_state"])
     rate = jnp.asarray(config.dropout_rate, template.dropout_rate.dtype)
-    final = TrainState(*model("final"), jax.tree.unflatten(jax.tree.structure(template.opt_state), arrays["opt_state"]), rate)
-    best_params, best_stats = model("best")
+    final = TrainState(final_params, final_stats, opt_state, rate)
     best = TrainState(best_params, best_stats, tx.init(best_params), rate)  # only the best epoch's model is saved
-    return RunResult(config, meta["device"], graphdef, final, best, best_epoch, history)
+    return RunResult(config, meta["device"], graph(config), final, best, int(meta["best_epoch"]), list(meta["history"]))
 
 
 def load_model(run_dir: str | os.PathLike, which: str = "final") -> tuple[nnx.Module, TrainConfig]:

@@ -4,7 +4,6 @@ before JAX is imported; `models` builds the models and losses when first asked."
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ def _real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class TrainConfig:
     stage: str
     epochs: int = 5
@@ -74,25 +73,24 @@ class TrainConfig:
     dropout: float | None = None  # None: the stage's own
 
     def __post_init__(self) -> None:
-        """Refuse what no run can be: `ValueError` naming the field and what it accepts."""
-        rules = {
-            "stage": (isinstance(self.stage, str) and self.stage in STAGES, f"one of {', '.join(STAGES)}"),
-            "epochs": (_integer(self.epochs) and self.epochs > 0, "a positive int"),
-            "batch_size": (_integer(self.batch_size) and self.batch_size > 0, "a positive int"),
-            "lr": (_real(self.lr) and self.lr > 0, "a positive finite number"),
-            "seed": (_integer(self.seed) and 0 <= self.seed <= MAX_SEED, f"an int from 0 to {MAX_SEED}"),
-            "hidden": (self.hidden is None or _integer(self.hidden) and self.hidden > 0, "a positive int or None"),
-            "dropout": (self.dropout is None or _real(self.dropout) and 0 <= self.dropout < 1, "a rate in [0, 1) or None"),
-        }
-        rules["hidden"] = (rules["hidden"][0] and (self.hidden is None or self.stage not in STAGES or STAGES[self.stage].is_mlp),
-                           "a positive int for an MLP stage, else None")
-        rules["dropout"] = (rules["dropout"][0] and (not self.dropout or self.stage not in STAGES or STAGES[self.stage].is_mlp),
-                            "a rate in [0, 1) for an MLP stage, else None")
-        for name, (valid, accepted) in rules.items():
+        """Refuse what no run can be (`ValueError` naming the field and what it accepts);
+        hold NumPy scalars as Python numbers (for JSON and optax)."""
+        known = isinstance(self.stage, str) and self.stage in STAGES
+        mlp = known and STAGES[self.stage].is_mlp
+        for name, valid, accepted, kind in (
+            ("stage", known, f"one of {', '.join(STAGES)}", str),
+            ("epochs", _integer(self.epochs) and self.epochs > 0, "a positive int", int),
+            ("batch_size", _integer(self.batch_size) and self.batch_size > 0, "a positive int", int),
+            ("lr", _real(self.lr) and self.lr > 0, "a positive finite number", float),
+            ("seed", _integer(self.seed) and 0 <= self.seed <= MAX_SEED, f"an int from 0 to {MAX_SEED}", int),
+            ("hidden", self.hidden is None or mlp and _integer(self.hidden) and self.hidden > 0,
+             "a positive int for an MLP stage, else None", int),
+            ("dropout", self.dropout is None or _real(self.dropout) and 0 <= self.dropout < 1 and (mlp or not self.dropout),
+             "a rate in [0, 1) for an MLP stage, else None", float),
+        ):
             if not valid:
                 raise ValueError(f"TrainConfig {name}: expected {accepted}, got {getattr(self, name)!r}")
-        for name, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("seed", int), ("hidden", int), ("dropout", float)):
-            if getattr(self, name) is not None:  # NumPy scalars as Python numbers (JSON, optax)
+            if getattr(self, name) is not None:
                 object.__setattr__(self, name, kind(getattr(self, name)))
 
     @property

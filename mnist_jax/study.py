@@ -8,6 +8,7 @@ seed; the images stay one shared device array.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from typing import Callable, NamedTuple
 
@@ -23,10 +24,8 @@ from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.models import dropout_bits
 from mnist_jax.progress import GridProgress
 from mnist_jax.errors import NonFiniteLoss
-from mnist_jax.train import (
-    GRID_HISTORY_KEYS, Point, TrainConfig, device_data, epoch_keys, epoch_order, graph, initial, make_optimizer,
-    make_train_epoch, point, prepare,
-)
+from mnist_jax.train import (GRID_HISTORY_KEYS, Point, TrainConfig, device_data, epoch_keys, epoch_order, graph, initial,
+                             make_optimizer, make_train_epoch, point, prepare)
 
 
 @dataclasses.dataclass
@@ -49,11 +48,11 @@ class GridResult:
         return [p.seed for p in self.points]
 
 
-def side_by_side(platform: str | None = None) -> bool:
+def side_by_side() -> bool:
     """Whether one step of the program trains its models side by side (`jax.vmap`) or one
     after another (`lax.map`): on the CPU one after another, as XLA:CPU's batched matmuls
     are slower than one model's (docs/performance.md)."""
-    return (platform or jax.default_backend()) != "cpu"
+    return jax.default_backend() != "cpu"
 
 
 def over_models(f: Callable, vmapped: bool) -> Callable:
@@ -61,7 +60,8 @@ def over_models(f: Callable, vmapped: bool) -> Callable:
     return jax.vmap(f) if vmapped else lambda xs: jax.lax.map(f, xs)
 
 
-def _grid_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx, mesh: jax.sharding.Mesh, vmapped: bool) -> tuple[Callable, Callable]:
+def _grid_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx, mesh: jax.sharding.Mesh,
+                   vmapped: bool) -> tuple[Callable, Callable]:
     """The epoch of every model (train; evaluate on its validation split and on the test
     set) and the final test predictions, each one program for all the models of a
     chunk, split over the mesh's devices (`shard_map`: no communication)."""
@@ -69,8 +69,7 @@ def _grid_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx, mesh: jax.sh
     evaluate = make_evaluate(graphdef, config.spec.loss)
     per_model, shared = PartitionSpec("seed"), PartitionSpec()
 
-    # The images are arguments, not closed over: a closed-over array is compiled into
-    # the program as a constant.
+    # The images are arguments: a closed-over array would be compiled into the program as a constant.
     def epoch(models, number, images, labels, test_images, test_labels):
         def one(model):
             state, train_idx, val_idx, epochs_key = model
@@ -86,8 +85,7 @@ def _grid_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx, mesh: jax.sh
         predicted = over_models(lambda s: predict(graphdef, s.params, s.batch_stats, images).argmax(-1), vmapped)(states)
         return (predicted == labels).mean(-1), predicted
 
-    in_specs = (per_model, shared, shared, shared, shared, shared)
-    epoch = jax.shard_map(epoch, mesh=mesh, in_specs=in_specs, out_specs=per_model)
+    epoch = jax.shard_map(epoch, mesh=mesh, in_specs=(per_model, *[shared] * 5), out_specs=per_model)
     test = jax.shard_map(test, mesh=mesh, in_specs=(per_model, shared, shared), out_specs=per_model)
     return jax.jit(epoch), jax.jit(test)
 
@@ -102,27 +100,26 @@ class Chunk(NamedTuple):
     bytes: int  # the models' states, the data, and what the larger program allocates, per XLA
 
 
-def compile_chunk(
-    config: TrainConfig, data: MNIST, size: int, mesh: jax.sharding.Mesh | None = None, vmapped: bool | None = None
-) -> Chunk:
+def compile_chunk(config: TrainConfig, data: MNIST, size: int, mesh: jax.sharding.Mesh | None = None,
+                  vmapped: bool | None = None) -> Chunk:
     """Compile the programs for `size` models from shapes alone: nothing is allocated.
     `vmapped`: the models side by side (default: `side_by_side()`)."""
     mesh = mesh if mesh is not None and size % mesh.size == 0 else sharding.make_mesh("seed", size)
     tx = make_optimizer(config.lr)
     epoch, test = _grid_programs(config, graph(config), tx, mesh, side_by_side() if vmapped is None else vmapped)
     points = jax.tree.map(lambda x: jax.ShapeDtypeStruct((size,), jnp.asarray(x).dtype), point(config))
-    epochs_keys, states, train_idx, val_idx = jax.eval_shape(jax.vmap(lambda p: initial(config, tx, len(data.train_images), p)), points)
+    init = jax.vmap(lambda p: initial(config, tx, len(data.train_images), p))
+    epochs_keys, states, train_idx, val_idx = jax.eval_shape(init, points)
     per_model = sharding.abstract((states, train_idx, val_idx, epochs_keys), mesh, "seed")
     shared = sharding.abstract(jax.eval_shape(lambda: device_data(data)), mesh)
-    number = jax.ShapeDtypeStruct((), jnp.int32)
-    images, labels, test_images, test_labels = shared
-    epoch = epoch.lower(per_model, number, images, labels, test_images, test_labels).compile()
-    test = test.lower(per_model[0], test_images, test_labels).compile()
+    epoch = epoch.lower(per_model, jax.ShapeDtypeStruct((), jnp.int32), *shared).compile()  # shared: images, labels, test's
+    test = test.lower(per_model[0], *shared[2:]).compile()
     resident = memory.tree_bytes((per_model, shared))
     return Chunk(size, mesh, epoch, test, resident + max(memory.program_bytes(epoch), memory.program_bytes(test)))
 
 
-def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.Mesh | None = None, vmapped: bool | None = None) -> Chunk:
+def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.Mesh | None = None,
+                  vmapped: bool | None = None) -> Chunk:
     """The programs for as many of `n` models at once as fit in memory. What they hold
     grows linearly with the models: XLA's figures for `n` models and for 1 give the slope."""
     whole = compile_chunk(config, data, n, mesh, vmapped)
@@ -141,24 +138,22 @@ def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.M
     return one
 
 
-def _train_chunk(
-    config: TrainConfig, data: MNIST, points: list[Point], chunk: Chunk, on_epoch: Callable[[], None],
-    progress: GridProgress | None, key: str,
-) -> GridResult:
-    """Train one chunk, saving its progress under `key` after every epoch (and starting
-    from what was saved); stop after the save if every process agreed to (a SIGTERM)."""
+def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: Chunk, on_epoch: Callable[[], None],
+                 progress: GridProgress | None, key: str) -> tuple[tuple, float]:
+    """Train one chunk, saving its progress under `key` after every epoch (and starting from
+    what was saved); stop after the save if every process agreed to (a SIGTERM). Returns ((metrics
+    (models, epochs, 5), test accuracies, test predictions, final params), training seconds)."""
     begin = prepare(config, data, points)
-    states, first, saved_rows = begin.state, 1, np.zeros((0, len(points), len(GRID_HISTORY_KEYS) - 1), np.float32)
+    states, rows = begin.state, []  # rows: per epoch, (models, 5) on the host
     if progress and (saved := progress.load(key, jax.device_get(begin.state))):
-        states, first, saved_rows = saved.states, saved.epochs + 1, saved.rows
-        for _ in range(saved.epochs):
+        states, rows = saved.states, list(saved.rows)
+        for _ in rows:
             on_epoch()
     models = sharding.place((states, begin.train_idx, begin.val_idx, begin.epochs_key), chunk.mesh, "seed")
     images, labels, test_images, test_labels = sharding.place(device_data(data), chunk.mesh)
 
     start = time.perf_counter()
-    rows = list(saved_rows)  # per epoch, (models, 5) on the host
-    for e in range(first, config.epochs + 1):
+    for e in range(len(rows) + 1, config.epochs + 1):
         states, metrics = chunk.epoch(models, jnp.int32(e), images, labels, test_images, test_labels)
         models = (states, *models[1:])
         rows.append(np.asarray(sharding.gather(metrics)))
@@ -173,44 +168,13 @@ def _train_chunk(
         on_epoch()
     accuracies, predictions = sharding.gather(chunk.test(models[0], test_images, test_labels))
     train_seconds = time.perf_counter() - start
-
-    metrics = np.stack(rows).transpose(1, 0, 2)  # (models, epochs, 5)
-    history = [
-        [{"epoch": e + 1, **{n: float(v) for n, v in zip(GRID_HISTORY_KEYS[1:], metrics[m, e])}} for e in range(config.epochs)]
-        for m in range(len(points))
-    ]
     final_params = sharding.gather(nnx.to_pure_dict(models[0].params))
-    return GridResult(config, list(points), history, np.asarray(accuracies), np.asarray(predictions), final_params, 0.0, train_seconds)
+    return (np.stack(rows).transpose(1, 0, 2), np.asarray(accuracies), np.asarray(predictions), final_params), train_seconds
 
 
-def _concatenate(config: TrainConfig, results: list[GridResult], order: list[int], models_at_once: int, compile_seconds: float) -> GridResult:
-    """The results of several chunks as one, its points in `order` (their indices in the
-    chunks' concatenation)."""
-    pick = lambda *parts: np.concatenate(parts)[order]  # noqa: E731
-    every = [(p, h) for r in results for p, h in zip(r.points, r.history)]
-    return GridResult(
-        config,
-        [every[i][0] for i in order],
-        [every[i][1] for i in order],
-        pick(*(r.test_accuracies for r in results)),
-        pick(*(r.test_predictions for r in results)),
-        jax.tree.map(pick, *(r.final_params for r in results)),
-        compile_seconds,
-        sum(r.train_seconds for r in results),
-        models_at_once,
-    )
-
-
-def train_grid(
-    config: TrainConfig,
-    data: MNIST,
-    points: list[Point],
-    mesh: jax.sharding.Mesh | None = None,
-    on_epoch: Callable[[int, int], None] | None = None,
-    models_at_once: int | None = None,
-    vmapped: bool | None = None,
-    progress: GridProgress | None = None,
-) -> GridResult:
+def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.sharding.Mesh | None = None,
+               on_epoch: Callable[[int, int], None] | None = None, models_at_once: int | None = None,
+               vmapped: bool | None = None, progress: GridProgress | None = None) -> GridResult:
     """Train one model of `config`'s stage per point, as many at once as fit in memory
     (and at most `models_at_once`), the rest in further chunks of that size, with the
     same results. Points whose dropout rates need different random bits per unit
@@ -222,34 +186,31 @@ def train_grid(
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(points):
         groups.setdefault(dropout_bits(p.dropout), []).append(i)
-    plans = []
-    start = time.perf_counter()
-    for members in groups.values():
+    plans, start = [], time.perf_counter()  # (dropout bits, config, the points' indices, compiled chunk) of each chunk
+    for bits, members in groups.items():
         group = dataclasses.replace(config, dropout=max(points[i].dropout for i in members))
         chunk = fitting_chunk(group, data, min(len(members), models_at_once or len(members)), mesh, vmapped)
-        parts = [members[i : i + chunk.size] for i in range(0, len(members), chunk.size)]
-        plans.append((group, {chunk.size: chunk}, parts))
+        for part in (members[i : i + chunk.size] for i in range(0, len(members), chunk.size)):
+            rest = len(part) < chunk.size  # the last, shorter chunk
+            plans.append((bits, group, part, compile_chunk(group, data, len(part), mesh, vmapped) if rest else chunk))
     compile_seconds = time.perf_counter() - start
-    done, total = 0, sum(len(parts) for *_, parts in plans) * config.epochs
+    done, total = itertools.count(1), len(plans) * config.epochs
 
     def count() -> None:
-        nonlocal done
-        done += 1
         if on_epoch:
-            on_epoch(done, total)
+            on_epoch(next(done), total)
 
-    results, trained = [], []
-    for bits, (group, compiled, parts) in zip(groups, plans):
-        for part in parts:
-            if len(part) not in compiled:
-                start = time.perf_counter()
-                compiled[len(part)] = compile_chunk(group, data, len(part), mesh, vmapped)
-                compile_seconds += time.perf_counter() - start
-            key = f"{config.stage}-hidden{config.hidden or config.spec.hidden or 0}-bits{bits}-from{part[0]}-{len(part)}"
-            results.append(_train_chunk(group, data, [points[i] for i in part], compiled[len(part)], count, progress, key))
-            trained += part
-    order = np.argsort(trained).tolist()
-    return _concatenate(config, results, order, max(chunk.size for _, compiled, _ in plans for chunk in compiled.values()), compile_seconds)
+    results = []
+    for bits, group, part, chunk in plans:
+        key = f"{config.stage}-hidden{config.hidden or config.spec.hidden or 0}-bits{bits}-from{part[0]}-{len(part)}"
+        results.append(_train_chunk(group, data, [points[i] for i in part], chunk, count, progress, key))
+    order = np.argsort([i for _, _, part, _ in plans for i in part])  # the points in their own order
+    metrics, accuracies, predictions, final_params = jax.tree.map(
+        lambda *parts: np.concatenate(parts)[order], *(result for result, _ in results))
+    history = [[{"epoch": e + 1, **{n: float(v) for n, v in zip(GRID_HISTORY_KEYS[1:], row)}} for e, row in enumerate(model)]
+               for model in metrics]
+    return GridResult(config, list(points), history, accuracies, predictions, final_params, compile_seconds,
+                      sum(seconds for _, seconds in results), max(chunk.size for *_, chunk in plans))
 
 
 def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int], **kwargs) -> GridResult:

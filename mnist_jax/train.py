@@ -1,9 +1,8 @@
 """Training: one pure step, scanned over a device-resident epoch, driven by `train`.
 
-State is a pytree (`TrainState`); `nnx.split` turns the Flax model into a graph
-definition plus arrays so that everything inside `jax.jit` is plain JAX. A seed's
-starting point (`Start`: its keys, initial state and split) is one pure function of
-its `Point`, `initial`, which `prepare` runs for one model or vmaps over many.
+State is a pytree of plain arrays (`TrainState`): everything inside `jax.jit` is plain JAX.
+A seed's starting point (`Start`: its keys, initial state and split) is one pure function
+of its `Point`, `initial`, which `prepare` runs for one model or vmaps over many.
 """
 
 from __future__ import annotations
@@ -118,9 +117,7 @@ def initial(config: TrainConfig, tx: optax.GradientTransformation, num_images: i
     return Start(epochs_key, init_state(config, init_key, tx, at.lr, at.dropout), *split_indices(split_key, num_images))
 
 
-def make_train_step(
-    graphdef: nnx.GraphDef, loss_fn: Callable, tx: optax.GradientTransformation
-) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, tuple]]:
+def make_train_step(graphdef: nnx.GraphDef, loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
     """A pure function (state, images, labels, dropout key) -> (state, (loss, n correct))."""
 
     def train_step(state: TrainState, images, labels, dropout_key):
@@ -130,13 +127,10 @@ def make_train_step(
             logits = model(to_inputs(images), **(train_mode if isinstance(model, MLP) else {}))
             return loss_fn(logits, labels), (logits, nnx.as_pure(nnx.state(model, nnx.BatchStat)))
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params
-        )
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        correct = jnp.sum(logits.argmax(-1) == labels)
-        return TrainState(params, batch_stats, opt_state, state.dropout_rate), (loss, correct)
+        state = TrainState(optax.apply_updates(state.params, updates), batch_stats, opt_state, state.dropout_rate)
+        return state, (loss, jnp.sum(logits.argmax(-1) == labels))
 
     return train_step
 
@@ -155,15 +149,10 @@ def epoch_order(train_idx: jax.Array, key: jax.Array) -> jax.Array:
 
 def device_data(data: MNIST) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(train images, train labels, test images, test labels) on the device: the images
-    flattened and kept uint8, the labels int32. Made on the host and copied over, because
-    `jnp.asarray` and a device-side conversion are each a program, traced and fetched from
-    the compilation cache on every start."""
-    return jax.device_put((
-        data.train_images.reshape(len(data.train_images), -1),
-        data.train_labels.astype(np.int32),
-        data.test_images.reshape(len(data.test_images), -1),
-        data.test_labels.astype(np.int32),
-    ))
+    flattened and kept uint8, the labels int32. Made on the host and copied over: a
+    device-side conversion is a program, traced and fetched from the cache on every start."""
+    train_images, test_images = (images.reshape(len(images), -1) for images in (data.train_images, data.test_images))
+    return jax.device_put((train_images, data.train_labels.astype(np.int32), test_images, data.test_labels.astype(np.int32)))
 
 
 def prepare(config: TrainConfig, data: MNIST, points: Sequence[Point] | None = None) -> Start:
@@ -202,13 +191,8 @@ class Replay(NamedTuple):
         return Start(start.epochs_key, state, *split)
 
 
-def make_train_epoch(
-    graphdef: nnx.GraphDef,
-    loss_fn: Callable,
-    tx: optax.GradientTransformation,
-    batch_size: int,
-    mesh: jax.sharding.Mesh | None = None,
-) -> Callable:
+def make_train_epoch(graphdef: nnx.GraphDef, loss_fn: Callable, tx: optax.GradientTransformation, batch_size: int,
+                     mesh: jax.sharding.Mesh | None = None) -> Callable:
     """A pure function (state, images, labels, order, dropout key) -> (state, (loss, acc)).
 
     `lax.scan` walks through the full batches of `order`, each step gathering its
@@ -261,24 +245,14 @@ class RunResult:
 
 def device_description() -> str:
     """What the run ran on, e.g. 'cpu (2 cores)' or '1 x NVIDIA H100 80GB HBM3'."""
-    d = jax.devices()[0]
-    if d.platform == "cpu":
-        cpu = f"cpu ({os.cpu_count()} cores)"
-        devices = cpu if jax.device_count() == 1 else f"{jax.device_count()} x {cpu}"
-    else:
-        devices = f"{jax.device_count()} x {d.device_kind}"
+    cpu, count = jax.devices()[0].platform == "cpu", jax.device_count()
+    kind = f"cpu ({os.cpu_count()} cores)" if cpu else jax.devices()[0].device_kind
+    devices = kind if cpu and count == 1 else f"{count} x {kind}"
     return devices if jax.process_count() == 1 else f"{devices}, {jax.process_count()} processes"
 
 
-def train(
-    config: TrainConfig,
-    data: MNIST,
-    on_epoch: Callable[[RunResult], None] | None = None,
-    *,
-    resume: RunResult | None = None,
-    replay: Replay = Replay(),
-    mesh: jax.sharding.Mesh | None = None,
-) -> RunResult:
+def train(config: TrainConfig, data: MNIST, on_epoch: Callable[[RunResult], None] | None = None, *,
+          resume: RunResult | None = None, replay: Replay = Replay(), mesh: jax.sharding.Mesh | None = None) -> RunResult:
     """Train one stage from one seed up to `config.epochs`.
 
     `on_epoch` sees the run after each epoch (its last history row is the new one).
@@ -299,25 +273,18 @@ def train(
     images, labels, test_images, test_labels = device_data(data)
     val_images, val_labels = jax.jit(lambda x, y, i: (x[i], y[i]))(images, labels, begin.val_idx)  # one program, not seven
     run = dataclasses.replace(resume, history=list(resume.history)) if resume else RunResult(
-        config, device_description(), graphdef, begin.state, begin.state, 0, []
-    )
+        config, device_description(), graphdef, begin.state, begin.state, 0, [])
     mesh = mesh or sharding.make_mesh("batch", config.batch_size, len(begin.train_idx) % config.batch_size or config.batch_size)
     if mesh.size > 1:  # every device holds the data and the model; the batches are split
         run.final, images, labels, val_images, val_labels, test_images, test_labels = sharding.place(
-            (run.final, images, labels, val_images, val_labels, test_images, test_labels), mesh
-        )
+            (run.final, images, labels, val_images, val_labels, test_images, test_labels), mesh)
 
     start = time.perf_counter()
-    train_epoch = (
-        jax.jit(make_train_epoch(graphdef, config.spec.loss, tx, config.batch_size, mesh))
-        .lower(run.final, images, labels, begin.train_idx, begin.epochs_key)
-        .compile()
-    )
+    train_epoch = jax.jit(make_train_epoch(graphdef, config.spec.loss, tx, config.batch_size, mesh))
+    train_epoch = train_epoch.lower(run.final, images, labels, begin.train_idx, begin.epochs_key).compile()
     evaluate = jax.jit(make_evaluate(graphdef, config.spec.loss))
-    evaluate_val, evaluate_test = (
-        evaluate.lower(run.final.params, run.final.batch_stats, x, y).compile()
-        for x, y in ((val_images, val_labels), (test_images, test_labels))
-    )
+    evaluate_val, evaluate_test = (evaluate.lower(run.final.params, run.final.batch_stats, x, y).compile()
+                                   for x, y in ((val_images, val_labels), (test_images, test_labels)))
     run.compile_seconds = time.perf_counter() - start
     resident = memory.tree_bytes((run.final, images, labels, val_images, val_labels, test_images, test_labels))
     needed = resident + max(memory.program_bytes(p) for p in (train_epoch, evaluate_val, evaluate_test))
@@ -348,21 +315,8 @@ def train(
 def run_record(result: RunResult) -> dict:
     """The run as `metrics.json` records it (accuracies as fractions)."""
     c = result.config
-    return {
-        "stage": c.stage,
-        "framework": "jax",
-        "device": result.device,
-        "seed": c.seed,
-        "epochs": c.epochs,
-        "batch_size": c.batch_size,
-        "lr": c.lr,
-        "hidden": c.hidden,
-        "dropout": c.dropout,
-        "test_accuracy": result.test_accuracy,
-        "test_loss": result.test_loss,
-        "documented_accuracy": c.spec.documented_accuracy,
-        "best_epoch": result.best_epoch,
-        "compile_seconds": result.compile_seconds,
-        "history": result.history,
-    }
-
+    return {"stage": c.stage, "framework": "jax", "device": result.device,
+            **{key: getattr(c, key) for key in ("seed", "epochs", "batch_size", "lr", "hidden", "dropout")},
+            "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+            "documented_accuracy": c.spec.documented_accuracy, "best_epoch": result.best_epoch,
+            "compile_seconds": result.compile_seconds, "history": result.history}
