@@ -5,10 +5,12 @@ import gzip
 import importlib.util
 import signal
 import struct
+import subprocess
+import sys
 
 import pytest
 
-from conftest import assert_one_line_error, load_script, run_script
+from conftest import ROOT, assert_one_line_error, load_script, run_script
 from mnist_jax import cli, memory
 
 SCRIPTS = ["train.py", "study.py", "sweep.py", "make_assets.py", "linearity.py", "compare.py", "benchmark.py"]
@@ -213,3 +215,33 @@ def test_a_stop_swallowed_where_exceptions_are_ignored_is_acted_on_at_the_next_s
         pass  # as the callback's caller does
     with pytest.raises(cli.Stopped):
         cli.Progress(2, "mlp, 2 seeds", "epoch").step()
+
+
+def test_a_cluster_is_detected_by_its_own_variables_and_one_task_is_no_cluster():
+    from mnist_jax.distributed import cluster_detected
+
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    assert cluster_detected(slurm | {"SLURM_NTASKS": "2"})
+    assert not cluster_detected(slurm | {"SLURM_NTASKS": "1"}) and not cluster_detected(slurm | {"SLURM_NTASKS": "x"})
+    assert cluster_detected({"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:5"})
+    assert cluster_detected({"TPU_WORKER_HOSTNAMES": "t0,t1"}) and not cluster_detected({"TPU_WORKER_HOSTNAMES": "t0"})
+    assert not cluster_detected({})
+
+
+def test_a_refused_argument_costs_no_jax_import():
+    """Every script but the benchmark checks its arguments before JAX is imported: refusals
+    asked one after another in a fresh interpreter never load it."""
+    code = """import sys, importlib.util
+sys.path.insert(0, "scripts")
+for name in ("train", "study", "sweep", "compare", "linearity", "make_assets"):
+    sys.argv = [f"scripts/{name}.py", "--epochs", "0"]
+    spec = importlib.util.spec_from_file_location(name, f"scripts/{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    try:
+        script.parse_args() if name == "train" else script.build_parser().parse()
+    except SystemExit as e:
+        print(name, e.code, "jax" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stdout.split("\n")[:-1] == [f"{name} 2 False" for name in ("train", "study", "sweep", "compare", "linearity", "make_assets")], proc.stderr
