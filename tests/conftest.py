@@ -147,11 +147,11 @@ def run_script_in_process(name: str, *args, cwd: Path | None = None) -> subproce
     except SystemExit as e:
         status = e.code
     finally:
-        sys.argv = argv
-        os.chdir(here)
         from mnist_jax.files import release_locks
 
-        release_locks()  # as the script's exit does
+        release_locks()  # as the script's exit does (in `cwd`: a relative --out is relative to it)
+        sys.argv = argv
+        os.chdir(here)
         for setting, value in saved.items():
             jax.config.update(setting, value)
     return subprocess.CompletedProcess([name, *map(str, args)], status, stdout.getvalue(), stderr.getvalue())
