@@ -1,6 +1,7 @@
 """Shared fixtures. Two tiers: `pytest -m "not slow"` runs on synthetic arrays in under a
 minute; the full suite adds every test on the real MNIST and every script run."""
 
+import contextlib
 import importlib.util
 import io
 import os
@@ -17,6 +18,12 @@ import pytest
 from mnist_jax.data import DATA_DIR_ENV, MNIST, DataError, default_cache_dir, load_idx_dir, load_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# PyTorch's OpenMP threads spin while they wait (OpenMP's default), taking the cores from
+# XLA's threads in the same process and from the other processes of a test: on 2 cores a
+# PyTorch epoch ran several times slower beside JAX. Waiting asleep changes no result.
+# Set before torch is first imported, for this process and the scripts it runs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Tests send Ctrl-C (SIGINT) to scripts as a terminal would. A shell starts background jobs
 # with SIGINT ignored, and an ignored signal stays ignored in every child: undo that here.
@@ -116,6 +123,38 @@ def run_script(name: str, *args, env: dict | None = None, cwd: Path | None = Non
         cwd=cwd,
         timeout=600,
     )
+
+
+CACHE_SETTINGS = ("jax_enable_compilation_cache", "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+
+
+def run_script_in_process(name: str, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run scripts/<name>'s `main` on `args` in this process, as far as it goes before it
+    exits: for a command the script refuses before any work, the same exit status and
+    stderr as `run_script`, without starting Python and importing JAX again. What parsing
+    sets in this process (the compilation cache, the lock on --out) is undone after."""
+    module = load_script(name)
+    saved = {setting: getattr(jax.config, setting) for setting in CACHE_SETTINGS}
+    argv, here = sys.argv, os.getcwd()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    sys.argv = [name, *map(str, args)]
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            module.main()
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    finally:
+        from mnist_jax.files import release_locks
+
+        release_locks()  # as the script's exit does (in `cwd`: a relative --out is relative to it)
+        sys.argv = argv
+        os.chdir(here)
+        for setting, value in saved.items():
+            jax.config.update(setting, value)
+    return subprocess.CompletedProcess([name, *map(str, args)], status, stdout.getvalue(), stderr.getvalue())
 
 
 def assert_one_line_error(proc, *fragments, status: int = 2):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT, assert_one_line_error, npz_with_header, run_script
+from conftest import ROOT, assert_one_line_error, npz_with_header, run_script, run_script_in_process
 from mnist_jax.checkpoint import CheckpointError, has_checkpoint, load_model, load_run, save_run, saved_epochs
 from mnist_jax.train import NonFiniteLoss, RunResult, TrainConfig, graph, init_state, make_optimizer, run_record, train
 
@@ -39,9 +39,10 @@ def mlp_bn_runs(tmp_path_factory, data_args):
     """mlp_bn for 3 epochs twice, and once stopped after epoch 1 then resumed."""
     root = tmp_path_factory.mktemp("mlp_bn")
     common = ["--stage", "mlp_bn", *data_args]
-    for name in ("first", "second"):
-        assert run_script("train.py", *common, "--epochs", "3", "--out", root / name).returncode == 0
-    assert run_script("train.py", *common, "--epochs", "1", "--out", root / "resumed").returncode == 0
+    runs = [start(*common, "--epochs", "3", "--out", root / "first"), start(*common, "--epochs", "3", "--out", root / "second"),
+            start(*common, "--epochs", "1", "--out", root / "resumed")]  # at once: one's single-threaded work overlaps another's
+    for run in runs:
+        succeeded(run)
     assert len(metrics(root / "resumed")["history"]) == 1
     resumed = run_script("train.py", *common, "--epochs", "3", "--resume", "--out", root / "resumed")
     assert resumed.returncode == 0, resumed.stderr
@@ -64,9 +65,9 @@ def test_the_same_command_twice_gives_identical_metrics(stage, mlp_bn_runs, data
         first, second = mlp_bn_runs[0] / "first", mlp_bn_runs[0] / "second"
     else:
         first, second = tmp_path / "first", tmp_path / "second"
-        for out in (first, second):
-            args = ["--stage", stage, "--epochs", "1", "--out", out, *data_args]
-            assert run_script("train.py", *args).returncode == 0
+        runs = [start("--stage", stage, "--epochs", "1", "--out", out, *data_args) for out in (first, second)]  # at once
+        for run in runs:
+            succeeded(run)
     assert without_timings(metrics(first)) == without_timings(metrics(second))
 
 
@@ -119,7 +120,7 @@ def test_an_existing_run_is_not_overwritten_without_asking(mlp_bn_runs, data_arg
     assert proc.returncode == 2 and "--resume" in proc.stderr and "--overwrite" in proc.stderr
     assert (out / "metrics.json").read_bytes() == before
     fresh = tmp_path / "fresh"
-    proc = run_script("train.py", "--stage", "linear_ce", "--resume", "--out", fresh, *data_args)
+    proc = run_script_in_process("train.py", "--stage", "linear_ce", "--resume", "--out", fresh, *data_args)  # train.py's parsing
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr
 
 
@@ -134,6 +135,11 @@ def test_overwrite_replaces_the_run(tmp_path, data_args):
 def start(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def succeeded(proc: subprocess.Popen) -> None:
+    stderr = proc.communicate(timeout=600)[1]
+    assert proc.returncode == 0, stderr
 
 
 def read_until(proc: subprocess.Popen, prefix: str) -> None:
@@ -207,13 +213,16 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_resume_refuses_a_checkpoint_it_cannot_continue(mlp_bn_runs, data_args, tmp_path, damage):
+    """The first through a process of its own, as a user meets it; the others through
+    train.py's main in this process (the refusal comes from its parsing, before any work)."""
     make, args, complaint = DAMAGE[damage]
     out = tmp_path / "run"
     shutil.copytree(mlp_bn_runs[0] / "first", out)
     make(out / "checkpoint.npz")
     before = (out / "checkpoint.npz").read_bytes()
     args = args or ["--stage", "mlp_bn"]
-    proc = run_script("train.py", *args, "--epochs", "4", "--resume", "--out", out, *data_args)
+    run = run_script if damage == next(iter(DAMAGE)) else run_script_in_process
+    proc = run("train.py", *args, "--epochs", "4", "--resume", "--out", out, *data_args)
     assert_one_line_error(proc, "--resume:", complaint, "pass --overwrite to start again")
     assert (out / "checkpoint.npz").read_bytes() == before and proc.stdout == ""
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_line_error, load_script, run_script
+from conftest import ROOT, assert_one_line_error, load_script, run_script, run_script_in_process
 from mnist_jax import cli
 from mnist_jax.checkpoint import load_run, save_run
 from mnist_jax.files import LOCK, release_locks
@@ -291,7 +291,7 @@ def test_a_study_stopped_at_a_random_moment_resumes_to_the_uninterrupted_results
     if stopped_by == signal.SIGTERM:
         command = shlex.join(["python", str(ROOT / "scripts" / "study.py"), *map(str, args), "--out", str(out), "--resume"])
         assert proc.returncode == 143 and line.endswith(f"keeps every epoch saved; continue with: {command}"), line
-    assert_one_line_error(run_script("study.py", *args, "--out", out), "holds unfinished work; pass --resume")
+    assert_one_line_error(run_script_in_process("study.py", *args, "--out", out), "holds unfinished work; pass --resume")  # its parsing
     if stopped_by == signal.SIGKILL:  # a replacement that fails before its first epoch keeps the work it would replace
         saved = snapshot(out)
         replacement = run_script("study.py", *args, "--out", out, "--overwrite", env={"MNIST_JAX_MEMORY_LIMIT": "1M"})
@@ -307,18 +307,19 @@ def test_a_study_stopped_at_a_random_moment_resumes_to_the_uninterrupted_results
 
 def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_grid_and_only_the_same_grid(tmp_path, data_args):
     args = ["--stages", "mlp,mlp_dropout", "--dropout", "0.2,0.5", "--seeds", "2", "--epochs", "2", *data_args]
-    whole = run_script("sweep.py", *args, "--out", tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr
+    whole = start("sweep.py", *args, "--out", tmp_path / "whole")  # uninterrupted, beside the rest of the test
     out = tmp_path / "stopped"
     proc = start("sweep.py", *args, "--out", out)
     read_until(proc, "mlp_dropout (hidden 256), 4 models: epoch 1/")
     time.sleep(random.uniform(0, 0.5))
     stop(proc, signal.SIGTERM)
     assert proc.returncode == 143
-    other = run_script("sweep.py", *args, "--epochs", "3", "--out", out, "--resume")
+    other = run_script_in_process("sweep.py", *args, "--epochs", "3", "--out", out, "--resume")  # its parsing refuses it
     assert_one_line_error(other, "--resume: the work saved in", "epochs 2 (asked: 3)", "pass --overwrite to start again")
     resumed = run_script("sweep.py", *args, "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
+    whole_stderr = whole.communicate(timeout=600)[1]
+    assert whole.returncode == 0, whole_stderr
     rows = [json.loads((folder / "sweep.json").read_text())["rows"] for folder in (out, tmp_path / "whole")]
     assert rows[0] == rows[1] and len(rows[0]) == 6
 

@@ -3,13 +3,15 @@ exactly as it trains alone; its questions choose settings on validation only."""
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import assert_one_line_error, load_script, run_script
+from conftest import ROOT, assert_one_line_error, load_script, run_script, run_script_in_process
 from mnist_jax import memory, study
 from mnist_jax import plots
 from mnist_jax.errors import ResultFileError
@@ -124,12 +126,17 @@ def test_sweep_py_trains_a_grid_whose_point_equals_train_py_alone(tmp_path, data
     rates of `mlp_dropout`, and `train.py` at one of its points. On the CPU each model of
     the grid is walked through by `lax.map`, the program a run alone compiles, so the
     figures agree exactly, in float32."""
-    grid = run_script("sweep.py", "--stages", "mlp_dropout", "--lr", "1e-3,3e-3", "--dropout", "0.2,0.5", "--epochs", "2",
-                      "--seeds", "2", "--out", tmp_path / "sweep", *data_args)
-    assert grid.returncode == 0, grid.stderr
-    alone = run_script("train.py", "--stage", "mlp_dropout", "--lr", "3e-3", "--dropout", "0.2", "--seed", "1", "--epochs", "2",
-                       "--out", tmp_path / "alone", *data_args)
-    assert alone.returncode == 0, alone.stderr
+    commands = [
+        ["sweep.py", "--stages", "mlp_dropout", "--lr", "1e-3,3e-3", "--dropout", "0.2,0.5", "--epochs", "2", "--seeds", "2",
+         "--out", tmp_path / "sweep", *data_args],
+        ["train.py", "--stage", "mlp_dropout", "--lr", "3e-3", "--dropout", "0.2", "--seed", "1", "--epochs", "2",
+         "--out", tmp_path / "alone", *data_args],
+    ]
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *map(str, args)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for script, *args in commands]  # both at once
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr
     sweep = load_sweep(tmp_path / "sweep" / "sweep.json")
     assert len(sweep["rows"]) == 8 and sweep["grids"][0]["command"].startswith("python scripts/sweep.py --stages mlp_dropout")
     (row,) = [r for r in sweep["rows"] if (r["lr"], r["dropout"], r["seed"]) == (3e-3, 0.2, 1)]
@@ -141,7 +148,8 @@ def test_sweep_py_trains_a_grid_whose_point_equals_train_py_alone(tmp_path, data
     assert row["history"][-1]["test_accuracy"] == row["test_accuracy"]
     assert row["best_val_epoch"] == metrics["best_epoch"]
 
-    again = run_script("sweep.py", "--stages", "mlp", "--epochs", "1", "--seeds", "1", "--out", tmp_path / "sweep", *data_args)
+    # refusals come from sweep.py's parsing, before any work: its main, in this process
+    again = run_script_in_process("sweep.py", "--stages", "mlp", "--epochs", "1", "--seeds", "1", "--out", tmp_path / "sweep", *data_args)
     assert_one_line_error(again, "already holds sweep.json; pass --overwrite")
     added = run_script("sweep.py", "--stages", "mlp", "--epochs", "2", "--seeds", "2", "--out", tmp_path / "sweep", "--add", *data_args)
     assert added.returncode == 0, added.stderr
@@ -149,7 +157,7 @@ def test_sweep_py_trains_a_grid_whose_point_equals_train_py_alone(tmp_path, data
     assert [g["epochs"] for g in sweep["grids"]] == [2, 2] and "--add" in sweep["grids"][1]["command"]
     assert [r["stage"] for r in sweep["rows"] if r["grid"] == 1] == ["mlp", "mlp"] and len(sweep["rows"]) == 10
     assert "Dropout against `mlp`" not in added.stdout  # a question reads one grid: these two hold one stage each
-    assert_one_line_error(run_script("sweep.py", "--add", "--out", tmp_path / "none", *data_args), "not found; run without --add first")
+    assert_one_line_error(run_script_in_process("sweep.py", "--add", "--out", tmp_path / "none", *data_args), "not found; run without --add first")
 
 
 @pytest.mark.parametrize("option, text, again", [("--lr", "1e-3,3e-3,0.001", "0.001"), ("--dropout", "0.5,0.5", "0.5"), ("--hidden", "256,128,256", "256")])
