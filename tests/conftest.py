@@ -179,32 +179,29 @@ def npz_with_header(path, name: str, shape: tuple, dtype: str) -> None:
         for member, data in members.items():
             archive.writestr(member, data)
 
-JAX_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs", "jax_enable_compilation_cache")
-
 
 @pytest.fixture
-def refused(monkeypatch, capsys, tmp_path):
-    """`refused(script, *args)`: the one line on stderr with which `script` refuses `args`,
-    asked in this process exactly as the script's `main` asks first (train.py's
-    `parse_args`, the others' `build_parser().parse()`), in `tmp_path` as the working
-    folder; fails unless the parser exits with status 2 and prints nothing on stdout.
-    (That a real process does the same, traceback-free, is test_a_refused_argument_ends_the_process_in_one_line_with_status_2.)"""
-    monkeypatch.chdir(tmp_path)
-    saved = {name: getattr(jax.config, name) for name in JAX_CACHE_OPTIONS}
+def refused(tmp_path):
+    """`refused(script, *args)`: the one line on stderr with which `script` refuses `args`
+    before any work, asked in this process (`run_script_in_process`, in `tmp_path`); fails
+    unless it exits with status 2, prints nothing on stdout and names the script.
+    (That a real process does the same, traceback-free, is
+    test_a_refused_argument_ends_the_process_in_one_line_with_status_2.)"""
 
     def refuse(script: str, *args) -> str:
-        monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / script), *map(str, args)])  # the parser's prog and argv
-        module = load_script(script)
-        with pytest.raises(SystemExit) as exit_info:
-            module.parse_args() if script == "train.py" else module.build_parser().parse()
-        out, err = capsys.readouterr()
-        assert exit_info.value.code == 2, err
-        assert out == ""
-        lines = err.splitlines()
-        assert len(lines) == 1, err
-        assert lines[0].startswith(f"{script}: error: "), err
+        proc = run_script_in_process(script, *args, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), proc.stderr
         return lines[0]
 
-    yield refuse
-    for name, value in saved.items():
-        jax.config.update(name, value)
+    return refuse
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers():
+    """A test that runs `cli.run` in this process leaves the handlers as they were."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
