@@ -24,53 +24,41 @@ def jax_split(seed: int, num_images: int) -> tuple[np.ndarray, np.ndarray]:
 
 def steady_seconds_per_epoch(histories: list[list[dict]]) -> float:
     """Median epoch time, leaving out each run's first epoch (warm-up)."""
-    times = [row["seconds"] for history in histories for row in history[1:]] or [
-        history[0]["seconds"] for history in histories
-    ]
-    return statistics.median(times)
+    times = [row["seconds"] for history in histories for row in history[1:]]
+    return statistics.median(times or [history[0]["seconds"] for history in histories])
 
 
-def summarise(accuracies: list[float], histories: list[list[dict]], compile_seconds: float | None) -> dict:
-    """One framework's runs of a stage: accuracies (mean; std None for one seed), steady epoch time."""
-    accuracy = summary(accuracies)
-    return {"accuracies": accuracies, "mean_accuracy": accuracy["mean"], "std_accuracy": accuracy["std"],
-            "seconds_per_epoch": steady_seconds_per_epoch(histories), "compile_seconds": compile_seconds}
-
-
-def compare_stage(
-    stage: str,
-    data: MNIST,
-    seeds: list[int],
-    loops: list[str],
-    epochs: int = 5,
-    progress: Callable[[str], None] = lambda _: None,
-) -> dict:
+def compare_stage(stage: str, data: MNIST, seeds: list[int], loops: list[str], epochs: int = 5,
+                  progress: Callable[[str], None] = lambda _: None) -> dict:
     """Train `stage` for each seed in JAX and in each PyTorch loop style, on the JAX split;
-    `progress` is told of each run once it is done."""
-    from mnist_jax import torch_reference
+    `progress` is told of each run once it is done. Per framework: accuracies (std None for
+    one seed), steady epoch time, compile time (for `torch.compile`, the first epoch's excess)."""
 
-    jax_runs = []
-    for seed in seeds:
-        jax_runs.append(train(TrainConfig(stage, epochs=epochs, seed=seed), data))
-        progress(f"{stage} jax seed {seed}")
-    result = {
-        "stage": stage,
-        "documented_accuracy": STAGES[stage].documented_accuracy,
-        "jax": summarise(
-            [r.test_accuracy for r in jax_runs],
-            [r.history for r in jax_runs],
-            float(np.mean([r.compile_seconds for r in jax_runs])),
-        ),
-    }
-    for loop in loops:
-        torch_runs = []
+    def run(framework: str, seed: int):
+        if framework == "jax":
+            return train(TrainConfig(stage, epochs=epochs, seed=seed), data)
+        from mnist_jax import torch_reference
+
+        split = jax_split(seed, len(data.train_labels))
+        return torch_reference.train(stage, data, split, epochs=epochs, seed=seed, loop=framework.removeprefix("torch/"))
+
+    result = {"stage": stage, "documented_accuracy": STAGES[stage].documented_accuracy}
+    for framework in ["jax", *(f"torch/{loop}" for loop in loops)]:
+        runs = []
         for seed in seeds:
-            split = jax_split(seed, len(data.train_labels))
-            torch_runs.append(torch_reference.train(stage, data, split, epochs=epochs, seed=seed, loop=loop))
-            progress(f"{stage} torch/{loop} seed {seed}")
-        histories = [r.history for r in torch_runs]
-        warm_up = [h[0]["seconds"] - steady_seconds_per_epoch([h]) for h in histories] if loop == "compile" else None
-        result[f"torch_{loop}"] = summarise([r.test_accuracy for r in torch_runs], histories, warm_up and float(np.mean(warm_up)))
+            runs.append(run(framework, seed))
+            progress(f"{stage} {framework} seed {seed}")
+        histories = [r.history for r in runs]
+        compile_seconds = None
+        if framework == "jax":
+            compile_seconds = float(np.mean([r.compile_seconds for r in runs]))
+        elif framework == "torch/compile":
+            compile_seconds = float(np.mean([h[0]["seconds"] - steady_seconds_per_epoch([h]) for h in histories]))
+        accuracy = summary([r.test_accuracy for r in runs])
+        result[framework.replace("/", "_")] = {
+            "accuracies": [r.test_accuracy for r in runs], "mean_accuracy": accuracy["mean"], "std_accuracy": accuracy["std"],
+            "seconds_per_epoch": steady_seconds_per_epoch(histories), "compile_seconds": compile_seconds,
+        }
     return result
 
 
@@ -84,9 +72,5 @@ def replay_original(stage: str, data: MNIST, epochs: int = 5, seed: int = 42) ->
     torch_run = torch_reference.train(stage, data, epochs=epochs, seed=seed, loop="original")
     split, initial, orders = torch_reference.original_draws(stage, len(data.train_labels), epochs, seed=seed)
     jax_run = train(TrainConfig(stage, epochs=epochs, seed=seed), data, replay=Replay(split, initial, orders))
-    return {
-        "stage": stage,
-        "documented_accuracy": STAGES[stage].documented_accuracy,
-        "torch_replay_accuracy": torch_run.test_accuracy,
-        "jax_replay_accuracy": jax_run.test_accuracy,
-    }
+    return {"stage": stage, "documented_accuracy": STAGES[stage].documented_accuracy,
+            "torch_replay_accuracy": torch_run.test_accuracy, "jax_replay_accuracy": jax_run.test_accuracy}

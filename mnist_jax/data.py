@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import math
 import os
 import struct
@@ -59,51 +60,31 @@ def parse_idx(raw: bytes, ndim: int, name: str = "IDX data") -> np.ndarray:
         raise DataError(f"{name}: truncated header ({len(raw)} bytes)")
     magic = struct.unpack(">I", raw[:4])[0]
     if magic != _IDX_MAGIC[ndim]:
-        raise DataError(
-            f"{name}: wrong magic number 0x{magic:08x}, expected 0x{_IDX_MAGIC[ndim]:08x}"
-        )
+        raise DataError(f"{name}: wrong magic number 0x{magic:08x}, expected 0x{_IDX_MAGIC[ndim]:08x}")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     if ndim == 3 and shape[1:] != (28, 28):
         raise DataError(f"{name}: images are {shape[1]}x{shape[2]}, expected 28x28")
-    size = math.prod(shape)
-    if len(raw) - header != size:
-        raise DataError(
-            f"{name}: {len(raw) - header} data bytes, header promises {size} for shape {shape}"
-        )
+    if len(raw) - header != math.prod(shape):
+        raise DataError(f"{name}: {len(raw) - header} data bytes, header promises {math.prod(shape)} for shape {shape}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
-def _find_idx(directory: Path, stem: str) -> Path:
-    for path in (directory / stem, directory / f"{stem}.gz"):
-        if path.is_file():
-            return path
-    raise DataError(f"{directory}: missing {stem} (plain or .gz)")
+def read_idx_file(path: Path, ndim: int, verify: bool = True) -> np.ndarray:
+    """Read an IDX file (plain or gzip); check its SHA-256 against the published one.
 
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed if gzip, read only up to `MAX_IDX_BYTES`: a
-    file that is (or expands to) more is damaged, and is refused as soon as seen."""
+    Only up to `MAX_IDX_BYTES` are read (gzip decompresses in chunks): a file that is,
+    or expands to, more is damaged, and is refused as soon as seen."""
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-            raw = f.read(MAX_IDX_BYTES + 1)  # gzip decompresses it in chunks: never more than this
+            raw = f.read(MAX_IDX_BYTES + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
     if len(raw) > MAX_IDX_BYTES:
         raise DataError(f"{path}: damaged: it holds more than the {MAX_IDX_BYTES:,} bytes of the largest MNIST IDX file")
-    return raw
-
-
-def read_idx_file(path: Path, ndim: int, verify: bool = True) -> np.ndarray:
-    """Read an IDX file (plain or gzip); check its SHA-256 against the published one."""
-    raw = _read_bytes(path)
     array = parse_idx(raw, ndim, str(path))
     stem = path.name.removesuffix(".gz")
-    if verify:
-        digest = hashlib.sha256(raw).hexdigest()
-        if digest != IDX_SHA256.get(stem):
-            raise DataError(
-                f"{path}: SHA-256 {digest[:16]}... differs from the published digest of {stem}"
-            )
+    if verify and (digest := hashlib.sha256(raw).hexdigest()) != IDX_SHA256.get(stem):
+        raise DataError(f"{path}: SHA-256 {digest[:16]}... differs from the published digest of {stem}")
     return array
 
 
@@ -120,12 +101,17 @@ def load_idx_dir(directory: str | os.PathLike, verify: bool = True) -> MNIST:
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory}: no such directory")
-    arrays = {}
+    arrays = []
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx_file(_find_idx(directory, f"{prefix}-images-idx3-ubyte"), 3, verify)
-        labels = read_idx_file(_find_idx(directory, f"{prefix}-labels-idx1-ubyte"), 1, verify)
-        arrays[split] = _pair(images, labels, f"{directory} ({split})")
-    return MNIST(*arrays["train"], *arrays["test"], source=f"IDX files in {directory}")
+        pair = []
+        for kind, ndim in (("images-idx3", 3), ("labels-idx1", 1)):
+            stem = f"{prefix}-{kind}-ubyte"
+            path = next((p for p in (directory / stem, directory / f"{stem}.gz") if p.is_file()), None)
+            if path is None:
+                raise DataError(f"{directory}: missing {stem} (plain or .gz)")
+            pair.append(read_idx_file(path, ndim, verify))
+        arrays.extend(_pair(*pair, f"{directory} ({split})"))
+    return MNIST(*arrays, source=f"IDX files in {directory}")
 
 
 def records_digest(images: np.ndarray, labels: np.ndarray) -> str:
@@ -146,12 +132,7 @@ def load_tfds(verify: bool = True) -> MNIST:
         from absl import logging as absl_logging
     except ImportError:
         raise DataError("tensorflow-datasets is not installed") from None
-    try:
-        import tensorflow  # noqa: F401  (TFDS needs it only to prepare MNIST)
-
-        can_prepare = True
-    except ImportError:
-        can_prepare = False
+    can_prepare = importlib.util.find_spec("tensorflow") is not None  # TFDS needs it only to prepare MNIST
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about folders it looks in
     arrays = []
     for split in ("train", "test"):
@@ -163,10 +144,7 @@ def load_tfds(verify: bool = True) -> MNIST:
             raise DataError(f"no MNIST prepared by TFDS{why} ({type(e).__name__})") from None
         images = np.stack([ex["image"].reshape(28, 28) for ex in examples]).astype(np.uint8)
         labels = np.array([ex["label"] for ex in examples]).astype(np.uint8)
-        if verify and (
-            len(images) != NUM_EXAMPLES[split]
-            or records_digest(images, labels) != RECORDS_SHA256[split]
-        ):
+        if verify and (len(images) != NUM_EXAMPLES[split] or records_digest(images, labels) != RECORDS_SHA256[split]):
             raise DataError(f"TFDS mnist {split}: examples differ from the published MNIST")
         arrays.extend(_pair(images, labels, f"TFDS mnist {split}"))
     return MNIST(*arrays, source="TFDS")
@@ -192,13 +170,8 @@ def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = No
     for stem in IDX_SHA256:
         name = f"{stem}.gz"
         try:
-            pooch.retrieve(
-                mirror.rstrip("/") + "/" + name,
-                known_hash=None,  # the digests are of decompressed files: checked below
-                fname=name,
-                path=cache_dir,
-                downloader=downloader,
-            )
+            # known_hash=None: the digests are of decompressed files, checked below
+            pooch.retrieve(mirror.rstrip("/") + "/" + name, known_hash=None, fname=name, path=cache_dir, downloader=downloader)
         except Exception as e:  # requests/pooch raise many kinds when offline
             raise DataError(f"download of {name} from {mirror} failed: {type(e).__name__}") from None
     try:
@@ -233,9 +206,6 @@ def load_mnist(source: str = "auto", data_dir: str | os.PathLike | None = None) 
             return attempt()
         except DataError as e:
             failures.append(f"{name}: {e}")
-    raise DataError(
-        "no MNIST found (" + "; ".join(failures) + "). Provide it one of three ways: "
-        f"--data-dir DIR (or {DATA_DIR_ENV}) holding the four IDX files; "
-        "MNIST prepared by TFDS (needs TensorFlow once to prepare); "
-        "or internet access for the verified download"
-    )
+    raise DataError(f"no MNIST found ({'; '.join(failures)}). Provide it one of three ways: --data-dir DIR (or {DATA_DIR_ENV}) "
+                    "holding the four IDX files; MNIST prepared by TFDS (needs TensorFlow once to prepare); "
+                    "or internet access for the verified download")

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-
 def to_inputs(images: jax.Array) -> jax.Array:
     """uint8 images (N, 28, 28) or (N, 784) -> floats (N, 784) in [0, 1]: float32, or
     float64 under `jax.enable_x64` (the parity tests use it). Floating-point images

@@ -21,46 +21,45 @@ from mnist_jax.models import count_params, cross_entropy
 from mnist_jax.train import run_keys, split_indices
 
 
-def _with_bias(x: jax.Array) -> jax.Array:
+def _with_bias(images: jax.Array) -> jax.Array:
+    """uint8 images -> their pixels in [0, 1] and a constant 1 (the bias's input)."""
+    x = to_inputs(images)
     return jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], 1)
 
 
-def _train_test(data: MNIST, seed: int):
+def _train_test(data: MNIST, seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The training images of `seed`'s split and the test images, with a bias input, and their labels."""
     train_idx, _ = jax.jit(split_indices, static_argnums=1)(run_keys(seed)[0], len(data.train_labels))
     images = jnp.asarray(data.train_images.reshape(len(data.train_labels), -1))[train_idx]
     labels = jnp.asarray(data.train_labels, jnp.int32)[train_idx]
-    return to_inputs(images), labels, to_inputs(jnp.asarray(data.test_images)), jnp.asarray(data.test_labels)
+    return _with_bias(images), labels, _with_bias(jnp.asarray(data.test_images)), jnp.asarray(data.test_labels)
 
 
-def _accuracy(weights: jax.Array, x: jax.Array, y: jax.Array) -> float:
-    return float(jnp.mean((_with_bias(x) @ weights).argmax(-1) == y))
+def _accuracies(weights: jax.Array, x: jax.Array, y: jax.Array, test_x: jax.Array, test_y: jax.Array) -> dict:
+    return {"train_accuracy": float(jnp.mean((x @ weights).argmax(-1) == y)),
+            "test_accuracy": float(jnp.mean((test_x @ weights).argmax(-1) == test_y))}
 
 
 def linear_lstsq(data: MNIST, seed: int = 0, ridge: float = 1e-3) -> dict:
     """Ridge least squares from pixels (and a bias) to one-hot targets, in closed form."""
     start = time.perf_counter()
-    x, y, test_x, test_y = _train_test(data, seed)
-    xb = _with_bias(x)
-    gram = xb.T @ xb + ridge * len(x) * jnp.eye(xb.shape[1])
-    weights = jnp.linalg.solve(gram, xb.T @ jax.nn.one_hot(y, 10))
-    return {
-        "train_accuracy": _accuracy(weights, x, y),
-        "test_accuracy": _accuracy(weights, test_x, test_y),
-        "ridge": ridge,
-        "seconds": time.perf_counter() - start,
-    }
+    split = _train_test(data, seed)
+    x, y = split[:2]
+    gram = x.T @ x + ridge * len(x) * jnp.eye(x.shape[1])
+    weights = jnp.linalg.solve(gram, x.T @ jax.nn.one_hot(y, 10))
+    return {**_accuracies(weights, *split), "ridge": ridge, "seconds": time.perf_counter() - start}
 
 
 def linear_ce_converged(data: MNIST, seed: int = 0, max_steps: int = 2000, tol: float = 1e-4) -> dict:
     """Softmax regression trained to convergence: full-batch L-BFGS (optax) from zero."""
     start = time.perf_counter()
-    x, y, test_x, test_y = _train_test(data, seed)
+    split = _train_test(data, seed)
     solver = optax.lbfgs()
 
     @jax.jit
-    def run(weights, xb, y):  # xb, y as arguments: closed over, they would be compiled in as constants
+    def run(weights, x, y):  # x, y as arguments: closed over, they would be compiled in as constants
         def loss(weights):
-            return cross_entropy(xb @ weights, y)
+            return cross_entropy(x @ weights, y)
 
         value_and_grad = optax.value_and_grad_from_state(loss)
 
@@ -78,16 +77,10 @@ def linear_ce_converged(data: MNIST, seed: int = 0, max_steps: int = 2000, tol: 
         weights, state, grad_norm = jax.lax.while_loop(going, step, init)
         return weights, optax.tree.get(state, "count"), grad_norm
 
-    xb = _with_bias(x)
-    weights, steps, grad_norm = run(jnp.zeros((xb.shape[1], 10)), xb, y)
-    return {
-        "train_accuracy": _accuracy(weights, x, y),
-        "test_accuracy": _accuracy(weights, test_x, test_y),
-        "train_loss": float(cross_entropy(xb @ weights, y)),
-        "steps": int(steps),
-        "grad_norm": float(grad_norm),
-        "seconds": time.perf_counter() - start,
-    }
+    x, y = split[:2]
+    weights, steps, grad_norm = run(jnp.zeros((x.shape[1], 10)), x, y)
+    return {**_accuracies(weights, *split), "train_loss": float(cross_entropy(x @ weights, y)), "steps": int(steps),
+            "grad_norm": float(grad_norm), "seconds": time.perf_counter() - start}
 
 
 def width_sweep(data: MNIST, widths: list[int], seeds: list[int], epochs: int = 5) -> list[dict]:

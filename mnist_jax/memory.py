@@ -34,23 +34,16 @@ def _kilobytes(path: str, field: str) -> int:
         return int(next(line for line in f if line.startswith(field + ":")).split()[1]) * 1024
 
 
-def _host_available() -> int:
-    """The host's available memory, less what this process's address-space limit forbids."""
-    available = _kilobytes("/proc/meminfo", "MemAvailable")
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        available = min(available, soft - _kilobytes("/proc/self/status", "VmSize"))
-    return available
-
-
-def available_bytes(device: jax.Device | None = None) -> int:
-    """Bytes a new program may still allocate on `device` (default: this process's first)."""
-    device = device or jax.local_devices()[0]
-    stats = device.memory_stats()
+def available_bytes() -> int:
+    """Bytes a new program may still allocate on this process's first device."""
+    stats = jax.local_devices()[0].memory_stats()
     if stats and "bytes_limit" in stats:
         available = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    else:
-        available = _host_available()
+    else:  # the host's available memory, less what this process's address-space limit forbids
+        available = _kilobytes("/proc/meminfo", "MemAvailable")
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            available = min(available, soft - _kilobytes("/proc/self/status", "VmSize"))
     if os.environ.get(LIMIT_ENV):
         available = min(available, parse_size(os.environ[LIMIT_ENV]))
     return available
@@ -77,7 +70,5 @@ def check(what: str, needed: int) -> None:
     available = available_bytes()
     if needed > available:
         device = jax.devices()[0]
-        raise DoesNotFit(
-            f"{what} need about {gigabytes(needed)} of memory; {device.platform} device {device.id} "
-            f"has {gigabytes(available)} available"
-        )
+        raise DoesNotFit(f"{what} need about {gigabytes(needed)} of memory; {device.platform} device {device.id} "
+                         f"has {gigabytes(available)} available")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import chex
@@ -12,7 +13,6 @@ from flax import nnx
 
 NUM_PIXELS = 28 * 28
 NUM_CLASSES = 10
-MATMUL_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def softmax_mse(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -24,24 +24,16 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def torch_uniform(fan_in: int) -> nnx.Initializer:
-    """PyTorch's `nn.Linear` default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weights and biases."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
 def torch_linear(fan_in: int, fan_out: int, rngs: nnx.Rngs) -> nnx.Einsum:
-    """`nn.Linear(fan_in, fan_out)`: kernel stored (out, in) as PyTorch stores its weight
+    """`nn.Linear(fan_in, fan_out)`: weights and biases from PyTorch's default
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), kernel stored (out, in) as PyTorch stores its weight
     (a `state_dict` maps over without transposes), float32 (float64 under
     `jax.enable_x64`, as the other parameters). Its matmuls are full float32 on every
     backend, as PyTorch's are by default: no TF32 on a GPU, no bfloat16 passes on a TPU."""
-    init = torch_uniform(fan_in)
+    bound = 1.0 / math.sqrt(fan_in)
+    init = functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
     return nnx.Einsum(
-        "bi,oi->bo", (fan_out, fan_in), (fan_out,), param_dtype=jnp.result_type(float), precision=MATMUL_PRECISION,
+        "bi,oi->bo", (fan_out, fan_in), (fan_out,), param_dtype=jnp.result_type(float), precision=jax.lax.Precision.HIGHEST,
         kernel_init=init, bias_init=init, rngs=rngs,
     )
 
@@ -61,10 +53,8 @@ class BatchNorm1d(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         if train:
-            n = x.shape[0]
-            mean = x.mean(0)
-            var = x.var(0)
-            m = self.momentum
+            n, m = x.shape[0], self.momentum
+            mean, var = x.mean(0), x.var(0)
             self.mean[...] = (1 - m) * self.mean[...] + m * mean
             self.var[...] = (1 - m) * self.var[...] + m * var * n / (n - 1)
         else:
@@ -112,19 +102,15 @@ class LinearClassifier(nnx.Module):
 class MLP(nnx.Module):
     """784 -> hidden -> [BatchNorm] -> ReLU -> [Dropout] -> 10."""
 
-    def __init__(
-        self, hidden: int = 256, dropout: float = 0.0, batchnorm: bool = False, *, rngs: nnx.Rngs
-    ):
+    def __init__(self, hidden: int = 256, dropout: float = 0.0, batchnorm: bool = False, *, rngs: nnx.Rngs):
         self.hidden = torch_linear(NUM_PIXELS, hidden, rngs)
         self.batchnorm = BatchNorm1d(hidden) if batchnorm else None
         self.dropout = Dropout(dropout_bits(dropout)) if dropout > 0 else None
         self.dropout_rate = dropout
         self.output = torch_linear(hidden, NUM_CLASSES, rngs)
 
-    def __call__(
-        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
-        dropout_rate: jax.Array | None = None,
-    ) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
+                 dropout_rate: jax.Array | None = None) -> jax.Array:
         """`dropout_rate` (default: the model's own) may be an array: one program then
         trains models of many rates (any that its Dropout's bits make exact)."""
         chex.assert_shape(x, (None, NUM_PIXELS))

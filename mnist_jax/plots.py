@@ -12,7 +12,10 @@ from mnist_jax.files import atomic_write
 from mnist_jax.stages import STAGES, Stage
 
 
-def save_figure(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike, title: str = "") -> None:
+    """Give `fig` its overall `title` (if any), write it to `path` and close it."""
+    if title:
+        fig.suptitle(title)
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -27,35 +30,17 @@ def framework_comparison(results: list[dict], path: str | os.PathLike, title: st
     for i, name in enumerate(frameworks):
         xs = [s + (i - (len(frameworks) - 1) / 2) * width for s in range(len(stages))]
         label = "JAX" if name == "jax" else f"PyTorch ({name.removeprefix('torch_')} loop)"
-        acc_ax.errorbar(
-            xs,
-            [100 * r[name]["mean_accuracy"] for r in results],
-            yerr=[100 * (r[name]["std_accuracy"] or 0) for r in results],
-            fmt="o",
-            capsize=3,
-            label=label,
-        )
+        acc_ax.errorbar(xs, [100 * r[name]["mean_accuracy"] for r in results],
+                        yerr=[100 * (r[name]["std_accuracy"] or 0) for r in results], fmt="o", capsize=3, label=label)
         time_ax.bar(xs, [r[name]["seconds_per_epoch"] for r in results], width, label=label)
-    acc_ax.scatter(
-        range(len(stages)),
-        [100 * r["documented_accuracy"] for r in results],
-        marker="_",
-        s=400,
-        color="black",
-        label="documented (original, seed 42)",
-    )
+    acc_ax.scatter(range(len(stages)), [100 * r["documented_accuracy"] for r in results], marker="_", s=400, color="black",
+                   label="documented (original, seed 42)")
+    acc_ax.set(ylabel="test accuracy (%)", title="accuracy: mean ± std over seeds")
+    time_ax.set(ylabel="seconds per epoch (steady state)", title="time per epoch", yscale="log")
     for ax in (acc_ax, time_ax):
         ax.set_xticks(range(len(stages)), stages, rotation=20)
-    acc_ax.set_ylabel("test accuracy (%)")
-    acc_ax.set_title("accuracy: mean ± std over seeds")
-    time_ax.set_ylabel("seconds per epoch (steady state)")
-    time_ax.set_title("time per epoch")
-    time_ax.set_yscale("log")
-    acc_ax.legend(fontsize=8)
-    time_ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    save_figure(fig, path)
+        ax.legend(fontsize=8)
+    save_figure(fig, path, title)
 
 
 def _pct(values) -> np.ndarray:
@@ -81,15 +66,11 @@ def training_curves(results: dict, path: str | os.PathLike) -> None:
             (line,) = ax.plot(epochs, values.mean(0), marker="o", ms=3, label=stage)
             ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
             ax.set_title(key.replace("_", " ") + (" (%)" if "accuracy" in key else ""))
-    for ax in axes[0]:
-        ax.set_yscale("log")
-    for ax in axes[1]:
-        ax.set_xlabel("epoch")
-        ax.set_ylim(86, 100)
+    plt.setp(axes[0], yscale="log")
+    plt.setp(axes[1], xlabel="epoch", ylim=(86, 100))
     axes[1, 0].legend(loc="lower right")
     n = len(next(iter(results["stages"].values()))["seeds"])
-    fig.suptitle(f"training curves: mean over {n} seeds, band from min to max ({results['device']})")
-    save_figure(fig, path)
+    save_figure(fig, path, f"training curves: mean over {n} seeds, band from min to max ({results['device']})")
 
 
 def comparison_chart(results: dict, path: str | os.PathLike) -> None:
@@ -106,9 +87,7 @@ def comparison_chart(results: dict, path: str | os.PathLike) -> None:
         ax.scatter([i - 0.12], [100 * r["documented_accuracy"]], marker="D", color="C3",
                    label="documented (original, one run)" if i == 0 else None)
     ax.set_xticks(range(len(stages)), stages)
-    ax.set_ylabel("test accuracy (%)")
-    n = len(results["stages"][stages[0]]["seeds"])
-    ax.set_title(f"test accuracy over {n} seeds")
+    ax.set(ylabel="test accuracy (%)", title=f"test accuracy over {len(results['stages'][stages[0]]['seeds'])} seeds")
     ax.legend(fontsize=8)
     save_figure(fig, path)
 
@@ -122,35 +101,29 @@ def weight_templates(arrays, path: str | os.PathLike) -> None:
         limit = np.abs(kernel).max()
         for digit, ax in enumerate(row):
             ax.imshow(kernel[digit].reshape(28, 28), cmap="RdBu_r", vmin=-limit, vmax=limit)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             ax.set_title(str(digit), fontsize=9)
         row[0].set_ylabel(name, fontsize=9)
-    fig.suptitle("linear weight templates (red positive, blue negative)")
-    save_figure(fig, path)
+    save_figure(fig, path, "linear weight templates (red positive, blue negative)")
 
 
 def confusion_matrices(arrays, path: str | os.PathLike, stages: list[str]) -> None:
+    """Each stage's test-set confusion matrix, its off-diagonal counts written and shaded."""
     fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4.6), squeeze=False)
     for ax, stage in zip(axes[0], stages):
         matrix = arrays[f"{stage}_confusion"]
         errors = matrix - np.diag(np.diag(matrix))
         ax.imshow(errors, cmap="Reds")
-        for i in range(10):
-            for j in range(10):
-                if i != j and matrix[i, j]:
-                    ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=6)
-        ax.set_xticks(range(10))
-        ax.set_yticks(range(10))
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        for i, j in zip(*np.nonzero(errors)):
+            ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=6)
         accuracy = np.trace(matrix) / matrix.sum()
-        ax.set_title(f"{stage}: {errors.sum()} errors ({accuracy:.2%})")
-    fig.suptitle("test-set confusions (off-diagonal counts), one seed")
-    save_figure(fig, path)
+        ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
+               title=f"{stage}: {errors.sum()} errors ({accuracy:.2%})")
+    save_figure(fig, path, "test-set confusions (off-diagonal counts), one seed")
 
 
 def misclassified(arrays, path: str | os.PathLike) -> None:
+    """The test digits the linear stage gets wrong and the MLP gets right, with both labels."""
     linear, mlp = (str(s) for s in arrays["misclassified_stages"])
     images = arrays["misclassified_images"]
     cols = 8
@@ -162,8 +135,7 @@ def misclassified(arrays, path: str | os.PathLike) -> None:
                                        arrays["misclassified_linear_predictions"]):
         ax.imshow(image, cmap="gray_r")
         ax.set_title(f"{label}, linear: {guess}", fontsize=8)
-    fig.suptitle(f"test digits {linear} gets wrong and {mlp} gets right (true label, linear's guess)")
-    save_figure(fig, path)
+    save_figure(fig, path, f"test digits {linear} gets wrong and {mlp} gets right (true label, linear's guess)")
 
 
 def architecture(stage: Stage) -> list[str]:
@@ -195,10 +167,9 @@ def evolution_diagram(path: str | os.PathLike) -> None:
             if col:
                 ax.annotate("", (col * 1.7 - 0.05, y), (col * 1.7 - 0.3, y), arrowprops={"arrowstyle": "->"})
         previous = boxes
-    ax.set_xlim(-2.6, max(len(boxes) for _, boxes in rows) * 1.7)
-    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set(xlim=(-2.6, max(len(boxes) for _, boxes in rows) * 1.7), ylim=(-0.7, len(rows) - 0.3),
+           title="from a linear classifier to an MLP: orange is what each stage changes from the one above")
     ax.axis("off")
-    ax.set_title("from a linear classifier to an MLP: orange is what each stage changes from the one above")
     save_figure(fig, path)
 
 
@@ -215,18 +186,15 @@ def width_sweep(report: dict, path: str | os.PathLike) -> None:
                label="linear ceiling: softmax regression to convergence")
     ax.axhline(100 * report["linear_lstsq"]["test_accuracy"], color="C2", ls=":",
                label="exact least-squares linear classifier")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (hidden width annotated)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("how much width the nonlinearity needs")
+    ax.set(xscale="log", xlabel="parameters (hidden width annotated)", ylabel="test accuracy (%)",
+           title="how much width the nonlinearity needs")
     ax.legend(fontsize=8)
     save_figure(fig, path)
 
 
 def _band(ax, epochs, summaries, label, **style):
     """A mean line with its 95% interval as a band."""
-    mean = [100 * s["mean"] for s in summaries]
-    (line,) = ax.plot(epochs, mean, label=label, **style)
+    (line,) = ax.plot(epochs, [100 * s["mean"] for s in summaries], label=label, **style)
     ax.fill_between(epochs, *_ci_pct(summaries), color=line.get_color(), alpha=0.2)
 
 
@@ -243,15 +211,12 @@ def sweep_dropout(answer: dict, device: str, path: str | os.PathLike) -> None:
     diff_ax.axhline(0, color="black", lw=0.8)
     curves = [answer["mlp"]["test"], *(r["test"] for r in answer["rates"].values())]
     acc_ax.set_ylim(bottom=min(100 * (s["ci95"] or [s["mean"]])[0] for c in curves for s in c) - 0.2)
+    acc_ax.set(ylabel="test accuracy (%)", title=f"test accuracy after each epoch: mean, 95% CI ({answer['seeds']} seeds)")
+    diff_ax.set(ylabel="difference (points), paired by seed", title="dropout minus no dropout")
     for ax in (acc_ax, diff_ax):
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
-    acc_ax.set_ylabel("test accuracy (%)")
-    diff_ax.set_ylabel("difference (points), paired by seed")
-    acc_ax.set_title(f"test accuracy after each epoch: mean, 95% CI ({answer['seeds']} seeds)")
-    diff_ax.set_title("dropout minus no dropout")
-    fig.suptitle(f"when does dropout start to help? (lr {answer['lr']:g}, {device})")
-    save_figure(fig, path)
+    save_figure(fig, path, f"when does dropout start to help? (lr {answer['lr']:g}, {device})")
 
 
 def sweep_learning_rates(answers: dict, device: str, path: str | os.PathLike) -> None:
@@ -265,16 +230,13 @@ def sweep_learning_rates(answers: dict, device: str, path: str | os.PathLike) ->
             lrs = [float(lr) for lr in choice["by_lr"]]
             test = [choice["by_lr"][lr]["test"] for lr in choice["by_lr"]]
             mean, (lo, hi) = _pct([t["mean"] for t in test]), _ci_pct(test)
-            err = [mean - lo, hi - mean]
-            (line, *_) = ax.errorbar(lrs, mean, yerr=err, fmt="o-", capsize=3, label=f"{stage}: test, 95% CI")
+            (line, *_) = ax.errorbar(lrs, mean, yerr=[mean - lo, hi - mean], fmt="o-", capsize=3, label=f"{stage}: test, 95% CI")
             ax.plot(lrs, [100 * choice["by_lr"][lr]["val"]["mean"] for lr in choice["by_lr"]], ":", color=line.get_color(),
                     label=f"{stage}: validation mean")
             best = choice["by_lr"][f"{choice['lr']:g}"]["test"]["mean"]
             ax.scatter([choice["lr"]], [100 * best], s=160, facecolors="none", edgecolors=line.get_color())
-        ax.set_xscale("log")
-        ax.set_xlabel("Adam learning rate")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{'BatchNorm' if question == 'batchnorm' else 'linear losses'}: after {comparison['epoch']} epochs")
+        ax.set(xscale="log", xlabel="Adam learning rate", ylabel="accuracy (%)",
+               title=f"{'BatchNorm' if question == 'batchnorm' else 'linear losses'}: after {comparison['epoch']} epochs")
         ax.legend(fontsize=7)
-    fig.suptitle(f"accuracy against learning rate, {comparison['seeds']} seeds per rate; ring: chosen on validation ({device})")
-    save_figure(fig, path)
+    seeds = comparison["seeds"]
+    save_figure(fig, path, f"accuracy against learning rate, {seeds} seeds per rate; ring: chosen on validation ({device})")

@@ -41,9 +41,7 @@ def place(tree, mesh: Mesh, *spec):
 
 def gather(tree):
     """`tree`'s arrays whole, as NumPy arrays, in every process (`place`'s converse)."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree) if jax.process_count() == 1 else multihost_utils.process_allgather(tree, tiled=True)
 
 
 def constrain(x: jax.Array, mesh: Mesh, *spec) -> jax.Array:
