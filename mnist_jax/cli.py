@@ -128,14 +128,11 @@ def refuse_existing(args: argparse.Namespace, script: str, names: tuple[str, ...
                          f"and will not be replaced: move {it} or choose another --out")
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """`--help` shows every option's default (those that have one, unless its help names it)."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows every option's default, but none of None or False."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
-            text += " (default: %(default)s)"
-        return text
+        return super()._get_help_string(action) if action.default not in (None, False) else action.help
 
 
 class ArgumentParser(argparse.ArgumentParser):

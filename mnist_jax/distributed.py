@@ -1,12 +1,9 @@
 """Many processes: JAX's multi-process runtime (`jax.distributed`), for studies and grids
 larger than one machine. Every process runs the same script; one global mesh splits the
 models over the devices of all of them (`sharding`); every process loads MNIST itself,
-the results are gathered, and only process 0 writes.
-
-JAX ends a process whose peer died, or whose coordinator it cannot reach, with a C++
-abort and a stack trace. So the work runs in a child process and this one supervises
-it: such an end becomes `PeerLost`, one line and exit status 6.
-"""
+the results are gathered, and only process 0 writes. JAX ends a process whose peer died,
+or whose coordinator it cannot reach, with a C++ abort: so the work runs in a child process
+that this one supervises, and such an end becomes `PeerLost` (one line, exit status 6)."""
 
 from __future__ import annotations
 

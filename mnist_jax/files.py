@@ -23,8 +23,7 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 
 
-# What reading a damaged JSON or NumPy file can raise (a truncated archive, bad JSON, a
-# missing key or a value of the wrong kind).
+# What reading a damaged JSON or NumPy file can raise (a truncated archive, bad JSON, a missing key...).
 UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
 
 PARTIAL = ".partial-"  # the prefix of a file being written
@@ -197,8 +196,7 @@ def foreign_entries(folder: Path, ours: Mapping[str, Callable[[Path], bool]]) ->
 
 
 def is_json_with(path: Path, *keys: str) -> bool:
-    """Whether `path` is a JSON object holding `keys`: how a result this project wrote is
-    told from a user's file of the same name."""
+    """Whether `path` is a JSON object holding `keys`: a result of ours, not a user's file of its name."""
     try:
         content = json.loads(path.read_text()) if path.is_file() and path.stat().st_size < 2**30 else None
     except UNREADABLE:
@@ -213,9 +211,8 @@ RESULT_KEYS = {"results.json": ("stages", "steps", "command"), "sweep.json": ("g
 
 
 def is_result(path: Path) -> bool:
-    """Whether `path` is a result as the scripts write them, told by its name and content:
-    a JSON record with its keys (`RESULT_KEYS`), a study's arrays (`study_arrays.npz`), a
-    figure drawn by Matplotlib."""
+    """Whether `path` is a result the scripts wrote, told by name and content: a JSON record with
+    its `RESULT_KEYS`, a study's arrays (`study_arrays.npz`), a figure drawn by Matplotlib."""
     if path.is_symlink() or not path.is_file():
         return False
     if path.name in RESULT_KEYS:

@@ -56,8 +56,7 @@ class GridProgress:
         return [f"{k} {saved.get(k)!r} (asked: {v!r})" for k, v in self.work.items() if saved.get(k) != v]
 
     def start(self) -> None:
-        """A fresh start under a new `run_id`, by which its results are told from earlier
-        ones. The progress already in the folder stays until the first save replaces it."""
+        """A fresh start under a new `run_id` (its results' mark); the progress saved stays until the first save."""
         self.run_id, self.started = uuid.uuid4().hex, False
 
     def load(self, key: str, like) -> tuple[object, np.ndarray] | None:
