@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import shlex
 import signal
 import sys
@@ -41,36 +42,28 @@ MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
 LOCAL_OPTIONS = {"process_id", "coordinator", "timeout", "data_dir", "source", "compile_cache", "no_cache", "out", "overwrite"}
 
 
-def _number(text: str, convert: Callable[[str], float], accept: Callable[[float], bool], expected: str):
-    try:
-        value = convert(text)
-    except ValueError:
-        value = None
-    if value is None or not accept(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
+def checked(convert: Callable[[str], object], accept: Callable[[object], bool], expected: str) -> Callable[[str], object]:
+    """An argument type: `convert(text)` if `accept` takes it, else 'expected ..., got ...'."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def positive_int(text: str) -> int:
-    return _number(text, int, lambda v: 0 < v <= MAX_INT, f"an integer from 1 to {MAX_INT}")
-
-
-def seed(text: str) -> int:
-    return _number(text, int, lambda v: 0 <= v <= MAX_SEED, f"a seed from 0 to {MAX_SEED}")
-
-
-def positive_float(text: str) -> float:
-    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
-
-
-def dropout_rate(text: str) -> float:
-    return _number(text, float, lambda v: 0 <= v < 1, "a rate in [0, 1)")
-
-
-def stage(text: str) -> str:
-    if text not in STAGES:
-        raise argparse.ArgumentTypeError(f"expected a stage ({', '.join(STAGES)}), got {text!r}")
-    return text
+positive_int = checked(int, lambda v: 0 < v <= MAX_INT, f"an integer from 1 to {MAX_INT}")
+seed = checked(int, lambda v: 0 <= v <= MAX_SEED, f"a seed from 0 to {MAX_SEED}")
+positive_float = checked(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
+dropout_rate = checked(float, lambda v: 0 <= v < 1, "a rate in [0, 1)")
+stage = checked(str, lambda v: v in STAGES, f"a stage ({', '.join(STAGES)})")
+seconds = checked(int, lambda v: 0 < v <= 86400, "1 to 86400 seconds")
+address = checked(str, lambda v: re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", v) and 0 < int(v.rsplit(":", 1)[1]) < 65536, "HOST:PORT")
 
 
 def comma_separated(item: Callable[[str], object]) -> Callable[[str], list]:
@@ -94,27 +87,14 @@ def stages(text: str) -> list[str]:
     return list(STAGES) if text == "all" else comma_separated(stage)(text)
 
 
-def output_folder(text: str) -> Path:
-    """A folder to write into: it may not exist yet, but it may not be a file."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file; expected a folder")
-    return path
-
-
-def existing_folder(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is not a folder; expected the folder holding the four MNIST IDX files")
-    return path
+output_folder = checked(Path, lambda path: path.is_dir() or not path.exists(), "a folder to write into, not a file")
+existing_folder = checked(Path, Path.is_dir, "the folder holding the four MNIST IDX files")
 
 
 def why_unwritable(path: Path) -> str | None:
     """Why `path` (a folder, or a folder to be made) cannot be written, or None if it can:
     tried on the deepest folder that exists, with a folder made and removed again."""
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        return f"{existing} is a file"
     try:
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=files.PARTIAL))
     except OSError as e:
@@ -122,50 +102,44 @@ def why_unwritable(path: Path) -> str | None:
     return None
 
 
-def claim(folder: Path, option: str = "--out") -> None:
-    """Before any work: `folder` must be writable and not being written by another run;
-    then hold it (`files.lock_folder`) until this process ends. Else `UsageError`."""
-    reason = why_unwritable(folder)
-    if reason is None:
+def claim(folder: Path) -> None:
+    """Hold `folder`, writable and written by no other run, until this process ends
+    (`files.lock_folder`); else `UsageError`."""
+    if (reason := why_unwritable(folder)) is None:
         try:
-            files.lock_folder(folder)
-            return
+            return files.lock_folder(folder)
         except files.FolderBusy as e:
-            raise UsageError(f"{option}: {e}; wait for it to end or choose another {option}") from None
+            raise UsageError(f"--out: {e}; wait for it to end or choose another --out") from None
         except OSError as e:
             reason = f"{e.filename or folder}: {e.strerror}"
-    raise UsageError(f"{option}: cannot write to {folder} ({reason})")
+    raise UsageError(f"--out: cannot write to {folder} ({reason})")
 
 
 def refuse_existing(args: argparse.Namespace, script: str, names: tuple[str, ...]) -> None:
-    """Results already in `args.out` are kept unless --overwrite (or --resume, --add)
-    says otherwise, and even then only results this project wrote (`files.is_result`)
-    are replaced, never a user's file of the same name."""
+    """`UsageError` if `args.out` holds any of `names` and no --overwrite (--resume, --add)
+    was given, or holds one that is not a result this project wrote (`files.is_result`)."""
     found = [name for name in names if (args.out / name).exists() or (args.out / name).is_symlink()]
     if found and not (args.overwrite or vars(args).get("resume") or vars(args).get("add")):
-        raise UsageError(f"--out: {args.out} already holds {', '.join(found)}; pass --overwrite to replace them, or choose another --out")
+        raise UsageError(f"--out: {args.out} already holds {', '.join(found)}; pass --overwrite to replace them, "
+                         "or choose another --out")
     if alien := [name for name in found if not files.is_result(args.out / name)]:
-        one = len(alien) == 1
-        raise UsageError(f"--out: {', '.join(alien)} in {args.out} {'is' if one else 'are'} not {script}'s results "
-                         f"and will not be replaced: move {'it' if one else 'them'} or choose another --out")
+        is_, it = ("is", "it") if len(alien) == 1 else ("are", "them")
+        raise UsageError(f"--out: {', '.join(alien)} in {args.out} {is_} not {script}'s results "
+                         f"and will not be replaced: move {it} or choose another --out")
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """`--help` shows every option's default (those that have one)."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows every option's default, but none of None or False."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
-            text += " (default: %(default)s)"
-        return text
+        return super()._get_help_string(action) if action.default not in (None, False) else action.help
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """Every script's parser: errors are one line (exit 2) and `--help` shows the defaults.
-    The options the scripts share are declared here: where results go (`out`, with
-    `results` claimed and refused if present, `resume` to continue stopped work), where
-    MNIST comes from and how programs are compiled (`trains`), several processes
-    (`processes`). `parse` checks them all before any work, JAX imported only then."""
+    """Every script's parser: errors are one line (exit 2), `--help` shows the defaults, and
+    the options the scripts share are declared here: where results go (`out`; `results`
+    claimed and refused if present; `resume` stopped work), where MNIST comes from and how
+    programs are compiled (`trains`), several processes (`processes`)."""
 
     def __init__(self, description: str | None = None, *, prog: str | None = None, out: str | None = None,
                  holds: str = "the results", results: tuple[str, ...] = (), resume: bool = False,
@@ -175,9 +149,11 @@ class ArgumentParser(argparse.ArgumentParser):
         if out is not None or results or resume:
             self.add_argument("--out", type=output_folder, default=out and Path(out), help=f"folder for {holds}")
             again = self.add_mutually_exclusive_group()
-            again.add_argument("--overwrite", action="store_true", help="replace what --out holds, once the new results are complete")
+            again.add_argument("--overwrite", action="store_true",
+                               help="replace what --out holds, once the new results are complete")
             if resume:
-                again.add_argument("--resume", action="store_true", help="continue the work saved in --out by a run that was stopped")
+                again.add_argument("--resume", action="store_true",
+                                   help="continue the work saved in --out by a run that was stopped")
         if trains:
             self.add_argument("--data-dir", type=existing_folder,
                               help="folder with the four MNIST IDX files, plain or .gz (default: $MNIST_JAX_DATA_DIR)")
@@ -187,11 +163,13 @@ class ArgumentParser(argparse.ArgumentParser):
                               "skips compiling (default: $JAX_COMPILATION_CACHE_DIR, else the user cache folder)")
             self.add_argument("--no-cache", action="store_true", help="compile afresh and keep no compilation cache")
         if processes:
-            group = self.add_argument_group("several processes (jax.distributed; none given: a cluster JAX detects, else one process)")
-            group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which coordinates the run")
-            group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+            group = self.add_argument_group(
+                "several processes (jax.distributed; none given: a cluster JAX detects, else one process)")
+            group.add_argument("--coordinator", type=address, metavar="HOST:PORT",
+                               help="address of process 0, which coordinates the run")
+            group.add_argument("--num-processes", type=positive_int, metavar="N", help="processes in the run")
             group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0..N-1")
-            group.add_argument("--timeout", type=int, default=120, metavar="SECONDS",
+            group.add_argument("--timeout", type=seconds, default=120, metavar="SECONDS",
                                help="how long to wait for every process to join, and for a silent one before stopping")
 
     def add_stages(self) -> None:
@@ -201,14 +179,12 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(f"{self.prog}: error: {message}")
 
     def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
-        """The arguments, checked: the environment and the compilation cache (`trains`);
-        the run of several processes joined (`processes`); `--out` claimed and its
-        `results` refused (`results`); with `resume`, the work's progress in `args.progress`."""
+        """The arguments, checked before any work and JAX's import; JAX set up (`trains`), the run
+        joined (`processes`), `--out` claimed (`results`), the work's `args.progress` (`resume`)."""
         args = self.parse_args(argv)
         try:
             if self.trains:
-                check_environment()
-                use_compile_cache(args.compile_cache, args.no_cache)
+                setup_jax(args.compile_cache, args.no_cache)
             if self.processes:
                 self._join(args)
             if self.results and distributed.is_main():  # only process 0 writes
@@ -221,7 +197,12 @@ class ArgumentParser(argparse.ArgumentParser):
         return args
 
     def _join(self, args: argparse.Namespace) -> None:
-        distributed.check(args.coordinator, args.num_processes, args.process_id, args.timeout)
+        given = [v is not None for v in (args.coordinator, args.num_processes, args.process_id)]
+        if any(given) and not all(given):
+            raise UsageError("--coordinator, --num-processes and --process-id go together (or none, on a cluster JAX detects)")
+        if all(given) and not 0 <= args.process_id < args.num_processes:
+            raise UsageError(f"argument --process-id: expected 0 to {args.num_processes - 1} "
+                             f"(--num-processes {args.num_processes}), got {args.process_id}")
         if not os.environ.get(distributed.CHILD_ENV):
             return
         work = {k: v for k, v in vars(args).items() if k not in LOCAL_OPTIONS}
@@ -236,26 +217,11 @@ class ArgumentParser(argparse.ArgumentParser):
             sys.stdout = open(os.devnull, "w")
 
 
-def use_compile_cache(folder: Path | None, off: bool) -> None:
-    """Turn JAX's persistent compilation cache on (every program, however quick to
-    compile: a run's many small ones add up) or, `off`, off; before JAX compiles anything.
-    A `folder` that cannot be written is refused; a cache that fails later (a full
-    disk) costs only speed, and JAX's warnings about it are silenced."""
-    if folder is not None and not off and (reason := why_unwritable(folder)):
-        raise UsageError(f"--compile-cache: cannot write to {folder} ({reason})")
-    import jax
-
-    warnings.filterwarnings("ignore", message="Error writing persistent compilation cache")
-    if off:
-        jax.config.update("jax_enable_compilation_cache", False)
-        return
-    folder = folder or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir() / "jax"
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-
-
-def check_environment() -> None:
-    """The variables the scripts read, checked before any work."""
+def setup_jax(cache: Path | None, no_cache: bool) -> None:
+    """Before any work: check the variables the scripts read, then turn JAX's persistent
+    compilation cache on (every program, however quick to compile: a run's many small ones
+    add up) or off. A `cache` that cannot be written is refused; one that fails later (a
+    full disk) costs only speed, and JAX's warnings about it are silenced."""
     from mnist_jax import memory
 
     if os.environ.get(memory.LIMIT_ENV):
@@ -263,14 +229,23 @@ def check_environment() -> None:
             memory.parse_size(os.environ[memory.LIMIT_ENV])
         except ValueError as e:
             fail(str(e))
-    if os.environ.get("JAX_PLATFORMS") and not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
-        import jax
+    if cache is not None and not no_cache and (reason := why_unwritable(cache)):
+        raise UsageError(f"--compile-cache: cannot write to {cache} ({reason})")
+    import jax
 
+    if os.environ.get("JAX_PLATFORMS") and not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
         try:
             jax.devices()  # starts the platforms asked for, in well under a second, or fails before any work
         except Exception as e:  # noqa: BLE001  (a RuntimeError, or an AssertionError where the platform's plugin is missing)
             why = str(e).splitlines()[0] if str(e) else "no backend for it is installed"
             fail(f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']}: JAX cannot start it ({why}); unset it to let JAX choose")
+    warnings.filterwarnings("ignore", message="Error writing persistent compilation cache")
+    if no_cache:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    cache = cache or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir() / "jax"
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def grid_progress(args: argparse.Namespace, script: str):
@@ -297,15 +272,15 @@ def grid_progress(args: argparse.Namespace, script: str):
                          "again, or choose another --out")
     else:
         progress.start()
-    on_stop(lambda: progress_note(progress))
-    return progress
 
-
-def progress_note(progress) -> str:
-    if not progress.started:
+    def note() -> str:
+        if progress.started:
+            return f"{progress.folder} keeps every epoch saved; continue with: {resume_command()}"
         kept = "; the unfinished work it would replace is kept as it was" if progress.saved_chunks() else ""
         return f"no epoch was saved{kept}; run the same command again to start afresh"
-    return f"{progress.folder} keeps every epoch saved; continue with: {resume_command()}"
+
+    on_stop(note)
+    return progress
 
 
 def command() -> str:
@@ -326,30 +301,26 @@ def interval(ci95: list | None, sign: str = "") -> str:
 
 
 class Progress:
-    """Progress in the unit of the work: tqdm's bar on a terminal, else (CI logs,
-    notebooks) one plain line per step."""
+    """Progress in the unit of the work: tqdm's bar on a terminal, else one plain line per step."""
 
     def __init__(self, total: int, desc: str, unit: str):
         from tqdm import tqdm
 
-        self.total, self.desc, self.unit, self.done = total, desc, unit, 0
-        self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr) if sys.stderr.isatty() else None
+        self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None)  # None: off a terminal
+        self.desc, self.unit, self.done, self.plain = desc, unit, 0, self.bar.disable
 
     def step(self, note: str = "", total: int | None = None) -> None:
         """One more step done; `total` changes the count of steps expected."""
         stop_if_pending()
         self.done += 1
-        self.total = total or self.total
-        if self.bar is not None:
-            self.bar.total = self.total
-            self.bar.set_postfix_str(note, refresh=False)
-            self.bar.update()
-        else:
-            print(f"{self.desc}: {self.unit} {self.done}/{self.total}" + (f", {note}" if note else ""), flush=True)
+        self.bar.total = total or self.bar.total
+        self.bar.set_postfix_str(note, refresh=False)
+        self.bar.update()
+        if self.plain:
+            print(f"{self.desc}: {self.unit} {self.done}/{self.bar.total}" + (f", {note}" if note else ""), flush=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 class Stopped(BaseException):
@@ -384,8 +355,8 @@ _stop_note: Callable[[], str] = lambda: "no file was left half-written; run the 
 
 
 def on_stop(note: Callable[[], str]) -> None:
-    """What a stop says it kept and how to continue, e.g. 'runs/mlp-seed42 keeps epoch 3;
-    continue with: ... --resume'; asked when the signal comes."""
+    """What a stop says it kept and how to continue ('runs/mlp-seed42 keeps epoch 3; continue
+    with: ... --resume'), asked when the signal comes."""
     global _stop_note
     _stop_note = note
 
@@ -417,8 +388,8 @@ def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
 
 # How each failure is told: the prefix of its line and its exit status (first match).
 FAILURES = ((NonFiniteLoss, "training stopped: ", EXIT_DIVERGED), (DoesNotFit, "does not fit: ", EXIT_DOES_NOT_FIT),
-            (PeerLost, "", EXIT_PEER_LOST), (ProgressError, "--resume: ", EXIT_USAGE), (DataError, "data error: ", EXIT_USAGE),
-            (UsageError, f"{Path(sys.argv[0]).name}: error: ", EXIT_USAGE))
+            (PeerLost, "", EXIT_PEER_LOST), (ProgressError, "--resume: ", EXIT_USAGE),
+            (DataError, "data error: ", EXIT_USAGE), (UsageError, f"{Path(sys.argv[0]).name}: error: ", EXIT_USAGE))
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "can't allocate memory")
 
 
@@ -455,5 +426,6 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
                 fail(f"{prefix}{e}", status)
         # XLA's RESOURCE_EXHAUSTED is a ValueError, torch's a RuntimeError
         if isinstance(e, MemoryError) or isinstance(e, (ValueError, RuntimeError)) and any(s in str(e) for s in OUT_OF_MEMORY):
-            fail(f"does not fit: out of memory ({str(e).splitlines()[0] if str(e) else 'MemoryError'})", EXIT_DOES_NOT_FIT)
+            why = str(e).splitlines()[0] if str(e) else "MemoryError"
+            fail(f"does not fit: out of memory ({why})", EXIT_DOES_NOT_FIT)
         raise

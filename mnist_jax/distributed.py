@@ -1,16 +1,14 @@
 """Many processes: JAX's multi-process runtime (`jax.distributed`), for studies and grids
 larger than one machine. Every process runs the same script; one global mesh splits the
 models over the devices of all of them (`sharding`); every process loads MNIST itself,
-the results are gathered, and only process 0 writes.
-
-JAX ends a process whose peer died, or whose coordinator it cannot reach, with a C++
-abort and a stack trace. So the work runs in a child process and this one supervises
-it: such an end becomes `PeerLost`, one line and exit status 6.
-"""
+the results are gathered, and only process 0 writes. JAX ends a process whose peer died,
+or whose coordinator it cannot reach, with a C++ abort: so the work runs in a child process
+that this one supervises, and such an end becomes `PeerLost` (one line, exit status 6)."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -29,9 +27,8 @@ OPTIONS = ("--coordinator", "--num-processes", "--process-id")
 
 
 def cluster_detected(env: dict = os.environ) -> bool:
-    """Whether this process is one of several that a cluster started and that
-    `jax.distributed.initialize()` joins from the cluster's own variables: a SLURM job
-    step of several tasks, an Open MPI job, a multi-host Cloud TPU slice on GKE."""
+    """Whether a cluster started this process as one of several, which `jax.distributed.initialize()`
+    joins from the cluster's variables: a SLURM step of several tasks, Open MPI, a multi-host TPU slice."""
     slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
     tasks = env.get("SLURM_NTASKS", "")
     return (all(v in env for v in slurm) and tasks.isdigit() and int(tasks) > 1
@@ -43,30 +40,21 @@ def requested(argv: list[str]) -> bool:
     return any(arg.split("=")[0] in OPTIONS for arg in argv) or cluster_detected()
 
 
-def check(coordinator: str | None, num_processes: int | None, process_id: int | None, timeout: int) -> None:
-    """`UsageError` unless the options of a run of several processes make one."""
-    given = [v is not None for v in (coordinator, num_processes, process_id)]
-    if any(given) and not all(given):
-        raise UsageError("--coordinator, --num-processes and --process-id go together (or none, on a cluster JAX detects)")
-    if coordinator is not None:
-        if not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", coordinator) or not 0 < int(coordinator.rsplit(":", 1)[1]) < 65536:
-            raise UsageError(f"argument --coordinator: expected HOST:PORT, got {coordinator!r}")
-        if not num_processes > 0:
-            raise UsageError(f"argument --num-processes: expected a positive number, got {num_processes}")
-        if not 0 <= process_id < num_processes:
-            raise UsageError(f"argument --process-id: expected 0 to {num_processes - 1} (--num-processes {num_processes}), got {process_id}")
-    if not 0 < timeout <= 86400:
-        raise UsageError(f"argument --timeout: expected 1 to 86400 seconds, got {timeout}")
-
-
 def join(coordinator: str | None, num_processes: int | None, process_id: int | None, timeout: int, work: dict) -> None:
-    """Join the run (in the supervised child), then check that every process was started
-    for the same `work` (the options that decide the results): else `UsageError`."""
+    """Join the run (in the supervised child, which ends when its supervisor is gone, as the
+    run's peers then must), then check that every process was started for the same `work`
+    (the options that decide the results): else `UsageError`."""
     import jax
     from jax.experimental import multihost_utils
 
-    _exit_with_supervisor()
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the CPU's collectives between processes (GPUs, TPUs have their own)
+    def exit_with_supervisor() -> None:
+        while os.getppid() == int(os.environ[CHILD_ENV]):
+            time.sleep(1)
+        os._exit(EXIT_PEER_LOST)
+
+    threading.Thread(target=exit_with_supervisor, daemon=True).start()
+    # the CPU's collectives between processes (GPUs, TPUs have their own)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)
     digest = np.frombuffer(hashlib.sha256(json.dumps(work, sort_keys=True, default=str).encode()).digest()[:8], np.uint32)
@@ -76,23 +64,18 @@ def join(coordinator: str | None, num_processes: int | None, process_id: int | N
                          f"with --num-processes {jax.process_count()}, and its own --process-id")
 
 
-_sync_points = 0
+_sync_points = itertools.count(1)
 
 
 def stop_if_agreed() -> None:
-    """In a run of several processes, raise `StopAgreed` once a SIGTERM (as a cluster
-    sends every process before it ends them) has reached any of them: JAX's preemption
-    service takes the signal and names the point where all stop together. Every process
-    must call this at the same points of the work; a lone process has its own handler."""
+    """In a run of several processes, raise `StopAgreed` once a SIGTERM (as a cluster sends
+    before it ends them) has reached any of them, at the point JAX's preemption service names
+    for all to stop together: every process calls this at the same points of the work."""
     import jax
+    from jax.experimental import multihost_utils
 
-    global _sync_points
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        _sync_points += 1
-        if multihost_utils.reached_preemption_sync_point(_sync_points):
-            raise StopAgreed
+    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(next(_sync_points)):
+        raise StopAgreed
 
 
 def is_main() -> bool:
@@ -112,24 +95,22 @@ def supervise() -> int:
         signal.signal(stop, lambda *_: child.send_signal(signal.SIGTERM))
     runtime_log = []
 
-    def forward(stream, to, runtime) -> None:
+    def forward(stream, to, runtime: re.Pattern) -> None:
+        """Pass on the lines of this project; keep for `diagnosis` those `runtime` finds and all
+        from a Python traceback on (a collective failing as a peer dies)."""
+        in_traceback = False
         for line in stream:
-            if runtime(line):
+            in_traceback = in_traceback or line.startswith("Traceback (most recent call last):")
+            if in_traceback or runtime.search(line):
                 runtime_log.append(line)
             else:
                 to.write(line)
                 to.flush()
 
-    out = threading.Thread(target=forward, args=(child.stdout, sys.stdout, lambda line: "[Gloo]" in line or "peer ranks" in line))  # Gloo prints to stdout, its lines at times cut in two
+    # Gloo prints to stdout too, its lines at times cut in two
+    out = threading.Thread(target=forward, args=(child.stdout, sys.stdout, re.compile(r"\[Gloo\]|peer ranks")))
     out.start()
-    in_traceback = []  # a Python traceback of the child (a collective failing as a peer dies) is the runtime's too
-
-    def runtime(line: str) -> bool:
-        if line.startswith("Traceback (most recent call last):"):
-            in_traceback.append(True)
-        return bool(in_traceback) or _runtime_line(line)
-
-    forward(child.stderr, sys.stderr, runtime)
+    forward(child.stderr, sys.stderr, RUNTIME_LINE)
     out.join()
     status = child.wait()
     if status >= 0 and status in DOCUMENTED_EXITS:
@@ -137,10 +118,8 @@ def supervise() -> int:
     raise PeerLost(diagnosis(runtime_log, status))
 
 
-def _runtime_line(line: str) -> bool:
-    """A line of JAX's C++ runtime, Gloo or a Python warning, not of this project."""
-    return "[Gloo]" in line or bool(re.match(r"[EFWI]\d{4} |\*\*\*|    @ |\S+Warning: |  warnings\.warn|RPC: |\d+$|The tasks have crashed|"
-                         r"absl::|\s*$|terminate called|  what\(\)", line))
+RUNTIME_LINE = re.compile(r"\[Gloo\]|^(?:[EFWI]\d{4} |\*\*\*|    @ |\S+Warning: |  warnings\.warn|RPC: |\d+$|"
+                          r"The tasks have crashed|absl::|\s*$|terminate called|  what\(\))")
 
 
 def diagnosis(log: list[str], status: int) -> str:
@@ -159,16 +138,3 @@ def diagnosis(log: list[str], status: int) -> str:
         return f"the run's work failed: {m.group(1)}; nothing written"
     return f"the run's work ended with status {status}; nothing written"
 
-
-def _exit_with_supervisor() -> None:
-    """In the child: stop when the supervisor is gone (killed), as the run's peers then must."""
-    supervisor = os.environ.get(CHILD_ENV)
-    if supervisor is None:
-        return
-
-    def watch() -> None:
-        while os.getppid() == int(supervisor):
-            time.sleep(1)
-        os._exit(EXIT_PEER_LOST)
-
-    threading.Thread(target=watch, daemon=True).start()

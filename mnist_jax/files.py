@@ -23,8 +23,7 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 
 
-# What reading a damaged JSON or NumPy file can raise (a truncated archive, bad JSON, a
-# missing key or a value of the wrong kind).
+# What reading a damaged JSON or NumPy file can raise (a truncated archive, bad JSON, a missing key...).
 UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
 
 PARTIAL = ".partial-"  # the prefix of a file being written
@@ -32,9 +31,12 @@ PARTIAL = ".partial-"  # the prefix of a file being written
 
 def is_partial(path: Path) -> bool:
     """Whether `path` is a file `atomic_write` was writing: `.partial-<stem>.<8 random characters><suffix>`."""
-    return bool(re.fullmatch(r"\.partial-.+\.[a-z0-9_]{8}(\.json|\.npz|\.png)?", path.name)) and path.is_file() and not path.is_symlink()
+    named = re.fullmatch(r"\.partial-.+\.[a-z0-9_]{8}(\.json|\.npz|\.png)?", path.name)
+    return bool(named) and path.is_file() and not path.is_symlink()
+
+
 LOCK = ".mnist_jax.lock"
-_LOCKS_HELD: dict[Path, Callable[[], None]] = {}  # folder -> what releases its lock
+_LOCKS_HELD: dict[Path, tuple[int, list[Path]]] = {}  # folder -> its lock's descriptor, the folders made for it
 
 
 def finite_number(x) -> bool:
@@ -131,13 +133,10 @@ class FolderBusy(Exception):
 
 
 def lock_folder(folder: Path) -> None:
-    """Create `folder` if need be and hold its lock (`.mnist_jax.lock` inside it,
-    `flock`ed) until this process ends: a second process gets `FolderBusy`. The kernel
-    drops the lock of a process that dies however it dies, so a killed run's lock blocks
-    no one. At exit (`release_locks`) the lock file goes, and the folders made here if
-    nothing was written into them. A lock file that is not one (a link, a user's file
-    of that name) is never written: `FolderBusy` says so. A folder this process holds
-    already is held once."""
+    """Create `folder` if need be and hold its lock (`LOCK` inside it, `flock`ed, which the
+    kernel drops however the holder dies) until this process ends: another process, or a
+    `LOCK` that is not ours (a link, a user's file), gets `FolderBusy`. At exit the lock
+    file goes, and the folders made here if nothing was written into them."""
     if folder.resolve() in _LOCKS_HELD:
         return
     made = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -146,9 +145,9 @@ def lock_folder(folder: Path) -> None:
         try:
             fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
-            if e.errno != errno.ELOOP:
-                raise
-            raise FolderBusy(f"{folder} holds {LOCK} as a link, not this project's lock") from None
+            if e.errno == errno.ELOOP:
+                raise FolderBusy(f"{folder} holds {LOCK} as a link, not this project's lock") from None
+            raise
         held = os.read(fd, 32)
         if os.fstat(fd).st_nlink != 1 or not re.fullmatch(rb"(\d+\n)?", held):
             os.close(fd)
@@ -157,28 +156,26 @@ def lock_folder(folder: Path) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise FolderBusy(f"{folder} is being written by another run (process {held.decode().strip() or 'unknown'})") from None
+            holder = held.decode().strip() or "unknown"
+            raise FolderBusy(f"{folder} is being written by another run (process {holder})") from None
         with contextlib.suppress(FileNotFoundError):
             if os.fstat(fd).st_ino == os.stat(folder / LOCK).st_ino:
                 break
         os.close(fd)  # the file was replaced as its holder left: lock the new one
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-
-    def release() -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(folder / LOCK)
-            for empty in made:
-                empty.rmdir()
-        os.close(fd)
-
-    _LOCKS_HELD[folder.resolve()] = release
+    _LOCKS_HELD[folder.resolve()] = fd, made
 
 
 def release_locks() -> None:
     """Drop every lock this process holds (at exit, also one forced by a signal)."""
     while _LOCKS_HELD:
-        _LOCKS_HELD.popitem()[1]()
+        folder, (fd, made) = _LOCKS_HELD.popitem()
+        with contextlib.suppress(OSError):
+            os.unlink(folder / LOCK)
+            for empty in made:
+                empty.rmdir()
+        os.close(fd)
 
 
 atexit.register(release_locks)
@@ -199,8 +196,7 @@ def foreign_entries(folder: Path, ours: Mapping[str, Callable[[Path], bool]]) ->
 
 
 def is_json_with(path: Path, *keys: str) -> bool:
-    """Whether `path` is a JSON object holding `keys`: how a result this project wrote is
-    told from a user's file of the same name."""
+    """Whether `path` is a JSON object holding `keys`: a result of ours, not a user's file of its name."""
     try:
         content = json.loads(path.read_text()) if path.is_file() and path.stat().st_size < 2**30 else None
     except UNREADABLE:
@@ -215,9 +211,8 @@ RESULT_KEYS = {"results.json": ("stages", "steps", "command"), "sweep.json": ("g
 
 
 def is_result(path: Path) -> bool:
-    """Whether `path` is a result as the scripts write them, told by its name and content:
-    a JSON record with its keys (`RESULT_KEYS`), a study's arrays (`study_arrays.npz`), a
-    figure drawn by Matplotlib."""
+    """Whether `path` is a result the scripts wrote, told by name and content: a JSON record with
+    its `RESULT_KEYS`, a study's arrays (`study_arrays.npz`), a figure drawn by Matplotlib."""
     if path.is_symlink() or not path.is_file():
         return False
     if path.name in RESULT_KEYS:
@@ -234,10 +229,3 @@ def is_result(path: Path) -> bool:
         return head.startswith(b"\x89PNG") and b"Software\x00Matplotlib" in head
     return False
 
-
-def remove_ours(folder: Path, ours: Mapping[str, Callable[[Path], bool]]) -> None:
-    """Delete the files of `folder` named in `ours` whose content its check accepts."""
-    for name, check in ours.items():
-        path = folder / name
-        if path.is_file() and not path.is_symlink() and check(path):
-            path.unlink()

@@ -1,12 +1,8 @@
-"""A grid's progress on disk, so that a study or sweep stopped at any moment (a signal,
-a lost machine) resumes where it was and ends exactly as an uninterrupted one.
-
-`--out/progress/` holds `work.json` (the options that decide the results) and one
-`<chunk>.npz` per chunk of models: their states after the last epoch saved, and that
-epoch's rows of metrics. Each file is written beside the old one and renamed over it.
-The randomness of an epoch depends on the seed and the epoch number alone, so training
-on from a saved epoch gives the arrays an unbroken run gives.
-"""
+"""A grid's progress on disk, so that a study or sweep stopped at any moment resumes where
+it was and ends exactly as an uninterrupted one (an epoch's randomness depends on the seed
+and the epoch number alone). `--out/progress/` holds `work.json` (the options that decide
+the results) and one `<chunk>.npz` per chunk of models: their states after the last epoch
+saved and the rows of metrics of every epoch up to it, each written atomically."""
 
 from __future__ import annotations
 
@@ -14,26 +10,17 @@ import json
 import re
 import uuid
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import numpy as np
 
 from mnist_jax.errors import ProgressError
-from mnist_jax.files import UNREADABLE, atomic_write, foreign_entries, is_json_with, remove_ours, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, foreign_entries, is_json_with, write_json
 
 FOLDER = "progress"
 WORK_FILE = "work.json"
-MAX_META = 2**20  # bytes: a chunk's metadata is a few hundred
-
-
-class Saved(NamedTuple):
-    epochs: int  # epochs done
-    states: object  # the chunk's models, stacked: a tree like the one saved
-    rows: np.ndarray  # (epochs, models, metrics)
-
-
 CHUNK = re.compile(r"[a-z_]+-hidden\d+-bits\d+-from\d+-\d+\.npz")  # the name `study.train_grid` gives a chunk
+
 
 class GridProgress:
     """The progress files of one piece of work in `out`; `write` False in every process
@@ -42,12 +29,10 @@ class GridProgress:
     def __init__(self, out: Path, work: dict, write: bool = True):
         self.folder, self.work, self.write, self.run_id = out / FOLDER, work, write, None
         self.started = True  # resuming, until `start`
+
     def ours(self) -> dict:
         """Each file name in the folder that this class wrote, with its check."""
-        names = {WORK_FILE: lambda path: is_json_with(path, "script")}
-        if self.folder.is_dir() and not self.folder.is_symlink():
-            names |= {p.name: lambda path: True for p in self.folder.iterdir() if CHUNK.fullmatch(p.name)}
-        return names
+        return {WORK_FILE: lambda path: is_json_with(path, "script")} | {p.name: lambda path: True for p in self.saved_chunks()}
 
     def foreign(self) -> list[str]:
         if self.folder.is_symlink() or self.folder.exists() and not self.folder.is_dir():
@@ -55,7 +40,7 @@ class GridProgress:
         return [f"{FOLDER}/{name}" for name in foreign_entries(self.folder, self.ours())]
 
     def saved_chunks(self) -> list[Path]:
-        return sorted(p for p in self.folder.glob("*.npz") if CHUNK.fullmatch(p.name)) if self.folder.is_dir() else []
+        return [p for p in self.folder.glob("*.npz") if CHUNK.fullmatch(p.name)] if self.folder.is_dir() else []
 
     def exists(self) -> bool:
         return (self.folder / WORK_FILE).is_file()
@@ -65,40 +50,34 @@ class GridProgress:
         the saved work's `run_id` becomes this one's (a resume continues it)."""
         try:
             saved = json.loads((self.folder / WORK_FILE).read_text())
+            self.run_id = saved.get("run_id")  # (an AttributeError if `saved` is no JSON object)
         except UNREADABLE as e:
             raise ProgressError(f"{self.folder / WORK_FILE} is damaged ({type(e).__name__})") from None
-        if not isinstance(saved, dict):
-            raise ProgressError(f"{self.folder / WORK_FILE} is damaged")
-        self.run_id = saved.get("run_id")
         return [f"{k} {saved.get(k)!r} (asked: {v!r})" for k, v in self.work.items() if saved.get(k) != v]
 
     def start(self) -> None:
-        """A fresh start under a new `run_id`, by which its results are told from earlier
-        ones. The progress already in the folder stays until the first save replaces it."""
+        """A fresh start under a new `run_id` (its results' mark); the progress saved stays until the first save."""
         self.run_id, self.started = uuid.uuid4().hex, False
-    def load(self, key: str, like) -> Saved | None:
-        """The chunk `key`'s saved progress, its states shaped as `like`; None if none."""
+
+    def load(self, key: str, like) -> tuple[object, np.ndarray] | None:
+        """The chunk `key`'s saved states, shaped as `like`, and its rows of metrics
+        (epochs saved, models, metrics); None if none was saved."""
         path = self.folder / f"{key}.npz"
         if not path.is_file():
             return None
         leaves, treedef = jax.tree.flatten(like)
         try:
             with np.load(path) as saved:
-                if saved["meta"].nbytes > MAX_META:
-                    raise ValueError("metadata too large")
-                meta = json.loads(str(saved["meta"]))
                 arrays = [saved[f"state_{i}"] for i in range(len(leaves))]
                 rows = saved["rows"]
         except UNREADABLE as e:
             raise ProgressError(f"{path} is damaged ({type(e).__name__}); pass --overwrite to start again") from None
-        epochs = meta.get("epochs") if isinstance(meta, dict) else None
-        expected = [(leaf.shape, np.dtype(leaf.dtype)) for leaf in leaves]
-        if not isinstance(epochs, int) or rows.shape[:1] != (epochs,) or [(a.shape, a.dtype) for a in arrays] != expected:
+        if rows.ndim != 3 or [(a.shape, a.dtype) for a in arrays] != [(leaf.shape, np.dtype(leaf.dtype)) for leaf in leaves]:
             raise ProgressError(f"{path} does not hold the models of this work; pass --overwrite to start again")
-        return Saved(epochs, jax.tree.unflatten(treedef, arrays), rows)
+        return jax.tree.unflatten(treedef, arrays), rows
 
-    def save(self, key: str, epochs: int, states, rows: np.ndarray) -> None:
-        """The chunk `key` after `epochs` epochs (`states` and `rows` whole, as NumPy)."""
+    def save(self, key: str, states, rows: np.ndarray) -> None:
+        """The chunk `key` after as many epochs as `rows` has (`states` and `rows` whole, as NumPy)."""
         if not self.started:  # the first save of a fresh start: the work it replaces goes now
             self.started = True
             if self.write:
@@ -108,12 +87,15 @@ class GridProgress:
             return
         arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(states))}
         with atomic_write(self.folder / f"{key}.npz") as tmp, open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps({"epochs": epochs})), rows=rows, **arrays)
+            np.savez(f, rows=rows, **arrays)
 
     def clear(self) -> None:
         """Remove the files of this class, and the folder if nothing else is in it."""
         if not self.write or not self.folder.is_dir() or self.folder.is_symlink():
             return
-        remove_ours(self.folder, self.ours())
+        for name, check in self.ours().items():
+            path = self.folder / name
+            if path.is_file() and not path.is_symlink() and check(path):
+                path.unlink()
         if not any(self.folder.iterdir()):
             self.folder.rmdir()

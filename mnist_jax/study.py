@@ -146,7 +146,7 @@ def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: C
     begin = prepare(config, data, points)
     states, rows = begin.state, []  # rows: per epoch, (models, 5) on the host
     if progress and (saved := progress.load(key, jax.device_get(begin.state))):
-        states, rows = saved.states, list(saved.rows)
+        states, rows = saved[0], list(saved[1])
         for _ in rows:
             on_epoch()
     models = sharding.place((states, begin.train_idx, begin.val_idx, begin.epochs_key), chunk.mesh, "seed")
@@ -163,7 +163,7 @@ def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: C
             kept = f"; {progress.folder} keeps epoch {e - 1}" if progress and e > 1 else ""
             raise NonFiniteLoss(e, f" ({config.stage}, seed {point.seed}, lr {point.lr:g}, dropout {point.dropout:g}){kept}")
         if progress:
-            progress.save(key, e, sharding.gather(states), np.stack(rows))
+            progress.save(key, sharding.gather(states), np.stack(rows))
         distributed.stop_if_agreed()
         on_epoch()
     accuracies, predictions = sharding.gather(chunk.test(models[0], test_images, test_labels))

@@ -14,7 +14,7 @@ from conftest import ROOT, assert_one_line_error, load_script, run_script
 from mnist_jax import cli, memory
 
 SCRIPTS = ["train.py", "study.py", "sweep.py", "make_assets.py", "linearity.py", "compare.py", "benchmark.py"]
-# What checking a training script's arguments sets in this process (`cli.use_compile_cache`), put back after each test.
+# What checking a training script's arguments sets in this process (`cli.setup_jax`), put back after each test.
 
 def listing(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
@@ -94,7 +94,7 @@ TRAIN_REFUSALS = [
     (["--stage", "mlp", "--lr", "nan"], ["--lr", "positive finite"]),
     (["--stage", "mlp", "--dropout", "1"], ["--dropout", "[0, 1)"]),
     (["--stage", "linear_ce", "--hidden", "64"], ["--hidden", "MLP stages only"]),
-    (["--stage", "mlp", "--data-dir", "/no/such/dir"], ["--data-dir", "/no/such/dir", "is not a folder"]),
+    (["--stage", "mlp", "--data-dir", "/no/such/dir"], ["--data-dir", "/no/such/dir", "expected the folder holding"]),
     (["--stage", "mlp", "--batch-size", "54001"], ["--batch-size", "54000"]),
     (["--stage", "mlp", "--hidden", "-3"], ["--hidden", "integer from 1 to"]),
     (["--stage", "mlp", "--dropout", "-0.1"], ["--dropout", "[0, 1)"]),
@@ -124,7 +124,7 @@ def test_every_script_refuses_an_out_that_is_a_file(refused, tmp_path, script):
     afile.write_text("keep me")
     args = ["--stage", "mlp"] if script == "train.py" else []
     line = refused(script, *args, "--out", afile)
-    assert "--out" in line and "is a file" in line, line
+    assert "--out" in line and "not a file" in line, line
     assert afile.read_text() == "keep me" and listing(tmp_path) == ["a_file"]
 
 

@@ -330,7 +330,7 @@ def test_damaged_progress_is_ours_to_replace_and_refused_in_one_line_on_resume(t
     progress = GridProgress(tmp_path, {"script": "study.py"})
     progress.start()
     states = {"kernel": np.ones((3, 784, 10), np.float32)}
-    progress.save("mlp-hidden256-bits1-from0-3", 1, states, np.zeros((1, 3, 5), np.float32))
+    progress.save("mlp-hidden256-bits1-from0-3", states, np.zeros((1, 3, 5), np.float32))
     path = tmp_path / "progress" / "mlp-hidden256-bits1-from0-3.npz"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert progress.foreign() == []
