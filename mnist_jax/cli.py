@@ -19,8 +19,11 @@ from typing import Callable, NoReturn
 
 
 def _stop_before_work(signum: int, _frame) -> None:
-    """Until `run` starts a script's work (imports take a moment): one line, out."""
+    """Until `parse` has set JAX up (importing it takes a second, and an exception raised
+    inside it can abort the process): one line, the folder claimed released, out."""
     os.write(2, f"stopped by {signal.Signals(signum).name}: nothing was started\n".encode())
+    if "mnist_jax.files" in sys.modules:
+        sys.modules["mnist_jax.files"].release_locks()
     os._exit(128 + signum)
 
 
@@ -87,8 +90,12 @@ def stages(text: str) -> list[str]:
     return list(STAGES) if text == "all" else comma_separated(stage)(text)
 
 
-output_folder = checked(Path, lambda path: path.is_dir() or not path.exists(), "a folder to write into, not a file")
-existing_folder = checked(Path, Path.is_dir, "the folder holding the four MNIST IDX files")
+def _path(text: str) -> Path | None:
+    return Path(text) if text else None  # not "": Path("") is the working folder
+
+
+output_folder = checked(_path, lambda path: path.is_dir() or not path.exists(), "a folder to write into, not a file")
+existing_folder = checked(_path, Path.is_dir, "the folder holding the four MNIST IDX files")
 
 
 def why_unwritable(path: Path) -> str | None:
@@ -182,29 +189,38 @@ class ArgumentParser(argparse.ArgumentParser):
         """The arguments, checked before any work and JAX's import; JAX set up (`trains`), the run
         joined (`processes`), `--out` claimed (`results`), the work's `args.progress` (`resume`)."""
         args = self.parse_args(argv)
+        child = os.environ.get(distributed.CHILD_ENV)  # a process of several: it joins the run before it claims --out
         try:
+            if self.processes:
+                given = [v is not None for v in (args.coordinator, args.num_processes, args.process_id)]
+                if any(given) and not all(given):
+                    raise UsageError("--coordinator, --num-processes and --process-id go together (or none, on a cluster JAX detects)")
+                if all(given) and not 0 <= args.process_id < args.num_processes:
+                    raise UsageError(f"argument --process-id: expected 0 to {args.num_processes - 1} "
+                                     f"(--num-processes {args.num_processes}), got {args.process_id}")
+            if self.trains:
+                check_environment(args.compile_cache, args.no_cache)
+            if not child:
+                self._claim(args)
             if self.trains:
                 setup_jax(args.compile_cache, args.no_cache)
-            if self.processes:
+            stop_on_signals()
+            if child:
                 self._join(args)
-            if self.results and distributed.is_main():  # only process 0 writes
-                claim(args.out)
-                refuse_existing(args, self.prog, self.results)
-            if "resume" in args and self.results:
-                args.progress = grid_progress(args, self.prog)
+                self._claim(args)
         except UsageError as e:
             self.error(str(e))
         return args
 
+    def _claim(self, args: argparse.Namespace) -> None:
+        """`--out` held and its results refused (by process 0, which writes); the work's progress."""
+        if self.results and distributed.is_main():
+            claim(args.out)
+            refuse_existing(args, self.prog, self.results)
+        if "resume" in args and self.results:
+            args.progress = grid_progress(args, self.prog)
+
     def _join(self, args: argparse.Namespace) -> None:
-        given = [v is not None for v in (args.coordinator, args.num_processes, args.process_id)]
-        if any(given) and not all(given):
-            raise UsageError("--coordinator, --num-processes and --process-id go together (or none, on a cluster JAX detects)")
-        if all(given) and not 0 <= args.process_id < args.num_processes:
-            raise UsageError(f"argument --process-id: expected 0 to {args.num_processes - 1} "
-                             f"(--num-processes {args.num_processes}), got {args.process_id}")
-        if not os.environ.get(distributed.CHILD_ENV):
-            return
         work = {k: v for k, v in vars(args).items() if k not in LOCAL_OPTIONS}
         distributed.join(args.coordinator, args.num_processes, args.process_id, args.timeout, work)
         files.STOP_SIGNALS.remove(signal.SIGTERM)  # JAX's preemption service has it now
@@ -217,20 +233,21 @@ class ArgumentParser(argparse.ArgumentParser):
             sys.stdout = open(os.devnull, "w")
 
 
-def setup_jax(cache: Path | None, no_cache: bool) -> None:
-    """Before any work: check the variables the scripts read, then turn JAX's persistent
-    compilation cache on (every program, however quick to compile: a run's many small ones
-    add up) or off. A `cache` that cannot be written is refused; one that fails later (a
-    full disk) costs only speed, and JAX's warnings about it are silenced."""
+def check_environment(cache: Path | None, no_cache: bool) -> None:
+    """The memory limit the scripts read and the cache folder asked for, before JAX is imported."""
     from mnist_jax import memory
 
     if os.environ.get(memory.LIMIT_ENV):
-        try:
-            memory.parse_size(os.environ[memory.LIMIT_ENV])
-        except ValueError as e:
-            fail(str(e))
+        memory.parse_size(os.environ[memory.LIMIT_ENV])
     if cache is not None and not no_cache and (reason := why_unwritable(cache)):
         raise UsageError(f"--compile-cache: cannot write to {cache} ({reason})")
+
+
+def setup_jax(cache: Path | None, no_cache: bool) -> None:
+    """Check that JAX starts the platforms asked for, then turn its persistent compilation
+    cache on (every program, however quick to compile: a run's many small ones add up) or
+    off. A cache that fails later (a full disk) costs only speed; JAX's warnings about it
+    are silenced."""
     import jax
 
     if os.environ.get("JAX_PLATFORMS") and not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
@@ -393,6 +410,17 @@ FAILURES = ((NonFiniteLoss, "training stopped: ", EXIT_DIVERGED), (DoesNotFit, "
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "can't allocate memory")
 
 
+def stop_on_signals() -> None:
+    """From here on a stop signal ends the work with its line (`run`); in a run of several
+    processes the supervisor forwards them, as SIGTERM."""
+    sys.unraisablehook = _unraisable
+    for s in files.STOP_SIGNALS:
+        if os.environ.get(distributed.CHILD_ENV) and s != signal.SIGTERM:
+            signal.signal(s, signal.SIG_IGN)
+        elif signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, _stop)
+
+
 def run(main: Callable[[], None], several_processes: bool = False) -> None:
     """Run a script's main: every failure a user or the machine can cause ends in one
     line and its exit status (the table in README.md), not a traceback. A script that
@@ -401,12 +429,6 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
     try:
         if several_processes and not child and distributed.requested(sys.argv[1:]):
             sys.exit(distributed.supervise())
-        sys.unraisablehook = _unraisable
-        for s in files.STOP_SIGNALS:
-            if child and s != signal.SIGTERM:
-                signal.signal(s, signal.SIG_IGN)
-            elif signal.getsignal(s) is not signal.SIG_IGN:
-                signal.signal(s, _stop)
         main()
         stop_if_pending()
     except Stopped as e:

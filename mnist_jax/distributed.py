@@ -37,7 +37,8 @@ def cluster_detected(env: dict = os.environ) -> bool:
 
 def requested(argv: list[str]) -> bool:
     """Whether this command line runs as one process of several."""
-    return any(arg.split("=")[0] in OPTIONS for arg in argv) or cluster_detected()
+    names = [arg.split("=")[0] for arg in argv if arg.startswith("--") and len(arg.split("=")[0]) > 3]
+    return any(option.startswith(name) for name in names for option in OPTIONS) or cluster_detected()  # abbreviated too
 
 
 def join(coordinator: str | None, num_processes: int | None, process_id: int | None, timeout: int, work: dict) -> None:
@@ -79,7 +80,9 @@ def stop_if_agreed() -> None:
 
 
 def is_main() -> bool:
-    """Process 0: the one that writes and prints."""
+    """Process 0: the one that writes and prints (a process alone is)."""
+    if not os.environ.get(CHILD_ENV):
+        return True
     import jax
 
     return jax.process_index() == 0

@@ -24,7 +24,7 @@ import numpy as np
 
 
 # What reading a damaged JSON or NumPy file can raise (a truncated archive, bad JSON, a missing key...).
-UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, zlib.error)
+UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, RecursionError, zipfile.BadZipFile, zlib.error)
 
 PARTIAL = ".partial-"  # the prefix of a file being written
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import re
 import resource
+from typing import TYPE_CHECKING
 
-import jax
+from mnist_jax.errors import DoesNotFit, UsageError
 
-from mnist_jax.errors import DoesNotFit
+if TYPE_CHECKING:
+    import jax
 
 LIMIT_ENV = "MNIST_JAX_MEMORY_LIMIT"
 _SUFFIXES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -25,7 +27,7 @@ def parse_size(text: str) -> int:
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?)([KMGTkmgt]?)", text)
     size = float(match[1]) * _SUFFIXES[match[2].upper()] if match else 0
     if not 1 <= size < 2**60:
-        raise ValueError(f"{LIMIT_ENV}={text!r}: expected a positive size such as 2G or 512M")
+        raise UsageError(f"{LIMIT_ENV}={text!r}: expected a positive size such as 2G or 512M")
     return int(size)
 
 
@@ -36,6 +38,8 @@ def _kilobytes(path: str, field: str) -> int:
 
 def available_bytes() -> int:
     """Bytes a new program may still allocate on this process's first device."""
+    import jax  # here, not above: the scripts read the limit before JAX is imported
+
     stats = jax.local_devices()[0].memory_stats()
     if stats and "bytes_limit" in stats:
         available = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
@@ -51,6 +55,8 @@ def available_bytes() -> int:
 
 def tree_bytes(tree) -> int:
     """Bytes of the arrays (or `jax.ShapeDtypeStruct`s) in `tree`."""
+    import jax
+
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
@@ -69,6 +75,8 @@ def check(what: str, needed: int) -> None:
     """Raise `DoesNotFit` unless the `needed` bytes of `what` (plural) are available."""
     available = available_bytes()
     if needed > available:
+        import jax
+
         device = jax.devices()[0]
         raise DoesNotFit(f"{what} need about {gigabytes(needed)} of memory; {device.platform} device {device.id} "
                          f"has {gigabytes(available)} available")

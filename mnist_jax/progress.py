@@ -11,7 +11,6 @@ import re
 import uuid
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from mnist_jax.errors import ProgressError
@@ -65,6 +64,8 @@ class GridProgress:
         path = self.folder / f"{key}.npz"
         if not path.is_file():
             return None
+        import jax  # here, not above: --out is claimed before JAX is imported
+
         leaves, treedef = jax.tree.flatten(like)
         try:
             with np.load(path) as saved:
@@ -85,6 +86,8 @@ class GridProgress:
                 write_json(self.folder / WORK_FILE, self.work | {"run_id": self.run_id})
         if not self.write:
             return
+        import jax
+
         arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(states))}
         with atomic_write(self.folder / f"{key}.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, rows=rows, **arrays)

@@ -100,7 +100,8 @@ def time_nnx_jit(config: TrainConfig, data: MNIST) -> float:
     @nnx.jit
     def step(model, optimizer, x, y, key):
         def objective(model):
-            return loss_fn(model(to_inputs(x), train=True, dropout_key=key, dropout_rate=config.dropout_rate), y)
+            train_mode = {"train": True, "dropout_key": key, "dropout_rate": config.dropout_rate} if config.spec.is_mlp else {}
+            return loss_fn(model(to_inputs(x), **train_mode), y)
 
         loss, grads = nnx.value_and_grad(objective)(model)
         optimizer.update(model, grads)

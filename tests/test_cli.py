@@ -4,6 +4,7 @@ import argparse
 import gzip
 import importlib.util
 import signal
+import os
 import struct
 import subprocess
 import sys
@@ -183,7 +184,7 @@ def test_a_memory_limit_that_is_no_size_is_refused_in_one_line_before_any_work(m
     with pytest.raises(SystemExit) as exit_info:
         cli.ArgumentParser(prog="study.py").parse([])
     assert exit_info.value.code == 2
-    assert capsys.readouterr() == ("", f"MNIST_JAX_MEMORY_LIMIT={limit!r}: expected a positive size such as 2G or 512M\n")
+    assert capsys.readouterr() == ("", f"study.py: error: MNIST_JAX_MEMORY_LIMIT={limit!r}: expected a positive size such as 2G or 512M\n")
 
 
 GPU_PLUGIN = any(importlib.util.find_spec(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin"))
@@ -245,3 +246,25 @@ for name in ("train", "study", "sweep", "compare", "linearity", "make_assets"):
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.stdout.split("\n")[:-1] == [f"{name} 2 False" for name in ("train", "study", "sweep", "compare", "linearity", "make_assets")], proc.stderr
+
+
+@pytest.mark.parametrize("args, env", [
+    (["--out", "/proc/mnist_jax_out"], {}), (["--out", ""], {}), (["--timeout", "-5"], {}),
+    (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], {}), ([], {"MNIST_JAX_MEMORY_LIMIT": "banana"}),
+], ids=["unwritable out", "empty out", "timeout", "process id", "memory limit"])
+def test_refusals_after_the_arguments_parse_cost_no_jax_import_either(args, env):
+    """What is checked beyond the argument's type (an --out that cannot be written, the
+    several-process options together, the variables read) is refused before JAX is imported too."""
+    code = ("import sys; sys.path.insert(0, 'scripts'); import study\ntry:\n    study.build_parser().parse(sys.argv[1:])\n"
+            "except SystemExit as e:\n    print(e.code, 'jax' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **env})
+    assert proc.stdout == "2 False\n" and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_several_process_options_abbreviated_still_run_under_the_supervisor():
+    """argparse takes `--coord` for `--coordinator`: such a command is one process of several too."""
+    from mnist_jax.distributed import requested
+
+    assert requested(["--coord", "127.0.0.1:1234", "--num-proc", "2", "--process=1"])
+    assert not requested(["--stages", "mlp", "--seeds", "10", "--out", "x", "--no-cache"])

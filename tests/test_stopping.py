@@ -194,6 +194,20 @@ def test_a_signal_while_importing_ends_in_one_line(tmp_path):
     assert stop(proc, signal.SIGTERM) == "stopped by SIGTERM: nothing was started" and proc.returncode == 143
 
 
+@pytest.mark.slow
+def test_a_signal_at_any_moment_of_the_start_ends_in_one_line(tmp_path, data_args):
+    """Sent while the script imports and sets JAX up (an exception raised inside JAX's import
+    can abort the process with C++ output), then while it claims --out and loads MNIST."""
+    for i, delay in enumerate((0.1, 0.2, 0.3, 0.45, 0.6, 0.8)):
+        signum = (signal.SIGINT, signal.SIGTERM)[i % 2]
+        proc = start("study.py", "--stages", "linear_ce", "--seeds", "2", "--epochs", "1", "--out", tmp_path / f"run{i}", *data_args)
+        time.sleep(delay)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signum, (delay, stderr)
+        assert len(stderr.splitlines()) == 1 and stderr.startswith(f"stopped by {signal.Signals(signum).name}: "), (delay, stderr)
+
+
 def test_a_study_refused_for_its_data_leaves_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_script("study.py", "--data-dir", tmp_path / "empty", "--out", tmp_path / "study")

@@ -249,3 +249,14 @@ def test_a_figure_that_fails_leaves_none_of_the_figures_drawn_before_it(tmp_path
     with pytest.raises(ZeroDivisionError):
         make_assets.main()
     assert [p.name for p in (tmp_path / "figures").iterdir()] == [LOCK]  # the lock this process holds, nothing else
+
+
+def test_a_results_file_nested_too_deep_to_parse_is_refused_as_damaged(tmp_path):
+    """A few kilobytes of `[` make Python's JSON reader recurse past its limit: that is damage too."""
+    from mnist_jax.errors import ResultFileError
+    from mnist_jax.results import load_study, load_sweep
+
+    for name, load in (("results.json", load_study), ("sweep.json", load_sweep)):
+        (tmp_path / name).write_text('{"stages": ' + "[" * 100_000)
+        with pytest.raises(ResultFileError, match="damaged"):
+            load(tmp_path / name)
