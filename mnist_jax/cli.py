@@ -194,7 +194,8 @@ class ArgumentParser(argparse.ArgumentParser):
             if self.processes:
                 given = [v is not None for v in (args.coordinator, args.num_processes, args.process_id)]
                 if any(given) and not all(given):
-                    raise UsageError("--coordinator, --num-processes and --process-id go together (or none, on a cluster JAX detects)")
+                    raise UsageError("--coordinator, --num-processes and --process-id go together "
+                                     "(or none, on a cluster JAX detects)")
                 if all(given) and not 0 <= args.process_id < args.num_processes:
                     raise UsageError(f"argument --process-id: expected 0 to {args.num_processes - 1} "
                                      f"(--num-processes {args.num_processes}), got {args.process_id}")
