@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from mnist_jax import cli
 from mnist_jax.data import DATA_DIR_ENV, MNIST, DataError, default_cache_dir, load_idx_dir, load_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +143,7 @@ def run_script_in_process(name: str, *args, cwd: Path | None = None) -> subproce
         if cwd is not None:
             os.chdir(cwd)
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            module.main()
+            cli.run(module.main)  # as the script's last line does: each failure to one line and its status
         status = 0
     except SystemExit as e:
         status = e.code
