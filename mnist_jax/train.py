@@ -155,6 +155,12 @@ def device_data(data: MNIST) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array
     return jax.device_put((train_images, data.train_labels.astype(np.int32), test_images, data.test_labels.astype(np.int32)))
 
 
+@jax.jit
+def examples_at(images: jax.Array, labels: jax.Array, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The examples at `idx`: one program compiled once per process, where eager indexing runs several."""
+    return images[idx], labels[idx]
+
+
 def prepare(config: TrainConfig, data: MNIST, points: Sequence[Point] | None = None) -> Start:
     """The `Start` of `config`'s run, or with `points` of every point's (a leading axis of
     models; the config gives what they share). Raises `memory.DoesNotFit` before
@@ -271,7 +277,7 @@ def train(config: TrainConfig, data: MNIST, on_epoch: Callable[[RunResult], None
     tx, graphdef = make_optimizer(config.lr), graph(config)
     begin = replay.apply(prepare(config, data), tx)
     images, labels, test_images, test_labels = device_data(data)
-    val_images, val_labels = jax.jit(lambda x, y, i: (x[i], y[i]))(images, labels, begin.val_idx)  # one program, not seven
+    val_images, val_labels = examples_at(images, labels, begin.val_idx)
     run = dataclasses.replace(resume, history=list(resume.history)) if resume else RunResult(
         config, device_description(), graphdef, begin.state, begin.state, 0, [])
     mesh = mesh or sharding.make_mesh("batch", config.batch_size, len(begin.train_idx) % config.batch_size or config.batch_size)

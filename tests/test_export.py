@@ -21,7 +21,8 @@ from mnist_jax.evaluate import make_evaluate
 from mnist_jax.stages import STAGES
 from mnist_jax.study import _grid_programs
 from mnist_jax.train import (
-    Point, TrainConfig, device_data, epoch_keys, epoch_order, graph, initial, make_optimizer, make_train_epoch, point,
+    Point, TrainConfig, device_data, epoch_keys, epoch_order, examples_at, graph, initial, make_optimizer, make_train_epoch,
+    point,
 )
 
 PLATFORMS = ("tpu", "cuda")
@@ -61,8 +62,7 @@ def programs(config: TrainConfig, data: MNIST, models: int = 10, mesh: jax.shard
     images, labels, test_images, test_labels = jax.eval_shape(lambda: device_data(data))
     if mesh is not None:
         state, images, labels = sharding.abstract((state, images, labels), mesh)
-    subset = jax.jit(lambda x, y, i: (x[i], y[i]))  # as `train` takes the validation images
-    val_images, val_labels = jax.eval_shape(subset, images, labels, val_idx)
+    val_images, val_labels = jax.eval_shape(examples_at, images, labels, val_idx)
     evaluate = jax.jit(make_evaluate(graphdef, config.spec.loss))
     grid_epoch, grid_test = _grid_programs(config, graphdef, tx, sharding.make_mesh("seed", 1), vmapped=True)
     many_keys, many_states, many_train_idx, many_val_idx = jax.eval_shape(jax.vmap(init), Point(*(jnp.full(models, x) for x in point(config))))
@@ -71,7 +71,7 @@ def programs(config: TrainConfig, data: MNIST, models: int = 10, mesh: jax.shard
         "init": (jax.jit(init), point(config)),
         "epoch_keys": (epoch_keys, epochs_key, 1),
         "epoch_order": (epoch_order, train_idx, epochs_key),
-        "subset": (subset, images, labels, val_idx),
+        "examples_at": (examples_at, images, labels, val_idx),
         "train_epoch": (jax.jit(make_train_epoch(graphdef, config.spec.loss, tx, config.batch_size, mesh)),
                         state, images, labels, train_idx, epochs_key),
         "evaluate_validation": (evaluate, state.params, state.batch_stats, val_images, val_labels),
@@ -90,7 +90,7 @@ def assert_ready_for_accelerators(facts: dict) -> None:
 # Programs of no stage: module functions of a key, indices and images, which are the same
 # arrays whatever the stage. They are exported with the quick tier's `linear_ce` only, as is
 # `linear_mse`'s `init` (it builds the model, the same linear one, and holds no loss).
-OF_NO_STAGE = {"epoch_keys", "epoch_order", "subset"}
+OF_NO_STAGE = {"epoch_keys", "epoch_order", "examples_at"}
 EXPORTED_WITH_LINEAR_CE = {"linear_ce": set(), "linear_mse": OF_NO_STAGE | {"init"}}
 
 
