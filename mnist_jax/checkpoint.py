@@ -1,12 +1,10 @@
 """Saving a run (`metrics.json` and `checkpoint.npz`) and restoring or resuming it.
 
-`checkpoint.npz` holds the final state (parameters, BatchNorm statistics, optimizer
-state), the best-validation model, and under `meta` the format's version and the config
-and history that rebuild it. One file, written beside the old one and renamed over it:
-a crash leaves the previous epoch's checkpoint or the new one, never a mix. (A plain
-NumPy archive rather than orbax: see docs/performance.md.) A checkpoint that is damaged,
-of another format or of arrays its config does not describe raises `CheckpointError`,
-never a half-restored run.
+`checkpoint.npz` (a NumPy archive, not orbax: docs/performance.md) holds the final state, the
+best-validation model, and under `meta` the format's version, config and history. It is written
+beside the old one and renamed over it: a crash leaves one epoch's checkpoint, never a mix. A
+checkpoint damaged, of another format or of arrays its config does not describe raises
+`CheckpointError`, never a half-restored run.
 """
 
 from __future__ import annotations
@@ -144,7 +142,7 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
     rate = jnp.asarray(config.dropout_rate, template.dropout_rate.dtype)
     final = TrainState(final_params, final_stats, opt_state, rate)
     best = TrainState(best_params, best_stats, tx.init(best_params), rate)  # only the best epoch's model is saved
-    return RunResult(config, meta["device"], graph(config), final, best, int(meta["best_epoch"]), list(meta["history"]))
+    return RunResult(config, meta["device"], final, best, int(meta["best_epoch"]), list(meta["history"]))
 
 
 def load_model(run_dir: str | os.PathLike, which: str = "final") -> tuple[nnx.Module, TrainConfig]:
@@ -153,7 +151,7 @@ def load_model(run_dir: str | os.PathLike, which: str = "final") -> tuple[nnx.Mo
         raise ValueError(f"load_model which: expected 'final' or 'best', got {which!r}")
     run = load_run(run_dir)
     state = run.final if which == "final" else run.best
-    return nnx.merge(run.graphdef, state.params, state.batch_stats), run.config
+    return nnx.merge(graph(run.config), state.params, state.batch_stats), run.config
 
 
 def save_run(run: RunResult, run_dir: str | os.PathLike, metrics: dict) -> None:

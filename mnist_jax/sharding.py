@@ -44,11 +44,6 @@ def gather(tree):
     return jax.device_get(tree) if jax.process_count() == 1 else multihost_utils.process_allgather(tree, tiled=True)
 
 
-def constrain(x: jax.Array, mesh: Mesh, *spec) -> jax.Array:
-    """Inside `jit`: lay `x` out as `PartitionSpec(*spec)` over `mesh`."""
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
-
-
 def abstract(tree, mesh: Mesh, *spec):
     """The shapes of `tree` as they would lie on `mesh` after `place(tree, mesh, *spec)`."""
     sharding = NamedSharding(mesh, PartitionSpec(*spec))

@@ -1,8 +1,6 @@
-"""Many models in one compiled program: the training step mapped over a leading axis of
-models, `lax.map` one after another on the CPU and `jax.vmap` side by side elsewhere.
-
-Each model draws its own split, initialisation, batch order and dropout masks from its
-seed; the images stay one shared device array.
+"""Many models in one compiled program: the training step mapped over a leading axis of models
+(`lax.map` on the CPU, `jax.vmap` elsewhere). Each model draws its own split, initialisation,
+batch order and dropout masks from its seed; the images stay one shared device array.
 """
 
 from __future__ import annotations
@@ -24,14 +22,13 @@ from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.models import dropout_bits
 from mnist_jax.progress import GridProgress
 from mnist_jax.errors import NonFiniteLoss
-from mnist_jax.train import (GRID_HISTORY_KEYS, Point, TrainConfig, device_data, epoch_keys, epoch_order, graph, initial,
-                             make_optimizer, make_train_epoch, point, prepare)
+from mnist_jax.train import (GRID_HISTORY_KEYS, Point, TrainConfig, device_data, epoch_keys, graph, initial, make_optimizer,
+                             make_train_epoch, point, prepare, shuffle)
 
 
 @dataclasses.dataclass
 class GridResult:
-    """Models of one stage trained together: one per `Point` (seed, learning rate,
-    dropout rate); the config gives what they share (stage, hidden width, epochs, batch)."""
+    """Models of one stage trained together, one per `Point`; the config gives what they share."""
 
     config: TrainConfig
     points: list[Point]
@@ -49,9 +46,8 @@ class GridResult:
 
 
 def side_by_side() -> bool:
-    """Whether one step of the program trains its models side by side (`jax.vmap`) or one
-    after another (`lax.map`): on the CPU one after another, as XLA:CPU's batched matmuls
-    are slower than one model's (docs/performance.md)."""
+    """Whether a program's models train side by side (`jax.vmap`), or one after another (`lax.map`)
+    on the CPU, where XLA's batched matmuls are slower than one model's (docs/performance.md)."""
     return jax.default_backend() != "cpu"
 
 
@@ -62,9 +58,8 @@ def over_models(f: Callable, vmapped: bool) -> Callable:
 
 def _grid_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx, mesh: jax.sharding.Mesh,
                    vmapped: bool) -> tuple[Callable, Callable]:
-    """The epoch of every model (train; evaluate on its validation split and on the test
-    set) and the final test predictions, each one program for all the models of a
-    chunk, split over the mesh's devices (`shard_map`: no communication)."""
+    """The epoch of every model of a chunk (train; evaluate on validation and test) and the final test
+    predictions: two programs, split over the mesh's devices (`shard_map`: no communication)."""
     train_epoch = make_train_epoch(graphdef, config.spec.loss, tx, config.batch_size)
     evaluate = make_evaluate(graphdef, config.spec.loss)
     per_model, shared = PartitionSpec("seed"), PartitionSpec()
@@ -74,7 +69,7 @@ def _grid_programs(config: TrainConfig, graphdef: nnx.GraphDef, tx, mesh: jax.sh
         def one(model):
             state, train_idx, val_idx, epochs_key = model
             shuffle_key, dropout_key = epoch_keys(epochs_key, number)
-            state, (loss, acc) = train_epoch(state, images, labels, epoch_order(train_idx, shuffle_key), dropout_key)
+            state, (loss, acc) = train_epoch(state, images, labels, shuffle(shuffle_key, train_idx), dropout_key)
             val_loss, val_acc = evaluate(state.params, state.batch_stats, images[val_idx], labels[val_idx])
             test_acc = evaluate(state.params, state.batch_stats, test_images, test_labels)[1]
             return state, jnp.stack([loss, acc, val_loss, val_acc, test_acc])
@@ -140,9 +135,9 @@ def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.M
 
 def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: Chunk, on_epoch: Callable[[], None],
                  progress: GridProgress | None, key: str) -> tuple[tuple, float]:
-    """Train one chunk, saving its progress under `key` after every epoch (and starting from
-    what was saved); stop after the save if every process agreed to (a SIGTERM). Returns ((metrics
-    (models, epochs, 5), test accuracies, test predictions, final params), training seconds)."""
+    """Train one chunk from and to its progress under `key`, stopping after a save if every process agreed
+    to (a SIGTERM). Returns ((metrics (models, epochs, 5), test accuracies, test predictions, final
+    params), training seconds)."""
     begin = prepare(config, data, points)
     states, rows = begin.state, []  # rows: per epoch, (models, 5) on the host
     if progress and (saved := progress.load(key, jax.device_get(begin.state))):
@@ -175,14 +170,12 @@ def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: C
 def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.sharding.Mesh | None = None,
                on_epoch: Callable[[int, int], None] | None = None, models_at_once: int | None = None,
                vmapped: bool | None = None, progress: GridProgress | None = None) -> GridResult:
-    """Train one model of `config`'s stage per point, as many at once as fit in memory
-    (and at most `models_at_once`), the rest in further chunks of that size, with the
-    same results. Points whose dropout rates need different random bits per unit
-    (`models.dropout_bits`) train in programs of their own, so that every model draws
-    what it would draw alone. Several devices split a chunk's models (see `sharding`);
-    `mesh` picks them (default: as many as divide the chunk). `on_epoch(done, total)`
-    counts the epochs of all chunks. `vmapped`: see `compile_chunk`. With `progress`, each
-    chunk is saved after every epoch and continues from what was saved."""
+    """Train one model of `config`'s stage per point, as many at once as fit in memory (at most
+    `models_at_once`), the rest in further chunks, with the same results. Points whose dropout rates
+    need different random bits per unit (`models.dropout_bits`) train in programs of their own, so each
+    draws what it would alone. `mesh`: the devices that split a chunk's models (default: as many as
+    divide it). `on_epoch(done, total)` counts the epochs of all chunks. `vmapped`: see `compile_chunk`.
+    With `progress`, each chunk is saved after every epoch and continues from what was saved."""
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(points):
         groups.setdefault(dropout_bits(p.dropout), []).append(i)
@@ -217,6 +210,4 @@ def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int], **kwargs) ->
     """`config` once per seed: the grid of one learning rate and one dropout rate."""
     if not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"train_seeds seeds: expected a list of distinct seeds, got {seeds!r}")
-    for seed in seeds:  # each as TrainConfig checks it
-        dataclasses.replace(config, seed=seed)
-    return train_grid(config, data, [point(config)._replace(seed=s) for s in seeds], **kwargs)
+    return train_grid(config, data, [point(dataclasses.replace(config, seed=s)) for s in seeds], **kwargs)  # TrainConfig checks s

@@ -1,8 +1,7 @@
 """Training: one pure step, scanned over a device-resident epoch, driven by `train`.
 
-State is a pytree of plain arrays (`TrainState`): everything inside `jax.jit` is plain JAX.
-A seed's starting point (`Start`: its keys, initial state and split) is one pure function
-of its `Point`, `initial`, which `prepare` runs for one model or vmaps over many.
+State is a pytree of plain arrays (`TrainState`). A seed's `Start` is one pure function of
+its `Point` (`initial`), which `prepare` runs for one model or vmaps over many.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ from mnist_jax.stages import TrainConfig
 
 
 class Point(NamedTuple):
-    """What may differ between the models trained by one program: their seed, learning
-    rate and dropout rate (scalars, or arrays with a leading axis of models)."""
+    """What may differ between the models of one program (scalars, or arrays with a leading axis of models)."""
 
     seed: int | jax.Array
     lr: float | jax.Array
@@ -50,17 +48,15 @@ class TrainState(NamedTuple):
 
 
 def run_keys(seed: int | jax.Array) -> jax.Array:
-    """A seed's three keys: its train/validation split, its initialisation, and its epochs
-    (folded with the epoch number: shuffling and dropout)."""
+    """A seed's three keys: its split, its initialisation, its epochs (shuffling and dropout)."""
     return jax.random.split(jax.random.key(seed), 3)
 
 
+@jax.jit
 def shuffle(key: jax.Array, x: jax.Array) -> jax.Array:
-    """`x` in a random order, drawn as `jax.random.permutation` draws one: stable sorts by
-    fresh random keys, repeated until 3 log2(n) random bits make ties unlikely. Here each
-    sort is of one uint32 array, random high bits over each element's current position
-    (which makes the sort stable and tells where each element came from), where
-    `jax.random.permutation` sorts (key, value) pairs (docs/performance.md)."""
+    """`x` in a random order, drawn as `jax.random.permutation` draws one (stable sorts by fresh
+    random keys until 3 log2(n) random bits make ties unlikely), but sorting one uint32 array of
+    random high bits over each element's position, not (key, value) pairs (docs/performance.md)."""
     n = x.shape[0]
     position_bits = max(1, (n - 1).bit_length())
     positions = jnp.arange(n, dtype=jnp.uint32)
@@ -78,9 +74,8 @@ def split_indices(key: jax.Array, num_train: int) -> tuple[jax.Array, jax.Array]
 
 
 def make_optimizer(lr: float) -> optax.GradientTransformation:
-    """`torch.optim.Adam(lr=lr)`: betas (0.9, 0.999), eps 1e-8 added outside the sqrt.
-    The learning rate lives in the optimizer state, so models trained together may each
-    have their own (`init_state` sets it)."""
+    """`torch.optim.Adam(lr=lr)`; the learning rate lives in the optimizer state, so models
+    trained together may each have their own (`init_state` sets it)."""
     return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
@@ -111,8 +106,7 @@ class Start(NamedTuple):
 
 
 def initial(config: TrainConfig, tx: optax.GradientTransformation, num_images: int, at: Point) -> Start:
-    """The `Start` of the model at `at`: a pure function, one program to jit or vmap,
-    where eager initialisation runs one per operation."""
+    """The `Start` of the model at `at`: one program to jit or vmap (eager, one per operation)."""
     split_key, init_key, epochs_key = run_keys(at.seed)
     return Start(epochs_key, init_state(config, init_key, tx, at.lr, at.dropout), *split_indices(split_key, num_images))
 
@@ -141,16 +135,9 @@ def epoch_keys(epochs_key: jax.Array, epoch: int | jax.Array) -> tuple[jax.Array
     return tuple(jax.random.split(jax.random.fold_in(epochs_key, epoch)))
 
 
-@jax.jit
-def epoch_order(train_idx: jax.Array, key: jax.Array) -> jax.Array:
-    """The training indices in this epoch's shuffled order."""
-    return shuffle(key, train_idx)
-
-
 def device_data(data: MNIST) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """(train images, train labels, test images, test labels) on the device: the images
-    flattened and kept uint8, the labels int32. Made on the host and copied over: a
-    device-side conversion is a program, traced and fetched from the cache on every start."""
+    """(train images, train labels, test images, test labels) on the device, images flattened uint8, labels
+    int32; made on the host, as a device-side conversion is one more program to trace on every start."""
     train_images, test_images = (images.reshape(len(images), -1) for images in (data.train_images, data.test_images))
     return jax.device_put((train_images, data.train_labels.astype(np.int32), test_images, data.test_labels.astype(np.int32)))
 
@@ -162,9 +149,8 @@ def examples_at(images: jax.Array, labels: jax.Array, idx: jax.Array) -> tuple[j
 
 
 def prepare(config: TrainConfig, data: MNIST, points: Sequence[Point] | None = None) -> Start:
-    """The `Start` of `config`'s run, or with `points` of every point's (a leading axis of
-    models; the config gives what they share). Raises `memory.DoesNotFit` before
-    allocating what would not fit."""
+    """The `Start` of `config`'s run, or of every point's (a leading axis of models) with `points`.
+    Raises `memory.DoesNotFit` before allocating what would not fit."""
     init = jax.tree_util.Partial(initial, config, make_optimizer(config.lr), len(data.train_images))
     runs = 1 if points is None else len(points)
     state_bytes = memory.tree_bytes(jax.eval_shape(init, point(config)))
@@ -178,9 +164,8 @@ def prepare(config: TrainConfig, data: MNIST, points: Sequence[Point] | None = N
 
 
 class Replay(NamedTuple):
-    """What another run (say a PyTorch one) drew, to train from exactly: its (train,
-    validation) indices, its initial (params, batch_stats) as pure dicts, its epochs'
-    orders of training indices. A field left None is drawn from the seed as usual."""
+    """What another run (say a PyTorch one) drew, to train from exactly: its (train, validation) indices,
+    initial (params, batch_stats) as pure dicts, epochs' orders. A field left None is drawn from the seed."""
 
     split: tuple[np.ndarray, np.ndarray] | None = None
     initial: tuple[dict, dict] | None = None
@@ -199,13 +184,9 @@ class Replay(NamedTuple):
 
 def make_train_epoch(graphdef: nnx.GraphDef, loss_fn: Callable, tx: optax.GradientTransformation, batch_size: int,
                      mesh: jax.sharding.Mesh | None = None) -> Callable:
-    """A pure function (state, images, labels, order, dropout key) -> (state, (loss, acc)).
-
-    `lax.scan` walks through the full batches of `order`, each step gathering its
-    batch from the device-resident uint8 images; the remainder is one short batch,
-    so every example is seen once, as with a PyTorch DataLoader. With a `mesh` of
-    several devices, each batch is split over its `batch` axis.
-    """
+    """A pure function (state, images, labels, order, dropout key) -> (state, (loss, acc)): `lax.scan`
+    over the full batches of `order`, then the remainder as one short batch, as a PyTorch DataLoader
+    does. With a `mesh` of several devices, each batch is split over its `batch` axis."""
     split_batch = mesh is not None and mesh.size > 1
     train_step = make_train_step(graphdef, loss_fn, tx)
 
@@ -213,7 +194,7 @@ def make_train_epoch(graphdef: nnx.GraphDef, loss_fn: Callable, tx: optax.Gradie
         def step(state, i, idx):
             x, y = images[idx], labels[idx]
             if split_batch:
-                x, y = sharding.constrain(x, mesh, "batch"), sharding.constrain(y, mesh, "batch")
+                x, y = jax.lax.with_sharding_constraint((x, y), jax.NamedSharding(mesh, jax.P("batch")))
             return train_step(state, x, y, jax.random.fold_in(dropout_key, i))
 
         n = order.shape[0]
@@ -239,7 +220,6 @@ class RunResult:
 
     config: TrainConfig
     device: str
-    graphdef: nnx.GraphDef
     final: TrainState
     best: TrainState  # highest validation accuracy
     best_epoch: int
@@ -259,14 +239,11 @@ def device_description() -> str:
 
 def train(config: TrainConfig, data: MNIST, on_epoch: Callable[[RunResult], None] | None = None, *,
           resume: RunResult | None = None, replay: Replay = Replay(), mesh: jax.sharding.Mesh | None = None) -> RunResult:
-    """Train one stage from one seed up to `config.epochs`.
+    """Train one stage from one seed up to `config.epochs`; `on_epoch` sees the run after each epoch.
 
-    `on_epoch` sees the run after each epoch (its last history row is the new one).
-    `resume` continues a run (see `checkpoint.load_run`; it is not changed): the
-    randomness of each epoch depends on the seed and the epoch number alone, so a
-    resumed run ends exactly where an uninterrupted one does. `replay` trains from
-    another run's draws. Several devices split each batch (see `sharding`); `mesh`
-    picks them (default: as many as divide the batch sizes).
+    `resume` continues a run (`checkpoint.load_run`; not changed): each epoch's randomness depends on the seed and epoch alone,
+    so it ends where an uninterrupted run does. `replay` trains from another run's draws. `mesh`: the
+    devices that split each batch (default: as many as divide the batch sizes).
     Raises `NonFiniteLoss` if the loss stops being finite.
     """
     if not isinstance(config, TrainConfig) or not isinstance(data, MNIST):
@@ -279,7 +256,7 @@ def train(config: TrainConfig, data: MNIST, on_epoch: Callable[[RunResult], None
     images, labels, test_images, test_labels = device_data(data)
     val_images, val_labels = examples_at(images, labels, begin.val_idx)
     run = dataclasses.replace(resume, history=list(resume.history)) if resume else RunResult(
-        config, device_description(), graphdef, begin.state, begin.state, 0, [])
+        config, device_description(), begin.state, begin.state, 0, [])
     mesh = mesh or sharding.make_mesh("batch", config.batch_size, len(begin.train_idx) % config.batch_size or config.batch_size)
     if mesh.size > 1:  # every device holds the data and the model; the batches are split
         run.final, images, labels, val_images, val_labels, test_images, test_labels = sharding.place(
@@ -299,7 +276,7 @@ def train(config: TrainConfig, data: MNIST, on_epoch: Callable[[RunResult], None
     for epoch in range(len(run.history) + 1, config.epochs + 1):
         start = time.perf_counter()
         shuffle_key, dropout_key = epoch_keys(begin.epochs_key, epoch)
-        order = epoch_order(begin.train_idx, shuffle_key) if replay.orders is None else jnp.asarray(replay.orders[epoch - 1])
+        order = shuffle(shuffle_key, begin.train_idx) if replay.orders is None else jnp.asarray(replay.orders[epoch - 1])
         state, (train_loss, train_acc) = train_epoch(run.final, images, labels, order, dropout_key)
         val_loss, val_acc = evaluate_val(state.params, state.batch_stats, val_images, val_labels)
         row = {"epoch": epoch, **{k: float(v) for k, v in zip(HISTORY_KEYS[1:], (train_loss, train_acc, val_loss, val_acc))}}

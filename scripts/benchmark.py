@@ -25,7 +25,8 @@ from mnist_jax.data import MNIST, NUM_VALIDATION, load_mnist
 from mnist_jax.evaluate import to_inputs
 from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
 from mnist_jax.train import (
-    TrainConfig, device_data, device_description, epoch_keys, epoch_order, graph, make_optimizer, make_train_epoch, prepare, train,
+    TrainConfig, device_data, device_description, epoch_keys, graph, make_optimizer, make_train_epoch, prepare, shuffle,
+    train,
 )
 
 
@@ -119,7 +120,7 @@ def time_nnx_jit(config: TrainConfig, data: MNIST) -> float:
 
     def epoch(number: int):
         shuffle_key, dropout_key = epoch_keys(setup.epochs_key, number)
-        order = epoch_order(setup.train_idx, shuffle_key)
+        order = shuffle(shuffle_key, setup.train_idx)
         for i, start in enumerate(range(0, len(order), config.batch_size)):
             idx = order[start : start + config.batch_size]
             step(model, optimizer, images[idx], labels[idx], jax.random.fold_in(dropout_key, i))
@@ -218,7 +219,7 @@ def training_pass(config: TrainConfig, setup: Setup, model: nnx.Module | None = 
     params = nnx.as_pure(params)
     state = setup.state._replace(params=params, batch_stats=nnx.as_pure(batch_stats), opt_state=setup.tx.init(params))
     shuffle_key, dropout_key = epoch_keys(setup.epochs_key, 1)
-    order, (images, labels, _, _) = epoch_order(setup.train_idx, shuffle_key), setup.data
+    order, (images, labels, _, _) = shuffle(shuffle_key, setup.train_idx), setup.data
     epoch = jax.jit(make_train_epoch(graphdef, config.spec.loss, setup.tx, config.batch_size))
     return lambda: epoch(state, images, labels, order, dropout_key)
 
@@ -231,7 +232,7 @@ def standard_parts(data: MNIST, rounds: int) -> list[dict]:
     import orbax.checkpoint as ocp
 
     from mnist_jax.checkpoint import save_checkpoint
-    from mnist_jax.train import RunResult, shuffle
+    from mnist_jax.train import RunResult
 
     setups = {stage: (TrainConfig(stage), set_up(TrainConfig(stage), data)) for stage in ("linear_ce", "mlp_dropout", "mlp_bn")}
     passes = {stage: training_pass(*setups[stage]) for stage in setups}
@@ -239,7 +240,7 @@ def standard_parts(data: MNIST, rounds: int) -> list[dict]:
     do_config, do = setups["mlp_dropout"]
     standard_dropout = nnx.merge(do.graphdef, do.state.params, do.state.batch_stats)
     standard_dropout.dropout = StandardDropout(standard_dropout.dropout_rate)
-    run = RunResult(bn_config, "", bn.graphdef, bn.state, bn.state, 1, [])
+    run = RunResult(bn_config, "", bn.state, bn.state, 1, [])
     orbax_tree = {name: {"params": nnx.to_pure_dict(s.params), "batch_stats": nnx.to_pure_dict(s.batch_stats)}
                   for name, s in (("final", run.final), ("best", run.best))} | {"opt_state": jax.tree.leaves(run.final.opt_state)}
     train_idx, key = setups["linear_ce"][1].train_idx, jax.random.key(0)

@@ -21,8 +21,8 @@ from mnist_jax.evaluate import make_evaluate
 from mnist_jax.stages import STAGES
 from mnist_jax.study import _grid_programs
 from mnist_jax.train import (
-    Point, TrainConfig, device_data, epoch_keys, epoch_order, examples_at, graph, initial, make_optimizer, make_train_epoch,
-    point,
+    Point, TrainConfig, device_data, epoch_keys, examples_at, graph, initial, make_optimizer, make_train_epoch,
+    point, shuffle,
 )
 
 PLATFORMS = ("tpu", "cuda")
@@ -70,7 +70,7 @@ def programs(config: TrainConfig, data: MNIST, models: int = 10, mesh: jax.shard
     return {
         "init": (jax.jit(init), point(config)),
         "epoch_keys": (epoch_keys, epochs_key, 1),
-        "epoch_order": (epoch_order, train_idx, epochs_key),
+        "shuffle": (shuffle, epochs_key, train_idx),
         "examples_at": (examples_at, images, labels, val_idx),
         "train_epoch": (jax.jit(make_train_epoch(graphdef, config.spec.loss, tx, config.batch_size, mesh)),
                         state, images, labels, train_idx, epochs_key),
@@ -90,7 +90,7 @@ def assert_ready_for_accelerators(facts: dict) -> None:
 # Programs of no stage: module functions of a key, indices and images, which are the same
 # arrays whatever the stage. They are exported with the quick tier's `linear_ce` only, as is
 # `linear_mse`'s `init` (it builds the model, the same linear one, and holds no loss).
-OF_NO_STAGE = {"epoch_keys", "epoch_order", "examples_at"}
+OF_NO_STAGE = {"epoch_keys", "shuffle", "examples_at"}
 EXPORTED_WITH_LINEAR_CE = {"linear_ce": set(), "linear_mse": OF_NO_STAGE | {"init"}}
 
 

@@ -16,7 +16,7 @@ from flax import nnx
 
 from conftest import ROOT, assert_one_line_error, npz_with_header, run_script, run_script_in_process
 from mnist_jax.checkpoint import CheckpointError, has_checkpoint, load_model, load_run, save_run, saved_epochs
-from mnist_jax.train import NonFiniteLoss, RunResult, TrainConfig, graph, init_state, make_optimizer, run_record, train
+from mnist_jax.train import NonFiniteLoss, RunResult, TrainConfig, init_state, make_optimizer, run_record, train
 
 
 def metrics(run_dir) -> dict:
@@ -100,10 +100,10 @@ def test_a_run_diverging_later_keeps_the_last_good_epoch(tmp_path, tiny):
 
 def test_a_checkpoint_restores_every_array_of_the_run(tmp_path):
     config = TrainConfig("mlp_bn")
-    graphdef, state = graph(config), init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
     best = state._replace(params=jax.tree.map(lambda w: w + 1, state.params))
     history = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "val_loss": 0.4, "val_accuracy": 0.9, "seconds": 1.0}]
-    save_run(RunResult(config, "cpu", graphdef, state, best, 1, history), tmp_path, {"stage": "mlp_bn"})
+    save_run(RunResult(config, "cpu", state, best, 1, history), tmp_path, {"stage": "mlp_bn"})
     restored = load_run(tmp_path)
     assert (restored.config, restored.best_epoch, restored.history) == (config, 1, history)
     for saved, loaded in ((state, restored.final), (best, restored.best)):
@@ -229,8 +229,8 @@ def test_resume_refuses_a_checkpoint_it_cannot_continue(mlp_bn_runs, data_args, 
 
 def test_a_checkpoint_whose_arrays_are_not_of_its_config_is_refused(tmp_path):
     config = TrainConfig("mlp", hidden=64)
-    graphdef, state = graph(config), init_state(config, jax.random.key(0), make_optimizer(config.lr))
-    save_run(RunResult(config, "cpu", graphdef, state, state, 0, []), tmp_path, {})
+    state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    save_run(RunResult(config, "cpu", state, state, 0, []), tmp_path, {})
     rewrite_meta(tmp_path / "checkpoint.npz", lambda meta: meta["config"].update(hidden=32))
     with pytest.raises(CheckpointError, match=r"does not hold the arrays of its own config \(mlp \(hidden 32, .*hidden/bias is float32\[64\], expected float32\[32\]"):
         load_run(tmp_path)
@@ -240,9 +240,9 @@ def test_a_checkpoint_whose_arrays_are_not_of_its_config_is_refused(tmp_path):
 def saved_run(tmp_path):
     """A `linear_ce` run of two epochs, saved as train.py saves it."""
     config = TrainConfig("linear_ce", epochs=2)
-    graphdef, state = graph(config), init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
     history = [{"epoch": e, "train_loss": 0.3, "train_accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.9, "seconds": 0.1} for e in (1, 2)]
-    save_run(RunResult(config, "cpu", graphdef, state, state, 2, history), tmp_path, {})
+    save_run(RunResult(config, "cpu", state, state, 2, history), tmp_path, {})
     return tmp_path
 
 
