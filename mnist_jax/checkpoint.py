@@ -31,11 +31,9 @@ MAX_META_BYTES = 2**26  # the config and history of some 100,000 epochs, as NumP
 
 def _tree(final: TrainState, best: TrainState) -> dict:
     """What the archive holds: both models as pure dicts and the final optimizer state's leaves."""
-
-    def model(state: TrainState) -> dict:
-        return {"params": nnx.to_pure_dict(state.params), "batch_stats": nnx.to_pure_dict(state.batch_stats)}
-
-    return {"final": model(final), "best": model(best), "opt_state": jax.tree.leaves(final.opt_state)}
+    models = {name: {"params": nnx.to_pure_dict(s.params), "batch_stats": nnx.to_pure_dict(s.batch_stats)}
+              for name, s in (("final", final), ("best", best))}
+    return models | {"opt_state": jax.tree.leaves(final.opt_state)}
 
 
 def _name(path: tuple) -> str:

@@ -10,9 +10,8 @@ from flax import nnx
 
 
 def to_inputs(images: jax.Array) -> jax.Array:
-    """uint8 images (N, 28, 28) or (N, 784) -> floats (N, 784) in [0, 1]: float32, or
-    float64 under `jax.enable_x64` (the parity tests use it). Floating-point images
-    are taken as already scaled."""
+    """uint8 images (N, 28, 28) or (N, 784) -> floats (N, 784) in [0, 1], float32 (float64 under
+    `jax.enable_x64`). Floating-point images are taken as already scaled."""
     x = images.reshape(images.shape[0], -1)
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float)) / 255.0
 
@@ -22,9 +21,7 @@ def predict(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, i
     return nnx.merge(graphdef, params, batch_stats)(to_inputs(images))  # eval mode: every model's default
 
 
-def make_evaluate(
-    graphdef: nnx.GraphDef, loss_fn: Callable
-) -> Callable[[nnx.State, nnx.State, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+def make_evaluate(graphdef: nnx.GraphDef, loss_fn: Callable) -> Callable:
     """A pure function (params, batch_stats, images, labels) -> (mean loss, accuracy)."""
 
     def evaluate(params, batch_stats, images, labels):

@@ -25,11 +25,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def torch_linear(fan_in: int, fan_out: int, rngs: nnx.Rngs) -> nnx.Einsum:
-    """`nn.Linear(fan_in, fan_out)`: weights and biases from PyTorch's default
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), kernel stored (out, in) as PyTorch stores its weight
-    (a `state_dict` maps over without transposes), float32 (float64 under
-    `jax.enable_x64`, as the other parameters). Its matmuls are full float32 on every
-    backend, as PyTorch's are by default: no TF32 on a GPU, no bfloat16 passes on a TPU."""
+    """`nn.Linear(fan_in, fan_out)`: PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) init, kernel stored (out, in)
+    as PyTorch's weight (a `state_dict` maps over without transposes), float32 (float64 under `jax.enable_x64`).
+    Its matmuls are full float32 on every backend, as PyTorch's: no TF32 on a GPU, no bfloat16 on a TPU."""
     bound = 1.0 / math.sqrt(fan_in)
     init = functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
     return nnx.Einsum(
@@ -39,17 +37,15 @@ def torch_linear(fan_in: int, fan_out: int, rngs: nnx.Rngs) -> nnx.Einsum:
 
 
 class BatchNorm1d(nnx.Module):
-    """`torch.nn.BatchNorm1d`: normalise with the biased batch variance, but keep
-    running statistics with momentum 0.1 and the unbiased variance, as PyTorch does
-    (`nnx.BatchNorm` keeps the biased one)."""
+    """`torch.nn.BatchNorm1d`: normalise with the biased batch variance, but keep running statistics
+    with momentum 0.1 and the unbiased variance, as PyTorch does (`nnx.BatchNorm` keeps the biased one)."""
 
     def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5):
         self.scale = nnx.Param(jnp.ones(features))
         self.bias = nnx.Param(jnp.zeros(features))
         self.mean = nnx.BatchStat(jnp.zeros(features))
         self.var = nnx.BatchStat(jnp.ones(features))
-        self.momentum = momentum
-        self.eps = eps
+        self.momentum, self.eps = momentum, eps
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         if train:
@@ -69,11 +65,10 @@ def dropout_bits(rate: float) -> int:
 
 
 class Dropout(nnx.Module):
-    """`torch.nn.Dropout(rate)` in training: zero each unit with probability `rate`, scale
-    the rest by 1 / (1 - rate). Each unit is decided by `bits` random bits, packed
-    32 // bits to a uint32 word, where `nnx.Dropout` draws a float32 uniform per unit
-    (docs/performance.md). The rate is an argument, an array that may differ per model
-    of a grid (any rate that `bits` makes exact); `bits` shapes the program."""
+    """`torch.nn.Dropout(rate)` in training: zero each unit with probability `rate`, scale the rest by
+    1 / (1 - rate). Each unit is decided by `bits` random bits, packed 32 // bits to a uint32 word, where
+    `nnx.Dropout` draws a float32 uniform per unit (docs/performance.md). The rate is an argument, an array
+    that may differ per model of a grid (any rate that `bits` makes exact); `bits` shapes the program."""
 
     def __init__(self, bits: int):
         self.bits = bits
@@ -111,8 +106,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
                  dropout_rate: jax.Array | None = None) -> jax.Array:
-        """`dropout_rate` (default: the model's own) may be an array: one program then
-        trains models of many rates (any that its Dropout's bits make exact)."""
+        """`dropout_rate` (default: the model's own) may be an array: one program, many rates (any its bits make exact)."""
         chex.assert_shape(x, (None, NUM_PIXELS))
         h = self.hidden(x)
         if self.batchnorm is not None:

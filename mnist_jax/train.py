@@ -106,7 +106,7 @@ class Start(NamedTuple):
 
 
 def initial(config: TrainConfig, tx: optax.GradientTransformation, num_images: int, at: Point) -> Start:
-    """The `Start` of the model at `at`: one program to jit or vmap (eager, one per operation)."""
+    """The `Start` of the model at `at`: pure, to jit or vmap as one program."""
     split_key, init_key, epochs_key = run_keys(at.seed)
     return Start(epochs_key, init_state(config, init_key, tx, at.lr, at.dropout), *split_indices(split_key, num_images))
 
