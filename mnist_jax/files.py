@@ -44,13 +44,6 @@ def finite_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def check_finite(where: str, **figures) -> None:
-    """ValueError naming the first of `figures` (read from a file) that is not a finite number."""
-    for key, value in figures.items():
-        if not finite_number(value):
-            raise ValueError(f"{where}: {key} is {value!r}, not a finite number")
-
-
 def read_json(path: str | os.PathLike, max_bytes: int):
     """A JSON file of at most `max_bytes` (else ValueError, before reading it)."""
     if (size := os.path.getsize(path)) > max_bytes:
