@@ -126,10 +126,9 @@ class FolderBusy(Exception):
 
 
 def lock_folder(folder: Path) -> None:
-    """Create `folder` if need be and hold its lock (`LOCK` inside it, `flock`ed, which the
-    kernel drops however the holder dies) until this process ends: another process, or a
-    `LOCK` that is not ours (a link, a user's file), gets `FolderBusy`. At exit the lock
-    file goes, and the folders made here if nothing was written into them."""
+    """Create `folder` if need be and hold its lock (`LOCK` inside, `flock`ed: the kernel drops it however the holder
+    dies) until this process ends; another process, or a `LOCK` not ours (a link, a user's file), gets `FolderBusy`.
+    At exit the lock file goes, and the folders made here if nothing was written into them."""
     if folder.resolve() in _LOCKS_HELD:
         return
     made = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -175,8 +174,7 @@ atexit.register(release_locks)
 
 
 def foreign_entries(folder: Path, ours: Mapping[str, Callable[[Path], bool]]) -> list[str]:
-    """The entries of `folder` this project did not write: every one not named in
-    `ours` or whose content its check refuses, and every link (never followed)."""
+    """The entries of `folder` this project did not write: not named in `ours` or refused by its check; every link."""
     found = []
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
         if entry.is_symlink():
@@ -204,8 +202,7 @@ RESULT_KEYS = {"results.json": ("stages", "steps", "command"), "sweep.json": ("g
 
 
 def is_result(path: Path) -> bool:
-    """Whether `path` is a result the scripts wrote, told by name and content: a JSON record with
-    its `RESULT_KEYS`, a study's arrays (`study_arrays.npz`), a figure drawn by Matplotlib."""
+    """Whether `path` is a result the scripts wrote, by name and content: `RESULT_KEYS`, study arrays, a Matplotlib PNG."""
     if path.is_symlink() or not path.is_file():
         return False
     if path.name in RESULT_KEYS:
