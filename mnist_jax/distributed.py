@@ -25,8 +25,7 @@ OPTIONS = ("--coordinator", "--num-processes", "--process-id")
 
 
 def cluster_detected(env: dict = os.environ) -> bool:
-    """Whether a cluster started this process as one of several, which `jax.distributed.initialize()`
-    joins from the cluster's variables: a SLURM step of several tasks, Open MPI, a multi-host TPU slice."""
+    """Whether a cluster started this as one of several, which `jax.distributed.initialize()` joins: SLURM, MPI, TPU."""
     slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
     tasks = env.get("SLURM_NTASKS", "")
     return (all(v in env for v in slurm) and tasks.isdigit() and int(tasks) > 1
@@ -51,8 +50,7 @@ def join(coordinator: str | None, num_processes: int | None, process_id: int | N
         os._exit(EXIT_PEER_LOST)
 
     threading.Thread(target=exit_with_supervisor, daemon=True).start()
-    # the CPU's collectives between processes (GPUs, TPUs have their own)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # between CPUs (GPUs, TPUs have their own)
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)
     digest = np.frombuffer(hashlib.sha256(json.dumps(work, sort_keys=True, default=str).encode()).digest()[:8], np.uint32)

@@ -1,5 +1,4 @@
-"""Atomic file writes: a reader, or a crash, sees the old complete file or the new one;
-and the lock that keeps two runs from writing one folder."""
+"""Atomic writes (a reader, or a crash, sees the old complete file or the new one); the lock keeping runs apart."""
 
 from __future__ import annotations
 
@@ -95,8 +94,7 @@ def signals_deferred() -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
-    Stop signals wait until the file is whole or gone (`signals_deferred`)."""
+    """Yield a temporary path beside `path`, which replaces it only if the block succeeds; stop signals wait till then."""
     path = Path(path)
     with signals_deferred():
         path.parent.mkdir(parents=True, exist_ok=True)

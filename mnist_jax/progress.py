@@ -20,8 +20,7 @@ CHUNK = re.compile(r"[a-z_]+-hidden\d+-bits\d+-from\d+-\d+\.npz")  # the name `s
 
 
 class GridProgress:
-    """The progress files of one piece of work in `out`; `write` False in every process
-    of several but the first (each reads, process 0 writes: `out` must be shared)."""
+    """The progress files of one piece of work in `out`; `write` False but in process 0 (all read: `out` is shared)."""
 
     def __init__(self, out: Path, work: dict, write: bool = True):
         self.folder, self.work, self.write, self.run_id = out / FOLDER, work, write, None
