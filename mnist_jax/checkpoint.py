@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from mnist_jax.errors import CheckpointError
-from mnist_jax.files import UNREADABLE, atomic_write, check_finite, is_json_with, npz_member, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, finite_number, is_json_with, npz_member, write_json
 from mnist_jax.train import HISTORY_KEYS, RunResult, TrainConfig, TrainState, graph, init_state, make_optimizer
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -96,7 +96,9 @@ def _check_meta(meta: dict) -> TrainConfig:
     for epoch, row in enumerate(history, 1):
         if row["epoch"] != epoch:
             raise ValueError(f"history row {epoch} is of epoch {row['epoch']!r}")
-        check_finite(f"history of epoch {epoch}", **{key: row[key] for key in (*HISTORY_KEYS, *row)})
+        for key, value in {key: row[key] for key in (*HISTORY_KEYS, *row)}.items():
+            if not finite_number(value):
+                raise ValueError(f"history of epoch {epoch}: {key} is {value!r}, not a finite number")
     if type(best) is not int or not 0 <= best <= len(history):
         raise ValueError(f"best_epoch {best!r} is not one of the {len(history)} epochs of its history")
     return config

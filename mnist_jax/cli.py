@@ -1,6 +1,5 @@
-"""What the scripts share: one parser that declares and checks their common options,
-one-line failures with the exit statuses of `errors`, progress lines and markdown tables.
-Nothing here imports JAX until the arguments have been checked."""
+"""What the scripts share: one parser for their common options, one-line failures with the exit
+statuses of `errors`, progress lines, markdown tables. No JAX import until the arguments are checked."""
 
 from __future__ import annotations
 
@@ -19,8 +18,7 @@ from typing import Callable, NoReturn
 
 
 def _stop_before_work(signum: int, _frame) -> None:
-    """Until `parse` has set JAX up (importing it takes a second, and an exception raised
-    inside it can abort the process): one line, the folder claimed released, out."""
+    """Until `parse` has set JAX up (a signal inside its import can abort the process): one line, --out freed, out."""
     os.write(2, f"stopped by {signal.Signals(signum).name}: nothing was started\n".encode())
     if "mnist_jax.files" in sys.modules:
         sys.modules["mnist_jax.files"].release_locks()
@@ -32,12 +30,13 @@ if Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parents[1] / "
         if signal.getsignal(_signum) is not signal.SIG_IGN:
             signal.signal(_signum, _stop_before_work)
 
-from mnist_jax import distributed, files  # noqa: E402
+from mnist_jax import distributed, files, memory  # noqa: E402
 from mnist_jax.data import SOURCES, default_cache_dir  # noqa: E402
 from mnist_jax.errors import (  # noqa: E402
     EXIT_BROKEN_PIPE, EXIT_DIVERGED, EXIT_DOES_NOT_FIT, EXIT_PEER_LOST, EXIT_USAGE, EXIT_WRITE_FAILED,
     DataError, DoesNotFit, NonFiniteLoss, PeerLost, ProgressError, StopAgreed, UsageError,
 )
+from mnist_jax.progress import GridProgress  # noqa: E402
 from mnist_jax.stages import MAX_SEED, STAGES  # noqa: E402
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
@@ -99,8 +98,7 @@ existing_folder = checked(_path, Path.is_dir, "the folder holding the four MNIST
 
 
 def why_unwritable(path: Path) -> str | None:
-    """Why `path` (a folder, or a folder to be made) cannot be written, or None if it can:
-    tried on the deepest folder that exists, with a folder made and removed again."""
+    """Why folder `path` cannot be written, else None: tried by making and removing a folder in its deepest existing part."""
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     try:
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=files.PARTIAL))
@@ -110,8 +108,7 @@ def why_unwritable(path: Path) -> str | None:
 
 
 def claim(folder: Path) -> None:
-    """Hold `folder`, writable and written by no other run, until this process ends
-    (`files.lock_folder`); else `UsageError`."""
+    """Hold `folder`, writable and written by no other run, till this process ends; else `UsageError`."""
     if (reason := why_unwritable(folder)) is None:
         try:
             return files.lock_folder(folder)
@@ -143,10 +140,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """Every script's parser: errors are one line (exit 2), `--help` shows the defaults, and
-    the options the scripts share are declared here: where results go (`out`; `results`
-    claimed and refused if present; `resume` stopped work), where MNIST comes from and how
-    programs are compiled (`trains`), several processes (`processes`)."""
+    """Every script's parser: errors in one line (exit 2), defaults in `--help`, the shared options: where results go
+    (`out`; `results` claimed, refused if present; `resume`), MNIST and compiling (`trains`), `processes`."""
 
     def __init__(self, description: str | None = None, *, prog: str | None = None, out: str | None = None,
                  holds: str = "the results", results: tuple[str, ...] = (), resume: bool = False,
@@ -236,8 +231,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def check_environment(cache: Path | None, no_cache: bool) -> None:
     """The memory limit the scripts read and the cache folder asked for, before JAX is imported."""
-    from mnist_jax import memory
-
     if os.environ.get(memory.LIMIT_ENV):
         memory.parse_size(os.environ[memory.LIMIT_ENV])
     if cache is not None and not no_cache and (reason := why_unwritable(cache)):
@@ -245,10 +238,8 @@ def check_environment(cache: Path | None, no_cache: bool) -> None:
 
 
 def setup_jax(cache: Path | None, no_cache: bool) -> None:
-    """Check that JAX starts the platforms asked for, then turn its persistent compilation
-    cache on (every program, however quick to compile: a run's many small ones add up) or
-    off. A cache that fails later (a full disk) costs only speed; JAX's warnings about it
-    are silenced."""
+    """Check that JAX starts the platforms asked for; its persistent compilation cache on (every program:
+    a run's many small ones add up) or off. A cache failing later costs only speed: its warnings are silenced."""
     import jax
 
     if os.environ.get("JAX_PLATFORMS") and not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
@@ -269,8 +260,6 @@ def setup_jax(cache: Path | None, no_cache: bool) -> None:
 def grid_progress(args: argparse.Namespace, script: str):
     """The progress of the work `args` ask for in --out (`GridProgress`): continued with
     --resume (the same work only), replaced with --overwrite, else refused if there is some."""
-    from mnist_jax.progress import GridProgress
-
     work = {k: v for k, v in vars(args).items() if k not in LOCAL_OPTIONS | {"resume", "num_processes"}}
     progress = GridProgress(args.out, {"script": script, **work}, write=distributed.is_main())
     if foreign := progress.foreign():
@@ -373,22 +362,19 @@ _stop_note: Callable[[], str] = lambda: "no file was left half-written; run the 
 
 
 def on_stop(note: Callable[[], str]) -> None:
-    """What a stop says it kept and how to continue ('runs/mlp-seed42 keeps epoch 3; continue
-    with: ... --resume'), asked when the signal comes."""
+    """What a stop says it kept and how to continue ('... keeps epoch 3; continue with: ...'), asked at the signal."""
     global _stop_note
     _stop_note = note
 
 
 def resume_command() -> str:
-    """This command again, as typed, to continue its work: with --resume, without
-    --overwrite (nor any abbreviation of either), quoted for a POSIX shell."""
+    """This command again, with --resume and without --overwrite (nor an abbreviation of either), shell-quoted."""
     again = [a for a in sys.argv[1:] if not (len(a) > 3 and ("--overwrite".startswith(a) or "--resume".startswith(a)))]
     return shlex.join(["python", sys.argv[0], *again, "--resume"])
 
 
 def _exit_stopped(signum: int) -> NoReturn:
-    """One line, then out at once: the interpreter's teardown can crash while XLA still
-    compiles on another thread, so it is skipped (the locks are dropped first)."""
+    """One line, the locks dropped, out at once: the teardown can crash while XLA compiles on another thread."""
     note = "no file was left half-written"
     with contextlib.suppress(Exception):
         note = _stop_note()
@@ -412,8 +398,7 @@ OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "can't 
 
 
 def stop_on_signals() -> None:
-    """From here on a stop signal ends the work with its line (`run`); in a run of several
-    processes the supervisor forwards them, as SIGTERM."""
+    """From here a stop signal ends the work with its line (`run`); to a child the supervisor sends SIGTERM."""
     sys.unraisablehook = _unraisable
     for s in files.STOP_SIGNALS:
         if os.environ.get(distributed.CHILD_ENV) and s != signal.SIGTERM:
@@ -423,12 +408,10 @@ def stop_on_signals() -> None:
 
 
 def run(main: Callable[[], None], several_processes: bool = False) -> None:
-    """Run a script's main: every failure a user or the machine can cause ends in one
-    line and its exit status (the table in README.md), not a traceback. A script that
-    can run as one of `several_processes` does so under a supervisor (`distributed`)."""
-    child = os.environ.get(distributed.CHILD_ENV)  # of a run of several processes: its supervisor forwards the signals
+    """Run a script's main: every failure a user or the machine can cause ends in one line and its exit
+    status (README's table), not a traceback. One of `several_processes` runs under a supervisor."""
     try:
-        if several_processes and not child and distributed.requested(sys.argv[1:]):
+        if several_processes and not os.environ.get(distributed.CHILD_ENV) and distributed.requested(sys.argv[1:]):
             sys.exit(distributed.supervise())
         main()
         stop_if_pending()

@@ -1,9 +1,7 @@
-"""Many processes: JAX's multi-process runtime (`jax.distributed`), for studies and grids
-larger than one machine. Every process runs the same script; one global mesh splits the
-models over the devices of all of them (`sharding`); every process loads MNIST itself,
-the results are gathered, and only process 0 writes. JAX ends a process whose peer died,
-or whose coordinator it cannot reach, with a C++ abort: so the work runs in a child process
-that this one supervises, and such an end becomes `PeerLost` (one line, exit status 6)."""
+"""Many processes (`jax.distributed`) for studies and grids larger than one machine: each runs the same script and
+loads MNIST, one global mesh splits the models over all devices (`sharding`), only process 0 writes. JAX ends a
+process whose peer died, or whose coordinator is unreachable, with a C++ abort: so the work runs in a supervised
+child, and such an end becomes `PeerLost` (one line, exit status 6)."""
 
 from __future__ import annotations
 
@@ -27,8 +25,7 @@ OPTIONS = ("--coordinator", "--num-processes", "--process-id")
 
 
 def cluster_detected(env: dict = os.environ) -> bool:
-    """Whether a cluster started this process as one of several, which `jax.distributed.initialize()`
-    joins from the cluster's variables: a SLURM step of several tasks, Open MPI, a multi-host TPU slice."""
+    """Whether a cluster started this as one of several, which `jax.distributed.initialize()` joins: SLURM, MPI, TPU."""
     slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
     tasks = env.get("SLURM_NTASKS", "")
     return (all(v in env for v in slurm) and tasks.isdigit() and int(tasks) > 1
@@ -42,9 +39,8 @@ def requested(argv: list[str]) -> bool:
 
 
 def join(coordinator: str | None, num_processes: int | None, process_id: int | None, timeout: int, work: dict) -> None:
-    """Join the run (in the supervised child, which ends when its supervisor is gone, as the
-    run's peers then must), then check that every process was started for the same `work`
-    (the options that decide the results): else `UsageError`."""
+    """Join the run (in the supervised child, which ends with its supervisor, as its peers then must); `UsageError`
+    unless every process was started for the same `work` (the options that decide the results)."""
     import jax
     from jax.experimental import multihost_utils
 
@@ -54,8 +50,7 @@ def join(coordinator: str | None, num_processes: int | None, process_id: int | N
         os._exit(EXIT_PEER_LOST)
 
     threading.Thread(target=exit_with_supervisor, daemon=True).start()
-    # the CPU's collectives between processes (GPUs, TPUs have their own)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # between CPUs (GPUs, TPUs have their own)
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)
     digest = np.frombuffer(hashlib.sha256(json.dumps(work, sort_keys=True, default=str).encode()).digest()[:8], np.uint32)
@@ -69,9 +64,8 @@ _sync_points = itertools.count(1)
 
 
 def stop_if_agreed() -> None:
-    """In a run of several processes, raise `StopAgreed` once a SIGTERM (as a cluster sends
-    before it ends them) has reached any of them, at the point JAX's preemption service names
-    for all to stop together: every process calls this at the same points of the work."""
+    """`StopAgreed` once a SIGTERM (a cluster's warning) reached any process of several, at the point JAX's
+    preemption service names for all: every process calls this at the same points of the work."""
     import jax
     from jax.experimental import multihost_utils
 
@@ -89,9 +83,8 @@ def is_main() -> bool:
 
 
 def supervise() -> int:
-    """Run this command again as a child and return its exit status; a child aborted by
-    JAX's runtime (a peer died, the coordinator is unreachable) raises `PeerLost`. The
-    child's stdout passes through; of its stderr, the lines this project writes."""
+    """This command run again as a child: its exit status, or `PeerLost` if JAX's runtime aborted it. Its stdout
+    passes through; of its stderr, the lines this project writes."""
     child = subprocess.Popen([sys.executable, *sys.argv], env={**os.environ, CHILD_ENV: str(os.getpid())},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
     for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # each becomes the SIGTERM JAX's preemption service takes
@@ -99,8 +92,7 @@ def supervise() -> int:
     runtime_log = []
 
     def forward(stream, to, runtime: re.Pattern) -> None:
-        """Pass on the lines of this project; keep for `diagnosis` those `runtime` finds and all
-        from a Python traceback on (a collective failing as a peer dies)."""
+        """Pass on this project's lines; keep for `diagnosis` those `runtime` finds and a traceback on."""
         in_traceback = False
         for line in stream:
             in_traceback = in_traceback or line.startswith("Traceback (most recent call last):")
@@ -116,7 +108,7 @@ def supervise() -> int:
     forward(child.stderr, sys.stderr, RUNTIME_LINE)
     out.join()
     status = child.wait()
-    if status >= 0 and status in DOCUMENTED_EXITS:
+    if status in DOCUMENTED_EXITS:  # (a signal's end is negative)
         return status
     raise PeerLost(diagnosis(runtime_log, status))
 

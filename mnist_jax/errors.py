@@ -1,5 +1,4 @@
-"""Every failure the code raises on purpose, and the exit status a script ends with for
-each (README's table). A leaf: any module may import it; `cli.run` decides the exits."""
+"""Every failure raised on purpose and its exit status (README's table; `cli.run` exits): a leaf any module may import."""
 
 EXIT_USAGE = 2  # bad arguments, bad or missing data, an unwritable or busy --out, a damaged file
 EXIT_DIVERGED = 3  # the loss stopped being finite

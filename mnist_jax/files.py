@@ -1,5 +1,4 @@
-"""Atomic file writes: a reader, or a crash, sees the old complete file or the new one;
-and the lock that keeps two runs from writing one folder."""
+"""Atomic writes (a reader, or a crash, sees the old complete file or the new one); the lock keeping runs apart."""
 
 from __future__ import annotations
 
@@ -42,13 +41,6 @@ _LOCKS_HELD: dict[Path, tuple[int, list[Path]]] = {}  # folder -> its lock's des
 def finite_number(x) -> bool:
     """Whether a value read from a file is a finite int or float (a bool is not)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def check_finite(where: str, **figures) -> None:
-    """ValueError naming the first of `figures` (read from a file) that is not a finite number."""
-    for key, value in figures.items():
-        if not finite_number(value):
-            raise ValueError(f"{where}: {key} is {value!r}, not a finite number")
 
 
 def read_json(path: str | os.PathLike, max_bytes: int):
@@ -102,8 +94,7 @@ def signals_deferred() -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
-    Stop signals wait until the file is whole or gone (`signals_deferred`)."""
+    """Yield a temporary path beside `path`, which replaces it only if the block succeeds; stop signals wait till then."""
     path = Path(path)
     with signals_deferred():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,10 +124,9 @@ class FolderBusy(Exception):
 
 
 def lock_folder(folder: Path) -> None:
-    """Create `folder` if need be and hold its lock (`LOCK` inside it, `flock`ed, which the
-    kernel drops however the holder dies) until this process ends: another process, or a
-    `LOCK` that is not ours (a link, a user's file), gets `FolderBusy`. At exit the lock
-    file goes, and the folders made here if nothing was written into them."""
+    """Create `folder` if need be and hold its lock (`LOCK` inside, `flock`ed: the kernel drops it however the holder
+    dies) until this process ends; another process, or a `LOCK` not ours (a link, a user's file), gets `FolderBusy`.
+    At exit the lock file goes, and the folders made here if nothing was written into them."""
     if folder.resolve() in _LOCKS_HELD:
         return
     made = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -182,8 +172,7 @@ atexit.register(release_locks)
 
 
 def foreign_entries(folder: Path, ours: Mapping[str, Callable[[Path], bool]]) -> list[str]:
-    """The entries of `folder` this project did not write: every one not named in
-    `ours` or whose content its check refuses, and every link (never followed)."""
+    """The entries of `folder` this project did not write: not named in `ours` or refused by its check; every link."""
     found = []
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
         if entry.is_symlink():
@@ -211,8 +200,7 @@ RESULT_KEYS = {"results.json": ("stages", "steps", "command"), "sweep.json": ("g
 
 
 def is_result(path: Path) -> bool:
-    """Whether `path` is a result the scripts wrote, told by name and content: a JSON record with
-    its `RESULT_KEYS`, a study's arrays (`study_arrays.npz`), a figure drawn by Matplotlib."""
+    """Whether `path` is a result the scripts wrote, by name and content: `RESULT_KEYS`, study arrays, a Matplotlib PNG."""
     if path.is_symlink() or not path.is_file():
         return False
     if path.name in RESULT_KEYS:

@@ -1,10 +1,6 @@
-"""Will it fit: the memory a run needs against the memory the device has.
-
-What a compiled program needs comes from XLA (`Compiled.memory_analysis`); what a
-device has from the device itself (GPU, TPU) or, for the CPU, from the host's
-available memory. `MNIST_JAX_MEMORY_LIMIT` (bytes, or with a K, M or G suffix) caps
-the latter, to leave room for others or to act out a smaller device.
-"""
+"""Will it fit: what a compiled program needs (XLA's `memory_analysis`) against what the device has (the host's
+available memory for the CPU), capped by `MNIST_JAX_MEMORY_LIMIT` (bytes, or 512M, 2G...) to leave room for others
+or act out a smaller device."""
 
 from __future__ import annotations
 
@@ -61,8 +57,7 @@ def tree_bytes(tree) -> int:
 
 
 def program_bytes(compiled: jax.stages.Compiled) -> int:
-    """What XLA says a run of a compiled program allocates beside its arguments: its
-    outputs and temporaries."""
+    """What XLA says a run of a compiled program allocates beside its arguments: outputs and temporaries."""
     m = compiled.memory_analysis()
     return m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
 

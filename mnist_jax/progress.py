@@ -1,8 +1,6 @@
-"""A grid's progress on disk, so that a study or sweep stopped at any moment resumes where
-it was and ends exactly as an uninterrupted one (an epoch's randomness depends on the seed
-and the epoch number alone). `--out/progress/` holds `work.json` (the options that decide
-the results) and one `<chunk>.npz` per chunk of models: their states after the last epoch
-saved and the rows of metrics of every epoch up to it, each written atomically."""
+"""A grid's progress on disk: a study or sweep stopped at any moment resumes and ends as an unbroken one (an epoch's
+randomness depends on the seed and epoch alone). `--out/progress/` holds `work.json` (the options that decide the
+results) and per chunk of models a `<chunk>.npz`: their states at the last epoch saved and every epoch's metrics."""
 
 from __future__ import annotations
 
@@ -22,8 +20,7 @@ CHUNK = re.compile(r"[a-z_]+-hidden\d+-bits\d+-from\d+-\d+\.npz")  # the name `s
 
 
 class GridProgress:
-    """The progress files of one piece of work in `out`; `write` False in every process
-    of several but the first (each reads, process 0 writes: `out` must be shared)."""
+    """The progress files of one piece of work in `out`; `write` False but in process 0 (all read: `out` is shared)."""
 
     def __init__(self, out: Path, work: dict, write: bool = True):
         self.folder, self.work, self.write, self.run_id = out / FOLDER, work, write, None
@@ -59,8 +56,7 @@ class GridProgress:
         self.run_id, self.started = uuid.uuid4().hex, False
 
     def load(self, key: str, like) -> tuple[object, np.ndarray] | None:
-        """The chunk `key`'s saved states, shaped as `like`, and its rows of metrics
-        (epochs saved, models, metrics); None if none was saved."""
+        """Chunk `key`'s saved states, shaped as `like`, and its metrics (epochs, models, metrics); None if none saved."""
         path = self.folder / f"{key}.npz"
         if not path.is_file():
             return None
