@@ -1,7 +1,5 @@
-"""JAX against the PyTorch reference: same data, same splits, several seeds.
-
-Training PyTorch needs `torch` (the optional extra), imported when a PyTorch run starts.
-"""
+"""JAX against the PyTorch reference: same data, same splits, several seeds. Training PyTorch needs `torch`
+(the optional extra), imported when a PyTorch run starts."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""MNIST from verified sources: IDX files on disk, TFDS, or a checked download.
-
-Every source is verified against the published digests before use, so a run on
-any machine trains on exactly the 70,000 images of the original study.
-"""
+"""MNIST from IDX files on disk, TFDS, or a download, each verified against the published digests before use,
+so a run on any machine trains on exactly the 70,000 images of the original study."""
 
 from __future__ import annotations
 
@@ -32,9 +29,8 @@ IDX_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-# TFDS stores the same examples in its own order, so it is checked by an
-# order-independent digest: SHA-256 over the sorted SHA-256s of each
-# (label byte + 784 pixel bytes) record, computed from the files above.
+# TFDS stores the same examples in its own order, so it is checked by an order-independent digest:
+# SHA-256 over the sorted SHA-256s of each (label byte + 784 pixel bytes) record, computed from the files above.
 RECORDS_SHA256 = {
     "train": "3655811c0e1223700a4714a92a51f55bd215ed7dc1fa2baa4326a2b58042d82d",
     "test": "634538fb34c5277fce98470b8b285d1e8419eb87f328da42ef1faf690d2c3911",
@@ -70,10 +66,8 @@ def parse_idx(raw: bytes, ndim: int, name: str = "IDX data") -> np.ndarray:
 
 
 def read_idx_file(path: Path, ndim: int, verify: bool = True) -> np.ndarray:
-    """Read an IDX file (plain or gzip); check its SHA-256 against the published one.
-
-    Only up to `MAX_IDX_BYTES` are read (gzip decompresses in chunks): a file that is,
-    or expands to, more is damaged, and is refused as soon as seen."""
+    """Read an IDX file (plain or gzip); check its SHA-256 against the published one. Only up to `MAX_IDX_BYTES`
+    are read (gzip decompresses in chunks): a file that is, or expands to, more is damaged, refused as soon as seen."""
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             raw = f.read(MAX_IDX_BYTES + 1)
@@ -122,11 +116,8 @@ def records_digest(images: np.ndarray, labels: np.ndarray) -> str:
 
 
 def load_tfds(verify: bool = True) -> MNIST:
-    """MNIST prepared by TFDS, read with `tfds.data_source` (no TensorFlow needed).
-
-    If TensorFlow is importable and MNIST is not prepared yet, TFDS prepares it.
-    TFDS orders examples its own way, so a seed's split differs from the IDX one.
-    """
+    """MNIST prepared by TFDS, read with `tfds.data_source` (no TensorFlow needed); if TensorFlow is importable
+    and MNIST is not prepared yet, TFDS prepares it. TFDS's order differs, and so does a seed's split."""
     try:
         import tensorflow_datasets as tfds
         from absl import logging as absl_logging
@@ -157,10 +148,8 @@ def default_cache_dir() -> Path:
 
 
 def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = None) -> MNIST:
-    """Fetch the four `.gz` files from TFDS's mirror into a cache, then verify them.
-
-    A file whose content fails its digest is deleted, so it is never reused.
-    """
+    """Fetch the four `.gz` files from TFDS's mirror into a cache, then verify them; if they fail, they are
+    deleted, so never reused."""
     import pooch
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -184,11 +173,8 @@ def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = No
 
 
 def load_mnist(source: str = "auto", data_dir: str | os.PathLike | None = None) -> MNIST:
-    """Load verified MNIST.
-
-    `auto` reads the IDX files of `data_dir` (or $MNIST_JAX_DATA_DIR) when one is
-    given, and otherwise tries TFDS, then the download.
-    """
+    """Load verified MNIST. `auto` reads the IDX files of `data_dir` (or $MNIST_JAX_DATA_DIR) when one is given,
+    and otherwise tries TFDS, then the download."""
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)

@@ -1,10 +1,7 @@
-"""The limits of linearity: the best any linear classifier can do, and MLP width.
-
-`linear_lstsq` is the exact least-squares linear map (the optimum of a linear model
-under squared error, in closed form); `linear_ce_converged` is multinomial logistic
-regression run to convergence with full-batch L-BFGS (the ceiling of a linear
-softmax classifier trained by SGD-like methods for 5 epochs).
-"""
+"""The limits of linearity: the best any linear classifier can do, and MLP width. `linear_lstsq` is the exact
+least-squares linear map (the optimum of a linear model under squared error, in closed form); `linear_ce_converged`
+is multinomial logistic regression run to convergence with full-batch L-BFGS (the ceiling of a linear softmax
+classifier trained by SGD-like methods for 5 epochs)."""
 
 from __future__ import annotations
 
@@ -93,11 +90,8 @@ def width_sweep(data: MNIST, widths: list[int], seeds: list[int], epochs: int = 
     for width in widths:
         config = TrainConfig("mlp", epochs=epochs, hidden=width)
         result = train_seeds(config, data, seeds)
-        rows.append({
-            "hidden": width,
-            "parameters": count_params(nnx.eval_shape(lambda: config.spec.build(nnx.Rngs(0), width))),
-            "test_accuracies": result.test_accuracies.tolist(),
-            **summary(result.test_accuracies),
-        })
+        parameters = count_params(nnx.eval_shape(lambda: config.spec.build(nnx.Rngs(0), width)))
+        rows.append({"hidden": width, "parameters": parameters, "test_accuracies": result.test_accuracies.tolist(),
+                     **summary(result.test_accuracies)})
     return rows
 

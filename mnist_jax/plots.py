@@ -7,6 +7,7 @@ from collections import Counter
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import FancyBboxPatch
 
 from mnist_jax.files import atomic_write
 from mnist_jax.stages import STAGES, Stage
@@ -149,8 +150,6 @@ def architecture(stage: Stage) -> list[str]:
 
 def evolution_diagram(path: str | os.PathLike) -> None:
     """The stages of the registry as boxes, with what each changes from the one above highlighted."""
-    from matplotlib.patches import FancyBboxPatch
-
     rows = [(name, architecture(stage)) for name, stage in STAGES.items()]
     fig, ax = plt.subplots(figsize=(14, 5.5))
     previous: list[str] = []

@@ -109,11 +109,9 @@ def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: 
 
 
 def save_grid(grid: dict, path: Path, command: str, seconds: float, add: bool, run_id: str, write: bool = True) -> dict:
-    """Write `grid` (`sweep.run_grid`'s record) as `sweep.json`: `grids`, one record per
-    command, and `rows`, every model of every grid, each naming its grid by index. With
-    `add`, as a further grid of the file at `path`, unless that already holds the grid of
-    `run_id` (a resumed run stopped after writing); not written unless `write` (a process of
-    several, not the first)."""
+    """Write `grid` (`sweep.run_grid`'s record) as `sweep.json`: `grids`, one per command, and `rows`, every model,
+    each naming its grid by index. With `add`, appended to the file at `path` unless that holds `run_id`'s grid
+    already (a resumed run stopped after writing). Written only with `write` (false in a process of several but the first)."""
     sweep = load_sweep(path) if add and write else {"grids": [], "rows": []}
     if any(g.get("run_id") == run_id for g in sweep["grids"]):
         return sweep
@@ -123,9 +121,6 @@ def save_grid(grid: dict, path: Path, command: str, seconds: float, add: bool, r
     if write:
         write_json(path, sweep)
     return sweep
-
-
-# Reading them back: every fault one ResultFileError.
 
 
 def _read(path: Path, script: str, read: Callable[[Path], Any]) -> Any:

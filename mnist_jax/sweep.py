@@ -1,10 +1,7 @@
-"""Hyperparameter grids (`run_grid`: every stage, learning rate, dropout rate, width and
-seed, in one `study.train_grid` program per stage and width) and the three questions the
-original study left open (`answers`). With a constant learning rate the model after epoch
-k is a k-epoch run, so one long sweep answers every shorter length too. Settings (learning
-rate, epoch) are chosen on validation accuracy only; test accuracy is reported, never
-chosen on.
-"""
+"""Hyperparameter grids (`run_grid`: every stage, learning rate, dropout rate, width and seed, in one
+`study.train_grid` program per stage and width) and the three questions the original study left open (`answers`).
+With a constant learning rate the model after epoch k is a k-epoch run, so one long sweep answers every shorter
+length too. Settings (learning rate, epoch) are chosen on validation accuracy only; test accuracy is never chosen on."""
 
 from __future__ import annotations
 
@@ -31,12 +28,10 @@ def grid_points(stage: str, lrs: list[float] | None, dropouts: list[float] | Non
     return [Point(seed, lr, rate) for lr, rate, seed in itertools.product(lrs, dropouts, range(seeds))]
 
 
-def run_grid(
-    stages: list[str], data: MNIST, *, lrs: list[float] | None = None, dropouts: list[float] | None = None,
-    hiddens: list[int | None] = (None,), seeds: int = 10, epochs: int = 5, batch_size: int = 128,
-    models_at_once: int | None = None, on_stage: Callable[[str, int], Callable[[int, int], None]] | None = None,
-    progress: GridProgress | None = None,
-) -> dict:
+def run_grid(stages: list[str], data: MNIST, *, lrs: list[float] | None = None, dropouts: list[float] | None = None,
+             hiddens: list[int | None] = (None,), seeds: int = 10, epochs: int = 5, batch_size: int = 128,
+             models_at_once: int | None = None, on_stage: Callable[[str, int], Callable[[int, int], None]] | None = None,
+             progress: GridProgress | None = None) -> dict:
     """Train the grid, stage by stage and width by width (one `train_grid` each).
     `on_stage(name, models)` returns the `on_epoch` of that part. The grid's record: its
     rows (one per model: its stage, lr, dropout, hidden width and seed, final test accuracy,
@@ -71,18 +66,13 @@ def run_grid(
             "compile_seconds": compile_seconds, "train_seconds": train_seconds, "models_at_once": chunks, "rows": rows}
 
 
-# The three questions, from rows as `results.load_sweep` checks them. A "setting" is (stage,
-# lr, dropout) of one grid at one width; its rows are its seeds, which pair across settings.
-
-
 def curves(rows: list[dict], stages: tuple[str, ...], field: str = "lr") -> dict[str, dict[float, dict[str, np.ndarray]]]:
-    """For each of `stages`, each value of `field` among its rows (a setting): the (seeds,
-    epochs) validation and test accuracies of its seeds, "val" and "test". Every setting
-    must hold the same seeds: one missing is a ValueError naming it, never a smaller pairing."""
+    """For each of `stages`, each value of `field` among its rows (a setting; the rows of one grid at one width, as
+    `results.load_sweep` checks them): the (seeds, epochs) validation and test accuracies of its seeds, "val" and
+    "test". Every setting must hold the same seeds: one missing is a ValueError naming it, never a smaller pairing."""
     seeds = sorted({r["seed"] for r in rows if r["stage"] in stages})
-    found = {}
+    found = {stage: {} for stage in stages}
     for stage in stages:
-        found[stage] = {}
         for value in sorted({r[field] for r in rows if r["stage"] == stage}):
             by_seed = {r["seed"]: r["history"] for r in rows if r["stage"] == stage and r[field] == value}
             if missing := [s for s in seeds if s not in by_seed]:

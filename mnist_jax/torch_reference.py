@@ -1,12 +1,8 @@
-"""The five stages in plain PyTorch, as the original study defines them.
-
-Imported only when used: `torch` is an optional extra (`pip install -e ".[torch]"`).
-It trains on the same arrays and split as the JAX side, in four loop styles:
-`original` (a per-item Dataset behind a shuffling DataLoader, as the study does with
-torchvision), `tensor` (one tensor, batches sliced from a permutation), `fused`
-(the tensor loop with `Adam(fused=True)`, PyTorch's fastest Adam kernel on a CPU) and
-`compile` (the tensor loop with the model and the optimizer step under `torch.compile`).
-"""
+"""The five stages in plain PyTorch, as the original study defines them; imported only when used (`torch` is an
+optional extra: `pip install -e ".[torch]"`). It trains on the same arrays and split as the JAX side, in four loop
+styles: `original` (a per-item Dataset behind a shuffling DataLoader, as the study does with torchvision), `tensor`
+(one tensor, batches sliced from a permutation), `fused` (the tensor loop with `Adam(fused=True)`, PyTorch's fastest
+Adam kernel on a CPU) and `compile` (the tensor loop with the model and the optimizer step under `torch.compile`)."""
 
 from __future__ import annotations
 
@@ -68,8 +64,7 @@ def flax_to_torch(params: dict, batch_stats: dict) -> dict[str, torch.Tensor]:
 
 def torch_to_flax(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     """A torch `state_dict` -> (params, batch_stats) as Flax pure dicts of numpy arrays."""
-    params: dict = {}
-    batch_stats: dict = {}
+    params, batch_stats = {}, {}
     for key, tensor in state_dict.items():
         layer, name = key.split(".")
         if name == "num_batches_tracked":
@@ -143,13 +138,10 @@ class TorchResult:
 def train(stage: str, data: MNIST, split: tuple[np.ndarray, np.ndarray] | None = None, *, epochs: int = 5,
           batch_size: int = 128, lr: float = 1e-3, seed: int = 42, loop: str = "tensor", hidden: int | None = None,
           dropout: float | None = None) -> TorchResult:
-    """Train one stage in PyTorch from `torch.manual_seed(seed)`.
-
-    `split` gives the (train, validation) indices; pass the JAX run's for a fair
-    comparison. Without it the split is `random_split`'s, and the `original` loop
-    then draws every random number exactly as the original study's code does:
-    split, initialisation, then each epoch's shuffle and its validation loader.
-    """
+    """Train one stage in PyTorch from `torch.manual_seed(seed)`. `split` gives the (train, validation) indices;
+    pass the JAX run's for a fair comparison. Without it the split is `random_split`'s, and the `original` loop then
+    draws every random number exactly as the original's code does: split, initialisation, then each epoch's shuffle
+    and its validation loader."""
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}, not {loop!r}")
     torch.manual_seed(seed)
@@ -168,10 +160,8 @@ def train(stage: str, data: MNIST, split: tuple[np.ndarray, np.ndarray] | None =
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        if loop == "original":
-            batches = train_loader
-        else:
-            batches = ((train_x[i], train_y[i]) for i in torch.randperm(len(train_y)).split(batch_size))
+        batches = train_loader if loop == "original" else (
+            (train_x[i], train_y[i]) for i in torch.randperm(len(train_y)).split(batch_size))
         loss_sum, correct = train_epoch(model, optimizer, loss, batches)
         val_loss, val_acc = evaluate(model, loss, val_batches)
         history.append({"epoch": epoch, "train_loss": loss_sum / len(train_y), "train_accuracy": correct / len(train_y),
