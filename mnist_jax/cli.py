@@ -25,7 +25,8 @@ def _stop_before_work(signum: int, _frame) -> None:
     os._exit(128 + signum)
 
 
-if Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parents[1] / "scripts":  # one of this project's scripts
+_here = Path(__file__).resolve().parent  # one of this project's scripts: in a clone's scripts/, or installed (mnist_jax.__main__)
+if Path(sys.argv[0]).resolve().parent in (_here.parent / "scripts", _here / "scripts"):
     for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(_signum) is not signal.SIG_IGN:
             signal.signal(_signum, _stop_before_work)
@@ -290,9 +291,13 @@ def grid_progress(args: argparse.Namespace, script: str):
     return progress
 
 
+# What was typed before the arguments, when `mnist_jax.__main__` ran the script: `mnist-jax train`, `python -m mnist_jax train`
+invocation: list[str] | None = None
+
+
 def command() -> str:
     """The command that produced a result, as recorded in it."""
-    return " ".join(["python", f"scripts/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    return " ".join([*(invocation or ["python", f"scripts/{Path(sys.argv[0]).name}"]), *sys.argv[1:]])
 
 
 def print_table(header: list[str], rows: list[list]) -> None:
@@ -300,6 +305,11 @@ def print_table(header: list[str], rows: list[list]) -> None:
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(map(str, row)) + " |")
+
+
+def count(n: int, noun: str) -> str:
+    """'1 epoch', '5 epochs'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def interval(ci95: list | None, sign: str = "") -> str:
@@ -370,7 +380,7 @@ def on_stop(note: Callable[[], str]) -> None:
 def resume_command() -> str:
     """This command again, with --resume and without --overwrite (nor an abbreviation of either), shell-quoted."""
     again = [a for a in sys.argv[1:] if not (len(a) > 3 and ("--overwrite".startswith(a) or "--resume".startswith(a)))]
-    return shlex.join(["python", sys.argv[0], *again, "--resume"])
+    return shlex.join([*(invocation or ["python", sys.argv[0]]), *again, "--resume"])
 
 
 def _exit_stopped(signum: int) -> NoReturn:

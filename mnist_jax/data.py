@@ -9,6 +9,7 @@ import importlib.util
 import math
 import os
 import struct
+import sys
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -155,7 +156,8 @@ def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = No
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     mirror = mirror or os.environ.get(MIRROR_ENV, MIRROR)
     pooch.get_logger().setLevel("WARNING")  # the progress bar says what is downloading
-    downloader = pooch.HTTPDownloader(progressbar=True, timeout=30)
+    downloader = pooch.HTTPDownloader(progressbar=sys.stderr.isatty(), timeout=30)  # a bar's carriage returns only on a terminal
+    fetched = [stem for stem in IDX_SHA256 if not (cache_dir / f"{stem}.gz").is_file()]
     for stem in IDX_SHA256:
         name = f"{stem}.gz"
         try:
@@ -169,7 +171,10 @@ def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = No
         for stem in IDX_SHA256:
             (cache_dir / f"{stem}.gz").unlink(missing_ok=True)
         raise
-    return data._replace(source=f"download from {mirror}, cached in {cache_dir}")
+    if not fetched:
+        return data._replace(source=f"IDX files cached in {cache_dir} by an earlier download")
+    part = "" if len(fetched) == len(IDX_SHA256) else f" ({len(fetched)} of {len(IDX_SHA256)} files)"
+    return data._replace(source=f"download from {mirror}{part}, cached in {cache_dir}")
 
 
 def load_mnist(source: str = "auto", data_dir: str | os.PathLike | None = None) -> MNIST:

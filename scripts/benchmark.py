@@ -352,7 +352,7 @@ def main() -> None:
     if has_torch:
         torch.set_float32_matmul_precision("highest")
     report = {
-        "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
+        "command": cli.command(),
         "device": device_description(), "cpu": cpu_model(), "jax_version": jax.__version__,
         "torch_version": importlib.metadata.version("torch") if has_torch else None,
         "matmul_precision": "highest (full float32) in both frameworks",

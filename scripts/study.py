@@ -44,7 +44,7 @@ def main() -> None:
     start = time.perf_counter()
     results = {}
     for stage in args.stages:
-        bar = cli.Progress(args.epochs, f"{stage}, {args.seeds} seeds", "epoch")
+        bar = cli.Progress(args.epochs, f"{stage}, {cli.count(args.seeds, 'seed')}", "epoch")
         config = study.TrainConfig(stage, epochs=args.epochs)
         results[stage] = study.train_seeds(
             config, data, list(range(args.seeds)), models_at_once=args.seeds_at_once,
@@ -55,7 +55,7 @@ def main() -> None:
             print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].models_at_once}", flush=True)
     report = save_study(results, data, args.out, cli.command(), time.perf_counter() - start, write=distributed.is_main())
     args.progress.clear()
-    print(f"\n{args.seeds} seeds, {args.epochs} epochs, {report['device']}, {report['seconds']:.1f}s in all")
+    print(f"\n{cli.count(args.seeds, 'seed')}, {cli.count(args.epochs, 'epoch')}, {report['device']}, {report['seconds']:.1f}s in all")
     print_report(report)
     print(f"wrote {args.out / RESULTS[0]} and {args.out / RESULTS[1]}")
 

@@ -97,7 +97,7 @@ def main() -> None:
     progress = {}
 
     def on_stage(name: str, models: int):
-        progress["bar"] = cli.Progress(args.epochs, f"{name}, {models} models", "epoch")
+        progress["bar"] = cli.Progress(args.epochs, f"{name}, {cli.count(models, 'model')}", "epoch")
         return lambda done, total: progress["bar"].step(total=total)
 
     start = time.perf_counter()
@@ -109,7 +109,7 @@ def main() -> None:
     path = args.out / RESULTS[0]
     saved = results.save_grid(grid, path, cli.command(), time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
     args.progress.clear()
-    print(f"\n{len(grid['rows'])} models, {args.epochs} epochs, {grid['device']}: compiling {grid['compile_seconds']:.1f}s, "
+    print(f"\n{cli.count(len(grid['rows']), 'model')}, {cli.count(args.epochs, 'epoch')}, {grid['device']}: compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")
     for name, size in grid["models_at_once"].items():
         print(f"{name}: {size} models at once")

@@ -65,8 +65,8 @@ def check_run_folders(args) -> None:
         if args.resume:
             args.resumed[stage] = resumable(args, stage, out)
         elif checkpoint.has_checkpoint(out) and not args.overwrite:
-            raise UsageError(f"--out: {out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                             "or choose another --out")
+            raise UsageError(f"--out: {out} already holds {held(args, stage, out)}, --overwrite to replace it, "
+                             f"or choose another --out (say --out {free_folder(args.out or out)})")
     if args.resume and not any(args.resumed.values()):
         raise UsageError(f"--resume: no checkpoint in {run_dir(args, args.stages[0]) if len(args.stages) == 1 else args.out} to continue")
 
@@ -92,11 +92,42 @@ def resumable(args, stage: str, out: Path):
     return run
 
 
+def held(args, stage: str, out: Path) -> str:
+    """The run in `out`, and whether --resume can continue it to `args`."""
+    try:
+        run = resumable(args, stage, out)
+    except UsageError:
+        return "another run (--resume refuses it)" if checkpoint.saved_epochs(out) else "a damaged run"
+    if len(run.history) < args.epochs:
+        return f"this run after epoch {len(run.history)}; pass --resume to continue it"
+    return f"this run, finished after {cli.count(len(run.history), 'epoch')}; pass a larger --epochs with --resume to train it further"
+
+
+def free_folder(path: Path) -> Path:
+    """`path` with the first of -2, -3, ... that names nothing yet."""
+    return next(p for i in range(2, cli.MAX_INT) if not (p := path.with_name(f"{path.name}-{i}")).exists())
+
+
 def run_dir(args, stage: str) -> Path:
-    name = f"{stage}-seed{args.seed}"
+    """runs/<stage>-<each setting given that differs from the stage's own>-seed<seed>, e.g. runs/mlp-hidden512-seed42."""
+    spec, given = STAGES[stage], args.given
+    differ = {"hidden": given.get("hidden") not in (None, spec.hidden), "dropout": given.get("dropout") not in (None, spec.dropout),
+              "lr": args.lr != TrainConfig.lr, "batch": args.batch_size != TrainConfig.batch_size}
+    values = {"hidden": given.get("hidden"), "dropout": given.get("dropout"), "lr": args.lr, "batch": args.batch_size}
+    name = "-".join([stage, *(f"{key}{values[key]:g}" for key in differ if differ[key]), f"seed{args.seed}"])
     if args.out is None:
         return Path("runs") / name
     return args.out / name if args.stage == "all" else args.out
+
+
+def architecture(config: TrainConfig) -> str:
+    """The model as trained, e.g. '784 -> 512 -> ReLU -> Dropout(0.2) -> 10'; the stage's own description otherwise."""
+    spec = config.spec
+    if not spec.is_mlp:
+        return spec.description
+    layers = [784, config.hidden or spec.hidden, "BatchNorm" if spec.batchnorm else None, "ReLU",
+              f"Dropout({config.dropout_rate:g})" if config.dropout_rate else None, 10]
+    return " -> ".join(str(layer) for layer in layers if layer is not None)
 
 
 def print_epoch(row: dict) -> None:
@@ -157,7 +188,7 @@ def train_stage(args, stage: str, data) -> dict:
     config = resume.config if resume else TrainConfig(
         stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout
     )
-    print(f"stage {config.stage}: {config.spec.description}", flush=True)
+    print(f"stage {config.stage}: {architecture(config)}", flush=True)
 
     def save(run, write) -> None:
         try:

@@ -129,6 +129,18 @@ def test_download_fetches_verifies_and_caches(mirror, data_dir, tmp_path, mnist)
     assert sorted(p.name for p in cache.glob("*.gz")) == sorted(p.name for p in root.iterdir())
 
 
+def test_the_data_line_names_the_mirror_or_the_cache_and_off_a_terminal_draws_no_progress_bar(mirror, data_dir, tmp_path, capfd):
+    root, url = mirror
+    for gz in data_dir.glob("*.gz"):
+        shutil.copy(gz, root)
+    cache = tmp_path / "cache"
+    assert data.download(cache, url).source == f"download from {url}, cached in {cache}"
+    assert "\r" not in capfd.readouterr().err  # pytest's stderr is no terminal
+    assert data.download(cache, "http://127.0.0.1:9/unused/").source == f"IDX files cached in {cache} by an earlier download"
+    (cache / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert data.download(cache, url).source == f"download from {url} (1 of 4 files), cached in {cache}"
+
+
 def test_a_download_that_fails_its_digest_is_deleted(mirror, tmp_path):
     root, url = mirror
     synthetic = synthetic_mnist(num_train=20, num_test=10)
