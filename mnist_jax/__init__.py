@@ -8,3 +8,19 @@
 """
 
 __version__ = "0.1.0"
+
+
+def _refuse_a_library_module_run() -> None:
+    """`python -m mnist_jax.train` runs a library module, which does nothing: say in one line what to run (exit 2)."""
+    import sys
+
+    argv = getattr(sys, "orig_argv", [])
+    module = argv[argv.index("-m") + 1] if sys.argv[:1] == ["-m"] and "-m" in argv[:-1] else ""
+    name = module.removeprefix("mnist_jax.")
+    if module.startswith("mnist_jax.") and name != "__main__" and not name.startswith("scripts"):
+        command = name if name in ("train", "study", "sweep", "linearity") else "COMMAND"
+        sys.exit(print(f"{module} is a library module, not a command; run: python -m mnist_jax {command} ... (or mnist-jax "
+                       f"{command} ...); python -m mnist_jax --help lists the commands", file=sys.stderr) or 2)
+
+
+_refuse_a_library_module_run()

@@ -18,7 +18,7 @@ def script(name: str) -> Path:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     typed = ["python", "-m", "mnist_jax"] if Path(sys.argv[0]).name == "__main__.py" else [Path(sys.argv[0]).name]
-    usage = f"usage: {' '.join(typed)} {{{','.join(COMMANDS)}}} [options]; each command's options: {typed[-1]} COMMAND --help"
+    usage = f"usage: {' '.join(typed)} {{{','.join(COMMANDS)}}} [options]; each command's options: {' '.join(typed)} COMMAND --help"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage, file=sys.stdout if argv else sys.stderr)
         sys.exit(0 if argv else 2)

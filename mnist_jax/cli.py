@@ -295,6 +295,11 @@ def grid_progress(args: argparse.Namespace, script: str):
 invocation: list[str] | None = None
 
 
+def script_command(name: str) -> str:
+    """Script `name` as this one was run: python scripts/study.py, mnist-jax study or python -m mnist_jax study."""
+    return " ".join([*invocation[:-1], name]) if invocation else f"python scripts/{name}.py"
+
+
 def command() -> str:
     """The command that produced a result, as recorded in it."""
     return " ".join([*(invocation or ["python", f"scripts/{Path(sys.argv[0]).name}"]), *sys.argv[1:]])

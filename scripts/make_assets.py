@@ -17,7 +17,8 @@ SWEEP_FIGURES = ("sweep_dropout.png", "sweep_learning_rates.png")
 
 def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(__doc__, out="runs/figures", holds="the figures", results=FIGURES + SWEEP_FIGURES, trains=False)
-    parser.add_argument("--results", type=Path, default=Path("runs/study/results.json"), help="written by scripts/study.py")
+    parser.add_argument("--results", type=Path, help="written by scripts/study.py (default: runs/study/results.json; "
+                        "with --sweep, none: only the sweep's figures)")
     parser.add_argument("--sweep", type=Path, help="sweep.json written by scripts/sweep.py: draw its figures too")
     return parser
 
@@ -25,7 +26,7 @@ def build_parser() -> cli.ArgumentParser:
 def read(path: Path, option: str, script: str, load):
     """What `load` reads from `path`, given as `option`; `UsageError` if it cannot."""
     if not path.is_file():
-        raise UsageError(f"argument {option}: {path} not found; run scripts/{script} first")
+        raise UsageError(f"argument {option}: {path} not found; run {cli.script_command(script)} first")
     try:
         return load(path)
     except (ValueError, KeyError) as e:
@@ -37,11 +38,13 @@ def main() -> None:
     from mnist_jax.results import load_study, load_sweep
     from mnist_jax.sweep import answers
 
-    read(args.results.with_name("study_arrays.npz"), "--results", "study.py", Path.is_file)
-    results, arrays = read(args.results, "--results", "study.py", load_study)
+    if args.results is not None or args.sweep is None:
+        args.results = args.results or Path("runs/study/results.json")
+        read(args.results.with_name("study_arrays.npz"), "--results", "study", Path.is_file)
+        results, arrays = read(args.results, "--results", "study", load_study)
     if args.sweep is not None:
-        sweep = read(args.sweep, "--sweep", "sweep.py", load_sweep)
-        found = read(args.sweep, "--sweep", "sweep.py", lambda _: answers(sweep))
+        sweep = read(args.sweep, "--sweep", "sweep", load_sweep)
+        found = read(args.sweep, "--sweep", "sweep", lambda _: answers(sweep))
     from mnist_jax import plots
 
     written = []  # each drawn beside its place, and moved there once all are drawn: a failure leaves none
@@ -51,15 +54,16 @@ def main() -> None:
         written.append(name)
 
     try:
-        draw("training_curves.png", plots.training_curves, results)
-        draw("comparison_chart.png", plots.comparison_chart, results)
-        draw("evolution_diagram.png", plots.evolution_diagram)
-        if any(k.endswith("_weights") for k in arrays):
-            draw("weight_templates.png", plots.weight_templates, arrays)
-        if "misclassified_stages" in arrays:
-            linear, mlp = (str(s) for s in arrays["misclassified_stages"])
-            draw("confusion_matrices.png", lambda a, p: plots.confusion_matrices(a, p, [linear, mlp]), arrays)
-            draw("misclassified.png", plots.misclassified, arrays)
+        if args.results is not None:
+            draw("training_curves.png", plots.training_curves, results)
+            draw("comparison_chart.png", plots.comparison_chart, results)
+            draw("evolution_diagram.png", plots.evolution_diagram)
+            if any(k.endswith("_weights") for k in arrays):
+                draw("weight_templates.png", plots.weight_templates, arrays)
+            if "misclassified_stages" in arrays:
+                linear, mlp = (str(s) for s in arrays["misclassified_stages"])
+                draw("confusion_matrices.png", lambda a, p: plots.confusion_matrices(a, p, [linear, mlp]), arrays)
+                draw("misclassified.png", plots.misclassified, arrays)
         if args.sweep is not None and "dropout" in found:
             draw("sweep_dropout.png", plots.sweep_dropout, found["dropout"], sweep["grids"][0]["device"])
         if args.sweep is not None and {"batchnorm", "linear"} & found.keys():
@@ -70,9 +74,10 @@ def main() -> None:
         for name in written:
             (args.out / f"{PARTIAL}{name}").unlink(missing_ok=True)
     print(f"wrote {', '.join(written)} to {args.out}")
-    cli.print_table(["stage", "val accuracy after epoch 1", "train accuracy after the last epoch"], [
-        [f"`{stage}`", f"{np.mean([seed[0]['val_accuracy'] for seed in r['history']]):.2%}",
-         f"{np.mean([seed[-1]['train_accuracy'] for seed in r['history']]):.2%}"] for stage, r in results["stages"].items()])
+    if args.results is not None:
+        cli.print_table(["stage", "val accuracy after epoch 1", "train accuracy after the last epoch"], [
+            [f"`{stage}`", f"{np.mean([seed[0]['val_accuracy'] for seed in r['history']]):.2%}",
+             f"{np.mean([seed[-1]['train_accuracy'] for seed in r['history']]):.2%}"] for stage, r in results["stages"].items()])
 
 
 if __name__ == "__main__":
