@@ -18,13 +18,14 @@ def script(name: str) -> Path:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     typed = ["python", "-m", "mnist_jax"] if Path(sys.argv[0]).name == "__main__.py" else [Path(sys.argv[0]).name]
-    usage = f"usage: {' '.join(typed)} {{{','.join(COMMANDS)}}} [options]; each command's options: {' '.join(typed)} COMMAND --help"
+    command = " ".join(typed)
+    usage = f"usage: {command} {{{','.join(COMMANDS)}}} [options]; each command's options: {command} COMMAND --help"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage, file=sys.stdout if argv else sys.stderr)
         sys.exit(0 if argv else 2)
     name = argv[0].replace("-", "_")
     if name not in COMMANDS:
-        print(f"{' '.join(typed)}: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"{command}: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
     path = script(name)
     sys.argv = [str(path), *argv[1:]]  # the script sees itself run: its name in messages, --help, progress

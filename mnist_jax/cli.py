@@ -38,7 +38,7 @@ from mnist_jax.errors import (  # noqa: E402
     DataError, DoesNotFit, NonFiniteLoss, PeerLost, ProgressError, StopAgreed, UsageError,
 )
 from mnist_jax.progress import GridProgress  # noqa: E402
-from mnist_jax.stages import MAX_SEED, STAGES  # noqa: E402
+from mnist_jax.stages import MAX_SEED, STAGES, TrainConfig  # noqa: E402
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
 # Options that say where a process finds its inputs and puts its outputs, not what it computes.
@@ -178,6 +178,14 @@ class ArgumentParser(argparse.ArgumentParser):
     def add_stages(self) -> None:
         self.add_argument("--stages", type=stages, default="all", help=f"comma-separated stages ({', '.join(STAGES)}), or all")
 
+    def add_model_options(self) -> None:
+        """train.py's and study.py's: None unless given (the stage's own), so --resume can tell what was asked."""
+        self.add_argument("--batch-size", type=positive_int, help=f"examples per Adam step (default: {TrainConfig.batch_size})")
+        self.add_argument("--lr", type=positive_float, help=f"Adam learning rate (default: {TrainConfig.lr:g})")
+        self.add_argument("--hidden", type=positive_int, help="hidden width of the MLP stages (default: the stage's own, 256)")
+        self.add_argument("--dropout", type=dropout_rate,
+                          help="dropout rate of the MLP stages (default: the stage's own, 0.5 for mlp_dropout, else 0)")
+
     def error(self, message: str) -> NoReturn:
         fail(f"{self.prog}: error: {message}")
 
@@ -228,6 +236,14 @@ class ArgumentParser(argparse.ArgumentParser):
                              f"processes; give a multiple of {jax.process_count()}")
         if not distributed.is_main():  # process 0 speaks for the run
             sys.stdout = open(os.devnull, "w")
+
+
+def mlp_only(args: argparse.Namespace, stages: list[str]) -> None:
+    """`UsageError` if --hidden or --dropout is given for a linear stage among `stages`."""
+    linear = [stage for stage in stages if not STAGES[stage].is_mlp]
+    for name in ("hidden", "dropout"):
+        if getattr(args, name) is not None and linear:
+            raise UsageError(f"--{name} applies to the MLP stages only, not {', '.join(linear)}")
 
 
 def check_environment(cache: Path | None, no_cache: bool) -> None:

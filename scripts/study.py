@@ -4,6 +4,8 @@ import time
 
 from mnist_jax import cli, distributed
 from mnist_jax.data import load_mnist
+from mnist_jax.errors import UsageError
+from mnist_jax.stages import TrainConfig
 
 RESULTS = ("results.json", "study_arrays.npz")
 
@@ -13,6 +15,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--seeds", type=cli.positive_int, default=10, help="seeds 0..N-1, trained together per stage")
     parser.add_stages()
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per run")
+    parser.add_model_options()
     parser.add_argument(
         "--seeds-at-once", type=cli.positive_int,
         help="train at most this many seeds in one program (default: as many as fit in memory; the rest in further chunks)",
@@ -36,7 +39,12 @@ def print_report(report: dict) -> None:
 
 
 def main() -> None:
-    args = build_parser().parse()
+    parser = build_parser()
+    args = parser.parse()
+    try:
+        cli.mlp_only(args, args.stages)
+    except UsageError as e:
+        parser.error(str(e))
     from mnist_jax import study
     from mnist_jax.results import save_study
 
@@ -45,7 +53,8 @@ def main() -> None:
     results = {}
     for stage in args.stages:
         bar = cli.Progress(args.epochs, f"{stage}, {cli.count(args.seeds, 'seed')}", "epoch")
-        config = study.TrainConfig(stage, epochs=args.epochs)
+        config = TrainConfig(stage, args.epochs, args.batch_size or TrainConfig.batch_size, args.lr or TrainConfig.lr,
+                             hidden=args.hidden, dropout=args.dropout)  # (mlp_only: none given for a linear stage)
         results[stage] = study.train_seeds(
             config, data, list(range(args.seeds)), models_at_once=args.seeds_at_once,
             on_epoch=lambda done, total: bar.step(total=total), progress=args.progress,
@@ -55,7 +64,8 @@ def main() -> None:
             print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].models_at_once}", flush=True)
     report = save_study(results, data, args.out, cli.command(), time.perf_counter() - start, write=distributed.is_main())
     args.progress.clear()
-    print(f"\n{cli.count(args.seeds, 'seed')}, {cli.count(args.epochs, 'epoch')}, {report['device']}, {report['seconds']:.1f}s in all")
+    print(f"\n{cli.count(args.seeds, 'seed')}, {cli.count(args.epochs, 'epoch')}, {report['device']}, "
+          f"{report['seconds']:.1f}s in all")
     print_report(report)
     print(f"wrote {args.out / RESULTS[0]} and {args.out / RESULTS[1]}")
 

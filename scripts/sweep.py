@@ -109,7 +109,8 @@ def main() -> None:
     path = args.out / RESULTS[0]
     saved = results.save_grid(grid, path, cli.command(), time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
     args.progress.clear()
-    print(f"\n{cli.count(len(grid['rows']), 'model')}, {cli.count(args.epochs, 'epoch')}, {grid['device']}: compiling {grid['compile_seconds']:.1f}s, "
+    print(f"\n{cli.count(len(grid['rows']), 'model')}, {cli.count(args.epochs, 'epoch')}, {grid['device']}: "
+          f"compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")
     for name, size in grid["models_at_once"].items():
         print(f"{name}: {size} models at once")

@@ -18,12 +18,8 @@ def build_parser() -> cli.ArgumentParser:
                         help=f"which stage to train ({', '.join(STAGES)}); all: the five in turn")
     # Options --resume compares: None unless given (`given` tells them from ones given with their default value).
     parser.add_argument("--epochs", type=cli.positive_int, default=TrainConfig.epochs, help="passes over the 54,000 training images")
-    parser.add_argument("--batch-size", type=cli.positive_int, help=f"examples per Adam step (default: {TrainConfig.batch_size})")
-    parser.add_argument("--lr", type=cli.positive_float, help=f"Adam learning rate (default: {TrainConfig.lr:g})")
+    parser.add_model_options()
     parser.add_argument("--seed", type=cli.seed, help=f"seeds the split, init, order and dropout (default: {TrainConfig.seed})")
-    parser.add_argument("--hidden", type=cli.positive_int, help="hidden width of the MLP stages (default: the stage's own, 256)")
-    parser.add_argument("--dropout", type=cli.dropout_rate,
-                        help="dropout rate of the MLP stages (default: the stage's own, 0.5 for mlp_dropout, else 0)")
     return parser
 
 
@@ -46,9 +42,7 @@ def parse_args():
 
 def check_run_folders(args) -> None:
     """Each stage's run folder: claimed, holding only a run, and one to continue with --resume."""
-    for name in ("hidden", "dropout"):
-        if getattr(args, name) is not None and not all(STAGES[s].is_mlp for s in args.stages):
-            raise UsageError(f"--{name} applies to the MLP stages only, not {args.stage}")
+    cli.mlp_only(args, args.stages)
     num_train = NUM_EXAMPLES["train"] - NUM_VALIDATION
     if args.batch_size > num_train:
         raise UsageError(f"argument --batch-size: at most the {num_train} training images, got {args.batch_size}")
@@ -97,10 +91,10 @@ def held(args, stage: str, out: Path) -> str:
     try:
         run = resumable(args, stage, out)
     except UsageError:
-        return "another run (--resume refuses it)" if checkpoint.saved_epochs(out) else "a damaged run"
+        return "a run that --resume cannot continue as asked" if checkpoint.saved_epochs(out) else "a damaged run"
     if len(run.history) < args.epochs:
         return f"this run after epoch {len(run.history)}; pass --resume to continue it"
-    return f"this run, finished after {cli.count(len(run.history), 'epoch')}; pass a larger --epochs with --resume to train it further"
+    return f"this run, finished after {cli.count(len(run.history), 'epoch')}; a larger --epochs with --resume trains it further"
 
 
 def free_folder(path: Path) -> Path:
@@ -111,10 +105,9 @@ def free_folder(path: Path) -> Path:
 def run_dir(args, stage: str) -> Path:
     """runs/<stage>-<each setting given that differs from the stage's own>-seed<seed>, e.g. runs/mlp-hidden512-seed42."""
     spec, given = STAGES[stage], args.given
-    differ = {"hidden": given.get("hidden") not in (None, spec.hidden), "dropout": given.get("dropout") not in (None, spec.dropout),
-              "lr": args.lr != TrainConfig.lr, "batch": args.batch_size != TrainConfig.batch_size}
-    values = {"hidden": given.get("hidden"), "dropout": given.get("dropout"), "lr": args.lr, "batch": args.batch_size}
-    name = "-".join([stage, *(f"{key}{values[key]:g}" for key in differ if differ[key]), f"seed{args.seed}"])
+    own = {"hidden": spec.hidden, "dropout": spec.dropout, "lr": TrainConfig.lr, "batch": TrainConfig.batch_size}
+    asked = {"hidden": given.get("hidden"), "dropout": given.get("dropout"), "lr": args.lr, "batch": args.batch_size}
+    name = "-".join([stage, *(f"{key}{asked[key]:g}" for key in own if asked[key] not in (None, own[key])), f"seed{args.seed}"])
     if args.out is None:
         return Path("runs") / name
     return args.out / name if args.stage == "all" else args.out
