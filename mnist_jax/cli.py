@@ -424,7 +424,7 @@ def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
 # How each failure is told: the prefix of its line and its exit status (first match).
 FAILURES = ((NonFiniteLoss, "training stopped: ", EXIT_DIVERGED), (DoesNotFit, "does not fit: ", EXIT_DOES_NOT_FIT),
             (PeerLost, "", EXIT_PEER_LOST), (ProgressError, "--resume: ", EXIT_USAGE),
-            (DataError, "data error: ", EXIT_USAGE), (UsageError, f"{Path(sys.argv[0]).name}: error: ", EXIT_USAGE))
+            (DataError, "data error: ", EXIT_USAGE), (UsageError, "{script}: error: ", EXIT_USAGE))
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "can't allocate memory")
 
 
@@ -460,7 +460,7 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
     except (Exception, MemoryError) as e:  # noqa: BLE001
         for kind, prefix, status in FAILURES:
             if isinstance(e, kind):
-                fail(f"{prefix}{e}", status)
+                fail(f"{prefix.format(script=Path(sys.argv[0]).name)}{e}", status)
         # XLA's RESOURCE_EXHAUSTED is a ValueError, torch's a RuntimeError
         if isinstance(e, MemoryError) or isinstance(e, (ValueError, RuntimeError)) and any(s in str(e) for s in OUT_OF_MEMORY):
             why = str(e).splitlines()[0] if str(e) else "MemoryError"

@@ -57,6 +57,20 @@ def width(answer: dict) -> str:
     return f", hidden {answer['hidden']}" if answer.get("hidden") not in (None, STAGES["mlp"].hidden) else ""
 
 
+def print_grid(rows: list[dict], epochs: int) -> None:
+    """Each point of the grid: validation and test accuracy after the last epoch in %, mean and 95% interval over its seeds."""
+    from mnist_jax.results import summary
+
+    points = {}
+    for row in rows:
+        points.setdefault((row["stage"], row["hidden"], row["lr"], row["dropout"]), []).append(row)
+    print()
+    cli.print_table(["stage", "hidden", "lr", "dropout", "seeds", f"val accuracy after epoch {epochs}", "test accuracy"], [
+        [f"`{stage}`", hidden or "—", f"{lr:g}", f"{dropout:g}", len(models),
+         pct(summary([m["history"][-1]["val_accuracy"] for m in models])), pct(summary([m["test_accuracy"] for m in models]))]
+        for (stage, hidden, lr, dropout), models in points.items()])
+
+
 def print_answers(answers: dict) -> None:
     """The three questions' tables: test accuracy in %, 95% intervals over seeds, paired
     differences; learning rates and epochs chosen on validation."""
@@ -114,6 +128,7 @@ def main() -> None:
           f"training {grid['train_seconds']:.1f}s")
     for name, size in grid["models_at_once"].items():
         print(f"{name}: {size} models at once")
+    print_grid(grid["rows"], args.epochs)
     print_answers(sweep.answers(saved))
     print(f"wrote {path}")
 

@@ -95,6 +95,7 @@ TRAIN_REFUSALS = [
     (["--stage", "mlp", "--lr", "nan"], ["--lr", "positive finite"]),
     (["--stage", "mlp", "--dropout", "1"], ["--dropout", "[0, 1)"]),
     (["--stage", "linear_ce", "--hidden", "64"], ["--hidden", "MLP stages only"]),
+    (["--stage", "all", "--dropout", "0.2"], ["--dropout applies to the MLP stages only, not linear_mse, linear_ce"]),
     (["--stage", "mlp", "--data-dir", "/no/such/dir"], ["--data-dir", "/no/such/dir", "expected the folder holding"]),
     (["--stage", "mlp", "--batch-size", "54001"], ["--batch-size", "54000"]),
     (["--stage", "mlp", "--hidden", "-3"], ["--hidden", "integer from 1 to"]),
@@ -268,3 +269,61 @@ def test_several_process_options_abbreviated_still_run_under_the_supervisor():
 
     assert requested(["--coord", "127.0.0.1:1234", "--num-proc", "2", "--process=1"])
     assert not requested(["--stages", "mlp", "--seeds", "10", "--out", "x", "--no-cache"])
+
+
+def test_study_refuses_a_width_or_dropout_rate_for_a_linear_stage_as_train_does(refused):
+    assert refused("study.py", "--stages", "linear_ce,mlp", "--hidden", "8").endswith("--hidden applies to the MLP stages only, not linear_ce")
+    assert "--dropout applies to the MLP stages only, not linear_mse" in refused("study.py", "--stages", "linear_mse", "--dropout", "0.2")
+
+
+def test_benchmark_names_its_folder_with_out_as_every_script_does(refused):
+    assert "unrecognized arguments: --json" in refused("benchmark.py", "--json", "b.json")
+    assert "--out" in load_script("benchmark.py").build_parser().format_help()
+
+
+@pytest.mark.parametrize("argv0, typed", [("/venv/bin/mnist-jax", "mnist-jax"), ("/src/mnist_jax/__main__.py", "python -m mnist_jax")])
+def test_the_console_command_and_python_m_run_the_scripts_and_say_how_they_were_run(argv0, typed, monkeypatch, tmp_path, capsys):
+    """`mnist-jax make-assets ...` (or make_assets) is scripts/make_assets.py: its parser, its refusals, naming
+    the other commands as this one was typed; results record the command so, and --resume repeats it so."""
+    from mnist_jax.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", [argv0])
+    monkeypatch.setattr(cli, "invocation", None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["make-assets", "--results", "none.json"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"make_assets.py: error: argument --results: study_arrays.npz not found; run {typed} study first\n"
+    assert cli.command() == f"{typed} make-assets --results none.json"
+    assert cli.resume_command() == f"{typed} make-assets --results none.json --resume"
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--help"])
+    assert stop.value.code == 0 and "--stage STAGE" in capsys.readouterr().out
+
+
+def test_a_script_run_from_scripts_records_itself_so(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["scripts/study.py", "--seeds", "2"])
+    assert cli.command() == "python scripts/study.py --seeds 2" and cli.resume_command() == "python scripts/study.py --seeds 2 --resume"
+
+
+@pytest.mark.parametrize("argv, status, said", [
+    ([], 2, "usage: mnist-jax {train,study,sweep,compare,linearity,make_assets,benchmark} [options]"),
+    (["--help"], 0, "usage: mnist-jax {train,study,sweep,compare,linearity,make_assets,benchmark} [options]"),
+    (["fit", "--stage", "mlp"], 2, "mnist-jax: error: unknown command 'fit'; choose from train, study, sweep"),
+])
+def test_the_console_command_lists_its_commands_and_refuses_another_in_one_line(argv, status, said, monkeypatch, capsys):
+    from mnist_jax.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["mnist-jax"])
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert stop.value.code == status and len((out + err).splitlines()) == 1 and said in out + err
+
+
+@pytest.mark.slow
+def test_a_library_module_run_by_mistake_says_in_one_line_what_to_run(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mnist_jax.train", "--stage", "mlp_bn"], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert_one_line_error(proc, "mnist_jax.train is a library module, not a command; run: python -m mnist_jax train ...")
+    assert listing(tmp_path) == []
