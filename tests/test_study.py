@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT, assert_one_line_error, load_script, npz_with_header, run_script
+from conftest import ROOT, assert_one_line_error, load_script, npz_with_header, run_script, run_script_in_process
+from mnist_jax import data
 from mnist_jax.files import LOCK
 from mnist_jax import memory, plots
 from mnist_jax.errors import ResultFileError
@@ -122,6 +123,18 @@ def test_a_study_compares_only_the_stages_it_ran_and_names_them_so(tiny, tiny_se
     assert [(s["from"], s["to"]) for s in report["steps"]] == [("linear_ce", "mlp")] and report["versus_mlp"] == []
     load_script("study.py").print_report(report)
     assert " vs " not in capsys.readouterr().out
+
+
+@pytest.mark.slow  # (two programs compiled: some 8 s)
+def test_study_py_trains_with_train_pys_model_options(tiny, tmp_path, monkeypatch):
+    """--hidden, --dropout, --lr and --batch-size apply to the stages of the study: a seed of it trains as train() alone."""
+    monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
+    options = ["--hidden", "8", "--dropout", "0.2", "--lr", "3e-3", "--batch-size", "64"]
+    proc = run_script_in_process("study.py", "--stages", "mlp_bn", "--seeds", "1", "--epochs", "1", *options, "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results, _ = load_study(tmp_path / "results.json")
+    alone = train(TrainConfig("mlp_bn", 1, 64, 3e-3, seed=0, hidden=8, dropout=0.2), tiny)
+    assert results["stages"]["mlp_bn"]["test_accuracies"] == [pytest.approx(alone.test_accuracy, abs=1e-6)]
 
 
 @pytest.mark.slow

@@ -12,10 +12,10 @@ import pytest
 from flax import nnx
 
 from conftest import ROOT, assert_one_line_error, load_script, run_script, run_script_in_process
-from mnist_jax import memory, study
+from mnist_jax import data, memory, study
 from mnist_jax import plots
 from mnist_jax.errors import ResultFileError
-from mnist_jax.results import load_sweep
+from mnist_jax.results import load_sweep, summary
 from mnist_jax.sweep import answers, best_lr, curves, grid_points
 from mnist_jax.train import Point, TrainConfig, train
 
@@ -216,3 +216,29 @@ def test_a_sweep_of_one_epoch_at_another_width_draws_its_dropout_figure(tmp_path
     found = answers(load_sweep(path))
     plots.sweep_dropout(found["dropout"], "cpu", tmp_path / "sweep_dropout.png")
     assert (tmp_path / "sweep_dropout.png").stat().st_size > 5_000
+
+
+def test_sweep_py_ends_with_a_table_of_its_own_grid_validation_and_test_with_intervals(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
+    proc = run_script_in_process("sweep.py", "--stages", "linear_ce", "--lr", "1e-3,3e-3", "--seeds", "2", "--epochs", "1",
+                                 "--out", tmp_path / "sweep")
+    assert proc.returncode == 0, proc.stderr
+    rows = load_sweep(tmp_path / "sweep" / "sweep.json")["rows"]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert table[0] == "| stage | hidden | lr | dropout | seeds | val accuracy after epoch 1 | test accuracy |"
+
+    def cell(values):
+        found = summary(values)
+        return f"{100 * found['mean']:.2f} [{100 * found['ci95'][0]:.2f}, {100 * found['ci95'][1]:.2f}]"
+
+    for line, lr in zip(table[1:], (1e-3, 3e-3), strict=True):
+        point = [r for r in rows if r["lr"] == lr]
+        assert line == (f"| `linear_ce` | — | {lr:g} | 0 | 2 | {cell([r['history'][-1]['val_accuracy'] for r in point])} | "
+                        f"{cell([r['test_accuracy'] for r in point])} |")
+
+
+def test_make_assets_draws_a_sweep_without_a_study(tmp_path):
+    proc = run_script_in_process("make_assets.py", "--sweep", ROOT / "assets" / "sweep.json", "--out", tmp_path / "figures",
+                                 cwd=tmp_path)  # no runs/study/results.json here
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir() if p.suffix == ".png") == ["sweep_dropout.png", "sweep_learning_rates.png"]

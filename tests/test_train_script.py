@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import load_script, run_script, run_script_in_process
+from mnist_jax import data
 from mnist_jax.checkpoint import load_model
 from mnist_jax.stages import STAGES
 from mnist_jax.train import run_keys, split_indices
@@ -84,3 +85,42 @@ def test_no_cache_leaves_no_compilation_cache(tmp_path, data_args):
     )
     assert proc.returncode == 0, proc.stderr
     assert not cache.exists()  # tests/test_benchmark.py shows the cache filling without --no-cache
+
+
+def run_dir(*argv: str):
+    """The default folder of `train.py *argv`'s first stage, as its parsing names it (nothing claimed)."""
+    train = load_script("train.py")
+    args = train.build_parser().parse_args(list(argv))
+    args.given = {k: getattr(args, k) for k in ("batch_size", "lr", "seed", "hidden", "dropout") if getattr(args, k) is not None}
+    args.lr, args.batch_size, args.seed = args.lr or 1e-3, args.batch_size or 128, args.seed if args.seed is not None else 42
+    return train.run_dir(args, "mlp_dropout" if args.stage == "all" else args.stage)
+
+
+def test_a_run_folder_is_named_by_every_setting_that_differs_from_the_stages_own():
+    assert str(run_dir("--stage", "mlp", "--hidden", "512")) == "runs/mlp-hidden512-seed42"
+    assert str(run_dir("--stage", "mlp_dropout", "--dropout", "0.2", "--lr", "3e-3", "--batch-size", "64", "--seed", "1")) == \
+        "runs/mlp_dropout-dropout0.2-lr0.003-batch64-seed1"
+    assert str(run_dir("--stage", "all", "--lr", "1e-4")) == "runs/mlp_dropout-lr0.0001-seed42"
+    # the stage's own values, given or not, and --epochs (which --resume extends) leave the name as it was
+    assert str(run_dir("--stage", "mlp_dropout", "--hidden", "256", "--dropout", "0.5", "--lr", "1e-3", "--epochs", "9")) == \
+        "runs/mlp_dropout-seed42"
+
+
+def test_two_runs_differing_in_hidden_keep_separate_folders_and_a_taken_folder_is_refused_with_true_advice(
+        tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
+
+    def train(*args):
+        return run_script_in_process("train.py", "--stage", "mlp", "--epochs", "1", *args, cwd=tmp_path)
+
+    for hidden in (8, 16):
+        proc = train("--hidden", str(hidden))
+        assert proc.returncode == 0, proc.stderr
+        assert f"stage mlp: 784 -> {hidden} -> ReLU -> 10\n" in proc.stdout  # the width trained, not the stage's 256
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["mlp-hidden16-seed42", "mlp-hidden8-seed42"]
+    again = train("--hidden", "8").stderr
+    assert "runs/mlp-hidden8-seed42 already holds this run, finished after 1 epoch; a larger --epochs with --resume" in again
+    assert again.rstrip().endswith("or choose another --out (say --out runs/mlp-hidden8-seed42-2)")
+    other = train("--hidden", "16", "--out", "runs/mlp-hidden8-seed42").stderr
+    assert "holds a run that --resume cannot continue as asked, --overwrite" in other and "pass --resume" not in other
+    assert train("--hidden", "8", "--epochs", "2").stderr.count("after epoch 1; pass --resume to continue it") == 1
