@@ -173,3 +173,25 @@ def test_every_script_refuses_to_overwrite_its_results_and_no_tracked_file_chang
     assert {p: p.stat().st_mtime_ns for p in (clone / "runs").rglob("*") if p.is_file()} == written
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
     assert status.stdout == ""
+
+
+def test_a_non_editable_install_trains_from_the_console_command(clone, data_args, tmp_path):
+    """`pip install` of the checkout (not editable) into a venv that has the dependencies: `mnist-jax train` and
+    `python -m mnist_jax` run the installed copy from any folder."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "dependencies.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")))  # its .pth not run
+    source = shutil.copytree(clone, tmp_path / "source", ignore=shutil.ignore_patterns(".git"))  # pip builds in it
+    subprocess.run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--no-index", source], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([venv / "bin" / "python", "-c", "import mnist_jax; print(mnist_jax.__file__)"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, check=True)
+    assert where.stdout.startswith(str(site)), where.stdout  # not this checkout, nor the editable one
+    proc = subprocess.run([venv / "bin" / "mnist-jax", "train", "--stage", "linear_ce", "--epochs", "1", "--out", "run", *data_args],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "[Test] loss=" in proc.stdout and (tmp_path / "run" / "checkpoint.npz").is_file(), proc.stderr
+    refused = subprocess.run([venv / "bin" / "python", "-m", "mnist_jax", "study", "--seeds", "0"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.startswith("study.py: error: argument --seeds: expected an integer from 1")
