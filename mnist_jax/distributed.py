@@ -85,7 +85,8 @@ def is_main() -> bool:
 def supervise() -> int:
     """This command run again as a child: its exit status, or `PeerLost` if JAX's runtime aborted it. Its stdout
     passes through; of its stderr, the lines this project writes."""
-    child = subprocess.Popen([sys.executable, *sys.argv], env={**os.environ, CHILD_ENV: str(os.getpid())},
+    # the command as typed (python scripts/study.py, mnist-jax study, python -m mnist_jax study), its interpreter's options too
+    child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env={**os.environ, CHILD_ENV: str(os.getpid())},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
     for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # each becomes the SIGTERM JAX's preemption service takes
         signal.signal(stop, lambda *_: child.send_signal(signal.SIGTERM))

@@ -1,6 +1,7 @@
 """Train stages of the study: python scripts/train.py --stage mlp_bn (or --stage all)"""
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -59,8 +60,9 @@ def check_run_folders(args) -> None:
         if args.resume:
             args.resumed[stage] = resumable(args, stage, out)
         elif checkpoint.has_checkpoint(out) and not args.overwrite:
+            other = free_folder(args.out or (out if len(args.stages) == 1 else Path("runs/all")))
             raise UsageError(f"--out: {out} already holds {held(args, stage, out)}, --overwrite to replace it, "
-                             f"or choose another --out (say --out {free_folder(args.out or out)})")
+                             f"or choose another --out (say --out {other})")
     if args.resume and not any(args.resumed.values()):
         raise UsageError(f"--resume: no checkpoint in {run_dir(args, args.stages[0]) if len(args.stages) == 1 else args.out} to continue")
 
@@ -98,8 +100,8 @@ def held(args, stage: str, out: Path) -> str:
 
 
 def free_folder(path: Path) -> Path:
-    """`path` with the first of -2, -3, ... that names nothing yet."""
-    return next(p for i in range(2, cli.MAX_INT) if not (p := path.with_name(f"{path.name}-{i}")).exists())
+    """The first of `path`, `path`-2, -3, ... that names nothing yet."""
+    return next(p for i in itertools.count(1) if not (p := path.with_name(f"{path.name}-{i}") if i > 1 else path).exists())
 
 
 def run_dir(args, stage: str) -> Path:

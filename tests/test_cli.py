@@ -272,7 +272,8 @@ def test_several_process_options_abbreviated_still_run_under_the_supervisor():
 
 
 def test_study_refuses_a_width_or_dropout_rate_for_a_linear_stage_as_train_does(refused):
-    assert refused("study.py", "--stages", "linear_ce,mlp", "--hidden", "8").endswith("--hidden applies to the MLP stages only, not linear_ce")
+    line = refused("study.py", "--stages", "linear_ce,mlp", "--hidden", "8")
+    assert line.endswith("--hidden applies to the MLP stages only, not linear_ce")
     assert "--dropout applies to the MLP stages only, not linear_mse" in refused("study.py", "--stages", "linear_mse", "--dropout", "0.2")
 
 
@@ -281,7 +282,8 @@ def test_benchmark_names_its_folder_with_out_as_every_script_does(refused):
     assert "--out" in load_script("benchmark.py").build_parser().format_help()
 
 
-@pytest.mark.parametrize("argv0, typed", [("/venv/bin/mnist-jax", "mnist-jax"), ("/src/mnist_jax/__main__.py", "python -m mnist_jax")])
+@pytest.mark.parametrize("argv0, typed", [("/venv/bin/mnist-jax", "mnist-jax"),
+                                          ("/src/mnist_jax/__main__.py", "python -m mnist_jax")])
 def test_the_console_command_and_python_m_run_the_scripts_and_say_how_they_were_run(argv0, typed, monkeypatch, tmp_path, capsys):
     """`mnist-jax make-assets ...` (or make_assets) is scripts/make_assets.py: its parser, its refusals, naming
     the other commands as this one was typed; results record the command so, and --resume repeats it so."""
@@ -293,7 +295,8 @@ def test_the_console_command_and_python_m_run_the_scripts_and_say_how_they_were_
     with pytest.raises(SystemExit) as stop:
         main(["make-assets", "--results", "none.json"])
     assert stop.value.code == 2
-    assert capsys.readouterr().err == f"make_assets.py: error: argument --results: study_arrays.npz not found; run {typed} study first\n"
+    err = capsys.readouterr().err
+    assert err == f"make_assets.py: error: argument --results: study_arrays.npz not found; run {typed} study first\n"
     assert cli.command() == f"{typed} make-assets --results none.json"
     assert cli.resume_command() == f"{typed} make-assets --results none.json --resume"
     with pytest.raises(SystemExit) as stop:
@@ -303,7 +306,8 @@ def test_the_console_command_and_python_m_run_the_scripts_and_say_how_they_were_
 
 def test_a_script_run_from_scripts_records_itself_so(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["scripts/study.py", "--seeds", "2"])
-    assert cli.command() == "python scripts/study.py --seeds 2" and cli.resume_command() == "python scripts/study.py --seeds 2 --resume"
+    assert cli.command() == "python scripts/study.py --seeds 2"
+    assert cli.resume_command() == "python scripts/study.py --seeds 2 --resume"
 
 
 @pytest.mark.parametrize("argv, status, said", [

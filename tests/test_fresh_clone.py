@@ -189,8 +189,8 @@ def test_a_non_editable_install_trains_from_the_console_command(clone, data_args
     where = subprocess.run([venv / "bin" / "python", "-c", "import mnist_jax; print(mnist_jax.__file__)"], env=env, cwd=tmp_path,
                            capture_output=True, text=True, check=True)
     assert where.stdout.startswith(str(site)), where.stdout  # not this checkout, nor the editable one
-    proc = subprocess.run([venv / "bin" / "mnist-jax", "train", "--stage", "linear_ce", "--epochs", "1", "--out", "run", *data_args],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([venv / "bin" / "mnist-jax", "train", "--stage", "linear_ce", "--epochs", "1", "--out", "run",
+                           *data_args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "[Test] loss=" in proc.stdout and (tmp_path / "run" / "checkpoint.npz").is_file(), proc.stderr
     refused = subprocess.run([venv / "bin" / "python", "-m", "mnist_jax", "study", "--seeds", "0"], env=env, cwd=tmp_path,
                              capture_output=True, text=True)

@@ -131,7 +131,7 @@ def test_study_py_trains_with_train_pys_model_options(tiny, tmp_path, monkeypatc
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
     options = ["--hidden", "8", "--dropout", "0.2", "--lr", "3e-3", "--batch-size", "64"]
     proc = run_script_in_process("study.py", "--stages", "mlp_bn", "--seeds", "1", "--epochs", "1", *options, "--out", tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0 and "\n1 seed, 1 epoch, " in proc.stdout, proc.stderr
     results, _ = load_study(tmp_path / "results.json")
     alone = train(TrainConfig("mlp_bn", 1, 64, 3e-3, seed=0, hidden=8, dropout=0.2), tiny)
     assert results["stages"]["mlp_bn"]["test_accuracies"] == [pytest.approx(alone.test_accuracy, abs=1e-6)]

@@ -224,6 +224,7 @@ def test_sweep_py_ends_with_a_table_of_its_own_grid_validation_and_test_with_int
                                  "--out", tmp_path / "sweep")
     assert proc.returncode == 0, proc.stderr
     rows = load_sweep(tmp_path / "sweep" / "sweep.json")["rows"]
+    assert "\n4 models, 1 epoch, " in proc.stdout  # (not "1 epochs")
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert table[0] == "| stage | hidden | lr | dropout | seeds | val accuracy after epoch 1 | test accuracy |"
 
@@ -241,4 +242,5 @@ def test_make_assets_draws_a_sweep_without_a_study(tmp_path):
     proc = run_script_in_process("make_assets.py", "--sweep", ROOT / "assets" / "sweep.json", "--out", tmp_path / "figures",
                                  cwd=tmp_path)  # no runs/study/results.json here
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir() if p.suffix == ".png") == ["sweep_dropout.png", "sweep_learning_rates.png"]
+    drawn = sorted(p.name for p in (tmp_path / "figures").iterdir() if p.suffix == ".png")
+    assert drawn == ["sweep_dropout.png", "sweep_learning_rates.png"]
