@@ -218,6 +218,7 @@ def test_a_sweep_of_one_epoch_at_another_width_draws_its_dropout_figure(tmp_path
     assert (tmp_path / "sweep_dropout.png").stat().st_size > 5_000
 
 
+@pytest.mark.slow  # (a grid compiled: some 3 s, kept out of the quick tier)
 def test_sweep_py_ends_with_a_table_of_its_own_grid_validation_and_test_with_intervals(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
     proc = run_script_in_process("sweep.py", "--stages", "linear_ce", "--lr", "1e-3,3e-3", "--seeds", "2", "--epochs", "1",

@@ -106,6 +106,7 @@ def test_a_run_folder_is_named_by_every_setting_that_differs_from_the_stages_own
         "runs/mlp_dropout-seed42"
 
 
+@pytest.mark.slow  # (three programs compiled: some 5 s, kept out of the quick tier)
 def test_two_runs_differing_in_hidden_keep_separate_folders_and_a_taken_folder_is_refused_with_true_advice(
         tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
