@@ -140,7 +140,7 @@ def test_study_py_trains_with_train_pys_model_options(tiny, tmp_path, monkeypatc
 @pytest.mark.slow
 def test_make_assets_without_results_says_so(tmp_path):
     proc = run_script("make_assets.py", "--results", tmp_path / "results.json")
-    assert proc.returncode == 2 and "run scripts/study.py first" in proc.stderr
+    assert proc.returncode == 2 and "run python scripts/study.py first" in proc.stderr
 
 
 def committed_study_with(tmp_path, damage=None, name="results.json"):
