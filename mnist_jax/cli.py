@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import math
 import os
 import re
@@ -246,7 +247,7 @@ def check_environment(cache: Path | None, no_cache: bool) -> None:
 def check_tensorboard(folder: Path) -> None:
     """`--tensorboard`: tensorboardX there to write with, `folder` writable."""
     try:
-        import tensorboardX  # noqa: F401
+        importlib.import_module("tensorboardX")
     except ImportError:
         raise UsageError("--tensorboard needs tensorboardX, which is not installed: pip install 'mnist_jax[tensorboard]'") from None
     if reason := why_unwritable(folder):

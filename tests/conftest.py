@@ -208,9 +208,17 @@ def signal_handlers():
         signal.signal(s, handler)
 
 
+def assert_tensorboard_log(folder: Path, history: list[dict], test_accuracy: float, hparams: dict) -> None:
+    """`folder` holds one TensorBoard event file, of each epoch's train and validation loss and accuracy in `history`,
+    the test accuracy after the last, and `hparams` (those not None), read back with tensorboardX's protos."""
+    scalars, logged = tensorboard_log(folder)
+    assert scalars == {tag: {row["epoch"]: np.float32(row[key]) for row in history} for key, tag in cli.TENSORBOARD_TAGS.items()} | {
+        "hparam/test_accuracy": {len(history): np.float32(test_accuracy)}}  # as TensorBoard stores them: float32
+    assert logged == {name: value for name, value in hparams.items() if value is not None}
+
+
 def tensorboard_log(folder: Path) -> tuple[dict[str, dict[int, float]], dict[str, object]]:
-    """The one TensorBoard event file in `folder`, read back with tensorboardX's protos: (its scalars by tag and
-    step, its hyperparameters)."""
+    """The one TensorBoard event file in `folder`: (its scalars by tag and step, its hyperparameters)."""
     from tensorboardX.proto.event_pb2 import Event
     from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
 

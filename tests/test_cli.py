@@ -9,10 +9,9 @@ import struct
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_line_error, load_script, run_script, tensorboard_log
+from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, load_script, run_script
 from mnist_jax import cli, memory
 from mnist_jax.stages import TrainConfig
 
@@ -43,10 +42,8 @@ def test_tensorboard_logs_each_epoch_and_the_hyperparameters_of_a_run(tmp_path):
     history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e, "train_accuracy": 0.5 + e / 10, "val_accuracy": 0.4 + e / 10}
                for e in (1, 2)]
     cli.write_tensorboard(tmp_path, "mlp-seed3", TrainConfig("mlp", epochs=2, lr=3e-3, seed=3), history, 0.75)
-    scalars, hparams = tensorboard_log(tmp_path / "mlp-seed3")
-    assert scalars == {tag: {row["epoch"]: np.float32(row[key]) for row in history} for key, tag in cli.TENSORBOARD_TAGS.items()} | {
-        "hparam/test_accuracy": {2: np.float32(0.75)}}
-    assert hparams == {"stage": "mlp", "epochs": 2, "batch_size": 128, "lr": 3e-3, "seed": 3, "hidden": 256, "dropout": 0}
+    assert_tensorboard_log(tmp_path / "mlp-seed3", history, 0.75,
+                           {"stage": "mlp", "epochs": 2, "batch_size": 128, "lr": 3e-3, "seed": 3, "hidden": 256, "dropout": 0})
 
 
 @pytest.mark.parametrize(
