@@ -249,7 +249,8 @@ def check_tensorboard(folder: Path) -> None:
     try:
         importlib.import_module("tensorboardX")
     except ImportError:
-        raise UsageError("--tensorboard needs tensorboardX, which is not installed: pip install 'mnist_jax[tensorboard]'") from None
+        raise UsageError("--tensorboard needs tensorboardX, which is not installed: "
+                         "pip install 'mnist_jax[tensorboard]'") from None
     if reason := why_unwritable(folder):
         raise UsageError(f"--tensorboard: cannot write to {folder} ({reason})")
 

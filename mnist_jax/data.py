@@ -139,7 +139,8 @@ def in_idx_order(images: np.ndarray, labels: np.ndarray, split: str, where: str)
     """`split`'s records in any order, verified as MNIST's (else `DataError`) and put in the IDX files' order."""
     digests = _record_digests(images, labels)
     by_digest = _by_digest(digests)
-    if len(digests) != NUM_EXAMPLES[split] or hashlib.sha256(b"".join(digests[i] for i in by_digest)).hexdigest() != RECORDS_SHA256[split]:
+    digest = hashlib.sha256(b"".join(digests[i] for i in by_digest)).hexdigest()  # as `records_digest`
+    if len(digests) != NUM_EXAMPLES[split] or digest != RECORDS_SHA256[split]:
         raise DataError(f"{where}: examples differ from the published MNIST")
     with resources.files("mnist_jax").joinpath(ORDER_FILE).open("rb") as f:
         place = np.empty(len(digests), np.int64)

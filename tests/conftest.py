@@ -212,8 +212,8 @@ def assert_tensorboard_log(folder: Path, history: list[dict], test_accuracy: flo
     """`folder` holds one TensorBoard event file, of each epoch's train and validation loss and accuracy in `history`,
     the test accuracy after the last, and `hparams` (those not None), read back with tensorboardX's protos."""
     scalars, logged = tensorboard_log(folder)
-    assert scalars == {tag: {row["epoch"]: np.float32(row[key]) for row in history} for key, tag in cli.TENSORBOARD_TAGS.items()} | {
-        "hparam/test_accuracy": {len(history): np.float32(test_accuracy)}}  # as TensorBoard stores them: float32
+    epochs = {tag: {row["epoch"]: np.float32(row[key]) for row in history} for key, tag in cli.TENSORBOARD_TAGS.items()}
+    assert scalars == epochs | {"hparam/test_accuracy": {len(history): np.float32(test_accuracy)}}  # float32, as logged
     assert logged == {name: value for name, value in hparams.items() if value is not None}
 
 

@@ -64,7 +64,8 @@ def studies(tmp_path_factory, data_args):
     wait on each other at every collective: the others use that time)."""
     args = ["--stages", "linear_ce,mlp", "--seeds", 8, "--epochs", 1, *data_args]
     out = {name: tmp_path_factory.mktemp(name) for name in ("two_processes", "four_devices", "one_device")}
-    two = start_processes("study.py", [*args, "--out", out["two_processes"] / "run", "--tensorboard", out["two_processes"] / "board"])
+    two = start_processes("study.py", [*args, "--out", out["two_processes"] / "run",
+                                       "--tensorboard", out["two_processes"] / "board"])
     alone = [start_alone("study.py", [*args, "--out", out[name] / "run"], devices) for name, devices in (("four_devices", 4), ("one_device", 1))]
     finished = finish(two)
     for status, _, stderr in finish(alone):

@@ -149,9 +149,10 @@ def test_sweep_py_trains_a_grid_whose_point_equals_train_py_alone(tmp_path, data
     assert row["history"][-1]["test_accuracy"] == row["test_accuracy"]
     assert row["best_val_epoch"] == metrics["best_epoch"]
     for r in sweep["rows"]:  # each model's TensorBoard log: its history and its grid point
-        assert_tensorboard_log(tmp_path / "board" / f"mlp_dropout-lr{r['lr']:g}-hidden256-dropout{r['dropout']:g}-seed{r['seed']}",
-                               r["history"], r["test_accuracy"], {"stage": "mlp_dropout", "epochs": 2, "batch_size": 128,
-                                                                  "lr": r["lr"], "seed": r["seed"], "hidden": 256, "dropout": r["dropout"]})
+        name = f"mlp_dropout-lr{r['lr']:g}-hidden256-dropout{r['dropout']:g}-seed{r['seed']}"
+        hparams = {"stage": "mlp_dropout", "epochs": 2, "batch_size": 128, "lr": r["lr"], "seed": r["seed"], "hidden": 256,
+                   "dropout": r["dropout"]}
+        assert_tensorboard_log(tmp_path / "board" / name, r["history"], r["test_accuracy"], hparams)
 
     # refusals come from sweep.py's parsing, before any work: its main, in this process
     again = run_script_in_process("sweep.py", "--stages", "mlp", "--epochs", "1", "--seeds", "1", "--out", tmp_path / "sweep", *data_args)

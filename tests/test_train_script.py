@@ -81,9 +81,10 @@ def test_checkpoint_restores_the_final_and_best_models(runs, mnist):
 def test_tensorboard_holds_each_epoch_and_the_hyperparameters_of_each_run(runs):
     for stage, run_dir in runs[1].items():
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        assert_tensorboard_log(run_dir.parent.parent / "board" / run_dir.name, metrics["history"], metrics["test_accuracy"],
-                               {"stage": stage, "epochs": 5, "batch_size": 128, "lr": 1e-3, "seed": 42, "hidden": STAGES[stage].hidden,
-                                "dropout": STAGES[stage].dropout})
+        hparams = {"stage": stage, "epochs": 5, "batch_size": 128, "lr": 1e-3, "seed": 42, "hidden": STAGES[stage].hidden,
+                   "dropout": STAGES[stage].dropout}
+        board = run_dir.parent.parent / "board" / run_dir.name
+        assert_tensorboard_log(board, metrics["history"], metrics["test_accuracy"], hparams)
 
 
 def test_a_trained_model_classifies_raw_images_as_evaluation_scored_it(runs, mnist):
