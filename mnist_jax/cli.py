@@ -38,7 +38,7 @@ from mnist_jax.errors import (  # noqa: E402
     DataError, DoesNotFit, NonFiniteLoss, PeerLost, ProgressError, StopAgreed, UsageError,
 )
 from mnist_jax.progress import GridProgress  # noqa: E402
-from mnist_jax.stages import MAX_SEED, STAGES  # noqa: E402
+from mnist_jax.stages import MAX_SEED, STAGES, TrainConfig  # noqa: E402
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
 # Options that say where a process finds its inputs and puts its outputs, not what it computes.
@@ -168,7 +168,7 @@ class ArgumentParser(argparse.ArgumentParser):
             self.add_argument("--no-cache", action="store_true", help="compile afresh and keep no compilation cache")
         if tensorboard:
             self.add_argument("--tensorboard", type=output_folder, metavar="DIR", help="also write TensorBoard logs there, "
-                              "a folder per run, as each run ends (needs tensorboardX: pip install 'mnist_jax[tensorboard]')")
+                              "a folder per run, as each run ends (needs tensorboardX, the extra mnist_jax[tensorboard])")
         if processes:
             group = self.add_argument_group(
                 "several processes (jax.distributed; none given: a cluster JAX detects, else one process)")
@@ -249,8 +249,7 @@ def check_tensorboard(folder: Path) -> None:
     try:
         importlib.import_module("tensorboardX")
     except ImportError:
-        raise UsageError("--tensorboard needs tensorboardX, which is not installed: "
-                         "pip install 'mnist_jax[tensorboard]'") from None
+        raise UsageError("--tensorboard needs tensorboardX, which is not installed: pip install tensorboardX") from None
     if reason := why_unwritable(folder):
         raise UsageError(f"--tensorboard: cannot write to {folder} ({reason})")
 
@@ -260,7 +259,7 @@ TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/validation", "
                     "val_accuracy": "accuracy/validation"}
 
 
-def write_tensorboard(folder: Path | None, run: str, config, history: list[dict], test_accuracy: float) -> None:
+def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, history: list[dict], test_accuracy: float) -> None:
     """A finished run's TensorBoard log in `folder/run` (tensorboardX: no TensorFlow), unless `folder` is None or this
     is not process 0: each epoch's `TENSORBOARD_TAGS` from `history`, and `config`'s hyperparameters with
     `hparam/test_accuracy` (TensorBoard's HPARAMS tab)."""

@@ -150,7 +150,8 @@ def in_idx_order(images: np.ndarray, labels: np.ndarray, split: str, where: str)
 
 def load_tfds(verify: bool = True) -> MNIST:
     """MNIST prepared by TFDS, read with `tfds.data_source` (no TensorFlow needed); if TensorFlow is importable
-    and MNIST is not prepared yet, TFDS prepares it. Its records, in TFDS's own order, are put in the IDX files' order."""
+    and MNIST is not prepared yet, TFDS prepares it. With `verify`, its records (in TFDS's own order) are checked and put
+    in the IDX files' order."""
     try:
         import tensorflow_datasets as tfds
         from absl import logging as absl_logging

@@ -35,7 +35,7 @@ def test_help_shows_every_default(script):
 def test_tensorboard_without_tensorboardx_is_refused_before_any_work(refused, monkeypatch, script, args):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed: importing it fails
     line = refused(script, *args, "--tensorboard", "logs")
-    assert "--tensorboard needs tensorboardX, which is not installed: pip install 'mnist_jax[tensorboard]'" in line
+    assert line.endswith("--tensorboard needs tensorboardX, which is not installed: pip install tensorboardX")
 
 
 def test_tensorboard_logs_each_epoch_and_the_hyperparameters_of_a_run(tmp_path):
