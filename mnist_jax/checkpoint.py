@@ -14,14 +14,18 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import ArrayLike
 
 from mnist_jax.errors import CheckpointError
+from mnist_jax.evaluate import to_inputs
 from mnist_jax.files import UNREADABLE, atomic_write, finite_number, is_json_with, npz_member, write_json
+from mnist_jax.models import NUM_PIXELS
 from mnist_jax.train import HISTORY_KEYS, RunResult, TrainConfig, TrainState, graph, init_state, make_optimizer
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -146,12 +150,69 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
 
 
 def load_model(run_dir: str | os.PathLike, which: str = "final") -> tuple[nnx.Module, TrainConfig]:
-    """The `final` or `best` model of a saved run, as a Flax NNX module."""
+    """The `final` or `best` (best-validation) model of a saved run, as a Flax NNX module, and its config. It takes
+    (N, 784) floats in [0, 1] (`load_classifier` takes raw images) and is in eval mode; the mode is an argument
+    (`train=True`, for the MLPs), so `model.train()` and `model.eval()` change nothing. `to_nnx`: standard Flax layers."""
     if which not in ("final", "best"):
         raise ValueError(f"load_model which: expected 'final' or 'best', got {which!r}")
     run = load_run(run_dir)
     state = run.final if which == "final" else run.best
     return nnx.merge(graph(run.config), state.params, state.batch_stats), run.config
+
+
+def load_classifier(run_dir: str | os.PathLike, which: str = "final") -> Callable[[ArrayLike], tuple[np.ndarray, np.ndarray]]:
+    """A saved run's model (`load_model`) as a function of raw MNIST images: uint8 (or integers in 0-255) or floats in
+    [0, 1], of shape (N, 28, 28), (N, 784), or (28, 28) for one; it returns the predicted classes (N,) and
+    probabilities (N, 10), in eval mode: `classes, probabilities = load_classifier("runs/mlp_bn-seed42")(images)`."""
+    model, _ = load_model(run_dir, which)
+    graphdef, state = nnx.split(model)
+    probabilities = jax.jit(lambda state, x: jax.nn.softmax(nnx.merge(graphdef, state)(to_inputs(x))))
+
+    def classify(images: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(images)
+        one = x.shape in ((28, 28), (NUM_PIXELS,))
+        top = 1 if x.dtype.kind == "f" else 255
+        shaped = one or x.shape[1:] in ((28, 28), (NUM_PIXELS,))
+        if not shaped or x.dtype.kind not in "uif" or x.size and not 0 <= x.min() <= x.max() <= top:
+            raise ValueError(f"load_classifier: expected MNIST images, (N, 28, 28) or (N, 784), uint8 or floats in [0, 1]; "
+                             f"got {x.dtype}{list(x.shape)}" + (f" from {x.min()} to {x.max()}" if x.size else ""))
+        p = np.asarray(probabilities(state, x.reshape(-1, NUM_PIXELS)))
+        return (p.argmax(-1)[0], p[0]) if one else (p.argmax(-1), p)
+
+    return classify
+
+
+def to_nnx(run_dir: str | os.PathLike, which: str = "final") -> nnx.Sequential:
+    """A saved run's model (`load_model`) in Flax's standard layers, in eval mode (`model.train()` and `model.eval()`
+    switch it, as in Flax): `nnx.Linear` (its kernel (in, out), the transpose of `models.torch_linear`'s),
+    `nnx.BatchNorm` (momentum 0.9 in Flax's convention; in training it keeps the biased variance, where
+    `models.BatchNorm1d` keeps PyTorch's unbiased one), `nnx.relu`, `nnx.Dropout`. It takes (N, 784) floats in [0, 1]."""
+    model, config = load_model(run_dir, which)
+    params, stats = (nnx.to_pure_dict(nnx.state(model, kind)) for kind in (nnx.Param, nnx.BatchStat))
+    rngs = nnx.Rngs(0)  # the layers' initial values, all replaced; and the dropout masks, if trained
+
+    def load(layer: nnx.Module, values: dict) -> nnx.Module:
+        nnx.update(layer, nnx.State(values))
+        return layer
+
+    def linear(name: str) -> nnx.Linear:
+        kernel = params[name]["kernel"].T
+        layer = nnx.Linear(*kernel.shape, precision=jax.lax.Precision.HIGHEST, rngs=rngs)
+        return load(layer, {"kernel": kernel, "bias": params[name]["bias"]})
+
+    if not config.spec.is_mlp:
+        return nnx.Sequential(linear("linear"))
+    layers = [linear("hidden")]
+    if "batchnorm" in params:
+        norm = nnx.BatchNorm(len(params["hidden"]["bias"]), momentum=0.9, epsilon=1e-5, rngs=rngs)
+        layers.append(load(norm, params["batchnorm"] | stats["batchnorm"]))
+    layers.append(nnx.relu)
+    if config.dropout_rate > 0:
+        layers.append(nnx.Dropout(config.dropout_rate, rngs=rngs))
+    layers.append(linear("output"))
+    model = nnx.Sequential(*layers)
+    model.eval()
+    return model
 
 
 def save_run(run: RunResult, run_dir: str | os.PathLike, metrics: dict) -> None:

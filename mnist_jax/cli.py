@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import math
 import os
 import re
@@ -42,7 +43,8 @@ from mnist_jax.stages import MAX_SEED, STAGES, TrainConfig  # noqa: E402
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
 # Options that say where a process finds its inputs and puts its outputs, not what it computes.
-LOCAL_OPTIONS = {"process_id", "coordinator", "timeout", "data_dir", "source", "compile_cache", "no_cache", "out", "overwrite"}
+LOCAL_OPTIONS = {"process_id", "coordinator", "timeout", "data_dir", "source", "compile_cache", "no_cache", "out", "overwrite",
+                 "tensorboard"}
 
 
 def checked(convert: Callable[[str], object], accept: Callable[[object], bool], expected: str) -> Callable[[str], object]:
@@ -142,11 +144,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 class ArgumentParser(argparse.ArgumentParser):
     """Every script's parser: errors in one line (exit 2), defaults in `--help`, the shared options: where results go
-    (`out`; `results` claimed, refused if present; `resume`), MNIST and compiling (`trains`), `processes`."""
+    (`out`; `results` claimed, refused if present; `resume`), MNIST and compiling (`trains`), `processes`, `tensorboard`."""
 
     def __init__(self, description: str | None = None, *, prog: str | None = None, out: str | None = None,
                  holds: str = "the results", results: tuple[str, ...] = (), resume: bool = False,
-                 trains: bool = True, processes: bool = False):
+                 trains: bool = True, processes: bool = False, tensorboard: bool = False):
         super().__init__(prog=prog, description=description, formatter_class=HelpFormatter)
         self.results, self.trains, self.processes = results, trains, processes
         if out is not None or results or resume:
@@ -165,6 +167,9 @@ class ArgumentParser(argparse.ArgumentParser):
             self.add_argument("--compile-cache", type=output_folder, help="JAX's persistent compilation cache, so a rerun "
                               "skips compiling (default: $JAX_COMPILATION_CACHE_DIR, else the user cache folder)")
             self.add_argument("--no-cache", action="store_true", help="compile afresh and keep no compilation cache")
+        if tensorboard:
+            self.add_argument("--tensorboard", type=output_folder, metavar="DIR", help="also write TensorBoard logs there, "
+                              "a folder per run, as each run ends (needs tensorboardX, the extra mnist_jax[tensorboard])")
         if processes:
             group = self.add_argument_group(
                 "several processes (jax.distributed; none given: a cluster JAX detects, else one process)")
@@ -205,6 +210,8 @@ class ArgumentParser(argparse.ArgumentParser):
                                      f"(--num-processes {args.num_processes}), got {args.process_id}")
             if self.trains:
                 check_environment(args.compile_cache, args.no_cache)
+            if vars(args).get("tensorboard"):
+                check_tensorboard(args.tensorboard)
             if not child:
                 self._claim(args)
             if self.trains:
@@ -252,6 +259,40 @@ def check_environment(cache: Path | None, no_cache: bool) -> None:
         memory.parse_size(os.environ[memory.LIMIT_ENV])
     if cache is not None and not no_cache and (reason := why_unwritable(cache)):
         raise UsageError(f"--compile-cache: cannot write to {cache} ({reason})")
+
+
+def check_tensorboard(folder: Path) -> None:
+    """`--tensorboard`: tensorboardX there to write with, `folder` writable."""
+    try:
+        importlib.import_module("tensorboardX")
+    except ImportError:
+        raise UsageError("--tensorboard needs tensorboardX, which is not installed: pip install tensorboardX") from None
+    if reason := why_unwritable(folder):
+        raise UsageError(f"--tensorboard: cannot write to {folder} ({reason})")
+
+
+# TensorBoard's tag of each figure of an epoch: a chart of loss and one of accuracy, each with training and validation.
+TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/validation", "train_accuracy": "accuracy/train",
+                    "val_accuracy": "accuracy/validation"}
+
+
+def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, history: list[dict], test_accuracy: float) -> None:
+    """A finished run's TensorBoard log in `folder/run` (tensorboardX: no TensorFlow), unless `folder` is None or this
+    is not process 0: each epoch's `TENSORBOARD_TAGS` from `history`, and `config`'s hyperparameters with
+    `hparam/test_accuracy` (TensorBoard's HPARAMS tab)."""
+    if folder is None or not distributed.is_main():
+        return
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams
+
+    hyperparameters = vars(config) | {"hidden": config.hidden or config.spec.hidden, "dropout": config.dropout_rate}
+    with SummaryWriter(str(folder / run)) as writer:
+        for row in history:
+            for key, tag in TENSORBOARD_TAGS.items():
+                writer.add_scalar(tag, row[key], row["epoch"])
+        for summary in hparams(hyperparameters, {"hparam/test_accuracy": test_accuracy}):
+            writer.file_writer.add_summary(summary)
+        writer.add_scalar("hparam/test_accuracy", test_accuracy, len(history))
 
 
 def setup_jax(cache: Path | None, no_cache: bool) -> None:

@@ -1,5 +1,6 @@
-"""MNIST from IDX files on disk, TFDS, or a download, each verified against the published digests before use,
-so a run on any machine trains on exactly the 70,000 images of the original study."""
+"""MNIST from IDX files on disk, TFDS, or a download, each verified against the published digests before use
+and delivered in the IDX files' order, so a run on any machine trains on exactly the 70,000 images of the original
+study, and a seed draws the same split from any source."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import struct
 import sys
 import zlib
+from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,6 +40,8 @@ RECORDS_SHA256 = {
 }
 NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
 NUM_VALIDATION = 6_000
+# The IDX position of each record in the order of its SHA-256 (`canonical_order`): TFDS's records are put back in IDX order.
+ORDER_FILE = "idx_order.npz"
 _IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}  # unsigned bytes, 1 or 3 dimensions
 MAX_IDX_BYTES = 16 + NUM_EXAMPLES["train"] * 28 * 28  # the training images, decompressed
 
@@ -109,16 +113,46 @@ def load_idx_dir(directory: str | os.PathLike, verify: bool = True) -> MNIST:
     return MNIST(*arrays, source=f"IDX files in {directory}")
 
 
+def _record_digests(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
+    """SHA-256 of each (label byte + 784 pixel bytes) record."""
+    records = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(len(images), -1)], 1)
+    return [hashlib.sha256(r.tobytes()).digest() for r in records]
+
+
+def _by_digest(digests: list[bytes]) -> np.ndarray:
+    """The positions of `digests` in their sorted order."""
+    return np.array(sorted(range(len(digests)), key=digests.__getitem__), np.int64)
+
+
 def records_digest(images: np.ndarray, labels: np.ndarray) -> str:
     """Order-independent SHA-256 of (label, image) records."""
-    records = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(len(images), -1)], 1)
-    digests = sorted(hashlib.sha256(r.tobytes()).digest() for r in records)
-    return hashlib.sha256(b"".join(digests)).hexdigest()
+    return hashlib.sha256(b"".join(sorted(_record_digests(images, labels)))).hexdigest()
+
+
+def canonical_order(data: MNIST) -> dict[str, np.ndarray]:
+    """For each split, the IDX position of each record in the order of the records' SHA-256 (all are distinct),
+    as uint16: what `ORDER_FILE` holds, written from the IDX files by `np.savez_compressed(path, **canonical_order(data))`."""
+    return {split: _by_digest(_record_digests(images, labels)).astype(np.uint16)
+            for split, images, labels in (("train", *data[:2]), ("test", *data[2:4]))}
+
+
+def in_idx_order(images: np.ndarray, labels: np.ndarray, split: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """`split`'s records in any order, verified as MNIST's (else `DataError`) and put in the IDX files' order."""
+    digests = _record_digests(images, labels)
+    by_digest = _by_digest(digests)
+    digest = hashlib.sha256(b"".join(digests[i] for i in by_digest)).hexdigest()  # as `records_digest`
+    if len(digests) != NUM_EXAMPLES[split] or digest != RECORDS_SHA256[split]:
+        raise DataError(f"{where}: examples differ from the published MNIST")
+    with resources.files("mnist_jax").joinpath(ORDER_FILE).open("rb") as f:
+        place = np.empty(len(digests), np.int64)
+        place[np.load(f)[split]] = by_digest  # the record at each IDX position
+    return images[place], labels[place]
 
 
 def load_tfds(verify: bool = True) -> MNIST:
     """MNIST prepared by TFDS, read with `tfds.data_source` (no TensorFlow needed); if TensorFlow is importable
-    and MNIST is not prepared yet, TFDS prepares it. TFDS's order differs, and so does a seed's split."""
+    and MNIST is not prepared yet, TFDS prepares it. With `verify`, its records (in TFDS's own order) are checked and put
+    in the IDX files' order."""
     try:
         import tensorflow_datasets as tfds
         from absl import logging as absl_logging
@@ -136,8 +170,8 @@ def load_tfds(verify: bool = True) -> MNIST:
             raise DataError(f"no MNIST prepared by TFDS{why} ({type(e).__name__})") from None
         images = np.stack([ex["image"].reshape(28, 28) for ex in examples]).astype(np.uint8)
         labels = np.array([ex["label"] for ex in examples]).astype(np.uint8)
-        if verify and (len(images) != NUM_EXAMPLES[split] or records_digest(images, labels) != RECORDS_SHA256[split]):
-            raise DataError(f"TFDS mnist {split}: examples differ from the published MNIST")
+        if verify:
+            images, labels = in_idx_order(images, labels, split, f"TFDS mnist {split}")
         arrays.extend(_pair(images, labels, f"TFDS mnist {split}"))
     return MNIST(*arrays, source="TFDS")
 

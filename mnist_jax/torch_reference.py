@@ -41,6 +41,20 @@ def build_model(stage: str, hidden: int | None = None, dropout: float | None = N
     return nn.Sequential(layers)
 
 
+def to_torch(run_dir, which: str = "final") -> nn.Sequential:
+    """A saved run's `final` or `best` model (`checkpoint.load_model`) as the stage's PyTorch model (`build_model`), in eval
+    mode: it takes (N, 1, 28, 28) or (N, 784) floats in [0, 1], as torchvision's MNIST with `ToTensor` gives them."""
+    from flax import nnx
+
+    from mnist_jax.checkpoint import load_model
+
+    model, config = load_model(run_dir, which)
+    with torch.random.fork_rng():  # the initial weights it draws, all replaced, leave torch's global RNG as it was
+        exported = build_model(config.stage, config.hidden, config.dropout)
+    exported.load_state_dict(flax_to_torch(*(nnx.to_pure_dict(nnx.state(model, kind)) for kind in (nnx.Param, nnx.BatchStat))))
+    return exported.eval()
+
+
 def softmax_mse(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(F.softmax(logits, dim=1), F.one_hot(labels, 10).float())
 

@@ -1,5 +1,6 @@
 """Every stage over many seeds in one program per stage: python scripts/study.py --seeds 10"""
 
+import dataclasses
 import time
 
 from mnist_jax import cli, distributed
@@ -11,7 +12,8 @@ RESULTS = ("results.json", "study_arrays.npz")
 
 
 def build_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(__doc__, out="runs/study", results=RESULTS, resume=True, processes=True)
+    parser = cli.ArgumentParser(__doc__, out="runs/study", results=RESULTS, resume=True, processes=True,
+                                tensorboard=True)
     parser.add_argument("--seeds", type=cli.positive_int, default=10, help="seeds 0..N-1, trained together per stage")
     parser.add_stages()
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per run")
@@ -60,6 +62,9 @@ def main() -> None:
             on_epoch=lambda done, total: bar.step(total=total), progress=args.progress,
         )
         bar.close()
+        for seed, history, accuracy in zip(results[stage].seeds, results[stage].history, results[stage].test_accuracies):
+            cli.write_tensorboard(args.tensorboard, f"{stage}-seed{seed}", dataclasses.replace(config, seed=seed),
+                                  history, accuracy)
         if results[stage].models_at_once < args.seeds:
             print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].models_at_once}", flush=True)
     report = save_study(results, data, args.out, cli.command(), time.perf_counter() - start, write=distributed.is_main())

@@ -12,7 +12,8 @@ RESULTS = ("sweep.json",)
 
 
 def build_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(__doc__, out="runs/sweep", results=RESULTS, resume=True, processes=True)
+    parser = cli.ArgumentParser(__doc__, out="runs/sweep", results=RESULTS, resume=True, processes=True,
+                                tensorboard=True)
     parser.add_stages()
     parser.add_argument("--lr", type=cli.comma_separated(cli.positive_float), help="comma-separated Adam learning rates (default: 1e-3)")
     parser.add_argument(
@@ -123,6 +124,10 @@ def main() -> None:
     path = args.out / RESULTS[0]
     saved = results.save_grid(grid, path, cli.command(), time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
     args.progress.clear()
+    for r in grid["rows"]:
+        config = TrainConfig(r["stage"], args.epochs, args.batch_size, r["lr"], r["seed"], r["hidden"], r["dropout"])
+        name = f"{r['stage']}-lr{r['lr']:g}" + (f"-hidden{r['hidden']}-dropout{r['dropout']:g}" if config.spec.is_mlp else "")
+        cli.write_tensorboard(args.tensorboard, f"{name}-seed{r['seed']}", config, r["history"], r["test_accuracy"])
     print(f"\n{cli.count(len(grid['rows']), 'model')}, {cli.count(args.epochs, 'epoch')}, {grid['device']}: "
           f"compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")

@@ -14,7 +14,8 @@ from mnist_jax.stages import STAGES, TrainConfig
 
 def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(__doc__, holds="the run; with --stage all, one folder per stage inside it "
-                                "(default: runs/<stage>-seed<seed>)", resume=True)
+                                "(default: runs/<stage>-seed<seed>)", resume=True,
+                                tensorboard=True)
     parser.add_argument("--stage", required=True, type=lambda s: s if s == "all" else cli.stage(s),
                         help=f"which stage to train ({', '.join(STAGES)}); all: the five in turn")
     # Options --resume compares: None unless given (`given` tells them from ones given with their default value).
@@ -214,6 +215,7 @@ def train_stage(args, stage: str, data) -> dict:
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
     metrics = run_record(result)
     save(result, lambda: write_json(out / "metrics.json", metrics))
+    cli.write_tensorboard(args.tensorboard, out.resolve().name, config, result.history, result.test_accuracy)
     print(f"compiled in {result.compile_seconds:.2f}s; best val epoch {result.best_epoch}; saved to {out}", flush=True)
     return metrics
 

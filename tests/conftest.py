@@ -206,3 +206,31 @@ def signal_handlers():
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
+
+
+def assert_tensorboard_log(folder: Path, history: list[dict], test_accuracy: float, hparams: dict) -> None:
+    """`folder` holds one TensorBoard event file, of each epoch's train and validation loss and accuracy in `history`,
+    the test accuracy after the last, and `hparams` (those not None), read back with tensorboardX's protos."""
+    scalars, logged = tensorboard_log(folder)
+    epochs = {tag: {row["epoch"]: np.float32(row[key]) for row in history} for key, tag in cli.TENSORBOARD_TAGS.items()}
+    assert scalars == epochs | {"hparam/test_accuracy": {len(history): np.float32(test_accuracy)}}  # float32, as logged
+    assert logged == {name: value for name, value in hparams.items() if value is not None}
+
+
+def tensorboard_log(folder: Path) -> tuple[dict[str, dict[int, float]], dict[str, object]]:
+    """The one TensorBoard event file in `folder`: (its scalars by tag and step, its hyperparameters)."""
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+
+    (path,) = folder.glob("events.out.tfevents.*")
+    raw, scalars, hparams = path.read_bytes(), {}, {}
+    while raw:  # TFRecords: length (8 bytes), its CRC (4), the event, its CRC (4)
+        length = int.from_bytes(raw[:8], "little")
+        event, raw = Event.FromString(raw[12 : 12 + length]), raw[16 + length :]
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name == "hparams":
+                start = HParamsPluginData.FromString(value.metadata.plugin_data.content).session_start_info
+                hparams |= {name: getattr(v, v.WhichOneof("kind")) for name, v in start.hparams.items()}
+            else:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars, hparams

@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, load_script, run_script
+from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, load_script, run_script
 from mnist_jax import cli, memory
+from mnist_jax.stages import TrainConfig
 
 SCRIPTS = ["train.py", "study.py", "sweep.py", "make_assets.py", "linearity.py", "compare.py", "benchmark.py"]
 # What checking a training script's arguments sets in this process (`cli.setup_jax`), put back after each test.
@@ -28,6 +29,21 @@ def test_help_shows_every_default(script):
     for action in parser._actions:
         if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
             assert f"(default: {action.default})" in text, action.option_strings
+
+
+@pytest.mark.parametrize("script, args", [("train.py", ["--stage", "mlp"]), ("study.py", []), ("sweep.py", [])])
+def test_tensorboard_without_tensorboardx_is_refused_before_any_work(refused, monkeypatch, script, args):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed: importing it fails
+    line = refused(script, *args, "--tensorboard", "logs")
+    assert line.endswith("--tensorboard needs tensorboardX, which is not installed: pip install tensorboardX")
+
+
+def test_tensorboard_logs_each_epoch_and_the_hyperparameters_of_a_run(tmp_path):
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e, "train_accuracy": 0.5 + e / 10, "val_accuracy": 0.4 + e / 10}
+               for e in (1, 2)]
+    cli.write_tensorboard(tmp_path, "mlp-seed3", TrainConfig("mlp", epochs=2, lr=3e-3, seed=3), history, 0.75)
+    assert_tensorboard_log(tmp_path / "mlp-seed3", history, 0.75,
+                           {"stage": "mlp", "epochs": 2, "batch_size": 128, "lr": 3e-3, "seed": 3, "hidden": 256, "dropout": 0})
 
 
 @pytest.mark.parametrize(

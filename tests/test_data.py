@@ -14,9 +14,10 @@ import tensorflow_datasets as tfds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import synthetic_mnist
+from conftest import ROOT, synthetic_mnist
 from mnist_jax import data
 from mnist_jax.data import DataError, load_idx_dir, load_mnist, parse_idx
+from mnist_jax.train import TrainConfig, train
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -105,6 +106,34 @@ def test_order_free_digest_ignores_order_but_not_content(mnist):
     swapped = labels.copy()
     swapped[0] = (swapped[0] + 1) % 10
     assert data.records_digest(images, swapped) != data.RECORDS_SHA256["test"]
+
+
+def test_the_committed_idx_order_is_that_of_the_idx_files(mnist):
+    with np.load(ROOT / "mnist_jax" / data.ORDER_FILE) as committed:
+        assert {split: committed[split].tolist() for split in committed} == {
+            split: order.tolist() for split, order in data.canonical_order(mnist).items()}
+
+
+def test_the_idx_order_ships_in_the_package():
+    assert f'mnist_jax = ["{data.ORDER_FILE}"]' in (ROOT / "pyproject.toml").read_text()  # [tool.setuptools.package-data]
+
+
+def test_tfds_in_another_order_gives_the_idx_arrays_and_the_same_seed_42_run(mnist):
+    """MNIST through the TFDS path (`tfds.data_source`, mocked) in a shuffled order comes back in the IDX
+    files' order, so seed 42's split, batches and results are those of the IDX run."""
+    shuffled = {}
+    for split, images, labels in (("train", *mnist[:2]), ("test", *mnist[2:4])):
+        order = np.random.default_rng(0).permutation(len(labels))
+        shuffled[split] = [{"image": images[i, :, :, None], "label": labels[i]} for i in order]
+    with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kwargs: shuffled[split]):
+        from_tfds = load_mnist("tfds")
+    assert from_tfds.source == "TFDS" and [e["label"] for e in shuffled["train"]] != mnist.train_labels.tolist()
+    for got, expected in zip(from_tfds[:4], mnist[:4], strict=True):
+        np.testing.assert_array_equal(got, expected)
+    idx_run, tfds_run = (train(TrainConfig("linear_ce", epochs=1), source) for source in (mnist, from_tfds))
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in tfds_run.history] == [
+        {k: v for k, v in row.items() if k != "seconds"} for row in idx_run.history]
+    assert tfds_run.test_accuracy == idx_run.test_accuracy
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_script, run_script_in_process
+from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, run_script, run_script_in_process
 
 from mnist_jax.distributed import diagnosis, requested
+from mnist_jax.stages import STAGES
 
 
 def free_port() -> int:
@@ -58,12 +59,13 @@ def run_processes(script: str, args: list, processes: int = 2, devices: int = 2)
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory, data_args):
-    """8 seeds of `linear_ce` and `mlp`, one epoch: two processes of 2 devices each, one
+    """8 seeds of `linear_ce` and `mlp`, one epoch: two processes of 2 devices each (logging to TensorBoard), one
     process of 4 devices, one process of one device, all at once (the two processes
     wait on each other at every collective: the others use that time)."""
     args = ["--stages", "linear_ce,mlp", "--seeds", 8, "--epochs", 1, *data_args]
     out = {name: tmp_path_factory.mktemp(name) for name in ("two_processes", "four_devices", "one_device")}
-    two = start_processes("study.py", [*args, "--out", out["two_processes"] / "run"])
+    two = start_processes("study.py", [*args, "--out", out["two_processes"] / "run",
+                                       "--tensorboard", out["two_processes"] / "board"])
     alone = [start_alone("study.py", [*args, "--out", out[name] / "run"], devices) for name, devices in (("four_devices", 4), ("one_device", 1))]
     finished = finish(two)
     for status, _, stderr in finish(alone):
@@ -89,6 +91,18 @@ def test_two_processes_train_a_study_exactly_as_one_process_and_as_one_device(st
             np.testing.assert_array_equal(ours["linear_ce_weights"], theirs["linear_ce_weights"])
             np.testing.assert_array_equal(ours["mlp_confusion"], theirs["mlp_confusion"])
     assert len(set(reports["two_processes"]["stages"]["mlp"]["test_accuracies"])) > 1  # eight seeds, eight models
+
+
+@pytest.mark.slow
+def test_a_study_logs_each_seed_to_tensorboard_once_from_process_0(studies):
+    board = studies[1]["two_processes"].parent / "board"
+    report = json.loads((studies[1]["two_processes"] / "results.json").read_text())
+    for stage, r in report["stages"].items():
+        for seed, history, accuracy in zip(r["seeds"], r["history"], r["test_accuracies"], strict=True):
+            hparams = {"stage": stage, "epochs": 1, "batch_size": 128, "lr": 1e-3, "seed": seed, "hidden": STAGES[stage].hidden,
+                       "dropout": 0}
+            assert_tensorboard_log(board / f"{stage}-seed{seed}", history, accuracy, hparams)  # one event file: process 0's
+    assert len(list(board.iterdir())) == 16
 
 
 @pytest.mark.slow

@@ -76,7 +76,7 @@ def test_the_side_by_side_table_is_what_compare_py_prints_of_assets_compare_json
     assert_table_in(printed(load_script("compare.py").print_table, report["stages"], ["original", "tensor"]), doc("docs/parity.md"))
 
 
-@pytest.mark.parametrize("name", ["README.md", "docs/performance.md", "docs/parity.md", "docs/study.md"])
+@pytest.mark.parametrize("name", ["README.md", "docs/performance.md", "docs/parity.md", "docs/study.md", "docs/usage.md"])
 def test_every_local_link_and_image_exists(name):
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc(name)):
         assert ((ROOT / name).parent / target).exists(), target

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from conftest import ROOT, assert_one_line_error, load_script, run_script, run_script_in_process
+from conftest import assert_tensorboard_log
 from mnist_jax import data, memory, study
 from mnist_jax import plots
 from mnist_jax.errors import ResultFileError
@@ -128,7 +129,7 @@ def test_sweep_py_trains_a_grid_whose_point_equals_train_py_alone(tmp_path, data
     figures agree exactly, in float32."""
     commands = [
         ["sweep.py", "--stages", "mlp_dropout", "--lr", "1e-3,3e-3", "--dropout", "0.2,0.5", "--epochs", "2", "--seeds", "2",
-         "--out", tmp_path / "sweep", *data_args],
+         "--out", tmp_path / "sweep", "--tensorboard", tmp_path / "board", *data_args],
         ["train.py", "--stage", "mlp_dropout", "--lr", "3e-3", "--dropout", "0.2", "--seed", "1", "--epochs", "2",
          "--out", tmp_path / "alone", *data_args],
     ]
@@ -147,6 +148,11 @@ def test_sweep_py_trains_a_grid_whose_point_equals_train_py_alone(tmp_path, data
             k: v for k, v in alone_epoch.items() if k != "seconds"}
     assert row["history"][-1]["test_accuracy"] == row["test_accuracy"]
     assert row["best_val_epoch"] == metrics["best_epoch"]
+    for r in sweep["rows"]:  # each model's TensorBoard log: its history and its grid point
+        name = f"mlp_dropout-lr{r['lr']:g}-hidden256-dropout{r['dropout']:g}-seed{r['seed']}"
+        hparams = {"stage": "mlp_dropout", "epochs": 2, "batch_size": 128, "lr": r["lr"], "seed": r["seed"], "hidden": 256,
+                   "dropout": r["dropout"]}
+        assert_tensorboard_log(tmp_path / "board" / name, r["history"], r["test_accuracy"], hparams)
 
     # refusals come from sweep.py's parsing, before any work: its main, in this process
     again = run_script_in_process("sweep.py", "--stages", "mlp", "--epochs", "1", "--seeds", "1", "--out", tmp_path / "sweep", *data_args)

@@ -6,11 +6,13 @@ import re
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
-from conftest import load_script, run_script, run_script_in_process
+from conftest import assert_tensorboard_log, load_script, run_script, run_script_in_process
 from mnist_jax import data
-from mnist_jax.checkpoint import load_model
+from mnist_jax.checkpoint import load_classifier, load_model, to_nnx
 from mnist_jax.stages import STAGES
+from mnist_jax.torch_reference import to_torch
 from mnist_jax.train import run_keys, split_indices
 
 EPOCH_LINE = re.compile(
@@ -21,9 +23,9 @@ EPOCH_LINE = re.compile(
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_args):
-    """All five stages with the defaults, in one `train.py --stage all` process."""
+    """All five stages with the defaults, in one `train.py --stage all` process, logged to TensorBoard in `board`."""
     cwd = tmp_path_factory.mktemp("work")
-    proc = run_script("train.py", "--stage", "all", *data_args, cwd=cwd)
+    proc = run_script("train.py", "--stage", "all", *data_args, "--tensorboard", "board", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout, {stage: cwd / "runs" / f"{stage}-seed42" for stage in STAGES}
 
@@ -75,6 +77,43 @@ def test_checkpoint_restores_the_final_and_best_models(runs, mnist):
     best_row = max(metrics["history"], key=lambda row: row["val_accuracy"])
     val_acc = accuracy(best, mnist.train_images[val_idx], mnist.train_labels[val_idx])
     assert val_acc == pytest.approx(best_row["val_accuracy"], abs=1e-6)
+
+
+def test_tensorboard_holds_each_epoch_and_the_hyperparameters_of_each_run(runs):
+    for stage, run_dir in runs[1].items():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        hparams = {"stage": stage, "epochs": 5, "batch_size": 128, "lr": 1e-3, "seed": 42, "hidden": STAGES[stage].hidden,
+                   "dropout": STAGES[stage].dropout}
+        board = run_dir.parent.parent / "board" / run_dir.name
+        assert_tensorboard_log(board, metrics["history"], metrics["test_accuracy"], hparams)
+
+
+def test_a_trained_model_classifies_raw_images_as_evaluation_scored_it(runs, mnist):
+    """`load_classifier` takes MNIST's uint8 (N, 28, 28) images, (N, 784) floats in [0, 1] or one image, and
+    refuses pixels scaled otherwise; its accuracy on the test set is the run's own."""
+    run_dir = runs[1]["mlp_bn"]
+    classify = load_classifier(run_dir)
+    classes, probabilities = classify(mnist.test_images)
+    test_accuracy = json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]  # a float32
+    assert np.mean(classes == mnist.test_labels) == pytest.approx(test_accuracy, abs=1e-7)  # one image is 1e-4
+    np.testing.assert_allclose(probabilities.sum(1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(classify(mnist.test_images[:5].reshape(5, 784) / 255)[0], classes[:5])
+    assert classify(mnist.test_images[0])[0] == classes[0]
+    with pytest.raises(ValueError, match=r"uint8 or floats in \[0, 1\]; got float64\[5, 28, 28\] from 0.0 to 255.0"):
+        classify(mnist.test_images[:5].astype(float))
+
+
+@pytest.mark.parametrize("stage", ["linear_mse", "mlp_dropout", "mlp_bn"])
+def test_a_run_exports_to_pytorch_and_to_nnx_linear_with_the_same_logits(runs, mnist, stage):
+    model, _ = load_model(runs[1][stage], "best")
+    x = mnist.test_images[:1000].reshape(1000, 784).astype(np.float32) / 255
+    logits = np.asarray(model(jnp.asarray(x)))
+    with torch.no_grad():
+        torch_logits = to_torch(runs[1][stage], "best")(torch.from_numpy(x.reshape(1000, 1, 28, 28))).numpy()
+    nnx_model = to_nnx(runs[1][stage], "best")
+    assert {type(layer).__name__ for layer in nnx_model.layers} & {"Linear", "Einsum"} == {"Linear"}
+    for exported in (torch_logits, np.asarray(nnx_model(jnp.asarray(x)))):
+        np.testing.assert_allclose(exported, logits, rtol=1e-5, atol=1e-5)
 
 
 def test_no_cache_leaves_no_compilation_cache(tmp_path, data_args):
