@@ -39,12 +39,17 @@ def point(config: TrainConfig) -> Point:
 
 
 class TrainState(NamedTuple):
-    """Plain arrays only (`nnx.as_pure`): `nnx.merge` rebuilds fresh Variables each step."""
+    """Plain arrays only (`pure`): `nnx.merge` rebuilds fresh Variables each step."""
 
     params: nnx.State
     batch_stats: nnx.State  # BatchNorm running statistics; empty for other models
     opt_state: optax.OptState  # holds the learning rate (`optax.inject_hyperparams`)
     dropout_rate: jax.Array  # a scalar, read by the model's Dropout if it has one
+
+
+def pure(state: nnx.State) -> nnx.State:
+    """`state` with each Variable replaced by its array (flax 0.12.7's `nnx.as_pure`, on every supported flax)."""
+    return jax.tree.map(lambda v: v[...], state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def run_keys(seed: int | jax.Array) -> jax.Array:
@@ -83,7 +88,7 @@ def init_state(config: TrainConfig, key: jax.Array, tx: optax.GradientTransforma
                lr: float | jax.Array | None = None, dropout_rate: float | jax.Array | None = None) -> TrainState:
     """The initial state from `key`, with `lr` and `dropout_rate` (default: the config's)."""
     model = config.spec.build(nnx.Rngs(key), config.hidden, config.dropout)
-    params, batch_stats = (nnx.as_pure(nnx.state(model, kind)) for kind in (nnx.Param, nnx.BatchStat))
+    params, batch_stats = (pure(nnx.state(model, kind)) for kind in (nnx.Param, nnx.BatchStat))
     opt_state = tx.init(params)
     dtype = jnp.result_type(float)
     opt_state.hyperparams["learning_rate"] = jnp.asarray(config.lr if lr is None else lr, dtype)
@@ -119,7 +124,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: Callable, tx: optax.Gradien
             model = nnx.merge(graphdef, params, state.batch_stats)
             train_mode = {"train": True, "dropout_key": dropout_key, "dropout_rate": state.dropout_rate}
             logits = model(to_inputs(images), **(train_mode if isinstance(model, MLP) else {}))
-            return loss_fn(logits, labels), (logits, nnx.as_pure(nnx.state(model, nnx.BatchStat)))
+            return loss_fn(logits, labels), (logits, pure(nnx.state(model, nnx.BatchStat)))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

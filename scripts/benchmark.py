@@ -25,8 +25,8 @@ from mnist_jax.data import MNIST, NUM_VALIDATION, load_mnist
 from mnist_jax.evaluate import to_inputs
 from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
 from mnist_jax.train import (
-    TrainConfig, device_data, device_description, epoch_keys, graph, make_optimizer, make_train_epoch, prepare, shuffle,
-    train,
+    TrainConfig, device_data, device_description, epoch_keys, graph, make_optimizer, make_train_epoch, prepare, pure,
+    shuffle, train,
 )
 
 
@@ -216,8 +216,8 @@ def training_pass(config: TrainConfig, setup: Setup, model: nnx.Module | None = 
     """A training pass of `model` (default: the stage's own) over epoch 1's batches, ready to time."""
     model = model or nnx.merge(setup.graphdef, setup.state.params, setup.state.batch_stats)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    params = nnx.as_pure(params)
-    state = setup.state._replace(params=params, batch_stats=nnx.as_pure(batch_stats), opt_state=setup.tx.init(params))
+    params = pure(params)
+    state = setup.state._replace(params=params, batch_stats=pure(batch_stats), opt_state=setup.tx.init(params))
     shuffle_key, dropout_key = epoch_keys(setup.epochs_key, 1)
     order, (images, labels, _, _) = shuffle(shuffle_key, setup.train_idx), setup.data
     epoch = jax.jit(make_train_epoch(graphdef, config.spec.loss, setup.tx, config.batch_size))

@@ -2,6 +2,7 @@
 minute; the full suite adds every test on the real MNIST and every script run."""
 
 import contextlib
+import importlib
 import importlib.util
 import io
 import os
@@ -31,6 +32,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 REAL_DATA = {"mnist", "data_dir", "data_args"}
+
+# `jax.enable_x64`, or on an older jax `jax.experimental.enable_x64`: the tests run on every supported jax.
+enable_x64 = getattr(jax, "enable_x64", None) or importlib.import_module("jax.experimental").enable_x64
 
 
 def pytest_collection_modifyitems(items):

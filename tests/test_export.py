@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import jax
+import jax.export  # a submodule jax 0.7 does not import with jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

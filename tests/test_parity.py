@@ -10,6 +10,7 @@ import pytest
 import torch
 from flax import nnx
 
+from conftest import enable_x64
 from mnist_jax import torch_reference as tr
 from mnist_jax.comparison import jax_split
 from mnist_jax.evaluate import to_inputs
@@ -70,7 +71,7 @@ def train_side_by_side(stage: str, mnist, dtype: str, optimizer: str = "adam"):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     torch_loss = tr.loss_fn(stage)
     losses = []
-    with jax.enable_x64(dtype == "float64"):
+    with enable_x64(dtype == "float64"):
         state = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
         step = jax.jit(make_train_step(graphdef, config.spec.loss, tx))
         batches = step_batches(mnist)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT, assert_one_line_error, load_script, npz_with_header, run_script, run_script_in_process
+from conftest import ROOT, assert_one_line_error, enable_x64, load_script, npz_with_header, run_script, run_script_in_process
 from mnist_jax import data
 from mnist_jax.files import LOCK
 from mnist_jax import memory, plots
@@ -24,7 +24,7 @@ from mnist_jax.train import TrainConfig, train
 @pytest.fixture(scope="module")
 def tiny_seeds(tiny):
     """`linear_ce`, seeds 3 and 7 together, 2 epochs on synthetic digits, in float64."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         return train_seeds(TrainConfig("linear_ce", epochs=2), tiny, [3, 7])
 
 
@@ -33,7 +33,7 @@ def test_a_seed_of_a_study_trains_exactly_like_the_same_seed_alone(tiny, tiny_se
     """In float64, where agreement shows the same computation whichever way the backend
     trains the seeds of a program (`lax.map` here; under `jax.vmap`, in float32, batched
     and single matmuls round differently and Adam amplifies it)."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         together = tiny_seeds if stage == "linear_ce" else train_seeds(TrainConfig(stage, epochs=2), tiny, [3, 7])
         alone = train(dataclasses.replace(together.config, seed=7), tiny)
     assert together.test_accuracies[1] == pytest.approx(alone.test_accuracy, abs=1e-12)
@@ -54,7 +54,7 @@ def test_seeds_that_do_not_fit_at_once_train_in_chunks_with_the_same_results(tin
     as two chunks of two, equal to the four trained together (in float64, as above:
     in float32 a batch of 2 seeds rounds differently from a batch of 4)."""
     config = TrainConfig("linear_ce", epochs=2)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         together = train_seeds(config, tiny, [0, 1, 2, 3])
         two, three = (compile_chunk(config, tiny, n).bytes for n in (2, 3))
         monkeypatch.setenv(memory.LIMIT_ENV, str((two + three) // 2))

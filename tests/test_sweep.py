@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT, assert_one_line_error, load_script, run_script, run_script_in_process
+from conftest import ROOT, assert_one_line_error, enable_x64, load_script, run_script, run_script_in_process
 from conftest import assert_tensorboard_log
 from mnist_jax import data, memory, study
 from mnist_jax import plots
@@ -39,7 +39,7 @@ def test_every_grid_point_trains_exactly_like_its_configuration_alone(tiny, vmap
     they train in programs of their own, as they would alone."""
     config = TrainConfig("mlp_dropout", epochs=2, hidden=16)
     points = [Point(0, 1e-3, 0.3), Point(1, 3e-3, 0.3), Point(1, 3e-3, 0.5), Point(0, 1e-2, 0.5)]
-    with jax.enable_x64(True):
+    with enable_x64(True):
         grid = study.train_grid(config, tiny, points, vmapped=vmapped)
         alone = [train(dataclasses.replace(config, seed=p.seed, lr=p.lr, dropout=p.dropout), tiny) for p in points[1:3]]
     assert grid.points == points

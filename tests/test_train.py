@@ -32,7 +32,7 @@ def device_data(tiny):
     return images, jnp.asarray(tiny.train_labels, jnp.int32)
 
 
-def setup(stage="mlp_bn", seed=0):
+def make_setup(stage="mlp_bn", seed=0):
     config = TrainConfig(stage, seed=seed)
     tx = make_optimizer(config.lr)
     graphdef, state = graph(config), init_state(config, run_keys(seed)[1], tx)
@@ -70,7 +70,7 @@ def test_shuffle_of_3000_items_in_two_rounds_puts_the_first_item_anywhere():
 
 
 def test_one_train_step_lowers_the_loss_and_is_pure(device_data):
-    config, tx, graphdef, state = setup()
+    config, tx, graphdef, state = make_setup()
     images, labels = device_data[0][:128], device_data[1][:128]
     step = jax.jit(make_train_step(graphdef, config.spec.loss, tx))
     key = jax.random.key(0)
@@ -86,7 +86,7 @@ def test_one_train_step_lowers_the_loss_and_is_pure(device_data):
 def frozen_epoch(device_data):
     """One epoch of `mlp` under Adam with learning rate 0 (the model stays as it starts),
     in batches of 384: 1,000 training images = 2 x 384 + 232."""
-    config, _, graphdef, state = setup("mlp")
+    config, _, graphdef, state = make_setup("mlp")
     tx = optax.adam(0.0)
     state = state._replace(opt_state=tx.init(state.params))
     images, labels = device_data
