@@ -34,7 +34,7 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 REAL_DATA = {"mnist", "data_dir", "data_args"}
 
 # `jax.enable_x64`, or on an older jax `jax.experimental.enable_x64`: the tests run on every supported jax.
-enable_x64 = getattr(jax, "enable_x64", None) or importlib.import_module("jax.experimental").enable_x64
+enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else importlib.import_module("jax.experimental").enable_x64
 
 
 def pytest_collection_modifyitems(items):

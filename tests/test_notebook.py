@@ -1,16 +1,32 @@
-"""scripts/colab.ipynb is a valid notebook whose Python runs end to end, without TensorFlow."""
+"""scripts/colab.ipynb runs in a Jupyter kernel as on Colab: its install cell installs this
+checkout (built offline into a folder of the test's own, so this venv is left as it is) or
+stops the notebook in one line when pip fails or the runtime's JAX is outside the supported
+range; every other cell then runs, without TensorFlow, and shows each figure it draws as the
+PNG file itself, every pixel of it."""
 
+import base64
 import importlib.metadata
 import json
 import os
+import shutil
+import struct
 import subprocess
 import sys
+import tomllib
+import warnings
 
+import nbformat
 import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 from conftest import ROOT
 
 NOTEBOOK = ROOT / "scripts" / "colab.ipynb"
+FIGURES = ("training_curves.png", "comparison_chart.png")
+NOT_INSTALLED = "mnist_jax is not installed: "
+# Colab's TPU runtime has no TensorFlow: the kernel finds none, whatever this venv holds.
+NO_TENSORFLOW = "--IPKernelApp.exec_lines=import sys; sys.modules['tensorflow'] = None"
 
 
 def code_cells() -> list[str]:
@@ -18,54 +34,134 @@ def code_cells() -> list[str]:
 
 
 def test_notebook_is_valid_nbformat_4_with_no_stored_outputs():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nbformat warns of what it will refuse, as a cell without an id
+        nbformat.validate(nbformat.reads(NOTEBOOK.read_text(), as_version=nbformat.NO_CONVERT))
     nb = json.loads(NOTEBOOK.read_text())
     assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["name"] == "python3"
     for cell in nb["cells"]:
         assert cell["cell_type"] in ("markdown", "code") and isinstance(cell["source"], list)
         if cell["cell_type"] == "code":
             assert cell["outputs"] == [] and cell["execution_count"] is None
-    assert any(line.startswith("!pip install") for cell in code_cells() for line in cell.splitlines())
+    where, install = code_cells()[:2]
+    assert where.splitlines()[1].startswith('REPO = "https://github.com/')
+    assert 'os.environ.get("MNIST_JAX_SOURCE", f"mnist_jax @ git+{REPO}")' in install
 
 
-def test_notebook_python_cells_train_every_stage_run_a_study_and_draw_figures(tmp_path, data_dir):
-    python = [
-        line for cell in code_cells() for line in cell.splitlines() if not line.lstrip().startswith(("!", "%"))
-    ]
-    # Colab's TPU runtime has no TensorFlow: make importing it fail. One epoch, and two seeds
-    # in the study: the fewest with a mean, a spread and an interval to print and draw.
-    script = tmp_path / "notebook.py"
-    script.write_text("import sys\nsys.modules['tensorflow'] = None\n" + "\n".join(python) + "\n")
-    env = {
-        **os.environ, "MNIST_JAX_DATA_DIR": str(data_dir), "MNIST_JAX_EPOCHS": "1", "MNIST_JAX_SEEDS": "2",
-        "MNIST_JAX_OUT": str(tmp_path / "out"), "MPLBACKEND": "Agg",
+def project_copy(tmp_path):
+    """What pip needs to build this checkout, copied, so that building it leaves nothing here."""
+    source = tmp_path / "mnist_jax-src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    shutil.copytree(ROOT / "mnist_jax", source / "mnist_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    return source
+
+
+def run_notebook(tmp_path, source, *, path=(), env=None, after=()) -> tuple[nbformat.NotebookNode, CellExecutionError | None]:
+    """The notebook, and the code cells `after` appended, executed in a fresh python3 kernel in
+    `tmp_path`, with the install cell's pip pointed at `source` and installing into
+    `tmp_path/site` (first on the kernel's path after the folders `path`): offline, the project
+    alone, since its dependencies are this venv's. With the error that stopped it, if one did."""
+    site = tmp_path / "site"
+    site.mkdir()  # before the kernel starts: a folder missing then is never searched again
+    kernel_env = {
+        **os.environ,
+        "MNIST_JAX_SOURCE": str(source),
+        "PIP_TARGET": str(site), "PIP_NO_DEPS": "1", "PIP_NO_INDEX": "1",
+        "PIP_NO_BUILD_ISOLATION": "0",  # sic: pip reads this variable as "build isolation: no"
+        "PYTHONPATH": os.pathsep.join(map(str, [*path, site])),
+        "MNIST_JAX_EPOCHS": "1", "MNIST_JAX_SEEDS": "2", "MNIST_JAX_OUT": "out",  # 2 seeds: a mean, a spread, an interval
+        **(env or {}),
     }
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for stage in ("linear_mse", "linear_ce", "mlp", "mlp_dropout", "mlp_bn"):
-        assert f"{stage:12s} test " in proc.stdout
-    assert (tmp_path / "out" / "results.json").is_file()
-    for figure in ("training_curves.png", "comparison_chart.png"):
-        assert (tmp_path / "out" / figure).stat().st_size > 10_000
+    kernel_env.pop("MPLBACKEND", None)  # the kernel's own (inline) backend, as on Colab
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells += [nbformat.v4.new_code_cell(code) for code in after]
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
+                            extra_arguments=[NO_TENSORFLOW])
+    try:
+        client.execute(env=kernel_env)
+    except CellExecutionError as e:
+        return nb, e
+    return nb, None
+
+
+def outputs(cell, output_type: str) -> list:
+    return [output for output in cell.get("outputs", []) if output["output_type"] == output_type]
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    return struct.unpack(">II", png[16:24])
+
+
+# What the kernel ran with: where its mnist_jax came from, whether it had TensorFlow, the pins given to pip.
+REPORT_CELL = """import json, sys, mnist_jax
+print(json.dumps([mnist_jax.__file__, sys.modules.get("tensorflow") is not None, CONSTRAINTS.read_text()]))"""
 
 
 @pytest.mark.slow
-def test_the_install_cell_installs_the_project_from_repo_against_the_runtimes_jax():
-    """The runtime's jax and jaxlib pinned as they are: the same pip command, offline
-    against this checkout, would install the project and nothing else."""
-    pytest.importorskip("setuptools")  # the build backend, for --no-build-isolation
-    where, install = code_cells()[:2]
-    assert where.splitlines()[1].startswith('REPO = "https://github.com/')
-    pip = [line for line in install.splitlines() if line.startswith("!")]
-    assert pip == ['!pip install -q --constraint {CONSTRAINTS} "mnist_jax @ git+{REPO}"']
-    namespace = {}
-    exec("\n".join(line for line in install.splitlines() if not line.startswith("!")), namespace)
-    pins = namespace["CONSTRAINTS"].read_text().split()
+def test_the_notebook_runs_in_a_kernel_and_shows_every_figure_at_full_resolution(tmp_path, data_dir):
+    source = project_copy(tmp_path)
+    nb, error = run_notebook(tmp_path, source, env={"MNIST_JAX_DATA_DIR": str(data_dir)}, after=[REPORT_CELL])
+    assert error is None, str(error)[-3000:]
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count is not None and not outputs(cell, "error") for cell in code)
+    printed = "".join(output["text"] for cell in code for output in outputs(cell, "stream"))
+    for stage in ("linear_mse", "linear_ce", "mlp", "mlp_dropout", "mlp_bn"):
+        assert f"{stage:12s} test " in printed
+    assert "Traceback" not in printed
+    assert (tmp_path / "out" / "results.json").is_file()
+    shown = [output for cell in code for output in outputs(cell, "display_data") if "image/png" in output["data"]]
+    assert len(shown) == len(FIGURES)  # each figure once, and nothing else drawn
+    for output, name in zip(shown, FIGURES):
+        png, written = base64.b64decode(output["data"]["image/png"]), (tmp_path / "out" / name).read_bytes()
+        assert png_size(png) == png_size(written) and png == written, name
+        assert not output.get("metadata", {}).get("image/png"), "shown at a size of its own"
+
+    module, had_tensorflow, pins = json.loads(outputs(code[-1], "stream")[-1]["text"])
+    assert module == str(tmp_path / "site" / "mnist_jax" / "__init__.py") and not had_tensorflow
+    # The install pinned this venv's jax and jaxlib, under which pip would install the project and nothing else.
     for package in ("jax", "jaxlib"):
-        assert f"{package}=={importlib.metadata.version(package)}" in pins
+        assert f"{package}=={importlib.metadata.version(package)}" in pins.split()
+    (tmp_path / "pins.txt").write_text(pins)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation",
-         "--constraint", str(namespace["CONSTRAINTS"]), "-e", str(ROOT)],
+         "--constraint", str(tmp_path / "pins.txt"), str(source)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [line for line in proc.stdout.splitlines() if line.startswith("Would install")] == ["Would install mnist_jax-0.1.0"]
+
+
+def assert_stopped_at_the_install_cell(nb, error, *fragments):
+    """The install cell failed with one line holding each fragment, and no cell after it ran."""
+    assert error is not None
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    install = code[1]
+    (failure,) = outputs(install, "error")
+    assert len(failure["traceback"]) == 1 and failure["traceback"][0].startswith(NOT_INSTALLED), failure["traceback"]
+    for fragment in fragments:
+        assert fragment in failure["traceback"][0]
+    assert all(cell.execution_count is None and not cell.get("outputs") for cell in code[2:])
+
+
+@pytest.mark.slow
+def test_a_failing_pip_stops_the_notebook_at_the_install_cell_in_one_line(tmp_path):
+    nb, error = run_notebook(tmp_path, tmp_path / "no-such-project")
+    assert_stopped_at_the_install_cell(nb, error, f"pip could not get {tmp_path / 'no-such-project'}")
+    assert not any((tmp_path / "site").iterdir())
+
+
+@pytest.mark.slow
+def test_a_runtime_jax_older_than_the_supported_range_stops_the_notebook_at_the_install_cell(tmp_path):
+    """The runtime's JAX as its metadata says (a jax 0.6.0 first on the kernel's path)."""
+    old = tmp_path / "old-runtime" / "jax-0.6.0.dist-info"
+    old.mkdir(parents=True)
+    (old / "METADATA").write_text("Metadata-Version: 2.1\nName: jax\nVersion: 0.6.0\n")
+    floor = next(r for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"] if r.startswith("jax>="))
+    nb, error = run_notebook(tmp_path, project_copy(tmp_path), path=[old.parent])
+    assert_stopped_at_the_install_cell(
+        nb, error, f"this runtime's jax 0.6.0 is outside the supported range {floor}", "Runtime > Change runtime type",
+        '%pip install -U "jax[tpu]"')
+    assert not any((tmp_path / "site").iterdir())
