@@ -26,8 +26,9 @@ def _stop_before_work(signum: int, _frame) -> None:
     os._exit(128 + signum)
 
 
-_here = Path(__file__).resolve().parent  # one of this project's scripts: in a clone's scripts/, or installed (mnist_jax.__main__)
-if Path(sys.argv[0]).resolve().parent in (_here.parent / "scripts", _here / "scripts"):
+_here, _folder = Path(__file__).resolve().parent, Path(sys.argv[0]).resolve().parent
+# One of this project's scripts: in a clone's scripts/ (whichever mnist_jax it imports), or installed (mnist_jax.__main__).
+if _folder == _here / "scripts" or _folder.name == "scripts" and (_folder.parent / "mnist_jax" / "cli.py").is_file():
     for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(_signum) is not signal.SIG_IGN:
             signal.signal(_signum, _stop_before_work)
