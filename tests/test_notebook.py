@@ -159,7 +159,8 @@ def test_a_runtime_jax_older_than_the_supported_range_stops_the_notebook_at_the_
     old = tmp_path / "old-runtime" / "jax-0.6.0.dist-info"
     old.mkdir(parents=True)
     (old / "METADATA").write_text("Metadata-Version: 2.1\nName: jax\nVersion: 0.6.0\n")
-    floor = next(r for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"] if r.startswith("jax>="))
+    requirements = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floor = next(r for r in requirements if r.startswith("jax>="))
     nb, error = run_notebook(tmp_path, project_copy(tmp_path), path=[old.parent])
     assert_stopped_at_the_install_cell(
         nb, error, f"this runtime's jax 0.6.0 is outside the supported range {floor}", "Runtime > Change runtime type",

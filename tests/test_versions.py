@@ -1,11 +1,19 @@
-"""The versions the project declares: a lower bound for each requirement (.ci/lowest installs
-each at it, beside the newest), the same floors in README, and no API newer than the floors."""
+"""The installs the project supports: a lower bound for each requirement (.ci/lowest installs
+each at it, beside the newest), the same floors in README, no API newer than the floors, and
+a clone's scripts working alike with an installed (not editable) package."""
 
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from conftest import ROOT
@@ -54,3 +62,18 @@ def test_pure_replaces_each_variable_by_its_array_as_nnx_as_pure_does():
         expected = nnx.as_pure(state)
         assert jax.tree.structure(plain) == jax.tree.structure(expected)
         jax.tree.map(np.testing.assert_array_equal, plain, expected)
+
+
+@pytest.mark.slow
+def test_a_clones_script_importing_an_installed_package_ends_in_one_line_on_a_signal_while_importing(tmp_path):
+    """Its early signal handlers do not depend on where mnist_jax was imported from (`pip install .`
+    puts it far from the clone's scripts/)."""
+    shutil.copytree(ROOT / "mnist_jax", tmp_path / "site" / "mnist_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "study.py"), "--out", tmp_path / "run"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    status = f"/proc/{proc.pid}/status"
+    while proc.poll() is None and not int(next(line.split()[1] for line in open(status) if line.startswith("SigCgt:")), 16) >> 14 & 1:
+        time.sleep(0.001)  # until it handles SIGTERM (signal 15): the first thing a script does
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr) == (143, "stopped by SIGTERM: nothing was started\n")
