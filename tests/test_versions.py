@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -69,11 +70,16 @@ def test_a_clones_script_importing_an_installed_package_ends_in_one_line_on_a_si
     """Its early signal handlers do not depend on where mnist_jax was imported from (`pip install .`
     puts it far from the clone's scripts/)."""
     shutil.copytree(ROOT / "mnist_jax", tmp_path / "site" / "mnist_jax", ignore=shutil.ignore_patterns("__pycache__"))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "study.py"), "--out", tmp_path / "run"], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
-    status = f"/proc/{proc.pid}/status"
-    while proc.poll() is None and not int(next(line.split()[1] for line in open(status) if line.startswith("SigCgt:")), 16) >> 14 & 1:
-        time.sleep(0.001)  # until it handles SIGTERM (signal 15): the first thing a script does
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "study.py"), "--out", tmp_path / "run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+
+    def handles_sigterm() -> bool:  # its SigCgt mask: bit 14 is signal 15
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        return bool(int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16) >> 14 & 1)
+
+    while proc.poll() is None and not handles_sigterm():
+        time.sleep(0.001)  # the first thing a script does
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert (proc.returncode, stderr) == (143, "stopped by SIGTERM: nothing was started\n")
