@@ -54,7 +54,8 @@ def project_copy(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source)
-    shutil.copytree(ROOT / "mnist_jax", source / "mnist_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("mnist_jax", "scripts"):  # scripts/: the package mnist_jax.scripts
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return source
 
 
