@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ class GridProgress:
 
     def __init__(self, out: Path, work: dict, write: bool = True):
         self.folder, self.work, self.write, self.run_id = out / FOLDER, work, write, None
-        self.started = True  # resuming, until `start`
+        self.started, self.fresh = True, False  # resuming, until `start`
 
     def ours(self) -> dict:
         """Each file name in the folder that this class wrote, with its check."""
@@ -42,23 +43,29 @@ class GridProgress:
         return (self.folder / WORK_FILE).is_file()
 
     def differences(self) -> list[str]:
-        """The options of the saved work that differ from this one's, as 'name: saved, asked';
-        the saved work's `run_id` becomes this one's (a resume continues it)."""
+        """The options of the saved work that differ from this one's, as 'name: saved, asked', once every file
+        saved reads whole (else `ProgressError`, before any training); the saved work's `run_id` becomes this one's."""
+        path = self.folder / WORK_FILE
         try:
-            saved = json.loads((self.folder / WORK_FILE).read_text())
+            saved = json.loads(path.read_text())
             self.run_id = saved.get("run_id")  # (an AttributeError if `saved` is no JSON object)
+            for path in self.saved_chunks():  # each member read through, against its CRC
+                with zipfile.ZipFile(path) as archive:
+                    if archive.testzip() is not None or "rows.npy" not in archive.namelist():
+                        raise zipfile.BadZipFile
         except UNREADABLE as e:
-            raise ProgressError(f"{self.folder / WORK_FILE} is damaged ({type(e).__name__})") from None
+            raise ProgressError(f"{path} is damaged ({type(e).__name__}); pass --overwrite to start again") from None
         return [f"{k} {saved.get(k)!r} (asked: {v!r})" for k, v in self.work.items() if saved.get(k) != v]
 
     def start(self) -> None:
-        """A fresh start under a new `run_id` (its results' mark); the progress saved stays until the first save."""
-        self.run_id, self.started = uuid.uuid4().hex, False
+        """A fresh start under a new `run_id` (its results' mark); the progress saved stays until the first save,
+        never read (it is of the work being replaced)."""
+        self.run_id, self.started, self.fresh = uuid.uuid4().hex, False, True
 
     def load(self, key: str, like) -> tuple[object, np.ndarray] | None:
         """Chunk `key`'s saved states, shaped as `like`, and its metrics (epochs, models, metrics); None if none saved."""
         path = self.folder / f"{key}.npz"
-        if not path.is_file():
+        if self.fresh or not path.is_file():
             return None
         import jax  # here, not above: --out is claimed before JAX is imported
 

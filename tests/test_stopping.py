@@ -338,19 +338,46 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_grid_and_only_t
     assert rows[0] == rows[1] and len(rows[0]) == 6
 
 
-def test_damaged_progress_is_ours_to_replace_and_refused_in_one_line_on_resume(tmp_path, capsys):
-    """A chunk file cut short is still the study's (its name says so): --overwrite may
-    replace it, and --resume names the damage in one line with status 2."""
-    progress = GridProgress(tmp_path, {"script": "study.py"})
-    progress.start()
-    states = {"kernel": np.ones((3, 784, 10), np.float32)}
-    progress.save("mlp-hidden256-bits1-from0-3", states, np.zeros((1, 3, 5), np.float32))
-    path = tmp_path / "progress" / "mlp-hidden256-bits1-from0-3.npz"
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert progress.foreign() == []
+def grid_parser(tmp_path) -> cli.ArgumentParser:
+    """A study's parser in miniature: --out, --overwrite, --resume and one option that decides the results."""
+    parser = cli.ArgumentParser(prog="study.py", out=str(tmp_path), results=("results.json",), resume=True, trains=False)
+    parser.add_argument("--lr", type=float)
+    return parser
+
+
+def parse_grid(tmp_path, *argv):
+    try:
+        return grid_parser(tmp_path).parse(list(argv))
+    finally:
+        release_locks()  # as the script's exit does
+
+
+CHUNK, STATES = "mlp-hidden256-bits1-from0-3", {"kernel": np.ones((3, 784, 10), np.float32)}
+
+
+def test_overwrite_never_reads_the_progress_of_the_work_it_replaces(tmp_path, capsys):
+    """A study of lr 0.05 stopped after a chunk was saved, then --overwrite with the default lr:
+    it starts again (the chunk of lr 0.05 is not loaded); --resume of other settings is refused."""
+    parse_grid(tmp_path, "--lr", "0.05").progress.save(CHUNK, STATES, np.zeros((1, 3, 5), np.float32))
+    assert parse_grid(tmp_path, "--overwrite").progress.load(CHUNK, STATES) is None
+    assert parse_grid(tmp_path, "--lr", "0.05", "--resume").progress.load(CHUNK, STATES) is not None
     with pytest.raises(SystemExit) as stopped:
-        cli.run(lambda: progress.load("mlp-hidden256-bits1-from0-3", states))
-    assert stopped.value.code == 2 and "is damaged" in capsys.readouterr().err
+        parse_grid(tmp_path, "--resume")
+    assert stopped.value.code == 2 and "lr 0.05 (asked: None)" in capsys.readouterr().err
+
+
+def test_damaged_progress_is_refused_on_resume_before_any_work_and_replaced_with_overwrite(tmp_path, capsys):
+    """A progress file cut short is still the study's (its name says so): --resume names the damage in
+    one line with status 2 as it parses (before any training), --overwrite starts again without reading it."""
+    parse_grid(tmp_path).progress.save(CHUNK, STATES, np.zeros((1, 3, 5), np.float32))
+    path = tmp_path / "progress" / f"{CHUNK}.npz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert GridProgress(tmp_path, {}).foreign() == []
+    with pytest.raises(SystemExit) as stopped:
+        parse_grid(tmp_path, "--resume")
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and f"--resume: {path} is damaged" in err and "pass --overwrite to start again" in err
+    assert parse_grid(tmp_path, "--overwrite").progress.load(CHUNK, STATES) is None
 
 
 def test_progress_holding_a_users_file_is_refused(tmp_path, capsys):
