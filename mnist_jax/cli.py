@@ -143,6 +143,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) if action.default not in (None, False) else action.help
 
 
+def once(action_class: type[argparse.Action]) -> type[argparse.Action]:
+    """`action_class`, refusing its option given a second time in one command (`--lr 1 --lr=2`, an abbreviation too)."""
+
+    class Once(action_class):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if self.dest in parser.given:
+                raise argparse.ArgumentError(self, "given twice; give it once")
+            parser.given.add(self.dest)
+            super().__call__(parser, namespace, values, option_string)
+
+    return Once
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """Every script's parser: errors in one line (exit 2), defaults in `--help`, the shared options: where results go
     (`out`; `results` claimed, refused if present; `resume`), MNIST and compiling (`trains`), `processes`, `tensorboard`."""
@@ -151,7 +164,9 @@ class ArgumentParser(argparse.ArgumentParser):
                  holds: str = "the results", results: tuple[str, ...] = (), resume: bool = False,
                  trains: bool = True, processes: bool = False, tensorboard: bool = False):
         super().__init__(prog=prog, description=description, formatter_class=HelpFormatter)
-        self.results, self.trains, self.processes = results, trains, processes
+        self.results, self.trains, self.processes, self.given = results, trains, processes, set()
+        for name in (None, "store", "store_true", "store_false", "store_const"):  # every option that sets one value
+            self.register("action", name, once(self._registry_get("action", name)))
         if out is not None or results or resume:
             self.add_argument("--out", type=output_folder, default=out and Path(out), help=f"folder for {holds}")
             again = self.add_mutually_exclusive_group()
@@ -194,6 +209,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         fail(f"{self.prog}: error: {message}")
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = set()  # the options given so far
+        return super().parse_known_args(args, namespace)
 
     def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
         """The arguments, checked before any work and JAX's import; JAX set up (`trains`), the run

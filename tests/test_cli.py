@@ -223,6 +223,18 @@ def test_a_stage_named_twice_is_refused():
         cli.stages("mlp,mlp")
 
 
+@pytest.mark.parametrize("script, args", [
+    ("train.py", ["--stage", "linear_ce", "--stage", "mlp_bn"]), ("train.py", ["--stage", "mlp", "--epochs", "1", "--epochs=2"]),
+    ("train.py", ["--stage", "mlp", "--ep", "1", "--epochs", "1"]), ("train.py", ["--stage", "mlp", "--overwrite", "--overwrite"]),
+    ("study.py", ["--stages", "linear_ce", "--stages", "mlp"]), ("sweep.py", ["--lr", "1e-3", "--lr=1e-2"]),
+    ("make_assets.py", ["--out", "a", "--out", "b"]),
+])
+def test_an_option_given_twice_is_refused_in_one_line(refused, script, args):
+    name = next(a for a in args[2:] if a.startswith("--")).split("=")[0]
+    option = next(o for o in load_script(script).build_parser()._option_string_actions if o.startswith(name))
+    assert refused(script, *args).endswith(f"argument {option}: given twice; give it once")
+
+
 def test_a_stop_swallowed_where_exceptions_are_ignored_is_acted_on_at_the_next_step(monkeypatch):
     """A signal's `Stopped` raised inside a callback whose exceptions Python ignores (XLA's
     garbage-collection callback) stops the work at the next step all the same."""
