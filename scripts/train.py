@@ -48,7 +48,7 @@ def check_run_folders(args) -> None:
     num_train = NUM_EXAMPLES["train"] - NUM_VALIDATION
     if args.batch_size > num_train:
         raise UsageError(f"argument --batch-size: at most the {num_train} training images, got {args.batch_size}")
-    args.resumed = {}
+    args.resumed, args.written = {}, set()  # the runs continued; the stages this command saved an epoch of
     for stage in args.stages:
         out = run_dir(args, stage)
         if out.is_symlink() and out != args.out:
@@ -154,10 +154,15 @@ def finished(resume, out: Path, epochs: int) -> dict | None:
     return metrics if done else None
 
 
+def kept_epochs(args, stage: str, out: Path) -> int:
+    """The epochs of this command's run of `stage` saved in `out` (0 while a run being replaced is still there)."""
+    return checkpoint.saved_epochs(out) if args.resumed.get(stage) or stage in args.written else 0
+
+
 def stop_note(args, stage: str) -> str:
     """What a stop in `stage` leaves, and how to continue."""
     out = run_dir(args, stage)
-    kept = checkpoint.saved_epochs(out)
+    kept = kept_epochs(args, stage, out)
     done = args.stages[: args.stages.index(stage)]
     if kept:
         what = f"{out} keeps the checkpoint of epoch {kept}"
@@ -191,7 +196,7 @@ def train_stage(args, stage: str, data) -> dict:
             with signals_deferred():  # the checkpoint and metrics.json together
                 write()
         except OSError as e:
-            kept = checkpoint.saved_epochs(out)
+            kept = kept_epochs(args, stage, out)
             kept = f"{out} keeps the checkpoint of epoch {kept}; --resume continues it" if kept else "nothing was saved"
             cli.fail(f"could not save epoch {len(run.history)} to {out}: {e.strerror or e}; {kept}", EXIT_WRITE_FAILED)
 
@@ -199,6 +204,7 @@ def train_stage(args, stage: str, data) -> dict:
         if not resume and len(run.history) == 1:  # a run being replaced goes now, its metrics first
             (out / "metrics.json").unlink(missing_ok=True)
         checkpoint.save_run(run, out, run_record(run))
+        args.written.add(stage)
 
     def after_epoch(run) -> None:
         print_epoch(run.history[-1])

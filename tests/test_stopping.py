@@ -266,6 +266,20 @@ def test_resume_compares_every_option_given_even_at_its_default_value(tmp_path, 
     assert parse_train(monkeypatch, "--stage", "mlp", "--lr", "3e-3", "--resume", "--out", tmp_path).resumed["mlp"]
 
 
+def test_a_replacement_stopped_before_its_first_epoch_says_the_run_it_replaces_is_kept(tmp_path, monkeypatch):
+    """The epoch saved in --out is the replaced run's until the new one saves its own: a stop before then
+    says that run is kept as it was (not 'keeps the checkpoint of epoch 1; continue with ... --resume')."""
+    saved_run(tmp_path, TrainConfig("mlp"))
+    train = load_script("train.py")
+    monkeypatch.setattr(sys, "argv", ["train.py", "--stage", "mlp", "--epochs", "3", "--lr", "0.01", "--out", str(tmp_path), "--overwrite",
+                                      "--no-cache"])
+    try:
+        note = train.stop_note(train.parse_args(), "mlp")
+    finally:
+        release_locks()
+    assert note == f"the run being replaced in {tmp_path} is kept as it was; run the same command again to start afresh"
+
+
 # Long work resumes
 
 
