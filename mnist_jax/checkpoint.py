@@ -59,8 +59,13 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
 
 
 def is_checkpoint(path: Path) -> bool:
-    """Whether `path` is an archive as `save_checkpoint` writes (told by its `meta`)."""
+    """Whether `path` is an archive as `save_checkpoint` writes (told by its `meta`), whole or damaged after its first
+    entry's name: `meta.npy`, the first `save_checkpoint` writes (at 30 of a zip's local header, its length at 26)."""
     try:
+        with open(path, "rb") as f:
+            head = f.read(38)
+        if head[:4] == b"PK\x03\x04" and head[26:28] == b"\x08\x00" and head[30:] == b"meta.npy":
+            return True
         with zipfile.ZipFile(path) as archive:
             return "meta.npy" in archive.namelist()
     except (OSError, zipfile.BadZipFile):

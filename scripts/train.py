@@ -76,7 +76,9 @@ def resumable(args, stage: str, out: Path):
     try:
         run = checkpoint.load_run(out)
     except checkpoint.CheckpointError as e:
-        raise UsageError(f"--resume: {e}; pass --overwrite to start again") from None
+        ours = checkpoint.is_checkpoint(out / checkpoint.CHECKPOINT_FILE)  # else --overwrite refuses it too
+        raise UsageError(f"--resume: {e}; " + ("pass --overwrite to start again" if ours else
+                         "train.py did not write it: move it or choose another --out")) from None
     if len(run.history) > args.epochs:
         raise UsageError(f"--resume: {out} already ran {len(run.history)} epochs, more than --epochs {args.epochs}")
     config = run.config  # its hidden width and dropout rate as trained (None: the stage's own)

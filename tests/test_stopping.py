@@ -115,6 +115,26 @@ def test_overwrite_refuses_a_link_or_a_users_file_under_a_run_files_name(tmp_pat
     assert (tmp_path / "elsewhere.txt").read_text() == "keep me" and (run / "metrics.json").read_text() == '{"my": "numbers"}'
 
 
+@pytest.mark.parametrize("damage", ["cut short", "not an archive of ours"])
+def test_resume_and_overwrite_agree_on_a_damaged_checkpoint(tmp_path, monkeypatch, capsys, damage):
+    """A checkpoint.npz cut short still begins as train.py writes one (its first entry, meta.npy): --resume
+    advises --overwrite, which replaces it. A file of that name that does not is a user's: both refuse it."""
+    saved_run(tmp_path, TrainConfig("mlp"))
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(path.read_bytes()[:2000] if damage == "cut short" else b"PK\x03\x04 my own archive")
+    with pytest.raises(SystemExit):
+        parse_train(monkeypatch, "--stage", "mlp", "--out", tmp_path, "--resume")
+    resume = capsys.readouterr().err
+    if damage == "cut short":
+        assert resume.endswith("pass --overwrite to start again\n")
+        assert parse_train(monkeypatch, "--stage", "mlp", "--out", tmp_path, "--overwrite").overwrite
+    else:
+        assert resume.endswith("train.py did not write it: move it or choose another --out\n")
+        with pytest.raises(SystemExit):
+            parse_train(monkeypatch, "--stage", "mlp", "--out", tmp_path, "--overwrite")
+        assert "holds checkpoint.npz, which train.py did not write" in capsys.readouterr().err
+
+
 def test_a_users_files_named_like_the_projects_own_are_left_alone(tmp_path, monkeypatch, capsys):
     """A `.partial-` file, a hard link named as the lock, links in place of a stage's
     folder or of the progress folder: refused, nothing written through them."""
