@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.patches import FancyBboxPatch
 
 from mnist_jax.files import atomic_write
-from mnist_jax.stages import STAGES, Stage
+from mnist_jax.stages import STAGES, Stage, setting
 
 
 def save_figure(fig, path: str | os.PathLike, title: str = "") -> None:
@@ -232,7 +232,7 @@ def sweep_learning_rates(answers: dict, device: str, path: str | os.PathLike) ->
             (line, *_) = ax.errorbar(lrs, mean, yerr=[mean - lo, hi - mean], fmt="o-", capsize=3, label=f"{stage}: test, 95% CI")
             ax.plot(lrs, [100 * choice["by_lr"][lr]["val"]["mean"] for lr in choice["by_lr"]], ":", color=line.get_color(),
                     label=f"{stage}: validation mean")
-            best = choice["by_lr"][f"{choice['lr']:g}"]["test"]["mean"]
+            best = choice["by_lr"][setting(choice['lr'])]["test"]["mean"]
             ax.scatter([choice["lr"]], [100 * best], s=160, facecolors="none", edgecolors=line.get_color())
         ax.set(xscale="log", xlabel="Adam learning rate", ylabel="accuracy (%)",
                title=f"{'BatchNorm' if question == 'batchnorm' else 'linear losses'}: after {comparison['epoch']} epochs")

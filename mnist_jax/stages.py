@@ -62,6 +62,13 @@ def _real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def setting(value: float) -> str:
+    """A setting as it names a folder or a row: an int in full, a float as `:g` writes it where that reads back
+    as the same number (0.001, 1e-05), else as Python's shortest text that does (0.0012345671, not 0.00123457)."""
+    text = f"{value:g}"
+    return str(value) if isinstance(value, numbers.Integral) else text if float(text) == value else repr(float(value))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     stage: str

@@ -14,7 +14,7 @@ import numpy as np
 from mnist_jax.data import MNIST
 from mnist_jax.progress import GridProgress
 from mnist_jax.results import best_val_epoch, paired_difference, summary
-from mnist_jax.stages import STAGES
+from mnist_jax.stages import STAGES, setting
 from mnist_jax.study import train_grid
 from mnist_jax.train import Point, TrainConfig, device_description
 
@@ -104,7 +104,7 @@ def dropout_over_epochs(rows: list[dict], lr: float = 1e-3) -> dict:
         differences = [paired_difference(a, b) for a, b in zip(plain["test"].T, dropped["test"].T)]
         better = [d["significant"] and d["difference"] > 0 for d in differences]
         per_epoch = _per_epoch(dropped)
-        answer["rates"][f"{rate:g}"] = per_epoch | {
+        answer["rates"][setting(rate)] = per_epoch | {
             "difference": differences,
             "first_better_epoch": next((e + 1 for e in range(len(better)) if better[e]), None),
             "better_from_epoch": next((e + 1 for e in range(len(better)) if all(better[e:])), None),  # and to the last
@@ -120,7 +120,7 @@ def best_lr(by_lr: dict[float, dict[str, np.ndarray]], epoch: int | None = None)
     means = {lr: curve["val"].mean(0) for lr, curve in by_lr.items()}
     lr = max(means, key=lambda lr: means[lr][epoch - 1] if epoch else means[lr].max())
     epoch = epoch or int(means[lr].argmax()) + 1
-    scores = {f"{lr:g}": {key: summary(curve[key][:, epoch - 1]) for key in ("val", "test")} for lr, curve in by_lr.items()}
+    scores = {setting(lr): {key: summary(curve[key][:, epoch - 1]) for key in ("val", "test")} for lr, curve in by_lr.items()}
     return {"lr": lr, "epoch": epoch, "by_lr": scores}
 
 

@@ -6,7 +6,7 @@ import time
 from mnist_jax import cli, distributed
 from mnist_jax.data import load_mnist
 from mnist_jax.errors import ResultFileError, UsageError
-from mnist_jax.stages import STAGES, TrainConfig
+from mnist_jax.stages import STAGES, TrainConfig, setting
 
 RESULTS = ("sweep.json",)
 
@@ -67,7 +67,7 @@ def print_grid(rows: list[dict], epochs: int) -> None:
         points.setdefault((row["stage"], row["hidden"], row["lr"], row["dropout"]), []).append(row)
     print()
     cli.print_table(["stage", "hidden", "lr", "dropout", "seeds", f"val accuracy after epoch {epochs}", "test accuracy"], [
-        [f"`{stage}`", hidden or "—", f"{lr:g}", f"{dropout:g}", len(models),
+        [f"`{stage}`", hidden or "—", setting(lr), setting(dropout), len(models),
          pct(summary([m["history"][-1]["val_accuracy"] for m in models])), pct(summary([m["test_accuracy"] for m in models]))]
         for (stage, hidden, lr, dropout), models in points.items()])
 
@@ -93,11 +93,13 @@ def print_answers(answers: dict) -> None:
         rows = []
         for c in comparisons:
             lr = {s: c["choice"][s]["lr"] for s in (before, after)}
-            test = {s: c["choice"][s]["by_lr"][f"{lr[s]:g}"]["test"] for s in (before, after)}
-            rows.append([c["epoch"], f"{lr[before]:g}", f"{lr[after]:g}", pct(test[before]), pct(test[after]), diff(c["at_best_lr"]), diff(c["at_reference_lr"])])
+            test = {s: c["choice"][s]["by_lr"][setting(lr[s])]["test"] for s in (before, after)}
+            rows.append([c["epoch"], setting(lr[before]), setting(lr[after]), pct(test[before]), pct(test[after]),
+                         diff(c["at_best_lr"]), diff(c["at_reference_lr"])])
         if key == "linear":
             best = answers[key]["best_lr_and_epoch"]
-            rows.append(["best (lr, epoch)", f"{best[before]['lr']:g}, {best[before]['epoch']}", f"{best[after]['lr']:g}, {best[after]['epoch']}",
+            rows.append(["best (lr, epoch)", f"{setting(best[before]['lr'])}, {best[before]['epoch']}",
+                         f"{setting(best[after]['lr'])}, {best[after]['epoch']}",
                          "", "", diff(answers[key]["at_best_lr_and_epoch"]), ""])
         cli.print_table(["epochs", f"best lr `{before}`", f"best lr `{after}`", f"`{before}` test", f"`{after}` test", "difference", "at lr 1e-3"], rows)
 
@@ -126,7 +128,8 @@ def main() -> None:
     args.progress.clear()
     for r in grid["rows"]:
         config = TrainConfig(r["stage"], args.epochs, args.batch_size, r["lr"], r["seed"], r["hidden"], r["dropout"])
-        name = f"{r['stage']}-lr{r['lr']:g}" + (f"-hidden{r['hidden']}-dropout{r['dropout']:g}" if config.spec.is_mlp else "")
+        name = f"{r['stage']}-lr{setting(r['lr'])}"
+        name += f"-hidden{r['hidden']}-dropout{setting(r['dropout'])}" if config.spec.is_mlp else ""
         cli.write_tensorboard(args.tensorboard, f"{name}-seed{r['seed']}", config, r["history"], r["test_accuracy"])
     print(f"\n{cli.count(len(grid['rows']), 'model')}, {cli.count(args.epochs, 'epoch')}, {grid['device']}: "
           f"compiling {grid['compile_seconds']:.1f}s, "

@@ -9,7 +9,7 @@ from mnist_jax import cli
 from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION, load_mnist
 from mnist_jax.errors import EXIT_DIVERGED, EXIT_WRITE_FAILED, NonFiniteLoss, UsageError
 from mnist_jax.files import foreign_entries, signals_deferred, write_json
-from mnist_jax.stages import STAGES, TrainConfig
+from mnist_jax.stages import STAGES, TrainConfig, setting
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -112,7 +112,8 @@ def run_dir(args, stage: str) -> Path:
     spec, given = STAGES[stage], args.given
     own = {"hidden": spec.hidden, "dropout": spec.dropout, "lr": TrainConfig.lr, "batch": TrainConfig.batch_size}
     asked = {"hidden": given.get("hidden"), "dropout": given.get("dropout"), "lr": args.lr, "batch": args.batch_size}
-    name = "-".join([stage, *(f"{key}{asked[key]:g}" for key in own if asked[key] not in (None, own[key])), f"seed{args.seed}"])
+    differ = (f"{key}{setting(asked[key])}" for key in own if asked[key] not in (None, own[key]))
+    name = "-".join([stage, *differ, f"seed{args.seed}"])
     if args.out is None:
         return Path("runs") / name
     return args.out / name if args.stage == "all" else args.out

@@ -225,7 +225,8 @@ def test_a_stage_named_twice_is_refused():
 
 @pytest.mark.parametrize("script, args", [
     ("train.py", ["--stage", "linear_ce", "--stage", "mlp_bn"]), ("train.py", ["--stage", "mlp", "--epochs", "1", "--epochs=2"]),
-    ("train.py", ["--stage", "mlp", "--ep", "1", "--epochs", "1"]), ("train.py", ["--stage", "mlp", "--overwrite", "--overwrite"]),
+    ("train.py", ["--stage", "mlp", "--ep", "1", "--epochs", "1"]),
+    ("train.py", ["--stage", "mlp", "--overwrite", "--overwrite"]),
     ("study.py", ["--stages", "linear_ce", "--stages", "mlp"]), ("sweep.py", ["--lr", "1e-3", "--lr=1e-2"]),
     ("make_assets.py", ["--out", "a", "--out", "b"]),
 ])

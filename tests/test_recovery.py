@@ -224,7 +224,8 @@ def test_resume_refuses_a_checkpoint_it_cannot_continue(mlp_bn_runs, data_args, 
     run = run_script if damage == next(iter(DAMAGE)) else run_script_in_process
     proc = run("train.py", *args, "--epochs", "4", "--resume", "--out", out, *data_args)
     ours = damage != "not a checkpoint"  # (--overwrite refuses a file train.py did not write, so --resume does not advise it)
-    assert_one_line_error(proc, "--resume:", complaint, "pass --overwrite to start again" if ours else "move it or choose another --out")
+    advice = "pass --overwrite to start again" if ours else "move it or choose another --out"
+    assert_one_line_error(proc, "--resume:", complaint, advice)
     assert (out / "checkpoint.npz").read_bytes() == before and proc.stdout == ""
 
 

@@ -278,6 +278,16 @@ def test_train_all_stopped_in_its_third_stage_resumes_there(tmp_path, data_args)
     assert not list(out.rglob(LOCK))
 
 
+def test_run_folders_are_named_by_settings_that_read_back_as_themselves(tmp_path, monkeypatch):
+    """Learning rates that differ past six digits train into folders of their own; a setting `:g` writes
+    exactly keeps its name (runs/linear_ce-lr0.0003-seed42 of earlier versions is found again)."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = load_script("train.py").run_dir
+    names = [run_dir(parse_train(monkeypatch, "--stage", "mlp", *argv), "mlp").name for argv in (
+        ["--lr", "0.0012345671"], ["--lr", "0.0012345672"], ["--lr", "3e-4", "--hidden", "1234567"], ["--lr", "1e-3"])]
+    assert names == ["mlp-lr0.0012345671-seed42", "mlp-lr0.0012345672-seed42", "mlp-hidden1234567-lr0.0003-seed42", "mlp-seed42"]
+
+
 def test_resume_compares_every_option_given_even_at_its_default_value(tmp_path, monkeypatch, capsys):
     saved_run(tmp_path, TrainConfig("mlp", lr=3e-3))
     with pytest.raises(SystemExit):
@@ -291,8 +301,8 @@ def test_a_replacement_stopped_before_its_first_epoch_says_the_run_it_replaces_i
     says that run is kept as it was (not 'keeps the checkpoint of epoch 1; continue with ... --resume')."""
     saved_run(tmp_path, TrainConfig("mlp"))
     train = load_script("train.py")
-    monkeypatch.setattr(sys, "argv", ["train.py", "--stage", "mlp", "--epochs", "3", "--lr", "0.01", "--out", str(tmp_path), "--overwrite",
-                                      "--no-cache"])
+    argv = ["--stage", "mlp", "--epochs", "3", "--lr", "0.01", "--out", str(tmp_path), "--overwrite", "--no-cache"]
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
     try:
         note = train.stop_note(train.parse_args(), "mlp")
     finally:

@@ -197,6 +197,20 @@ def test_with_one_seed_no_interval_is_given_and_no_difference_called_significant
     assert "| 2 | 0.001 | 0.001 | 80.00 [n/a] | 90.00 [n/a] | +10.00 [n/a] | +10.00 [n/a] |" in capsys.readouterr().out
 
 
+def test_learning_rates_that_differ_past_six_digits_are_rows_of_their_own(capsys):
+    """Every setting is written so that it reads back as itself (not `:g`'s six digits), in tables and answers."""
+    lrs = (0.0012345671, 0.0012345672)
+    rows = [r for lr in lrs for stage in ("mlp", "mlp_bn") for r in fake_rows(stage, lr, val=0.4 + lr, test=0.4)]
+    found = answers(sweep_of(rows))
+    assert list(found["batchnorm"]["choice"]["mlp"]["by_lr"]) == ["0.0012345671", "0.0012345672"]
+    script = load_script("sweep.py")
+    script.print_grid(rows, 2)
+    script.print_answers(found)
+    out = capsys.readouterr().out
+    assert "| `mlp` | 256 | 0.0012345671 | 0 |" in out and "| `mlp` | 256 | 0.0012345672 | 0 |" in out
+    assert "| 2 | 0.0012345672 | 0.0012345672 |" in out
+
+
 def test_grids_without_lr_1e3_or_of_several_widths_have_their_questions_answered(capsys):
     """Grids sweep.py trains whole, whose answers were tracebacks after the work: without
     the reference rate 1e-3 (n/a there), and of two widths (answered at the MLPs' own, 256)."""
