@@ -108,7 +108,8 @@ def free_folder(path: Path) -> Path:
 
 
 def run_dir(args, stage: str) -> Path:
-    """runs/<stage>-<each setting given that differs from the stage's own>-seed<seed>, e.g. runs/mlp-hidden512-seed42."""
+    """runs/<stage>-<each setting given that differs from the stage's own>-seed<seed>, e.g. runs/mlp-hidden512-seed42;
+    not --epochs, so that --resume --epochs N finds the run to train further."""
     spec, given = STAGES[stage], args.given
     own = {"hidden": spec.hidden, "dropout": spec.dropout, "lr": TrainConfig.lr, "batch": TrainConfig.batch_size}
     asked = {"hidden": given.get("hidden"), "dropout": given.get("dropout"), "lr": args.lr, "batch": args.batch_size}
