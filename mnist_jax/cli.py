@@ -150,7 +150,7 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, description: str | None = None, *, prog: str | None = None, out: str | None = None,
                  holds: str = "the results", results: tuple[str, ...] = (), resume: bool = False,
                  trains: bool = True, processes: bool = False, tensorboard: bool = False):
-        super().__init__(prog=prog, description=description, formatter_class=HelpFormatter)
+        super().__init__(prog=prog or program(), description=description, formatter_class=HelpFormatter)
         self.results, self.trains, self.processes = results, trains, processes
         if out is not None or results or resume:
             self.add_argument("--out", type=output_folder, default=out and Path(out), help=f"folder for {holds}")
@@ -229,9 +229,9 @@ class ArgumentParser(argparse.ArgumentParser):
         """`--out` held and its results refused (by process 0, which writes); the work's progress."""
         if self.results and distributed.is_main():
             claim(args.out)
-            refuse_existing(args, self.prog, self.results)
+            refuse_existing(args, Path(sys.argv[0]).name, self.results)
         if "resume" in args and self.results:
-            args.progress = grid_progress(args, self.prog)
+            args.progress = grid_progress(args, Path(sys.argv[0]).name)  # the script, however it was typed
 
     def _join(self, args: argparse.Namespace) -> None:
         work = {k: v for k, v in vars(args).items() if k not in LOCAL_OPTIONS}
@@ -351,6 +351,11 @@ def grid_progress(args: argparse.Namespace, script: str):
 
 # What was typed before the arguments, when `mnist_jax.__main__` ran the script: `mnist-jax train`, `python -m mnist_jax train`
 invocation: list[str] | None = None
+
+
+def program() -> str:
+    """This script as it was typed, for its usage and errors: mnist-jax train, python -m mnist_jax train or train.py."""
+    return " ".join(invocation) if invocation else Path(sys.argv[0]).name
 
 
 def script_command(name: str) -> str:
@@ -502,7 +507,7 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
     except (Exception, MemoryError) as e:  # noqa: BLE001
         for kind, prefix, status in FAILURES:
             if isinstance(e, kind):
-                fail(f"{prefix.format(script=Path(sys.argv[0]).name)}{e}", status)
+                fail(f"{prefix.format(script=program())}{e}", status)
         # XLA's RESOURCE_EXHAUSTED is a ValueError, torch's a RuntimeError
         if isinstance(e, MemoryError) or isinstance(e, (ValueError, RuntimeError)) and any(s in str(e) for s in OUT_OF_MEMORY):
             why = str(e).splitlines()[0] if str(e) else "MemoryError"

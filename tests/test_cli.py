@@ -312,12 +312,18 @@ def test_the_console_command_and_python_m_run_the_scripts_and_say_how_they_were_
         main(["make-assets", "--results", "none.json"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err == f"make_assets.py: error: argument --results: study_arrays.npz not found; run {typed} study first\n"
+    assert err == f"{typed} make-assets: error: argument --results: study_arrays.npz not found; run {typed} study first\n"
     assert cli.command() == f"{typed} make-assets --results none.json"
     assert cli.resume_command() == f"{typed} make-assets --results none.json --resume"
+    monkeypatch.setattr(sys, "argv", [argv0])  # as typed again (main set the script's own)
     with pytest.raises(SystemExit) as stop:
         main(["train", "--help"])
-    assert stop.value.code == 0 and "--stage STAGE" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "--stage STAGE" in out and out.startswith(f"usage: {typed} train [-h]")
+    monkeypatch.setattr(sys, "argv", [argv0])
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--epochs", "0"])
+    assert stop.value.code == 2 and capsys.readouterr().err.startswith(f"{typed} train: error: argument --epochs: expected")
 
 
 def test_a_script_run_from_scripts_records_itself_so(monkeypatch):
@@ -339,6 +345,18 @@ def test_the_console_command_lists_its_commands_and_refuses_another_in_one_line(
         main(argv)
     out, err = capsys.readouterr()
     assert stop.value.code == status and len((out + err).splitlines()) == 1 and said in out + err
+
+
+@pytest.mark.parametrize("module, command", [("comparison", "compare"), ("plots", "make_assets"), ("linearity", "linearity"),
+                                             ("sweep", "sweep"), ("results", "study"), ("files", "COMMAND")])
+def test_a_library_module_names_the_command_that_uses_it(module, command, monkeypatch, capsys):
+    import mnist_jax
+
+    monkeypatch.setattr(sys, "argv", ["-m"])
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", f"mnist_jax.{module}"])
+    with pytest.raises(SystemExit) as stop:
+        mnist_jax._refuse_a_library_module_run()
+    assert stop.value.code == 2 and f"run: python -m mnist_jax {command} ... (or mnist-jax {command} ...)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
