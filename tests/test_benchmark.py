@@ -49,7 +49,8 @@ def test_benchmark_py_reports_jax_alone_in_its_out_folder_and_keeps_a_report_the
         run(tmp_path / "kept")
     assert "already holds benchmark.json; pass --overwrite" in capsys.readouterr().err
     report = run(tmp_path / "run")
-    assert report["torch_version"] is None and report["torch_loops"] == [] and "--no-torch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert report["torch_version"] is None and report["torch_loops"] == [] and "--no-torch" in out and "| torch not run" in out
     (row,) = report["stages"]
     assert row["speedup_vs_nnx_jit"] == pytest.approx(row["nnx_jit_epoch_seconds"] / row["jax_epoch_seconds"])
     assert row["jax_samples_per_second"] == pytest.approx(1_000 / row["jax_epoch_seconds"])  # 7,000 less 6,000 validation
@@ -68,3 +69,18 @@ def test_end_to_end_times_a_cold_then_a_warm_train_py_that_compiles_nothing_new(
     assert {"jit_initial", "jit_examples_at", "jit_epoch_keys", "jit_shuffle", "jit_train_epoch", "jit_evaluate"} <= programs
     # ... and the warm run found each in the cache: it added none
     assert e2e["warm_cached_programs"] == e2e["cold_cached_programs"]
+
+
+def test_one_epoch_is_refused_as_it_leaves_no_steady_epoch_to_time(refused):
+    assert "argument --epochs: expected an integer from 2 to" in refused("benchmark.py", "--epochs", "1", "--no-torch")
+
+
+def test_standard_parts_of_one_round_print_their_medians_without_quartiles(capsys):
+    rounds = {"ours": [0.5], "standard": [1.0], "pass": [2.0]}
+    row = {"piece": "piece", "stage": "mlp", "ours_seconds": 0.5, "standard_seconds": 1.0, "ratio": 0.5, "saving_of_pass": 0.25,
+           "rounds": rounds}
+    benchmark.print_standard_parts([row])
+    out = capsys.readouterr().out
+    assert "medians of 1 paired round; quartiles need --rounds 2 or more" in out and "| 0.50 | +25.0% |" in out
+    benchmark.print_standard_parts([row | {"rounds": {k: v * 3 for k, v in rounds.items()}}])
+    assert "medians of 3 paired rounds):" in capsys.readouterr().out
