@@ -40,7 +40,7 @@ from mnist_jax.errors import (  # noqa: E402
     DataError, DoesNotFit, NonFiniteLoss, PeerLost, ProgressError, StopAgreed, UsageError,
 )
 from mnist_jax.progress import GridProgress  # noqa: E402
-from mnist_jax.stages import MAX_SEED, STAGES, TrainConfig  # noqa: E402
+from mnist_jax.stages import MAX_SEED, STAGES, TrainConfig, count  # noqa: E402
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
 # Options that say where a process finds its inputs and puts its outputs, not what it computes.
@@ -240,7 +240,7 @@ class ArgumentParser(argparse.ArgumentParser):
         import jax
 
         if args.seeds % jax.process_count():  # each process holds as many models
-            raise UsageError(f"argument --seeds: {args.seeds} seeds do not split evenly over {jax.process_count()} "
+            raise UsageError(f"argument --seeds: {count(args.seeds, 'seed')} do not split evenly over {jax.process_count()} "
                              f"processes; give a multiple of {jax.process_count()}")
         if not distributed.is_main():  # process 0 speaks for the run
             sys.stdout = open(os.devnull, "w")
@@ -375,11 +375,6 @@ def print_table(header: list[str], rows: list[list]) -> None:
         print("| " + " | ".join(map(str, row)) + " |")
 
 
-def count(n: int, noun: str) -> str:
-    """'1 epoch', '5 epochs'."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def interval(ci95: list | None, sign: str = "") -> str:
     """A 95% interval in points, or n/a (one seed has none)."""
     return f"[{100 * ci95[0]:{sign}.2f}, {100 * ci95[1]:{sign}.2f}]" if ci95 else "[n/a]"
@@ -403,6 +398,18 @@ class Progress:
         self.bar.update()
         if self.plain:
             print(f"{self.desc}: {self.unit} {self.done}/{self.bar.total}" + (f", {note}" if note else ""), flush=True)
+
+    def epochs(self, epochs: int) -> Callable[[int, int], None]:
+        """`study.train_grid`'s `on_epoch(done, total)`: a step per epoch; where the models train in several chunks,
+        one after another, a step per pass (a chunk's epoch) and which: 'pass 3/4, epoch 1/2 of chunk 2/2'."""
+
+        def step(done: int, total: int) -> None:
+            if (chunks := total // epochs) > 1:
+                self.unit = self.bar.unit = "pass"
+            self.step(f"epoch {(done - 1) % epochs + 1}/{epochs} of chunk {(done - 1) // epochs + 1}/{chunks}" if chunks > 1
+                      else "", total=total)
+
+        return step
 
     def close(self) -> None:
         self.bar.close()

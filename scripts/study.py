@@ -59,7 +59,7 @@ def main() -> None:
                              hidden=args.hidden, dropout=args.dropout)  # (mlp_only: none given for a linear stage)
         results[stage] = study.train_seeds(
             config, data, list(range(args.seeds)), models_at_once=args.seeds_at_once,
-            on_epoch=lambda done, total: bar.step(total=total), progress=args.progress,
+            on_epoch=bar.epochs(args.epochs), progress=args.progress,
         )
         bar.close()
         for seed, history, accuracy in zip(results[stage].seeds, results[stage].history, results[stage].test_accuracies):

@@ -88,6 +88,19 @@ def test_progress_off_a_terminal_is_one_plain_line_per_step(capsys):
     assert capsys.readouterr().out.splitlines() == ["mlp, 3 seeds: epoch 1/2", "mlp, 3 seeds: epoch 2/2, done"]
 
 
+def test_progress_of_models_in_chunks_counts_passes_and_says_which_chunk_and_epoch(capsys):
+    """Two chunks of models, one epoch each: two passes, not 'epoch 1/2 ... epoch 2/2' of a one-epoch run."""
+    progress = cli.Progress(1, "mlp_dropout, 4 models", "epoch")
+    for done in (1, 2):
+        progress.epochs(1)(done, 2)
+    one_chunk = cli.Progress(2, "mlp, 2 models", "epoch")
+    for done in (1, 2):
+        one_chunk.epochs(2)(done, 2)
+    assert capsys.readouterr().out.splitlines() == [
+        "mlp_dropout, 4 models: pass 1/2, epoch 1/1 of chunk 1/2", "mlp_dropout, 4 models: pass 2/2, epoch 1/1 of chunk 2/2",
+        "mlp, 2 models: epoch 1/2", "mlp, 2 models: epoch 2/2"]
+
+
 def offline_env(tmp_path) -> dict:
     """No data dir, an empty TFDS folder and an unreachable mirror."""
     return {

@@ -114,6 +114,16 @@ def test_a_study_of_one_seed_has_no_interval_and_calls_no_step_significant(tiny,
     plots.comparison_chart(report, tmp_path / "chart.png")  # the mean alone, no bar
 
 
+def test_figures_of_one_seed_say_seed(tiny, tiny_seeds, tmp_path, monkeypatch):
+    from test_sweep import figure_titles
+
+    report = save_study({"mlp": first_seed(tiny_seeds, "mlp")}, tiny, tmp_path, "python scripts/study.py --seeds 1", 1.0)
+    titles = figure_titles(monkeypatch)
+    plots.comparison_chart(report, tmp_path / "chart.png")
+    plots.training_curves(report, tmp_path / "curves.png")
+    assert "test accuracy over 1 seed" in titles and any(t.startswith("training curves: mean over 1 seed,") for t in titles)
+
+
 def test_a_study_compares_only_the_stages_it_ran_and_names_them_so(tiny, tiny_seeds, tmp_path, capsys):
     """`--stages linear_ce,mlp`: the step from linear_ce to mlp, and no comparison with
     `mlp` of a variant not run (was the same step again, printed as "mlp vs mlp")."""

@@ -224,14 +224,41 @@ def test_a_sweep_of_one_epoch_at_another_width_draws_its_dropout_figure(tmp_path
     assert (tmp_path / "sweep_dropout.png").stat().st_size > 5_000
 
 
+def figure_titles(monkeypatch) -> list[str]:
+    """The titles of the figures `plots` draws from here on: each figure's own, then each of its axes'."""
+    titles = []
+
+    def save_figure(fig, path, title=""):
+        titles.extend([title, *(ax.get_title() for ax in fig.axes)])
+        plots.plt.close(fig)
+
+    monkeypatch.setattr(plots, "save_figure", save_figure)
+    return titles
+
+
+def test_one_seed_and_one_epoch_are_said_in_the_singular(tmp_path, monkeypatch, capsys):
+    rows = [r | {"history": r["history"][:1], "test_accuracy": r["history"][0]["test_accuracy"], "best_val_epoch": 1}
+            for stage in ("mlp", "mlp_dropout", "mlp_bn") for r in fake_rows(stage, 1e-3, val=0.4, test=0.4, seeds=1)]
+    found = answers(sweep_of(rows, epochs=1))
+    load_script("sweep.py").print_answers(found)
+    assert "(1 seed; test accuracy after each epoch" in capsys.readouterr().out
+    titles = figure_titles(monkeypatch)
+    plots.sweep_dropout(found["dropout"], "cpu", tmp_path / "sweep_dropout.png")
+    plots.sweep_learning_rates(found, "cpu", tmp_path / "sweep_learning_rates.png")
+    assert "BatchNorm: after 1 epoch" in titles and not [t for t in titles if "1 seeds" in t or "1 epochs" in t], titles
+    assert any("(1 seed)" in t for t in titles) and any("1 seed per rate" in t for t in titles)
+
+
 @pytest.mark.slow  # (a grid compiled: some 3 s, kept out of the quick tier)
 def test_sweep_py_ends_with_a_table_of_its_own_grid_validation_and_test_with_intervals(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
     proc = run_script_in_process("sweep.py", "--stages", "linear_ce", "--lr", "1e-3,3e-3", "--seeds", "2", "--epochs", "1",
-                                 "--out", tmp_path / "sweep")
+                                 "--models-at-once", "2", "--out", tmp_path / "sweep")
     assert proc.returncode == 0, proc.stderr
     rows = load_sweep(tmp_path / "sweep" / "sweep.json")["rows"]
     assert "\n4 models, 1 epoch, " in proc.stdout  # (not "1 epochs")
+    assert "linear_ce, 4 models: pass 2/2, epoch 1/1 of chunk 2/2\n" in proc.stdout  # (not "epoch 2/2" of one epoch)
+    assert "\nlinear_ce: 2 models at once\n" in proc.stdout
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert table[0] == "| stage | hidden | lr | dropout | seeds | val accuracy after epoch 1 | test accuracy |"
 
