@@ -11,8 +11,9 @@ __version__ = "0.1.0"
 
 
 # The command that uses each library module (one not named here: any command).
-COMMAND_OF = {"train": "train checkpoint evaluate models data stages", "study": "study results progress memory sharding distributed",
-              "sweep": "sweep", "linearity": "linearity", "compare": "comparison torch_reference", "make_assets": "plots"}
+COMMAND_OF = {"train": "train checkpoint evaluate models data stages",
+              "study": "study results progress memory sharding distributed", "sweep": "sweep",
+              "linearity": "linearity", "compare": "comparison torch_reference", "make_assets": "plots"}
 
 
 def _refuse_a_library_module_run() -> None:

@@ -246,6 +246,15 @@ class ArgumentParser(argparse.ArgumentParser):
             sys.stdout = open(os.devnull, "w")
 
 
+def load_data(args: argparse.Namespace):
+    """MNIST as --source and --data-dir ask (`data.load_mnist`), and the line of every script that says where it came from."""
+    from mnist_jax import data
+
+    mnist = data.load_mnist(args.source, args.data_dir)
+    print(f"data: {mnist.source}", flush=True)
+    return mnist
+
+
 def mlp_only(args: argparse.Namespace, stages: list[str]) -> None:
     """`UsageError` if --hidden or --dropout is given for a linear stage among `stages`."""
     linear = [stage for stage in stages if not STAGES[stage].is_mlp]

@@ -210,7 +210,8 @@ def sweep_dropout(answer: dict, device: str, path: str | os.PathLike) -> None:
     diff_ax.axhline(0, color="black", lw=0.8)
     curves = [answer["mlp"]["test"], *(r["test"] for r in answer["rates"].values())]
     acc_ax.set_ylim(bottom=min(100 * (s["ci95"] or [s["mean"]])[0] for c in curves for s in c) - 0.2)
-    acc_ax.set(ylabel="test accuracy (%)", title=f"test accuracy after each epoch: mean, 95% CI ({count(answer['seeds'], 'seed')})")
+    acc_ax.set(ylabel="test accuracy (%)",
+               title=f"test accuracy after each epoch: mean, 95% CI ({count(answer['seeds'], 'seed')})")
     diff_ax.set(ylabel="difference (points), paired by seed", title="dropout minus no dropout")
     for ax in (acc_ax, diff_ax):
         ax.set_xlabel("epoch")
@@ -234,8 +235,9 @@ def sweep_learning_rates(answers: dict, device: str, path: str | os.PathLike) ->
                     label=f"{stage}: validation mean")
             best = choice["by_lr"][f"{choice['lr']:g}"]["test"]["mean"]
             ax.scatter([choice["lr"]], [100 * best], s=160, facecolors="none", edgecolors=line.get_color())
+        name = "BatchNorm" if question == "batchnorm" else "linear losses"
         ax.set(xscale="log", xlabel="Adam learning rate", ylabel="accuracy (%)",
-               title=f"{'BatchNorm' if question == 'batchnorm' else 'linear losses'}: after {count(comparison['epoch'], 'epoch')}")
+               title=f"{name}: after {count(comparison['epoch'], 'epoch')}")
         ax.legend(fontsize=7)
-    seeds = comparison["seeds"]
-    save_figure(fig, path, f"accuracy against learning rate, {count(seeds, 'seed')} per rate; ring: chosen on validation ({device})")
+    seeds = count(comparison["seeds"], "seed")
+    save_figure(fig, path, f"accuracy against learning rate, {seeds} per rate; ring: chosen on validation ({device})")

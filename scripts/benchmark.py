@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from mnist_jax.comparison import jax_split, steady_seconds_per_epoch
-from mnist_jax.data import MNIST, NUM_VALIDATION, load_mnist
+from mnist_jax.data import MNIST, NUM_VALIDATION
 from mnist_jax.evaluate import to_inputs
 from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
 from mnist_jax.train import (
@@ -351,7 +351,7 @@ def print_standard_parts(rows: list[dict]) -> None:
 
 def main() -> None:
     args = build_parser().parse()
-    data = load_mnist(args.source, args.data_dir)
+    data = cli.load_data(args)
     torch = None if args.no_torch else import_torch()
     has_torch = torch is not None
     if not has_torch:

@@ -4,7 +4,6 @@ import dataclasses
 import time
 
 from mnist_jax import cli, distributed
-from mnist_jax.data import load_mnist
 from mnist_jax.errors import UsageError
 from mnist_jax.stages import TrainConfig
 
@@ -50,7 +49,7 @@ def main() -> None:
     from mnist_jax import study
     from mnist_jax.results import save_study
 
-    data = load_mnist(args.source, args.data_dir)
+    data = cli.load_data(args)
     start = time.perf_counter()
     results = {}
     for stage in args.stages:

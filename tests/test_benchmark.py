@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import load_script
+from mnist_jax import data
 from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig, graph, init_state, make_optimizer, make_train_step
 
@@ -34,7 +35,7 @@ def test_flop_count_is_xlas_own_count_less_the_elementwise_work(stage):
 @pytest.mark.slow  # a script's run (in-process, on synthetic digits)
 def test_benchmark_py_reports_jax_alone_in_its_out_folder_and_keeps_a_report_there(tiny, tmp_path, monkeypatch, capsys):
     ceiling = benchmark.matmul_ceiling
-    monkeypatch.setattr(benchmark, "load_mnist", lambda *_: tiny)
+    monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as cli.load_data reads them
     monkeypatch.setattr(benchmark, "matmul_ceiling", lambda: ceiling(256, 2))
 
     def run(out):

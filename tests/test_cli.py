@@ -101,6 +101,19 @@ def test_progress_of_models_in_chunks_counts_passes_and_says_which_chunk_and_epo
         "mlp, 2 models: epoch 1/2", "mlp, 2 models: epoch 2/2"]
 
 
+@pytest.mark.parametrize("script", ["train.py", "study.py", "sweep.py", "compare.py", "linearity.py", "benchmark.py"])
+def test_every_script_that_loads_mnist_says_where_it_came_from_in_the_same_line(script, monkeypatch, capsys):
+    """Each loads it through `cli.load_data`, the one place that prints the line (study.py, sweep.py, linearity.py
+    and benchmark.py printed none)."""
+    source = (ROOT / "scripts" / script).read_text()
+    assert "cli.load_data(args)" in source and "load_mnist(" not in source
+    from mnist_jax import data
+
+    monkeypatch.setattr(data, "load_mnist", lambda source, data_dir: data.MNIST(*[None] * 4, source=f"{source} {data_dir}"))
+    assert cli.load_data(argparse.Namespace(source="idx", data_dir="mnist")).source == "idx mnist"
+    assert capsys.readouterr().out == "data: idx mnist\n"
+
+
 def offline_env(tmp_path) -> dict:
     """No data dir, an empty TFDS folder and an unreachable mirror."""
     return {
@@ -369,7 +382,8 @@ def test_a_library_module_names_the_command_that_uses_it(module, command, monkey
     monkeypatch.setattr(sys, "orig_argv", ["python", "-m", f"mnist_jax.{module}"])
     with pytest.raises(SystemExit) as stop:
         mnist_jax._refuse_a_library_module_run()
-    assert stop.value.code == 2 and f"run: python -m mnist_jax {command} ... (or mnist-jax {command} ...)" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert stop.value.code == 2 and f"run: python -m mnist_jax {command} ... (or mnist-jax {command} ...)" in said
 
 
 @pytest.mark.slow

@@ -143,6 +143,7 @@ def test_study_py_trains_with_train_pys_model_options(tiny, tmp_path, monkeypatc
     proc = run_script_in_process("study.py", "--stages", "mlp_bn", "--seeds", "1", "--epochs", "1", *options, "--out", tmp_path)
     assert proc.returncode == 0 and "\n1 seed, 1 epoch, " in proc.stdout, proc.stderr
     results, _ = load_study(tmp_path / "results.json")
+    assert proc.stdout.startswith("data: synthetic\n") and results["data"] == "synthetic"  # where MNIST came from
     alone = train(TrainConfig("mlp_bn", 1, 64, 3e-3, seed=0, hidden=8, dropout=0.2), tiny)
     assert results["stages"]["mlp_bn"]["test_accuracies"] == [pytest.approx(alone.test_accuracy, abs=1e-6)]
 
@@ -235,6 +236,7 @@ def test_a_study_saves_its_results_and_the_arrays_its_figures_need(tiny, tiny_se
     report = save_study({"linear_ce": tiny_seeds}, tiny, tmp_path, "python scripts/study.py", 1.0)
     assert json.loads((tmp_path / "results.json").read_text()) == report
     assert load_study(tmp_path / "results.json")[0] == report  # and what load_study checks holds
+    assert report["data"] == tiny.source
     assert report["stages"]["linear_ce"]["test_accuracies"] == tiny_seeds.test_accuracies.tolist()
     arrays = dict(np.load(tmp_path / "study_arrays.npz"))
     assert arrays["linear_ce_confusion"].sum() == len(tiny.test_labels)

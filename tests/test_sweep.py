@@ -255,7 +255,9 @@ def test_sweep_py_ends_with_a_table_of_its_own_grid_validation_and_test_with_int
     proc = run_script_in_process("sweep.py", "--stages", "linear_ce", "--lr", "1e-3,3e-3", "--seeds", "2", "--epochs", "1",
                                  "--models-at-once", "2", "--out", tmp_path / "sweep")
     assert proc.returncode == 0, proc.stderr
-    rows = load_sweep(tmp_path / "sweep" / "sweep.json")["rows"]
+    sweep = load_sweep(tmp_path / "sweep" / "sweep.json")
+    rows = sweep["rows"]
+    assert proc.stdout.startswith("data: synthetic\n") and sweep["grids"][0]["data"] == "synthetic"
     assert "\n4 models, 1 epoch, " in proc.stdout  # (not "1 epochs")
     assert "linear_ce, 4 models: pass 2/2, epoch 1/1 of chunk 2/2\n" in proc.stdout  # (not "epoch 2/2" of one epoch)
     assert "\nlinear_ce: 2 models at once\n" in proc.stdout
