@@ -154,7 +154,8 @@ def _why(e: Exception) -> str:
     if (response := getattr(e, "response", None)) is not None and getattr(response, "status_code", None):
         return f"HTTP {response.status_code} {response.reason}"
     text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()  # (a KeyError's str is its repr)
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+    line = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {line if len(line) <= 200 else line[:200] + '...'}" if line else type(e).__name__
 
 
 def load_tfds(verify: bool = True) -> MNIST:
