@@ -3,6 +3,7 @@ exactly as it trains alone; its questions choose settings on validation only."""
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -275,8 +276,18 @@ def test_sweep_py_ends_with_a_table_of_its_own_grid_validation_and_test_with_int
 
 
 def test_make_assets_draws_a_sweep_without_a_study(tmp_path):
-    proc = run_script_in_process("make_assets.py", "--sweep", ROOT / "assets" / "sweep.json", "--out", tmp_path / "figures",
-                                 cwd=tmp_path)  # no runs/study/results.json here
+    (tmp_path / "sw1").mkdir()
+    shutil.copy(ROOT / "assets" / "sweep.json", tmp_path / "sw1")
+    proc = run_script_in_process("make_assets.py", "--sweep", "sw1", "--out", tmp_path / "figures",
+                                 cwd=tmp_path)  # the folder of a sweep.json; no runs/study/results.json here
     assert proc.returncode == 0, proc.stderr
     drawn = sorted(p.name for p in (tmp_path / "figures").iterdir() if p.suffix == ".png")
     assert drawn == ["sweep_dropout.png", "sweep_learning_rates.png"]
+
+
+def test_make_assets_refuses_a_sweep_it_draws_no_figure_of_and_says_why(refused, tmp_path):
+    (tmp_path / "sw1").mkdir()
+    (tmp_path / "sw1" / "sweep.json").write_text(json.dumps(sweep_of(fake_rows("mlp", 1e-3, val=0.4, test=0.4))))
+    line = refused("make_assets.py", "--sweep", "sw1", "--out", "out_onerow")
+    assert "argument --sweep: nothing to draw: sw1/sweep.json has no grid of both stages of a figure (mlp and mlp_dropout;" in line
+    assert not (tmp_path / "out_onerow").exists() or not list((tmp_path / "out_onerow").iterdir())
