@@ -40,7 +40,7 @@ from mnist_jax.errors import (  # noqa: E402
     DataError, DoesNotFit, NonFiniteLoss, PeerLost, ProgressError, StopAgreed, UsageError,
 )
 from mnist_jax.progress import GridProgress  # noqa: E402
-from mnist_jax.stages import MAX_SEED, STAGES, TrainConfig  # noqa: E402
+from mnist_jax.stages import MAX_SEED, STAGES, TrainConfig, count  # noqa: E402
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
 # Options that say where a process finds its inputs and puts its outputs, not what it computes.
@@ -163,7 +163,7 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, description: str | None = None, *, prog: str | None = None, out: str | None = None,
                  holds: str = "the results", results: tuple[str, ...] = (), resume: bool = False,
                  trains: bool = True, processes: bool = False, tensorboard: bool = False):
-        super().__init__(prog=prog, description=description, formatter_class=HelpFormatter)
+        super().__init__(prog=prog or program(), description=description, formatter_class=HelpFormatter)
         self.results, self.trains, self.processes, self.given = results, trains, processes, set()
         for name in (None, "store", "store_true", "store_false", "store_const"):  # every option that sets one value
             self.register("action", name, once(self._registry_get("action", name)))
@@ -248,9 +248,9 @@ class ArgumentParser(argparse.ArgumentParser):
         """`--out` held and its results refused (by process 0, which writes); the work's progress."""
         if self.results and distributed.is_main():
             claim(args.out)
-            refuse_existing(args, self.prog, self.results)
+            refuse_existing(args, Path(sys.argv[0]).name, self.results)
         if "resume" in args and self.results:
-            args.progress = grid_progress(args, self.prog)
+            args.progress = grid_progress(args, Path(sys.argv[0]).name)  # the script, however it was typed
 
     def _join(self, args: argparse.Namespace) -> None:
         work = {k: v for k, v in vars(args).items() if k not in LOCAL_OPTIONS}
@@ -259,10 +259,19 @@ class ArgumentParser(argparse.ArgumentParser):
         import jax
 
         if args.seeds % jax.process_count():  # each process holds as many models
-            raise UsageError(f"argument --seeds: {args.seeds} seeds do not split evenly over {jax.process_count()} "
+            raise UsageError(f"argument --seeds: {count(args.seeds, 'seed')} do not split evenly over {jax.process_count()} "
                              f"processes; give a multiple of {jax.process_count()}")
         if not distributed.is_main():  # process 0 speaks for the run
             sys.stdout = open(os.devnull, "w")
+
+
+def load_data(args: argparse.Namespace):
+    """MNIST as --source and --data-dir ask (`data.load_mnist`), and the line of every script that says where it came from."""
+    from mnist_jax import data
+
+    mnist = data.load_mnist(args.source, args.data_dir)
+    print(f"data: {mnist.source}", flush=True)
+    return mnist
 
 
 def mlp_only(args: argparse.Namespace, stages: list[str]) -> None:
@@ -372,6 +381,11 @@ def grid_progress(args: argparse.Namespace, script: str):
 invocation: list[str] | None = None
 
 
+def program() -> str:
+    """This script as it was typed, for its usage and errors: mnist-jax train, python -m mnist_jax train or train.py."""
+    return " ".join(invocation) if invocation else Path(sys.argv[0]).name
+
+
 def script_command(name: str) -> str:
     """Script `name` as this one was run: python scripts/study.py, mnist-jax study or python -m mnist_jax study."""
     return " ".join([*invocation[:-1], name]) if invocation else f"python scripts/{name}.py"
@@ -387,11 +401,6 @@ def print_table(header: list[str], rows: list[list]) -> None:
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(map(str, row)) + " |")
-
-
-def count(n: int, noun: str) -> str:
-    """'1 epoch', '5 epochs'."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def interval(ci95: list | None, sign: str = "") -> str:
@@ -417,6 +426,18 @@ class Progress:
         self.bar.update()
         if self.plain:
             print(f"{self.desc}: {self.unit} {self.done}/{self.bar.total}" + (f", {note}" if note else ""), flush=True)
+
+    def epochs(self, epochs: int) -> Callable[[int, int], None]:
+        """`study.train_grid`'s `on_epoch(done, total)`: a step per epoch; where the models train in several chunks,
+        one after another, a step per pass (a chunk's epoch) and which: 'pass 3/4, epoch 1/2 of chunk 2/2'."""
+
+        def step(done: int, total: int) -> None:
+            if (chunks := total // epochs) > 1:
+                self.unit = self.bar.unit = "pass"
+            self.step(f"epoch {(done - 1) % epochs + 1}/{epochs} of chunk {(done - 1) // epochs + 1}/{chunks}" if chunks > 1
+                      else "", total=total)
+
+        return step
 
     def close(self) -> None:
         self.bar.close()
@@ -521,7 +542,7 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
     except (Exception, MemoryError) as e:  # noqa: BLE001
         for kind, prefix, status in FAILURES:
             if isinstance(e, kind):
-                fail(f"{prefix.format(script=Path(sys.argv[0]).name)}{e}", status)
+                fail(f"{prefix.format(script=program())}{e}", status)
         # XLA's RESOURCE_EXHAUSTED is a ValueError, torch's a RuntimeError
         if isinstance(e, MemoryError) or isinstance(e, (ValueError, RuntimeError)) and any(s in str(e) for s in OUT_OF_MEMORY):
             why = str(e).splitlines()[0] if str(e) else "MemoryError"

@@ -149,6 +149,15 @@ def in_idx_order(images: np.ndarray, labels: np.ndarray, split: str, where: str)
     return images[place], labels[place]
 
 
+def _why(e: Exception) -> str:
+    """What went wrong, in one short line: an HTTP status and its reason, else the exception's kind and first line."""
+    if (response := getattr(e, "response", None)) is not None and getattr(response, "status_code", None):
+        return f"HTTP {response.status_code} {response.reason}"
+    text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()  # (a KeyError's str is its repr)
+    line = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {line if len(line) <= 200 else line[:200] + '...'}" if line else type(e).__name__
+
+
 def load_tfds(verify: bool = True) -> MNIST:
     """MNIST prepared by TFDS, read with `tfds.data_source` (no TensorFlow needed); if TensorFlow is importable
     and MNIST is not prepared yet, TFDS prepares it. With `verify`, its records (in TFDS's own order) are checked and put
@@ -167,7 +176,7 @@ def load_tfds(verify: bool = True) -> MNIST:
             examples = [source[i] for i in range(len(source))]
         except Exception as e:  # TFDS raises many kinds: missing, offline, corrupt
             why = "" if can_prepare else ", and TensorFlow is not installed to prepare it"
-            raise DataError(f"no MNIST prepared by TFDS{why} ({type(e).__name__})") from None
+            raise DataError(f"no MNIST prepared by TFDS{why} ({_why(e)})") from None
         images = np.stack([ex["image"].reshape(28, 28) for ex in examples]).astype(np.uint8)
         labels = np.array([ex["label"] for ex in examples]).astype(np.uint8)
         if verify:
@@ -198,13 +207,19 @@ def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = No
             # known_hash=None: the digests are of decompressed files, checked below
             pooch.retrieve(mirror.rstrip("/") + "/" + name, known_hash=None, fname=name, path=cache_dir, downloader=downloader)
         except Exception as e:  # requests/pooch raise many kinds when offline
-            raise DataError(f"download of {name} from {mirror} failed: {type(e).__name__}") from None
+            raise DataError(f"download of {name} from {mirror} failed: {_why(e)}") from None
     try:
         data = load_idx_dir(cache_dir)
-    except DataError:
+    except DataError as e:
         for stem in IDX_SHA256:
             (cache_dir / f"{stem}.gz").unlink(missing_ok=True)
-        raise
+        bad = next((stem for stem in IDX_SHA256 if f"{stem}.gz" in str(e)), None)
+        fault = str(e).removeprefix(f"{cache_dir / f'{bad}.gz'}: ")
+        if bad in fetched or bad is None and fetched:  # (None: the files disagree, one with another)
+            served = f"{mirror.rstrip('/')}/{bad}.gz" if bad else mirror
+            raise DataError(f"{served} served data that is not MNIST's ({fault}); the downloaded files were deleted from "
+                            f"{cache_dir}: try again later, or another mirror (${MIRROR_ENV})") from None
+        raise DataError(f"{e}: a file cached by an earlier download, now deleted; run again to download it afresh") from None
     if not fetched:
         return data._replace(source=f"IDX files cached in {cache_dir} by an earlier download")
     part = "" if len(fetched) == len(IDX_SHA256) else f" ({len(fetched)} of {len(IDX_SHA256)} files)"

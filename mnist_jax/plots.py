@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.patches import FancyBboxPatch
 
 from mnist_jax.files import atomic_write
-from mnist_jax.stages import STAGES, Stage, setting
+from mnist_jax.stages import STAGES, Stage, count, setting
 
 
 def save_figure(fig, path: str | os.PathLike, title: str = "") -> None:
@@ -71,7 +71,7 @@ def training_curves(results: dict, path: str | os.PathLike) -> None:
     plt.setp(axes[1], xlabel="epoch", ylim=(86, 100))
     axes[1, 0].legend(loc="lower right")
     n = len(next(iter(results["stages"].values()))["seeds"])
-    save_figure(fig, path, f"training curves: mean over {n} seeds, band from min to max ({results['device']})")
+    save_figure(fig, path, f"training curves: mean over {count(n, 'seed')}, band from min to max ({results['device']})")
 
 
 def comparison_chart(results: dict, path: str | os.PathLike) -> None:
@@ -88,7 +88,7 @@ def comparison_chart(results: dict, path: str | os.PathLike) -> None:
         ax.scatter([i - 0.12], [100 * r["documented_accuracy"]], marker="D", color="C3",
                    label="documented (original, one run)" if i == 0 else None)
     ax.set_xticks(range(len(stages)), stages)
-    ax.set(ylabel="test accuracy (%)", title=f"test accuracy over {len(results['stages'][stages[0]]['seeds'])} seeds")
+    ax.set(ylabel="test accuracy (%)", title=f"test accuracy over {count(len(results['stages'][stages[0]]['seeds']), 'seed')}")
     ax.legend(fontsize=8)
     save_figure(fig, path)
 
@@ -178,7 +178,7 @@ def width_sweep(report: dict, path: str | os.PathLike) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     mean, (lo, hi) = _pct([r["mean"] for r in rows]), _ci_pct(rows)
     ax.errorbar([r["parameters"] for r in rows], mean, yerr=[mean - lo, hi - mean],
-                fmt="o-", capsize=4, label=f"mlp, 5 epochs ({report['seeds']} seeds, 95% CI)")
+                fmt="o-", capsize=4, label=f"mlp, 5 epochs ({count(report['seeds'], 'seed')}, 95% CI)")
     for r in rows:
         ax.annotate(str(r["hidden"]), (r["parameters"], 100 * r["mean"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
     ax.axhline(100 * report["linear_ce_converged"]["test_accuracy"], color="C3", ls="--",
@@ -210,7 +210,8 @@ def sweep_dropout(answer: dict, device: str, path: str | os.PathLike) -> None:
     diff_ax.axhline(0, color="black", lw=0.8)
     curves = [answer["mlp"]["test"], *(r["test"] for r in answer["rates"].values())]
     acc_ax.set_ylim(bottom=min(100 * (s["ci95"] or [s["mean"]])[0] for c in curves for s in c) - 0.2)
-    acc_ax.set(ylabel="test accuracy (%)", title=f"test accuracy after each epoch: mean, 95% CI ({answer['seeds']} seeds)")
+    acc_ax.set(ylabel="test accuracy (%)",
+               title=f"test accuracy after each epoch: mean, 95% CI ({count(answer['seeds'], 'seed')})")
     diff_ax.set(ylabel="difference (points), paired by seed", title="dropout minus no dropout")
     for ax in (acc_ax, diff_ax):
         ax.set_xlabel("epoch")
@@ -234,8 +235,9 @@ def sweep_learning_rates(answers: dict, device: str, path: str | os.PathLike) ->
                     label=f"{stage}: validation mean")
             best = choice["by_lr"][setting(choice['lr'])]["test"]["mean"]
             ax.scatter([choice["lr"]], [100 * best], s=160, facecolors="none", edgecolors=line.get_color())
+        name = "BatchNorm" if question == "batchnorm" else "linear losses"
         ax.set(xscale="log", xlabel="Adam learning rate", ylabel="accuracy (%)",
-               title=f"{'BatchNorm' if question == 'batchnorm' else 'linear losses'}: after {comparison['epoch']} epochs")
+               title=f"{name}: after {count(comparison['epoch'], 'epoch')}")
         ax.legend(fontsize=7)
-    seeds = comparison["seeds"]
-    save_figure(fig, path, f"accuracy against learning rate, {seeds} seeds per rate; ring: chosen on validation ({device})")
+    seeds = count(comparison["seeds"], "seed")
+    save_figure(fig, path, f"accuracy against learning rate, {seeds} per rate; ring: chosen on validation ({device})")

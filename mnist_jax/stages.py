@@ -112,3 +112,8 @@ class TrainConfig:
         """e.g. 'mlp (hidden 256, batch 128)', for messages."""
         hidden = f"hidden {self.hidden or self.spec.hidden}, " if self.spec.is_mlp else ""
         return f"{self.stage} ({hidden}batch {self.batch_size})"
+
+
+def count(n: int, noun: str) -> str:
+    """'1 epoch', '5 epochs': for every message and figure (also `cli.count`)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

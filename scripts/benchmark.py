@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from mnist_jax.comparison import jax_split, steady_seconds_per_epoch
-from mnist_jax.data import MNIST, NUM_VALIDATION, load_mnist
+from mnist_jax.data import MNIST, NUM_VALIDATION
 from mnist_jax.evaluate import to_inputs
 from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
 from mnist_jax.train import (
@@ -280,7 +280,8 @@ def standard_parts(data: MNIST, rounds: int) -> list[dict]:
 def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(__doc__, out="runs/benchmark", results=(RESULT,))
     parser.add_stages()
-    parser.add_argument("--epochs", type=cli.positive_int, default=3, help="epochs per run; the first is left out of s/epoch")
+    parser.add_argument("--epochs", type=cli.checked(int, lambda v: 2 <= v <= cli.MAX_INT, f"an integer from 2 to {cli.MAX_INT}"),
+                        default=3, help="epochs per run, 2 or more: the first (compiling, warming up) is left out of s/epoch")
     parser.add_argument("--rounds", type=cli.positive_int, default=1,
                         help="every stage is measured this many times, in turns (and the train.py runs repeated); figures are medians")
     parser.add_argument("--studies", type=cli.comma_separated(cli.positive_int),
@@ -333,16 +334,24 @@ def print_studies(studies: list[dict]) -> None:
 
 
 def print_standard_parts(rows: list[dict]) -> None:
-    print(f"\neach piece of this project against the standard one (medians of {len(rows[0]['rounds']['ours'])} paired rounds):")
-    quartiles = [statistics.quantiles([o / s for o, s in zip(r["rounds"]["ours"], r["rounds"]["standard"])], n=4) for r in rows]
+    rounds = len(rows[0]["rounds"]["ours"])
+    print(f"\neach piece of this project against the standard one (medians of {cli.count(rounds, 'paired round')}"
+          + ("; quartiles need --rounds 2 or more" if rounds < 2 else "") + "):")
+
+    def ratio(r: dict) -> str:  # and its quartiles over rounds, where there are two rounds or more
+        if rounds < 2:
+            return f"{r['ratio']:.2f}"
+        q = statistics.quantiles([o / s for o, s in zip(r["rounds"]["ours"], r["rounds"]["standard"])], n=4)
+        return f"{r['ratio']:.2f} ({q[0]:.2f}-{q[2]:.2f})"
+
     cli.print_table(["piece", "stage", "ours s", "standard s", "ours / standard (quartiles)", "saving, of the stage's training pass"], [
-        [r["piece"], f"`{r['stage']}`", f"{r['ours_seconds']:.4f}", f"{r['standard_seconds']:.4f}",
-         f"{r['ratio']:.2f} ({q[0]:.2f}-{q[2]:.2f})", f"{r['saving_of_pass']:+.1%}"] for r, q in zip(rows, quartiles)])
+        [r["piece"], f"`{r['stage']}`", f"{r['ours_seconds']:.4f}", f"{r['standard_seconds']:.4f}", ratio(r),
+         f"{r['saving_of_pass']:+.1%}"] for r in rows])
 
 
 def main() -> None:
     args = build_parser().parse()
-    data = load_mnist(args.source, args.data_dir)
+    data = cli.load_data(args)
     torch = None if args.no_torch else import_torch()
     has_torch = torch is not None
     if not has_torch:
@@ -358,7 +367,7 @@ def main() -> None:
         "matmul_precision": "highest (full float32) in both frameworks",
         "epochs": args.epochs, "rounds": args.rounds, "torch_loops": TORCH_LOOPS if has_torch else [],
     }
-    print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version']}", flush=True)
+    print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version'] or 'not run'}", flush=True)
     configs = [TrainConfig(stage, epochs=args.epochs) for stage in args.stages]
     progress = cli.Progress(args.rounds, f"benchmark of {', '.join(args.stages)}", "round")
     report["stages"] = rows = benchmark_stages(configs, data, report["torch_loops"], args.rounds, progress.step)

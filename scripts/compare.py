@@ -3,7 +3,6 @@
 import time
 
 from mnist_jax import cli
-from mnist_jax.data import load_mnist
 from mnist_jax.errors import UsageError
 from mnist_jax.files import write_json
 from mnist_jax.stages import STAGES
@@ -67,10 +66,10 @@ def main() -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
 
-    data = load_mnist(args.source, args.data_dir)
+    data = cli.load_data(args)
     loops = {"both": ["original", "tensor"], "all": ["original", "tensor", "compile"]}.get(args.torch_loop, [args.torch_loop])
     device = device_description()
-    print(f"device: {device}, PyTorch threads: {torch.get_num_threads()} | data: {data.source}", flush=True)
+    print(f"device: {device}, PyTorch threads: {torch.get_num_threads()}", flush=True)
     start = time.perf_counter()
     replayed = [stage for stage in args.stages if args.replay_original and not STAGES[stage].dropout]
     progress = cli.Progress(len(args.stages) * args.seeds * (1 + len(loops)) + len(replayed), "compare", "run")

@@ -4,7 +4,6 @@ python scripts/linearity.py --seeds 3"""
 import time
 
 from mnist_jax import cli
-from mnist_jax.data import load_mnist
 
 
 RESULTS = ("linearity.json", "width_sweep.png")
@@ -27,7 +26,7 @@ def main() -> None:
     from mnist_jax.files import write_json
     from mnist_jax.train import device_description
 
-    data = load_mnist(args.source, args.data_dir)
+    data = cli.load_data(args)
     start = time.perf_counter()
     progress = cli.Progress(2 + len(args.widths), "linearity", "model")
     lstsq = linearity.linear_lstsq(data)

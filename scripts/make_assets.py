@@ -15,11 +15,17 @@ FIGURES = ("training_curves.png", "comparison_chart.png", "evolution_diagram.png
 SWEEP_FIGURES = ("sweep_dropout.png", "sweep_learning_rates.png")
 
 
+def file_in(name: str):
+    """An argument type: a file, or the folder holding it as `name`."""
+    return lambda text: Path(text) / name if text and Path(text).is_dir() else Path(text)
+
+
 def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(__doc__, out="runs/figures", holds="the figures", results=FIGURES + SWEEP_FIGURES, trains=False)
-    parser.add_argument("--results", type=Path, help="written by scripts/study.py (default: runs/study/results.json; "
-                        "with --sweep, none: only the sweep's figures)")
-    parser.add_argument("--sweep", type=Path, help="sweep.json written by scripts/sweep.py: draw its figures too")
+    parser.add_argument("--results", type=file_in("results.json"), help="written by scripts/study.py, or its folder "
+                        "(default: runs/study/results.json; with --sweep, none: only the sweep's figures)")
+    parser.add_argument("--sweep", type=file_in("sweep.json"), help="sweep.json written by scripts/sweep.py, or its folder: "
+                        "draw its figures too")
     return parser
 
 
@@ -45,6 +51,9 @@ def main() -> None:
     if args.sweep is not None:
         sweep = read(args.sweep, "--sweep", "sweep", load_sweep)
         found = read(args.sweep, "--sweep", "sweep", lambda _: answers(sweep))
+        if not {"dropout", "batchnorm", "linear"} & found.keys():
+            raise UsageError(f"argument --sweep: nothing to draw: {args.sweep} has no grid of both stages of a figure "
+                             "(mlp and mlp_dropout; mlp and mlp_bn; or linear_mse and linear_ce)")
     from mnist_jax import plots
 
     written = []  # each drawn beside its place, and moved there once all are drawn: a failure leaves none

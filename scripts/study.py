@@ -4,7 +4,6 @@ import dataclasses
 import time
 
 from mnist_jax import cli, distributed
-from mnist_jax.data import load_mnist
 from mnist_jax.errors import UsageError
 from mnist_jax.stages import TrainConfig
 
@@ -50,7 +49,7 @@ def main() -> None:
     from mnist_jax import study
     from mnist_jax.results import save_study
 
-    data = load_mnist(args.source, args.data_dir)
+    data = cli.load_data(args)
     start = time.perf_counter()
     results = {}
     for stage in args.stages:
@@ -59,7 +58,7 @@ def main() -> None:
                              hidden=args.hidden, dropout=args.dropout)  # (mlp_only: none given for a linear stage)
         results[stage] = study.train_seeds(
             config, data, list(range(args.seeds)), models_at_once=args.seeds_at_once,
-            on_epoch=lambda done, total: bar.step(total=total), progress=args.progress,
+            on_epoch=bar.epochs(args.epochs), progress=args.progress,
         )
         bar.close()
         for seed, history, accuracy in zip(results[stage].seeds, results[stage].history, results[stage].test_accuracies):

@@ -4,7 +4,6 @@ python scripts/sweep.py --stages mlp,mlp_dropout --dropout 0.1,0.2,0.5 --epochs 
 import time
 
 from mnist_jax import cli, distributed
-from mnist_jax.data import load_mnist
 from mnist_jax.errors import ResultFileError, UsageError
 from mnist_jax.stages import STAGES, TrainConfig, setting
 
@@ -78,7 +77,8 @@ def print_answers(answers: dict) -> None:
     if "dropout" in answers:
         q = answers["dropout"]
         epochs = sorted({e for e in (1, 5, 10, 20, 30, q["epochs"]) if e <= q["epochs"]})
-        print(f"\nDropout against `mlp` at lr {q['lr']:g}{width(q)} ({q['seeds']} seeds; test accuracy after each epoch, difference paired by seed):\n")
+        print(f"\nDropout against `mlp` at lr {q['lr']:g}{width(q)} ({cli.count(q['seeds'], 'seed')}; "
+              "test accuracy after each epoch, difference paired by seed):\n")
         rows = [["`mlp`", *(pct(q["mlp"]["test"][e - 1]) for e in epochs), q["mlp"]["best_val_epoch"], pct(q["mlp"]["test_at_best_val_epoch"])]]
         for rate, r in q["rates"].items():
             rows.append([f"dropout {rate}", *(pct(r["test"][e - 1]) for e in epochs), r["best_val_epoch"], pct(r["test_at_best_val_epoch"])])
@@ -110,12 +110,12 @@ def main() -> None:
         check_add(args)
     from mnist_jax import results, sweep
 
-    data = load_mnist(args.source, args.data_dir)
+    data = cli.load_data(args)
     progress = {}
 
     def on_stage(name: str, models: int):
         progress["bar"] = cli.Progress(args.epochs, f"{name}, {cli.count(models, 'model')}", "epoch")
-        return lambda done, total: progress["bar"].step(total=total)
+        return progress["bar"].epochs(args.epochs)
 
     start = time.perf_counter()
     grid = sweep.run_grid(
@@ -135,7 +135,7 @@ def main() -> None:
           f"compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")
     for name, size in grid["models_at_once"].items():
-        print(f"{name}: {size} models at once")
+        print(f"{name}: {cli.count(size, 'model')} at once")
     print_grid(grid["rows"], args.epochs)
     print_answers(sweep.answers(saved))
     print(f"wrote {path}")

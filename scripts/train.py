@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from mnist_jax import cli
-from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION, load_mnist
+from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION
 from mnist_jax.errors import EXIT_DIVERGED, EXIT_WRITE_FAILED, NonFiniteLoss, UsageError
 from mnist_jax.files import foreign_entries, signals_deferred, write_json
 from mnist_jax.stages import STAGES, TrainConfig, setting
@@ -232,10 +232,10 @@ def train_stage(args, stage: str, data) -> dict:
 
 def main() -> None:
     args = parse_args()
-    data = load_mnist(args.source, args.data_dir)
+    data = cli.load_data(args)
     from mnist_jax.train import device_description
 
-    print(f"device: {device_description()} | data: {data.source}", flush=True)
+    print(f"device: {device_description()}", flush=True)
     results = [train_stage(args, stage, data) for stage in args.stages]
     if len(results) > 1:
         print_table(results)

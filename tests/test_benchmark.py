@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import load_script
+from mnist_jax import data
 from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig, graph, init_state, make_optimizer, make_train_step
 
@@ -34,7 +35,7 @@ def test_flop_count_is_xlas_own_count_less_the_elementwise_work(stage):
 @pytest.mark.slow  # a script's run (in-process, on synthetic digits)
 def test_benchmark_py_reports_jax_alone_in_its_out_folder_and_keeps_a_report_there(tiny, tmp_path, monkeypatch, capsys):
     ceiling = benchmark.matmul_ceiling
-    monkeypatch.setattr(benchmark, "load_mnist", lambda *_: tiny)
+    monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as cli.load_data reads them
     monkeypatch.setattr(benchmark, "matmul_ceiling", lambda: ceiling(256, 2))
 
     def run(out):
@@ -49,7 +50,8 @@ def test_benchmark_py_reports_jax_alone_in_its_out_folder_and_keeps_a_report_the
         run(tmp_path / "kept")
     assert "already holds benchmark.json; pass --overwrite" in capsys.readouterr().err
     report = run(tmp_path / "run")
-    assert report["torch_version"] is None and report["torch_loops"] == [] and "--no-torch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert report["torch_version"] is None and report["torch_loops"] == [] and "--no-torch" in out and "| torch not run" in out
     (row,) = report["stages"]
     assert row["speedup_vs_nnx_jit"] == pytest.approx(row["nnx_jit_epoch_seconds"] / row["jax_epoch_seconds"])
     assert row["jax_samples_per_second"] == pytest.approx(1_000 / row["jax_epoch_seconds"])  # 7,000 less 6,000 validation
@@ -68,3 +70,18 @@ def test_end_to_end_times_a_cold_then_a_warm_train_py_that_compiles_nothing_new(
     assert {"jit_initial", "jit_examples_at", "jit_epoch_keys", "jit_shuffle", "jit_train_epoch", "jit_evaluate"} <= programs
     # ... and the warm run found each in the cache: it added none
     assert e2e["warm_cached_programs"] == e2e["cold_cached_programs"]
+
+
+def test_one_epoch_is_refused_as_it_leaves_no_steady_epoch_to_time(refused):
+    assert "argument --epochs: expected an integer from 2 to" in refused("benchmark.py", "--epochs", "1", "--no-torch")
+
+
+def test_standard_parts_of_one_round_print_their_medians_without_quartiles(capsys):
+    rounds = {"ours": [0.5], "standard": [1.0], "pass": [2.0]}
+    row = {"piece": "piece", "stage": "mlp", "ours_seconds": 0.5, "standard_seconds": 1.0, "ratio": 0.5, "saving_of_pass": 0.25,
+           "rounds": rounds}
+    benchmark.print_standard_parts([row])
+    out = capsys.readouterr().out
+    assert "medians of 1 paired round; quartiles need --rounds 2 or more" in out and "| 0.50 | +25.0% |" in out
+    benchmark.print_standard_parts([row | {"rounds": {k: v * 3 for k, v in rounds.items()}}])
+    assert "medians of 3 paired rounds):" in capsys.readouterr().out

@@ -88,6 +88,32 @@ def test_progress_off_a_terminal_is_one_plain_line_per_step(capsys):
     assert capsys.readouterr().out.splitlines() == ["mlp, 3 seeds: epoch 1/2", "mlp, 3 seeds: epoch 2/2, done"]
 
 
+def test_progress_of_models_in_chunks_counts_passes_and_says_which_chunk_and_epoch(capsys):
+    """Two chunks of models, one epoch each: two passes, not 'epoch 1/2 ... epoch 2/2' of a one-epoch run."""
+    progress = cli.Progress(1, "mlp_dropout, 4 models", "epoch")
+    for done in (1, 2):
+        progress.epochs(1)(done, 2)
+    one_chunk = cli.Progress(2, "mlp, 2 models", "epoch")
+    for done in (1, 2):
+        one_chunk.epochs(2)(done, 2)
+    assert capsys.readouterr().out.splitlines() == [
+        "mlp_dropout, 4 models: pass 1/2, epoch 1/1 of chunk 1/2", "mlp_dropout, 4 models: pass 2/2, epoch 1/1 of chunk 2/2",
+        "mlp, 2 models: epoch 1/2", "mlp, 2 models: epoch 2/2"]
+
+
+@pytest.mark.parametrize("script", ["train.py", "study.py", "sweep.py", "compare.py", "linearity.py", "benchmark.py"])
+def test_every_script_that_loads_mnist_says_where_it_came_from_in_the_same_line(script, monkeypatch, capsys):
+    """Each loads it through `cli.load_data`, the one place that prints the line (study.py, sweep.py, linearity.py
+    and benchmark.py printed none)."""
+    source = (ROOT / "scripts" / script).read_text()
+    assert "cli.load_data(args)" in source and "load_mnist(" not in source
+    from mnist_jax import data
+
+    monkeypatch.setattr(data, "load_mnist", lambda source, data_dir: data.MNIST(*[None] * 4, source=f"{source} {data_dir}"))
+    assert cli.load_data(argparse.Namespace(source="idx", data_dir="mnist")).source == "idx mnist"
+    assert capsys.readouterr().out == "data: idx mnist\n"
+
+
 def offline_env(tmp_path) -> dict:
     """No data dir, an empty TFDS folder and an unreachable mirror."""
     return {
@@ -325,12 +351,18 @@ def test_the_console_command_and_python_m_run_the_scripts_and_say_how_they_were_
         main(["make-assets", "--results", "none.json"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err == f"make_assets.py: error: argument --results: study_arrays.npz not found; run {typed} study first\n"
+    assert err == f"{typed} make-assets: error: argument --results: study_arrays.npz not found; run {typed} study first\n"
     assert cli.command() == f"{typed} make-assets --results none.json"
     assert cli.resume_command() == f"{typed} make-assets --results none.json --resume"
+    monkeypatch.setattr(sys, "argv", [argv0])  # as typed again (main set the script's own)
     with pytest.raises(SystemExit) as stop:
         main(["train", "--help"])
-    assert stop.value.code == 0 and "--stage STAGE" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "--stage STAGE" in out and out.startswith(f"usage: {typed} train [-h]")
+    monkeypatch.setattr(sys, "argv", [argv0])
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--epochs", "0"])
+    assert stop.value.code == 2 and capsys.readouterr().err.startswith(f"{typed} train: error: argument --epochs: expected")
 
 
 def test_a_script_run_from_scripts_records_itself_so(monkeypatch):
@@ -352,6 +384,19 @@ def test_the_console_command_lists_its_commands_and_refuses_another_in_one_line(
         main(argv)
     out, err = capsys.readouterr()
     assert stop.value.code == status and len((out + err).splitlines()) == 1 and said in out + err
+
+
+@pytest.mark.parametrize("module, command", [("comparison", "compare"), ("plots", "make_assets"), ("linearity", "linearity"),
+                                             ("sweep", "sweep"), ("results", "study"), ("files", "COMMAND")])
+def test_a_library_module_names_the_command_that_uses_it(module, command, monkeypatch, capsys):
+    import mnist_jax
+
+    monkeypatch.setattr(sys, "argv", ["-m"])
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", f"mnist_jax.{module}"])
+    with pytest.raises(SystemExit) as stop:
+        mnist_jax._refuse_a_library_module_run()
+    said = capsys.readouterr().err
+    assert stop.value.code == 2 and f"run: python -m mnist_jax {command} ... (or mnist-jax {command} ...)" in said
 
 
 @pytest.mark.slow

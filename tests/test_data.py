@@ -176,9 +176,28 @@ def test_a_download_that_fails_its_digest_is_deleted(mirror, tmp_path):
     for stem, array in zip(data.IDX_SHA256, synthetic[:4]):  # well-formed IDX files, but not MNIST's
         (root / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(array)))
     cache = tmp_path / "cache"
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: SHA-256 .* differs"):
+    with pytest.raises(DataError) as refused:
         data.download(cache, url)
+    assert str(refused.value).startswith(f"{url}train-images-idx3-ubyte.gz served data that is not MNIST's (SHA-256 ")
+    assert f"the downloaded files were deleted from {cache}" in str(refused.value)  # (not the deleted file named as the fault)
     assert not list(cache.glob("*.gz"))
+
+
+def test_a_mirror_without_the_files_is_named_with_its_http_status(mirror, tmp_path):
+    root, url = mirror
+    with pytest.raises(DataError, match=f"download of train-images-idx3-ubyte.gz from {url}nothere/ failed: HTTP 404 "):
+        data.download(tmp_path / "cache", url + "nothere/")
+
+
+def test_tfds_without_mnist_prepared_says_what_is_missing(monkeypatch):
+    def data_source(*_, **__):
+        raise KeyError("Trying to access `splits['train']` but `splits` is empty. This likely indicates the dataset has not "
+                       "been generated yet.")
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    with pytest.raises(DataError, match=r"no MNIST prepared by TFDS.* \(KeyError: Trying to access `splits\['train'\]` but "
+                                        "`splits` is empty. This likely indicates the dataset has not been generated yet.\)$"):
+        data.load_tfds()
 
 
 def test_unverified_idx_files_load_as_written(tmp_path):

@@ -114,6 +114,16 @@ def test_a_study_of_one_seed_has_no_interval_and_calls_no_step_significant(tiny,
     plots.comparison_chart(report, tmp_path / "chart.png")  # the mean alone, no bar
 
 
+def test_figures_of_one_seed_say_seed(tiny, tiny_seeds, tmp_path, monkeypatch):
+    from test_sweep import figure_titles
+
+    report = save_study({"mlp": first_seed(tiny_seeds, "mlp")}, tiny, tmp_path, "python scripts/study.py --seeds 1", 1.0)
+    titles = figure_titles(monkeypatch)
+    plots.comparison_chart(report, tmp_path / "chart.png")
+    plots.training_curves(report, tmp_path / "curves.png")
+    assert "test accuracy over 1 seed" in titles and any(t.startswith("training curves: mean over 1 seed,") for t in titles)
+
+
 def test_a_study_compares_only_the_stages_it_ran_and_names_them_so(tiny, tiny_seeds, tmp_path, capsys):
     """`--stages linear_ce,mlp`: the step from linear_ce to mlp, and no comparison with
     `mlp` of a variant not run (was the same step again, printed as "mlp vs mlp")."""
@@ -133,6 +143,7 @@ def test_study_py_trains_with_train_pys_model_options(tiny, tmp_path, monkeypatc
     proc = run_script_in_process("study.py", "--stages", "mlp_bn", "--seeds", "1", "--epochs", "1", *options, "--out", tmp_path)
     assert proc.returncode == 0 and "\n1 seed, 1 epoch, " in proc.stdout, proc.stderr
     results, _ = load_study(tmp_path / "results.json")
+    assert proc.stdout.startswith("data: synthetic\n") and results["data"] == "synthetic"  # where MNIST came from
     alone = train(TrainConfig("mlp_bn", 1, 64, 3e-3, seed=0, hidden=8, dropout=0.2), tiny)
     assert results["stages"]["mlp_bn"]["test_accuracies"] == [pytest.approx(alone.test_accuracy, abs=1e-6)]
 
@@ -225,6 +236,7 @@ def test_a_study_saves_its_results_and_the_arrays_its_figures_need(tiny, tiny_se
     report = save_study({"linear_ce": tiny_seeds}, tiny, tmp_path, "python scripts/study.py", 1.0)
     assert json.loads((tmp_path / "results.json").read_text()) == report
     assert load_study(tmp_path / "results.json")[0] == report  # and what load_study checks holds
+    assert report["data"] == tiny.source
     assert report["stages"]["linear_ce"]["test_accuracies"] == tiny_seeds.test_accuracies.tolist()
     arrays = dict(np.load(tmp_path / "study_arrays.npz"))
     assert arrays["linear_ce_confusion"].sum() == len(tiny.test_labels)

@@ -3,6 +3,7 @@ exactly as it trains alone; its questions choose settings on validation only."""
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -238,14 +239,43 @@ def test_a_sweep_of_one_epoch_at_another_width_draws_its_dropout_figure(tmp_path
     assert (tmp_path / "sweep_dropout.png").stat().st_size > 5_000
 
 
+def figure_titles(monkeypatch) -> list[str]:
+    """The titles of the figures `plots` draws from here on: each figure's own, then each of its axes'."""
+    titles = []
+
+    def save_figure(fig, path, title=""):
+        titles.extend([title, *(ax.get_title() for ax in fig.axes)])
+        plots.plt.close(fig)
+
+    monkeypatch.setattr(plots, "save_figure", save_figure)
+    return titles
+
+
+def test_one_seed_and_one_epoch_are_said_in_the_singular(tmp_path, monkeypatch, capsys):
+    rows = [r | {"history": r["history"][:1], "test_accuracy": r["history"][0]["test_accuracy"], "best_val_epoch": 1}
+            for stage in ("mlp", "mlp_dropout", "mlp_bn") for r in fake_rows(stage, 1e-3, val=0.4, test=0.4, seeds=1)]
+    found = answers(sweep_of(rows, epochs=1))
+    load_script("sweep.py").print_answers(found)
+    assert "(1 seed; test accuracy after each epoch" in capsys.readouterr().out
+    titles = figure_titles(monkeypatch)
+    plots.sweep_dropout(found["dropout"], "cpu", tmp_path / "sweep_dropout.png")
+    plots.sweep_learning_rates(found, "cpu", tmp_path / "sweep_learning_rates.png")
+    assert "BatchNorm: after 1 epoch" in titles and not [t for t in titles if "1 seeds" in t or "1 epochs" in t], titles
+    assert any("(1 seed)" in t for t in titles) and any("1 seed per rate" in t for t in titles)
+
+
 @pytest.mark.slow  # (a grid compiled: some 3 s, kept out of the quick tier)
 def test_sweep_py_ends_with_a_table_of_its_own_grid_validation_and_test_with_intervals(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
     proc = run_script_in_process("sweep.py", "--stages", "linear_ce", "--lr", "1e-3,3e-3", "--seeds", "2", "--epochs", "1",
-                                 "--out", tmp_path / "sweep")
+                                 "--models-at-once", "2", "--out", tmp_path / "sweep")
     assert proc.returncode == 0, proc.stderr
-    rows = load_sweep(tmp_path / "sweep" / "sweep.json")["rows"]
+    sweep = load_sweep(tmp_path / "sweep" / "sweep.json")
+    rows = sweep["rows"]
+    assert proc.stdout.startswith("data: synthetic\n") and sweep["grids"][0]["data"] == "synthetic"
     assert "\n4 models, 1 epoch, " in proc.stdout  # (not "1 epochs")
+    assert "linear_ce, 4 models: pass 2/2, epoch 1/1 of chunk 2/2\n" in proc.stdout  # (not "epoch 2/2" of one epoch)
+    assert "\nlinear_ce: 2 models at once\n" in proc.stdout
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert table[0] == "| stage | hidden | lr | dropout | seeds | val accuracy after epoch 1 | test accuracy |"
 
@@ -260,8 +290,18 @@ def test_sweep_py_ends_with_a_table_of_its_own_grid_validation_and_test_with_int
 
 
 def test_make_assets_draws_a_sweep_without_a_study(tmp_path):
-    proc = run_script_in_process("make_assets.py", "--sweep", ROOT / "assets" / "sweep.json", "--out", tmp_path / "figures",
-                                 cwd=tmp_path)  # no runs/study/results.json here
+    (tmp_path / "sw1").mkdir()
+    shutil.copy(ROOT / "assets" / "sweep.json", tmp_path / "sw1")
+    proc = run_script_in_process("make_assets.py", "--sweep", "sw1", "--out", tmp_path / "figures",
+                                 cwd=tmp_path)  # the folder of a sweep.json; no runs/study/results.json here
     assert proc.returncode == 0, proc.stderr
     drawn = sorted(p.name for p in (tmp_path / "figures").iterdir() if p.suffix == ".png")
     assert drawn == ["sweep_dropout.png", "sweep_learning_rates.png"]
+
+
+def test_make_assets_refuses_a_sweep_it_draws_no_figure_of_and_says_why(refused, tmp_path):
+    (tmp_path / "sw1").mkdir()
+    (tmp_path / "sw1" / "sweep.json").write_text(json.dumps(sweep_of(fake_rows("mlp", 1e-3, val=0.4, test=0.4))))
+    line = refused("make_assets.py", "--sweep", "sw1", "--out", "out_onerow")
+    assert "argument --sweep: nothing to draw: sw1/sweep.json has no grid of both stages of a figure (mlp and mlp_dropout;" in line
+    assert not (tmp_path / "out_onerow").exists() or not list((tmp_path / "out_onerow").iterdir())

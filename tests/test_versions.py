@@ -83,3 +83,9 @@ def test_a_clones_script_importing_an_installed_package_ends_in_one_line_on_a_si
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert (proc.returncode, stderr) == (143, "stopped by SIGTERM: nothing was started\n")
+
+
+def test_a_non_editable_install_leaves_nothing_untracked_in_the_clone():
+    """`pip install .` builds in the clone's build/ (setuptools): ignored, as the egg-info is."""
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "build/" in ignored and "*.egg-info/" in ignored
