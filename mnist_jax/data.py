@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import re
 import struct
 import sys
 import zlib
@@ -52,6 +53,11 @@ class MNIST(NamedTuple):
     test_images: np.ndarray  # (10000, 28, 28) uint8
     test_labels: np.ndarray  # (10000,) uint8
     source: str  # where it came from, for the log
+
+    @property
+    def origin(self) -> str:
+        """`source` without this machine's folders, for result files: 'IDX files', 'TFDS', 'download from URL'."""
+        return re.sub(r"(, cached)? in .*?(?= by an earlier download$|$)", "", self.source)
 
 
 def parse_idx(raw: bytes, ndim: int, name: str = "IDX data") -> np.ndarray:

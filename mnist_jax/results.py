@@ -100,7 +100,7 @@ def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: 
                      "compile_seconds": r.compile_seconds, "train_seconds": r.train_seconds, "seeds_at_once": r.models_at_once}
               for name, r in results.items()}
     report = {"stages": stages, **comparisons(stages), "command": command, "device": device_description(),
-              "data": data.source, "jax_version": jax.__version__, "seconds": seconds}
+              "data": data.origin, "jax_version": jax.__version__, "seconds": seconds}
     if write:
         write_json(out / "results.json", report)
         with atomic_write(out / "study_arrays.npz") as tmp, open(tmp, "wb") as f:

@@ -62,7 +62,7 @@ def run_grid(stages: list[str], data: MNIST, *, lrs: list[float] | None = None, 
         compile_seconds += result.compile_seconds
         train_seconds += result.train_seconds
         chunks[name] = result.models_at_once
-    return {"device": device_description(), "data": data.source, "jax_version": jax.__version__, "epochs": epochs,
+    return {"device": device_description(), "data": data.origin, "jax_version": jax.__version__, "epochs": epochs,
             "batch_size": batch_size, "compile_seconds": compile_seconds, "train_seconds": train_seconds,
             "models_at_once": chunks, "rows": rows}
 

@@ -163,11 +163,16 @@ def test_the_data_line_names_the_mirror_or_the_cache_and_off_a_terminal_draws_no
     for gz in data_dir.glob("*.gz"):
         shutil.copy(gz, root)
     cache = tmp_path / "cache"
-    assert data.download(cache, url).source == f"download from {url}, cached in {cache}"
+    fetched = data.download(cache, url)
+    assert fetched.source == f"download from {url}, cached in {cache}"
+    assert fetched.origin == f"download from {url}"  # what result files record: no folder of this machine
     assert "\r" not in capfd.readouterr().err  # pytest's stderr is no terminal
-    assert data.download(cache, "http://127.0.0.1:9/unused/").source == f"IDX files cached in {cache} by an earlier download"
+    cached = data.download(cache, "http://127.0.0.1:9/unused/")
+    assert (cached.source, cached.origin) == (
+        f"IDX files cached in {cache} by an earlier download", "IDX files cached by an earlier download")
     (cache / "t10k-labels-idx1-ubyte.gz").unlink()
     assert data.download(cache, url).source == f"download from {url} (1 of 4 files), cached in {cache}"
+    assert data.load_idx_dir(data_dir).origin == "IDX files"
 
 
 def test_a_download_that_fails_its_digest_is_deleted(mirror, tmp_path):
