@@ -154,37 +154,61 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
     return RunResult(config, meta["device"], final, best, int(meta["best_epoch"]), list(meta["history"]))
 
 
+def check_which(which: str, function: str) -> None:
+    """`which` names a model of a run, else a `ValueError` naming `function`, the one the user called."""
+    if which not in ("final", "best"):
+        raise ValueError(f"{function} which: expected 'final' or 'best', got {which!r}")
+
+
 def load_model(run_dir: str | os.PathLike, which: str = "final") -> tuple[nnx.Module, TrainConfig]:
     """The `final` or `best` (best-validation) model of a saved run, as a Flax NNX module, and its config. It takes
     (N, 784) floats in [0, 1] (`load_classifier` takes raw images) and is in eval mode; the mode is an argument
     (`train=True`, for the MLPs), so `model.train()` and `model.eval()` change nothing. `to_nnx`: standard Flax layers."""
-    if which not in ("final", "best"):
-        raise ValueError(f"load_model which: expected 'final' or 'best', got {which!r}")
+    check_which(which, "load_model")
     run = load_run(run_dir)
     state = run.final if which == "final" else run.best
     return nnx.merge(graph(run.config), state.params, state.batch_stats), run.config
 
 
 def load_classifier(run_dir: str | os.PathLike, which: str = "final") -> Callable[[ArrayLike], tuple[np.ndarray, np.ndarray]]:
-    """A saved run's model (`load_model`) as a function of raw MNIST images: uint8 (or integers in 0-255) or floats in
-    [0, 1], of shape (N, 28, 28), (N, 784), or (28, 28) for one; it returns the predicted classes (N,) and
-    probabilities (N, 10), in eval mode: `classes, probabilities = load_classifier("runs/mlp_bn-seed42")(images)`."""
+    """A saved run's model (`load_model`) as a function of raw MNIST images: uint8 (or integers in 0-255) or floats
+    (of any precision) in [0, 1], of shape (N, 28, 28), (N, 784), (N, 28, 28, 1) as TFDS gives them, (N, 1, 28, 28) as
+    torchvision does, or (28, 28) or (784,) for one; it returns the predicted classes (N,) and probabilities (N, 10), in
+    eval mode: `classes, probabilities = load_classifier("runs/mlp_bn-seed42")(images)`. Anything else: `ValueError`."""
+    check_which(which, "load_classifier")
     model, _ = load_model(run_dir, which)
     graphdef, state = nnx.split(model)
     probabilities = jax.jit(lambda state, x: jax.nn.softmax(nnx.merge(graphdef, state)(to_inputs(x))))
 
     def classify(images: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        x = np.asarray(images)
-        one = x.shape in ((28, 28), (NUM_PIXELS,))
-        top = 1 if x.dtype.kind == "f" else 255
-        shaped = one or x.shape[1:] in ((28, 28), (NUM_PIXELS,))
-        if not shaped or x.dtype.kind not in "uif" or x.size and not 0 <= x.min() <= x.max() <= top:
-            raise ValueError(f"load_classifier: expected MNIST images, (N, 28, 28) or (N, 784), uint8 or floats in [0, 1]; "
-                             f"got {x.dtype}{list(x.shape)}" + (f" from {x.min()} to {x.max()}" if x.size else ""))
+        x = _images(images)
+        if not x.size:
+            return np.zeros(0, int), np.zeros((0, 10), np.float32)
         p = np.asarray(probabilities(state, x.reshape(-1, NUM_PIXELS)))
-        return (p.argmax(-1)[0], p[0]) if one else (p.argmax(-1), p)
+        return (p.argmax(-1)[0], p[0]) if x.shape in IMAGE_SHAPES[:2] else (p.argmax(-1), p)
 
     return classify
+
+
+IMAGE_SHAPES = ((28, 28), (NUM_PIXELS,), (28, 28, 1), (1, 28, 28))  # of one image; a batch's (N, ...) of any of them
+
+
+def _images(images: ArrayLike) -> np.ndarray:
+    """`images` as an array of MNIST images `load_classifier` takes, else a `ValueError` saying what it got."""
+    expected = ("load_classifier: expected MNIST images, (N, 28, 28), (N, 784), (N, 28, 28, 1) or (N, 1, 28, 28), "
+                "uint8 or floats in [0, 1]; got ")
+    try:  # a torch tensor, even one that requires grad, as its values
+        x = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images)
+    except Exception:  # noqa: BLE001  (ragged lists, torch tensors that require grad, ...: each raises its own kind)
+        raise ValueError(f"{expected}a {type(images).__name__} that is no array of numbers") from None
+    real = x.dtype.kind in "ui" or jnp.issubdtype(x.dtype, jnp.floating)  # any float: bfloat16 too
+    if not real or x.shape not in IMAGE_SHAPES[:2] and x.shape[1:] not in IMAGE_SHAPES:
+        kind = "" if real or isinstance(images, np.ndarray) else f" (a {type(images).__name__})"
+        raise ValueError(f"{expected}{x.dtype}{list(x.shape)}{kind}")
+    top = 1 if x.dtype.kind not in "ui" else 255
+    if x.size and not 0 <= x.min() <= x.max() <= top:
+        raise ValueError(f"{expected}{x.dtype}{list(x.shape)} from {x.min()} to {x.max()}")
+    return x
 
 
 def to_nnx(run_dir: str | os.PathLike, which: str = "final") -> nnx.Sequential:
@@ -192,6 +216,7 @@ def to_nnx(run_dir: str | os.PathLike, which: str = "final") -> nnx.Sequential:
     switch it, as in Flax): `nnx.Linear` (its kernel (in, out), the transpose of `models.torch_linear`'s),
     `nnx.BatchNorm` (momentum 0.9 in Flax's convention; in training it keeps the biased variance, where
     `models.BatchNorm1d` keeps PyTorch's unbiased one), `nnx.relu`, `nnx.Dropout`. It takes (N, 784) floats in [0, 1]."""
+    check_which(which, "to_nnx")
     model, config = load_model(run_dir, which)
     params, stats = (nnx.to_pure_dict(nnx.state(model, kind)) for kind in (nnx.Param, nnx.BatchStat))
     rngs = nnx.Rngs(0)  # the layers' initial values, all replaced; and the dropout masks, if trained

@@ -46,8 +46,9 @@ def to_torch(run_dir, which: str = "final") -> nn.Sequential:
     mode: it takes (N, 1, 28, 28) or (N, 784) floats in [0, 1], as torchvision's MNIST with `ToTensor` gives them."""
     from flax import nnx
 
-    from mnist_jax.checkpoint import load_model
+    from mnist_jax.checkpoint import check_which, load_model
 
+    check_which(which, "to_torch")
     model, config = load_model(run_dir, which)
     with torch.random.fork_rng():  # the initial weights it draws, all replaced, leave torch's global RNG as it was
         exported = build_model(config.stage, config.hidden, config.dropout)

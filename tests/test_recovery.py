@@ -12,10 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 from conftest import ROOT, assert_one_line_error, npz_with_header, run_script, run_script_in_process
-from mnist_jax.checkpoint import CheckpointError, has_checkpoint, load_model, load_run, save_run, saved_epochs
+from mnist_jax.checkpoint import (
+    CheckpointError, has_checkpoint, load_classifier, load_model, load_run, save_run, saved_epochs, to_nnx,
+)
+from mnist_jax.torch_reference import to_torch
 from mnist_jax.train import NonFiniteLoss, RunResult, TrainConfig, init_state, make_optimizer, run_record, train
 
 
@@ -278,3 +282,32 @@ def test_load_model_refuses_a_model_it_does_not_have(saved_run):
     assert isinstance(load_model(saved_run, "best")[0], nnx.Module)
     with pytest.raises(ValueError, match="load_model which: expected 'final' or 'best', got 'bset'"):
         load_model(saved_run, "bset")
+
+
+@pytest.mark.parametrize("function", [load_classifier, to_nnx, to_torch])
+def test_a_model_a_run_does_not_have_is_refused_naming_the_function_called(saved_run, function):
+    with pytest.raises(ValueError, match=f"^{function.__name__} which: expected 'final' or 'best', got 'fina'$"):
+        function(saved_run, "fina")
+
+
+def test_load_classifier_takes_tfds_and_torchvision_shapes_any_float_and_an_empty_batch(saved_run):
+    classify, images = load_classifier(saved_run), np.arange(3 * 784).reshape(3, 28, 28) % 256
+    classes, probabilities = classify(images.astype(np.uint8))
+    floats = images / 255
+    for same in (images[..., None], images[:, None], floats.astype(jnp.bfloat16), torch.tensor(floats).requires_grad_()):
+        np.testing.assert_array_equal(classify(same)[0], classes)
+    np.testing.assert_allclose(classify(floats[:, None])[1], probabilities, rtol=1e-5)
+    empty = classify(np.zeros((0, 28, 28), np.uint8))
+    assert empty[0].shape == (0,) and empty[1].shape == (0, 10)
+
+
+@pytest.mark.parametrize("images, got", [
+    ("abc", r"<U3\[\] \(a str\)"), ([[1, 2], [3]], "a list that is no array of numbers"),
+    (np.ones((2, 28, 28), bool), r"bool\[2, 28, 28\]"), (np.ones((2, 3, 28, 28)), r"float64\[2, 3, 28, 28\]"),
+    (np.full((2, 784), 2.0, jnp.bfloat16), r"bfloat16\[2, 784\] from 2.0 to 2.0"),
+    (np.full((1, 784), np.nan), r"float64\[1, 784\] from nan to nan"),
+    (np.full((1, 784), 256), r"int64\[1, 784\] from 256 to 256"),
+])
+def test_load_classifier_refuses_anything_else_with_one_value_error_saying_what_it_got(saved_run, images, got):
+    with pytest.raises(ValueError, match=r"^load_classifier: expected MNIST images, .*; got " + got + "$"):
+        load_classifier(saved_run)(images)
