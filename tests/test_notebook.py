@@ -59,11 +59,13 @@ def project_copy(tmp_path):
     return source
 
 
-def run_notebook(tmp_path, source, *, path=(), env=None, after=()) -> tuple[nbformat.NotebookNode, CellExecutionError | None]:
-    """The notebook, and the code cells `after` appended, executed in a fresh python3 kernel in
-    `tmp_path`, with the install cell's pip pointed at `source` and installing into
+def run_notebook(tmp_path, source, *, path=(), env=None, after=(), cells=None
+                 ) -> tuple[nbformat.NotebookNode, CellExecutionError | None]:
+    """The notebook (its first `cells`, if given), and the code cells `after` appended, executed in a fresh python3 kernel
+    in `tmp_path`, with the install cell's pip pointed at `source` and installing into
     `tmp_path/site` (first on the kernel's path after the folders `path`): offline, the project
-    alone, since its dependencies are this venv's. With the error that stopped it, if one did."""
+    alone, since its dependencies are this venv's. An `env` value None unsets the variable.
+    With the error that stopped it, if one did."""
     site = tmp_path / "site"
     site.mkdir()  # before the kernel starts: a folder missing then is never searched again
     kernel_env = {
@@ -75,8 +77,9 @@ def run_notebook(tmp_path, source, *, path=(), env=None, after=()) -> tuple[nbfo
         "MNIST_JAX_EPOCHS": "1", "MNIST_JAX_SEEDS": "2", "MNIST_JAX_OUT": "out",  # 2 seeds: a mean, a spread, an interval
         **(env or {}),
     }
-    kernel_env.pop("MPLBACKEND", None)  # the kernel's own (inline) backend, as on Colab
+    kernel_env = {name: value for name, value in kernel_env.items() if value is not None and name != "MPLBACKEND"}  # (inline)
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells = nb.cells[:cells]
     nb.cells += [nbformat.v4.new_code_cell(code) for code in after]
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
                             extra_arguments=[NO_TENSORFLOW])
@@ -167,3 +170,24 @@ def test_a_runtime_jax_older_than_the_supported_range_stops_the_notebook_at_the_
         nb, error, f"this runtime's jax 0.6.0 is outside the supported range {floor}", "Runtime > Change runtime type",
         '%pip install -U "jax[tpu]"')
     assert not any((tmp_path / "site").iterdir())
+
+
+@pytest.mark.slow
+def test_the_install_cell_run_again_over_the_project_it_installed_passes(tmp_path):
+    """Run all again, or after a restarted session: pip's dry run has nothing to install (the same version from the
+    same wheel, as from the same git URL), yet the cell reads the project's requirements from its report. The project
+    is installed first on the kernel's path, where pip looks (the kernel's install goes to a prefix: --target would
+    make pip ignore what is installed; first on the path, pip never touches this venv's own)."""
+    wheel, prefix = tmp_path / "wheel", tmp_path / "prefix"
+    site = prefix / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    for command in (["wheel", "-w", wheel, project_copy(tmp_path)],
+                    ["install", "--target", site, "--find-links", wheel, "mnist_jax"]):
+        subprocess.run([sys.executable, "-m", "pip", *command, "-q", "--no-deps", "--no-index", "--no-build-isolation"],
+                       check=True, capture_output=True, timeout=300)
+    installed = sorted(site.rglob("*"))
+    (built,) = wheel.glob("mnist_jax-*.whl")
+    nb, error = run_notebook(tmp_path, built, path=[site], env={"PIP_TARGET": None, "PIP_PREFIX": str(prefix)},
+                             cells=3, after=["import mnist_jax; print(mnist_jax.__file__)"])
+    assert error is None, str(error)[-3000:]
+    assert outputs(nb.cells[-1], "stream")[-1]["text"].strip() == str(site / "mnist_jax" / "__init__.py")
+    assert sorted(site.rglob("*")) == installed
