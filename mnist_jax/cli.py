@@ -10,9 +10,11 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -303,25 +305,76 @@ def check_tensorboard(folder: Path) -> None:
 # TensorBoard's tag of each figure of an epoch: a chart of loss and one of accuracy, each with training and validation.
 TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/validation", "train_accuracy": "accuracy/train",
                     "val_accuracy": "accuracy/validation"}
+EVENTS = "events.out.tfevents."  # the start of a TensorBoard event file's name
+
+
+def is_log(path: Path) -> bool:
+    """Whether `path` is a folder of TensorBoard event files and nothing else, a log `write_tensorboard` may replace."""
+    return path.is_dir() and not path.is_symlink() and all(
+        entry.name.startswith(EVENTS) and entry.is_file() and not entry.is_symlink() for entry in path.iterdir())
+
+
+def check_logs(folder: Path | None, names, outputs=()) -> None:
+    """Before any work: each log `folder/name` that `write_tensorboard` will write is new or a log to replace (`is_log`),
+    and none is, holds or lies in one of the `outputs` folders, nor `folder` in one; else `UsageError`. (Process 0 writes.)"""
+    if folder is None or not distributed.is_main():
+        return
+    names, board = set(names), folder.resolve()
+    for out in outputs:
+        inside = out.resolve().relative_to(board).parts if out.resolve().is_relative_to(board) else ()
+        if board.is_relative_to(out.resolve()) or inside and inside[0] in names:
+            where = folder / inside[0] if inside else folder
+            raise UsageError(f"--tensorboard: {where} would be written inside the run's folder {out} or over it; "
+                             "choose a --tensorboard apart from --out")
+    for log in sorted(folder / name for name in names):
+        if log.exists() or log.is_symlink():
+            if not is_log(log):
+                raise UsageError(f"--tensorboard: {log} is there and is not a TensorBoard log (a folder of event files only), "
+                                 "so it will not be replaced: move it or choose another --tensorboard")
 
 
 def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, history: list[dict], test_accuracy: float) -> None:
     """A finished run's TensorBoard log in `folder/run` (tensorboardX: no TensorFlow), unless `folder` is None or this
     is not process 0: each epoch's `TENSORBOARD_TAGS` from `history`, and `config`'s hyperparameters with
-    `hparam/test_accuracy` (TensorBoard's HPARAMS tab)."""
+    `hparam/test_accuracy` (TensorBoard's HPARAMS tab). Written beside it, one file, and renamed into place when complete,
+    replacing the run's previous log (`is_log`): a log holds its run's history once, or the old log is kept."""
     if folder is None or not distributed.is_main():
         return
-    from tensorboardX import SummaryWriter
-    from tensorboardX.summary import hparams
+    from tensorboardX.event_file_writer import EventsWriter  # tensorboardX's writer without its thread, queue and atexit
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.summary import hparams, scalar
 
     hyperparameters = vars(config) | {"hidden": config.hidden or config.spec.hidden, "dropout": config.dropout_rate}
-    with SummaryWriter(str(folder / run)) as writer:
-        for row in history:
-            for key, tag in TENSORBOARD_TAGS.items():
-                writer.add_scalar(tag, row[key], row["epoch"])
-        for summary in hparams(hyperparameters, {"hparam/test_accuracy": test_accuracy}):
-            writer.file_writer.add_summary(summary)
-        writer.add_scalar("hparam/test_accuracy", test_accuracy, len(history))
+    events = [Event(step=row["epoch"], summary=scalar(tag, row[key])) for row in history for key, tag in TENSORBOARD_TAGS.items()]
+    events += [Event(summary=summary) for summary in hparams(hyperparameters, {"hparam/test_accuracy": test_accuracy})]
+    events.append(Event(step=len(history), summary=scalar("hparam/test_accuracy", test_accuracy)))
+    log = folder / run
+    with files.signals_deferred():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=folder, prefix=f"{files.PARTIAL}{run}."))
+        try:
+            writer = EventsWriter(str(partial / "events"))
+            try:
+                for event in events:
+                    event.wall_time = time.time()
+                    writer.write_event(event)
+            finally:
+                writer.close()
+            if not (log.exists() or log.is_symlink()):
+                return os.rename(partial, log)
+            if not is_log(log):
+                raise UsageError(f"--tensorboard: {log} is no longer a TensorBoard log and will not be replaced")
+            os.rename(log, old := partial.with_name(f"{partial.name}.old"))
+            try:
+                os.rename(partial, log)
+            except OSError:
+                os.rename(old, log)
+                raise
+            partial = old  # the previous log: event files only, removed below
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(log)) from None
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def setup_jax(cache: Path | None, no_cache: bool) -> None:

@@ -44,6 +44,12 @@ def check_add(args) -> None:
         raise UsageError(f"--add: {e}") from None
 
 
+def log_name(stage: str, lr: float, hidden: int, dropout: float, seed: int) -> str:
+    """The name of a grid model's TensorBoard log: mlp_dropout-lr0.001-hidden256-dropout0.5-seed0, linear_ce-lr0.001-seed0."""
+    mlp = f"-hidden{hidden}-dropout{setting(dropout)}" if STAGES[stage].is_mlp else ""
+    return f"{stage}-lr{setting(lr)}{mlp}-seed{seed}"
+
+
 def pct(summary: dict) -> str:
     return f"{100 * summary['mean']:.2f} {cli.interval(summary['ci95'])}"
 
@@ -110,6 +116,10 @@ def main() -> None:
         check_add(args)
     from mnist_jax import results, sweep
 
+    cli.check_logs(args.tensorboard, [log_name(stage, p.lr, hidden or STAGES[stage].hidden, p.dropout, p.seed)
+                                      for stage in args.stages for hidden in args.hidden or [None]
+                                      for p in sweep.grid_points(stage, args.lr, args.dropout, args.seeds)], [args.out])
+
     data = cli.load_data(args)
     progress = {}
 
@@ -128,9 +138,8 @@ def main() -> None:
     args.progress.clear()
     for r in grid["rows"]:
         config = TrainConfig(r["stage"], args.epochs, args.batch_size, r["lr"], r["seed"], r["hidden"], r["dropout"])
-        name = f"{r['stage']}-lr{setting(r['lr'])}"
-        name += f"-hidden{r['hidden']}-dropout{setting(r['dropout'])}" if config.spec.is_mlp else ""
-        cli.write_tensorboard(args.tensorboard, f"{name}-seed{r['seed']}", config, r["history"], r["test_accuracy"])
+        cli.write_tensorboard(args.tensorboard, log_name(r["stage"], r["lr"], r["hidden"], r["dropout"], r["seed"]), config,
+                              r["history"], r["test_accuracy"])
     print(f"\n{cli.count(len(grid['rows']), 'model')}, {cli.count(args.epochs, 'epoch')}, {grid['device']}: "
           f"compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")

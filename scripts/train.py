@@ -1,5 +1,6 @@
 """Train stages of the study: python scripts/train.py --stage mlp_bn (or --stage all)"""
 
+import argparse
 import dataclasses
 import itertools
 import json
@@ -64,6 +65,10 @@ def check_run_folders(args) -> None:
             other = free_folder(args.out or (out if len(args.stages) == 1 else Path("runs/all")))
             raise UsageError(f"--out: {out} already holds {held(args, stage, out)}, --overwrite to replace it, "
                              f"or choose another --out (say --out {other})")
+    configs = [run.config if (run := args.resumed.get(stage)) else
+               TrainConfig(stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout) for stage in args.stages]
+    cli.check_logs(args.tensorboard, map(log_name, configs),
+                   [run_dir(args, stage) for stage in args.stages] + ([args.out] if args.out else []))
     if args.resume and not any(args.resumed.values()):
         raise UsageError(f"--resume: no checkpoint in {run_dir(args, args.stages[0]) if len(args.stages) == 1 else args.out} to continue")
 
@@ -118,6 +123,13 @@ def run_dir(args, stage: str) -> Path:
     if args.out is None:
         return Path("runs") / name
     return args.out / name if args.stage == "all" else args.out
+
+
+def log_name(config: TrainConfig) -> str:
+    """The name of a run's TensorBoard log: its default run folder's, of the settings it trains with, whatever --out."""
+    given = {name: value for name in ("hidden", "dropout") if (value := getattr(config, name)) is not None}
+    return run_dir(argparse.Namespace(given=given, lr=config.lr, batch_size=config.batch_size, seed=config.seed, out=None),
+                   config.stage).name
 
 
 def architecture(config: TrainConfig) -> str:
@@ -225,7 +237,7 @@ def train_stage(args, stage: str, data) -> dict:
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
     metrics = run_record(result)
     save(result, lambda: write_json(out / "metrics.json", metrics))
-    cli.write_tensorboard(args.tensorboard, out.resolve().name, config, result.history, result.test_accuracy)
+    cli.write_tensorboard(args.tensorboard, log_name(config), config, result.history, result.test_accuracy)
     print(f"compiled in {result.compile_seconds:.2f}s; best val epoch {result.best_epoch}; saved to {out}", flush=True)
     return metrics
 

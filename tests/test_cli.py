@@ -1,13 +1,17 @@
 """User mistakes end in one clear line and exit status 2, never a traceback."""
 
 import argparse
+import atexit
+import errno
 import gzip
+import io
 import importlib.util
 import signal
 import os
 import struct
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -44,6 +48,87 @@ def test_tensorboard_logs_each_epoch_and_the_hyperparameters_of_a_run(tmp_path):
     cli.write_tensorboard(tmp_path, "mlp-seed3", TrainConfig("mlp", epochs=2, lr=3e-3, seed=3), history, 0.75)
     assert_tensorboard_log(tmp_path / "mlp-seed3", history, 0.75,
                            {"stage": "mlp", "epochs": 2, "batch_size": 128, "lr": 3e-3, "seed": 3, "hidden": 256, "dropout": 0})
+
+
+def test_a_tensorboard_log_written_again_holds_the_new_history_once_and_nothing_else_is_left(tmp_path):
+    """A run resumed, or replaced by --overwrite, logs its whole history again: it replaces the run's log."""
+    (tmp_path / "mine.txt").write_text("notes")
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e, "train_accuracy": 0.5, "val_accuracy": 0.4} for e in (1, 2, 3)]
+    hparams = {"stage": "mlp", "epochs": 3, "batch_size": 128, "lr": 1e-3, "seed": 3, "hidden": 256, "dropout": 0}
+    for epochs, accuracy in ((1, 0.5), (3, 0.75)):
+        cli.write_tensorboard(tmp_path, "mlp-seed3", TrainConfig("mlp", epochs=3, seed=3), history[:epochs], accuracy)
+        if epochs == 1:  # as if written a while ago (a file's name holds the second it was made)
+            (events,) = (tmp_path / "mlp-seed3").iterdir()
+            events.rename(events.with_name("events.out.tfevents.1000000000.host"))
+    assert_tensorboard_log(tmp_path / "mlp-seed3", history, 0.75, hparams)  # one event file, of the second run alone
+    assert listing(tmp_path) == ["mine.txt", "mlp-seed3"]
+
+
+def test_a_full_disk_under_tensorboard_is_one_line_and_leaves_the_previous_log_as_it_was(tmp_path, monkeypatch, capsys):
+    """tensorboardX's own writer, its file filling the disk after 100 bytes: one line, exit status 5, no event file
+    half-written, the run's previous log kept whole; no thread or exit handler of tensorboardX left to fail again."""
+    from tensorboardX import record_writer
+
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 2.0, "train_accuracy": 0.5, "val_accuracy": 0.4}]
+    config = TrainConfig("mlp", epochs=1, seed=3)
+    cli.write_tensorboard(tmp_path, "mlp-seed3", config, history, 0.5)
+    before = {path: path.read_bytes() for path in (tmp_path / "mlp-seed3").iterdir()}
+
+    class NearlyFull(io.RawIOBase):
+        def __init__(self, path):
+            self.file, self.room = open(path, "wb"), 100
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            if len(data) > self.room:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.room -= len(data)
+            return self.file.write(data)
+
+        def close(self):
+            self.file.close()
+            super().close()
+
+    monkeypatch.setattr(record_writer, "open_file", lambda path: io.BufferedWriter(NearlyFull(path)))
+    threads, exit_handlers = threading.active_count(), atexit._ncallbacks()
+    with pytest.raises(SystemExit) as stopped:
+        cli.run(lambda: cli.write_tensorboard(tmp_path, "mlp-seed3", config, history * 2, 0.75))
+    assert stopped.value.code == 5
+    assert capsys.readouterr().err.splitlines() == [
+        f"could not write {tmp_path / 'mlp-seed3'}: No space left on device; no file was left half-written"]
+    assert listing(tmp_path) == ["mlp-seed3"]
+    assert {path: path.read_bytes() for path in (tmp_path / "mlp-seed3").iterdir()} == before
+    assert (threading.active_count(), atexit._ncallbacks()) == (threads, exit_handlers)
+
+
+@pytest.mark.parametrize("script, args, log", [
+    ("train.py", ["--stage", "mlp", "--out", "tr2"], "mlp-seed42"),
+    ("train.py", ["--stage", "all", "--lr", "0.01", "--out", "all"], "mlp_bn-lr0.01-seed42"),
+    ("study.py", ["--seeds", "3", "--stages", "mlp"], "mlp-seed2"),
+    ("sweep.py", ["--stages", "mlp_dropout", "--dropout", "0.2,0.5", "--hidden", "64,128"], "mlp_dropout-lr0.001-hidden128-dropout0.5-seed9"),
+])
+def test_a_users_file_where_a_tensorboard_log_goes_is_refused_before_any_work(refused, tmp_path, script, args, log):
+    (tmp_path / "tbF").mkdir()
+    (tmp_path / "tbF" / log).write_text("mine")
+    line = refused(script, *args, "--tensorboard", "tbF")
+    assert line.endswith(f"--tensorboard: tbF/{log} is there and is not a TensorBoard log (a folder of event files only), "
+                         "so it will not be replaced: move it or choose another --tensorboard")
+    assert (tmp_path / "tbF" / log).read_text() == "mine" and listing(tmp_path) == ["tbF"]
+
+
+@pytest.mark.parametrize("script, args, board", [
+    ("train.py", ["--stage", "mlp", "--out", "same1"], "same1"),
+    ("train.py", ["--stage", "mlp"], "runs"),  # its log, runs/mlp-seed42, would be its run folder
+    ("train.py", ["--stage", "all", "--out", "all"], "all/board"),
+    ("study.py", [], "runs/study/board"),
+    ("sweep.py", ["--out", "grid"], "grid"),
+])
+def test_a_tensorboard_folder_overlapping_the_run_folder_is_refused_before_any_work(refused, tmp_path, script, args, board):
+    line = refused(script, *args, "--tensorboard", board)
+    assert "would be written inside the run's folder" in line and line.endswith("choose a --tensorboard apart from --out")
+    assert listing(tmp_path) == []
 
 
 @pytest.mark.parametrize(
