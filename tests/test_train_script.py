@@ -88,6 +88,24 @@ def test_tensorboard_holds_each_epoch_and_the_hyperparameters_of_each_run(runs):
         assert_tensorboard_log(board, metrics["history"], metrics["test_accuracy"], hparams)
 
 
+def test_a_runs_tensorboard_log_holds_its_history_once_after_overwrite_and_resume_and_is_named_by_its_settings(tmp_path,
+                                                                                                           data_args):
+    """A run, the same run --overwrite, then --resume to 2 epochs: one log of its two epochs. A run of another --lr whose
+    --out ends in the same name logs apart (the log is named as the default run folder, not by --out)."""
+    board = tmp_path / "board"
+    for out, *more in (("xa/r", "--epochs", "1"), ("xa/r", "--epochs", "1", "--overwrite"), ("xa/r", "--epochs", "2", "--resume"),
+                       ("xb/r", "--epochs", "1", "--lr", "0.01")):
+        proc = run_script_in_process("train.py", "--stage", "linear_ce", *data_args, "--tensorboard", board, "--out",
+                                     tmp_path / out, *more)
+        assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in board.iterdir()) == ["linear_ce-lr0.01-seed42", "linear_ce-seed42"]
+    for out, log, lr in (("xa/r", "linear_ce-seed42", 1e-3), ("xb/r", "linear_ce-lr0.01-seed42", 0.01)):
+        metrics = json.loads((tmp_path / out / "metrics.json").read_text())
+        hparams = {"stage": "linear_ce", "epochs": len(metrics["history"]), "batch_size": 128, "lr": lr, "seed": 42,
+                   "hidden": None, "dropout": 0}
+        assert_tensorboard_log(board / log, metrics["history"], metrics["test_accuracy"], hparams)  # one event file
+
+
 def test_a_trained_model_classifies_raw_images_as_evaluation_scored_it(runs, mnist):
     """`load_classifier` takes MNIST's uint8 (N, 28, 28) images, (N, 784) floats in [0, 1] or one image, and
     refuses pixels scaled otherwise; its accuracy on the test set is the run's own."""
