@@ -44,7 +44,8 @@ def main() -> None:
     args = parser.parse()
     try:
         cli.mlp_only(args, args.stages)
-        cli.check_logs(args.tensorboard, [f"{stage}-seed{seed}" for stage in args.stages for seed in range(args.seeds)], [args.out])
+        logs = [f"{stage}-seed{seed}" for stage in args.stages for seed in range(args.seeds)]
+        cli.check_logs(args.tensorboard, logs, [args.out])
     except UsageError as e:
         parser.error(str(e))
     from mnist_jax import study

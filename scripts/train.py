@@ -65,8 +65,8 @@ def check_run_folders(args) -> None:
             other = free_folder(args.out or (out if len(args.stages) == 1 else Path("runs/all")))
             raise UsageError(f"--out: {out} already holds {held(args, stage, out)}, --overwrite to replace it, "
                              f"or choose another --out (say --out {other})")
-    configs = [run.config if (run := args.resumed.get(stage)) else
-               TrainConfig(stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout) for stage in args.stages]
+    configs = [run.config if (run := args.resumed.get(stage)) else TrainConfig(
+        stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout) for stage in args.stages]
     cli.check_logs(args.tensorboard, map(log_name, configs),
                    [run_dir(args, stage) for stage in args.stages] + ([args.out] if args.out else []))
     if args.resume and not any(args.resumed.values()):

@@ -53,7 +53,8 @@ def test_tensorboard_logs_each_epoch_and_the_hyperparameters_of_a_run(tmp_path):
 def test_a_tensorboard_log_written_again_holds_the_new_history_once_and_nothing_else_is_left(tmp_path):
     """A run resumed, or replaced by --overwrite, logs its whole history again: it replaces the run's log."""
     (tmp_path / "mine.txt").write_text("notes")
-    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e, "train_accuracy": 0.5, "val_accuracy": 0.4} for e in (1, 2, 3)]
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e, "train_accuracy": 0.5, "val_accuracy": 0.4}
+               for e in (1, 2, 3)]
     hparams = {"stage": "mlp", "epochs": 3, "batch_size": 128, "lr": 1e-3, "seed": 3, "hidden": 256, "dropout": 0}
     for epochs, accuracy in ((1, 0.5), (3, 0.75)):
         cli.write_tensorboard(tmp_path, "mlp-seed3", TrainConfig("mlp", epochs=3, seed=3), history[:epochs], accuracy)
@@ -107,7 +108,8 @@ def test_a_full_disk_under_tensorboard_is_one_line_and_leaves_the_previous_log_a
     ("train.py", ["--stage", "mlp", "--out", "tr2"], "mlp-seed42"),
     ("train.py", ["--stage", "all", "--lr", "0.01", "--out", "all"], "mlp_bn-lr0.01-seed42"),
     ("study.py", ["--seeds", "3", "--stages", "mlp"], "mlp-seed2"),
-    ("sweep.py", ["--stages", "mlp_dropout", "--dropout", "0.2,0.5", "--hidden", "64,128"], "mlp_dropout-lr0.001-hidden128-dropout0.5-seed9"),
+    ("sweep.py", ["--stages", "mlp_dropout", "--dropout", "0.2,0.5", "--hidden", "64,128"],
+     "mlp_dropout-lr0.001-hidden128-dropout0.5-seed9"),
 ])
 def test_a_users_file_where_a_tensorboard_log_goes_is_refused_before_any_work(refused, tmp_path, script, args, log):
     (tmp_path / "tbF").mkdir()
