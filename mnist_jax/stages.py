@@ -108,6 +108,15 @@ class TrainConfig:
     def dropout_rate(self) -> float:
         return self.spec.dropout if self.dropout is None else self.dropout
 
+    def run_name(self) -> str:
+        """<stage>-<each setting that differs from the stage's own>-seed<seed>, e.g. 'mlp-hidden512-seed42': train.py's
+        run folder and every TensorBoard log. Not the epochs, so that `--resume --epochs N` trains the same run further."""
+        spec = self.spec
+        settings = {"hidden": (self.hidden, spec.hidden), "dropout": (self.dropout, spec.dropout),
+                    "lr": (self.lr, TrainConfig.lr), "batch": (self.batch_size, TrainConfig.batch_size)}
+        differ = (f"{key}{setting(value)}" for key, (value, own) in settings.items() if value not in (None, own))
+        return "-".join([self.stage, *differ, f"seed{self.seed}"])
+
     def describe(self) -> str:
         """e.g. 'mlp (hidden 256, batch 128)', for messages."""
         hidden = f"hidden {self.hidden or self.spec.hidden}, " if self.spec.is_mlp else ""

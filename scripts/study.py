@@ -39,12 +39,19 @@ def print_report(report: dict) -> None:
         print(f"{step['to']} vs {step['from']}: {100 * step['difference']:+.2f} points, 95% CI {cli.interval(step['ci95'], '+')}")
 
 
+def config(args, stage: str) -> TrainConfig:
+    """What each seed of `stage` trains (mlp_only: no --hidden or --dropout given for a linear stage)."""
+    return TrainConfig(stage, args.epochs, args.batch_size or TrainConfig.batch_size, args.lr or TrainConfig.lr,
+                       hidden=args.hidden, dropout=args.dropout)
+
+
 def main() -> None:
     parser = build_parser()
     args = parser.parse()
     try:
         cli.mlp_only(args, args.stages)
-        logs = [f"{stage}-seed{seed}" for stage in args.stages for seed in range(args.seeds)]
+        logs = [dataclasses.replace(config(args, stage), seed=seed).run_name()
+                for stage in args.stages for seed in range(args.seeds)]
         cli.check_logs(args.tensorboard, logs, [args.out])
     except UsageError as e:
         parser.error(str(e))
@@ -56,16 +63,15 @@ def main() -> None:
     results = {}
     for stage in args.stages:
         bar = cli.Progress(args.epochs, f"{stage}, {cli.count(args.seeds, 'seed')}", "epoch")
-        config = TrainConfig(stage, args.epochs, args.batch_size or TrainConfig.batch_size, args.lr or TrainConfig.lr,
-                             hidden=args.hidden, dropout=args.dropout)  # (mlp_only: none given for a linear stage)
+        stage_config = config(args, stage)
         results[stage] = study.train_seeds(
-            config, data, list(range(args.seeds)), models_at_once=args.seeds_at_once,
+            stage_config, data, list(range(args.seeds)), models_at_once=args.seeds_at_once,
             on_epoch=bar.epochs(args.epochs), progress=args.progress,
         )
         bar.close()
         for seed, history, accuracy in zip(results[stage].seeds, results[stage].history, results[stage].test_accuracies):
-            cli.write_tensorboard(args.tensorboard, f"{stage}-seed{seed}", dataclasses.replace(config, seed=seed),
-                                  history, accuracy)
+            seed_config = dataclasses.replace(stage_config, seed=seed)
+            cli.write_tensorboard(args.tensorboard, seed_config.run_name(), seed_config, history, accuracy)
         if results[stage].models_at_once < args.seeds:
             print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].models_at_once}", flush=True)
     report = save_study(results, data, args.out, cli.command(), time.perf_counter() - start, write=distributed.is_main())

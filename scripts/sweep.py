@@ -44,10 +44,9 @@ def check_add(args) -> None:
         raise UsageError(f"--add: {e}") from None
 
 
-def log_name(stage: str, lr: float, hidden: int, dropout: float, seed: int) -> str:
-    """The name of a grid model's TensorBoard log: mlp_dropout-lr0.001-hidden256-dropout0.5-seed0, linear_ce-lr0.001-seed0."""
-    mlp = f"-hidden{hidden}-dropout{setting(dropout)}" if STAGES[stage].is_mlp else ""
-    return f"{stage}-lr{setting(lr)}{mlp}-seed{seed}"
+def grid_config(args, stage: str, lr: float, seed: int, hidden: int | None, dropout: float) -> TrainConfig:
+    """A grid model as `train.py` would train it alone."""
+    return TrainConfig(stage, args.epochs, args.batch_size, lr, seed, hidden, dropout if STAGES[stage].is_mlp else None)
 
 
 def pct(summary: dict) -> str:
@@ -116,7 +115,7 @@ def main() -> None:
         check_add(args)
     from mnist_jax import results, sweep
 
-    cli.check_logs(args.tensorboard, [log_name(stage, p.lr, hidden or STAGES[stage].hidden, p.dropout, p.seed)
+    cli.check_logs(args.tensorboard, [grid_config(args, stage, p.lr, p.seed, hidden, p.dropout).run_name()
                                       for stage in args.stages for hidden in args.hidden or [None]
                                       for p in sweep.grid_points(stage, args.lr, args.dropout, args.seeds)], [args.out])
 
@@ -137,9 +136,8 @@ def main() -> None:
     saved = results.save_grid(grid, path, cli.command(), time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
     args.progress.clear()
     for r in grid["rows"]:
-        config = TrainConfig(r["stage"], args.epochs, args.batch_size, r["lr"], r["seed"], r["hidden"], r["dropout"])
-        cli.write_tensorboard(args.tensorboard, log_name(r["stage"], r["lr"], r["hidden"], r["dropout"], r["seed"]), config,
-                              r["history"], r["test_accuracy"])
+        config = grid_config(args, r["stage"], r["lr"], r["seed"], r["hidden"], r["dropout"])
+        cli.write_tensorboard(args.tensorboard, config.run_name(), config, r["history"], r["test_accuracy"])
     print(f"\n{cli.count(len(grid['rows']), 'model')}, {cli.count(args.epochs, 'epoch')}, {grid['device']}: "
           f"compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")

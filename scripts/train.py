@@ -1,6 +1,5 @@
 """Train stages of the study: python scripts/train.py --stage mlp_bn (or --stage all)"""
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -10,7 +9,7 @@ from mnist_jax import cli
 from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION
 from mnist_jax.errors import EXIT_DIVERGED, EXIT_WRITE_FAILED, NonFiniteLoss, UsageError
 from mnist_jax.files import foreign_entries, signals_deferred, write_json
-from mnist_jax.stages import STAGES, TrainConfig, setting
+from mnist_jax.stages import STAGES, TrainConfig
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -67,7 +66,7 @@ def check_run_folders(args) -> None:
                              f"or choose another --out (say --out {other})")
     configs = [run.config if (run := args.resumed.get(stage)) else TrainConfig(
         stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout) for stage in args.stages]
-    cli.check_logs(args.tensorboard, map(log_name, configs),
+    cli.check_logs(args.tensorboard, [config.run_name() for config in configs],
                    [run_dir(args, stage) for stage in args.stages] + ([args.out] if args.out else []))
     if args.resume and not any(args.resumed.values()):
         raise UsageError(f"--resume: no checkpoint in {run_dir(args, args.stages[0]) if len(args.stages) == 1 else args.out} to continue")
@@ -113,23 +112,11 @@ def free_folder(path: Path) -> Path:
 
 
 def run_dir(args, stage: str) -> Path:
-    """runs/<stage>-<each setting given that differs from the stage's own>-seed<seed>, e.g. runs/mlp-hidden512-seed42;
-    not --epochs, so that --resume --epochs N finds the run to train further."""
-    spec, given = STAGES[stage], args.given
-    own = {"hidden": spec.hidden, "dropout": spec.dropout, "lr": TrainConfig.lr, "batch": TrainConfig.batch_size}
-    asked = {"hidden": given.get("hidden"), "dropout": given.get("dropout"), "lr": args.lr, "batch": args.batch_size}
-    differ = (f"{key}{setting(asked[key])}" for key in own if asked[key] not in (None, own[key]))
-    name = "-".join([stage, *differ, f"seed{args.seed}"])
+    """runs/<the run's name> (`TrainConfig.run_name`: runs/mlp-hidden512-seed42), or --out (with --stage all, --out/<name>)."""
+    name = TrainConfig(stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout).run_name()
     if args.out is None:
         return Path("runs") / name
     return args.out / name if args.stage == "all" else args.out
-
-
-def log_name(config: TrainConfig) -> str:
-    """The name of a run's TensorBoard log: its default run folder's, of the settings it trains with, whatever --out."""
-    given = {name: value for name in ("hidden", "dropout") if (value := getattr(config, name)) is not None}
-    return run_dir(argparse.Namespace(given=given, lr=config.lr, batch_size=config.batch_size, seed=config.seed, out=None),
-                   config.stage).name
 
 
 def architecture(config: TrainConfig) -> str:
@@ -237,7 +224,7 @@ def train_stage(args, stage: str, data) -> dict:
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
     metrics = run_record(result)
     save(result, lambda: write_json(out / "metrics.json", metrics))
-    cli.write_tensorboard(args.tensorboard, log_name(config), config, result.history, result.test_accuracy)
+    cli.write_tensorboard(args.tensorboard, config.run_name(), config, result.history, result.test_accuracy)
     print(f"compiled in {result.compile_seconds:.2f}s; best val epoch {result.best_epoch}; saved to {out}", flush=True)
     return metrics
 

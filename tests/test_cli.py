@@ -109,7 +109,7 @@ def test_a_full_disk_under_tensorboard_is_one_line_and_leaves_the_previous_log_a
     ("train.py", ["--stage", "all", "--lr", "0.01", "--out", "all"], "mlp_bn-lr0.01-seed42"),
     ("study.py", ["--seeds", "3", "--stages", "mlp"], "mlp-seed2"),
     ("sweep.py", ["--stages", "mlp_dropout", "--dropout", "0.2,0.5", "--hidden", "64,128"],
-     "mlp_dropout-lr0.001-hidden128-dropout0.5-seed9"),
+     "mlp_dropout-hidden128-seed9"),
 ])
 def test_a_users_file_where_a_tensorboard_log_goes_is_refused_before_any_work(refused, tmp_path, script, args, log):
     (tmp_path / "tbF").mkdir()

@@ -201,7 +201,7 @@ def test_tfds_without_mnist_prepared_says_what_is_missing(monkeypatch):
 
     monkeypatch.setattr(tfds, "data_source", data_source)
     with pytest.raises(DataError, match=r"no MNIST prepared by TFDS.* \(KeyError: Trying to access `splits\['train'\]` but "
-                                        "`splits` is empty. This likely indicates the dataset has not been generated yet.\)$"):
+                                        r"`splits` is empty. This likely indicates the dataset has not been generated yet.\)$"):
         data.load_tfds()
 
 

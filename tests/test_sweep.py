@@ -150,7 +150,8 @@ def test_sweep_py_trains_a_grid_whose_point_equals_train_py_alone(tmp_path, data
     assert row["history"][-1]["test_accuracy"] == row["test_accuracy"]
     assert row["best_val_epoch"] == metrics["best_epoch"]
     for r in sweep["rows"]:  # each model's TensorBoard log: its history and its grid point
-        name = f"mlp_dropout-lr{r['lr']:g}-hidden256-dropout{r['dropout']:g}-seed{r['seed']}"
+        settings = [f"dropout{r['dropout']:g}"] * (r["dropout"] != 0.5) + [f"lr{r['lr']:g}"] * (r["lr"] != 1e-3)
+        name = "-".join(["mlp_dropout", *settings, f"seed{r['seed']}"])  # named as train.py names the run alone
         hparams = {"stage": "mlp_dropout", "epochs": 2, "batch_size": 128, "lr": r["lr"], "seed": r["seed"], "hidden": 256,
                    "dropout": r["dropout"]}
         assert_tensorboard_log(tmp_path / "board" / name, r["history"], r["test_accuracy"], hparams)

@@ -168,8 +168,8 @@ def test_two_runs_differing_in_hidden_keep_separate_folders_and_a_taken_folder_i
         tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
 
-    def train(*args):
-        return run_script_in_process("train.py", "--stage", "mlp", "--epochs", "1", *args, cwd=tmp_path)
+    def train(*args, epochs: int = 1):
+        return run_script_in_process("train.py", "--stage", "mlp", "--epochs", str(epochs), *args, cwd=tmp_path)
 
     for hidden in (8, 16):
         proc = train("--hidden", str(hidden))
@@ -181,4 +181,4 @@ def test_two_runs_differing_in_hidden_keep_separate_folders_and_a_taken_folder_i
     assert again.rstrip().endswith("or choose another --out (say --out runs/mlp-hidden8-seed42-2)")
     other = train("--hidden", "16", "--out", "runs/mlp-hidden8-seed42").stderr
     assert "holds a run that --resume cannot continue as asked, --overwrite" in other and "pass --resume" not in other
-    assert train("--hidden", "8", "--epochs", "2").stderr.count("after epoch 1; pass --resume to continue it") == 1
+    assert train("--hidden", "8", epochs=2).stderr.count("after epoch 1; pass --resume to continue it") == 1
