@@ -108,6 +108,7 @@ def test_a_full_disk_under_tensorboard_is_one_line_and_leaves_the_previous_log_a
     ("train.py", ["--stage", "mlp", "--out", "tr2"], "mlp-seed42"),
     ("train.py", ["--stage", "all", "--lr", "0.01", "--out", "all"], "mlp_bn-lr0.01-seed42"),
     ("study.py", ["--seeds", "3", "--stages", "mlp"], "mlp-seed2"),
+    ("study.py", ["--seeds", "3", "--stages", "mlp", "--lr", "0.003"], "mlp-lr0.003-seed2"),  # named by its settings
     ("sweep.py", ["--stages", "mlp_dropout", "--dropout", "0.2,0.5", "--hidden", "64,128"],
      "mlp_dropout-hidden128-seed9"),
 ])
