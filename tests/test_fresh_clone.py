@@ -194,4 +194,5 @@ def test_a_non_editable_install_trains_from_the_console_command(clone, data_args
     assert proc.returncode == 0 and "[Test] loss=" in proc.stdout and (tmp_path / "run" / "checkpoint.npz").is_file(), proc.stderr
     refused = subprocess.run([venv / "bin" / "python", "-m", "mnist_jax", "study", "--seeds", "0"], env=env, cwd=tmp_path,
                              capture_output=True, text=True)
-    assert refused.returncode == 2 and refused.stderr.startswith("study.py: error: argument --seeds: expected an integer from 1")
+    assert refused.returncode == 2 and refused.stderr.startswith(
+        "python -m mnist_jax study: error: argument --seeds: expected an integer from 1")  # the command as typed

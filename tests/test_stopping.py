@@ -364,15 +364,16 @@ def test_a_study_stopped_at_a_random_moment_resumes_to_the_uninterrupted_results
 
 
 def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_grid_and_only_the_same_grid(tmp_path, data_args):
-    args = ["--stages", "mlp,mlp_dropout", "--dropout", "0.2,0.5", "--seeds", "2", "--epochs", "2", *data_args]
+    grid = ["--stages", "mlp,mlp_dropout", "--dropout", "0.2,0.5", "--seeds", "2", *data_args]
+    args = [*grid, "--epochs", "2"]
     whole = start("sweep.py", *args, "--out", tmp_path / "whole")  # uninterrupted, beside the rest of the test
     out = tmp_path / "stopped"
     proc = start("sweep.py", *args, "--out", out)
-    read_until(proc, "mlp_dropout (hidden 256), 4 models: epoch 1/")
+    read_until(proc, "mlp_dropout (hidden 256), 4 models: pass 1/")  # (in two chunks: a pass is a chunk's epoch)
     time.sleep(random.uniform(0, 0.5))
     stop(proc, signal.SIGTERM)
     assert proc.returncode == 143
-    other = run_script_in_process("sweep.py", *args, "--epochs", "3", "--out", out, "--resume")  # its parsing refuses it
+    other = run_script_in_process("sweep.py", *grid, "--epochs", "3", "--out", out, "--resume")  # its parsing refuses it
     assert_one_line_error(other, "--resume: the work saved in", "epochs 2 (asked: 3)", "pass --overwrite to start again")
     resumed = run_script("sweep.py", *args, "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
