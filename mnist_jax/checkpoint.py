@@ -207,7 +207,8 @@ def _images(images: ArrayLike) -> np.ndarray:
         raise ValueError(f"{expected}{x.dtype}{list(x.shape)}{kind}")
     top = 1 if x.dtype.kind not in "ui" else 255
     if x.size and not 0 <= x.min() <= x.max() <= top:
-        raise ValueError(f"{expected}{x.dtype}{list(x.shape)} from {x.min()} to {x.max()}")
+        low, high = (x.min().item(), x.max().item()) if x.dtype.kind in "iu" else (float(x.min()), float(x.max()))
+        raise ValueError(f"{expected}{x.dtype}{list(x.shape)} from {low} to {high}")  # (ml_dtypes prints 2.0 or 2)
     return x
 
 
