@@ -148,20 +148,25 @@ def mirror(tmp_path):
     server.shutdown()
 
 
-def test_download_fetches_verifies_and_caches(mirror, data_dir, tmp_path, mnist):
-    root, url = mirror
+@pytest.fixture
+def mnist_mirror(mirror, data_dir):
+    """The local mirror, serving the four MNIST files."""
     for gz in data_dir.glob("*.gz"):
-        shutil.copy(gz, root)
+        shutil.copy(gz, mirror[0])
+    return mirror
+
+
+def test_download_fetches_verifies_and_caches(mnist_mirror, tmp_path, mnist):
+    root, url = mnist_mirror
     cache = tmp_path / "cache"
     fetched = data.download(cache, url)
     np.testing.assert_array_equal(fetched.train_images, mnist.train_images)
     assert sorted(p.name for p in cache.glob("*.gz")) == sorted(p.name for p in root.iterdir())
 
 
-def test_the_data_line_names_the_mirror_or_the_cache_and_off_a_terminal_draws_no_progress_bar(mirror, data_dir, tmp_path, capfd):
-    root, url = mirror
-    for gz in data_dir.glob("*.gz"):
-        shutil.copy(gz, root)
+def test_the_data_line_names_the_mirror_or_the_cache_and_off_a_terminal_draws_no_progress_bar(mnist_mirror, data_dir, tmp_path,
+                                                                                               capfd):
+    _, url = mnist_mirror
     cache = tmp_path / "cache"
     fetched = data.download(cache, url)
     assert fetched.source == f"download from {url}, cached in {cache}"
