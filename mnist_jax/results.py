@@ -57,11 +57,12 @@ def best_val_epoch(history: list[dict]) -> int:
 
 def comparisons(stages: dict[str, dict]) -> dict[str, list[dict]]:
     """Test accuracy of `to` minus `from`, paired by seed, for each stage and the next
-    ("steps") and for the plain MLP and each of its variants that ran ("versus_mlp").
+    of the original's ("steps") and for the plain MLP and each of its variants and controls that ran ("versus_mlp").
     Stages compared must have run the same seeds."""
-    names = list(stages)
+    names = [name for name in stages if not STAGES[name].is_control]  # a step is the original's, from one of its stages
+    variants = [name for name in STAGES if name not in ("linear_mse", "linear_ce", "mlp")]  # its variants and the controls
     pairs = {"steps": list(zip(names, names[1:])),
-             "versus_mlp": [("mlp", s) for s in ("mlp_dropout", "mlp_bn") if {"mlp", s} <= set(names)]}
+             "versus_mlp": [("mlp", s) for s in variants if {"mlp", s} <= set(stages)]}
     if len(ran := {str(stage["seeds"]) for stage in stages.values()}) > 1:
         raise ValueError(f"stages ran different seeds ({', '.join(sorted(ran))}): a difference pairs the same seeds")
     return {key: [{"from": before, "to": after,
