@@ -134,7 +134,8 @@ def _read(path: Path, script: str, read: Callable[[Path], Any]) -> Any:
 
 def _check_figures(value, where: str = "", key: str = "") -> None:
     """Every number of a record read back finite; every loss, accuracy, epoch, lr and dropout
-    (a field so named, or an item of one) a number (not a bool), each accuracy in [0, 1]; a
+    (a field so named, or an item of one) a number (not a bool), each accuracy in [0, 1] (a documented one may be
+    None: a control's); a
     fault named by its place, as `rows[0].history[1].val_loss`."""
     if isinstance(value, dict):
         for name, item in value.items():
@@ -142,6 +143,8 @@ def _check_figures(value, where: str = "", key: str = "") -> None:
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_figures(item, f"{where}[{i}]", key)
+    elif key == "documented_accuracy" and value is None:  # a control: the original had no such stage
+        return
     elif isinstance(value, float) or key in ("lr", "dropout") or any(part in key for part in ("loss", "accurac", "epoch")):
         if not finite_number(value):
             raise ValueError(f"{where} is {value!r}, not a finite number")
@@ -181,7 +184,9 @@ def _read_study(path: Path) -> dict:
     stages = report["stages"]
     first = next(iter(stages.values()))
     for name, stage in stages.items():
-        STAGES[name]  # noqa: B018  (a known stage)
+        if stage["documented_accuracy"] != STAGES[name].documented_accuracy:  # (a known stage, its figure or None)
+            raise ValueError(f"{name}: documented accuracy {stage['documented_accuracy']}, not the original's "
+                             f"{STAGES[name].documented_accuracy}")
         seeds = stage["seeds"]
         if seeds != first["seeds"] or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
             raise ValueError(f"{name}: seeds {seeds}, where each stage has the same distinct seeds {first['seeds']}")
