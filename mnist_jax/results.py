@@ -59,7 +59,7 @@ def comparisons(stages: dict[str, dict]) -> dict[str, list[dict]]:
     """Test accuracy of `to` minus `from`, paired by seed, for each stage and the next
     of the original's ("steps") and for the plain MLP and each of its variants and controls that ran ("versus_mlp").
     Stages compared must have run the same seeds."""
-    names = [name for name in stages if not STAGES[name].is_control]  # a step is the original's, from one of its stages
+    names = [name for name in stages if name not in STAGES or not STAGES[name].is_control]  # the original's steps
     variants = [name for name in STAGES if name not in ("linear_mse", "linear_ce", "mlp")]  # its variants and the controls
     pairs = {"steps": list(zip(names, names[1:])),
              "versus_mlp": [("mlp", s) for s in variants if {"mlp", s} <= set(stages)]}
