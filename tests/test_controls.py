@@ -11,7 +11,7 @@ import torch
 from flax import nnx
 
 from conftest import load_script, run_script_in_process
-from mnist_jax import data
+from mnist_jax import data, plots
 from mnist_jax.checkpoint import load_model, load_run, save_run, to_nnx
 from mnist_jax.models import MLP, count_params
 from mnist_jax.results import comparisons, load_study
@@ -107,7 +107,7 @@ def test_a_study_compares_each_control_with_the_mlp_and_steps_only_through_the_o
     assert [(d["from"], d["to"]) for d in found["versus_mlp"]] == [("mlp", name) for name in ("mlp_bn", *CONTROLS)]
 
 
-@pytest.mark.slow  # (script runs, in-process, on synthetic digits: some 20 s)
+@pytest.mark.slow  # (script runs, in-process, on synthetic digits: some 30 s)
 def test_the_controls_train_through_train_py_study_py_and_sweep_py(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the scripts import it
     metrics = []
@@ -121,13 +121,21 @@ def test_the_controls_train_through_train_py_study_py_and_sweep_py(tiny, tmp_pat
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| `")]
     assert [(row[0], row[1], row[3]) for row in rows] == [("`deep_linear`", "—", "—"), ("`random_features`", "—", "—")]
-    stages = "mlp,deep_linear,random_features,random_features_1024"
+    stages = "mlp,deep_linear,random_features"
     proc = run_script_in_process("study.py", "--stages", stages, "--seeds", "2", "--epochs", "1", "--out", tmp_path / "study")
     assert proc.returncode == 0, proc.stderr
     report, _ = load_study(tmp_path / "study" / "results.json")
     assert list(report["stages"]) == stages.split(",") and report["steps"] == []
     assert report["stages"]["random_features"]["documented_accuracy"] is None
-    assert "deep_linear vs mlp: " in proc.stdout and "random_features_1024 vs mlp: " in proc.stdout
+    assert "deep_linear vs mlp: " in proc.stdout and "random_features vs mlp: " in proc.stdout
+    assert "| `random_features` | — | " in proc.stdout  # no documented accuracy
+    proc = run_script_in_process("make_assets.py", "--results", tmp_path / "study", "--out", tmp_path / "figures")
+    assert proc.returncode == 0, proc.stderr
+    assert {"training_curves.png", "comparison_chart.png", "evolution_diagram.png"} <= {p.name for p in (tmp_path / "figures").iterdir()}
+    same = {"mean_accuracy": 0.9, "std_accuracy": None, "seconds_per_epoch": 1.0}
+    plots.framework_comparison([{"stage": "mlp", "documented_accuracy": 0.9745, "jax": same, "torch_tensor": same},
+                                {"stage": "deep_linear", "documented_accuracy": None, "jax": same, "torch_tensor": same}],
+                               tmp_path / "figures" / "frameworks.png")
     proc = run_script_in_process("sweep.py", "--stages", "random_features", "--lr", "1e-3,1e-2", "--seeds", "2",
                                  "--epochs", "1", "--out", tmp_path / "sweep")
     assert proc.returncode == 0, proc.stderr
