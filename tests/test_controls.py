@@ -107,7 +107,7 @@ def test_a_study_compares_each_control_with_the_mlp_and_steps_only_through_the_o
     assert [(d["from"], d["to"]) for d in found["versus_mlp"]] == [("mlp", name) for name in ("mlp_bn", *CONTROLS)]
 
 
-@pytest.mark.slow  # (script runs, in-process, on synthetic digits: some 30 s)
+@pytest.mark.slow  # (script runs, in-process, on synthetic digits: some 15 s)
 def test_the_controls_train_through_train_py_study_py_and_sweep_py(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the scripts import it
     metrics = []
