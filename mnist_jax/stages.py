@@ -1,6 +1,6 @@
 """What a run is: the five stages of the study (model, loss, what the original reported), the controls
-that separate the MLP's nonlinearity from its extra parameters, and `TrainConfig`. Plain data, no JAX: the scripts check their arguments against it
-before JAX is imported; `models` builds the models and losses when first asked."""
+that separate the MLP's nonlinearity from its extra parameters, and `TrainConfig`. Plain data, no JAX: the
+scripts check their arguments against it before JAX is imported; `models` builds the models and losses when first asked."""
 
 from __future__ import annotations
 
