@@ -237,7 +237,8 @@ def to_nnx(run_dir: str | os.PathLike, which: str = "final") -> nnx.Sequential:
     if "batchnorm" in params:
         norm = nnx.BatchNorm(len(params["hidden"]["bias"]), momentum=0.9, epsilon=1e-5, rngs=rngs)
         layers.append(load(norm, params["batchnorm"] | stats["batchnorm"]))
-    layers.append(nnx.relu)
+    if config.spec.activation == "relu":  # the deep linear network has none
+        layers.append(nnx.relu)
     if config.dropout_rate > 0:
         layers.append(nnx.Dropout(config.dropout_rate, rngs=rngs))
     layers.append(linear("output"))

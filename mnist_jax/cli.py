@@ -456,6 +456,16 @@ def print_table(header: list[str], rows: list[list]) -> None:
         print("| " + " | ".join(map(str, row)) + " |")
 
 
+def documented(accuracy: float | None, percent: str = "") -> str:
+    """The original's documented accuracy in points (`percent`: "%" after it), or — for a stage it did not have (a control)."""
+    return "—" if accuracy is None else f"{100 * accuracy:.2f}{percent}"
+
+
+def difference(accuracy: float, documented_accuracy: float | None) -> str:
+    """`accuracy` minus the documented one, in points, or — where the original has none."""
+    return "—" if documented_accuracy is None else f"{100 * (accuracy - documented_accuracy):+.2f}"
+
+
 def interval(ci95: list | None, sign: str = "") -> str:
     """A 95% interval in points, or n/a (one seed has none)."""
     return f"[{100 * ci95[0]:{sign}.2f}, {100 * ci95[1]:{sign}.2f}]" if ci95 else "[n/a]"

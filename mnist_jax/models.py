@@ -94,11 +94,20 @@ class LinearClassifier(nnx.Module):
         return self.linear(x)
 
 
-class MLP(nnx.Module):
-    """784 -> hidden -> [BatchNorm] -> ReLU -> [Dropout] -> 10."""
+ACTIVATIONS = {"relu": jax.nn.relu, "identity": lambda h: h}
 
-    def __init__(self, hidden: int = 256, dropout: float = 0.0, batchnorm: bool = False, *, rngs: nnx.Rngs):
+
+class MLP(nnx.Module):
+    """784 -> hidden -> [BatchNorm] -> ReLU (or identity) -> [Dropout] -> 10. With `frozen_hidden`, the hidden layer's
+    output is under `stop_gradient`: its parameters get zero gradients, so Adam leaves them exactly as drawn (its
+    moments stay zero and each update is 0), and the checkpoint, optimizer state and converters keep the MLP's layout."""
+
+    def __init__(self, hidden: int = 256, dropout: float = 0.0, batchnorm: bool = False, *, activation: str = "relu",
+                 frozen_hidden: bool = False, rngs: nnx.Rngs):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"MLP activation: expected one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         self.hidden = torch_linear(NUM_PIXELS, hidden, rngs)
+        self.activation, self.frozen_hidden = activation, frozen_hidden
         self.batchnorm = BatchNorm1d(hidden) if batchnorm else None
         self.dropout = Dropout(dropout_bits(dropout)) if dropout > 0 else None
         self.dropout_rate = dropout
@@ -109,14 +118,17 @@ class MLP(nnx.Module):
         """`dropout_rate` (default: the model's own) may be an array: one program, many rates (any its bits make exact)."""
         chex.assert_shape(x, (None, NUM_PIXELS))
         h = self.hidden(x)
+        if self.frozen_hidden:
+            h = jax.lax.stop_gradient(h)
         if self.batchnorm is not None:
             h = self.batchnorm(h, train=train)
-        h = jax.nn.relu(h)
+        h = ACTIVATIONS[self.activation](h)
         if self.dropout is not None and train:
             h = self.dropout(h, dropout_key, self.dropout_rate if dropout_rate is None else dropout_rate)
         return self.output(h)
 
 
-def count_params(model: nnx.Module) -> int:
-    """Number of trainable parameters (BatchNorm running statistics excluded)."""
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+def count_params(model: nnx.Module, trainable: bool = False) -> int:
+    """Number of parameters (BatchNorm running statistics excluded); `trainable`: less a frozen hidden layer's."""
+    frozen = trainable and isinstance(model, MLP) and model.frozen_hidden
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) - (count_params(model.hidden) if frozen else 0)

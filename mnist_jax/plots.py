@@ -34,8 +34,9 @@ def framework_comparison(results: list[dict], path: str | os.PathLike, title: st
         acc_ax.errorbar(xs, [100 * r[name]["mean_accuracy"] for r in results],
                         yerr=[100 * (r[name]["std_accuracy"] or 0) for r in results], fmt="o", capsize=3, label=label)
         time_ax.bar(xs, [r[name]["seconds_per_epoch"] for r in results], width, label=label)
-    acc_ax.scatter(range(len(stages)), [100 * r["documented_accuracy"] for r in results], marker="_", s=400, color="black",
-                   label="documented (original, seed 42)")
+    documented = [(i, 100 * r["documented_accuracy"]) for i, r in enumerate(results) if r["documented_accuracy"] is not None]
+    if documented:  # a control has none
+        acc_ax.scatter(*zip(*documented), marker="_", s=400, color="black", label="documented (original, seed 42)")
     acc_ax.set(ylabel="test accuracy (%)", title="accuracy: mean ± std over seeds")
     time_ax.set(ylabel="seconds per epoch (steady state)", title="time per epoch", yscale="log")
     for ax in (acc_ax, time_ax):
@@ -85,8 +86,9 @@ def comparison_chart(results: dict, path: str | os.PathLike) -> None:
                     fmt="o", color="C0", capsize=5, label="this project: mean, 95% CI" if i == 0 else None)
         ax.scatter([i + 0.12] * len(r["test_accuracies"]), _pct(r["test_accuracies"]), s=8, color="C0",
                    alpha=0.4, label="one seed" if i == 0 else None)
-        ax.scatter([i - 0.12], [100 * r["documented_accuracy"]], marker="D", color="C3",
-                   label="documented (original, one run)" if i == 0 else None)
+        if r["documented_accuracy"] is not None:  # a control has none
+            ax.scatter([i - 0.12], [100 * r["documented_accuracy"]], marker="D", color="C3",
+                       label="documented (original, one run)" if i == 0 else None)
     ax.set_xticks(range(len(stages)), stages)
     ax.set(ylabel="test accuracy (%)", title=f"test accuracy over {count(len(results['stages'][stages[0]]['seeds']), 'seed')}")
     ax.legend(fontsize=8)
@@ -144,18 +146,20 @@ def architecture(stage: Stage) -> list[str]:
     loss = "softmax + MSE" if stage.loss_name == "softmax_mse" else "cross-entropy"
     if not stage.is_mlp:
         return ["784", "Linear", "10", loss]
-    middle = (["BatchNorm"] if stage.batchnorm else []) + ["ReLU"] + ([f"Dropout {stage.dropout:g}"] if stage.dropout else [])
-    return ["784", "Linear", str(stage.hidden), *middle, "Linear", "10", loss]
+    middle = (["BatchNorm"] if stage.batchnorm else []) + (["ReLU"] if stage.activation == "relu" else [])
+    middle += [f"Dropout {stage.dropout:g}"] if stage.dropout else []
+    hidden = ["Linear (frozen)" if stage.frozen_hidden else "Linear", str(stage.hidden)]
+    return ["784", *hidden, *middle, "Linear", "10", loss]
 
 
 def evolution_diagram(path: str | os.PathLike) -> None:
-    """The stages of the registry as boxes, with what each changes from the one above highlighted."""
+    """The stages of the registry as boxes, with what each changes from the one above highlighted (a control: from mlp)."""
     rows = [(name, architecture(stage)) for name, stage in STAGES.items()]
-    fig, ax = plt.subplots(figsize=(14, 5.5))
+    fig, ax = plt.subplots(figsize=(14, 1.1 * len(rows)))
     previous: list[str] = []
     for row, (name, boxes) in enumerate(rows):
         y = len(rows) - 1 - row
-        unseen = Counter(previous)
+        unseen = Counter(architecture(STAGES["mlp"]) if STAGES[name].is_control else previous)
         ax.text(-0.2, y, name, ha="right", va="center", fontsize=11, family="monospace")
         for col, text in enumerate(boxes):
             new = unseen[text] <= 0  # not in the stage above (or not this many times)
@@ -167,7 +171,8 @@ def evolution_diagram(path: str | os.PathLike) -> None:
                 ax.annotate("", (col * 1.7 - 0.05, y), (col * 1.7 - 0.3, y), arrowprops={"arrowstyle": "->"})
         previous = boxes
     ax.set(xlim=(-2.6, max(len(boxes) for _, boxes in rows) * 1.7), ylim=(-0.7, len(rows) - 0.3),
-           title="from a linear classifier to an MLP: orange is what each stage changes from the one above")
+           title="from a linear classifier to an MLP: orange is what each stage changes from the one above\n"
+                 "(a control's, from mlp: deep_linear without the ReLU, random_features with the hidden layer frozen)")
     ax.axis("off")
     save_figure(fig, path)
 

@@ -57,11 +57,12 @@ def best_val_epoch(history: list[dict]) -> int:
 
 def comparisons(stages: dict[str, dict]) -> dict[str, list[dict]]:
     """Test accuracy of `to` minus `from`, paired by seed, for each stage and the next
-    ("steps") and for the plain MLP and each of its variants that ran ("versus_mlp").
+    of the original's ("steps") and for the plain MLP and each of its variants and controls that ran ("versus_mlp").
     Stages compared must have run the same seeds."""
-    names = list(stages)
+    names = [name for name in stages if name not in STAGES or not STAGES[name].is_control]  # the original's steps
+    variants = [name for name in STAGES if name not in ("linear_mse", "linear_ce", "mlp")]  # its variants and the controls
     pairs = {"steps": list(zip(names, names[1:])),
-             "versus_mlp": [("mlp", s) for s in ("mlp_dropout", "mlp_bn") if {"mlp", s} <= set(names)]}
+             "versus_mlp": [("mlp", s) for s in variants if {"mlp", s} <= set(stages)]}
     if len(ran := {str(stage["seeds"]) for stage in stages.values()}) > 1:
         raise ValueError(f"stages ran different seeds ({', '.join(sorted(ran))}): a difference pairs the same seeds")
     return {key: [{"from": before, "to": after,
@@ -133,7 +134,8 @@ def _read(path: Path, script: str, read: Callable[[Path], Any]) -> Any:
 
 def _check_figures(value, where: str = "", key: str = "") -> None:
     """Every number of a record read back finite; every loss, accuracy, epoch, lr and dropout
-    (a field so named, or an item of one) a number (not a bool), each accuracy in [0, 1]; a
+    (a field so named, or an item of one) a number (not a bool), each accuracy in [0, 1] (a documented one may be
+    None: a control's); a
     fault named by its place, as `rows[0].history[1].val_loss`."""
     if isinstance(value, dict):
         for name, item in value.items():
@@ -141,6 +143,8 @@ def _check_figures(value, where: str = "", key: str = "") -> None:
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_figures(item, f"{where}[{i}]", key)
+    elif key == "documented_accuracy" and value is None:  # a control: the original had no such stage
+        return
     elif isinstance(value, float) or key in ("lr", "dropout") or any(part in key for part in ("loss", "accurac", "epoch")):
         if not finite_number(value):
             raise ValueError(f"{where} is {value!r}, not a finite number")
@@ -180,7 +184,9 @@ def _read_study(path: Path) -> dict:
     stages = report["stages"]
     first = next(iter(stages.values()))
     for name, stage in stages.items():
-        STAGES[name]  # noqa: B018  (a known stage)
+        if stage["documented_accuracy"] != STAGES[name].documented_accuracy:  # (a known stage, its figure or None)
+            raise ValueError(f"{name}: documented accuracy {stage['documented_accuracy']}, not the original's "
+                             f"{STAGES[name].documented_accuracy}")
         seeds = stage["seeds"]
         if seeds != first["seeds"] or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
             raise ValueError(f"{name}: seeds {seeds}, where each stage has the same distinct seeds {first['seeds']}")

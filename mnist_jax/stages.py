@@ -1,6 +1,6 @@
-"""What a run is: the five stages of the study (model, loss, what the original reported)
-and `TrainConfig`. Plain data, no JAX: the scripts check their arguments against it
-before JAX is imported; `models` builds the models and losses when first asked."""
+"""What a run is: the five stages of the study (model, loss, what the original reported), the controls
+that separate the MLP's nonlinearity from its extra parameters, and `TrainConfig`. Plain data, no JAX: the
+scripts check their arguments against it before JAX is imported; `models` builds the models and losses when first asked."""
 
 from __future__ import annotations
 
@@ -15,14 +15,22 @@ class Stage:
     name: str
     description: str
     loss_name: str  # "softmax_mse" or "cross_entropy", the functions in `models`
-    documented_accuracy: float  # test accuracy reported by the original study, seed 42
+    documented_accuracy: float | None  # test accuracy reported by the original study, seed 42; None: not the original's
     hidden: int | None = None  # None: the linear model
     dropout: float = 0.0
     batchnorm: bool = False
+    activation: str = "relu"  # the hidden layer's: "relu", or "identity" (the deep linear network)
+    frozen_hidden: bool = False  # the hidden layer stays as drawn (random features): only the layers after it learn
 
     @property
     def is_mlp(self) -> bool:
+        """A hidden layer (every stage but the two linear models): --hidden and --dropout apply."""
         return self.hidden is not None
+
+    @property
+    def is_control(self) -> bool:
+        """Not one of the original's five stages (no documented accuracy): a control of this project's."""
+        return self.documented_accuracy is None
 
     @property
     def loss(self) -> Callable:
@@ -37,7 +45,11 @@ class Stage:
 
         if not self.is_mlp:
             return LinearClassifier(rngs=rngs)
-        return MLP(hidden or self.hidden, self.dropout if dropout is None else dropout, self.batchnorm, rngs=rngs)
+        return MLP(hidden or self.hidden, self.dropout if dropout is None else dropout, self.batchnorm,
+                   activation=self.activation, frozen_hidden=self.frozen_hidden, rngs=rngs)
+
+
+RANDOM_FEATURES_WIDTHS = (256, 1024, 4096)  # random_features (the MLP's width), random_features_1024, _4096
 
 
 STAGES: dict[str, Stage] = {
@@ -48,8 +60,13 @@ STAGES: dict[str, Stage] = {
         Stage("mlp", "784 -> 256 -> ReLU -> 10", "cross_entropy", 0.9745, hidden=256),
         Stage("mlp_dropout", "784 -> 256 -> ReLU -> Dropout(0.5) -> 10", "cross_entropy", 0.9728, hidden=256, dropout=0.5),
         Stage("mlp_bn", "784 -> 256 -> BatchNorm -> ReLU -> 10", "cross_entropy", 0.9766, hidden=256, batchnorm=True),
+        # Controls (issue 28): the MLP's parameters without its nonlinearity, and its nonlinearity without learned features.
+        Stage("deep_linear", "784 -> 256 -> 10, no activation", "cross_entropy", None, hidden=256, activation="identity"),
+        *(Stage("random_features" + (f"_{width}" if width != 256 else ""), f"784 -> {width} frozen at random -> ReLU -> 10",
+                "cross_entropy", None, hidden=width, frozen_hidden=True) for width in RANDOM_FEATURES_WIDTHS),
     )
 }
+ORIGINAL = tuple(name for name, stage in STAGES.items() if not stage.is_control)  # the original study's five stages
 
 MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits: seed 2**32 would be seed 0 again
 

@@ -25,16 +25,18 @@ LOOPS = ("original", "tensor", "fused", "compile")
 
 def build_model(stage: str, hidden: int | None = None, dropout: float | None = None) -> nn.Sequential:
     """The stage's PyTorch model, initialised from torch's global RNG as the original does.
-    Its layers are named as the Flax model's, so `state_dict` keys map over by name."""
+    Its layers are named as the Flax model's, so `state_dict` keys map over by name. A deep linear stage has no
+    ReLU; a random-features stage's hidden layer is frozen (`requires_grad_(False)`: Adam skips it)."""
     spec = STAGES[stage]
     if not spec.is_mlp:
         return nn.Sequential(OrderedDict(flatten=nn.Flatten(), linear=nn.Linear(784, 10)))
     hidden = hidden or spec.hidden
     dropout = spec.dropout if dropout is None else dropout
-    layers = OrderedDict(flatten=nn.Flatten(), hidden=nn.Linear(784, hidden))
+    layers = OrderedDict(flatten=nn.Flatten(), hidden=nn.Linear(784, hidden).requires_grad_(not spec.frozen_hidden))
     if spec.batchnorm:
         layers["batchnorm"] = nn.BatchNorm1d(hidden)
-    layers["relu"] = nn.ReLU()
+    if spec.activation == "relu":
+        layers["relu"] = nn.ReLU()
     if dropout > 0:
         layers["dropout"] = nn.Dropout(dropout)
     layers["output"] = nn.Linear(hidden, 10)

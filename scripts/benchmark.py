@@ -65,11 +65,14 @@ def matmul_ceiling(size: int = 2048, repeats: int = 20) -> float:
 
 def flops_per_example(config: TrainConfig) -> tuple[int, int]:
     """Matmul FLOPs of one example: (forward, forward + backward). The backward pass computes
-    every weight gradient and every layer's input gradient but the first's (the pixels');
-    elementwise work is left out (XLA's own count of a step is 3-9% higher)."""
+    every weight gradient and every layer's input gradient but the first's (the pixels'); with a frozen hidden layer
+    (random features), the output layer's weight gradient alone; elementwise work is left out (XLA's own count of a
+    step is 3-9% higher)."""
     hidden = config.hidden or config.spec.hidden
     layers = [(NUM_PIXELS, hidden), (hidden, NUM_CLASSES)] if config.spec.is_mlp else [(NUM_PIXELS, NUM_CLASSES)]
     forward = sum(2 * fan_in * fan_out for fan_in, fan_out in layers)
+    if config.spec.frozen_hidden:
+        return forward, forward + 2 * hidden * NUM_CLASSES
     return forward, 2 * forward + sum(2 * fan_in * fan_out for fan_in, fan_out in layers[1:])
 
 

@@ -41,7 +41,7 @@ def print_table(results: list[dict], loops: list[str]) -> None:
     rows = []
     for r in results:
         jax_time = r["jax"]["seconds_per_epoch"]
-        cells = [f"`{r['stage']}`", f"{100 * r['documented_accuracy']:.2f}", pm(r["jax"])]
+        cells = [f"`{r['stage']}`", cli.documented(r["documented_accuracy"]), pm(r["jax"])]
         cells += [pm(r[f"torch_{loop}"]) for loop in loops] + [f"{jax_time:.3f}"]
         cells += [f"{r[f'torch_{loop}']['seconds_per_epoch']:.3f}" for loop in loops]
         rows.append(cells + [f"{r[f'torch_{loop}']['seconds_per_epoch'] / jax_time:.1f}x" for loop in loops])
@@ -89,7 +89,7 @@ def main() -> None:
         report["replay"] = replays
         print("\nReplay of the original's seed-42 run (same split, initial weights, batch order):")
         cli.print_table(["stage", "documented", "PyTorch replay", "JAX replay", "JAX - PyTorch"], [
-            [f"`{r['stage']}`", f"{100 * r['documented_accuracy']:.2f}", f"{100 * r['torch_replay_accuracy']:.2f}",
+            [f"`{r['stage']}`", cli.documented(r["documented_accuracy"]), f"{100 * r['torch_replay_accuracy']:.2f}",
              f"{100 * r['jax_replay_accuracy']:.2f}", f"{100 * (r['jax_replay_accuracy'] - r['torch_replay_accuracy']):+.2f}"]
             for r in replays])
     write_json(args.out / RESULTS[0], report)

@@ -17,7 +17,7 @@ def build_parser() -> cli.ArgumentParser:
                                 "(default: runs/<stage>-seed<seed>)", resume=True,
                                 tensorboard=True)
     parser.add_argument("--stage", required=True, type=lambda s: s if s == "all" else cli.stage(s),
-                        help=f"which stage to train ({', '.join(STAGES)}); all: the five in turn")
+                        help=f"which stage to train ({', '.join(STAGES)}); all: every one in turn")
     # Options --resume compares: None unless given (`given` tells them from ones given with their default value).
     parser.add_argument("--epochs", type=cli.positive_int, default=TrainConfig.epochs, help="passes over the 54,000 training images")
     parser.add_model_options()
@@ -124,7 +124,8 @@ def architecture(config: TrainConfig) -> str:
     spec = config.spec
     if not spec.is_mlp:
         return spec.description
-    layers = [784, config.hidden or spec.hidden, "BatchNorm" if spec.batchnorm else None, "ReLU",
+    hidden = f"{config.hidden or spec.hidden}{' (frozen)' if spec.frozen_hidden else ''}"
+    layers = [784, hidden, "BatchNorm" if spec.batchnorm else None, "ReLU" if spec.activation == "relu" else None,
               f"Dropout({config.dropout_rate:g})" if config.dropout_rate else None, 10]
     return " -> ".join(str(layer) for layer in layers if layer is not None)
 
@@ -141,8 +142,8 @@ def print_epoch(row: dict) -> None:
 def print_table(results: list[dict]) -> None:
     print()
     cli.print_table(["stage", "documented", "this run", "difference"], [
-        [f"`{r['stage']}`", f"{r['documented_accuracy']:.2%}", f"{r['test_accuracy']:.2%}",
-         f"{100 * (r['test_accuracy'] - r['documented_accuracy']):+.2f}"] for r in results])
+        [f"`{r['stage']}`", cli.documented(r["documented_accuracy"], "%"), f"{r['test_accuracy']:.2%}",
+         cli.difference(r["test_accuracy"], r["documented_accuracy"])] for r in results])
 
 
 def finished(resume, out: Path, epochs: int) -> dict | None:

@@ -220,7 +220,8 @@ def test_without_any_data_source_the_message_names_the_three_ways(tmp_path):
 
 
 TRAIN_REFUSALS = [
-    (["--stage", "mlp_huge"], ["--stage", "expected a stage (linear_mse, linear_ce, mlp, mlp_dropout, mlp_bn), got 'mlp_huge'"]),
+    (["--stage", "mlp_huge"], ["--stage", "expected a stage (linear_mse, linear_ce, mlp, mlp_dropout, mlp_bn, deep_linear, random_features, "
+                               "random_features_1024, random_features_4096), got 'mlp_huge'"]),
     (["--stage", "mlp", "--epochs", "0"], ["--epochs", "integer from 1 to 2147483647"]),
     (["--stage", "mlp", "--lr", "nan"], ["--lr", "positive finite"]),
     (["--stage", "mlp", "--dropout", "1"], ["--dropout", "[0, 1)"]),

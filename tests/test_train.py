@@ -114,7 +114,8 @@ def test_epoch_counts_each_training_example_exactly_once(frozen_epoch):
 
 @pytest.mark.parametrize(
     "field, value, accepted",
-    [("stage", "nope", "one of linear_mse, linear_ce, mlp, mlp_dropout, mlp_bn"), ("epochs", 0, "a positive int"),
+    [("stage", "nope", "one of linear_mse, linear_ce, mlp, mlp_dropout, mlp_bn, deep_linear, random_features, random_features_1024, "
+     "random_features_4096"), ("epochs", 0, "a positive int"),
      ("epochs", True, "a positive int"), ("batch_size", 0, "a positive int"), ("batch_size", 12.0, "a positive int"),
      ("lr", float("nan"), "a positive finite number"), ("lr", -1e-3, "a positive finite number"),
      ("seed", 2**32, "an int from 0 to 4294967295"), ("seed", -1, "an int from 0 to 4294967295"),
