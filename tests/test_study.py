@@ -90,12 +90,17 @@ def test_ci95_and_paired_step_differences():
         comparisons(stages)
 
 
-def first_seed(result, stage: str | None = None, gain: float = 0.0):
+def first_seed(result, stage: str | None = None, loss: float = 0.0, labels: np.ndarray | None = None):
     """The first seed of a trained grid alone; as `stage` (its figures are what is
-    compared here), `gain` added to its test accuracy."""
+    compared here), `loss` taken from its test accuracy by making so many of its right
+    answers on the test images (`labels`) wrong."""
     config = TrainConfig(stage, epochs=result.config.epochs) if stage else result.config
+    predictions = result.test_predictions[:1].copy()
+    if loss:
+        wrong = np.flatnonzero(predictions[0] == labels)[:round(loss * len(labels))]
+        predictions[0, wrong] = (labels[wrong] + 1) % 10
     return dataclasses.replace(result, config=config, points=result.points[:1], history=result.history[:1],
-                               test_accuracies=result.test_accuracies[:1] + gain, test_predictions=result.test_predictions[:1],
+                               test_accuracies=result.test_accuracies[:1] - loss, test_predictions=predictions,
                                final_params=jax.tree.map(lambda a: a[:1], result.final_params))
 
 
@@ -103,10 +108,14 @@ def test_a_study_of_one_seed_has_no_interval_and_calls_no_step_significant(tiny,
     """One seed has no spread: no interval, n/a where the table prints one, and a
     difference of 5 points that is not called significant (was a zero-width interval, "yes")."""
     assert summary([0.97]) == {"mean": 0.97, "std": None, "ci95": None}
-    results = {"linear_ce": first_seed(tiny_seeds, gain=-0.05), "mlp": first_seed(tiny_seeds, "mlp")}
+    results = {"linear_ce": first_seed(tiny_seeds, loss=0.05, labels=tiny.test_labels), "mlp": first_seed(tiny_seeds, "mlp")}
     report = save_study(results, tiny, tmp_path, "python scripts/study.py --seeds 1", 1.0)
     assert report["stages"]["mlp"]["std"] is None and report["stages"]["mlp"]["ci95"] is None
+    images = report["steps"][0].pop("images_and_seeds")
     assert report["steps"] == [{"from": "linear_ce", "to": "mlp", "difference": pytest.approx(0.05), "ci95": None, "significant": None}]
+    # one seed still has test images to resample: 50 of 1,000 answers better, none worse
+    assert images["difference"] == pytest.approx(0.05) and 0 < images["ci95"][0] < 0.05 < images["ci95"][1] and images["significant"]
+    report["steps"][0]["images_and_seeds"] = images
     assert load_study(tmp_path / "results.json")[0] == report  # valid as written
     load_script("study.py").print_report(report)
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| `mlp`"))
