@@ -130,13 +130,16 @@ def comparisons(stages: dict[str, dict]) -> dict[str, list[dict]]:
                   for before, after in found] for key, found in pairs.items()}
 
 
-def _study_arrays(results: dict[str, GridResult], data: MNIST, stages: dict[str, dict]) -> dict[str, np.ndarray]:
+def _study_arrays(results: dict[str, GridResult], data: MNIST, stages: dict[str, dict],
+                  correct: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What the figures draw, of each stage's first seed: its predictions, confusion matrix,
-    a linear stage's weights, and test digits the best linear stage gets wrong and an MLP right."""
+    a linear stage's weights, and test digits the best linear stage gets wrong and an MLP right;
+    and what the intervals over seeds and images are computed from, of every seed: whether
+    it classifies each test image correctly (`<stage>_correct`, bool, seeds × test images)."""
     arrays = {}
     for name, r in results.items():
         arrays[f"{name}_predictions"] = r.test_predictions[0]
-        arrays[f"{name}_correct"] = np.asarray(r.test_predictions == data.test_labels, bool)  # (seeds, images)
+        arrays[f"{name}_correct"] = correct[name]
         confusion = np.bincount(data.test_labels * NUM_CLASSES + r.test_predictions[0], minlength=NUM_CLASSES**2)
         arrays[f"{name}_confusion"] = confusion.reshape(NUM_CLASSES, NUM_CLASSES)  # by true, then predicted class
         if not r.config.spec.is_mlp:
@@ -155,19 +158,21 @@ def _study_arrays(results: dict[str, GridResult], data: MNIST, stages: dict[str,
 
 
 def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: str, seconds: float, write: bool = True) -> dict:
-    """Write `results.json` and `study_arrays.npz` (what the figures need) to `out`, unless
-    not `write` (a process of several, not the first)."""
+    """Write `results.json` (each stage's summary and every seed's min, median and max; each
+    comparison's interval over seeds and over seeds and images) and `study_arrays.npz` (what
+    the figures need, each seed's per-image correctness) to `out`, unless not `write` (a
+    process of several, not the first)."""
     stages = {name: {"seeds": r.seeds, "test_accuracies": r.test_accuracies.tolist(), "history": r.history,
                      **summary(r.test_accuracies), **seed_range(r.test_accuracies), "documented_accuracy": r.config.spec.documented_accuracy,
                      "compile_seconds": r.compile_seconds, "train_seconds": r.train_seconds, "seeds_at_once": r.models_at_once}
               for name, r in results.items()}
-    correct = {name: np.asarray(r.test_predictions == data.test_labels, bool) for name, r in results.items()}
+    correct = {name: np.asarray(r.test_predictions == data.test_labels, bool) for name, r in results.items()}  # (seeds, images)
     report = {"stages": stages, **with_images(comparisons(stages), correct), "command": command, "device": device_description(),
               "data": data.origin, "jax_version": jax.__version__, "seconds": seconds}
     if write:
         write_json(out / "results.json", report)
         with atomic_write(out / "study_arrays.npz") as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **_study_arrays(results, data, stages))
+            np.savez_compressed(f, **_study_arrays(results, data, stages, correct))
     return report
 
 

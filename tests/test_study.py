@@ -294,3 +294,71 @@ def test_a_results_file_nested_too_deep_to_parse_is_refused_as_damaged(tmp_path)
         (tmp_path / name).write_text('{"stages": ' + "[" * 100_000)
         with pytest.raises(ResultFileError, match="damaged"):
             load(tmp_path / name)
+
+
+@pytest.fixture
+def saved_with_images(tiny, tiny_seeds, tmp_path):
+    """A study of two stages saved with each seed's per-image correctness: `mlp` and, as
+    `mlp_bn`, the same seeds with every tenth of their right answers made wrong."""
+    labels = tiny.test_labels
+    predictions = np.array(tiny_seeds.test_predictions)
+    for row in predictions:
+        right = np.flatnonzero(row == labels)[::10]
+        row[right] = (labels[right] + 1) % 10
+    mlp, worse = (dataclasses.replace(tiny_seeds, config=TrainConfig(stage, epochs=2), test_predictions=found,
+                                      test_accuracies=(found == labels).mean(axis=1))
+                  for stage, found in (("mlp", tiny_seeds.test_predictions), ("mlp_bn", predictions)))
+    report = save_study({"mlp": mlp, "mlp_bn": worse}, tiny, tmp_path, "python scripts/study.py", 1.0)
+    return tmp_path / "results.json", report
+
+
+def test_a_study_keeps_each_seeds_per_image_correctness_and_its_interval_over_seeds_and_images(saved_with_images, tiny, capsys):
+    path, report = saved_with_images
+    loaded, arrays = load_study(path)
+    assert loaded == report
+    assert arrays["mlp_correct"].shape == (2, len(tiny.test_labels)) and arrays["mlp_correct"].dtype == bool
+    [step] = report["steps"]
+    assert report["versus_mlp"] == [step]
+    images = step["images_and_seeds"]
+    assert images["difference"] == pytest.approx(step["difference"], abs=1e-12) and images["ci95"][1] < 0  # only worse answers
+    stage = report["stages"]["mlp_bn"]
+    assert stage["min"] == min(stage["test_accuracies"]) and stage["max"] == max(stage["test_accuracies"])
+    load_script("study.py").print_report(report)
+    out = capsys.readouterr().out
+    assert "seeds and test images resampled (paired bootstrap, 2000 resamples, seed 28):" in out
+    assert f"  mlp_bn - mlp: {100 * step['difference']:+.2f}, seeds [" in out and "(significant: yes)" in out
+    assert out.count(" - mlp:") == 1  # a step that is also versus mlp, printed once
+    assert f"  mlp_bn: {100 * stage['min']:.2f}, {100 * stage['median']:.2f}, {100 * stage['max']:.2f}" in out
+
+
+def flipped(a):
+    a = a.copy()
+    a[0, 0] = ~a[0, 0]
+    return a
+
+
+IMAGE_DAMAGE = {  # the file damaged, how, the file the refusal names (results.json where the two disagree), the fault
+    "an image's answer changed": ("study_arrays.npz", lambda p: with_array(p, "mlp_correct", flipped), "results.json",
+                                  r"mlp: per-image correctness of accuracies"),
+    "an interval moved": ("results.json", lambda p: edited(p, lambda r: r["steps"][0]["images_and_seeds"]["ci95"].__setitem__(0, -0.5)),
+                          "results.json", "steps: intervals over seeds and images that are not the ones its per-image correctness gives"),
+    "one stage's correctness gone": ("study_arrays.npz", lambda p: without_key(p, "mlp_correct"), "study_arrays.npz",
+                                     "per-image correctness of mlp_bn, not of every stage"),
+    "every stage's correctness gone": ("study_arrays.npz", lambda p: [without_key(p, f"{s}_correct") for s in ("mlp", "mlp_bn")],
+                                       "results.json", "intervals over seeds and images without the per-image correctness they are computed from"),
+    "correctness claiming a terabyte": ("study_arrays.npz", lambda p: npz_with_header(p, "mlp_correct", (2, 2**40), "|b1"),
+                                        "study_arrays.npz", r"mlp_correct is bool\[2, 1099511627776\], expected \[2, -1\] of kind b"),
+    "correctness of other images": ("study_arrays.npz", lambda p: with_array(p, "mlp_correct", lambda a: a[:, 1:]), "study_arrays.npz",
+                                    "per-image correctness of mlp of another number of test images than the confusion matrices' 1000"),
+    "a median not its seeds'": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"].update(median=0.5)),
+                                "results.json", r"mlp: min, median and max \[.*\], not its test accuracies'"),
+}
+
+
+@pytest.mark.parametrize("damage", IMAGE_DAMAGE)
+def test_per_image_correctness_and_its_intervals_are_refused_where_they_disagree(saved_with_images, damage):
+    path, _ = saved_with_images
+    name, make, named, fault = IMAGE_DAMAGE[damage]
+    make(path.with_name(name))
+    with pytest.raises(ResultFileError, match=f"{path.with_name(named)} is damaged or not written by scripts/study.py .*{fault}"):
+        load_study(path)
