@@ -81,8 +81,9 @@ def images_and_seeds(correct: dict[str, np.ndarray], pairs: Sequence[tuple[str, 
     if not pairs:
         return []
     stages = list(dict.fromkeys(stage for pair in pairs for stage in pair))
-    if len(shapes := {np.shape(correct[stage]) for stage in stages}) != 1 or len(shape := shapes.pop()) != 2 or not all(shape):
-        raise ValueError(f"per-image correctness of different or empty shapes: {sorted(shapes | {shape})}")
+    shapes = {np.shape(correct[stage]) for stage in stages}
+    if len(shapes) != 1 or len(shape := next(iter(shapes))) != 2 or not all(shape):
+        raise ValueError(f"per-image correctness of shapes {sorted(shapes)}, where (seeds, test images) of every stage alike is expected")
     seeds, images = shape
     rng = np.random.default_rng(rng_seed)
     seed_counts = _counts(rng.integers(0, seeds, (resamples, seeds)), seeds).astype(np.float64)

@@ -92,3 +92,8 @@ def test_a_study_saved_before_per_image_correctness_was_kept_loads_with_the_inte
     for stage in report["stages"].values():
         assert {key: stage[key] for key in ("min", "median", "max")} == seed_range(stage["test_accuracies"])
         assert stage["min"] <= stage["median"] <= stage["max"]
+
+
+def test_stages_of_different_seeds_or_images_are_refused():
+    with pytest.raises(ValueError, match=r"shapes \[\(2, 5\), \(3, 5\)\], where \(seeds, test images\) of every stage alike"):
+        images_and_seeds({"a": np.ones((2, 5), bool), "b": np.ones((3, 5), bool)}, [("a", "b")])
