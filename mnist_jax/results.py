@@ -1,6 +1,7 @@
 """What a set of runs amounts to, and the files that record it: `summary` of a set of
 runs, `paired_difference` of two sets seed by seed (a seed gives both the same split and
-batch order); `results.json` and `study_arrays.npz` (`save_study`, `load_study`),
+batch order), `images_and_seeds`: the same differences with the test images resampled too
+(a paired bootstrap over seeds and images); `results.json` and `study_arrays.npz` (`save_study`, `load_study`),
 `sweep.json` (`save_grid`, `load_sweep`). A file is refused with one `ResultFileError`
 unless what can be computed again from it (a summary, a paired difference, a best epoch) is."""
 
@@ -26,6 +27,10 @@ from mnist_jax.train import GRID_HISTORY_KEYS, device_description
 
 MAX_JSON_BYTES = 2**28  # results.json of ten seeds and five epochs is 78 KB; sweep.json of 200 models of 40 epochs, 1.5 MB
 MISCLASSIFIED = 24  # test digits kept that the best linear stage gets wrong and an MLP right
+MAX_TEST_IMAGES = 2**20  # the most test images a `<stage>_correct` array of study_arrays.npz may declare
+RESAMPLES = 2000  # resamples of the bootstrap over seeds and images
+RESAMPLE_SEED = 28  # its NumPy generator's seed: the same files give the same interval
+RESAMPLE_CHUNK = 250  # resamples of images drawn per call of the generator (part of the stream: keep it)
 
 
 def summary(values: Sequence[float]) -> dict:
@@ -50,6 +55,63 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     return {"difference": found["mean"], "ci95": ci, "significant": bool(ci[0] > 0 or ci[1] < 0) if ci else None}
 
 
+def seed_range(values: Sequence[float]) -> dict:
+    """Every seed at a glance: the lowest, the median and the highest value."""
+    values = np.asarray(values, np.float64)
+    return {"min": float(values.min()), "median": float(np.median(values)), "max": float(values.max())}
+
+
+def _counts(draws: np.ndarray, k: int) -> np.ndarray:
+    """How often each of 0..k-1 occurs in each row of `draws` (rows, draws): (rows, k), one bincount."""
+    rows = len(draws)
+    return np.bincount((np.arange(rows)[:, None] * k + draws).ravel(), minlength=rows * k).reshape(rows, k)
+
+
+def images_and_seeds(correct: dict[str, np.ndarray], pairs: Sequence[tuple[str, str]],
+                     resamples: int = RESAMPLES, rng_seed: int = RESAMPLE_SEED) -> list[dict]:
+    """For each (a, b) of `pairs`, b - a with a 95% interval that resamples the test images
+    as well as the seeds: a paired bootstrap. `correct[stage]` is (seeds, images), whether
+    each seed's final model classifies each test image correctly; every stage the same seeds
+    and images in the same order. Each resample draws seeds with replacement and,
+    independently, images with replacement, the same draws for every stage (the pairing);
+    its statistic is the mean over the drawn seeds of b's accuracy minus a's on the drawn
+    images. The interval is the 2.5th and 97.5th percentile of `resamples` statistics, from
+    `np.random.default_rng(rng_seed)`. Sums are of whole numbers (exact in float32 up to
+    2**24 images), so the interval does not depend on the BLAS."""
+    if not pairs:
+        return []
+    stages = list(dict.fromkeys(stage for pair in pairs for stage in pair))
+    shapes = {np.shape(correct[stage]) for stage in stages}
+    if len(shapes) != 1 or len(shape := next(iter(shapes))) != 2 or not all(shape):
+        raise ValueError(f"per-image correctness of shapes {sorted(shapes)}, where (seeds, test images) of every stage alike is expected")
+    seeds, images = shape
+    rng = np.random.default_rng(rng_seed)
+    seed_counts = _counts(rng.integers(0, seeds, (resamples, seeds)), seeds).astype(np.float64)
+    by_seed = {stage: np.empty((resamples, seeds)) for stage in stages}  # correct answers of each seed on each resample's images
+    columns = {stage: np.asarray(correct[stage], np.float32).T for stage in stages}  # (images, seeds)
+    for start in range(0, resamples, RESAMPLE_CHUNK):
+        size = min(RESAMPLE_CHUNK, resamples - start)
+        image_counts = _counts(rng.integers(0, images, (size, images)), images).astype(np.float32)
+        for stage in stages:
+            by_seed[stage][start:start + size] = image_counts @ columns[stage]
+    found = []
+    for a, b in pairs:
+        statistic = (seed_counts * (by_seed[b] - by_seed[a])).sum(axis=1) / (seeds * images)
+        lo, hi = (float(q) for q in np.percentile(statistic, [2.5, 97.5]))
+        difference = float(np.mean(correct[b], dtype=np.float64) - np.mean(correct[a], dtype=np.float64))
+        found.append({"difference": difference, "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0),
+                      "resamples": resamples, "rng_seed": rng_seed})
+    return found
+
+
+def with_images(differences: dict[str, list[dict]], correct: dict[str, np.ndarray] | None) -> dict[str, list[dict]]:
+    """`comparisons`' differences, each with its `images_and_seeds` interval (None without
+    per-image correctness, as in a study saved before it was kept). One bootstrap for all."""
+    pairs = [(d["from"], d["to"]) for found in differences.values() for d in found]
+    intervals = iter(images_and_seeds(correct, pairs) if correct is not None else [None] * len(pairs))
+    return {key: [d | {"images_and_seeds": next(intervals)} for d in found] for key, found in differences.items()}
+
+
 def best_val_epoch(history: list[dict]) -> int:
     """The epoch of highest validation accuracy (the first of equals)."""
     return max(history, key=lambda row: row["val_accuracy"])["epoch"]
@@ -70,12 +132,16 @@ def comparisons(stages: dict[str, dict]) -> dict[str, list[dict]]:
                   for before, after in found] for key, found in pairs.items()}
 
 
-def _study_arrays(results: dict[str, GridResult], data: MNIST, stages: dict[str, dict]) -> dict[str, np.ndarray]:
+def _study_arrays(results: dict[str, GridResult], data: MNIST, stages: dict[str, dict],
+                  correct: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What the figures draw, of each stage's first seed: its predictions, confusion matrix,
-    a linear stage's weights, and test digits the best linear stage gets wrong and an MLP right."""
+    a linear stage's weights, and test digits the best linear stage gets wrong and an MLP right;
+    and what the intervals over seeds and images are computed from, of every seed: whether
+    it classifies each test image correctly (`<stage>_correct`, bool, seeds × test images)."""
     arrays = {}
     for name, r in results.items():
         arrays[f"{name}_predictions"] = r.test_predictions[0]
+        arrays[f"{name}_correct"] = correct[name]
         confusion = np.bincount(data.test_labels * NUM_CLASSES + r.test_predictions[0], minlength=NUM_CLASSES**2)
         arrays[f"{name}_confusion"] = confusion.reshape(NUM_CLASSES, NUM_CLASSES)  # by true, then predicted class
         if not r.config.spec.is_mlp:
@@ -94,18 +160,21 @@ def _study_arrays(results: dict[str, GridResult], data: MNIST, stages: dict[str,
 
 
 def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: str, seconds: float, write: bool = True) -> dict:
-    """Write `results.json` and `study_arrays.npz` (what the figures need) to `out`, unless
-    not `write` (a process of several, not the first)."""
+    """Write `results.json` (each stage's summary and every seed's min, median and max; each
+    comparison's interval over seeds and over seeds and images) and `study_arrays.npz` (what
+    the figures need, each seed's per-image correctness) to `out`, unless not `write` (a
+    process of several, not the first)."""
     stages = {name: {"seeds": r.seeds, "test_accuracies": r.test_accuracies.tolist(), "history": r.history,
-                     **summary(r.test_accuracies), "documented_accuracy": r.config.spec.documented_accuracy,
+                     **summary(r.test_accuracies), **seed_range(r.test_accuracies), "documented_accuracy": r.config.spec.documented_accuracy,
                      "compile_seconds": r.compile_seconds, "train_seconds": r.train_seconds, "seeds_at_once": r.models_at_once}
               for name, r in results.items()}
-    report = {"stages": stages, **comparisons(stages), "command": command, "device": device_description(),
+    correct = {name: np.asarray(r.test_predictions == data.test_labels, bool) for name, r in results.items()}  # (seeds, images)
+    report = {"stages": stages, **with_images(comparisons(stages), correct), "command": command, "device": device_description(),
               "data": data.origin, "jax_version": jax.__version__, "seconds": seconds}
     if write:
         write_json(out / "results.json", report)
         with atomic_write(out / "study_arrays.npz") as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **_study_arrays(results, data, stages))
+            np.savez_compressed(f, **_study_arrays(results, data, stages, correct))
     return report
 
 
@@ -197,26 +266,41 @@ def _read_study(path: Path) -> dict:
         if not _agrees({key: stage[key] for key in ("mean", "std", "ci95")}, summary(stage["test_accuracies"])):
             raise ValueError(f"{name}: not the summary of its test accuracies: mean {stage['mean']}, std {stage['std']}, "
                              f"ci95 {stage['ci95']}")
+        spread = seed_range(stage["test_accuracies"])
+        if any(key in stage for key in spread) and not _agrees({key: stage.get(key) for key in spread}, spread):
+            raise ValueError(f"{name}: min, median and max {[stage.get(key) for key in spread]}, not its test accuracies'")
+        stage |= spread  # (a study saved before they were kept)
     for key, differences in comparisons(stages).items():
-        if not _agrees(report[key], differences):
+        stored = [{k: v for k, v in d.items() if k != "images_and_seeds"} if isinstance(d, dict) else d for d in report[key]]
+        if not _agrees(stored, differences):
             raise ValueError(f"{key} is not the paired differences of {[(d['from'], d['to']) for d in differences]}")
+        for d in report[key]:
+            d.setdefault("images_and_seeds", None)  # (a study saved before per-image correctness was kept)
     return report
 
 
 def _check_header(name: str, shape: tuple, kind: str, found: tuple, dtype: np.dtype) -> None:
-    """ValueError unless array `name` is declared of `shape` (None: a length up to MISCLASSIFIED)
-    and of a dtype of `kind` (numpy's dtype.kind)."""
-    fits = len(found) == len(shape) and all(f == s or s is None and f <= MISCLASSIFIED for f, s in zip(found, shape))
+    """ValueError unless array `name` is declared of `shape` (None: a length up to MISCLASSIFIED;
+    -1: one up to MAX_TEST_IMAGES) and of a dtype of `kind` (numpy's dtype.kind)."""
+    most = {None: MISCLASSIFIED, -1: MAX_TEST_IMAGES}
+    fits = len(found) == len(shape) and all(f == s or s in most and f <= most[s] for f, s in zip(found, shape))
     if not fits or dtype.kind not in kind or dtype.itemsize > 64:
-        raise ValueError(f"{name} is {dtype}{list(found)}, expected {list(shape)} of kind {kind} (None: up to {MISCLASSIFIED})")
+        raise ValueError(f"{name} is {dtype}{list(found)}, expected {list(shape)} of kind {kind} "
+                         f"(None: up to {MISCLASSIFIED}, -1: up to {MAX_TEST_IMAGES})")
 
 
-def _read_arrays(path: Path, stages: list[str]) -> dict[str, np.ndarray]:
-    """What the figures of `stages` read from `study_arrays.npz`, each array read only once
-    its header is checked, then its numbers: finite, counts of test images, classes."""
+def _read_arrays(path: Path, report: dict) -> dict[str, np.ndarray]:
+    """What the figures of `report`'s stages read from `study_arrays.npz`, and each seed's
+    per-image correctness where kept (`<stage>_correct`, every stage or none), each array read
+    only once its header is checked, then its numbers: finite, counts of test images, classes."""
+    stages = list(report["stages"])
     specs = {f"{name}_confusion": ((NUM_CLASSES, NUM_CLASSES), "iu") for name in stages}
     specs |= {f"{name}_weights": ((NUM_CLASSES, 784), "f") for name in stages if not STAGES[name].is_mlp}
     with zipfile.ZipFile(path) as archive:
+        if kept := [name for name in stages if f"{name}_correct.npy" in archive.namelist()]:
+            if kept != stages:
+                raise ValueError(f"per-image correctness of {', '.join(kept)}, not of every stage")
+            specs |= {f"{name}_correct": ((len(report["stages"][name]["seeds"]), -1), "b") for name in stages}
         if "misclassified_stages.npy" in archive.namelist():
             specs |= {"misclassified_stages": ((2,), "U"), "misclassified_images": ((None, 28, 28), "iuf"),
                       "misclassified_labels": ((None,), "iu"), "misclassified_linear_predictions": ((None,), "iu")}
@@ -228,8 +312,11 @@ def _read_arrays(path: Path, stages: list[str]) -> dict[str, np.ndarray]:
             raise ValueError(f"{name} is not counts of test images")
         if name.endswith(("_labels", "_predictions")) and len(array) and not 0 <= array.min() <= array.max() < NUM_CLASSES:
             raise ValueError(f"{name} holds classes outside 0-{NUM_CLASSES - 1}")
-    if len({int(arrays[f"{name}_confusion"].sum()) for name in stages}) != 1:
+    if len(images := {int(arrays[f"{name}_confusion"].sum()) for name in stages}) != 1:
         raise ValueError("confusion matrices of different numbers of test images")
+    n = images.pop()
+    if wrong := [name for name in kept if arrays[f"{name}_correct"].shape[1] != n]:
+        raise ValueError(f"per-image correctness of {', '.join(wrong)} of another number of test images than the confusion matrices' {n}")
     if "misclassified_stages" in arrays:
         if len({len(arrays[k]) for k in specs if k.startswith("misclassified_") and k != "misclassified_stages"}) != 1:
             raise ValueError("misclassified_images, _labels and _linear_predictions differ in length")
@@ -241,8 +328,27 @@ def _read_arrays(path: Path, stages: list[str]) -> dict[str, np.ndarray]:
 def load_study(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """`results.json` and the `study_arrays.npz` beside it, as `save_study` wrote them."""
     report = _read(path, "scripts/study.py", _read_study)
-    arrays = _read(path.with_name("study_arrays.npz"), "scripts/study.py", lambda p: _read_arrays(p, list(report["stages"])))
+    arrays = _read(path.with_name("study_arrays.npz"), "scripts/study.py", lambda p: _read_arrays(p, report))
+    _read(path, "scripts/study.py", lambda p: _check_images(report, arrays))
     return report, arrays
+
+
+def _check_images(report: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Each seed's per-image correctness, where kept, gives its test accuracy, and the
+    intervals over seeds and images are the ones it gives; none is claimed without it."""
+    stages = report["stages"]
+    if not all(f"{name}_correct" in arrays for name in stages):
+        if any(d["images_and_seeds"] is not None for key in ("steps", "versus_mlp") for d in report[key]):
+            raise ValueError("intervals over seeds and images without the per-image correctness they are computed from")
+        return
+    correct = {name: arrays[f"{name}_correct"] for name in stages}
+    for name, stage in stages.items():
+        found = correct[name].mean(axis=1, dtype=np.float64)
+        if not np.allclose(found, stage["test_accuracies"], rtol=0, atol=1e-6):
+            raise ValueError(f"{name}: per-image correctness of accuracies {found.tolist()}, not its test accuracies")
+    for key, differences in with_images(comparisons(stages), correct).items():
+        if not _agrees(report[key], differences):
+            raise ValueError(f"{key}: intervals over seeds and images that are not the ones its per-image correctness gives")
 
 
 def _read_sweep(path: Path) -> dict:

@@ -1,6 +1,7 @@
 """Every stage over many seeds in one program per stage: python scripts/study.py --seeds 10"""
 
 import dataclasses
+import statistics
 import time
 
 from mnist_jax import cli, distributed
@@ -37,6 +38,26 @@ def print_report(report: dict) -> None:
     cli.print_table(["stage", "documented", "mean ± std", "95% CI", "step difference", "significant"], rows)
     for step in report["versus_mlp"]:
         print(f"{step['to']} vs {step['from']}: {100 * step['difference']:+.2f} points, 95% CI {cli.interval(step['ci95'], '+')}")
+    print("\nevery seed, test accuracy (min, median, max):")
+    for stage, r in report["stages"].items():
+        values = r["test_accuracies"]
+        print(f"  {stage}: {100 * min(values):.2f}, {100 * statistics.median(values):.2f}, {100 * max(values):.2f}")
+    print_images_and_seeds(report)
+
+
+def print_images_and_seeds(report: dict) -> None:
+    """Each comparison's interval over seeds alone beside the one that resamples the test images too."""
+    differences = list({(d["from"], d["to"]): d for d in report["steps"] + report["versus_mlp"]}.values())  # a step may be versus mlp too
+    if not differences:
+        return
+    found = next((d["images_and_seeds"] for d in differences if d.get("images_and_seeds")), None)
+    how = f"paired bootstrap, {found['resamples']} resamples, seed {found['rng_seed']}" if found else "per-image correctness not kept"
+    print(f"\n95% intervals, seeds alone and seeds and test images resampled ({how}):")
+    for d in differences:
+        both = d.get("images_and_seeds")
+        sig = ("yes" if both["significant"] else "no") if both else "n/a"
+        print(f"  {d['to']} - {d['from']}: {100 * d['difference']:+.2f}, seeds {cli.interval(d['ci95'], '+')}, "
+              f"seeds and images {cli.interval(both and both['ci95'], '+')} (significant: {sig})")
 
 
 def config(args, stage: str) -> TrainConfig:

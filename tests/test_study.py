@@ -90,12 +90,17 @@ def test_ci95_and_paired_step_differences():
         comparisons(stages)
 
 
-def first_seed(result, stage: str | None = None, gain: float = 0.0):
+def first_seed(result, stage: str | None = None, loss: float = 0.0, labels: np.ndarray | None = None):
     """The first seed of a trained grid alone; as `stage` (its figures are what is
-    compared here), `gain` added to its test accuracy."""
+    compared here), `loss` taken from its test accuracy by making so many of its right
+    answers on the test images (`labels`) wrong."""
     config = TrainConfig(stage, epochs=result.config.epochs) if stage else result.config
+    predictions = result.test_predictions[:1].copy()
+    if loss:
+        wrong = np.flatnonzero(predictions[0] == labels)[:round(loss * len(labels))]
+        predictions[0, wrong] = (labels[wrong] + 1) % 10
     return dataclasses.replace(result, config=config, points=result.points[:1], history=result.history[:1],
-                               test_accuracies=result.test_accuracies[:1] + gain, test_predictions=result.test_predictions[:1],
+                               test_accuracies=result.test_accuracies[:1] - loss, test_predictions=predictions,
                                final_params=jax.tree.map(lambda a: a[:1], result.final_params))
 
 
@@ -103,10 +108,14 @@ def test_a_study_of_one_seed_has_no_interval_and_calls_no_step_significant(tiny,
     """One seed has no spread: no interval, n/a where the table prints one, and a
     difference of 5 points that is not called significant (was a zero-width interval, "yes")."""
     assert summary([0.97]) == {"mean": 0.97, "std": None, "ci95": None}
-    results = {"linear_ce": first_seed(tiny_seeds, gain=-0.05), "mlp": first_seed(tiny_seeds, "mlp")}
+    results = {"linear_ce": first_seed(tiny_seeds, loss=0.05, labels=tiny.test_labels), "mlp": first_seed(tiny_seeds, "mlp")}
     report = save_study(results, tiny, tmp_path, "python scripts/study.py --seeds 1", 1.0)
     assert report["stages"]["mlp"]["std"] is None and report["stages"]["mlp"]["ci95"] is None
+    images = report["steps"][0].pop("images_and_seeds")
     assert report["steps"] == [{"from": "linear_ce", "to": "mlp", "difference": pytest.approx(0.05), "ci95": None, "significant": None}]
+    # one seed still has test images to resample: 50 of 1,000 answers better, none worse
+    assert images["difference"] == pytest.approx(0.05) and 0 < images["ci95"][0] < 0.05 < images["ci95"][1] and images["significant"]
+    report["steps"][0]["images_and_seeds"] = images
     assert load_study(tmp_path / "results.json")[0] == report  # valid as written
     load_script("study.py").print_report(report)
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| `mlp`"))
@@ -285,3 +294,71 @@ def test_a_results_file_nested_too_deep_to_parse_is_refused_as_damaged(tmp_path)
         (tmp_path / name).write_text('{"stages": ' + "[" * 100_000)
         with pytest.raises(ResultFileError, match="damaged"):
             load(tmp_path / name)
+
+
+@pytest.fixture
+def saved_with_images(tiny, tiny_seeds, tmp_path):
+    """A study of two stages saved with each seed's per-image correctness: `mlp` and, as
+    `mlp_bn`, the same seeds with every tenth of their right answers made wrong."""
+    labels = tiny.test_labels
+    predictions = np.array(tiny_seeds.test_predictions)
+    for row in predictions:
+        right = np.flatnonzero(row == labels)[::10]
+        row[right] = (labels[right] + 1) % 10
+    mlp, worse = (dataclasses.replace(tiny_seeds, config=TrainConfig(stage, epochs=2), test_predictions=found,
+                                      test_accuracies=(found == labels).mean(axis=1))
+                  for stage, found in (("mlp", tiny_seeds.test_predictions), ("mlp_bn", predictions)))
+    report = save_study({"mlp": mlp, "mlp_bn": worse}, tiny, tmp_path, "python scripts/study.py", 1.0)
+    return tmp_path / "results.json", report
+
+
+def test_a_study_keeps_each_seeds_per_image_correctness_and_its_interval_over_seeds_and_images(saved_with_images, tiny, capsys):
+    path, report = saved_with_images
+    loaded, arrays = load_study(path)
+    assert loaded == report
+    assert arrays["mlp_correct"].shape == (2, len(tiny.test_labels)) and arrays["mlp_correct"].dtype == bool
+    [step] = report["steps"]
+    assert report["versus_mlp"] == [step]
+    images = step["images_and_seeds"]
+    assert images["difference"] == pytest.approx(step["difference"], abs=1e-12) and images["ci95"][1] < 0  # only worse answers
+    stage = report["stages"]["mlp_bn"]
+    assert stage["min"] == min(stage["test_accuracies"]) and stage["max"] == max(stage["test_accuracies"])
+    load_script("study.py").print_report(report)
+    out = capsys.readouterr().out
+    assert "seeds and test images resampled (paired bootstrap, 2000 resamples, seed 28):" in out
+    assert f"  mlp_bn - mlp: {100 * step['difference']:+.2f}, seeds [" in out and "(significant: yes)" in out
+    assert out.count(" - mlp:") == 1  # a step that is also versus mlp, printed once
+    assert f"  mlp_bn: {100 * stage['min']:.2f}, {100 * stage['median']:.2f}, {100 * stage['max']:.2f}" in out
+
+
+def flipped(a):
+    a = a.copy()
+    a[0, 0] = ~a[0, 0]
+    return a
+
+
+IMAGE_DAMAGE = {  # the file damaged, how, the file the refusal names (results.json where the two disagree), the fault
+    "an image's answer changed": ("study_arrays.npz", lambda p: with_array(p, "mlp_correct", flipped), "results.json",
+                                  r"mlp: per-image correctness of accuracies"),
+    "an interval moved": ("results.json", lambda p: edited(p, lambda r: r["steps"][0]["images_and_seeds"]["ci95"].__setitem__(0, -0.5)),
+                          "results.json", "steps: intervals over seeds and images that are not the ones its per-image correctness gives"),
+    "one stage's correctness gone": ("study_arrays.npz", lambda p: without_key(p, "mlp_correct"), "study_arrays.npz",
+                                     "per-image correctness of mlp_bn, not of every stage"),
+    "every stage's correctness gone": ("study_arrays.npz", lambda p: [without_key(p, f"{s}_correct") for s in ("mlp", "mlp_bn")],
+                                       "results.json", "intervals over seeds and images without the per-image correctness they are computed from"),
+    "correctness claiming a terabyte": ("study_arrays.npz", lambda p: npz_with_header(p, "mlp_correct", (2, 2**40), "|b1"),
+                                        "study_arrays.npz", r"mlp_correct is bool\[2, 1099511627776\], expected \[2, -1\] of kind b"),
+    "correctness of other images": ("study_arrays.npz", lambda p: with_array(p, "mlp_correct", lambda a: a[:, 1:]), "study_arrays.npz",
+                                    "per-image correctness of mlp of another number of test images than the confusion matrices' 1000"),
+    "a median not its seeds'": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"].update(median=0.5)),
+                                "results.json", r"mlp: min, median and max \[.*\], not its test accuracies'"),
+}
+
+
+@pytest.mark.parametrize("damage", IMAGE_DAMAGE)
+def test_per_image_correctness_and_its_intervals_are_refused_where_they_disagree(saved_with_images, damage):
+    path, _ = saved_with_images
+    name, make, named, fault = IMAGE_DAMAGE[damage]
+    make(path.with_name(name))
+    with pytest.raises(ResultFileError, match=f"{path.with_name(named)} is damaged or not written by scripts/study.py .*{fault}"):
+        load_study(path)
