@@ -312,8 +312,8 @@ def sweep_dropout(answer: dict, device: str, path: str | os.PathLike | None):
     diff_ax.axhline(0, color="black", lw=0.8)
     if len(epochs) >= 6:
         inset = acc_ax.inset_axes([0.4, 0.08, 0.57, 0.5])
-        for label, curve, style in curves:
-            _band(inset, epochs, curve, label, **style)
+        for label, curve, style in curves:  # epochs 3 on: epochs 1-2 are the main panel's, not cut off here
+            _band(inset, epochs[2:], curve[2:], label, **style)
         later = [s for _, c, _ in curves for s in c[2:]]
         inset.set_ylim(min(100 * (s["ci95"] or [s["mean"]])[0] for s in later) - 0.05,
                        max(100 * (s["ci95"] or [s["mean"]] * 2)[1] for s in later) + 0.05)
