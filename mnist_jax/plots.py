@@ -285,7 +285,7 @@ def width_sweep(report: dict, path: str | os.PathLike | None):
     params = [r["parameters"] for r in rows]
     ax.set_xlim(min(params) / 1.5, max(params) * 1.5)
     ax.set(xscale="log", xlabel="parameters (hidden width annotated)", ylabel="test accuracy (%)",
-           title=f"how much width the nonlinearity needs ({count(report['seeds'], 'seed')}, {report['device']})")
+           title=f"how much width the nonlinearity needs: {count(report['seeds'], 'seed')}, {report['device']}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return finish(fig, path)
 
