@@ -39,8 +39,9 @@ def study_caption(results: dict, one_seed: bool = False) -> str:
     the one `study_arrays.npz` holds."""
     first = next(iter(results["stages"].values()))
     seeds, epochs = first["seeds"], len(first["history"][0])
-    who = f"seed {seeds[0]}" if one_seed else f"{count(len(seeds), 'seed')} ({_span(seeds)})"
-    return f"{who}, {count(epochs, 'epoch')}, {results['device']}"
+    if one_seed:
+        return f"seed {seeds[0]}, {count(epochs, 'epoch')}, {results['device']}"
+    return f"{count(len(seeds), 'seed')}, {count(epochs, 'epoch')}, {_span(seeds)}, {results['device']}"
 
 
 def _span(seeds) -> str:
@@ -157,7 +158,7 @@ def training_curves(results: dict, path: str | os.PathLike | None):
         _plain_log_ticks(ax)
     handles, labels = acc_row[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
-    return finish(fig, path, f"training curves: mean, band from min to max over {study_caption(results)}")
+    return finish(fig, path, f"training curves: mean over {study_caption(results)}; band from min to max")
 
 
 def comparison_chart(results: dict, path: str | os.PathLike | None):
