@@ -161,3 +161,19 @@ def test_every_figure_names_its_seeds_epochs_and_device(committed):
         text = " ".join([fig.get_suptitle(), *(ax.get_title() for ax in fig.axes), *(t.get_text() for g in legends for t in g.texts)])
         plt.close(fig)
         assert "seed" in text and "epoch" in text and "cpu" in text, (name, text)
+
+
+def test_make_assets_draws_the_comparison_and_width_figures_from_their_committed_json(tmp_path):
+    from conftest import run_script_in_process
+
+    proc = run_script_in_process("make_assets.py", "--compare", ROOT / "assets", "--benchmark", ROOT / "assets" / "benchmark_cpu.json",
+                                 "--linearity", ROOT / "assets", "--out", tmp_path / "figures")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == ["framework_comparison.png", "width_sweep.png"]
+
+
+def test_make_assets_refuses_a_benchmark_without_its_comparison_and_damaged_json(tmp_path, refused):
+    assert "--benchmark: only with --compare" in refused("make_assets.py", "--benchmark", ROOT / "assets" / "benchmark_cpu.json",
+                                                          "--linearity", ROOT / "assets", "--out", tmp_path / "a")
+    (tmp_path / "linearity.json").write_text('{"width_sweep": []}')
+    assert "damaged" in refused("make_assets.py", "--linearity", tmp_path / "linearity.json", "--out", tmp_path / "b")
