@@ -93,7 +93,7 @@ def main() -> None:
              f"{100 * r['jax_replay_accuracy']:.2f}", f"{100 * (r['jax_replay_accuracy'] - r['torch_replay_accuracy']):+.2f}"]
             for r in replays])
     write_json(args.out / RESULTS[0], report)
-    plots.framework_comparison(results, args.out / RESULTS[1], f"JAX vs PyTorch on {device}")
+    plots.framework_comparison(report, args.out / RESULTS[1])
     print(f"wrote {args.out / RESULTS[0]} and {args.out / RESULTS[1]}")
 
 

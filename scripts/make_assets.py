@@ -1,6 +1,8 @@
-"""Redraw every figure from results.json and study_arrays.npz, and with --sweep from sweep.json
-(no training): python scripts/make_assets.py --results runs/study/results.json --sweep runs/sweep/sweep.json"""
+"""Redraw every figure from results.json and study_arrays.npz, with --sweep from sweep.json, with
+--compare (and --benchmark) from compare.json, with --linearity from linearity.json (no training):
+python scripts/make_assets.py --results runs/study/results.json --sweep runs/sweep/sweep.json"""
 
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from mnist_jax.errors import UsageError
 FIGURES = ("training_curves.png", "comparison_chart.png", "evolution_diagram.png", "weight_templates.png",
            "confusion_matrices.png", "misclassified.png")
 SWEEP_FIGURES = ("sweep_dropout.png", "sweep_learning_rates.png")
+OTHER_FIGURES = ("framework_comparison.png", "width_sweep.png")
 
 
 def file_in(name: str):
@@ -21,12 +24,33 @@ def file_in(name: str):
 
 
 def build_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(__doc__, out="runs/figures", holds="the figures", results=FIGURES + SWEEP_FIGURES, trains=False)
+    parser = cli.ArgumentParser(__doc__, out="runs/figures", holds="the figures", results=FIGURES + SWEEP_FIGURES + OTHER_FIGURES, trains=False)
     parser.add_argument("--results", type=file_in("results.json"), help="written by scripts/study.py, or its folder "
                         "(default: runs/study/results.json; with --sweep, none: only the sweep's figures)")
     parser.add_argument("--sweep", type=file_in("sweep.json"), help="sweep.json written by scripts/sweep.py, or its folder: "
                         "draw its figures too")
+    parser.add_argument("--compare", type=file_in("compare.json"), help="compare.json written by scripts/compare.py, "
+                        "or its folder: draw framework_comparison.png")
+    parser.add_argument("--benchmark", type=file_in("benchmark.json"), help="with --compare, the JSON written by "
+                        "scripts/benchmark.py: framework_comparison.png's timings from it, every loop it timed")
+    parser.add_argument("--linearity", type=file_in("linearity.json"), help="linearity.json written by "
+                        "scripts/linearity.py, or its folder: draw width_sweep.png")
     return parser
+
+
+def load_json(*keys: str):
+    """A loader of a JSON object holding `keys` (bounded: 64 MiB)."""
+    def load(path: Path) -> dict:
+        if path.stat().st_size > 2**26:
+            raise ValueError(f"{path} is larger than 64 MiB")
+        try:
+            content = json.loads(path.read_text())
+        except RecursionError:
+            raise ValueError(f"{path} is nested too deep") from None
+        if not isinstance(content, dict) or not set(keys) <= content.keys():
+            raise ValueError(f"{path} is damaged: not a JSON object with {', '.join(keys)}")
+        return content
+    return load
 
 
 def read(path: Path, option: str, script: str, load):
@@ -44,7 +68,10 @@ def main() -> None:
     from mnist_jax.results import load_study, load_sweep
     from mnist_jax.sweep import answers
 
-    if args.results is not None or args.sweep is None:
+    others = (args.compare, args.linearity)
+    if args.benchmark is not None and args.compare is None:
+        raise UsageError("argument --benchmark: only with --compare")
+    if args.results is not None or (args.sweep is None and others == (None, None)):
         args.results = args.results or Path("runs/study/results.json")
         read(args.results.with_name("study_arrays.npz"), "--results", "study", Path.is_file)
         results, arrays = read(args.results, "--results", "study", load_study)
@@ -54,6 +81,13 @@ def main() -> None:
         if not {"dropout", "batchnorm", "linear"} & found.keys():
             raise UsageError(f"argument --sweep: nothing to draw: {args.sweep} has no grid of both stages of a figure "
                              "(mlp and mlp_dropout; mlp and mlp_bn; or linear_mse and linear_ce)")
+    if args.compare is not None:
+        compared = read(args.compare, "--compare", "compare", load_json("stages", "seeds", "epochs", "device"))
+        timed = None if args.benchmark is None else read(args.benchmark, "--benchmark", "benchmark",
+                                                         load_json("stages", "seeds", "rounds", "device"))
+    if args.linearity is not None:
+        linear = read(args.linearity, "--linearity", "linearity",
+                      load_json("width_sweep", "linear_lstsq", "linear_ce_converged", "seeds", "epochs", "device"))
     from mnist_jax import plots
 
     written = []  # each drawn beside its place, and moved there once all are drawn: a failure leaves none
@@ -67,16 +101,21 @@ def main() -> None:
             draw("training_curves.png", plots.training_curves, results)
             draw("comparison_chart.png", plots.comparison_chart, results)
             draw("evolution_diagram.png", plots.evolution_diagram)
+            about = plots.study_caption(results, one_seed=True)
             if any(k.endswith("_weights") for k in arrays):
-                draw("weight_templates.png", plots.weight_templates, arrays)
+                draw("weight_templates.png", lambda a, p: plots.weight_templates(a, p, about), arrays)
             if "misclassified_stages" in arrays:
-                linear, mlp = (str(s) for s in arrays["misclassified_stages"])
-                draw("confusion_matrices.png", lambda a, p: plots.confusion_matrices(a, p, [linear, mlp]), arrays)
-                draw("misclassified.png", plots.misclassified, arrays)
+                pair = [str(s) for s in arrays["misclassified_stages"]]
+                draw("confusion_matrices.png", lambda a, p: plots.confusion_matrices(a, p, pair, about), arrays)
+                draw("misclassified.png", lambda a, p: plots.misclassified(a, p, about), arrays)
         if args.sweep is not None and "dropout" in found:
             draw("sweep_dropout.png", plots.sweep_dropout, found["dropout"], sweep["grids"][0]["device"])
         if args.sweep is not None and {"batchnorm", "linear"} & found.keys():
             draw("sweep_learning_rates.png", plots.sweep_learning_rates, found, sweep["grids"][0]["device"])
+        if args.compare is not None:
+            draw("framework_comparison.png", lambda c, p: plots.framework_comparison(c, p, timed), compared)
+        if args.linearity is not None:
+            draw("width_sweep.png", plots.width_sweep, linear)
         for name in written:
             os.replace(args.out / f"{PARTIAL}{name}", args.out / name)
     finally:

@@ -35,7 +35,7 @@ def print_report(report: dict) -> None:
         sig = ("yes" if step["significant"] else "no" if step["ci95"] else "n/a") if step else "—"
         std = f"{100 * r['std']:.2f}" if r["std"] is not None else "n/a"
         rows.append([f"`{stage}`", cli.documented(r["documented_accuracy"]), f"{100 * r['mean']:.2f} ± {std}", cli.interval(r["ci95"]), diff, sig])
-    cli.print_table(["stage", "documented", "mean ± std", "95% CI", "step difference", "significant"], rows)
+    cli.print_table(["stage", "documented", "mean ± std", "95% CI", "difference from the row above", "significant"], rows)
     for step in report["versus_mlp"]:
         print(f"{step['to']} vs {step['from']}: {100 * step['difference']:+.2f} points, 95% CI {cli.interval(step['ci95'], '+')}")
     print("\nevery seed, test accuracy (min, median, max):")
