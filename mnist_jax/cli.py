@@ -47,7 +47,7 @@ from mnist_jax.stages import MAX_SEED, STAGES, TrainConfig, count  # noqa: E402
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
 # Options that say where a process finds its inputs and puts its outputs, not what it computes.
 LOCAL_OPTIONS = {"process_id", "coordinator", "timeout", "data_dir", "source", "compile_cache", "no_cache", "out", "overwrite",
-                 "tensorboard"}
+                 "tensorboard", "chosen_on"}
 
 
 def checked(convert: Callable[[str], object], accept: Callable[[object], bool], expected: str) -> Callable[[str], object]:

@@ -2,10 +2,11 @@
 python scripts/sweep.py --stages mlp,mlp_dropout --dropout 0.1,0.2,0.5 --epochs 40 --seeds 10"""
 
 import time
+from pathlib import Path
 
 from mnist_jax import cli, distributed
 from mnist_jax.errors import ResultFileError, UsageError
-from mnist_jax.stages import STAGES, TrainConfig, setting
+from mnist_jax.stages import MAX_SEED, STAGES, TrainConfig, setting
 
 RESULTS = ("sweep.json",)
 
@@ -20,7 +21,13 @@ def build_parser() -> cli.ArgumentParser:
         help="comma-separated dropout rates of the stages with dropout (default: the stage's own, 0.5)",
     )
     parser.add_argument("--hidden", type=cli.comma_separated(cli.positive_int), help="comma-separated widths of the MLP stages (default: 256)")
-    parser.add_argument("--seeds", type=cli.positive_int, default=10, help="seeds 0..N-1 of every grid point")
+    parser.add_argument("--seeds", type=cli.positive_int, default=10, help="seeds of every grid point, from --first-seed on")
+    parser.add_argument("--first-seed", type=cli.seed, default=0, help="the first of the seeds")
+    parser.add_argument(
+        "--chosen-on", type=Path, metavar="SWEEP_JSON",
+        help="re-test another sweep's answers: print the questions it answers at the learning rates and epochs its "
+             "validation chose, tested on this grid's seeds, which must be fresh (none of its own)",
+    )
     parser.add_argument("--epochs", type=cli.positive_int, default=5, help="epochs per model; every shorter length is in its history")
     parser.add_argument("--batch-size", type=cli.positive_int, default=TrainConfig.batch_size, help="examples per Adam step")
     parser.add_argument(
@@ -42,6 +49,25 @@ def check_add(args) -> None:
         load_sweep(path)
     except ResultFileError as e:
         raise UsageError(f"--add: {e}") from None
+
+
+def check_chosen_on(args) -> dict | None:
+    """The sweep --chosen-on names, whole, with answers to re-test, and none of this grid's seeds."""
+    from mnist_jax.results import load_sweep
+
+    if args.first_seed + args.seeds - 1 > MAX_SEED:
+        raise UsageError(f"--first-seed {args.first_seed} with --seeds {args.seeds} goes past the last seed, {MAX_SEED}")
+    if args.chosen_on is None:
+        return None
+    try:
+        chosen_on = load_sweep(args.chosen_on)
+    except ResultFileError as e:
+        raise UsageError(f"--chosen-on: {e}") from None
+    used = sorted({r["seed"] for r in chosen_on["rows"]})
+    if any(args.first_seed <= s < args.first_seed + args.seeds for s in used):
+        raise UsageError(f"--chosen-on: {args.chosen_on} chose on seeds {used[0]} to {used[-1]}; "
+                         f"fresh seeds start past them, --first-seed {used[-1] + 1}")
+    return chosen_on
 
 
 def grid_config(args, stage: str, lr: float, seed: int, hidden: int | None, dropout: float) -> TrainConfig:
@@ -77,7 +103,7 @@ def print_grid(rows: list[dict], epochs: int) -> None:
 
 
 def print_answers(answers: dict) -> None:
-    """The three questions' tables: test accuracy in %, 95% intervals over seeds, paired
+    """The four questions' tables: test accuracy in %, 95% intervals over seeds, paired
     differences; learning rates and epochs chosen on validation."""
     if "dropout" in answers:
         q = answers["dropout"]
@@ -107,17 +133,28 @@ def print_answers(answers: dict) -> None:
                          f"{setting(best[after]['lr'])}, {best[after]['epoch']}",
                          "", "", diff(answers[key]["at_best_lr_and_epoch"]), ""])
         cli.print_table(["epochs", f"best lr `{before}`", f"best lr `{after}`", f"`{before}` test", f"`{after}` test", "difference", "at lr 1e-3"], rows)
+    if "controls" in answers:
+        q = answers["controls"]
+        print(f"\nThe controls, each at its own best learning rate after {cli.count(q['epoch'], 'epoch')} "
+              f"(chosen on validation; {cli.count(q['seeds'], 'seed')}), on test, with differences paired by seed:\n")
+        cli.print_table(["stage", "best lr", "val accuracy", "test accuracy", "− `linear_ce`", "− `mlp`"], [
+            [f"`{stage}`", setting(c["lr"]), pct(c["by_lr"][setting(c["lr"])]["val"]), pct(c["by_lr"][setting(c["lr"])]["test"]),
+             *(diff(q["versus"][stage][base]) if stage in q["versus"] else "—" for base in ("linear_ce", "mlp"))]
+            for stage, c in q["choice"].items()])
+    for question, why in answers.get("not_retested", {}).items():
+        print(f"\n{question}: not re-tested here, {why}")
 
 
 def main() -> None:
     args = build_parser().parse()
     if args.add and distributed.is_main():
         check_add(args)
+    chosen_on = check_chosen_on(args)
     from mnist_jax import results, sweep
 
     cli.check_logs(args.tensorboard, [grid_config(args, stage, p.lr, p.seed, hidden, p.dropout).run_name()
                                       for stage in args.stages for hidden in args.hidden or [None]
-                                      for p in sweep.grid_points(stage, args.lr, args.dropout, args.seeds)], [args.out])
+                                      for p in sweep.grid_points(stage, args.lr, args.dropout, args.seeds, args.first_seed)], [args.out])
 
     data = cli.load_data(args)
     progress = {}
@@ -128,7 +165,7 @@ def main() -> None:
 
     start = time.perf_counter()
     grid = sweep.run_grid(
-        args.stages, data, lrs=args.lr, dropouts=args.dropout, hiddens=args.hidden or [None], seeds=args.seeds,
+        args.stages, data, lrs=args.lr, dropouts=args.dropout, hiddens=args.hidden or [None], seeds=args.seeds, first_seed=args.first_seed,
         epochs=args.epochs, batch_size=args.batch_size, models_at_once=args.models_at_once, on_stage=on_stage,
         progress=args.progress,
     )
@@ -144,7 +181,13 @@ def main() -> None:
     for name, size in grid["models_at_once"].items():
         print(f"{name}: {cli.count(size, 'model')} at once")
     print_grid(grid["rows"], args.epochs)
-    print_answers(sweep.answers(saved))
+    if chosen_on is None:
+        print_answers(sweep.answers(saved))
+    else:
+        seeds = sorted({r["seed"] for r in saved["rows"]})
+        print(f"\nRe-tested on seeds {seeds[0]} to {seeds[-1]}, at the learning rates and epochs chosen on the validation "
+              f"of {args.chosen_on}:")
+        print_answers(sweep.answers(saved, chosen_on))
     print(f"wrote {path}")
 
 

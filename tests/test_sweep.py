@@ -18,6 +18,7 @@ from mnist_jax import data, memory, study
 from mnist_jax import plots
 from mnist_jax.errors import ResultFileError
 from mnist_jax.results import load_sweep, summary
+from mnist_jax.stages import STAGES
 from mnist_jax.sweep import answers, best_lr, curves, grid_points
 from mnist_jax.train import Point, TrainConfig, train
 
@@ -29,6 +30,7 @@ def test_a_grid_is_every_rate_by_every_seed_and_unlisted_options_are_the_stages_
     ]
     assert grid_points("mlp", None, [0.1, 0.5], 2) == [Point(0, 1e-3, 0.0), Point(1, 1e-3, 0.0)]  # no dropout to vary
     assert grid_points("mlp_dropout", [3e-3], None, 1) == [Point(0, 3e-3, 0.5)]
+    assert grid_points("mlp", [3e-3], None, 2, first_seed=10) == [Point(10, 3e-3, 0.0), Point(11, 3e-3, 0.0)]  # fresh seeds
 
 
 @pytest.mark.slow
@@ -70,12 +72,13 @@ def test_a_thousand_seeds_train_in_chunks_that_fit(tiny, monkeypatch):
     assert result.history[999][0]["val_loss"] == alone.history[0]["val_loss"]
 
 
-def fake_rows(stage, lr, val, test, seeds=4, grid=0):
-    """Rows with accuracies that rise by `val` and `test` per epoch over two epochs."""
-    return [{"stage": stage, "lr": lr, "dropout": 0.0, "hidden": 256, "seed": s, "grid": grid, "test_accuracy": 2 * test + s * 1e-4,
-             "best_val_epoch": 2, "history": [{"epoch": e, "train_loss": 1.0, "train_accuracy": 0.9, "val_loss": 1.0,
-                                               "val_accuracy": e * val + s * 1e-4, "test_accuracy": e * test + s * 1e-4}
-                                              for e in (1, 2)]} for s in range(seeds)]
+def fake_rows(stage, lr, val, test, seeds=4, grid=0, first_seed=0, epochs=2):
+    """Rows with accuracies that rise by `val` and `test` per epoch over `epochs` epochs."""
+    return [{"stage": stage, "lr": lr, "dropout": 0.0, "hidden": STAGES[stage].hidden, "seed": s, "grid": grid,
+             "test_accuracy": epochs * test + s * 1e-4, "best_val_epoch": epochs,
+             "history": [{"epoch": e, "train_loss": 1.0, "train_accuracy": 0.9, "val_loss": 1.0,
+                          "val_accuracy": e * val + s * 1e-4, "test_accuracy": e * test + s * 1e-4} for e in range(1, epochs + 1)]}
+            for s in range(first_seed, first_seed + seeds)]
 
 
 def test_the_learning_rate_is_chosen_on_validation_and_never_on_test():
@@ -181,6 +184,63 @@ def test_a_grid_value_given_twice_is_refused_before_training(capsys, option, tex
 
 def sweep_of(rows, epochs=2) -> dict:
     return {"grids": [{"epochs": epochs, "command": "c", "device": "cpu"}], "rows": rows}
+
+
+def test_a_retest_on_fresh_seeds_keeps_the_rates_the_first_seeds_chose_and_reports_the_fresh_seeds_test():
+    """Seeds 0-3 choose 1e-3 for `mlp` on validation; on seeds 4-7 3e-3 would win, yet the
+    re-test reports 1e-3, at the fresh seeds' test accuracy, paired on the fresh seeds."""
+    chosen_on = sweep_of(fake_rows("mlp", 1e-3, val=0.45, test=0.40) + fake_rows("mlp", 3e-3, val=0.40, test=0.40)
+                         + fake_rows("mlp_bn", 1e-3, val=0.45, test=0.45) + fake_rows("mlp_bn", 3e-3, val=0.40, test=0.40))
+    fresh = sweep_of([r for stage, test in (("mlp", 0.42), ("mlp_bn", 0.44)) for lr, val in ((1e-3, 0.40), (3e-3, 0.48))
+                      for r in fake_rows(stage, lr, val=val, test=test, first_seed=4)])
+    assert answers(fresh)["batchnorm"]["choice"]["mlp"]["lr"] == 3e-3  # what the fresh seeds alone would choose
+    q = answers(fresh, chosen_on)["batchnorm"]
+    assert (q["choice"]["mlp"]["lr"], q["choice"]["mlp_bn"]["lr"], q["seeds"]) == (1e-3, 1e-3, 4)
+    assert q["at_best_lr"]["difference"] == pytest.approx(2 * (0.44 - 0.42))
+    assert q["choice"]["mlp"]["by_lr"]["0.001"]["test"]["mean"] == pytest.approx(0.84 + 5.5e-4)  # seeds 4-7's test
+    assert answers(chosen_on, chosen_on) == answers(chosen_on)  # re-tested on its own seeds, a sweep answers as it did
+
+
+def test_a_retest_without_a_chosen_setting_says_which_and_answers_the_rest(capsys):
+    chosen_on = sweep_of([r for stage in ("mlp", "mlp_bn", "linear_mse", "linear_ce") for lr, val in ((1e-3, 0.4), (3e-3, 0.45))
+                          for r in fake_rows(stage, lr, val=val, test=0.4)])
+    fresh = sweep_of([r for stage in ("mlp", "mlp_bn", "linear_mse", "linear_ce") for lr in ((1e-3, 3e-3) if "mlp" in stage else (1e-3,))
+                      for r in fake_rows(stage, lr, val=0.4, test=0.4, first_seed=4)])
+    found = answers(fresh, chosen_on)
+    assert found["batchnorm"]["choice"]["mlp"]["lr"] == 3e-3
+    assert found["not_retested"] == {"linear": "not trained at the chosen lr 0.003 for 2 epochs"}
+    load_script("sweep.py").print_answers(found)
+    assert "\nlinear: not re-tested here, not trained at the chosen lr 0.003 for 2 epochs\n" in capsys.readouterr().out
+
+
+def test_each_control_is_compared_at_its_own_best_rate_with_linear_ce_and_mlp_of_other_grids_seed_by_seed(capsys):
+    """The controls' grid holds neither `mlp` nor `linear_ce`: they come from the grids that
+    trained them at several rates, paired on the seeds all share, all after 5 epochs."""
+    rows = (fake_rows("linear_ce", 1e-3, val=0.15, test=0.15, epochs=40, grid=0, seeds=6)
+            + fake_rows("linear_ce", 3e-3, val=0.16, test=0.15, epochs=40, grid=0, seeds=6)
+            + fake_rows("mlp", 1e-3, val=0.18, test=0.19, epochs=5, grid=1) + fake_rows("mlp", 3e-3, val=0.17, test=0.18, epochs=5, grid=1)
+            + [r for stage in ("deep_linear", "random_features") for lr, val in ((1e-2, 0.17), (3e-2, 0.16))
+               for r in fake_rows(stage, lr, val=val, test=0.17 if stage == "deep_linear" else 0.16, epochs=5, grid=2)])
+    sweep = {"grids": [{"epochs": e, "command": "c", "device": "cpu"} for e in (40, 5, 5)], "rows": rows}
+    q = answers(sweep)["controls"]
+    assert {stage: c["lr"] for stage, c in q["choice"].items()} == {
+        "linear_ce": 3e-3, "mlp": 1e-3, "deep_linear": 1e-2, "random_features": 1e-2}
+    assert (q["epoch"], q["seeds"]) == (5, 4)  # linear_ce's seeds 4 and 5 have no partner
+    assert q["versus"]["deep_linear"]["mlp"]["difference"] == pytest.approx(5 * (0.17 - 0.19))
+    assert q["versus"]["random_features"]["linear_ce"]["difference"] == pytest.approx(5 * (0.16 - 0.15))
+    assert "linear_ce" not in q["versus"] and "mlp" not in q["versus"]
+    load_script("sweep.py").print_answers(answers(sweep))
+    assert "| `random_features` | 0.01 | " in capsys.readouterr().out
+    assert "controls" not in answers(sweep_of(fake_rows("mlp", 1e-3, val=0.4, test=0.4)))  # no control trained: no question
+
+
+def test_a_retest_on_seeds_that_chose_is_refused_before_training(tmp_path):
+    chosen_on = tmp_path / "sweep.json"
+    chosen_on.write_text(json.dumps(sweep_of(fake_rows("mlp", 1e-3, val=0.4, test=0.4))))
+    proc = run_script_in_process("sweep.py", "--stages", "mlp", "--seeds", "2", "--first-seed", "3", "--chosen-on", chosen_on,
+                                 "--out", tmp_path / "fresh")
+    assert_one_line_error(proc, f"--chosen-on: {chosen_on} chose on seeds 0 to 3; fresh seeds start past them, --first-seed 4")
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_a_comparison_needs_the_same_seeds_in_both_settings():
