@@ -144,7 +144,8 @@ def training_curves(results: dict, path: str | os.PathLike | None):
             values = np.array([[row[key] for row in seed] for seed in r["history"]])
             if "accuracy" in key:
                 values = _pct(values)
-            ax.plot(epochs, values.mean(0), marker="o", ms=3, color=f"C{i}", label=stage)
+            ax.plot(epochs, values.mean(0), marker="o", ms=3, color=f"C{i}", label=stage,
+                    ls="--" if STAGES[stage].is_control else "-")
             ax.fill_between(epochs, values.min(0), values.max(0), color=f"C{i}", alpha=0.2)
     for row, loss in ((mse_row, "softmax-MSE loss"), (ce_row, "cross-entropy loss (log scale)")):
         for ax, split in zip(row, ("train", "validation")):
@@ -165,7 +166,7 @@ def training_curves(results: dict, path: str | os.PathLike | None):
 def comparison_chart(results: dict, path: str | os.PathLike | None):
     """Test accuracy per stage: mean with 95% interval, each seed, and the documented figure."""
     stages = list(results["stages"])
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     for i, stage in enumerate(stages):
         r = results["stages"][stage]
         lo, hi = _ci_pct([r])
@@ -176,10 +177,13 @@ def comparison_chart(results: dict, path: str | os.PathLike | None):
         if r["documented_accuracy"] is not None:  # a control has none
             ax.scatter([i - 0.12], [100 * r["documented_accuracy"]], marker="D", color="C3",
                        label="documented (original, one run)" if i == 0 else None)
-    ax.set_xticks(range(len(stages)), stages)
+    ax.set_xticks(range(len(stages)), stages, rotation=20, ha="right")
     ax.set_xlim(-0.5, len(stages) - 0.5)
+    if controls := [i for i, stage in enumerate(stages) if STAGES[stage].is_control]:
+        ax.axvline(controls[0] - 0.5, color="grey", lw=0.8, ls="--")
+        ax.text(controls[0] - 0.4, 0.02, "controls →", transform=ax.get_xaxis_transform(), fontsize=8, color="grey")
     ax.set(ylabel="test accuracy (%)", title=f"test accuracy over {count(len(results['stages'][stages[0]]['seeds']), 'seed')}")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     first = results["stages"][stages[0]]
     return finish(fig, path, f"{_span(first['seeds'])}, {count(len(first['history'][0]), 'epoch')}, {results['device']}")
 

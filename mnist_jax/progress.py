@@ -17,7 +17,7 @@ from mnist_jax.files import UNREADABLE, atomic_write, foreign_entries, is_json_w
 
 FOLDER = "progress"
 WORK_FILE = "work.json"
-CHUNK = re.compile(r"[a-z_]+-hidden\d+-bits\d+-from\d+-\d+\.npz")  # the name `study.train_grid` gives a chunk
+CHUNK = re.compile(r"[a-z][a-z0-9_]*-hidden\d+-bits\d+-from\d+-\d+\.npz")  # the name `study.train_grid` gives a chunk
 
 
 class GridProgress:

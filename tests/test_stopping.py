@@ -22,6 +22,7 @@ from mnist_jax import cli
 from mnist_jax.checkpoint import load_run, save_run
 from mnist_jax.files import LOCK, release_locks
 from mnist_jax.progress import GridProgress
+from mnist_jax.stages import STAGES
 from mnist_jax.train import RunResult, TrainConfig, init_state, make_optimizer
 
 
@@ -409,6 +410,16 @@ def test_overwrite_never_reads_the_progress_of_the_work_it_replaces(tmp_path, ca
     with pytest.raises(SystemExit) as stopped:
         parse_grid(tmp_path, "--resume")
     assert stopped.value.code == 2 and "lr 0.05 (asked: None)" in capsys.readouterr().err
+
+
+def test_a_finished_grid_clears_the_progress_of_every_stage_a_control_named_with_digits_too(tmp_path):
+    """The progress of `random_features_1024` outlived its study, and the next script took it for a user's files."""
+    progress = parse_grid(tmp_path).progress
+    for stage in STAGES:
+        progress.save(f"{stage}-hidden{STAGES[stage].hidden or 0}-bits1-from0-3", STATES, np.zeros((1, 3, 5), np.float32))
+    assert GridProgress(tmp_path, {}).foreign() == []
+    progress.clear()
+    assert not (tmp_path / "progress").exists()
 
 
 def test_damaged_progress_is_refused_on_resume_before_any_work_and_replaced_with_overwrite(tmp_path, capsys):
