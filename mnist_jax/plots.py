@@ -78,7 +78,7 @@ def framework_comparison(report: dict, path: str | os.PathLike | None, benchmark
     results = report["stages"]
     stages = [r["stage"] for r in results]
     frameworks = [k for k in results[0] if k == "jax" or k.startswith("torch_")]
-    fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(16, 4.8), layout="constrained")
     width = 0.6 / len(frameworks)
     for i, name in enumerate(frameworks):
         xs = [s + (i - (len(frameworks) - 1) / 2) * width for s in range(len(stages))]
@@ -110,8 +110,8 @@ def framework_comparison(report: dict, path: str | os.PathLike | None, benchmark
     every = [v for values in times.values() for v in values]
     time_ax.set_ylim(min(every) / 1.6, max(every) * 1.6)
     _plain_log_ticks(time_ax)
-    acc_ax.legend(fontsize=8, loc="lower right")
-    time_ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    for ax in (acc_ax, time_ax):
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     for ax in (acc_ax, time_ax):
         ax.set_xticks(range(len(stages)), stages, rotation=20)
         ax.set_xlim(-0.5, len(stages) - 0.5)

@@ -312,9 +312,9 @@ def _read_arrays(path: Path, report: dict) -> dict[str, np.ndarray]:
             raise ValueError(f"{name} is not counts of test images")
         if name.endswith(("_labels", "_predictions")) and len(array) and not 0 <= array.min() <= array.max() < NUM_CLASSES:
             raise ValueError(f"{name} holds classes outside 0-{NUM_CLASSES - 1}")
-    if len(images := {int(arrays[f"{name}_confusion"].sum()) for name in stages}) != 1:
-        raise ValueError("confusion matrices of different numbers of test images")
-    n = images.pop()
+    if len({tuple(arrays[f"{name}_confusion"].sum(axis=1).tolist()) for name in stages}) != 1:
+        raise ValueError("confusion matrices of different test images: their rows (the true digits) sum differently")
+    n = int(arrays[f"{next(iter(stages))}_confusion"].sum())
     if wrong := [name for name in kept if arrays[f"{name}_correct"].shape[1] != n]:
         raise ValueError(f"per-image correctness of {', '.join(wrong)} of another number of test images than the confusion matrices' {n}")
     if "misclassified_stages" in arrays:
@@ -346,6 +346,8 @@ def _check_images(report: dict, arrays: dict[str, np.ndarray]) -> None:
         found = correct[name].mean(axis=1, dtype=np.float64)
         if not np.allclose(found, stage["test_accuracies"], rtol=0, atol=1e-6):
             raise ValueError(f"{name}: per-image correctness of accuracies {found.tolist()}, not its test accuracies")
+        if int(np.trace(arrays[f"{name}_confusion"])) != int(correct[name][0].sum()):  # both of the first seed
+            raise ValueError(f"{name}: a confusion matrix whose diagonal is not the first seed's correct test images")
     for key, differences in with_images(comparisons(stages), correct).items():
         if not _agrees(report[key], differences):
             raise ValueError(f"{key}: intervals over seeds and images that are not the ones its per-image correctness gives")

@@ -14,7 +14,7 @@ import numpy as np
 from mnist_jax.data import MNIST
 from mnist_jax.progress import GridProgress
 from mnist_jax.results import best_val_epoch, paired_difference, summary
-from mnist_jax.stages import STAGES, setting
+from mnist_jax.stages import STAGES, count, setting
 from mnist_jax.study import train_grid
 from mnist_jax.train import Point, TrainConfig, device_description
 
@@ -130,7 +130,7 @@ def best_lr(by_lr: dict[float, dict[str, np.ndarray]], epoch: int | None = None,
     if chosen:
         lr, epoch = chosen["lr"], chosen["epoch"]
         if lr not in by_lr or epoch > next(iter(by_lr.values()))["val"].shape[1]:
-            raise ValueError(f"not trained at the chosen lr {setting(lr)} for {epoch} epochs")
+            raise ValueError(f"not trained at the chosen lr {setting(lr)} for {count(epoch, 'epoch')}")
     else:
         means = {lr: curve["val"].mean(0) for lr, curve in by_lr.items()}
         lr = max(means, key=lambda lr: means[lr][epoch - 1] if epoch else means[lr].max())
@@ -166,7 +166,8 @@ def controls(sweep: dict, chosen: dict | None = None) -> dict | None:
     grid that trained it at several rates (at the chosen one), and each control's test difference from
     `linear_ce` and from `mlp`, paired by seed (over the seeds those grids share). None unless the
     sweep trained `linear_ce`, `mlp` and a control on common seeds."""
-    stages = ["linear_ce", "mlp", *(name for name, spec in STAGES.items() if spec.is_control)]
+    stages = [stage for stage in ("linear_ce", "mlp", *(name for name, spec in STAGES.items() if spec.is_control))
+              if not chosen or stage in chosen["choice"]]
     found = {}
     for stage in stages:
         def usable(grid: int) -> bool:

@@ -53,6 +53,9 @@ def print_images_and_seeds(report: dict) -> None:
     found = next((d["images_and_seeds"] for d in differences if d.get("images_and_seeds")), None)
     how = f"paired bootstrap, {found['resamples']} resamples, seed {found['rng_seed']}" if found else "per-image correctness not kept"
     print(f"\n95% intervals, seeds alone and seeds and test images resampled ({how}):")
+    if found and (seeds := len(next(iter(report["stages"].values()))["seeds"])) < 10:
+        print(f"  (with {cli.count(seeds, 'seed')} the resampling of seeds has no small-sample widening, so the second "
+              "interval can be narrower than the first, and significant where it is not: run 10 seeds; docs/study.md)")
     for d in differences:
         both = d.get("images_and_seeds")
         sig = ("yes" if both["significant"] else "no") if both else "n/a"

@@ -52,21 +52,34 @@ def check_add(args) -> None:
 
 
 def check_chosen_on(args) -> dict | None:
-    """The sweep --chosen-on names, whole, with answers to re-test, and none of this grid's seeds."""
+    """The sweep --chosen-on names (or its folder), whole, with answers to re-test, and none of the seeds
+    that the answers printed will read: this grid's, and with --add those of the grids it joins."""
+    from mnist_jax import sweep
     from mnist_jax.results import load_sweep
 
     if args.first_seed + args.seeds - 1 > MAX_SEED:
         raise UsageError(f"--first-seed {args.first_seed} with --seeds {args.seeds} goes past the last seed, {MAX_SEED}")
     if args.chosen_on is None:
         return None
+    if args.chosen_on.is_dir():
+        args.chosen_on /= RESULTS[0]
+    if not args.chosen_on.is_file():
+        raise UsageError(f"--chosen-on: {args.chosen_on} not found")
     try:
         chosen_on = load_sweep(args.chosen_on)
     except ResultFileError as e:
         raise UsageError(f"--chosen-on: {e}") from None
+    if not (answered := sweep.answers(chosen_on)):
+        raise UsageError(f"--chosen-on: {args.chosen_on} answers none of the questions, so it chose nothing to re-test")
     used = sorted({r["seed"] for r in chosen_on["rows"]})
-    if any(args.first_seed <= s < args.first_seed + args.seeds for s in used):
-        raise UsageError(f"--chosen-on: {args.chosen_on} chose on seeds {used[0]} to {used[-1]}; "
+    ours = set(range(args.first_seed, args.first_seed + args.seeds))
+    if args.add and (args.out / RESULTS[0]).is_file():  # the questions read the grids already there too
+        ours |= {r["seed"] for r in load_sweep(args.out / RESULTS[0])["rows"]}
+    if ours & set(used):
+        where = "this grid or the sweep it adds to" if args.add else "this grid"
+        raise UsageError(f"--chosen-on: {args.chosen_on} chose on seeds {used[0]} to {used[-1]}, which {where} has; "
                          f"fresh seeds start past them, --first-seed {used[-1] + 1}")
+    print(f"re-testing on fresh seeds what {args.chosen_on} chose: {', '.join(answered)}")
     return chosen_on
 
 

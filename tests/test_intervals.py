@@ -1,6 +1,7 @@
 """The interval over seeds and test images (`results.images_and_seeds`, a paired bootstrap)
 against known cases: synthetic per-image correctness, no training, no MNIST."""
 
+import json
 import time
 
 import numpy as np
@@ -85,8 +86,18 @@ def test_ten_seeds_of_10000_images_take_seconds_not_minutes():
     assert time.perf_counter() - start < 10
 
 
-def test_a_study_saved_before_per_image_correctness_was_kept_loads_with_the_interval_unavailable():
-    report, arrays = load_study(ROOT / "assets" / "results.json")
+def test_a_study_saved_before_per_image_correctness_was_kept_loads_with_the_interval_unavailable(tmp_path):
+    """The committed study as it was saved before: no per-image correctness, no interval over images, no min/median/max."""
+    older = json.loads((ROOT / "assets" / "results.json").read_text())
+    for d in older["steps"] + older["versus_mlp"]:
+        del d["images_and_seeds"]
+    for stage in older["stages"].values():
+        for key in ("min", "median", "max"):
+            del stage[key]
+    (tmp_path / "results.json").write_text(json.dumps(older))
+    with np.load(ROOT / "assets" / "study_arrays.npz") as arrays:
+        np.savez(tmp_path / "study_arrays.npz", **{k: v for k, v in arrays.items() if not k.endswith("_correct")})
+    report, arrays = load_study(tmp_path / "results.json")
     assert not any(name.endswith("_correct") for name in arrays)
     assert all(d["images_and_seeds"] is None for key in ("steps", "versus_mlp") for d in report[key])
     for stage in report["stages"].values():

@@ -207,7 +207,7 @@ STUDY_DAMAGE = {
     "a stage missing a seed": ("results.json", lambda p: edited(p, lambda r: [r["stages"]["mlp"][k].pop() for k in ("seeds", "test_accuracies", "history")]),
                                r"mlp: seeds \[0, 1, 2, 3, 4, 5, 6, 7, 8\], where each stage has the same distinct seeds \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]"),
     "a comparison mislabelled": ("results.json", lambda p: edited(p, lambda r: r["versus_mlp"][0].update({"from": "linear_ce"})),
-                                 r"versus_mlp is not the paired differences of \[\('mlp', 'mlp_dropout'\), \('mlp', 'mlp_bn'\)\]"),
+                                 r"versus_mlp is not the paired differences of \[\('mlp', 'mlp_dropout'\), \('mlp', 'mlp_bn'\), \('mlp', 'deep_linear'\), "),
     "an accuracy over 1": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"]["test_accuracies"].__setitem__(0, 97.5)),
                            r"stages.mlp.test_accuracies\[0\] is 97.5, an accuracy outside \[0, 1\]"),
     "epochs out of order": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"]["history"][0][2].update(epoch=7)),
@@ -329,11 +329,18 @@ def test_a_study_keeps_each_seeds_per_image_correctness_and_its_interval_over_se
     assert f"  mlp_bn - mlp: {100 * step['difference']:+.2f}, seeds [" in out and "(significant: yes)" in out
     assert out.count(" - mlp:") == 1  # a step that is also versus mlp, printed once
     assert f"  mlp_bn: {100 * stage['min']:.2f}, {100 * stage['median']:.2f}, {100 * stage['max']:.2f}" in out
+    assert "(with 2 seeds the resampling of seeds has no small-sample widening, so the second interval can be narrower" in out
 
 
 def flipped(a):
     a = a.copy()
     a[0, 0] = ~a[0, 0]
+    return a
+
+
+def off_diagonal(a):
+    a = a.copy()
+    a[0, 0], a[0, 1] = a[0, 0] - 1, a[0, 1] + 1  # one image of digit 0 now called a 1
     return a
 
 
@@ -350,6 +357,10 @@ IMAGE_DAMAGE = {  # the file damaged, how, the file the refusal names (results.j
                                         "study_arrays.npz", r"mlp_correct is bool\[2, 1099511627776\], expected \[2, -1\] of kind b"),
     "correctness of other images": ("study_arrays.npz", lambda p: with_array(p, "mlp_correct", lambda a: a[:, 1:]), "study_arrays.npz",
                                     "per-image correctness of mlp of another number of test images than the confusion matrices' 1000"),
+    "a confusion moved off the diagonal": ("study_arrays.npz", lambda p: with_array(p, "mlp_confusion", off_diagonal),
+                                           "results.json", "mlp: a confusion matrix whose diagonal is not the first seed's correct"),
+    "a confusion of other digits": ("study_arrays.npz", lambda p: with_array(p, "mlp_confusion", lambda a: np.roll(a, 1, axis=0)),
+                                    "study_arrays.npz", r"confusion matrices of different test images: their rows \(the true digits\)"),
     "a median not its seeds'": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"].update(median=0.5)),
                                 "results.json", r"mlp: min, median and max \[.*\], not its test accuracies'"),
 }

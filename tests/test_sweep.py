@@ -236,11 +236,46 @@ def test_each_control_is_compared_at_its_own_best_rate_with_linear_ce_and_mlp_of
 
 def test_a_retest_on_seeds_that_chose_is_refused_before_training(tmp_path):
     chosen_on = tmp_path / "sweep.json"
-    chosen_on.write_text(json.dumps(sweep_of(fake_rows("mlp", 1e-3, val=0.4, test=0.4))))
+    chosen_on.write_text(json.dumps(sweep_of(fake_rows("mlp", 1e-3, val=0.4, test=0.4) + fake_rows("mlp_bn", 1e-3, val=0.4, test=0.4))))
     proc = run_script_in_process("sweep.py", "--stages", "mlp", "--seeds", "2", "--first-seed", "3", "--chosen-on", chosen_on,
                                  "--out", tmp_path / "fresh")
-    assert_one_line_error(proc, f"--chosen-on: {chosen_on} chose on seeds 0 to 3; fresh seeds start past them, --first-seed 4")
+    assert_one_line_error(proc, f"--chosen-on: {chosen_on} chose on seeds 0 to 3, which this grid has; "
+                                "fresh seeds start past them, --first-seed 4")
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_retest_is_refused_when_the_sweep_it_adds_to_holds_the_seeds_that_chose(tmp_path):
+    """With --add the answers read the grids already there: the choosing sweep copied and added to passed
+    its own seeds off as a re-test."""
+    (tmp_path / "copy").mkdir()
+    for folder in ("copy", "."):
+        (tmp_path / folder / "sweep.json").write_text(json.dumps(sweep_of(fake_rows("mlp", 1e-3, val=0.4, test=0.4)
+                                                                          + fake_rows("mlp_bn", 1e-3, val=0.4, test=0.4))))
+    proc = run_script_in_process("sweep.py", "--stages", "mlp", "--seeds", "2", "--first-seed", "4", "--add",
+                                 "--chosen-on", tmp_path, "--out", tmp_path / "copy")
+    assert_one_line_error(proc, f"chose on seeds 0 to 3, which this grid or the sweep it adds to has")
+
+
+@pytest.mark.parametrize("contents, error", [
+    (None, "not found"),
+    (json.dumps(sweep_of(fake_rows("linear_ce", 1e-3, val=0.4, test=0.4))), "answers none of the questions, so it chose nothing"),
+])
+def test_a_retest_of_a_sweep_missing_or_without_answers_is_refused_in_one_line(tmp_path, contents, error):
+    chosen_on = tmp_path / "sweep.json"
+    if contents:
+        chosen_on.write_text(contents)
+    proc = run_script_in_process("sweep.py", "--stages", "mlp", "--seeds", "2", "--first-seed", "4", "--chosen-on", chosen_on,
+                                 "--out", tmp_path / "fresh")
+    assert_one_line_error(proc, f"--chosen-on: {chosen_on} {error}")
+
+
+def test_a_retest_of_controls_the_choosing_sweep_did_not_train_asks_only_for_those_it_did():
+    """A re-test looked up every control of the registry in the choice: a KeyError after the training."""
+    def grid(first_seed):
+        return sweep_of([r for stage in ("linear_ce", "mlp", "deep_linear") for lr, val in ((1e-3, 0.4), (3e-3, 0.45))
+                         for r in fake_rows(stage, lr, val=val, test=0.4, first_seed=first_seed, epochs=5)], epochs=5)
+    retest = answers(grid(4), grid(0))["controls"]
+    assert list(retest["choice"]) == ["linear_ce", "mlp", "deep_linear"] and list(retest["versus"]) == ["deep_linear"]
 
 
 def test_a_comparison_needs_the_same_seeds_in_both_settings():
