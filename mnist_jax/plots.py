@@ -343,12 +343,17 @@ def sweep_dropout(answer: dict, device: str, path: str | os.PathLike | None):
 
 
 def sweep_learning_rates(answers: dict, device: str, path: str | os.PathLike | None):
-    """Questions 2 and 3: validation and test accuracy against the learning rate, per
+    """Questions 2 to 4: validation and test accuracy against the learning rate, per
     stage, at each compared length; a ring marks each stage's choice on validation."""
     panels = [("batchnorm", answers["batchnorm"])] if "batchnorm" in answers else []
     panels += [("linear", c) for c in answers.get("linear", {}).get("at_epochs", {}).values()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
-    for ax, (question, comparison) in zip(axes[0], panels):
+    panels += [("controls", answers["controls"])] if "controls" in answers else []
+    columns = 2 if len(panels) == 4 else len(panels)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 6 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(panels):]:
+        ax.set_axis_off()
+    for ax, (question, comparison) in zip(axes.flat, panels):
         for stage, choice in comparison["choice"].items():
             lrs = [float(lr) for lr in choice["by_lr"]]
             test = [choice["by_lr"][lr]["test"] for lr in choice["by_lr"]]
@@ -358,13 +363,13 @@ def sweep_learning_rates(answers: dict, device: str, path: str | os.PathLike | N
                     label=f"{stage}: validation mean")
             best = choice["by_lr"][setting(choice['lr'])]["test"]["mean"]
             ax.scatter([choice["lr"]], [100 * best], s=160, facecolors="none", edgecolors=line.get_color())
-        name = "BatchNorm" if question == "batchnorm" else "linear losses"
+        name = {"batchnorm": "BatchNorm", "linear": "linear losses", "controls": "controls, linear_ce and mlp"}[question]
         ax.set(xscale="log", xlabel="Adam learning rate", ylabel="accuracy (%)",
                title=f"{name}: after {count(comparison['epoch'], 'epoch')}")
         rates = sorted({float(lr) for choice in comparison["choice"].values() for lr in choice["by_lr"]})
         ax.set_xticks(rates, [f"{lr:g}" for lr in rates])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlim(rates[0] / 1.4, rates[-1] * 1.4)
-        ax.legend(fontsize=7, loc="lower center")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     seeds = count(comparison["seeds"], "seed")
     return finish(fig, path, f"accuracy against learning rate, {seeds} per rate; ring: chosen on validation; {device}")

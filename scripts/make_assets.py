@@ -78,9 +78,10 @@ def main() -> None:
     if args.sweep is not None:
         sweep = read(args.sweep, "--sweep", "sweep", load_sweep)
         found = read(args.sweep, "--sweep", "sweep", lambda _: answers(sweep))
-        if not {"dropout", "batchnorm", "linear"} & found.keys():
+        if not {"dropout", "batchnorm", "linear", "controls"} & found.keys():
             raise UsageError(f"argument --sweep: nothing to draw: {args.sweep} has no grid of both stages of a figure "
-                             "(mlp and mlp_dropout; mlp and mlp_bn; or linear_mse and linear_ce)")
+                             "(mlp and mlp_dropout; mlp and mlp_bn; linear_mse and linear_ce; or a control with "
+                             "linear_ce and mlp at several rates)")
     if args.compare is not None:
         compared = read(args.compare, "--compare", "compare", load_json("stages", "seeds", "epochs", "device"))
         timed = None if args.benchmark is None else read(args.benchmark, "--benchmark", "benchmark",
@@ -110,7 +111,7 @@ def main() -> None:
                 draw("misclassified.png", lambda a, p: plots.misclassified(a, p, about), arrays)
         if args.sweep is not None and "dropout" in found:
             draw("sweep_dropout.png", plots.sweep_dropout, found["dropout"], sweep["grids"][0]["device"])
-        if args.sweep is not None and {"batchnorm", "linear"} & found.keys():
+        if args.sweep is not None and {"batchnorm", "linear", "controls"} & found.keys():
             draw("sweep_learning_rates.png", plots.sweep_learning_rates, found, sweep["grids"][0]["device"])
         if args.compare is not None:
             draw("framework_comparison.png", lambda c, p: plots.framework_comparison(c, p, timed), compared)

@@ -1,7 +1,6 @@
 """Every stage over many seeds in one program per stage: python scripts/study.py --seeds 10"""
 
 import dataclasses
-import statistics
 import time
 
 from mnist_jax import cli, distributed
@@ -26,41 +25,32 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def print_report(report: dict) -> None:
-    """The table of every stage and its step, and each MLP variant against the plain MLP."""
-    steps = {s["to"]: s for s in report["steps"]}
+    """Every stage over its seeds, then every comparison paired by seed (each of the original's stages against
+    the one above, each variant and control against `mlp`), its interval over seeds beside the one over
+    seeds and test images."""
     rows = []
     for stage, r in report["stages"].items():
-        step = steps.get(stage)
-        diff = f"{100 * step['difference']:+.2f} {cli.interval(step['ci95'], '+')}" if step else "—"
-        sig = ("yes" if step["significant"] else "no" if step["ci95"] else "n/a") if step else "—"
         std = f"{100 * r['std']:.2f}" if r["std"] is not None else "n/a"
-        rows.append([f"`{stage}`", cli.documented(r["documented_accuracy"]), f"{100 * r['mean']:.2f} ± {std}", cli.interval(r["ci95"]), diff, sig])
-    cli.print_table(["stage", "documented", "mean ± std", "95% CI", "difference from the row above", "significant"], rows)
-    for step in report["versus_mlp"]:
-        print(f"{step['to']} vs {step['from']}: {100 * step['difference']:+.2f} points, 95% CI {cli.interval(step['ci95'], '+')}")
-    print("\nevery seed, test accuracy (min, median, max):")
-    for stage, r in report["stages"].items():
-        values = r["test_accuracies"]
-        print(f"  {stage}: {100 * min(values):.2f}, {100 * statistics.median(values):.2f}, {100 * max(values):.2f}")
-    print_images_and_seeds(report)
-
-
-def print_images_and_seeds(report: dict) -> None:
-    """Each comparison's interval over seeds alone beside the one that resamples the test images too."""
+        rows.append([f"`{stage}`", cli.documented(r["documented_accuracy"]), f"{100 * r['mean']:.2f} ± {std}",
+                     cli.interval(r["ci95"]), f"{100 * r['min']:.2f}, {100 * r['median']:.2f}, {100 * r['max']:.2f}"])
+    cli.print_table(["stage", "documented", "mean ± std", "95% CI", "min, median, max"], rows)
     differences = list({(d["from"], d["to"]): d for d in report["steps"] + report["versus_mlp"]}.values())  # a step may be versus mlp too
     if not differences:
         return
     found = next((d["images_and_seeds"] for d in differences if d.get("images_and_seeds")), None)
     how = f"paired bootstrap, {found['resamples']} resamples, seed {found['rng_seed']}" if found else "per-image correctness not kept"
-    print(f"\n95% intervals, seeds alone and seeds and test images resampled ({how}):")
+    print(f"\nEach comparison, paired by seed, with 95% intervals over the seeds and over seeds and test images ({how}):\n")
     if found and (seeds := len(next(iter(report["stages"].values()))["seeds"])) < 10:
-        print(f"  (with {cli.count(seeds, 'seed')} the resampling of seeds has no small-sample widening, so the second "
+        print(f"(with {cli.count(seeds, 'seed')} the resampling of seeds has no small-sample widening, so the second "
               "interval can be narrower than the first, and significant where it is not: run 10 seeds; docs/study.md)")
-    for d in differences:
-        both = d.get("images_and_seeds")
-        sig = ("yes" if both["significant"] else "no") if both else "n/a"
-        print(f"  {d['to']} - {d['from']}: {100 * d['difference']:+.2f}, seeds {cli.interval(d['ci95'], '+')}, "
-              f"seeds and images {cli.interval(both and both['ci95'], '+')} (significant: {sig})")
+
+    def significant(d: dict | None) -> str:
+        return ("yes" if d["significant"] else "no") if d and d["ci95"] else "n/a"
+
+    cli.print_table(["comparison", "difference", "95% CI, seeds", "95% CI, seeds and test images", "significant"], [
+        [f"`{d['to']}` − `{d['from']}`", f"{100 * d['difference']:+.2f}", cli.interval(d["ci95"], "+"),
+         cli.interval(d.get("images_and_seeds") and d["images_and_seeds"]["ci95"], "+"),
+         f"{significant(d)}; {significant(d.get('images_and_seeds'))}"] for d in differences])
 
 
 def config(args, stage: str) -> TrainConfig:

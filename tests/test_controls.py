@@ -127,7 +127,7 @@ def test_the_controls_train_through_train_py_study_py_and_sweep_py(tiny, tmp_pat
     report, _ = load_study(tmp_path / "study" / "results.json")
     assert list(report["stages"]) == stages.split(",") and report["steps"] == []
     assert report["stages"]["random_features"]["documented_accuracy"] is None
-    assert "deep_linear vs mlp: " in proc.stdout and "random_features vs mlp: " in proc.stdout
+    assert "| `deep_linear` − `mlp` | " in proc.stdout and "| `random_features` − `mlp` | " in proc.stdout
     assert "| `random_features` | — | " in proc.stdout  # no documented accuracy
     proc = run_script_in_process("make_assets.py", "--results", tmp_path / "study", "--out", tmp_path / "figures")
     assert proc.returncode == 0, proc.stderr

@@ -118,8 +118,10 @@ def test_a_study_of_one_seed_has_no_interval_and_calls_no_step_significant(tiny,
     report["steps"][0]["images_and_seeds"] = images
     assert load_study(tmp_path / "results.json")[0] == report  # valid as written
     load_script("study.py").print_report(report)
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| `mlp`"))
-    assert row.endswith("± n/a | [n/a] | +5.00 [n/a] | n/a |")
+    out = capsys.readouterr().out.splitlines()
+    assert next(line for line in out if line.startswith("| `mlp` |")).endswith("| 100.00 ± n/a | [n/a] | 100.00, 100.00, 100.00 |")
+    row = next(line for line in out if line.startswith("| `mlp` − `linear_ce` |"))
+    assert row.startswith("| `mlp` − `linear_ce` | +5.00 | [n/a] | [+") and row.endswith("| n/a; yes |")
     plots.comparison_chart(report, tmp_path / "chart.png")  # the mean alone, no bar
 
 
@@ -325,10 +327,10 @@ def test_a_study_keeps_each_seeds_per_image_correctness_and_its_interval_over_se
     assert stage["min"] == min(stage["test_accuracies"]) and stage["max"] == max(stage["test_accuracies"])
     load_script("study.py").print_report(report)
     out = capsys.readouterr().out
-    assert "seeds and test images resampled (paired bootstrap, 2000 resamples, seed 28):" in out
-    assert f"  mlp_bn - mlp: {100 * step['difference']:+.2f}, seeds [" in out and "(significant: yes)" in out
-    assert out.count(" - mlp:") == 1  # a step that is also versus mlp, printed once
-    assert f"  mlp_bn: {100 * stage['min']:.2f}, {100 * stage['median']:.2f}, {100 * stage['max']:.2f}" in out
+    assert "over seeds and test images (paired bootstrap, 2000 resamples, seed 28):" in out
+    [row] = [line for line in out.splitlines() if line.startswith("| `mlp_bn` − `mlp` |")]  # a step that is also versus mlp, once
+    assert row.startswith(f"| `mlp_bn` − `mlp` | {100 * step['difference']:+.2f} | [") and row.endswith("| yes; yes |")
+    assert f" | {100 * stage['min']:.2f}, {100 * stage['median']:.2f}, {100 * stage['max']:.2f} |" in out
     assert "(with 2 seeds the resampling of seeds has no small-sample widening, so the second interval can be narrower" in out
 
 
