@@ -64,6 +64,7 @@ def _plain_log_ticks(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+STAGE_COLOURS = {stage: f"C{i}" for i, stage in enumerate(STAGES)}  # one colour per stage in every figure
 LOOP_COLOURS = {"jax": "C0", "torch_original": "C1", "torch_tensor": "C2", "nnx_jit": "C4", "torch_fused": "C5",
                 "torch_compile": "C6"}
 BENCHMARK_LOOPS = {"jax": "JAX (lax.scan epoch)", "nnx_jit": "Flax nnx.jit step", "torch_tensor": "PyTorch tensor loop",
@@ -136,7 +137,7 @@ def training_curves(results: dict, path: str | os.PathLike | None):
     fig, axes = plt.subplots(3, 2, figsize=(12, 11), sharex=True, layout="constrained")
     mse_row, ce_row, acc_row = axes
     last = 1
-    for i, (stage, r) in enumerate(results["stages"].items()):
+    for stage, r in results["stages"].items():
         epochs = [row["epoch"] for row in r["history"][0]]
         last = max(last, epochs[-1])
         loss_row = mse_row if STAGES[stage].loss_name == "softmax_mse" else ce_row
@@ -144,9 +145,9 @@ def training_curves(results: dict, path: str | os.PathLike | None):
             values = np.array([[row[key] for row in seed] for seed in r["history"]])
             if "accuracy" in key:
                 values = _pct(values)
-            ax.plot(epochs, values.mean(0), marker="o", ms=3, color=f"C{i}", label=stage,
+            ax.plot(epochs, values.mean(0), marker="o", ms=3, color=STAGE_COLOURS[stage], label=stage,
                     ls="--" if STAGES[stage].is_control else "-")
-            ax.fill_between(epochs, values.min(0), values.max(0), color=f"C{i}", alpha=0.2)
+            ax.fill_between(epochs, values.min(0), values.max(0), color=STAGE_COLOURS[stage], alpha=0.2)
     for row, loss in ((mse_row, "softmax-MSE loss"), (ce_row, "cross-entropy loss (log scale)")):
         for ax, split in zip(row, ("train", "validation")):
             ax.set(title=f"{split} {loss}", yscale="log" if row is ce_row else "linear")
@@ -358,7 +359,8 @@ def sweep_learning_rates(answers: dict, device: str, path: str | os.PathLike | N
             lrs = [float(lr) for lr in choice["by_lr"]]
             test = [choice["by_lr"][lr]["test"] for lr in choice["by_lr"]]
             mean, (lo, hi) = _pct([t["mean"] for t in test]), _ci_pct(test)
-            (line, *_) = ax.errorbar(lrs, mean, yerr=[mean - lo, hi - mean], fmt="o-", capsize=3, label=f"{stage}: test, 95% CI")
+            (line, *_) = ax.errorbar(lrs, mean, yerr=[mean - lo, hi - mean], fmt="o-", capsize=3, label=f"{stage}: test, 95% CI",
+                                     color=STAGE_COLOURS[stage])
             ax.plot(lrs, [100 * choice["by_lr"][lr]["val"]["mean"] for lr in choice["by_lr"]], ":", color=line.get_color(),
                     label=f"{stage}: validation mean")
             best = choice["by_lr"][setting(choice['lr'])]["test"]["mean"]
