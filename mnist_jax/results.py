@@ -121,7 +121,9 @@ def comparisons(stages: dict[str, dict]) -> dict[str, list[dict]]:
     """Test accuracy of `to` minus `from`, paired by seed, for each stage and the next
     of the original's ("steps") and for the plain MLP and each of its variants and controls that ran ("versus_mlp").
     Stages compared must have run the same seeds."""
-    names = [name for name in stages if name not in STAGES or not STAGES[name].is_control]  # the original's steps
+    order = list(STAGES)  # the steps follow the registry, however the stages were given
+    names = sorted((name for name in stages if name not in STAGES or not STAGES[name].is_control),
+                   key=lambda name: order.index(name) if name in STAGES else len(order))  # the original's steps
     variants = [name for name in STAGES if name not in ("linear_mse", "linear_ce", "mlp")]  # its variants and the controls
     pairs = {"steps": list(zip(names, names[1:])),
              "versus_mlp": [("mlp", s) for s in variants if {"mlp", s} <= set(stages)]}
@@ -295,6 +297,7 @@ def _read_arrays(path: Path, report: dict) -> dict[str, np.ndarray]:
     only once its header is checked, then its numbers: finite, counts of test images, classes."""
     stages = list(report["stages"])
     specs = {f"{name}_confusion": ((NUM_CLASSES, NUM_CLASSES), "iu") for name in stages}
+    specs |= {f"{name}_predictions": ((-1,), "iu") for name in stages}
     specs |= {f"{name}_weights": ((NUM_CLASSES, 784), "f") for name in stages if not STAGES[name].is_mlp}
     with zipfile.ZipFile(path) as archive:
         if kept := [name for name in stages if f"{name}_correct.npy" in archive.namelist()]:
@@ -315,6 +318,8 @@ def _read_arrays(path: Path, report: dict) -> dict[str, np.ndarray]:
     if len({tuple(arrays[f"{name}_confusion"].sum(axis=1).tolist()) for name in stages}) != 1:
         raise ValueError("confusion matrices of different test images: their rows (the true digits) sum differently")
     n = int(arrays[f"{next(iter(stages))}_confusion"].sum())
+    if wrong := [name for name in stages if len(arrays[f"{name}_predictions"]) != n]:
+        raise ValueError(f"predictions of {', '.join(wrong)} of another number of test images than the confusion matrices' {n}")
     if wrong := [name for name in kept if arrays[f"{name}_correct"].shape[1] != n]:
         raise ValueError(f"per-image correctness of {', '.join(wrong)} of another number of test images than the confusion matrices' {n}")
     if "misclassified_stages" in arrays:
@@ -346,8 +351,10 @@ def _check_images(report: dict, arrays: dict[str, np.ndarray]) -> None:
         found = correct[name].mean(axis=1, dtype=np.float64)
         if not np.allclose(found, stage["test_accuracies"], rtol=0, atol=1e-6):
             raise ValueError(f"{name}: per-image correctness of accuracies {found.tolist()}, not its test accuracies")
-        if int(np.trace(arrays[f"{name}_confusion"])) != int(correct[name][0].sum()):  # both of the first seed
-            raise ValueError(f"{name}: a confusion matrix whose diagonal is not the first seed's correct test images")
+        confusion, predictions = arrays[f"{name}_confusion"], arrays[f"{name}_predictions"]  # all of the first seed
+        if not (np.array_equal(confusion.sum(axis=0), np.bincount(predictions, minlength=NUM_CLASSES))
+                and np.array_equal(np.diag(confusion), np.bincount(predictions[correct[name][0]], minlength=NUM_CLASSES))):
+            raise ValueError(f"{name}: a confusion matrix that is not the first seed's predictions and correct test images")
     for key, differences in with_images(comparisons(stages), correct).items():
         if not _agrees(report[key], differences):
             raise ValueError(f"{key}: intervals over seeds and images that are not the ones its per-image correctness gives")

@@ -107,6 +107,8 @@ def dropout_over_epochs(rows: list[dict], lr: float = 1e-3, chosen: dict | None 
     rates = {setting(rate): curve for rate, curve in found["mlp_dropout"].items() if not chosen or setting(rate) in chosen["rates"]}
     if chosen and (missing := chosen["rates"].keys() - rates.keys()):
         raise ValueError(f"mlp_dropout was not trained at the chosen dropout {', '.join(sorted(missing))}")
+    if chosen and (last := max(a["best_val_epoch"] for a in (chosen["mlp"], *chosen["rates"].values()))) > plain["test"].shape[1]:
+        raise ValueError(f"trained for {count(plain['test'].shape[1], 'epoch')}, not to the chosen epoch {last}")
     answer = {"lr": lr, "seeds": len(plain["test"]), "epochs": plain["test"].shape[1],
               "mlp": _per_epoch(plain, chosen and chosen["mlp"]["best_val_epoch"]), "rates": {}}
     plain_best = plain["test"][:, answer["mlp"]["best_val_epoch"] - 1]
@@ -240,6 +242,8 @@ def answers(sweep: dict, chosen_on: dict | None = None) -> dict:
         try:
             if (found_one := answer()) is not None:
                 found[question] = found_one
+            elif chosen is not None:
+                raise ValueError("no grid of its stages")
         except ValueError as e:  # a re-test whose grid lacks a chosen setting: say which
             if chosen is None:
                 raise

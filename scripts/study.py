@@ -39,10 +39,14 @@ def print_report(report: dict) -> None:
         return
     found = next((d["images_and_seeds"] for d in differences if d.get("images_and_seeds")), None)
     how = f"paired bootstrap, {found['resamples']} resamples, seed {found['rng_seed']}" if found else "per-image correctness not kept"
-    print(f"\nEach comparison, paired by seed, with 95% intervals over the seeds and over seeds and test images ({how}):\n")
-    if found and (seeds := len(next(iter(report["stages"].values()))["seeds"])) < 10:
-        print(f"(with {cli.count(seeds, 'seed')} the resampling of seeds has no small-sample widening, so the second "
+    print(f"\nEach comparison, paired by seed, with 95% intervals over the seeds and over seeds and test images ({how}):")
+    seeds = len(next(iter(report["stages"].values()))["seeds"])
+    if found and seeds == 1:
+        print("(with 1 seed the second interval resamples the test images alone)")
+    elif found and seeds < 10:
+        print(f"(with {seeds} seeds the resampling of seeds has no small-sample widening, so the second "
               "interval can be narrower than the first, and significant where it is not: run 10 seeds; docs/study.md)")
+    print()
 
     def significant(d: dict | None) -> str:
         return ("yes" if d["significant"] else "no") if d and d["ci95"] else "n/a"

@@ -198,8 +198,9 @@ def main() -> None:
         print_answers(sweep.answers(saved))
     else:
         seeds = sorted({r["seed"] for r in saved["rows"]})
-        print(f"\nRe-tested on seeds {seeds[0]} to {seeds[-1]}, at the learning rates and epochs chosen on the validation "
-              f"of {args.chosen_on}:")
+        span = f"{seeds[0]} to {seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ", ".join(map(str, seeds))
+        print(f"\nRe-tested on seeds {span} (of this sweep's grids), at the learning rates and epochs chosen on the "
+              f"validation of {args.chosen_on}:")
         print_answers(sweep.answers(saved, chosen_on))
     print(f"wrote {path}")
 

@@ -44,6 +44,18 @@ def test_the_three_questions_tables_are_what_sweep_py_prints_of_assets_sweep_jso
     assert_table_in(tables, doc("docs/study.md"))
 
 
+def test_every_question_is_re_tested_on_fresh_seeds_and_the_tables_are_what_sweep_py_prints():
+    from mnist_jax.results import load_sweep
+    from mnist_jax.sweep import answers
+
+    chosen_on, fresh = load_sweep(ASSETS / "sweep.json"), load_sweep(ASSETS / "fresh" / "sweep.json")
+    assert not {r["seed"] for r in chosen_on["rows"]} & {r["seed"] for r in fresh["rows"]}  # never used for the choice
+    found = answers(fresh, chosen_on)
+    assert list(found) == ["dropout", "batchnorm", "linear", "controls"]  # each answered, none "not re-tested"
+    assert all("--chosen-on assets/sweep.json" in grid["command"] for grid in fresh["grids"])
+    assert_table_in(printed(load_script("sweep.py").print_answers, found), doc("docs/study.md"))
+
+
 def test_the_seed_42_table_is_the_one_in_the_committed_log():
     log = (ASSETS / "train_all_seed42.log").read_text()
     table = [line for line in log.splitlines() if line.startswith("| `")]

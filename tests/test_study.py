@@ -340,9 +340,25 @@ def flipped(a):
     return a
 
 
+def test_the_steps_follow_the_original_order_however_the_stages_were_given():
+    """`--stages mlp_bn,mlp` printed mlp − mlp_bn and mlp_bn − mlp, the same comparison twice with opposite signs."""
+    stage = {"seeds": [0, 1, 2]}
+    found = comparisons({"mlp_bn": stage | {"test_accuracies": [0.98, 0.97, 0.99]}, "mlp": stage | {"test_accuracies": [0.97, 0.97, 0.97]},
+                         "linear_ce": stage | {"test_accuracies": [0.92, 0.92, 0.93]}})
+    assert [(d["from"], d["to"]) for d in found["steps"]] == [("linear_ce", "mlp"), ("mlp", "mlp_bn")]
+    assert [(d["from"], d["to"]) for d in found["versus_mlp"]] == [("mlp", "mlp_bn")]
+    assert found["steps"][1]["difference"] == pytest.approx(0.01)
+
+
 def off_diagonal(a):
     a = a.copy()
     a[0, 0], a[0, 1] = a[0, 0] - 1, a[0, 1] + 1  # one image of digit 0 now called a 1
+    return a
+
+
+def one_prediction_changed(a):
+    a = a.copy()
+    a[0] = (a[0] + 1) % 10
     return a
 
 
@@ -360,7 +376,9 @@ IMAGE_DAMAGE = {  # the file damaged, how, the file the refusal names (results.j
     "correctness of other images": ("study_arrays.npz", lambda p: with_array(p, "mlp_correct", lambda a: a[:, 1:]), "study_arrays.npz",
                                     "per-image correctness of mlp of another number of test images than the confusion matrices' 1000"),
     "a confusion moved off the diagonal": ("study_arrays.npz", lambda p: with_array(p, "mlp_confusion", off_diagonal),
-                                           "results.json", "mlp: a confusion matrix whose diagonal is not the first seed's correct"),
+                                           "results.json", "mlp: a confusion matrix that is not the first seed's predictions and"),
+    "a prediction changed": ("study_arrays.npz", lambda p: with_array(p, "mlp_predictions", one_prediction_changed),
+                                         "results.json", "mlp: a confusion matrix that is not the first seed's predictions and"),
     "a confusion of other digits": ("study_arrays.npz", lambda p: with_array(p, "mlp_confusion", lambda a: np.roll(a, 1, axis=0)),
                                     "study_arrays.npz", r"confusion matrices of different test images: their rows \(the true digits\)"),
     "a median not its seeds'": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"].update(median=0.5)),

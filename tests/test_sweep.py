@@ -213,6 +213,17 @@ def test_a_retest_without_a_chosen_setting_says_which_and_answers_the_rest(capsy
     assert "\nlinear: not re-tested here, not trained at the chosen lr 0.003 for 2 epochs\n" in capsys.readouterr().out
 
 
+def test_a_retest_too_short_for_the_chosen_epoch_or_without_a_questions_stages_says_so():
+    """A re-test of 1 epoch of a choice made after epoch 2 was an IndexError after the training; a question
+    the new grid has no stages for vanished without a word."""
+    chosen_on = sweep_of([r | {"dropout": 0.5} if r["stage"] == "mlp_dropout" else r
+                          for stage in ("mlp", "mlp_dropout", "mlp_bn") for r in fake_rows(stage, 1e-3, val=0.4, test=0.4)])
+    fresh = sweep_of([r | {"dropout": 0.5} if r["stage"] == "mlp_dropout" else r for stage in ("mlp", "mlp_dropout")
+                      for r in fake_rows(stage, 1e-3, val=0.4, test=0.4, first_seed=4, epochs=1)], epochs=1)
+    assert answers(fresh, chosen_on)["not_retested"] == {"dropout": "trained for 1 epoch, not to the chosen epoch 2",
+                                                         "batchnorm": "no grid of its stages"}
+
+
 def test_each_control_is_compared_at_its_own_best_rate_with_linear_ce_and_mlp_of_other_grids_seed_by_seed(capsys):
     """The controls' grid holds neither `mlp` nor `linear_ce`: they come from the grids that
     trained them at several rates, paired on the seeds all share, all after 5 epochs."""
