@@ -9,6 +9,7 @@ import re
 import pytest
 
 from conftest import ROOT, load_script
+from mnist_jax.stages import STAGES
 
 ASSETS = ROOT / "assets"
 
@@ -30,7 +31,10 @@ def assert_table_in(lines: list[str], text: str):
 
 def test_the_ten_seed_table_is_what_study_py_prints_of_assets_results_json():
     report = json.loads((ASSETS / "results.json").read_text())
-    assert_table_in(printed(load_script("study.py").print_report, report), doc("README.md"))
+    tables = printed(load_script("study.py").print_report, report)
+    assert_table_in(tables, doc("README.md"))
+    assert_table_in(tables[tables.index("| comparison | difference | 95% CI, seeds | 95% CI, seeds and test images | significant |"):],
+                    doc("docs/study.md"))  # both intervals of every comparison, beside each other
 
 
 def test_the_three_questions_tables_are_what_sweep_py_prints_of_assets_sweep_json():
@@ -59,7 +63,7 @@ def test_every_question_is_re_tested_on_fresh_seeds_and_the_tables_are_what_swee
 def test_the_seed_42_table_is_the_one_in_the_committed_log():
     log = (ASSETS / "train_all_seed42.log").read_text()
     table = [line for line in log.splitlines() if line.startswith("| `")]
-    assert len(table) == 5
+    assert len(table) == len(STAGES)  # every stage, the controls too
     assert_table_in(table, doc("docs/parity.md"))
 
 
