@@ -133,9 +133,9 @@ def test_the_controls_train_through_train_py_study_py_and_sweep_py(tiny, tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert {"training_curves.png", "comparison_chart.png", "evolution_diagram.png"} <= {p.name for p in (tmp_path / "figures").iterdir()}
     same = {"mean_accuracy": 0.9, "std_accuracy": None, "seconds_per_epoch": 1.0}
-    plots.framework_comparison([{"stage": "mlp", "documented_accuracy": 0.9745, "jax": same, "torch_tensor": same},
-                                {"stage": "deep_linear", "documented_accuracy": None, "jax": same, "torch_tensor": same}],
-                               tmp_path / "figures" / "frameworks.png")
+    plots.framework_comparison({"stages": [{"stage": "mlp", "documented_accuracy": 0.9745, "jax": same, "torch_tensor": same},
+                                           {"stage": "deep_linear", "documented_accuracy": None, "jax": same, "torch_tensor": same}],
+                                "seeds": 1, "epochs": 1, "device": "cpu"}, tmp_path / "figures" / "frameworks.png")
     proc = run_script_in_process("sweep.py", "--stages", "random_features", "--lr", "1e-3,1e-2", "--seeds", "2",
                                  "--epochs", "1", "--out", tmp_path / "sweep")
     assert proc.returncode == 0, proc.stderr
