@@ -23,8 +23,9 @@ from typing import Callable, NoReturn
 def _stop_before_work(signum: int, _frame) -> None:
     """Until `parse` has set JAX up (a signal inside its import can abort the process): one line, --out freed, out."""
     os.write(2, f"stopped by {signal.Signals(signum).name}: nothing was started\n".encode())
-    if "mnist_jax.files" in sys.modules:
-        sys.modules["mnist_jax.files"].release_locks()
+    release_locks = getattr(sys.modules.get("mnist_jax.files"), "release_locks", None)  # None while files is imported
+    if release_locks:
+        release_locks()
     os._exit(128 + signum)
 
 
