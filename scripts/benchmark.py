@@ -4,7 +4,9 @@ of standard ones. Every figure is timed here; PyTorch is imported only to time i
 python scripts/benchmark.py --stages all --epochs 3"""
 
 import importlib.metadata
+import json
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -162,6 +164,84 @@ def benchmark_stages(configs: list[TrainConfig], data: MNIST, torch_loops: list[
     return rows
 
 
+PARTS = ("matmuls", "optimizer", "inputs", "other ops", "between ops")  # where a traced step goes (`profile_pass`)
+
+
+def hlo_parts(hlo_text: str) -> dict[str, str]:
+    """Each instruction of a compiled HLO module -> its part of a step: `matmuls` (a dot, or a fusion that holds one:
+    XLA:CPU's library calls), `optimizer` and `inputs` (`train.make_train_step`'s named scopes), or `other ops`.
+    Control flow (the scan's loop, its calls) is left out: its time is its body's."""
+    parts, called, with_dot, computation = {}, {}, set(), None
+    for line in hlo_text.splitlines():
+        if header := re.match(r"(?:ENTRY )?%([\w.\-]+) \(", line):
+            computation = header.group(1)
+        elif instruction := re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .*? ([\w\-]+)\(", line):
+            name, opcode = instruction.groups()
+            if opcode == "dot":
+                with_dot.add(computation)
+            if calls := re.search(r"calls=%([\w.\-]+)", line):
+                called[name] = calls.group(1)
+            scope = re.search(r'op_name="([^"]*)"', line)
+            scope = scope.group(1) if scope else ""
+            parts[name] = (None if opcode in ("while", "conditional", "call", "parameter", "get-tuple-element", "tuple") else
+                           "dot" if opcode == "dot" else next((part for part in ("optimizer", "inputs")  # as "jvp(inputs)" too
+                                                               if re.search(rf"[/(]{part}[/)]", scope)), "other ops"))
+    return {name: "matmuls" if part == "dot" or called.get(name) in with_dot else part
+            for name, part in parts.items() if part is not None}
+
+
+def covered_seconds(spans: list[tuple[int, int]]) -> float:
+    """Seconds during which at least one of the (start ns, end ns) `spans` ran."""
+    busy, reach = 0, None
+    for start, end in sorted(spans):
+        if reach is None or start > reach:
+            busy, reach = busy + end - start, end
+        elif end > reach:
+            busy, reach = busy + end - reach, end
+    return busy / 1e9
+
+
+def profile_pass(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict:
+    """Where a step of a stage's training pass goes: the compiled epoch over epoch 1's batches run under `jax.profiler`,
+    each op's time summed by its part (`hlo_parts`), and the time when no op ran (XLA's runtime between ops, the
+    loop's); milliseconds per step, medians of `repeats` traced passes, with the same pass untraced (tracing slows
+    every op down, so the parts are shares of a traced step)."""
+    from jax.profiler import ProfileData
+
+    setup = set_up(config, data)
+    shuffle_key, dropout_key = epoch_keys(setup.epochs_key, 1)
+    order, (images, labels, _, _) = shuffle(shuffle_key, setup.train_idx), setup.data
+    args = (setup.state, images, labels, order, dropout_key)
+    epoch = jax.jit(make_train_epoch(setup.graphdef, config.spec.loss, setup.tx, config.batch_size)).lower(*args).compile()
+    parts = hlo_parts(epoch.as_text())
+    steps = -(-len(order) // config.batch_size)
+    untraced = statistics.median(timed(lambda: epoch(*args)) for _ in range(repeats + 1))
+    passes = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as trace_dir:
+            jax.profiler.start_trace(trace_dir)
+            wall = timed(lambda: epoch(*args))
+            jax.profiler.stop_trace()
+            (trace,) = Path(trace_dir).rglob("*.xplane.pb")
+            planes = ProfileData.from_file(str(trace)).planes
+        ops = [event for plane in planes for line in plane.lines for event in line.events if event.name in parts]
+        if not any(parts[op.name] == "matmuls" for op in ops):
+            raise RuntimeError(f"no trace event of {jax.default_backend()} is named after a matmul of the program")
+        spent = {part: sum(op.duration_ns for op in ops if parts[op.name] == part) / 1e9 for part in PARTS[:-1]}
+        spent["between ops"] = wall - covered_seconds([(op.start_ns, op.end_ns) for op in ops])
+        passes.append({"traced_step_ms": 1e3 * wall / steps, "ops_per_step": len(ops) / steps,
+                       **{f"{part} ms": 1e3 * seconds / steps for part, seconds in spent.items()}})
+    return {"stage": config.stage, "step_ms": 1e3 * untraced / steps, **{key: statistics.median(p[key] for p in passes) for key in passes[0]},
+            "passes": passes}
+
+
+def print_profiles(profiles: list[dict]) -> None:
+    print("\nwhere a training step goes (jax.profiler; ms per step of a traced pass, which runs slower than an untraced one):")
+    cli.print_table(["stage", "step ms", "traced step ms", "ops per step", *(f"{part} ms" for part in PARTS)], [
+        [f"`{p['stage']}`", f"{p['step_ms']:.3f}", f"{p['traced_step_ms']:.3f}", f"{p['ops_per_step']:.0f}",
+         *(f"{p[f'{part} ms']:.3f}" for part in PARTS)] for p in profiles])
+
+
 def time_study(config: TrainConfig, data: MNIST, seeds: int, single_epoch_seconds: float, vmapped: bool) -> dict:
     """`study.train_seeds` of `seeds` seeds, side by side (vmap) or one at a time (lax.map): seconds per
     epoch, in all and per model, and per model against one run's epoch."""
@@ -176,20 +256,24 @@ def time_study(config: TrainConfig, data: MNIST, seeds: int, single_epoch_second
 
 
 def end_to_end(train_args: list[str], rounds: int) -> dict:
-    """Wall seconds of `scripts/train.py <train_args>` as a fresh process: cold (an empty
-    compilation cache), then warm (the cache the cold run filled), `rounds` times with a new
-    cache each; medians, and the programs the cache holds after each (the last round's)."""
-    seconds, programs = {"cold": [], "warm": []}, {}
+    """Wall seconds of `scripts/train.py <train_args>` as a fresh process: cold (an empty compilation cache), then
+    warm (the cache the cold run filled), `rounds` times with a new cache each; medians, with each run's epochs'
+    seconds (its metrics.json) and what it spent beyond them (start-up, saving, testing), and what the cache holds."""
+    seconds, epochs, held = {"cold": [], "warm": []}, {"cold": [], "warm": []}, {}
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
             command = [sys.executable, str(Path(__file__).with_name("train.py")), *train_args,
                        "--out", f"{tmp}/run", "--overwrite", "--compile-cache", f"{tmp}/cache"]
-            for run, times in seconds.items():
-                times.append(timed(lambda: subprocess.run(command, check=True, capture_output=True)))
-                programs[run] = sorted(entry.name.split("-")[0] for entry in Path(tmp, "cache").iterdir())
-    return {"command": " ".join(["python", "scripts/train.py", *train_args]), "rounds": seconds,
+            for run in seconds:
+                seconds[run].append(timed(lambda: subprocess.run(command, check=True, capture_output=True)))
+                epochs[run].append(sum(row["seconds"] for row in json.loads(Path(tmp, "run", "metrics.json").read_text())["history"]))
+                held[run] = sorted(entry.name.split("-")[0] for entry in Path(tmp, "cache").iterdir())
+    beyond = {run: [s - e for s, e in zip(seconds[run], epochs[run])] for run in seconds}
+    return {"command": " ".join(["python", "scripts/train.py", *train_args]), "rounds": seconds, "epochs_rounds": epochs,
             **{f"{run}_seconds": statistics.median(times) for run, times in seconds.items()},
-            **{f"{run}_cached_programs": names for run, names in programs.items()},
+            **{f"{run}_epochs_seconds": statistics.median(times) for run, times in epochs.items()},
+            **{f"{run}_beyond_epochs_seconds": statistics.median(times) for run, times in beyond.items()},
+            **{f"{run}_cached": names for run, names in held.items()},
             "warm_over_cold": statistics.median(w / c for w, c in zip(seconds["warm"], seconds["cold"]))}
 
 
@@ -290,6 +374,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--studies", type=cli.comma_separated(cli.positive_int),
                         help="also time study.py's training of every stage at each of these numbers of seeds, e.g. 10,100: "
                         "one at a time (lax.map) and side by side (vmap)")
+    parser.add_argument("--profile", action="store_true", help="also trace a training pass of every stage: where a step goes")
     parser.add_argument("--no-torch", action="store_true", help="JAX only, even when PyTorch is installed")
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the cold and warm train.py runs")
     parser.add_argument("--standard-parts", action="store_true",
@@ -297,11 +382,23 @@ def build_parser() -> cli.ArgumentParser:
     return parser
 
 
-def cpu_model() -> str:
-    """The processor's name, e.g. 'AMD EPYC 7B13' (Linux), else the architecture."""
+INSTRUCTION_SETS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")  # /proc/cpuinfo's names
+
+
+def cpu_info() -> dict:
+    """The processor: its name, its family and model numbers, the vector and matrix instruction sets it offers
+    (of `INSTRUCTION_SETS`), and a kind to name its figures by, e.g. 'amd-epyc-avx512' (Linux; elsewhere the
+    architecture alone)."""
     cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+    fields = dict(line.split(":", 1) for line in (cpuinfo.read_text() if cpuinfo.exists() else "").split("\n\n")[0].splitlines()
+                  if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    model = fields.get("model name", platform.machine())
+    offered = [name for name in INSTRUCTION_SETS if name in fields.get("flags", "").split()]
+    widest = next((name for name in ("avx512f", "avx2", "avx", "sse4_2") if name in offered), platform.machine())
+    words = re.sub(r"\(r\)|\(tm\)|cpu|processor|@.*|\d+-core", " ", model.lower()).split()
+    return {"model": model, "family": fields.get("cpu family"), "model_number": fields.get("model"), "instruction_sets": offered,
+            "kind": "-".join(words[:2] + [widest.removesuffix("f")])}
 
 
 def import_torch():
@@ -365,7 +462,7 @@ def main() -> None:
         torch.set_float32_matmul_precision("highest")
     report = {
         "command": cli.command(),
-        "device": device_description(), "cpu": cpu_model(), "jax_version": jax.__version__,
+        "device": device_description(), "cpu": cpu_info(), "jax_version": jax.__version__,
         "torch_version": importlib.metadata.version("torch") if has_torch else None,
         "matmul_precision": "highest (full float32) in both frameworks",
         "epochs": args.epochs, "rounds": args.rounds, "torch_loops": TORCH_LOOPS if has_torch else [],
@@ -377,6 +474,9 @@ def main() -> None:
     progress.close()
     report["ceiling_flops"] = statistics.median(r["ceiling_flops"] for r in rows)
     print_table(report)
+    if args.profile:
+        report["profiles"] = [profile_pass(config, data) for config in configs]
+        print_profiles(report["profiles"])
     if args.studies:
         single = {r["stage"]: r["jax_epoch_seconds"] for r in rows}
         report["studies"] = [time_study(config, data, n, single[config.stage], vmapped)
@@ -388,8 +488,10 @@ def main() -> None:
     if not args.no_end_to_end:
         data_args = ["--source", args.source] + (["--data-dir", str(args.data_dir)] if args.data_dir else [])
         report["end_to_end"] = e2e = end_to_end(["--stage", "mlp_bn", *data_args], args.rounds)
-        print(f"\n{e2e['command']}: cold {e2e['cold_seconds']:.1f}s, warm {e2e['warm_seconds']:.1f}s "
-              f"(warm/cold {e2e['warm_over_cold']:.2f}, median of {args.rounds}; {len(e2e['cold_cached_programs'])} programs cached)")
+        print(f"\n{e2e['command']} as a fresh process (medians of {args.rounds}): cold {e2e['cold_seconds']:.1f}s, "
+              f"warm {e2e['warm_seconds']:.1f}s, of which {e2e['warm_epochs_seconds']:.1f}s its epochs and "
+              f"{e2e['warm_beyond_epochs_seconds']:.1f}s the rest (cold: {e2e['cold_beyond_epochs_seconds']:.1f}s); "
+              f"JAX's cache holds {len(e2e['cold_cached'])} programs")
     files.write_json(args.out / RESULT, report)
     print(f"wrote {args.out / RESULT}")
 

@@ -3,6 +3,7 @@ own count, its report of JAX alone, and the cold and warm starts of `train.py`.
 (With PyTorch, as a user runs it: tests/test_fresh_clone.py.)"""
 
 import json
+import re
 import sys
 
 import jax
@@ -65,11 +66,31 @@ def test_benchmark_py_reports_jax_alone_in_its_out_folder_and_keeps_a_report_the
 def test_end_to_end_times_a_cold_then_a_warm_train_py_that_compiles_nothing_new(data_args):
     e2e = benchmark.end_to_end(["--stage", "linear_ce", "--epochs", "1", *data_args], rounds=1)
     assert e2e["warm_over_cold"] == pytest.approx(e2e["warm_seconds"] / e2e["cold_seconds"])
+    for run in ("cold", "warm"):
+        assert 0 < e2e[f"{run}_epochs_seconds"] < e2e[f"{run}_seconds"]
+        assert e2e[f"{run}_beyond_epochs_seconds"] == pytest.approx(e2e[f"{run}_seconds"] - e2e[f"{run}_epochs_seconds"])
     # every program of the run, however quick to compile (JAX's default caches only those over 1 s) ...
-    programs = set(e2e["cold_cached_programs"])
-    assert {"jit_initial", "jit_examples_at", "jit_epoch_keys", "jit_shuffle", "jit_train_epoch", "jit_evaluate"} <= programs
+    assert {"jit_initial", "jit_examples_at", "jit_epoch_keys", "jit_shuffle", "jit_train_epoch", "jit_evaluate"} <= set(e2e["cold_cached"])
     # ... and the warm run found each in the cache: it added none
-    assert e2e["warm_cached_programs"] == e2e["cold_cached_programs"]
+    assert e2e["warm_cached"] == e2e["cold_cached"]
+
+
+def test_the_profile_parts_a_traced_step_into_matmuls_optimizer_inputs_other_ops_and_time_between_them(tiny):
+    """Every op of the compiled epoch falls in one part; the matmuls are XLA's dots or the library fusions holding one."""
+    profile = benchmark.profile_pass(TrainConfig("mlp", epochs=1), tiny, repeats=1)
+    per_step = [profile[f"{part} ms"] for part in benchmark.PARTS]
+    assert all(ms >= 0 for ms in per_step) and profile["matmuls ms"] > 0 and profile["optimizer ms"] > 0
+    assert sum(per_step) >= 0.999999 * profile["traced_step_ms"]  # the parts and the idle time fill the traced pass (ops may overlap)
+    assert 10 < profile["ops_per_step"] < 200 and profile["step_ms"] > 0
+    assert benchmark.covered_seconds([(0, 10), (5, 20), (30, 40)]) == pytest.approx(30e-9)
+
+
+def test_the_cpu_is_named_with_its_instruction_sets_and_a_kind_for_its_figures():
+    cpu = benchmark.cpu_info()
+    assert cpu["model"] and set(cpu["instruction_sets"]) <= set(benchmark.INSTRUCTION_SETS)
+    assert re.fullmatch(r"[a-z0-9_]+(-[a-z0-9_]+)*", cpu["kind"])
+    if "avx512f" in cpu["instruction_sets"]:
+        assert cpu["kind"].endswith("-avx512")
 
 
 def test_one_epoch_is_refused_as_it_leaves_no_steady_epoch_to_time(refused):
