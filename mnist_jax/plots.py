@@ -97,8 +97,9 @@ def framework_comparison(report: dict, path: str | os.PathLike | None, benchmark
         loops = [k for k in BENCHMARK_LOOPS if all(f"{k}_epoch_seconds" in rows.get(s, {}) for s in stages)]
         times = {k: [rows[s][f"{k}_epoch_seconds"] for s in stages] for k in loops}
         labels = BENCHMARK_LOOPS
+        cpu = benchmark.get("cpu") or "?"  # a dict (model, kind, ...); a name alone in older benchmarks
         timed = (f"benchmark's {count(benchmark['seeds'], 'seed')}, {count(benchmark['epochs'], 'epoch')}, "
-                 f"median of {benchmark['rounds']} rounds")
+                 f"median of {benchmark['rounds']} rounds, {cpu['kind'] if isinstance(cpu, dict) else cpu}")
     else:
         times = {k: [r[k]["seconds_per_epoch"] for r in results] for k in frameworks}
         labels = {k: "JAX" if k == "jax" else f"PyTorch ({k.removeprefix('torch_')} loop)" for k in frameworks}
