@@ -177,7 +177,7 @@ def test_benchmark_overwrites_only_a_benchmarks_json(tmp_path, monkeypatch, caps
 def test_overwrite_in_a_clone_refuses_the_clone_in_one_line(tmp_path):
     """`--out .` in a clone of this project: everything stays, the message says why."""
     before = a_users_folder(tmp_path)
-    proc = run_script("train.py", "--stage", "linear_ce", "--out", ".", "--overwrite", cwd=tmp_path)
+    proc = run_script_in_process("train.py", "--stage", "linear_ce", "--out", ".", "--overwrite", cwd=tmp_path)  # its parsing
     assert_one_line_error(proc, "--out: . holds .git/, notes.txt, thesis/, which train.py did not write", "choose another --out")
     assert snapshot(tmp_path) == before
 
@@ -231,7 +231,7 @@ def test_a_signal_at_any_moment_of_the_start_ends_in_one_line(tmp_path, data_arg
 
 def test_a_study_refused_for_its_data_leaves_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
-    proc = run_script("study.py", "--data-dir", tmp_path / "empty", "--out", tmp_path / "study")
+    proc = run_script_in_process("study.py", "--data-dir", tmp_path / "empty", "--out", tmp_path / "study")  # before any training
     assert_one_line_error(proc, "data error")
     assert not (tmp_path / "study").exists()
 

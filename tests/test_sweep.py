@@ -33,18 +33,27 @@ def test_a_grid_is_every_rate_by_every_seed_and_unlisted_options_are_the_stages_
     assert grid_points("mlp", [3e-3], None, 2, first_seed=10) == [Point(10, 3e-3, 0.0), Point(11, 3e-3, 0.0)]  # fresh seeds
 
 
+GRID_CONFIG = TrainConfig("mlp_dropout", epochs=2, hidden=16)
+GRID_POINTS = [Point(0, 1e-3, 0.3), Point(1, 3e-3, 0.3), Point(1, 3e-3, 0.5), Point(0, 1e-2, 0.5)]
+
+
+@pytest.fixture(scope="module")
+def alone_points(tiny):
+    """GRID_POINTS[1:3] trained alone, in float64: the same runs for either way of walking the grid."""
+    with enable_x64(True):
+        return [train(dataclasses.replace(GRID_CONFIG, seed=p.seed, lr=p.lr, dropout=p.dropout), tiny) for p in GRID_POINTS[1:3]]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("vmapped", [False, True], ids=["lax.map (the CPU's way)", "vmap (the accelerators' way)"])
-def test_every_grid_point_trains_exactly_like_its_configuration_alone(tiny, vmapped):
+def test_every_grid_point_trains_exactly_like_its_configuration_alone(tiny, vmapped, alone_points):
     """Learning rates and dropout rates differ between the models of one program; each
     model is its configuration trained alone, in float64, where agreement shows the same
     computation. Rates 0.3 and 0.5 need different random bits per unit (32 and 1), so
     they train in programs of their own, as they would alone."""
-    config = TrainConfig("mlp_dropout", epochs=2, hidden=16)
-    points = [Point(0, 1e-3, 0.3), Point(1, 3e-3, 0.3), Point(1, 3e-3, 0.5), Point(0, 1e-2, 0.5)]
+    config, points, alone = GRID_CONFIG, GRID_POINTS, alone_points
     with enable_x64(True):
         grid = study.train_grid(config, tiny, points, vmapped=vmapped)
-        alone = [train(dataclasses.replace(config, seed=p.seed, lr=p.lr, dropout=p.dropout), tiny) for p in points[1:3]]
     assert grid.points == points
     for i, run in enumerate(alone, start=1):
         assert grid.test_accuracies[i] == pytest.approx(run.test_accuracy, abs=1e-12)
