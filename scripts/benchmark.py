@@ -465,7 +465,7 @@ def main() -> None:
         "device": device_description(), "cpu": cpu_info(), "jax_version": jax.__version__,
         "torch_version": importlib.metadata.version("torch") if has_torch else None,
         "matmul_precision": "highest (full float32) in both frameworks",
-        "seeds": 1, "epochs": args.epochs, "rounds": args.rounds,  # each timed run trains the default seed "torch_loops": TORCH_LOOPS if has_torch else [],
+        "seeds": 1, "epochs": args.epochs, "rounds": args.rounds, "torch_loops": TORCH_LOOPS if has_torch else [],  # one seed a run
     }
     print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version'] or 'not run'}", flush=True)
     configs = [TrainConfig(stage, epochs=args.epochs) for stage in args.stages]
