@@ -125,7 +125,7 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
             if version != FORMAT:
                 raise CheckpointError(f"{path} is in checkpoint format {version}; this version reads format {FORMAT}")
             config = _check_meta(meta)
-            tx = make_optimizer(config.lr)
+            tx = make_optimizer(config)
             template = jax.eval_shape(lambda: init_state(config, jax.random.key(0), tx))  # the tree structure
             like, structure = jax.tree_util.tree_flatten_with_path(_tree(template, template))
 

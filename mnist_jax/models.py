@@ -99,8 +99,8 @@ ACTIVATIONS = {"relu": jax.nn.relu, "identity": lambda h: h}
 
 class MLP(nnx.Module):
     """784 -> hidden -> [BatchNorm] -> ReLU (or identity) -> [Dropout] -> 10. With `frozen_hidden`, the hidden layer's
-    output is under `stop_gradient`: its parameters get zero gradients, so Adam leaves them exactly as drawn (its
-    moments stay zero and each update is 0), and the checkpoint, optimizer state and converters keep the MLP's layout."""
+    output is under `stop_gradient`: its parameters get zero gradients, which the optimizer passes through without
+    moments (`train.make_optimizer`), so they stay exactly as drawn; the checkpoint and converters keep the MLP's layout."""
 
     def __init__(self, hidden: int = 256, dropout: float = 0.0, batchnorm: bool = False, *, activation: str = "relu",
                  frozen_hidden: bool = False, rngs: nnx.Rngs):

@@ -100,7 +100,7 @@ def compile_chunk(config: TrainConfig, data: MNIST, size: int, mesh: jax.shardin
     """Compile the programs for `size` models from shapes alone: nothing is allocated.
     `vmapped`: the models side by side (default: `side_by_side()`)."""
     mesh = mesh if mesh is not None and size % mesh.size == 0 else sharding.make_mesh("seed", size)
-    tx = make_optimizer(config.lr)
+    tx = make_optimizer(config)
     epoch, test = _grid_programs(config, graph(config), tx, mesh, side_by_side() if vmapped is None else vmapped)
     points = jax.tree.map(lambda x: jax.ShapeDtypeStruct((size,), jnp.asarray(x).dtype), point(config))
     init = jax.vmap(lambda p: initial(config, tx, len(data.train_images), p))

@@ -78,10 +78,22 @@ def split_indices(key: jax.Array, num_train: int) -> tuple[jax.Array, jax.Array]
     return perm[: num_train - NUM_VALIDATION], perm[num_train - NUM_VALIDATION :]
 
 
-def make_optimizer(lr: float) -> optax.GradientTransformation:
-    """`torch.optim.Adam(lr=lr)`; the learning rate lives in the optimizer state, so models
-    trained together may each have their own (`init_state` sets it)."""
-    return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=0.9, b2=0.999, eps=1e-8)
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """`torch.optim.Adam(lr=config.lr)` over the parameters the model trains: a frozen hidden layer (random
+    features) is masked out, as `requires_grad_(False)` leaves it out of PyTorch's Adam (its zero gradients
+    pass through: it stays as drawn, and no moments are kept or updated for it). The learning rate lives in the
+    optimizer state, so models trained together may each have their own (`init_state` sets it)."""
+
+    def adam(learning_rate: float) -> optax.GradientTransformation:
+        adam = optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
+        return optax.masked(adam, trained) if config.spec.frozen_hidden else adam
+
+    return optax.inject_hyperparams(adam)(learning_rate=config.lr)
+
+
+def trained(params: nnx.State) -> nnx.State:
+    """True for each parameter the optimizer updates: all but a frozen hidden layer's (`make_optimizer`)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[0], "key", None) != "hidden", params)
 
 
 def init_state(config: TrainConfig, key: jax.Array, tx: optax.GradientTransformation,
@@ -159,7 +171,7 @@ def examples_at(images: jax.Array, labels: jax.Array, idx: jax.Array) -> tuple[j
 def prepare(config: TrainConfig, data: MNIST, points: Sequence[Point] | None = None) -> Start:
     """The `Start` of `config`'s run, or of every point's (a leading axis of models) with `points`.
     Raises `memory.DoesNotFit` before allocating what would not fit."""
-    init = jax.tree_util.Partial(initial, config, make_optimizer(config.lr), len(data.train_images))
+    init = jax.tree_util.Partial(initial, config, make_optimizer(config), len(data.train_images))
     runs = 1 if points is None else len(points)
     state_bytes = memory.tree_bytes(jax.eval_shape(init, point(config)))
     what = f"{config.describe()}, {runs} seed{'s' * (runs != 1)}: its parameters, optimizer state and data"
@@ -260,7 +272,7 @@ def train(config: TrainConfig, data: MNIST, on_epoch: Callable[[RunResult], None
     if config.batch_size > len(data.train_images) - NUM_VALIDATION:
         raise ValueError(f"TrainConfig batch_size: expected at most the {len(data.train_images) - NUM_VALIDATION} "
                          f"training images, got {config.batch_size}")
-    tx, graphdef = make_optimizer(config.lr), graph(config)
+    tx, graphdef = make_optimizer(config), graph(config)
     begin = replay.apply(prepare(config, data), tx)
     images, labels, test_images, test_labels = device_data(data)
     val_images, val_labels = examples_at(images, labels, begin.val_idx)

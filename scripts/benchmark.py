@@ -45,7 +45,7 @@ class Setup(NamedTuple):
 
 
 def set_up(config: TrainConfig, data: MNIST) -> Setup:
-    return Setup(graph(config), make_optimizer(config.lr), *prepare(config, data), device_data(data))
+    return Setup(graph(config), make_optimizer(config), *prepare(config, data), device_data(data))
 
 RESULT = "benchmark.json"
 TORCH_LOOPS = ["tensor", "original", "fused", "compile"]

@@ -22,7 +22,7 @@ benchmark = load_script("benchmark.py")
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_flop_count_is_xlas_own_count_less_the_elementwise_work(stage):
     config = TrainConfig(stage)
-    tx = make_optimizer(config.lr)
+    tx = make_optimizer(config)
     graphdef, state = graph(config), init_state(config, jax.random.key(0), tx)
     step = jax.jit(make_train_step(graphdef, config.spec.loss, tx))
     images, labels = jnp.zeros((128, 784), jnp.uint8), jnp.zeros(128, jnp.int32)

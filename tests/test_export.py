@@ -57,7 +57,7 @@ def programs(config: TrainConfig, data: MNIST, models: int = 10, mesh: jax.shard
     shapes (the grid's as an accelerator runs them: every model of a chunk vmapped, each
     with its own learning rate and dropout rate); with a `mesh`, the training epoch's
     batches split over it, as `train` does."""
-    tx = make_optimizer(config.lr)
+    tx = make_optimizer(config)
     graphdef, init = graph(config), jax.tree_util.Partial(initial, config, tx, len(data.train_images))
     epochs_key, state, train_idx, val_idx = jax.eval_shape(init, point(config))
     images, labels, test_images, test_labels = jax.eval_shape(lambda: device_data(data))

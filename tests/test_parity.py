@@ -34,7 +34,7 @@ SEEDS = range(5)
 def same_start(stage: str, seed: int = 0):
     """A JAX state and a PyTorch model holding the very same initial weights."""
     config = TrainConfig(stage)
-    tx = make_optimizer(config.lr)
+    tx = make_optimizer(config)
     graphdef, state = graph(config), init_state(config, run_keys(seed)[1], tx)
     model = tr.build_model(stage)
     model.load_state_dict(tr.flax_to_torch(nnx.to_pure_dict(state.params), nnx.to_pure_dict(state.batch_stats)))

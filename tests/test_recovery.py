@@ -104,7 +104,7 @@ def test_a_run_diverging_later_keeps_the_last_good_epoch(tmp_path, tiny):
 
 def test_a_checkpoint_restores_every_array_of_the_run(tmp_path):
     config = TrainConfig("mlp_bn")
-    state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    state = init_state(config, jax.random.key(0), make_optimizer(config))
     best = state._replace(params=jax.tree.map(lambda w: w + 1, state.params))
     history = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "val_loss": 0.4, "val_accuracy": 0.9, "seconds": 1.0}]
     save_run(RunResult(config, "cpu", state, best, 1, history), tmp_path, {"stage": "mlp_bn"})
@@ -235,7 +235,7 @@ def test_resume_refuses_a_checkpoint_it_cannot_continue(mlp_bn_runs, data_args, 
 
 def test_a_checkpoint_whose_arrays_are_not_of_its_config_is_refused(tmp_path):
     config = TrainConfig("mlp", hidden=64)
-    state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    state = init_state(config, jax.random.key(0), make_optimizer(config))
     save_run(RunResult(config, "cpu", state, state, 0, []), tmp_path, {})
     rewrite_meta(tmp_path / "checkpoint.npz", lambda meta: meta["config"].update(hidden=32))
     with pytest.raises(CheckpointError, match=r"does not hold the arrays of its own config \(mlp \(hidden 32, .*hidden/bias is float32\[64\], expected float32\[32\]"):
@@ -246,7 +246,7 @@ def test_a_checkpoint_whose_arrays_are_not_of_its_config_is_refused(tmp_path):
 def saved_run(tmp_path):
     """A `linear_ce` run of two epochs, saved as train.py saves it."""
     config = TrainConfig("linear_ce", epochs=2)
-    state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    state = init_state(config, jax.random.key(0), make_optimizer(config))
     history = [{"epoch": e, "train_loss": 0.3, "train_accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.9, "seconds": 0.1} for e in (1, 2)]
     save_run(RunResult(config, "cpu", state, state, 2, history), tmp_path, {})
     return tmp_path

@@ -27,7 +27,7 @@ PROGRAM = textwrap.dedent(
     config = TrainConfig("mlp_bn", epochs=1)
     # float64, so that agreement to ~1e-10 shows the same computation, rounding aside
     jax.config.update("jax_enable_x64", True)
-    start = init_state(config, run_keys(config.seed)[1], make_optimizer(config.lr))
+    start = init_state(config, run_keys(config.seed)[1], make_optimizer(config))
     initial = [jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(s)) for s in start[:2]]
     for name, mesh in (("one", sharding.make_mesh("batch", 1)), ("many", None)):
         run = train(config, data, mesh=mesh, replay=Replay(initial=initial))

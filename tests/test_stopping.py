@@ -76,7 +76,7 @@ def parse_train(monkeypatch, *argv):
 
 def saved_run(folder, config: TrainConfig) -> None:
     """A run of `config` saved after one (untrained) epoch, as train.py saves it."""
-    state = init_state(config, jax.random.key(0), make_optimizer(config.lr))
+    state = init_state(config, jax.random.key(0), make_optimizer(config))
     history = [{"epoch": 1, "train_loss": 2.3, "train_accuracy": 0.1, "val_loss": 2.3, "val_accuracy": 0.1}]
     save_run(RunResult(config, "cpu", state, state, 1, history), folder,
              {"stage": config.stage, "framework": "jax", "history": history})

@@ -34,7 +34,7 @@ def device_data(tiny):
 
 def make_setup(stage="mlp_bn", seed=0):
     config = TrainConfig(stage, seed=seed)
-    tx = make_optimizer(config.lr)
+    tx = make_optimizer(config)
     graphdef, state = graph(config), init_state(config, run_keys(seed)[1], tx)
     return config, tx, graphdef, state
 
