@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 from flax import nnx
@@ -17,7 +18,7 @@ from mnist_jax.models import MLP, count_params
 from mnist_jax.results import comparisons, load_study
 from mnist_jax.stages import ORIGINAL, STAGES, TrainConfig
 from mnist_jax.torch_reference import build_model, to_torch
-from mnist_jax.train import prepare, run_record, train
+from mnist_jax.train import graph, make_optimizer, make_train_step, prepare, run_record, train
 
 CONTROLS = [name for name, stage in STAGES.items() if stage.is_control]
 RANDOM_FEATURES = [name for name in CONTROLS if STAGES[name].frozen_hidden]
@@ -141,3 +142,27 @@ def test_the_controls_train_through_train_py_study_py_and_sweep_py(tiny, tmp_pat
                                  "--epochs", "1", "--out", tmp_path / "sweep")
     assert proc.returncode == 0, proc.stderr
     assert "| `random_features` | 256 | 0.01 | 0 | 2 | " in proc.stdout
+
+
+def test_adam_masks_out_a_frozen_layer_and_trains_the_rest_exactly_as_the_unmasked_adam(tiny):
+    """`make_optimizer` masks a random-features layer out of Adam (as `requires_grad_(False)` leaves it out of
+    PyTorch's): it keeps no moments for it, and the steps of every parameter are those of Adam over all, bit for bit."""
+    config = TrainConfig("random_features", epochs=1, hidden=64)
+    graphdef, start = graph(config), prepare(config, tiny)
+    unmasked = optax.inject_hyperparams(optax.adam)(learning_rate=config.lr, b1=0.9, b2=0.999, eps=1e-8)
+    images, labels = jnp.asarray(tiny.train_images[:512].reshape(512, -1)), jnp.asarray(tiny.train_labels[:512], jnp.int32)
+    states = []
+    for tx in (make_optimizer(config), unmasked):
+        state = start.state._replace(opt_state=tx.init(start.state.params))
+        step = jax.jit(make_train_step(graphdef, config.spec.loss, tx))
+        for i in range(4):
+            state, _ = step(state, images[128 * i : 128 * (i + 1)], labels[128 * i : 128 * (i + 1)], jax.random.key(i))
+        states.append(state)
+    masked, plain = states
+    assert leaves_equal(masked.params["hidden"], start.state.params["hidden"])  # exactly as drawn
+    # the trained layer takes the unmasked Adam's steps, to float32 rounding: XLA fuses the two programs' updates
+    # differently (a few roundings, each at most 2**-24 of a parameter below 1/8 = 1/sqrt(64), over 4 steps)
+    for ours, theirs, drawn in zip(*(jax.tree.leaves(s.params["output"]) for s in (masked, plain, start.state))):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-7)
+        assert np.abs(np.asarray(ours) - np.asarray(drawn)).max() > 1e-4  # (it trained)
+    assert len(jax.tree.leaves(masked.opt_state)) < len(jax.tree.leaves(plain.opt_state))  # no moments of the frozen layer
