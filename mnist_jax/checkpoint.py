@@ -128,6 +128,10 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
             tx = make_optimizer(config)
             template = jax.eval_shape(lambda: init_state(config, jax.random.key(0), tx))  # the tree structure
             like, structure = jax.tree_util.tree_flatten_with_path(_tree(template, template))
+            moments = sum(name.startswith("opt_state/") for name in archive.namelist())
+            if config.spec.frozen_hidden and moments > len(jax.tree.leaves(template.opt_state)):
+                raise CheckpointError(f"{path} was written before Adam left {config.stage}'s frozen layer out (an earlier "
+                                      "mnist_jax, whose optimizer state has moments for it): this version cannot read it")
 
             def read(name: str, expected: jax.ShapeDtypeStruct) -> jax.Array:
                 def check(shape: tuple, dtype: np.dtype) -> None:  # before the data is read

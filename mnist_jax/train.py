@@ -83,6 +83,8 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     features) is masked out, as `requires_grad_(False)` leaves it out of PyTorch's Adam (its zero gradients
     pass through: it stays as drawn, and no moments are kept or updated for it). The learning rate lives in the
     optimizer state, so models trained together may each have their own (`init_state` sets it)."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"make_optimizer: expected a TrainConfig (its lr and stage), got {type(config).__name__}")
 
     def adam(learning_rate: float) -> optax.GradientTransformation:
         adam = optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)

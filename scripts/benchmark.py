@@ -204,8 +204,8 @@ def covered_seconds(spans: list[tuple[int, int]]) -> float:
 def profile_pass(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict:
     """Where a step of a stage's training pass goes: the compiled epoch over epoch 1's batches run under `jax.profiler`,
     each op's time summed by its part (`hlo_parts`), and the time when no op ran (XLA's runtime between ops, the
-    loop's); milliseconds per step, medians of `repeats` traced passes, with the same pass untraced (tracing slows
-    every op down, so the parts are shares of a traced step)."""
+    loop's); milliseconds per step, medians of `repeats` traced passes, with the same pass untraced (tracing adds
+    to every op, so the parts are shares of a traced step)."""
     from jax.profiler import ProfileData
 
     setup = set_up(config, data)
@@ -236,7 +236,7 @@ def profile_pass(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict:
 
 
 def print_profiles(profiles: list[dict]) -> None:
-    print("\nwhere a training step goes (jax.profiler; ms per step of a traced pass, which runs slower than an untraced one):")
+    print("\nwhere a training step goes (jax.profiler; ms per step of a traced pass: tracing adds to every op, so read the parts as shares):")
     cli.print_table(["stage", "step ms", "traced step ms", "ops per step", *(f"{part} ms" for part in PARTS)], [
         [f"`{p['stage']}`", f"{p['step_ms']:.3f}", f"{p['traced_step_ms']:.3f}", f"{p['ops_per_step']:.0f}",
          *(f"{p[f'{part} ms']:.3f}" for part in PARTS)] for p in profiles])
@@ -389,16 +389,19 @@ def cpu_info() -> dict:
     """The processor: its name, its family and model numbers, the vector and matrix instruction sets it offers
     (of `INSTRUCTION_SETS`), and a kind to name its figures by, e.g. 'amd-epyc-avx512' (Linux; elsewhere the
     architecture alone)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    fields = dict(line.split(":", 1) for line in (cpuinfo.read_text() if cpuinfo.exists() else "").split("\n\n")[0].splitlines()
-                  if ":" in line)
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux, or not readable
+        text = ""
+    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
     fields = {key.strip(): value.strip() for key, value in fields.items()}
     model = fields.get("model name", platform.machine())
     offered = [name for name in INSTRUCTION_SETS if name in fields.get("flags", "").split()]
     widest = next((name for name in ("avx512f", "avx2", "avx", "sse4_2") if name in offered), platform.machine())
     words = re.sub(r"\(r\)|\(tm\)|cpu|processor|@.*|\d+-core", " ", model.lower()).split()
+    kind = "-".join(dict.fromkeys(words[:2] + [widest.removesuffix("f")]))  # (no name: the architecture alone)
     return {"model": model, "family": fields.get("cpu family"), "model_number": fields.get("model"), "instruction_sets": offered,
-            "kind": "-".join(words[:2] + [widest.removesuffix("f")])}
+            "kind": kind}
 
 
 def import_torch():
@@ -487,7 +490,14 @@ def main() -> None:
         print_standard_parts(report["standard_parts"])
     if not args.no_end_to_end:
         data_args = ["--source", args.source] + (["--data-dir", str(args.data_dir)] if args.data_dir else [])
-        report["end_to_end"] = e2e = end_to_end(["--stage", "mlp_bn", *data_args], args.rounds)
+        try:
+            report["end_to_end"] = e2e = end_to_end(["--stage", "mlp_bn", *data_args], args.rounds)
+        except subprocess.CalledProcessError as e:  # (a signal to the benchmark itself stops it, and the child, first)
+            files.write_json(args.out / RESULT, report)
+            status = e.returncode if e.returncode > 0 else 128 - e.returncode  # -N: killed by signal N
+            said = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+            cli.fail(f"the end-to-end train.py run ended with status {status}" + (f" ({said[-1]})" if said else "")
+                     + f"; every other figure is in {args.out / RESULT}", status)
         print(f"\n{e2e['command']} as a fresh process (medians of {args.rounds}): cold {e2e['cold_seconds']:.1f}s, "
               f"warm {e2e['warm_seconds']:.1f}s, of which {e2e['warm_epochs_seconds']:.1f}s its epochs and "
               f"{e2e['warm_beyond_epochs_seconds']:.1f}s the rest (cold: {e2e['cold_beyond_epochs_seconds']:.1f}s); "

@@ -85,6 +85,12 @@ def test_the_profile_parts_a_traced_step_into_matmuls_optimizer_inputs_other_ops
     assert benchmark.covered_seconds([(0, 10), (5, 20), (30, 40)]) == pytest.approx(30e-9)
 
 
+def test_a_cpu_without_a_readable_description_is_named_by_its_architecture(monkeypatch):
+    monkeypatch.setattr(benchmark.Path, "read_text", lambda self: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    cpu = benchmark.cpu_info()
+    assert cpu["kind"] == cpu["model"] == benchmark.platform.machine() and cpu["instruction_sets"] == []
+
+
 def test_the_cpu_is_named_with_its_instruction_sets_and_a_kind_for_its_figures():
     cpu = benchmark.cpu_info()
     assert cpu["model"] and set(cpu["instruction_sets"]) <= set(benchmark.INSTRUCTION_SETS)
@@ -106,3 +112,22 @@ def test_standard_parts_of_one_round_print_their_medians_without_quartiles(capsy
     assert "medians of 1 paired round; quartiles need --rounds 2 or more" in out and "| 0.50 | +25.0% |" in out
     benchmark.print_standard_parts([row | {"rounds": {k: v * 3 for k, v in rounds.items()}}])
     assert "medians of 3 paired rounds):" in capsys.readouterr().out
+
+
+def test_a_failed_end_to_end_run_ends_the_benchmark_in_one_line_keeping_every_other_figure(tiny, tmp_path, monkeypatch, capsys):
+    """The cold and warm train.py runs come last: when one fails (killed, disk full), what was measured is written."""
+    monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)
+
+    def killed(*_args, **_kwargs):
+        raise benchmark.subprocess.CalledProcessError(-15, ["train.py"], stderr=b"")
+
+    monkeypatch.setattr(benchmark.subprocess, "run", killed)
+    monkeypatch.setattr(benchmark, "matmul_ceiling", lambda: 1e11)
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--stages", "linear_ce", "--epochs", "2", "--no-torch", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main()
+    assert stop.value.code == 143
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "end-to-end train.py run ended with status 143" in err
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["stages"][0]["stage"] == "linear_ce" and "end_to_end" not in report

@@ -1,6 +1,7 @@
 """The controls of issue 28: a deep linear network (the MLP's parameters without its ReLU) and random features (its
 ReLU without learned features). Each trains through `train()`, the scripts, the checkpoint and the converters."""
 
+import dataclasses
 import json
 
 import jax
@@ -13,7 +14,7 @@ from flax import nnx
 
 from conftest import load_script, run_script_in_process
 from mnist_jax import data, plots
-from mnist_jax.checkpoint import load_model, load_run, save_run, to_nnx
+from mnist_jax.checkpoint import CheckpointError, load_model, load_run, save_run, to_nnx
 from mnist_jax.models import MLP, count_params
 from mnist_jax.results import comparisons, load_study
 from mnist_jax.stages import ORIGINAL, STAGES, TrainConfig
@@ -166,3 +167,13 @@ def test_adam_masks_out_a_frozen_layer_and_trains_the_rest_exactly_as_the_unmask
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-7)
         assert np.abs(np.asarray(ours) - np.asarray(drawn)).max() > 1e-4  # (it trained)
     assert len(jax.tree.leaves(masked.opt_state)) < len(jax.tree.leaves(plain.opt_state))  # no moments of the frozen layer
+
+
+def test_a_random_features_checkpoint_from_before_the_masked_adam_is_refused_saying_so(tiny, tmp_path):
+    config = TrainConfig("random_features", epochs=1, hidden=16)
+    run = train(config, tiny)
+    unmasked = optax.inject_hyperparams(optax.adam)(learning_rate=config.lr)  # the optimizer state an earlier version saved
+    old = run.final._replace(opt_state=unmasked.init(run.final.params))
+    save_run(dataclasses.replace(run, final=old), tmp_path, run_record(run))
+    with pytest.raises(CheckpointError, match="written before Adam left random_features's frozen layer out"):
+        load_run(tmp_path)
