@@ -19,6 +19,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from jax.typing import ArrayLike
 
@@ -127,11 +128,11 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
             config = _check_meta(meta)
             tx = make_optimizer(config)
             template = jax.eval_shape(lambda: init_state(config, jax.random.key(0), tx))  # the tree structure
-            like, structure = jax.tree_util.tree_flatten_with_path(_tree(template, template))
             moments = sum(name.startswith("opt_state/") for name in archive.namelist())
-            if config.spec.frozen_hidden and moments > len(jax.tree.leaves(template.opt_state)):
-                raise CheckpointError(f"{path} was written before Adam left {config.stage}'s frozen layer out (an earlier "
-                                      "mnist_jax, whose optimizer state has moments for it): this version cannot read it")
+            earlier = config.spec.frozen_hidden and moments > len(jax.tree.leaves(template.opt_state))
+            if earlier:  # saved before Adam left the frozen layer out: read as saved, its (zero) moments dropped below
+                template = template._replace(opt_state=jax.eval_shape(make_optimizer(config, mask_frozen=False).init, template.params))
+            like, structure = jax.tree_util.tree_flatten_with_path(_tree(template, template))
 
             def read(name: str, expected: jax.ShapeDtypeStruct) -> jax.Array:
                 def check(shape: tuple, dtype: np.dtype) -> None:  # before the data is read
@@ -152,10 +153,22 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         nnx.State(saved[which][part]) for which in ("final", "best") for part in ("params", "batch_stats")
     )
     opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state), saved["opt_state"])
+    if earlier:
+        opt_state = without_frozen_moments(opt_state, tx.init(final_params))
     rate = jnp.asarray(config.dropout_rate, template.dropout_rate.dtype)
     final = TrainState(final_params, final_stats, opt_state, rate)
     best = TrainState(best_params, best_stats, tx.init(best_params), rate)  # only the best epoch's model is saved
     return RunResult(config, meta["device"], final, best, int(meta["best_epoch"]), list(meta["history"]))
+
+
+def without_frozen_moments(saved: optax.OptState, masked: optax.OptState) -> optax.OptState:
+    """An Adam state over every parameter (`make_optimizer(config, mask_frozen=False)`) as the masked one: the same
+    step count, learning rate and trained layer's moments; a frozen layer's moments, all zero, dropped."""
+    adam, fresh = saved.inner_state[0], masked.inner_state.inner_state[0]
+    mu, nu = (jax.tree.unflatten(jax.tree.structure(new), jax.tree.leaves({k: kept[k] for k in kept if k != "hidden"}))
+              for kept, new in ((adam.mu, fresh.mu), (adam.nu, fresh.nu)))
+    inner = masked.inner_state._replace(inner_state=(fresh._replace(count=adam.count, mu=mu, nu=nu), *masked.inner_state.inner_state[1:]))
+    return masked._replace(count=saved.count, hyperparams=saved.hyperparams, hyperparams_states=saved.hyperparams_states, inner_state=inner)
 
 
 def check_which(which: str, function: str) -> None:

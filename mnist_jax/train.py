@@ -78,19 +78,20 @@ def split_indices(key: jax.Array, num_train: int) -> tuple[jax.Array, jax.Array]
     return perm[: num_train - NUM_VALIDATION], perm[num_train - NUM_VALIDATION :]
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig, mask_frozen: bool = True) -> optax.GradientTransformation:
     """`torch.optim.Adam(lr=config.lr)` over the parameters the model trains: a frozen hidden layer (random
     features) is masked out, as `requires_grad_(False)` leaves it out of PyTorch's Adam (its zero gradients
     pass through: it stays as drawn, and no moments are kept or updated for it). The learning rate lives in the
-    optimizer state, so models trained together may each have their own (`init_state` sets it)."""
+    optimizer state, so models trained together may each have their own (`init_state` sets it).
+    `mask_frozen=False`: Adam over every parameter, as versions before the mask kept it (`checkpoint.load_run` reads theirs)."""
     if not isinstance(config, TrainConfig):
         raise TypeError(f"make_optimizer: expected a TrainConfig (its lr and stage), got {type(config).__name__}")
 
-    def adam(learning_rate: float) -> optax.GradientTransformation:
-        adam = optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
-        return optax.masked(adam, trained) if config.spec.frozen_hidden else adam
+    def masked_adam(learning_rate: float, b1: float, b2: float, eps: float, eps_root: float = 0.0) -> optax.GradientTransformation:
+        return optax.masked(optax.adam(learning_rate, b1, b2, eps, eps_root), trained)  # optax.adam's hyperparameters
 
-    return optax.inject_hyperparams(adam)(learning_rate=config.lr)
+    adam = masked_adam if config.spec.frozen_hidden and mask_frozen else optax.adam
+    return optax.inject_hyperparams(adam)(learning_rate=config.lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
 def trained(params: nnx.State) -> nnx.State:

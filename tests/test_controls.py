@@ -14,7 +14,7 @@ from flax import nnx
 
 from conftest import load_script, run_script_in_process
 from mnist_jax import data, plots
-from mnist_jax.checkpoint import CheckpointError, load_model, load_run, save_run, to_nnx
+from mnist_jax.checkpoint import load_model, load_run, save_run, to_nnx
 from mnist_jax.models import MLP, count_params
 from mnist_jax.results import comparisons, load_study
 from mnist_jax.stages import ORIGINAL, STAGES, TrainConfig
@@ -169,11 +169,26 @@ def test_adam_masks_out_a_frozen_layer_and_trains_the_rest_exactly_as_the_unmask
     assert len(jax.tree.leaves(masked.opt_state)) < len(jax.tree.leaves(plain.opt_state))  # no moments of the frozen layer
 
 
-def test_a_random_features_checkpoint_from_before_the_masked_adam_is_refused_saying_so(tiny, tmp_path):
+def test_a_random_features_checkpoint_from_before_the_masked_adam_resumes_to_the_masked_runs_end(tiny, tmp_path):
+    """A run saved when Adam still kept (zero) moments for the frozen layer loads, converts and resumes: its moments are
+    dropped, and it ends where a run of the masked Adam throughout does."""
     config = TrainConfig("random_features", epochs=1, hidden=16)
     run = train(config, tiny)
-    unmasked = optax.inject_hyperparams(optax.adam)(learning_rate=config.lr)  # the optimizer state an earlier version saved
-    old = run.final._replace(opt_state=unmasked.init(run.final.params))
-    save_run(dataclasses.replace(run, final=old), tmp_path, run_record(run))
-    with pytest.raises(CheckpointError, match="written before Adam left random_features's frozen layer out"):
-        load_run(tmp_path)
+    unmasked = make_optimizer(config, mask_frozen=False)  # the optimizer state an earlier version saved: the same
+    real, fresh = run.final.opt_state, unmasked.init(run.final.params)  # moments, and zeros for the frozen layer
+    adam, zeros = real.inner_state.inner_state[0], fresh.inner_state[0]
+
+    def with_zeros(unmasked_moments, masked_moments):
+        leaves = jax.tree.leaves(unmasked_moments["hidden"]) + jax.tree.leaves(masked_moments)  # hidden < output
+        return jax.tree.unflatten(jax.tree.structure(unmasked_moments), leaves)
+
+    earlier = zeros._replace(count=adam.count, mu=with_zeros(zeros.mu, adam.mu), nu=with_zeros(zeros.nu, adam.nu))
+    old = fresh._replace(count=real.count, inner_state=(earlier, *fresh.inner_state[1:]))
+    save_run(dataclasses.replace(run, final=run.final._replace(opt_state=old)), tmp_path / "earlier", run_record(run))
+    save_run(run, tmp_path / "now", run_record(run))
+    loaded = load_run(tmp_path / "earlier")
+    assert len(jax.tree.leaves(old)) > len(jax.tree.leaves(loaded.final.opt_state))  # the frozen layer's moments dropped
+    assert leaves_equal(loaded.final.opt_state, run.final.opt_state)
+    ends = [train(dataclasses.replace(config, epochs=2), tiny, resume=load_run(tmp_path / name)) for name in ("earlier", "now")]
+    assert [r | {"seconds": 0} for r in ends[0].history] == [r | {"seconds": 0} for r in ends[1].history]
+    assert leaves_equal(ends[0].final.params, ends[1].final.params)
