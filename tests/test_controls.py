@@ -19,7 +19,7 @@ from mnist_jax.models import MLP, count_params
 from mnist_jax.results import comparisons, load_study
 from mnist_jax.stages import ORIGINAL, STAGES, TrainConfig
 from mnist_jax.torch_reference import build_model, to_torch
-from mnist_jax.train import graph, make_optimizer, make_train_step, prepare, run_record, train
+from mnist_jax.train import graph, init_state, make_optimizer, make_train_step, prepare, run_record, train
 
 CONTROLS = [name for name, stage in STAGES.items() if stage.is_control]
 RANDOM_FEATURES = [name for name in CONTROLS if STAGES[name].frozen_hidden]
@@ -192,3 +192,13 @@ def test_a_random_features_checkpoint_from_before_the_masked_adam_resumes_to_the
     ends = [train(dataclasses.replace(config, epochs=2), tiny, resume=load_run(tmp_path / name)) for name in ("earlier", "now")]
     assert [r | {"seconds": 0} for r in ends[0].history] == [r | {"seconds": 0} for r in ends[1].history]
     assert leaves_equal(ends[0].final.params, ends[1].final.params)
+
+
+@pytest.mark.parametrize("stage", ["mlp_bn", "linear_ce"])
+def test_the_optimizer_state_of_a_trained_stage_keeps_the_layout_earlier_versions_saved(stage):
+    """Every earlier checkpoint holds the state of Adam with its hyperparameters injected beside the rate; only a frozen
+    layer's masking differs (converted on load, above)."""
+    config = TrainConfig(stage)
+    earlier = optax.inject_hyperparams(optax.adam)(learning_rate=config.lr, b1=0.9, b2=0.999, eps=1e-8)
+    ours = init_state(config, jax.random.key(0), make_optimizer(config))
+    assert jax.tree.structure(ours.opt_state) == jax.tree.structure(earlier.init(ours.params))
