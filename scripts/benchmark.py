@@ -3,6 +3,7 @@ machine's matmul ceiling; `train.py` cold and warm; the pieces this project writ
 of standard ones. Every figure is timed here; PyTorch is imported only to time it.
 python scripts/benchmark.py --stages all --epochs 3"""
 
+import functools
 import importlib.metadata
 import json
 import platform
@@ -208,13 +209,10 @@ def profile_pass(config: TrainConfig, data: MNIST, repeats: int = 3) -> dict:
     to every op, so the parts are shares of a traced step)."""
     from jax.profiler import ProfileData
 
-    setup = set_up(config, data)
-    shuffle_key, dropout_key = epoch_keys(setup.epochs_key, 1)
-    order, (images, labels, _, _) = shuffle(shuffle_key, setup.train_idx), setup.data
-    args = (setup.state, images, labels, order, dropout_key)
-    epoch = jax.jit(make_train_epoch(setup.graphdef, config.spec.loss, setup.tx, config.batch_size)).lower(*args).compile()
+    run = training_pass(config, set_up(config, data))
+    args, epoch = run.args, run.func.lower(*run.args).compile()
     parts = hlo_parts(epoch.as_text())
-    steps = -(-len(order) // config.batch_size)
+    steps = -(-len(args[3]) // config.batch_size)  # args: state, images, labels, the epoch's order, its dropout key
     untraced = statistics.median(timed(lambda: epoch(*args)) for _ in range(repeats + 1))
     passes = []
     for _ in range(repeats):
@@ -299,8 +297,9 @@ def with_in_out_kernels(model: nnx.Module) -> nnx.Module:
     return model
 
 
-def training_pass(config: TrainConfig, setup: Setup, model: nnx.Module | None = None) -> Callable[[], jax.Array]:
-    """A training pass of `model` (default: the stage's own) over epoch 1's batches, ready to time."""
+def training_pass(config: TrainConfig, setup: Setup, model: nnx.Module | None = None) -> functools.partial:
+    """A training pass of `model` (default: the stage's own) over epoch 1's batches, ready to time: the jitted
+    epoch (`.func`) and its arguments (`.args`)."""
     model = model or nnx.merge(setup.graphdef, setup.state.params, setup.state.batch_stats)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params = pure(params)
@@ -308,7 +307,7 @@ def training_pass(config: TrainConfig, setup: Setup, model: nnx.Module | None = 
     shuffle_key, dropout_key = epoch_keys(setup.epochs_key, 1)
     order, (images, labels, _, _) = shuffle(shuffle_key, setup.train_idx), setup.data
     epoch = jax.jit(make_train_epoch(graphdef, config.spec.loss, setup.tx, config.batch_size))
-    return lambda: epoch(state, images, labels, order, dropout_key)
+    return functools.partial(epoch, state, images, labels, order, dropout_key)
 
 
 def standard_parts(data: MNIST, rounds: int) -> list[dict]:
