@@ -258,7 +258,7 @@ class ArgumentParser(argparse.ArgumentParser):
     def _join(self, args: argparse.Namespace) -> None:
         work = {k: v for k, v in vars(args).items() if k not in LOCAL_OPTIONS}
         distributed.join(args.coordinator, args.num_processes, args.process_id, args.timeout, work)
-        files.STOP_SIGNALS.remove(signal.SIGTERM)  # JAX's preemption service has it now
+        files.STOP_SIGNALS.remove(signal.SIGTERM)  # `distributed.stop_if_agreed` has it now
         import jax
 
         if args.seeds % jax.process_count():  # each process holds as many models

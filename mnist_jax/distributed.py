@@ -6,7 +6,6 @@ child, and such an end becomes `PeerLost` (one line, exit status 6)."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -51,8 +50,10 @@ def join(coordinator: str | None, num_processes: int | None, process_id: int | N
 
     threading.Thread(target=exit_with_supervisor, daemon=True).start()
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # between CPUs (GPUs, TPUs have their own)
+    jax.config.update("jax_enable_preemption_service", False)  # SIGTERM is `_ask_stop`'s: see `stop_if_agreed`
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)
+    signal.signal(signal.SIGTERM, _ask_stop)
     digest = np.frombuffer(hashlib.sha256(json.dumps(work, sort_keys=True, default=str).encode()).digest()[:8], np.uint32)
     mine = np.concatenate([[num_processes or jax.process_count()], digest]).astype(np.uint32)
     if not (multihost_utils.process_allgather(mine) == mine).all():
@@ -60,16 +61,22 @@ def join(coordinator: str | None, num_processes: int | None, process_id: int | N
                          f"with --num-processes {jax.process_count()}, and its own --process-id")
 
 
-_sync_points = itertools.count(1)
+_stop_asked = threading.Event()
+
+
+def _ask_stop(_signum: int, _frame) -> None:
+    _stop_asked.set()
 
 
 def stop_if_agreed() -> None:
-    """`StopAgreed` once a SIGTERM (a cluster's warning) reached any process of several, at the point JAX's
-    preemption service names for all: every process calls this at the same points of the work."""
+    """`StopAgreed` once a SIGTERM (a cluster's warning) reached any process of several: every process calls
+    this at the same points of the work and all-gathers its flag, so all stop at the same one. (JAX's
+    preemption service agrees in threads of its own: on a loaded 2-core machine one process once stopped while
+    the other waited on it.)"""
     import jax
     from jax.experimental import multihost_utils
 
-    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(next(_sync_points)):
+    if jax.process_count() > 1 and multihost_utils.process_allgather(np.int32(_stop_asked.is_set())).any():
         raise StopAgreed
 
 
@@ -88,7 +95,7 @@ def supervise() -> int:
     # the command as typed (python scripts/study.py, mnist-jax study, python -m mnist_jax study), its interpreter's options too
     child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env={**os.environ, CHILD_ENV: str(os.getpid())},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
-    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # each becomes the SIGTERM JAX's preemption service takes
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # each becomes the SIGTERM that `stop_if_agreed` agrees on
         signal.signal(stop, lambda *_: child.send_signal(signal.SIGTERM))
     runtime_log = []
 
