@@ -135,12 +135,13 @@ CACHE_SETTINGS = ("jax_enable_compilation_cache", "jax_compilation_cache_dir", "
 
 def run_script_in_process(name: str, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run scripts/<name>'s `main` on `args` in this process, as far as it goes before it
-    exits: for a command the script refuses before any work, the same exit status and
-    stderr as `run_script`, without starting Python and importing JAX again. What parsing
-    sets in this process (the compilation cache, the lock on --out) is undone after."""
+    exits: the same exit status and stderr as `run_script` where the claim is not about a
+    process of its own, without starting Python and importing JAX again. What the run sets
+    in this process (the compilation cache, the lock on --out, signal handlers) is undone after."""
     module = load_script(name)
     saved = {setting: getattr(jax.config, setting) for setting in CACHE_SETTINGS}
-    argv, here = sys.argv, os.getcwd()
+    argv, here, hook = sys.argv, os.getcwd(), sys.unraisablehook
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     stdout, stderr = io.StringIO(), io.StringIO()
     sys.argv = [name, *map(str, args)]
     try:
@@ -155,8 +156,10 @@ def run_script_in_process(name: str, *args, cwd: Path | None = None) -> subproce
         from mnist_jax.files import release_locks
 
         release_locks()  # as the script's exit does (in `cwd`: a relative --out is relative to it)
-        sys.argv = argv
+        sys.argv, sys.unraisablehook = argv, hook
         os.chdir(here)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
         for setting, value in saved.items():
             jax.config.update(setting, value)
     return subprocess.CompletedProcess([name, *map(str, args)], status, stdout.getvalue(), stderr.getvalue())

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, load_script, run_script
+from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, load_script, run_script, run_script_in_process
 from mnist_jax import cli, memory
 from mnist_jax.stages import TrainConfig
 
@@ -305,7 +305,7 @@ def real(data_dir, name: str) -> bytes:
 )
 def test_bad_data_gives_one_line_naming_the_file_and_status_2(tmp_path, data_dir, name, make, complaint):
     folder = corrupt(data_dir, tmp_path, name, make(data_dir))
-    proc = run_script("train.py", "--stage", "mlp", "--data-dir", folder, cwd=tmp_path)
+    proc = run_script_in_process("train.py", "--stage", "mlp", "--data-dir", folder, cwd=tmp_path)
     assert_one_line_error(proc, "data error", name.removesuffix(".gz"), complaint)
     assert not (tmp_path / "runs").exists()
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_script
+from conftest import ROOT, assert_one_line_error, run_script, run_script_in_process
 from mnist_jax import memory
 
 # A test that runs a script is slow (those on the real MNIST are marked so by conftest); one that asks
@@ -146,15 +146,15 @@ def test_an_allocation_the_machine_refuses_exits_4():
     assert_one_line_error(proc, "does not fit: out of memory", "RESOURCE_EXHAUSTED", status=4)
 
 
-def test_a_study_of_more_seeds_than_fit_runs_them_in_chunks(tmp_path, data_args, mnist):
+def test_a_study_of_more_seeds_than_fit_runs_them_in_chunks(tmp_path, data_args, mnist, monkeypatch):
     from mnist_jax.study import compile_chunk
     from mnist_jax.train import TrainConfig
 
     config = TrainConfig("linear_ce", epochs=1)
     two, three = (compile_chunk(config, mnist, n).bytes for n in (2, 3))
     out = tmp_path / "study"
-    proc = run_script("study.py", "--stages", "linear_ce", "--seeds", "3", "--epochs", "1", "--out", out, *data_args,
-                      env={memory.LIMIT_ENV: str((two + three) // 2)})
+    monkeypatch.setenv(memory.LIMIT_ENV, str((two + three) // 2))
+    proc = run_script_in_process("study.py", "--stages", "linear_ce", "--seeds", "3", "--epochs", "1", "--out", out, *data_args)
     assert proc.returncode == 0, proc.stderr
     assert "linear_ce: 3 seeds in chunks of 2" in proc.stdout
     stage = json.loads((out / "results.json").read_text())["stages"]["linear_ce"]

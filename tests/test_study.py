@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import ROOT, assert_one_line_error, enable_x64, load_script, npz_with_header, run_script, run_script_in_process
+from conftest import ROOT, assert_one_line_error, enable_x64, load_script, npz_with_header, run_script_in_process
 from mnist_jax import data
 from mnist_jax.files import LOCK
 from mnist_jax import memory, plots
@@ -161,7 +161,7 @@ def test_study_py_trains_with_train_pys_model_options(tiny, tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_make_assets_without_results_says_so(tmp_path):
-    proc = run_script("make_assets.py", "--results", tmp_path / "results.json")
+    proc = run_script_in_process("make_assets.py", "--results", tmp_path / "results.json")
     assert proc.returncode == 2 and "run python scripts/study.py first" in proc.stderr
 
 
@@ -238,7 +238,7 @@ def test_damaged_study_results_are_refused_naming_the_file_and_the_fault(tmp_pat
 def test_make_assets_refuses_damaged_results_in_one_line_and_draws_nothing(tmp_path, damage):
     name, make, fault = STUDY_DAMAGE[damage]
     results = committed_study_with(tmp_path, make, name)
-    proc = run_script("make_assets.py", "--results", results, "--out", tmp_path / "figures")
+    proc = run_script_in_process("make_assets.py", "--results", results, "--out", tmp_path / "figures")
     assert_one_line_error(proc, "--results", f"{tmp_path / name} is damaged", fault)
     assert not (tmp_path / "figures").exists()
 
