@@ -31,6 +31,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # with SIGINT ignored, and an ignored signal stays ignored in every child: undo that here.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:  # likewise `nohup pytest`
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 REAL_DATA = {"mnist", "data_dir", "data_args"}
 
 # `jax.enable_x64`, or on an older jax `jax.experimental.enable_x64`: the tests run on every supported jax.
