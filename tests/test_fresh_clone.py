@@ -91,7 +91,7 @@ COMMANDS = {
     "study.py": ["--seeds", "2", "--epochs", "1", "--stages", "linear_ce,mlp"],
     "make_assets.py": [],
     "linearity.py": ["--seeds", "1", "--widths", "8", "--epochs", "1", "--max-steps", "5"],
-    "compare.py": ["--stages", "linear_ce", "--seeds", "2", "--epochs", "2", "--torch-loop", "both"],
+    "compare.py": ["--stages", "linear_ce", "--seeds", "2", "--epochs", "1", "--torch-loop", "both"],
     "benchmark.py": ["--stages", "linear_ce", "--epochs", "2", "--no-end-to-end"],
 }
 

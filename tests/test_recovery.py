@@ -77,7 +77,7 @@ def test_the_same_command_twice_gives_identical_metrics(stage, mlp_bn_runs, data
 
 def test_a_run_diverging_in_epoch_1_exits_3_and_writes_nothing(tmp_path, data_args):
     out = tmp_path / "run"
-    proc = run_script("train.py", "--stage", "mlp", "--lr", "1e30", "--out", out, *data_args)
+    proc = run_script_in_process("train.py", "--stage", "mlp", "--lr", "1e30", "--out", out, *data_args)
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "training stopped: non-finite loss in epoch 1; nothing was saved"
     assert not out.exists() or not any(out.iterdir())
@@ -131,8 +131,8 @@ def test_an_existing_run_is_not_overwritten_without_asking(mlp_bn_runs, data_arg
 def test_overwrite_replaces_the_run(tmp_path, data_args):
     out = tmp_path / "run"
     args = ["--stage", "linear_ce", "--epochs", "1", "--out", out, *data_args]
-    assert run_script("train.py", *args).returncode == 0
-    assert run_script("train.py", *args[:3], "2", *args[4:], "--overwrite").returncode == 0
+    assert run_script_in_process("train.py", *args).returncode == 0
+    assert run_script_in_process("train.py", *args[:3], "2", *args[4:], "--overwrite").returncode == 0
     assert len(metrics(out)["history"]) == 2 and has_checkpoint(out)
 
 
