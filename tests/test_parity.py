@@ -169,6 +169,9 @@ def test_state_dict_conversion_round_trips():
     assert params["hidden"]["kernel"].shape == model.hidden.weight.shape == (256, 784)  # (out, in) in both
 
 
+_worker_mnist = None  # MNIST in each PyTorch worker process (`five_seeds`)
+
+
 def _torch_worker_start(mnist) -> None:
     global _worker_mnist
     _worker_mnist = mnist
@@ -181,7 +184,7 @@ def _torch_test_accuracy(stage: str, seed: int, split) -> float:
 
 @pytest.fixture(scope="module")
 def five_seeds(mnist):
-    """Test accuracy of each stage over 5 seeds, in JAX (the seeds vmapped) and PyTorch
+    """Test accuracy of each stage over 5 seeds, in JAX (the seeds trained together) and PyTorch
     (with the fused Adam kernel, which takes the default Adam's steps, see above, in about
     a third less time here), on the same splits. The PyTorch runs, each seeded through
     PyTorch's global generator, share two processes of their own while JAX trains here."""
