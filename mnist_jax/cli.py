@@ -592,9 +592,13 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
             sys.exit(distributed.supervise())
         main()
         stop_if_pending()
+        if distributed.stop_asked():  # after the last epoch, which all agreed on: the work is done, and says so
+            on_stop(lambda: "it came after the last epoch; every result is written")
+            raise StopAgreed
     except Stopped as e:
         _exit_stopped(e.signum)
     except StopAgreed:
+        distributed.leave()
         _exit_stopped(signal.SIGTERM)
     except KeyboardInterrupt:  # a SIGINT that came before the handler above
         _exit_stopped(signal.SIGINT)

@@ -5,6 +5,7 @@ child, and such an end becomes `PeerLost` (one line, exit status 6)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -66,6 +67,20 @@ _stop_asked = threading.Event()
 
 def _ask_stop(_signum: int, _frame) -> None:
     _stop_asked.set()
+
+
+def leave() -> None:
+    """Leave the run as a normal exit does (`os._exit` skips it): a peer still connected to process 0's
+    coordinator would otherwise abort when it goes."""
+    import jax
+
+    with contextlib.suppress(Exception):
+        jax.distributed.shutdown()
+
+
+def stop_asked() -> bool:
+    """Whether a SIGTERM reached this process of several (`stop_if_agreed` acts on it after each epoch)."""
+    return _stop_asked.is_set()
 
 
 def stop_if_agreed() -> None:

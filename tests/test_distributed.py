@@ -205,7 +205,8 @@ def test_sigterm_to_every_process_stops_the_run_together_and_it_resumes_exactly(
     """As SLURM's scancel does: SIGTERM to each process while the run trains. All agree on
     the epoch to stop after, save it, and end in one line with
     status 143 well within a cluster's 30 s of grace; two processes resumed end exactly as
-    one process of four devices trained through."""
+    one process of four devices trained through, and a SIGTERM after their last epoch lets
+    them write every result before they end with 143."""
     args = ["--stages", "linear_ce,mlp", "--seeds", 4, "--epochs", 2, *data_args]
     port, out = free_port(), tmp_path / "run"
     procs = [start("study.py", [*args, "--out", out], i, 2, port) for i in range(2)]
@@ -222,8 +223,15 @@ def test_sigterm_to_every_process_stops_the_run_together_and_it_resumes_exactly(
     assert time.monotonic() - signalled < 30
     assert not (out / "results.json").exists() and list((out / "progress").glob("*.npz"))
     resumed, alone = start_processes("study.py", [*args, "--out", out, "--resume"]), start_alone("study.py", [*args, "--out", tmp_path / "alone"], 4)
-    for status, _, stderr in finish([*resumed, alone]):
-        assert status == 0, stderr
+    for line in resumed[0].stdout:
+        if line.startswith("mlp, 4 seeds: epoch 2/2"):  # the last epoch, agreed on: a SIGTERM now lets the run finish
+            break
+    for proc in resumed:
+        proc.send_signal(signal.SIGTERM)
+    *ends, (status, _, stderr) = finish([*resumed, alone])
+    assert status == 0, stderr
+    for status, _, stderr in ends:
+        assert status == 143 and stderr == "stopped by SIGTERM: it came after the last epoch; every result is written\n", ends
     resumed, whole = (json.loads((folder / "results.json").read_text()) for folder in (out, tmp_path / "alone"))
     for stage in ("linear_ce", "mlp"):
         assert resumed["stages"][stage]["test_accuracies"] == whole["stages"][stage]["test_accuracies"]
