@@ -167,7 +167,7 @@ def test_a_study_of_more_seeds_than_fit_runs_them_in_chunks(tmp_path, data_args,
 def test_a_save_that_fails_keeps_the_last_complete_checkpoint(tmp_path, data_args):
     out = tmp_path / "run"
     args = ["--stage", "linear_ce", "--out", out, "--no-cache", *data_args]
-    assert run_script("train.py", *args, "--epochs", "1").returncode == 0
+    assert run_script_in_process("train.py", *args, "--epochs", "1").returncode == 0
     saved = {name: (out / name).read_bytes() for name in ("checkpoint.npz", "metrics.json")}
     # writes past the limit fail with EFBIG (Python ignores SIGXFSZ)
     proc = run_limited("RLIMIT_FSIZE", len(saved["checkpoint.npz"]) // 2, command("train.py", *args, "--epochs", "2", "--resume"))
@@ -175,7 +175,7 @@ def test_a_save_that_fails_keeps_the_last_complete_checkpoint(tmp_path, data_arg
                           "keeps the checkpoint of epoch 1; --resume continues it", status=5)
     assert listing(out) == ["checkpoint.npz", "metrics.json"]  # no temporary file, no lock
     assert {name: (out / name).read_bytes() for name in saved} == saved
-    resumed = run_script("train.py", *args, "--epochs", "2", "--resume")
+    resumed = run_script_in_process("train.py", *args, "--epochs", "2", "--resume")
     assert resumed.returncode == 0 and "resuming" in resumed.stdout
 
 
@@ -218,12 +218,12 @@ def test_a_second_run_on_a_folder_in_use_is_refused_even_with_overwrite(tmp_path
     for line in first.stdout:
         if line.startswith("[Epoch 01]"):
             break
-    second = run_script("train.py", "--stage", "linear_ce", "--epochs", "1", "--overwrite", "--out", out, *data_args)
+    second = run_script_in_process("train.py", "--stage", "linear_ce", "--epochs", "1", "--overwrite", "--out", out, *data_args)
     assert_one_line_error(second, f"--out: {out} is being written by another run (process {first.pid})")
     assert first.poll() is None  # untouched, still training
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=60)  # (reading what it printed meanwhile: a full pipe would block its exit)
     assert first.returncode == 130 and len(json.loads((out / "metrics.json").read_text())["history"]) >= 1
-    third = run_script("train.py", "--stage", "linear_ce", "--epochs", "1", "--overwrite", "--out", out, *data_args)
+    third = run_script_in_process("train.py", "--stage", "linear_ce", "--epochs", "1", "--overwrite", "--out", out, *data_args)
     assert third.returncode == 0, third.stderr  # the lock went with the first run
     assert listing(out) == ["checkpoint.npz", "metrics.json"]

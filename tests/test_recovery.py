@@ -186,7 +186,7 @@ def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_end(mlp_bn_runs
     kill(run)
     assert list(out.glob(".partial-checkpoint*")) and saved_epochs(out) in (1, 2)
 
-    resumed = run_script("train.py", *args, "--resume")
+    resumed = run_script_in_process("train.py", *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "metrics.json"]  # the partial file deleted
     assert without_timings(metrics(out)) == without_timings(metrics(mlp_bn_runs[0] / "first"))

@@ -329,7 +329,7 @@ STUDY = ["--stages", "linear_ce,mlp", "--seeds", "2", "--epochs", "4"]
 @pytest.fixture(scope="module")
 def whole_study(tmp_path_factory, data_args):
     out = tmp_path_factory.mktemp("study") / "whole"
-    whole = run_script("study.py", *STUDY, *data_args, "--out", out)
+    whole = run_script_in_process("study.py", *STUDY, *data_args, "--out", out)
     assert whole.returncode == 0, whole.stderr
     return out
 
@@ -356,7 +356,7 @@ def test_a_study_stopped_at_a_random_moment_resumes_to_the_uninterrupted_results
         replacement = run_script("study.py", *args, "--out", out, "--overwrite", env={"MNIST_JAX_MEMORY_LIMIT": "1M"})
         assert_one_line_error(replacement, "does not fit", status=4)
         assert snapshot(out) == saved
-    resumed = run_script("study.py", *args, "--out", out, "--resume")
+    resumed = run_script_in_process("study.py", *args, "--out", out, "--resume")
     assert resumed.returncode == 0, f"stopped {delay:.2f} s in: {resumed.stderr}"
     (report, arrays), (whole_report, whole_arrays) = results_without_timings(out), results_without_timings(whole_study)
     assert report["stages"] == whole_report["stages"] and report["steps"] == whole_report["steps"], f"stopped {delay:.2f} s in"
@@ -376,7 +376,7 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_grid_and_only_t
     assert proc.returncode == 143
     other = run_script_in_process("sweep.py", *grid, "--epochs", "3", "--out", out, "--resume")  # its parsing refuses it
     assert_one_line_error(other, "--resume: the work saved in", "epochs 2 (asked: 3)", "pass --overwrite to start again")
-    resumed = run_script("sweep.py", *args, "--out", out, "--resume")
+    resumed = run_script_in_process("sweep.py", *args, "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     whole_stderr = whole.communicate(timeout=600)[1]
     assert whole.returncode == 0, whole_stderr
