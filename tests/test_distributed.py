@@ -59,9 +59,10 @@ def run_processes(script: str, args: list, processes: int = 2, devices: int = 2)
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory, data_args):
-    """4 seeds of `linear_ce` and `mlp` (one on each device of the run), one epoch: two processes of 2 devices each (logging to TensorBoard), one
-    process of 4 devices, one process of one device, all at once (the two processes
-    wait on each other at every collective: the others use that time)."""
+    """4 seeds of `linear_ce` and `mlp` (one on each device of the run), one epoch: two
+    processes of 2 devices each (logging to TensorBoard), one process of 4 devices, one
+    process of one device, all at once (the two processes wait on each other at every
+    collective: the others use that time)."""
     args = ["--stages", "linear_ce,mlp", "--seeds", 4, "--epochs", 1, *data_args]
     out = {name: tmp_path_factory.mktemp(name) for name in ("two_processes", "four_devices", "one_device")}
     two = start_processes("study.py", [*args, "--out", out["two_processes"] / "run",
