@@ -51,10 +51,9 @@ def join(coordinator: str | None, num_processes: int | None, process_id: int | N
 
     threading.Thread(target=exit_with_supervisor, daemon=True).start()
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # between CPUs (GPUs, TPUs have their own)
-    jax.config.update("jax_enable_preemption_service", False)  # SIGTERM is `_ask_stop`'s: see `stop_if_agreed`
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)
-    signal.signal(signal.SIGTERM, _ask_stop)
+    signal.signal(signal.SIGTERM, _ask_stop)  # in place of JAX's preemption notifier's: see `stop_if_agreed`
     digest = np.frombuffer(hashlib.sha256(json.dumps(work, sort_keys=True, default=str).encode()).digest()[:8], np.uint32)
     mine = np.concatenate([[num_processes or jax.process_count()], digest]).astype(np.uint32)
     if not (multihost_utils.process_allgather(mine) == mine).all():
