@@ -87,6 +87,15 @@ def test_the_speed_tables_are_what_benchmark_py_prints_of_each_cpus_benchmark(pa
         assert_table_in(printed(benchmark.print_profiles, report["profiles"]), doc("docs/performance.md"))
 
 
+def test_the_adam_hyperparameters_check_table_is_the_four_committed_runs():
+    rows = []
+    for run in ("constants-1", "injected-1", "constants-2", "injected-2"):
+        report = json.loads((ROOT / "assets" / "adam_hyperparams_check" / f"{run}.json").read_text())
+        seconds = [f"{row['jax_epoch_seconds']:.3f}" for row in report["stages"]]
+        rows.append(f"| {run} | {' | '.join(seconds)} | {report['ceiling_flops'] / 1e9:.0f} |")
+    assert_table_in(rows, doc("docs/performance.md"))
+
+
 @pytest.mark.parametrize("path", BENCHMARKS, ids=lambda path: path.stem)
 def test_the_readme_speed_table_gives_each_cpus_ranges_over_the_stages(path):
     report = json.loads(path.read_text())
