@@ -90,7 +90,7 @@ def stop_if_agreed() -> None:
     import jax
     from jax.experimental import multihost_utils
 
-    if jax.process_count() > 1 and multihost_utils.process_allgather(np.int32(_stop_asked.is_set())).any():
+    if jax.process_count() > 1 and multihost_utils.process_allgather(np.int32(stop_asked())).any():
         raise StopAgreed
 
 
