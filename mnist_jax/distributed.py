@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
+from typing import TextIO
 
 import numpy as np
 
@@ -112,22 +114,9 @@ def supervise() -> int:
     for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # each becomes the SIGTERM that `stop_if_agreed` agrees on
         signal.signal(stop, lambda *_: child.send_signal(signal.SIGTERM))
     runtime_log = []
-
-    def forward(stream, to, runtime: re.Pattern) -> None:
-        """Pass on this project's lines; keep for `diagnosis` those `runtime` finds and a traceback on."""
-        in_traceback = False
-        for line in stream:
-            in_traceback = in_traceback or line.startswith("Traceback (most recent call last):")
-            if in_traceback or runtime.search(line):
-                runtime_log.append(line)
-            else:
-                to.write(line)
-                to.flush()
-
-    # Gloo prints to stdout too, its lines at times cut in two
-    out = threading.Thread(target=forward, args=(child.stdout, sys.stdout, re.compile(r"\[Gloo\]|peer ranks")))
+    out = threading.Thread(target=forward, args=(child.stdout, sys.stdout, GLOO_LINE, runtime_log))
     out.start()
-    forward(child.stderr, sys.stderr, RUNTIME_LINE)
+    forward(child.stderr, sys.stderr, RUNTIME_LINE, runtime_log)
     out.join()
     status = child.wait()
     if status in DOCUMENTED_EXITS:  # (a signal's end is negative)
@@ -135,6 +124,22 @@ def supervise() -> int:
     raise PeerLost(diagnosis(runtime_log, status))
 
 
+def forward(stream: Iterable[str], to: TextIO, runtime: re.Pattern, log: list[str]) -> None:
+    """Pass on this project's lines; keep in `log`, for `diagnosis`, those `runtime` finds, a traceback on, and a
+    blank line after a kept one (the end of a line cut in two)."""
+    in_traceback = kept = False
+    for line in stream:
+        in_traceback = in_traceback or line.startswith("Traceback (most recent call last):")
+        kept = in_traceback or bool(runtime.search(line)) or (kept and not line.strip())
+        if kept:
+            log.append(line)
+        else:
+            to.write(line)
+            to.flush()
+
+
+# Gloo prints to stdout from a thread per device, so two of its lines can interleave, leaving pieces of one
+GLOO_LINE = re.compile(r"\[Gloo\]|peer ranks|^\d+$|^ is connected to |^Expected number")
 RUNTIME_LINE = re.compile(r"\[Gloo\]|^(?:[EFWI]\d{4} |\*\*\*|    @ |\S+Warning: |  warnings\.warn|RPC: |\d+$|"
                           r"The tasks have crashed|absl::|\s*$|terminate called|  what\(\))")
 

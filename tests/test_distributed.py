@@ -3,6 +3,7 @@ devices) train one study or grid as one process does: the models split over ever
 process's devices by one global mesh, only process 0 writing. A process that dies stops
 the others within the timeout, in one line."""
 
+import io
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, run_script, run_script_in_process
 
-from mnist_jax.distributed import diagnosis, requested
+from mnist_jax.distributed import GLOO_LINE, diagnosis, forward, requested
 from mnist_jax.stages import STAGES
 
 
@@ -192,6 +193,19 @@ def test_the_runtimes_abort_is_read_as_one_line_naming_the_lost_process():
     assert diagnosis(HEARTBEAT_ABORT.splitlines(keepends=True), -6).startswith("process 1 of the run stopped answering")
     assert diagnosis(CONNECT_ABORT.splitlines(keepends=True), -6).startswith("could not join the run")
     assert diagnosis([], -9) == "the run's work was ended by SIGKILL; nothing written"
+
+
+def test_gloos_lines_are_kept_from_stdout_even_when_two_interleave():
+    """Gloo writes a line in pieces from a thread per device: another line can land between any two."""
+    pieces = ["[Gloo] Rank ", "3", " is connected to ", "3", " peer ranks. ", "Expected number of connected peer ranks is : ",
+              "3", "\n"]
+    other = "[Gloo] Rank 2 is connected to 3 peer ranks. Expected number of connected peer ranks is : 3\n"
+    ours = ["data: IDX files in mnist\n", "mlp, 4 seeds: epoch 1/1\n", "\n", "4 seeds, 1 epoch\n"]
+    for cut in range(1, len(pieces)):
+        written = "".join(pieces[:cut]) + other + "".join(pieces[cut:])
+        passed, log = io.StringIO(), []
+        forward(io.StringIO(ours[0] + written + "".join(ours[1:])), passed, GLOO_LINE, log)
+        assert passed.getvalue() == "".join(ours), cut
 
 
 def test_one_process_stays_one_process_unless_asked_or_on_a_cluster(monkeypatch):
