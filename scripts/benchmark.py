@@ -256,8 +256,11 @@ def time_study(config: TrainConfig, data: MNIST, seeds: int, single_epoch_second
 def end_to_end(train_args: list[str], rounds: int) -> dict:
     """Wall seconds of `scripts/train.py <train_args>` as a fresh process: cold (an empty compilation cache), then
     warm (the cache the cold run filled), `rounds` times with a new cache each; medians, with each run's epochs'
-    seconds (its metrics.json) and what it spent beyond them (start-up, saving, testing), and what the cache holds."""
+    seconds (its metrics.json) and what it spent beyond them (start-up, saving, testing), and what the cache holds;
+    and, apart, a fresh process's import of what train.py trains with."""
     seconds, epochs, held = {"cold": [], "warm": []}, {"cold": [], "warm": []}, {}
+    imports = [timed(lambda: subprocess.run([sys.executable, "-c", "import mnist_jax.train"], check=True, capture_output=True))
+               for _ in range(rounds)]  # what train.py imports to train: JAX, Flax, optax
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
             command = [sys.executable, str(Path(__file__).with_name("train.py")), *train_args,
@@ -272,7 +275,8 @@ def end_to_end(train_args: list[str], rounds: int) -> dict:
             **{f"{run}_epochs_seconds": statistics.median(times) for run, times in epochs.items()},
             **{f"{run}_beyond_epochs_seconds": statistics.median(times) for run, times in beyond.items()},
             **{f"{run}_cached": names for run, names in held.items()},
-            "warm_over_cold": statistics.median(w / c for w, c in zip(seconds["warm"], seconds["cold"]))}
+            "warm_over_cold": statistics.median(w / c for w, c in zip(seconds["warm"], seconds["cold"])),
+            "import_rounds": imports, "import_seconds": statistics.median(imports)}
 
 
 class StandardDropout(nnx.Module):
@@ -386,21 +390,28 @@ INSTRUCTION_SETS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx5
 
 def cpu_info() -> dict:
     """The processor: its name, its family and model numbers, the vector and matrix instruction sets it offers
-    (of `INSTRUCTION_SETS`), and a kind to name its figures by, e.g. 'amd-epyc-avx512' (Linux; elsewhere the
-    architecture alone)."""
+    (of `INSTRUCTION_SETS`), and its `cpu_kind` (Linux; elsewhere the architecture alone)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux, or not readable
         text = ""
     fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
     fields = {key.strip(): value.strip() for key, value in fields.items()}
-    model = fields.get("model name", platform.machine())
-    offered = [name for name in INSTRUCTION_SETS if name in fields.get("flags", "").split()]
-    widest = next((name for name in ("avx512f", "avx2", "avx", "sse4_2") if name in offered), platform.machine())
-    words = re.sub(r"\(r\)|\(tm\)|cpu|processor|@.*|\d+-core", " ", model.lower()).split()
-    kind = "-".join(dict.fromkeys(words[:2] + [widest.removesuffix("f")]))  # (no name: the architecture alone)
-    return {"model": model, "family": fields.get("cpu family"), "model_number": fields.get("model"), "instruction_sets": offered,
-            "kind": kind}
+    cpu = {"model": fields.get("model name", platform.machine()), "family": fields.get("cpu family"),
+           "model_number": fields.get("model"),
+           "instruction_sets": [name for name in INSTRUCTION_SETS if name in fields.get("flags", "").split()]}
+    return {**cpu, "kind": cpu_kind(cpu)}
+
+
+def cpu_kind(cpu: dict) -> str:
+    """What names a CPU's figures, e.g. 'amd-epyc-f25m17-avx512': the first words of its name, its family and
+    model numbers (one name covers several generations: EPYC family 25 model 17 is Zen 4, family 26 Zen 5)
+    and the widest vector instructions it offers."""
+    widest = next((name for name in ("avx512f", "avx2", "avx", "sse4_2") if name in cpu["instruction_sets"]), None)
+    words = re.sub(r"\(r\)|\(tm\)|cpu|processor|@.*|\d+-core", " ", cpu["model"].lower()).split()[:2]
+    if cpu["family"] is not None and cpu["model_number"] is not None:
+        words.append(f"f{cpu['family']}m{cpu['model_number']}")
+    return "-".join(dict.fromkeys([*words, widest.removesuffix("f") if widest else platform.machine()]))
 
 
 def import_torch():
@@ -465,6 +476,7 @@ def main() -> None:
     report = {
         "command": cli.command(),
         "device": device_description(), "cpu": cpu_info(), "jax_version": jax.__version__,
+        "ml_dtypes_version": importlib.metadata.version("ml_dtypes"),
         "torch_version": importlib.metadata.version("torch") if has_torch else None,
         "matmul_precision": "highest (full float32) in both frameworks",
         "seeds": 1, "epochs": args.epochs, "rounds": args.rounds, "torch_loops": TORCH_LOOPS if has_torch else [],  # one seed a run
@@ -500,7 +512,7 @@ def main() -> None:
         print(f"\n{e2e['command']} as a fresh process (medians of {args.rounds}): cold {e2e['cold_seconds']:.1f}s, "
               f"warm {e2e['warm_seconds']:.1f}s, of which {e2e['warm_epochs_seconds']:.1f}s its epochs and "
               f"{e2e['warm_beyond_epochs_seconds']:.1f}s the rest (cold: {e2e['cold_beyond_epochs_seconds']:.1f}s); "
-              f"JAX's cache holds {len(e2e['cold_cached'])} programs")
+              f"JAX's cache holds {len(e2e['cold_cached'])} programs; importing mnist_jax.train alone {e2e['import_seconds']:.1f}s")
     files.write_json(args.out / RESULT, report)
     print(f"wrote {args.out / RESULT}")
 

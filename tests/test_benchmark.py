@@ -73,6 +73,7 @@ def test_end_to_end_times_a_cold_then_a_warm_train_py_that_compiles_nothing_new(
     assert {"jit_initial", "jit_examples_at", "jit_epoch_keys", "jit_shuffle", "jit_train_epoch", "jit_evaluate"} <= set(e2e["cold_cached"])
     # ... and the warm run found each in the cache: it added none
     assert e2e["warm_cached"] == e2e["cold_cached"]
+    assert 0 < e2e["import_seconds"] < e2e["warm_seconds"] - e2e["warm_epochs_seconds"]  # a part of what a start costs
 
 
 def test_the_profile_parts_a_traced_step_into_matmuls_optimizer_inputs_other_ops_and_time_between_them(tiny):
@@ -97,6 +98,17 @@ def test_the_cpu_is_named_with_its_instruction_sets_and_a_kind_for_its_figures()
     assert re.fullmatch(r"[a-z0-9_]+(-[a-z0-9_]+)*", cpu["kind"])
     if "avx512f" in cpu["instruction_sets"]:
         assert cpu["kind"].endswith("-avx512")
+    if cpu["family"] is not None:  # one name covers several generations
+        assert f"-f{cpu['family']}m{cpu['model_number']}-" in cpu["kind"]
+
+
+def test_a_kind_tells_apart_generations_that_share_a_name():
+    zen4, zen5 = ({"model": "AMD EPYC", "family": family, "model_number": model, "instruction_sets": ["avx2", "avx512f"]}
+                  for family, model in (("25", "17"), ("26", "2")))
+    xeon = {"model": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "family": "6", "model_number": "143",
+            "instruction_sets": ["sse4_2", "avx", "avx2"]}
+    assert [benchmark.cpu_kind(cpu) for cpu in (zen4, zen5, xeon)] == [
+        "amd-epyc-f25m17-avx512", "amd-epyc-f26m2-avx512", "intel-xeon-f6m143-avx2"]
 
 
 def test_one_epoch_is_refused_as_it_leaves_no_steady_epoch_to_time(refused):

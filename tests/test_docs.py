@@ -67,13 +67,14 @@ def test_the_seed_42_table_is_the_one_in_the_committed_log():
     assert_table_in(table, doc("docs/parity.md"))
 
 
-BENCHMARKS = sorted(ASSETS.glob("benchmark_cpu_*.json"))  # one per kind of CPU met: benchmark_cpu_<cpu_info()["kind"]>.json
+BENCHMARKS = sorted(ASSETS.glob("benchmark_cpu_*.json"))  # one per kind of CPU met: benchmark_cpu_<cpu_kind>.json
 
 
 def test_there_is_a_committed_benchmark_of_this_kind_of_cpu_named_by_its_kind():
+    cpu_kind = load_script("benchmark.py").cpu_kind
     for path in BENCHMARKS:
         cpu = json.loads(path.read_text())["cpu"]
-        assert not isinstance(cpu, dict) or path.name == f"benchmark_cpu_{cpu['kind']}.json"  # (older runs name the model alone)
+        assert not isinstance(cpu, dict) or path.name == f"benchmark_cpu_{cpu_kind(cpu)}.json"  # (older runs name the model alone)
     assert any(isinstance(cpu := json.loads(path.read_text())["cpu"], dict) and cpu["instruction_sets"] for path in BENCHMARKS)
 
 
@@ -85,6 +86,17 @@ def test_the_speed_tables_are_what_benchmark_py_prints_of_each_cpus_benchmark(pa
     assert_table_in(printed(benchmark.print_studies, report["studies"]), doc("docs/performance.md"))
     if isinstance(report["cpu"], dict):  # (the profile of older runs had other parts)
         assert_table_in(printed(benchmark.print_profiles, report["profiles"]), doc("docs/performance.md"))
+
+
+def test_the_ml_dtypes_check_table_is_the_four_committed_runs():
+    rows = []
+    for run in ("0.7.0-1", "0.6.0-1", "0.7.0-2", "0.6.0-2"):
+        report = json.loads((ROOT / "assets" / "ml_dtypes_check" / f"{run}.json").read_text())
+        e2e = report["end_to_end"]
+        assert report["ml_dtypes_version"] == run.split("-")[0]
+        rows.append(f"| {run} | {e2e['import_seconds']:.2f} | {e2e['warm_seconds']:.1f} | {e2e['warm_epochs_seconds']:.1f} | "
+                    f"{e2e['warm_beyond_epochs_seconds']:.1f} |")
+    assert_table_in(rows, doc("docs/performance.md"))
 
 
 def test_the_adam_hyperparameters_check_table_is_the_four_committed_runs():

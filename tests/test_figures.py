@@ -123,7 +123,7 @@ def committed():
     sweep = load_sweep(ROOT / "assets" / "sweep.json")
     return {"results": results, "arrays": arrays, "found": answers(sweep), "device": sweep["grids"][0]["device"],
             "compare": json.loads((ROOT / "assets" / "compare.json").read_text()),
-            "benchmark": json.loads((ROOT / "assets" / "benchmark_cpu_amd-epyc-avx512.json").read_text()),
+            "benchmark": json.loads((ROOT / "assets" / "benchmark_cpu_amd-epyc-f26m2-avx512.json").read_text()),
             "linearity": json.loads((ROOT / "assets" / "linearity.json").read_text())}
 
 
@@ -166,14 +166,14 @@ def test_every_figure_names_its_seeds_epochs_and_device(committed):
 def test_make_assets_draws_the_comparison_and_width_figures_from_their_committed_json(tmp_path):
     from conftest import run_script_in_process
 
-    proc = run_script_in_process("make_assets.py", "--compare", ROOT / "assets", "--benchmark", ROOT / "assets" / "benchmark_cpu_amd-epyc-avx512.json",
+    proc = run_script_in_process("make_assets.py", "--compare", ROOT / "assets", "--benchmark", ROOT / "assets" / "benchmark_cpu_amd-epyc-f26m2-avx512.json",
                                  "--linearity", ROOT / "assets", "--out", tmp_path / "figures")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == ["framework_comparison.png", "width_sweep.png"]
 
 
 def test_make_assets_refuses_a_benchmark_without_its_comparison_and_damaged_json(tmp_path, refused):
-    assert "--benchmark: only with --compare" in refused("make_assets.py", "--benchmark", ROOT / "assets" / "benchmark_cpu_amd-epyc-avx512.json",
+    assert "--benchmark: only with --compare" in refused("make_assets.py", "--benchmark", ROOT / "assets" / "benchmark_cpu_amd-epyc-f26m2-avx512.json",
                                                           "--linearity", ROOT / "assets", "--out", tmp_path / "a")
     (tmp_path / "linearity.json").write_text('{"width_sweep": []}')
     assert "damaged" in refused("make_assets.py", "--linearity", tmp_path / "linearity.json", "--out", tmp_path / "b")
