@@ -22,14 +22,14 @@ from mnist_jax.models import MLP
 from mnist_jax.train import pure
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-REQUIREMENT = re.compile(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)")
+REQUIREMENT = re.compile(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)(?:,!=[0-9][0-9.]*)*")  # a floor, less releases known bad
 
 
 def floors(requirements: list[str]) -> dict[str, str]:
     found = {}
     for requirement in requirements:
         match = REQUIREMENT.fullmatch(requirement)
-        assert match, f"{requirement}: not a plain lower bound"
+        assert match, f"{requirement}: not a lower bound (with at most some releases excluded)"
         found[match[1]] = match[2]
     return found
 
