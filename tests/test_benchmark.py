@@ -78,7 +78,11 @@ def test_end_to_end_times_a_cold_then_a_warm_train_py_that_compiles_nothing_new(
 
 def test_the_profile_parts_a_traced_step_into_matmuls_optimizer_inputs_other_ops_and_time_between_them(tiny):
     """Every op of the compiled epoch falls in one part; the matmuls are XLA's dots or the library fusions holding one."""
-    profile = benchmark.profile_pass(TrainConfig("mlp", epochs=1), tiny, repeats=1)
+    try:
+        profile = benchmark.profile_pass(TrainConfig("mlp", epochs=1), tiny, repeats=1)
+    except benchmark.NoOpEvents as e:  # the oldest supported JAX records no event per op; the newest must
+        assert tuple(map(int, jax.__version__.split(".")[:2])) < (0, 10), e
+        pytest.skip(str(e))
     per_step = [profile[f"{part} ms"] for part in benchmark.PARTS]
     assert all(ms >= 0 for ms in per_step) and profile["matmuls ms"] > 0 and profile["optimizer ms"] > 0
     assert sum(per_step) >= 0.999999 * profile["traced_step_ms"]  # the parts and the idle time fill the traced pass (ops may overlap)
@@ -124,6 +128,22 @@ def test_standard_parts_of_one_round_print_their_medians_without_quartiles(capsy
     assert "medians of 1 paired round; quartiles need --rounds 2 or more" in out and "| 0.50 | +25.0% |" in out
     benchmark.print_standard_parts([row | {"rounds": {k: v * 3 for k, v in rounds.items()}}])
     assert "medians of 3 paired rounds):" in capsys.readouterr().out
+
+
+def test_a_jax_that_records_no_op_events_leaves_the_profile_out_and_every_other_figure_in(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)
+    monkeypatch.setattr(benchmark, "matmul_ceiling", lambda: 1e11)
+
+    def no_op_events(*_args, **_kwargs):
+        raise benchmark.NoOpEvents(f"jax {jax.__version__} records no trace event of cpu named after a matmul of the program")
+
+    monkeypatch.setattr(benchmark, "profile_pass", no_op_events)
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--stages", "linear_ce", "--epochs", "2", "--no-torch", "--no-end-to-end",
+                                      "--profile", "--out", str(tmp_path)])
+    benchmark.main()
+    assert "where a training step goes: not measured (jax " in capsys.readouterr().out
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["stages"][0]["stage"] == "linear_ce" and "profiles" not in report
 
 
 def test_a_failed_end_to_end_run_ends_the_benchmark_in_one_line_keeping_every_other_figure(tiny, tmp_path, monkeypatch, capsys):
