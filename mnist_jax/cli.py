@@ -261,9 +261,10 @@ class ArgumentParser(argparse.ArgumentParser):
         files.STOP_SIGNALS.remove(signal.SIGTERM)  # `distributed.stop_if_agreed` has it now
         import jax
 
-        if args.seeds % jax.process_count():  # each process holds as many models
-            raise UsageError(f"argument --seeds: {count(args.seeds, 'seed')} do not split evenly over {jax.process_count()} "
-                             f"processes; give a multiple of {jax.process_count()}")
+        devices, processes = jax.device_count(), jax.process_count()  # (as many on each: `distributed.join`)
+        if args.seeds % devices:  # else the models' mesh (`sharding.make_mesh`) leaves a process without a device
+            raise UsageError(f"argument --seeds: {count(args.seeds, 'seed')} do not split evenly over the {devices} devices of "
+                             f"{processes} processes; give a multiple of {devices}")
         if not distributed.is_main():  # process 0 speaks for the run
             sys.stdout = open(os.devnull, "w")
 

@@ -56,6 +56,9 @@ def join(coordinator: str | None, num_processes: int | None, process_id: int | N
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)
     signal.signal(signal.SIGTERM, _ask_stop)  # in place of JAX's preemption notifier's: see `stop_if_agreed`
+    if jax.device_count() != jax.local_device_count() * jax.process_count():  # (the gather below needs them alike)
+        raise UsageError(f"the {jax.process_count()} processes of the run hold different numbers of devices "
+                         f"({jax.device_count()} in all, {jax.local_device_count()} here); start each with the same")
     digest = np.frombuffer(hashlib.sha256(json.dumps(work, sort_keys=True, default=str).encode()).digest()[:8], np.uint32)
     mine = np.concatenate([[num_processes or jax.process_count()], digest]).astype(np.uint32)
     if not (multihost_utils.process_allgather(mine) == mine).all():

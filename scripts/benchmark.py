@@ -486,7 +486,8 @@ def main() -> None:
         "matmul_precision": "highest (full float32) in both frameworks",
         "seeds": 1, "epochs": args.epochs, "rounds": args.rounds, "torch_loops": TORCH_LOOPS if has_torch else [],  # one seed a run
     }
-    print(f"device: {report['device']} | jax {report['jax_version']} | torch {report['torch_version'] or 'not run'}", flush=True)
+    print(f"device: {report['device']}, {report['cpu']['model']} (kind {report['cpu']['kind']}) | jax {report['jax_version']} | "
+          f"torch {report['torch_version'] or 'not run'}", flush=True)
     configs = [TrainConfig(stage, epochs=args.epochs) for stage in args.stages]
     progress = cli.Progress(args.rounds, f"benchmark of {', '.join(args.stages)}", "round")
     report["stages"] = rows = benchmark_stages(configs, data, report["torch_loops"], args.rounds, progress.step)

@@ -141,7 +141,10 @@ def test_a_jax_that_records_no_op_events_leaves_the_profile_out_and_every_other_
     monkeypatch.setattr(sys, "argv", ["benchmark.py", "--stages", "linear_ce", "--epochs", "2", "--no-torch", "--no-end-to-end",
                                       "--profile", "--out", str(tmp_path)])
     benchmark.main()
-    assert "where a training step goes: not measured (jax " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "where a training step goes: not measured (jax " in out
+    (device,) = [line for line in out.splitlines() if line.startswith("device: ")]  # the CPU, named before any figure
+    assert f"(kind {benchmark.cpu_info()['kind']})" in device
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert report["stages"][0]["stage"] == "linear_ce" and "profiles" not in report
 
