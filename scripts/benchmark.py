@@ -264,8 +264,9 @@ def end_to_end(train_args: list[str], rounds: int) -> dict:
     seconds (its metrics.json) and what it spent beyond them (start-up, saving, testing), and what the cache holds;
     and, apart, a fresh process's import of what train.py trains with."""
     seconds, epochs, held = {"cold": [], "warm": []}, {"cold": [], "warm": []}, {}
-    imports = [timed(lambda: subprocess.run([sys.executable, "-c", "import mnist_jax.train"], check=True, capture_output=True))
-               for _ in range(rounds)]  # what train.py imports to train: JAX, Flax, optax
+    root = Path(__file__).resolve().parents[1]  # (found from there installed or not, as train.py finds it)
+    imports = [timed(lambda: subprocess.run([sys.executable, "-c", "import mnist_jax.train"], check=True, capture_output=True,
+                                            cwd=root)) for _ in range(rounds)]  # what train.py imports to train: JAX, Flax, optax
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
             command = [sys.executable, str(Path(__file__).with_name("train.py")), *train_args,
