@@ -262,9 +262,11 @@ class ArgumentParser(argparse.ArgumentParser):
         import jax
 
         devices, processes = jax.device_count(), jax.process_count()  # (as many on each: `distributed.join`)
-        if args.seeds % devices:  # else the models' mesh (`sharding.make_mesh`) leaves a process without a device
-            raise UsageError(f"argument --seeds: {count(args.seeds, 'seed')} do not split evenly over the {devices} devices of "
-                             f"{processes} processes; give a multiple of {devices}")
+        for name, noun in (("seeds", "seed"), ("seeds_at_once", "seed"), ("models_at_once", "model")):
+            number = vars(args).get(name)
+            if number and number % devices:  # else the models' mesh (`sharding.make_mesh`) leaves a process without a device
+                raise UsageError(f"argument --{name.replace('_', '-')}: {count(number, noun)} do not split evenly over the "
+                                 f"{devices} devices of {processes} processes; give a multiple of {devices}")
         if not distributed.is_main():  # process 0 speaks for the run
             sys.stdout = open(os.devnull, "w")
 

@@ -22,6 +22,12 @@ def make_mesh(axis: str, *sizes: int) -> Mesh:
     return jax.make_mesh((n,), (axis,), (AxisType.Auto,), devices=jax.devices()[:n])
 
 
+def chunk_granule() -> int:
+    """What a chunk of models must be a multiple of: with several processes, every device of the run, else a
+    process would hold none of the chunk's models (and wait for the others' collectives); 1 otherwise."""
+    return jax.device_count() if jax.process_count() > 1 else 1
+
+
 def place(tree, mesh: Mesh, *spec):
     """Put `tree` on `mesh`, its leaves split as `PartitionSpec(*spec)`; no spec: copied to
     every device. With several processes each passes the same whole `tree` and keeps the

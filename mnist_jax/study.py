@@ -21,6 +21,7 @@ from mnist_jax.data import MNIST
 from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.models import dropout_bits
 from mnist_jax.progress import GridProgress
+from mnist_jax.stages import count
 from mnist_jax.errors import NonFiniteLoss
 from mnist_jax.train import (GRID_HISTORY_KEYS, Point, TrainConfig, device_data, epoch_keys, graph, initial, make_optimizer,
                              make_train_epoch, point, prepare, shuffle)
@@ -115,22 +116,23 @@ def compile_chunk(config: TrainConfig, data: MNIST, size: int, mesh: jax.shardin
 
 def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.Mesh | None = None,
                   vmapped: bool | None = None) -> Chunk:
-    """The programs for as many of `n` models at once as fit in memory. What they hold
-    grows linearly with the models: XLA's figures for `n` models and for 1 give the slope."""
+    """The programs for as many of `n` models at once as fit in memory, in multiples of `sharding.chunk_granule()`
+    (`n` is one). What they hold grows linearly with the models: XLA's figures for `n` models and for the fewest give the slope."""
     whole = compile_chunk(config, data, n, mesh, vmapped)
     available = memory.available_bytes()
     if whole.bytes <= available:
         return whole
-    one = whole if n == 1 else compile_chunk(config, data, 1, mesh, vmapped)
-    memory.check(f"the programs training {config.describe()}, one model,", one.bytes)
-    per_model = (whole.bytes - one.bytes) / (n - 1)
-    size = min(n - 1, 1 + int((available - one.bytes) // per_model))
-    while size > 1:
+    granule = sharding.chunk_granule()
+    fewest = whole if n == granule else compile_chunk(config, data, granule, mesh, vmapped)
+    memory.check(f"the programs training {config.describe()}, {count(granule, 'model')},", fewest.bytes)
+    per_model = (whole.bytes - fewest.bytes) / (n - granule)
+    size = min(n - granule, granule + int((available - fewest.bytes) // per_model)) // granule * granule
+    while size > granule:
         chunk = compile_chunk(config, data, size, mesh, vmapped)
         if chunk.bytes <= available:
             return chunk
-        size = size * 9 // 10
-    return one
+        size = size * 9 // 10 // granule * granule
+    return fewest
 
 
 def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: Chunk, on_epoch: Callable[[], None],

@@ -262,11 +262,17 @@ def end_to_end(train_args: list[str], rounds: int) -> dict:
     """Wall seconds of `scripts/train.py <train_args>` as a fresh process: cold (an empty compilation cache), then
     warm (the cache the cold run filled), `rounds` times with a new cache each; medians, with each run's epochs'
     seconds (its metrics.json) and what it spent beyond them (start-up, saving, testing), and what the cache holds;
-    and, apart, a fresh process's import of what train.py trains with."""
+    and, apart, a fresh process's import of what train.py trains with, and one that only imports JAX, Flax and optax and
+    starts JAX's client: what any such start costs before its own work."""
     seconds, epochs, held = {"cold": [], "warm": []}, {"cold": [], "warm": []}, {}
     root = Path(__file__).resolve().parents[1]  # (found from there installed or not, as train.py finds it)
-    imports = [timed(lambda: subprocess.run([sys.executable, "-c", "import mnist_jax.train"], check=True, capture_output=True,
-                                            cwd=root)) for _ in range(rounds)]  # what train.py imports to train: JAX, Flax, optax
+
+    def fresh(code: str) -> list[float]:
+        return [timed(lambda: subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=root))
+                for _ in range(rounds)]
+
+    imports = fresh("import mnist_jax.train")  # what train.py imports to train: JAX, Flax, optax and the project's modules
+    packages = fresh("import jax, optax; from flax import nnx; jax.devices()")  # the same packages and JAX's CPU client alone
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
             command = [sys.executable, str(Path(__file__).with_name("train.py")), *train_args,
@@ -282,7 +288,8 @@ def end_to_end(train_args: list[str], rounds: int) -> dict:
             **{f"{run}_beyond_epochs_seconds": statistics.median(times) for run, times in beyond.items()},
             **{f"{run}_cached": names for run, names in held.items()},
             "warm_over_cold": statistics.median(w / c for w, c in zip(seconds["warm"], seconds["cold"])),
-            "import_rounds": imports, "import_seconds": statistics.median(imports)}
+            "import_rounds": imports, "import_seconds": statistics.median(imports),
+            "packages_rounds": packages, "packages_seconds": statistics.median(packages)}
 
 
 class StandardDropout(nnx.Module):
@@ -522,7 +529,9 @@ def main() -> None:
         print(f"\n{e2e['command']} as a fresh process (medians of {args.rounds}): cold {e2e['cold_seconds']:.1f}s, "
               f"warm {e2e['warm_seconds']:.1f}s, of which {e2e['warm_epochs_seconds']:.1f}s its epochs and "
               f"{e2e['warm_beyond_epochs_seconds']:.1f}s the rest (cold: {e2e['cold_beyond_epochs_seconds']:.1f}s); "
-              f"JAX's cache holds {len(e2e['cold_cached'])} programs; importing mnist_jax.train alone {e2e['import_seconds']:.1f}s")
+              f"JAX's cache holds {len(e2e['cold_cached'])} programs; importing mnist_jax.train alone {e2e['import_seconds']:.1f}s; "
+              f"importing JAX, Flax and optax and starting JAX's CPU client, in a process that does nothing else, "
+              f"{e2e['packages_seconds']:.1f}s")
     files.write_json(args.out / RESULT, report)
     print(f"wrote {args.out / RESULT}")
 

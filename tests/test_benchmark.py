@@ -74,6 +74,7 @@ def test_end_to_end_times_a_cold_then_a_warm_train_py_that_compiles_nothing_new(
     # ... and the warm run found each in the cache: it added none
     assert e2e["warm_cached"] == e2e["cold_cached"]
     assert 0 < e2e["import_seconds"] < e2e["warm_seconds"] - e2e["warm_epochs_seconds"]  # a part of what a start costs
+    assert 0 < e2e["packages_seconds"] < e2e["warm_seconds"] - e2e["warm_epochs_seconds"]  # as is starting the packages alone
 
 
 def test_the_profile_parts_a_traced_step_into_matmuls_optimizer_inputs_other_ops_and_time_between_them(tiny):

@@ -152,12 +152,15 @@ def test_processes_started_unalike_are_refused_by_each_in_one_line(tmp_path, dat
 
 @pytest.mark.slow
 def test_seeds_that_leave_a_device_idle_or_unlike_devices_are_refused_by_each_process_in_one_line(tmp_path, data_args):
-    """Each process of a run must hold models: 2 seeds over 8 devices left one without any (it hung for minutes)."""
+    """Each process of a run must hold models: 2 seeds over 8 devices left one without any (it hung for minutes), as would
+    chunks of 2 seeds over 4 devices."""
     args = ["--stages", "linear_ce", "--epochs", 1, "--timeout", 60, *data_args]
     port = free_port()
     few = start_processes("study.py", [*args, "--seeds", 2, "--out", tmp_path / "few"], devices=4)
+    chunks = start_processes("study.py", [*args, "--seeds", 8, "--seeds-at-once", 2, "--out", tmp_path / "chunks"], devices=2)
     unlike = [start("study.py", [*args, "--seeds", 4, "--out", tmp_path / "unlike"], i, 2, port, devices) for i, devices in enumerate((1, 3))]
-    for proc, fragment in [*((p, "do not split evenly over the 8 devices of 2 processes") for p in few),
+    for proc, fragment in [*((p, "--seeds: 2 seeds do not split evenly over the 8 devices of 2 processes") for p in few),
+                           *((p, "--seeds-at-once: 2 seeds do not split evenly over the 4 devices of 2 processes") for p in chunks),
                            *((p, "hold different numbers of devices") for p in unlike)]:
         stdout, stderr = proc.communicate(timeout=300)
         assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), fragment)

@@ -14,7 +14,7 @@ from flax import nnx
 from conftest import ROOT, assert_one_line_error, enable_x64, load_script, npz_with_header, run_script_in_process
 from mnist_jax import data
 from mnist_jax.files import LOCK
-from mnist_jax import memory, plots
+from mnist_jax import memory, plots, sharding
 from mnist_jax.errors import ResultFileError
 from mnist_jax.results import comparisons, load_study, save_study, summary
 from mnist_jax.study import compile_chunk, fitting_chunk, train_seeds
@@ -70,8 +70,23 @@ def test_seeds_that_do_not_fit_at_once_train_in_chunks_with_the_same_results(tin
     for a, b in zip(jax.tree.leaves(chunked.final_params), jax.tree.leaves(together.final_params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
     monkeypatch.setenv(memory.LIMIT_ENV, str(compile_chunk(config, tiny, 1).bytes // 2))
-    with pytest.raises(memory.DoesNotFit, match="one model, need about"):
+    with pytest.raises(memory.DoesNotFit, match="1 model, need about"):
         train_seeds(config, tiny, [0, 1])
+
+
+@pytest.mark.slow
+def test_under_several_processes_chunks_that_fit_are_multiples_of_every_device(tiny, monkeypatch):
+    """Each process must hold models of every chunk (`sharding.chunk_granule`: here 2, as 2 processes of one device each
+    would make it): a memory cap that fits 5 models but not 6, or 3 but not 4, yields chunks of 4, or 2; one under 2 refuses."""
+    config = TrainConfig("linear_ce", epochs=1)
+    monkeypatch.setattr(sharding, "chunk_granule", lambda: 2)
+    need = {n: compile_chunk(config, tiny, n).bytes for n in (2, 3, 4, 5, 6)}
+    for cap, size in ((need[5] + need[6]) // 2, 4), ((need[3] + need[4]) // 2, 2):
+        monkeypatch.setenv(memory.LIMIT_ENV, str(cap))
+        assert fitting_chunk(config, tiny, 6).size == size
+    monkeypatch.setenv(memory.LIMIT_ENV, str(need[2] // 2))
+    with pytest.raises(memory.DoesNotFit, match="2 models, need about"):
+        fitting_chunk(config, tiny, 6)
 
 
 def test_ci95_and_paired_step_differences():
