@@ -33,7 +33,7 @@ def _kilobytes(path: str, field: str) -> int:
 
 
 def available_bytes() -> int:
-    """Bytes a new program may still allocate on this process's first device."""
+    """Bytes a new program may still allocate on this process's first device; with several processes, the least of theirs."""
     import jax  # here, not above: the scripts read the limit before JAX is imported
 
     stats = jax.local_devices()[0].memory_stats()
@@ -46,6 +46,11 @@ def available_bytes() -> int:
             available = min(available, soft - _kilobytes("/proc/self/status", "VmSize"))
     if os.environ.get(LIMIT_ENV):
         available = min(available, parse_size(os.environ[LIMIT_ENV]))
+    if jax.process_count() > 1:  # each process calls this at the same point: all decide (chunks, refusals) by the least
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        available = 1024 * int(multihost_utils.process_allgather(np.int32(min(available // 1024, 2**31 - 1))).min())
     return available
 
 

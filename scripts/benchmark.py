@@ -530,7 +530,7 @@ def main() -> None:
               f"warm {e2e['warm_seconds']:.1f}s, of which {e2e['warm_epochs_seconds']:.1f}s its epochs and "
               f"{e2e['warm_beyond_epochs_seconds']:.1f}s the rest (cold: {e2e['cold_beyond_epochs_seconds']:.1f}s); "
               f"JAX's cache holds {len(e2e['cold_cached'])} programs; importing mnist_jax.train alone {e2e['import_seconds']:.1f}s; "
-              f"importing JAX, Flax and optax and starting JAX's CPU client, in a process that does nothing else, "
+              f"importing JAX, Flax and optax and starting JAX's {jax.default_backend().upper()} client, in a process that does nothing else, "
               f"{e2e['packages_seconds']:.1f}s")
     files.write_json(args.out / RESULT, report)
     print(f"wrote {args.out / RESULT}")

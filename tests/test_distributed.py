@@ -17,6 +17,7 @@ import pytest
 
 from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, run_script, run_script_in_process
 
+from mnist_jax import memory
 from mnist_jax.distributed import GLOO_LINE, diagnosis, forward, requested
 from mnist_jax.stages import STAGES
 
@@ -31,11 +32,11 @@ def devices_env(n: int) -> dict:
     return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
 
 
-def start(script: str, args: list, process: int, processes: int, port: int, devices: int = 2) -> subprocess.Popen:
+def start(script: str, args: list, process: int, processes: int, port: int, devices: int = 2, env: dict | None = None) -> subprocess.Popen:
     argv = [sys.executable, str(ROOT / "scripts" / script), *map(str, args),
             "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(process)]
-    return subprocess.Popen(argv, env=devices_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(argv, env={**devices_env(devices), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
 
 
 def start_processes(script: str, args: list, processes: int = 2, devices: int = 2) -> list[subprocess.Popen]:
@@ -165,6 +166,19 @@ def test_seeds_that_leave_a_device_idle_or_unlike_devices_are_refused_by_each_pr
         stdout, stderr = proc.communicate(timeout=300)
         assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), fragment)
     assert not list(tmp_path.rglob("results.json"))
+
+
+@pytest.mark.slow
+def test_processes_that_see_different_memory_decide_alike_by_the_least(tmp_path, data_args):
+    """Memory is each process's own figure; chunk sizes and refusals must agree: process 0 capped below any model, process 1
+    free, both refuse in one line (before, process 1 went on alone and ended 40 s later with a raw Gloo error)."""
+    args = ["--stages", "linear_ce", "--epochs", 1, "--seeds", 4, "--timeout", 60, "--out", tmp_path / "run", *data_args]
+    port = free_port()
+    procs = [start("study.py", args, i, 2, port, env={memory.LIMIT_ENV: "1M"} if i == 0 else {}) for i in range(2)]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), "need about", status=4)
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 @pytest.mark.slow
