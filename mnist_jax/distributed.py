@@ -155,6 +155,9 @@ def diagnosis(log: list[str], status: int) -> str:
         return f"process {ids} of the run stopped answering (it died or hung); this process stopped too, writing nothing"
     if "RegisterTask" in text or "Barrier" in text and "DEADLINE_EXCEEDED" in text:
         return "could not join the run: the coordinator is unreachable, or not every process started in time; nothing written"
+    if "Gloo context initialization failed" in text and "GetKeyValue() timed out" in text:  # a peer never came to the exchange
+        return ("another process of the run stopped before its first exchange of results (its own line says why); "
+                "this process stopped too, writing nothing")
     if status < 0:
         return f"the run's work was ended by {signal.Signals(-status).name}; nothing written"
     if m := re.search(r"absl::Status: (.*)", text):

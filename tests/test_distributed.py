@@ -219,8 +219,16 @@ RPC: /xla.coordination.CoordinationService/RegisterTask
 """
 
 
+GLOO_NEVER_MET = """Traceback (most recent call last):
+  File "scripts/study.py", line 104, in <module>
+jax.errors.JaxRuntimeError: UNKNOWN: Gloo context initialization failed: DEADLINE_EXCEEDED: GetKeyValue() timed out with key: cpu:gloo/0,1,2048,2049/0 and duration: 29.9999998s [type.googleapis.com/tensorflow.CoordinationServiceError='']
+"""
+
+
 def test_the_runtimes_abort_is_read_as_one_line_naming_the_lost_process():
-    """The logs JAX's runtime wrote when a peer was killed and when no coordinator answered."""
+    """The logs JAX's runtime wrote when a peer was killed, when no coordinator answered, and when a peer refused its
+    work (its --out held results) while this process went on to the first exchange of results."""
+    assert diagnosis(GLOO_NEVER_MET.splitlines(keepends=True), 1).startswith("another process of the run stopped before")
     assert diagnosis(HEARTBEAT_ABORT.splitlines(keepends=True), -6).startswith("process 1 of the run stopped answering")
     assert diagnosis(CONNECT_ABORT.splitlines(keepends=True), -6).startswith("could not join the run")
     assert diagnosis([], -9) == "the run's work was ended by SIGKILL; nothing written"
