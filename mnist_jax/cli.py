@@ -261,12 +261,14 @@ class ArgumentParser(argparse.ArgumentParser):
         files.STOP_SIGNALS.remove(signal.SIGTERM)  # `distributed.stop_if_agreed` has it now
         import jax
 
-        devices, processes = jax.device_count(), jax.process_count()  # (as many on each: `distributed.join`)
+        from mnist_jax.sharding import chunk_granule  # (imports JAX)
+
+        granule = chunk_granule()  # every device of the run (as many on each: `distributed.join`)
         for name, noun in (("seeds", "seed"), ("seeds_at_once", "seed"), ("models_at_once", "model")):
             number = vars(args).get(name)
-            if number and number % devices:  # else the models' mesh (`sharding.make_mesh`) leaves a process without a device
+            if number and number % granule:
                 raise UsageError(f"argument --{name.replace('_', '-')}: {count(number, noun)} do not split evenly over the "
-                                 f"{devices} devices of {processes} processes; give a multiple of {devices}")
+                                 f"{granule} devices of {jax.process_count()} processes; give a multiple of {granule}")
         if not distributed.is_main():  # process 0 speaks for the run
             sys.stdout = open(os.devnull, "w")
 

@@ -272,7 +272,7 @@ def end_to_end(train_args: list[str], rounds: int) -> dict:
                 for _ in range(rounds)]
 
     imports = fresh("import mnist_jax.train")  # what train.py imports to train: JAX, Flax, optax and the project's modules
-    packages = fresh("import jax, optax; from flax import nnx; jax.devices()")  # the same packages and JAX's CPU client alone
+    packages = fresh("import jax, optax; from flax import nnx; jax.devices()")  # the same packages and JAX's client alone
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
             command = [sys.executable, str(Path(__file__).with_name("train.py")), *train_args,
