@@ -3,21 +3,10 @@ statuses of `errors`, progress lines, markdown tables. No JAX import until the a
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
-import math
 import os
-import re
-import shlex
-import shutil
 import signal
 import sys
-import tempfile
-import time
-import warnings
 from pathlib import Path
-from typing import Callable, NoReturn
 
 
 def _stop_before_work(signum: int, _frame) -> None:
@@ -29,12 +18,28 @@ def _stop_before_work(signum: int, _frame) -> None:
     os._exit(128 + signum)
 
 
+# Before anything else is imported: a signal from a script's first milliseconds on ends in one line.
 _here, _folder = Path(__file__).resolve().parent, Path(sys.argv[0]).resolve().parent
 # One of this project's scripts: in a clone's scripts/ (whichever mnist_jax it imports), or installed (mnist_jax.__main__).
 if _folder == _here / "scripts" or _folder.name == "scripts" and (_folder.parent / "mnist_jax" / "cli.py").is_file():
     for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(_signum) is not signal.SIG_IGN:
             signal.signal(_signum, _stop_before_work)
+
+import argparse  # noqa: E402
+import atexit  # noqa: E402
+import concurrent.futures  # noqa: E402
+import contextlib  # noqa: E402
+import importlib  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from typing import Callable, NoReturn  # noqa: E402
 
 from mnist_jax import distributed, files, memory  # noqa: E402
 from mnist_jax.data import SOURCES, default_cache_dir  # noqa: E402
@@ -43,7 +48,7 @@ from mnist_jax.errors import (  # noqa: E402
     DataError, DoesNotFit, NonFiniteLoss, PeerLost, ProgressError, StopAgreed, UsageError,
 )
 from mnist_jax.progress import GridProgress  # noqa: E402
-from mnist_jax.stages import MAX_SEED, STAGES, TrainConfig, count  # noqa: E402
+from mnist_jax.stages import MAX_SEED, STAGES, TrainConfig, as_float32, count  # noqa: E402
 
 MAX_INT = 2**31 - 1  # sizes, counts and epochs: what an int32 index holds
 # Options that say where a process finds its inputs and puts its outputs, not what it computes.
@@ -68,7 +73,7 @@ def checked(convert: Callable[[str], object], accept: Callable[[object], bool], 
 
 positive_int = checked(int, lambda v: 0 < v <= MAX_INT, f"an integer from 1 to {MAX_INT}")
 seed = checked(int, lambda v: 0 <= v <= MAX_SEED, f"a seed from 0 to {MAX_SEED}")
-positive_float = checked(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
+positive_float = checked(float, lambda v: 0 < as_float32(v) < math.inf, "a positive number a float32 holds")
 dropout_rate = checked(float, lambda v: 0 <= v < 1, "a rate in [0, 1)")
 stage = checked(str, lambda v: v in STAGES, f"a stage ({', '.join(STAGES)})")
 seconds = checked(int, lambda v: 0 < v <= 86400, "1 to 86400 seconds")
@@ -100,7 +105,7 @@ def _path(text: str) -> Path | None:
     return Path(text) if text else None  # not "": Path("") is the working folder
 
 
-output_folder = checked(_path, lambda path: path.is_dir() or not path.exists(), "a folder to write into, not a file")
+output_folder = checked(_path, lambda path: path.is_dir() or not path.exists(), "a folder to write into (a path, not a file)")
 existing_folder = checked(_path, Path.is_dir, "the folder holding the four MNIST IDX files")
 
 
@@ -182,7 +187,7 @@ class ArgumentParser(argparse.ArgumentParser):
             self.add_argument("--data-dir", type=existing_folder,
                               help="folder with the four MNIST IDX files, plain or .gz (default: $MNIST_JAX_DATA_DIR)")
             self.add_argument("--source", choices=SOURCES, default="auto",
-                              help="where MNIST comes from; auto: --data-dir if given, else TFDS, else download")
+                              help="where MNIST comes from; auto: --data-dir if given, else an earlier download, else TFDS, else download")
             self.add_argument("--compile-cache", type=output_folder, help="JAX's persistent compilation cache, so a rerun "
                               "skips compiling (default: $JAX_COMPILATION_CACHE_DIR, else the user cache folder)")
             self.add_argument("--no-cache", action="store_true", help="compile afresh and keep no compilation cache")
@@ -232,12 +237,13 @@ class ArgumentParser(argparse.ArgumentParser):
                     raise UsageError(f"argument --process-id: expected 0 to {args.num_processes - 1} "
                                      f"(--num-processes {args.num_processes}), got {args.process_id}")
             if self.trains:
-                check_environment(args.compile_cache, args.no_cache)
+                check_environment(args.compile_cache, args.no_cache, vars(args).get("out"))
             if vars(args).get("tensorboard"):
                 check_tensorboard(args.tensorboard)
             if not child:
                 self._claim(args)
             if self.trains:
+                _start_reading(args)
                 setup_jax(args.compile_cache, args.no_cache)
             stop_on_signals()
             if child:
@@ -273,11 +279,26 @@ class ArgumentParser(argparse.ArgumentParser):
             sys.stdout = open(os.devnull, "w")
 
 
+_reading: dict[tuple, concurrent.futures.Future] = {}  # MNIST being read for (--source, --data-dir)
+
+
+def _start_reading(args: argparse.Namespace) -> None:
+    """Read MNIST's files in a thread while JAX is imported, where they are on disk: inflating and hashing them
+    let go of the GIL, so the 0.2 s they take overlap the import."""
+    from mnist_jax import data
+
+    if data.reads_files(args.source, args.data_dir):
+        reader = concurrent.futures.ThreadPoolExecutor(1, "mnist-reader")
+        _reading[args.source, args.data_dir] = reader.submit(data.load_mnist, args.source, args.data_dir)
+        reader.shutdown(wait=False)
+
+
 def load_data(args: argparse.Namespace):
     """MNIST as --source and --data-dir ask (`data.load_mnist`), and the line of every script that says where it came from."""
     from mnist_jax import data
 
-    mnist = data.load_mnist(args.source, args.data_dir)
+    reading = _reading.pop((args.source, args.data_dir), None)
+    mnist = reading.result() if reading else data.load_mnist(args.source, args.data_dir)
     print(f"data: {mnist.source}", flush=True)
     return mnist
 
@@ -290,12 +311,53 @@ def mlp_only(args: argparse.Namespace, stages: list[str]) -> None:
             raise UsageError(f"--{name} applies to the MLP stages only, not {', '.join(linear)}")
 
 
-def check_environment(cache: Path | None, no_cache: bool) -> None:
-    """The memory limit the scripts read and the cache folder asked for, before JAX is imported."""
+def check_environment(cache: Path | None, no_cache: bool, out: Path | None = None) -> None:
+    """The memory limit and the XLA flags the scripts run with, and the compilation cache asked for, before JAX is
+    imported: a local folder that can be written, apart from `out`."""
     if os.environ.get(memory.LIMIT_ENV):
         memory.parse_size(os.environ[memory.LIMIT_ENV])
-    if cache is not None and not no_cache and (reason := why_unwritable(cache)):
-        raise UsageError(f"--compile-cache: cannot write to {cache} ({reason})")
+    if os.environ.get("XLA_FLAGS", "").strip():
+        check_xla_flags(os.environ["XLA_FLAGS"])
+    if no_cache:
+        return
+    folder, named = compile_cache(cache)
+    if named and re.match(r"[A-Za-z][\w+.-]+:/", str(folder)):  # gs://..., which JAX can use and `executables` cannot
+        raise UsageError(f"{named}: {folder} is not a local folder; the scripts keep compiled programs on a local disk")
+    if named and (reason := why_unwritable(folder)):
+        raise UsageError(f"{named}: cannot write to {folder} ({reason})")
+    if out:
+        check_cache_apart(cache, out)
+
+
+def compile_cache(cache: Path | None) -> tuple[Path, str | None]:
+    """The compilation cache the scripts use and the option or variable that named it (None: the default)."""
+    if cache:
+        return cache, "--compile-cache"
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return Path(os.environ["JAX_COMPILATION_CACHE_DIR"]), "$JAX_COMPILATION_CACHE_DIR"
+    return default_cache_dir() / "jax", None
+
+
+def check_cache_apart(cache: Path | None, out: Path) -> None:
+    """`UsageError` if the compilation cache lies in run folder `out` (which --overwrite replaces, and where the
+    cache's files would be another's)."""
+    folder, named = compile_cache(cache)
+    if folder.resolve().is_relative_to(out.resolve()):
+        raise UsageError(f"{named or 'the compilation cache'}: {folder} lies in the run's folder {out}; "
+                         "choose a compilation cache apart from --out" + ("" if named else " (--compile-cache) or --no-cache"))
+
+
+def check_xla_flags(flags: str) -> None:
+    """`UsageError` if XLA refuses `flags`: asked in a child (0.2 s), since XLA ends the process that reads flags it
+    refuses, printing its whole list of flags, and would do so here after --out is claimed."""
+    child = subprocess.run([sys.executable, "-P", "-c", "from jaxlib import xla_client; xla_client.make_cpu_client()"],
+                           capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": flags})
+    if -child.returncode not in (0, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (a stop signal reached this process too)
+        lines = child.stderr.strip().splitlines()
+        # XLA's E(rror) and F(atal) lines: "F1204 11:26:30.29 ... file.cc:234] what" (older: "2026-12-04 ...: F file.cc:234] what")
+        said = [line.split("] ", 1)[1] for line in lines if re.match(r"([EF]\d{4} |[\d-]+ [\d:.]+: [EF] ).*?\] ", line)]
+        why = said[0] if said else lines[-1] if lines else "it cannot start"  # XLA's own line, else Python's last
+        raise UsageError(f"XLA_FLAGS={flags!r}: XLA refuses it ({why}); fix or unset it")
 
 
 def check_tensorboard(folder: Path) -> None:
@@ -384,22 +446,28 @@ def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, histor
 
 
 def setup_jax(cache: Path | None, no_cache: bool) -> None:
-    """Check that JAX starts the platforms asked for; its persistent compilation cache on (every program:
-    a run's many small ones add up) or off. A cache failing later costs only speed: its warnings are silenced."""
-    import jax
-
-    if os.environ.get("JAX_PLATFORMS") and not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
+    """Import JAX and start its devices, or say in one line why it cannot; its persistent compilation cache on
+    (every program: a run's many small ones add up) or off. A cache failing later costs only speed: its warnings
+    are silenced."""
+    try:
+        import jax
+    except ValueError as e:  # a JAX_* variable JAX cannot read
+        raise UsageError(f"JAX refuses a setting of the environment ({e}); fix or unset it") from None
+    if jax.config.jax_disable_jit:
+        raise UsageError("JAX_DISABLE_JIT: the scripts run compiled programs only; unset it")
+    if not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
         try:
-            jax.devices()  # starts the platforms asked for, in well under a second, or fails before any work
+            jax.devices()  # starts them, in well under a second, or fails before any work
         except Exception as e:  # noqa: BLE001  (a RuntimeError, or an AssertionError where the platform's plugin is missing)
             why = str(e).splitlines()[0] if str(e) else "no backend for it is installed"
-            fail(f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']}: JAX cannot start it ({why}); unset it to let JAX choose")
-    warnings.filterwarnings("ignore", message="Error writing persistent compilation cache")
+            if platforms := os.environ.get("JAX_PLATFORMS"):
+                raise UsageError(f"JAX_PLATFORMS={platforms}: JAX cannot start it ({why}); unset it to let JAX choose") from None
+            raise UsageError(f"JAX cannot start its devices ({why}); check XLA_FLAGS and the JAX_* variables") from None
+    warnings.filterwarnings("ignore", message="Error (writing|reading) persistent compilation cache")
     if no_cache:
         jax.config.update("jax_enable_compilation_cache", False)
         return
-    cache = cache or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir() / "jax"
-    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_compilation_cache_dir", str(compile_cache(cache)[0]))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
@@ -567,6 +635,16 @@ def _exit_stopped(signum: int) -> NoReturn:
     os._exit(128 + signum)
 
 
+def _end_at_once() -> NoReturn:
+    """Exit 0 once every file is written and closed: the exit handlers run (JAX's, which close its runtime, and ours),
+    then not Python's teardown of every module and object, which takes 0.3-0.4 s once JAX is imported."""
+    atexit._run_exitfuncs()  # (what a normal exit runs first; os._exit skips it)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # (None where the shell closed it)
+            stream.flush()
+    os._exit(0)
+
+
 def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
     print(message, file=sys.stderr)
     sys.exit(status)
@@ -589,9 +667,10 @@ def stop_on_signals() -> None:
             signal.signal(s, _stop)
 
 
-def run(main: Callable[[], None], several_processes: bool = False) -> None:
+def run(main: Callable[[], None], several_processes: bool = False, end_process: bool = True) -> None:
     """Run a script's main: every failure a user or the machine can cause ends in one line and its exit
-    status (README's table), not a traceback. One of `several_processes` runs under a supervisor."""
+    status (README's table), not a traceback. One of `several_processes` runs under a supervisor.
+    With `end_process`, a main that succeeds ends the process at once (`_end_at_once`)."""
     try:
         if several_processes and not os.environ.get(distributed.CHILD_ENV) and distributed.requested(sys.argv[1:]):
             sys.exit(distributed.supervise())
@@ -600,6 +679,8 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
         if distributed.stop_asked():  # after the last epoch, which all agreed on: the work is done, and says so
             on_stop(lambda: "it came after the last epoch; every result is written")
             raise StopAgreed
+        if end_process:
+            _end_at_once()
     except Stopped as e:
         _exit_stopped(e.signum)
     except StopAgreed:
@@ -620,4 +701,8 @@ def run(main: Callable[[], None], several_processes: bool = False) -> None:
         if isinstance(e, MemoryError) or isinstance(e, (ValueError, RuntimeError)) and any(s in str(e) for s in OUT_OF_MEMORY):
             why = str(e).splitlines()[0] if str(e) else "MemoryError"
             fail(f"does not fit: out of memory ({why})", EXIT_DOES_NOT_FIT)
+        if type(e).__name__ == "JaxRuntimeError" and (flags := os.environ.get("XLA_FLAGS", "").strip()) \
+                and not os.environ.get(distributed.CHILD_ENV):  # (a child's runtime errors are its supervisor's to read)
+            fail(f"{program()}: error: XLA_FLAGS={flags!r}: XLA started with them, then failed "
+                 f"({str(e).splitlines()[0]}); fix or unset them")  # (its only check of a value is using it)
         raise

@@ -4,7 +4,6 @@ study, and a seed draws the same split from any source."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib.util
 import math
@@ -76,12 +75,28 @@ def parse_idx(raw: bytes, ndim: int, name: str = "IDX data") -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
+def gunzip(compressed: bytes, limit: int) -> bytes:
+    """The gzip members of `compressed`, inflated (at most `limit` bytes) in calls that let go of the GIL, so that `cli`
+    reads MNIST while JAX is imported; `EOFError` if they are cut short."""
+    members, size = [], 0
+    while compressed and size < limit:
+        inflate = zlib.decompressobj(wbits=31)
+        members.append(inflate.decompress(compressed, limit - size))
+        size += len(members[-1])
+        if not inflate.eof and size < limit:
+            raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+        compressed = inflate.unused_data.lstrip(b"\0")  # (zeros may pad a gzip file, as `gzip` allows)
+    return b"".join(members)
+
+
 def read_idx_file(path: Path, ndim: int, verify: bool = True) -> np.ndarray:
     """Read an IDX file (plain or gzip); check its SHA-256 against the published one. Only up to `MAX_IDX_BYTES`
-    are read (gzip decompresses in chunks): a file that is, or expands to, more is damaged, refused as soon as seen."""
+    are read and inflated: a file that is, or expands to, more is damaged, refused as soon as seen."""
     try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        with open(path, "rb") as f:
             raw = f.read(MAX_IDX_BYTES + 1)
+        if path.suffix == ".gz" and len(raw) <= MAX_IDX_BYTES:
+            raw = gunzip(raw, MAX_IDX_BYTES + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
     if len(raw) > MAX_IDX_BYTES:
@@ -101,19 +116,28 @@ def _pair(images: np.ndarray, labels: np.ndarray, where: str) -> tuple[np.ndarra
     return images, labels
 
 
-def load_idx_dir(directory: str | os.PathLike, verify: bool = True) -> MNIST:
-    """The four IDX files in `directory` (a torchvision `MNIST/raw` folder works)."""
+def load_idx_dir(directory: str | os.PathLike, verify: bool = True, suffixes: tuple[str, ...] = ("", ".gz")) -> MNIST:
+    """The four IDX files in `directory` (a torchvision `MNIST/raw` folder works), each the first found of its name
+    with each of `suffixes`."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise DataError(f"{directory}: no such directory")
+    try:  # (`is_dir` and `is_file` raise where a folder cannot be searched)
+        if not directory.is_dir():
+            raise DataError(f"{directory}: no such directory")
+        named = {stem: [directory / f"{stem}{suffix}" for suffix in suffixes] for stem in IDX_SHA256}
+        paths = {stem: next((p for p in found if p.is_file()), None) or next((p for p in found if p.exists()), None)
+                 for stem, found in named.items()}  # a file, else what holds its name
+    except OSError as e:
+        raise DataError(f"{directory}: cannot read ({e.strerror})") from None
     arrays = []
     for split, prefix in (("train", "train"), ("test", "t10k")):
         pair = []
         for kind, ndim in (("images-idx3", 3), ("labels-idx1", 1)):
             stem = f"{prefix}-{kind}-ubyte"
-            path = next((p for p in (directory / stem, directory / f"{stem}.gz") if p.is_file()), None)
+            path = paths[stem]
             if path is None:
-                raise DataError(f"{directory}: missing {stem} (plain or .gz)")
+                raise DataError(f"{directory}: missing {stem}" + (" (plain or .gz)" if len(suffixes) > 1 else suffixes[0]))
+            if not path.is_file():
+                raise DataError(f"{path}: not a file")
             pair.append(read_idx_file(path, ndim, verify))
         arrays.extend(_pair(*pair, f"{directory} ({split})"))
     return MNIST(*arrays, source=f"IDX files in {directory}")
@@ -192,22 +216,39 @@ def load_tfds(verify: bool = True) -> MNIST:
 
 
 def default_cache_dir() -> Path:
-    import pooch
+    """The user cache folder, as `pooch.os_cache` names it (without importing pooch's 0.1 s)."""
+    import platformdirs
 
-    return Path(pooch.os_cache("mnist_jax"))
+    return Path(platformdirs.user_cache_dir("mnist_jax"))
+
+
+def downloaded(cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether an earlier download left all four files in the cache."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    try:
+        return all((cache_dir / f"{stem}.gz").is_file() for stem in IDX_SHA256)
+    except OSError:  # (a folder that cannot be searched)
+        return False
+
+
+def reads_files(source: str = "auto", data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether `load_mnist(source, data_dir)` reads IDX files on disk (without TFDS or the network)."""
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    return source == "idx" or source == "auto" and bool(data_dir) or source in ("auto", "download") and downloaded()
 
 
 def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = None) -> MNIST:
     """Fetch the four `.gz` files from TFDS's mirror into a cache, then verify them; if they fail, they are
     deleted, so never reused."""
-    import pooch
-
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     mirror = mirror or os.environ.get(MIRROR_ENV, MIRROR)
-    pooch.get_logger().setLevel("WARNING")  # the progress bar says what is downloading
-    downloader = pooch.HTTPDownloader(progressbar=sys.stderr.isatty(), timeout=30)  # a bar's carriage returns only on a terminal
     fetched = [stem for stem in IDX_SHA256 if not (cache_dir / f"{stem}.gz").is_file()]
-    for stem in IDX_SHA256:
+    if fetched:
+        import pooch
+
+        pooch.get_logger().setLevel("WARNING")  # the progress bar says what is downloading
+        downloader = pooch.HTTPDownloader(progressbar=sys.stderr.isatty(), timeout=30)  # a bar's carriage returns only on a terminal
+    for stem in fetched:
         name = f"{stem}.gz"
         try:
             # known_hash=None: the digests are of decompressed files, checked below
@@ -215,13 +256,17 @@ def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = No
         except Exception as e:  # requests/pooch raise many kinds when offline
             raise DataError(f"download of {name} from {mirror} failed: {_why(e)}") from None
     try:
-        data = load_idx_dir(cache_dir)
+        data = load_idx_dir(cache_dir, suffixes=(".gz",))  # what it downloaded, nothing else there
     except DataError as e:
-        for stem in IDX_SHA256:
+        bad = next((stem for stem in IDX_SHA256 if f"{stem}.gz" in str(e)), None)  # (None: the files disagree, one with another)
+        from_mirror = bad in fetched or bad is None and fetched
+        damaged = fetched if from_mirror else [bad] if bad else list(IDX_SHA256)  # what this download wrote, or the damaged file
+        if not all(os.access(cache_dir / f"{stem}.gz", os.R_OK) for stem in damaged):  # (the user's to fix, not ours to delete)
+            raise DataError(f"{e}: a file cached by an earlier download that cannot be read; fix its permissions") from None
+        for stem in damaged:
             (cache_dir / f"{stem}.gz").unlink(missing_ok=True)
-        bad = next((stem for stem in IDX_SHA256 if f"{stem}.gz" in str(e)), None)
         fault = str(e).removeprefix(f"{cache_dir / f'{bad}.gz'}: ")
-        if bad in fetched or bad is None and fetched:  # (None: the files disagree, one with another)
+        if from_mirror:
             served = f"{mirror.rstrip('/')}/{bad}.gz" if bad else mirror
             raise DataError(f"{served} served data that is not MNIST's ({fault}); the downloaded files were deleted from "
                             f"{cache_dir}: try again later, or another mirror (${MIRROR_ENV})") from None
@@ -234,7 +279,7 @@ def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = No
 
 def load_mnist(source: str = "auto", data_dir: str | os.PathLike | None = None) -> MNIST:
     """Load verified MNIST. `auto` reads the IDX files of `data_dir` (or $MNIST_JAX_DATA_DIR) when one is given,
-    and otherwise tries TFDS, then the download."""
+    and otherwise those of an earlier download, then tries TFDS, then the download."""
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
@@ -244,7 +289,7 @@ def load_mnist(source: str = "auto", data_dir: str | os.PathLike | None = None) 
         return load_idx_dir(data_dir)
     if source == "tfds":
         return load_tfds()
-    if source == "download":
+    if source == "download" or downloaded():  # (auto: an earlier download is read before TFDS is imported)
         return download()
     failures = []
     for name, attempt in (("TFDS", load_tfds), ("download", download)):

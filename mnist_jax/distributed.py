@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -52,6 +53,8 @@ def join(coordinator: str | None, num_processes: int | None, process_id: int | N
         os._exit(EXIT_PEER_LOST)
 
     threading.Thread(target=exit_with_supervisor, daemon=True).start()
+    if coordinator and process_id == 0:
+        _refuse_a_busy_port(coordinator)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # between CPUs (GPUs, TPUs have their own)
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)
@@ -64,6 +67,23 @@ def join(coordinator: str | None, num_processes: int | None, process_id: int | N
     if not (multihost_utils.process_allgather(mine) == mine).all():
         raise UsageError(f"the {jax.process_count()} processes of the run were not started alike: each needs the same options, "
                          f"with --num-processes {jax.process_count()}, and its own --process-id")
+
+
+def _refuse_a_busy_port(coordinator: str) -> None:
+    """`UsageError` if process 0 cannot listen on the coordinator's port, as JAX's coordination service will (on
+    every address, reusing one that lingers): JAX's own failure there is a crash."""
+    port = int(coordinator.rsplit(":", 1)[1])
+    try:
+        probe = socket.socket(socket.AF_INET6)
+    except OSError:  # (a host without IPv6)
+        probe = socket.socket(socket.AF_INET)
+    with probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError as e:
+            raise UsageError(f"--coordinator {coordinator}: process 0 cannot listen on port {port} ({e.strerror}); "
+                             "choose another port") from None
 
 
 _stop_asked = threading.Event()

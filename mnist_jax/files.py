@@ -130,6 +130,16 @@ def lock_folder(folder: Path) -> None:
     if folder.resolve() in _LOCKS_HELD:
         return
     made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        fd = _hold(folder)
+    except BaseException:
+        _remove_empty(made)  # (a name too long, a permission: the folders made before it are not left)
+        raise
+    _LOCKS_HELD[folder.resolve()] = fd, made
+
+
+def _hold(folder: Path) -> int:
+    """`folder`, made if need be, and its `LOCK`, flocked and holding this process's id."""
     folder.mkdir(parents=True, exist_ok=True)
     while True:
         try:
@@ -154,7 +164,13 @@ def lock_folder(folder: Path) -> None:
         os.close(fd)  # the file was replaced as its holder left: lock the new one
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _LOCKS_HELD[folder.resolve()] = fd, made
+    return fd
+
+
+def _remove_empty(made: list[Path]) -> None:
+    for empty in made:  # (deepest first)
+        with contextlib.suppress(OSError):
+            empty.rmdir()
 
 
 def release_locks() -> None:
@@ -163,8 +179,7 @@ def release_locks() -> None:
         folder, (fd, made) = _LOCKS_HELD.popitem()
         with contextlib.suppress(OSError):
             os.unlink(folder / LOCK)
-            for empty in made:
-                empty.rmdir()
+            _remove_empty(made)
         os.close(fd)
 
 

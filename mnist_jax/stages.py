@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import struct
 from dataclasses import dataclass
 from typing import Callable
 
@@ -75,6 +76,14 @@ def _integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # True is not an epoch count
 
 
+def as_float32(x: float) -> float:
+    """`x` as the float32 it becomes (the learning rate is one): inf beyond its range, 0 below it."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.inf
+
+
 def _real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -105,7 +114,7 @@ class TrainConfig:
             ("stage", known, f"one of {', '.join(STAGES)}", str),
             ("epochs", _integer(self.epochs) and self.epochs > 0, "a positive int", int),
             ("batch_size", _integer(self.batch_size) and self.batch_size > 0, "a positive int", int),
-            ("lr", _real(self.lr) and self.lr > 0, "a positive finite number", float),
+            ("lr", _real(self.lr) and 0 < as_float32(self.lr) < math.inf, "a positive number a float32 holds", float),
             ("seed", _integer(self.seed) and 0 <= self.seed <= MAX_SEED, f"an int from 0 to {MAX_SEED}", int),
             ("hidden", self.hidden is None or mlp and _integer(self.hidden) and self.hidden > 0,
              "a positive int for an MLP stage, else None", int),

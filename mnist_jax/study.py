@@ -5,6 +5,7 @@ batch order and dropout masks from its seed; the images stay one shared device a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import time
@@ -40,6 +41,7 @@ class GridResult:
     compile_seconds: float
     train_seconds: float
     models_at_once: int = 0  # the chunk size: as many as fitted in memory, or as asked
+    epoch_seconds: dict[int, float] = dataclasses.field(default_factory=dict)  # each epoch this process ran: its chunks' seconds
 
     @property
     def seeds(self) -> list[int]:
@@ -136,10 +138,10 @@ def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.M
 
 
 def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: Chunk, on_epoch: Callable[[], None],
-                 progress: GridProgress | None, key: str) -> tuple[tuple, float]:
+                 progress: GridProgress | None, key: str) -> tuple[tuple, float, dict[int, float]]:
     """Train one chunk from and to its progress under `key`, stopping after a save if every process agreed
     to (a SIGTERM). Returns ((metrics (models, epochs, 5), test accuracies, test predictions, final
-    params), training seconds)."""
+    params), training seconds, each epoch's seconds (its training, validation and test passes))."""
     begin = prepare(config, data, points)
     states, rows = begin.state, []  # rows: per epoch, (models, 5) on the host
     if progress and (saved := progress.load(key, jax.device_get(begin.state))):
@@ -149,11 +151,13 @@ def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: C
     models = sharding.place((states, begin.train_idx, begin.val_idx, begin.epochs_key), chunk.mesh, "seed")
     images, labels, test_images, test_labels = sharding.place(device_data(data), chunk.mesh)
 
-    start = time.perf_counter()
+    start, epoch_seconds = time.perf_counter(), {}
     for e in range(len(rows) + 1, config.epochs + 1):
+        epoch_start = time.perf_counter()
         states, metrics = chunk.epoch(models, jnp.int32(e), images, labels, test_images, test_labels)
         models = (states, *models[1:])
         rows.append(np.asarray(sharding.gather(metrics)))
+        epoch_seconds[e] = time.perf_counter() - epoch_start
         losses = rows[-1][:, [0, 2]]  # train and validation loss
         if not np.isfinite(losses).all():
             point = points[int(np.flatnonzero(~np.isfinite(losses).all(1))[0])]
@@ -166,7 +170,7 @@ def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: C
     accuracies, predictions = sharding.gather(chunk.test(models[0], test_images, test_labels))
     train_seconds = time.perf_counter() - start
     final_params = sharding.gather(nnx.to_pure_dict(models[0].params))
-    return (np.stack(rows).transpose(1, 0, 2), np.asarray(accuracies), np.asarray(predictions), final_params), train_seconds
+    return (np.stack(rows).transpose(1, 0, 2), np.asarray(accuracies), np.asarray(predictions), final_params), train_seconds, epoch_seconds
 
 
 def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.sharding.Mesh | None = None,
@@ -201,11 +205,14 @@ def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.
         results.append(_train_chunk(group, data, [points[i] for i in part], chunk, count, progress, key))
     order = np.argsort([i for _, _, part, _ in plans for i in part])  # the points in their own order
     metrics, accuracies, predictions, final_params = jax.tree.map(
-        lambda *parts: np.concatenate(parts)[order], *(result for result, _ in results))
+        lambda *parts: np.concatenate(parts)[order], *(result for result, *_ in results))
+    epoch_seconds = collections.Counter()  # each epoch's seconds, summed over the chunks
+    for *_, seconds in results:
+        epoch_seconds.update(seconds)
     history = [[{"epoch": e + 1, **{n: float(v) for n, v in zip(GRID_HISTORY_KEYS[1:], row)}} for e, row in enumerate(model)]
                for model in metrics]
     return GridResult(config, list(points), history, accuracies, predictions, final_params, compile_seconds,
-                      sum(seconds for _, seconds in results), max(chunk.size for *_, chunk in plans))
+                      sum(seconds for _, seconds, _ in results), max(chunk.size for *_, chunk in plans), dict(sorted(epoch_seconds.items())))
 
 
 def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int], **kwargs) -> GridResult:

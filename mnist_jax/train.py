@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mnist_jax import memory, sharding
+from mnist_jax import executables, memory, sharding
 from mnist_jax.data import MNIST, NUM_VALIDATION
 from mnist_jax.errors import NonFiniteLoss
 from mnist_jax.evaluate import make_evaluate, to_inputs
@@ -171,19 +171,27 @@ def examples_at(images: jax.Array, labels: jax.Array, idx: jax.Array) -> tuple[j
     return images[idx], labels[idx]
 
 
+def built_from(config: TrainConfig) -> str:
+    """What of `config` a run's programs close over (not its epochs or seed), to name them (`executables.compiled`)."""
+    return repr({k: v for k, v in dataclasses.asdict(config).items() if k not in ("epochs", "seed")})
+
+
 def prepare(config: TrainConfig, data: MNIST, points: Sequence[Point] | None = None) -> Start:
     """The `Start` of `config`'s run, or of every point's (a leading axis of models) with `points`.
     Raises `memory.DoesNotFit` before allocating what would not fit."""
     init = jax.tree_util.Partial(initial, config, make_optimizer(config), len(data.train_images))
-    runs = 1 if points is None else len(points)
-    state_bytes = memory.tree_bytes(jax.eval_shape(init, point(config)))
-    what = f"{config.describe()}, {runs} seed{'s' * (runs != 1)}: its parameters, optimizer state and data"
-    memory.check(what, runs * state_bytes + sum(a.nbytes for a in data[:4]))
     if points is None:
-        return jax.jit(init)(point(config))
-    dtype = jnp.result_type(float)
-    seeds, lrs, rates = zip(*points)
-    return jax.jit(jax.vmap(init))(Point(jnp.asarray(seeds, jnp.int32), jnp.asarray(lrs, dtype), jnp.asarray(rates, dtype)))
+        at, jitted = point(config), jax.jit(init)
+    else:
+        dtype = jnp.result_type(float)
+        seeds, lrs, rates = zip(*points)
+        at, jitted = Point(jnp.asarray(seeds, jnp.int32), jnp.asarray(lrs, dtype), jnp.asarray(rates, dtype)), jax.jit(jax.vmap(init))
+    program = executables.compiled(f"initial of {built_from(config)}, {len(data.train_images)} images, "
+                                   f"{'one' if points is None else 'vmapped'}", lambda: jitted, at)
+    runs = 1 if points is None else len(points)
+    what = f"{config.describe()}, {runs} seed{'s' * (runs != 1)}: its parameters, optimizer state and data"
+    memory.check(what, memory.tree_bytes(program.out_info) + sum(a.nbytes for a in data[:4]))
+    return program(at)
 
 
 class Replay(NamedTuple):
@@ -275,23 +283,27 @@ def train(config: TrainConfig, data: MNIST, on_epoch: Callable[[RunResult], None
     if config.batch_size > len(data.train_images) - NUM_VALIDATION:
         raise ValueError(f"TrainConfig batch_size: expected at most the {len(data.train_images) - NUM_VALIDATION} "
                          f"training images, got {config.batch_size}")
-    tx, graphdef = make_optimizer(config), graph(config)
+    tx = make_optimizer(config)
     begin = replay.apply(prepare(config, data), tx)
+    mesh = mesh or sharding.make_mesh("batch", config.batch_size, len(begin.train_idx) % config.batch_size or config.batch_size)
+    built_for = f"of {built_from(config)} on {mesh.devices.tolist()}"  # all that the programs close over
     images, labels, test_images, test_labels = device_data(data)
-    val_images, val_labels = examples_at(images, labels, begin.val_idx)
+    val_at = (images, labels, begin.val_idx)
+    val_images, val_labels = executables.compiled("examples_at", lambda: examples_at, *val_at)(*val_at)
     run = dataclasses.replace(resume, history=list(resume.history)) if resume else RunResult(
         config, device_description(), begin.state, begin.state, 0, [])
-    mesh = mesh or sharding.make_mesh("batch", config.batch_size, len(begin.train_idx) % config.batch_size or config.batch_size)
     if mesh.size > 1:  # every device holds the data and the model; the batches are split
         run.final, images, labels, val_images, val_labels, test_images, test_labels = sharding.place(
             (run.final, images, labels, val_images, val_labels, test_images, test_labels), mesh)
 
     start = time.perf_counter()
-    train_epoch = jax.jit(make_train_epoch(graphdef, config.spec.loss, tx, config.batch_size, mesh))
-    train_epoch = train_epoch.lower(run.final, images, labels, begin.train_idx, begin.epochs_key).compile()
-    evaluate = jax.jit(make_evaluate(graphdef, config.spec.loss))
-    evaluate_val, evaluate_test = (evaluate.lower(run.final.params, run.final.batch_stats, x, y).compile()
-                                   for x, y in ((val_images, val_labels), (test_images, test_labels)))
+    draw_keys = executables.compiled("epoch_keys", lambda: epoch_keys, begin.epochs_key, 1)
+    draw_order = executables.compiled("shuffle", lambda: shuffle, draw_keys(begin.epochs_key, 1)[0], begin.train_idx)
+    train_epoch = executables.compiled(f"train_epoch {built_for}", lambda: jax.jit(make_train_epoch(
+        graph(config), config.spec.loss, tx, config.batch_size, mesh)), run.final, images, labels, begin.train_idx, begin.epochs_key)
+    evaluate_val, evaluate_test = (executables.compiled(f"evaluate {built_for}", lambda: jax.jit(make_evaluate(
+        graph(config), config.spec.loss)), run.final.params, run.final.batch_stats, x, y)
+        for x, y in ((val_images, val_labels), (test_images, test_labels)))
     run.compile_seconds = time.perf_counter() - start
     resident = memory.tree_bytes((run.final, images, labels, val_images, val_labels, test_images, test_labels))
     needed = resident + max(memory.program_bytes(p) for p in (train_epoch, evaluate_val, evaluate_test))
@@ -299,8 +311,8 @@ def train(config: TrainConfig, data: MNIST, on_epoch: Callable[[RunResult], None
 
     for epoch in range(len(run.history) + 1, config.epochs + 1):
         start = time.perf_counter()
-        shuffle_key, dropout_key = epoch_keys(begin.epochs_key, epoch)
-        order = shuffle(shuffle_key, begin.train_idx) if replay.orders is None else jnp.asarray(replay.orders[epoch - 1])
+        shuffle_key, dropout_key = draw_keys(begin.epochs_key, epoch)
+        order = draw_order(shuffle_key, begin.train_idx) if replay.orders is None else jnp.asarray(replay.orders[epoch - 1])
         state, (train_loss, train_acc) = train_epoch(run.final, images, labels, order, dropout_key)
         val_loss, val_acc = evaluate_val(state.params, state.batch_stats, val_images, val_labels)
         row = {"epoch": epoch, **{k: float(v) for k, v in zip(HISTORY_KEYS[1:], (train_loss, train_acc, val_loss, val_acc))}}

@@ -3,6 +3,8 @@ machine's matmul ceiling; `train.py` cold and warm; the pieces this project writ
 of standard ones. Every figure is timed here; PyTorch is imported only to time it.
 python scripts/benchmark.py --stages all --epochs 3"""
 
+from mnist_jax import cli, files  # first: its signal handlers cover the imports after it
+
 import functools
 import importlib.metadata
 import json
@@ -16,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from mnist_jax import cli, files  # first: its signal handlers cover the imports after it
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -25,7 +25,7 @@ from flax import nnx
 
 from mnist_jax.comparison import jax_split, steady_seconds_per_epoch
 from mnist_jax.data import MNIST, NUM_VALIDATION
-from mnist_jax.evaluate import to_inputs
+from mnist_jax.evaluate import make_evaluate, to_inputs
 from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
 from mnist_jax.train import (
     TrainConfig, device_data, device_description, epoch_keys, graph, make_optimizer, make_train_epoch, prepare, pure,
@@ -80,9 +80,14 @@ def flops_per_example(config: TrainConfig) -> tuple[int, int]:
 
 
 def time_jax(config: TrainConfig, data: MNIST) -> dict:
-    """Compile seconds and steady seconds per epoch of `train`."""
+    """Compile seconds and steady seconds per epoch of `train`, and of one evaluation of its final model on the test
+    images (what a grid's epoch also runs: `time_study`)."""
     run = train(config, data)
-    return {"compile_seconds": run.compile_seconds, "epoch_seconds": steady_seconds_per_epoch([run.history])}
+    evaluate = jax.jit(make_evaluate(graph(config), config.spec.loss))
+    test = lambda: evaluate(run.final.params, run.final.batch_stats, *device_data(data)[2:])  # noqa: E731
+    timed(test)  # compile, warm up
+    return {"compile_seconds": run.compile_seconds, "epoch_seconds": steady_seconds_per_epoch([run.history]),
+            "test_seconds": statistics.median(timed(test) for _ in range(5))}
 
 
 def time_torch(config: TrainConfig, data: MNIST, loop: str) -> dict:
@@ -245,17 +250,19 @@ def print_profiles(profiles: list[dict]) -> None:
          *(f"{p[f'{part} ms']:.3f}" for part in PARTS)] for p in profiles])
 
 
-def time_study(config: TrainConfig, data: MNIST, seeds: int, single_epoch_seconds: float, vmapped: bool) -> dict:
-    """`study.train_seeds` of `seeds` seeds, side by side (vmap) or one at a time (lax.map): seconds per
-    epoch, in all and per model, and per model against one run's epoch."""
+def time_study(config: TrainConfig, data: MNIST, seeds: int, single: dict, vmapped: bool) -> dict:
+    """`study.train_seeds` of `seeds` seeds, side by side (vmap) or one at a time (lax.map): steady seconds per
+    epoch (the first left out, as for a run alone), in all and per model, and per model against a run alone doing
+    the same work: its epoch (training and validation passes) and a test pass, which a grid's epoch also runs."""
     from mnist_jax.study import side_by_side, train_seeds
 
     result = train_seeds(config, data, list(range(seeds)), vmapped=vmapped)
-    epoch = result.train_seconds / config.epochs
+    epoch = steady_seconds_per_epoch([[{"seconds": s} for s in result.epoch_seconds.values()]])
+    alone = single["jax_epoch_seconds"] + single["jax_test_seconds"]
     return {"stage": config.stage, "seeds": seeds, "seeds_at_once": result.models_at_once,
             "width": seeds if vmapped else 1, "backend_default": vmapped == side_by_side(),
             "compile_seconds": result.compile_seconds, "epoch_seconds": epoch, "epoch_seconds_per_model": epoch / seeds,
-            "per_model_over_single": epoch / seeds / single_epoch_seconds}
+            "single_same_work_seconds": alone, "per_model_over_single": epoch / seeds / alone}
 
 
 def end_to_end(train_args: list[str], rounds: int) -> dict:
@@ -271,8 +278,9 @@ def end_to_end(train_args: list[str], rounds: int) -> dict:
         return [timed(lambda: subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=root))
                 for _ in range(rounds)]
 
-    imports = fresh("import mnist_jax.train")  # what train.py imports to train: JAX, Flax, optax and the project's modules
-    packages = fresh("import jax, optax; from flax import nnx; jax.devices()")  # the same packages and JAX's client alone
+    # Each ends at once, as train.py does (`cli.run`), not in Python's teardown of every module and object.
+    imports = fresh("import mnist_jax.train, os; os._exit(0)")  # what train.py imports to train: JAX, Flax, optax and the project's modules
+    packages = fresh("import jax, optax, os; from flax import nnx; jax.devices(); os._exit(0)")  # the same packages and JAX's client alone
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
             command = [sys.executable, str(Path(__file__).with_name("train.py")), *train_args,
@@ -452,10 +460,15 @@ def print_table(report: dict) -> None:
 
 
 def print_studies(studies: list[dict]) -> None:
-    print("\nstudy.py's training of many seeds (one program), seconds per epoch per model (and against the stage's single run):")
-    cli.print_table(["stage", "seeds", "side by side", "compile s", "s/epoch, all seeds", "s/epoch per model", "per model / single run"], [
+    same_work = "single_same_work_seconds" in studies[0]  # (older files: against the single run's epoch alone, and
+    # their grid's seconds every epoch's and the final test pass's: `time_study` then)
+    print("\nstudy.py's training of many seeds (one program), seconds per epoch per model, " + (
+        "against a run alone doing the same work (its epoch and a test pass):" if same_work else "and against the stage's single run:"))
+    cli.print_table(["stage", "seeds", "side by side", "compile s", "s/epoch, all seeds", "s/epoch per model",
+                     *(["run alone s", "per model / run alone"] if same_work else ["per model / single run"])], [
         [f"`{s['stage']}`", s["seeds"], ("1 (lax.map)" if s["width"] == 1 else f"{s['width']} (vmap)") + (", the default" if s["backend_default"] else ""),
-         f"{s['compile_seconds']:.2f}", f"{s['epoch_seconds']:.3f}", f"{s['epoch_seconds_per_model']:.4f}", f"{s['per_model_over_single']:.2f}"]
+         f"{s['compile_seconds']:.2f}", f"{s['epoch_seconds']:.3f}", f"{s['epoch_seconds_per_model']:.4f}",
+         *([f"{s['single_same_work_seconds']:.4f}"] if same_work else []), f"{s['per_model_over_single']:.2f}"]
         for s in studies])
 
 
@@ -509,7 +522,7 @@ def main() -> None:
         except NoOpEvents as e:  # every other figure is still measured
             print(f"\nwhere a training step goes: not measured ({e})")
     if args.studies:
-        single = {r["stage"]: r["jax_epoch_seconds"] for r in rows}
+        single = {r["stage"]: r for r in rows}
         report["studies"] = [time_study(config, data, n, single[config.stage], vmapped)
                              for n in args.studies for config in configs for vmapped in (False, True)]
         print_studies(report["studies"])

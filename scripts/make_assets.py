@@ -2,13 +2,14 @@
 --compare (and --benchmark) from compare.json, with --linearity from linearity.json (no training):
 python scripts/make_assets.py --results runs/study/results.json --sweep runs/sweep/sweep.json"""
 
+from mnist_jax import cli  # first: its signal handlers cover the imports after it
+
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from mnist_jax import cli
 from mnist_jax.files import PARTIAL
 from mnist_jax.errors import UsageError
 

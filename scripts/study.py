@@ -1,9 +1,10 @@
 """Every stage over many seeds in one program per stage: python scripts/study.py --seeds 10"""
 
+from mnist_jax import cli, distributed  # first: its signal handlers cover the imports after it
+
 import dataclasses
 import time
 
-from mnist_jax import cli, distributed
 from mnist_jax.errors import UsageError
 from mnist_jax.stages import TrainConfig
 

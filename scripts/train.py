@@ -1,11 +1,12 @@
 """Train stages of the study: python scripts/train.py --stage mlp_bn (or --stage all)"""
 
+from mnist_jax import cli  # first: its signal handlers cover the imports after it
+
 import dataclasses
 import itertools
 import json
 from pathlib import Path
 
-from mnist_jax import cli
 from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION
 from mnist_jax.errors import EXIT_DIVERGED, EXIT_WRITE_FAILED, NonFiniteLoss, UsageError
 from mnist_jax.files import foreign_entries, signals_deferred, write_json
@@ -53,6 +54,8 @@ def check_run_folders(args) -> None:
         out = run_dir(args, stage)
         if out.is_symlink() and out != args.out:
             raise UsageError(f"--out: {out} is a link; train.py never follows one it did not make: choose another --out")
+        if not args.no_cache:
+            cli.check_cache_apart(args.compile_cache, out)
         cli.claim(out)
         foreign = foreign_entries(out, checkpoint.RUN_FILES)
         if foreign and not args.resume:

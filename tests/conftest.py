@@ -60,7 +60,7 @@ def compilation_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_mnist() -> tuple[MNIST, Path | None]:
     """MNIST found as `train.py` finds it: the IDX files of $MNIST_JAX_DATA_DIR when it is
-    set, else TFDS's prepared copy, else the verified download into the user cache. With
+    set, else an earlier download's, else TFDS's prepared copy, else the verified download into the user cache. With
     the folder of IDX files it came from (None for TFDS)."""
     folder = os.environ.get(DATA_DIR_ENV)
     try:
@@ -150,7 +150,7 @@ def run_script_in_process(name: str, *args, cwd: Path | None = None) -> subproce
         if cwd is not None:
             os.chdir(cwd)
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            cli.run(module.main)  # as the script's last line does: each failure to one line and its status
+            cli.run(module.main, end_process=False)  # as the script's last line does, in this process: each failure to one line and its status
         status = 0
     except SystemExit as e:
         status = e.code

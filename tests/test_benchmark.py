@@ -59,8 +59,10 @@ def test_benchmark_py_reports_jax_alone_in_its_out_folder_and_keeps_a_report_the
     assert row["efficiency"] > 0 and row["jax_compile_seconds"] > 0 and not any(key.startswith("torch_") for key in row)
     mapped, vmapped = report["studies"]  # two seeds walked through by lax.map, then side by side; against the single run
     assert (mapped["width"], vmapped["width"]) == (1, 2) and mapped["backend_default"] and not vmapped["backend_default"]
-    for study in (mapped, vmapped):
-        assert study["per_model_over_single"] == pytest.approx(study["epoch_seconds"] / 2 / row["jax_epoch_seconds"])
+    for study in (mapped, vmapped):  # against a run alone doing the same work: its epoch and a test pass
+        assert study["single_same_work_seconds"] == pytest.approx(row["jax_epoch_seconds"] + row["jax_test_seconds"])
+        assert study["per_model_over_single"] == pytest.approx(study["epoch_seconds"] / 2 / study["single_same_work_seconds"])
+        assert row["jax_test_seconds"] > 0
 
 
 def test_end_to_end_times_a_cold_then_a_warm_train_py_that_compiles_nothing_new(data_args):
@@ -69,12 +71,13 @@ def test_end_to_end_times_a_cold_then_a_warm_train_py_that_compiles_nothing_new(
     for run in ("cold", "warm"):
         assert 0 < e2e[f"{run}_epochs_seconds"] < e2e[f"{run}_seconds"]
         assert e2e[f"{run}_beyond_epochs_seconds"] == pytest.approx(e2e[f"{run}_seconds"] - e2e[f"{run}_epochs_seconds"])
-    # every program of the run, however quick to compile (JAX's default caches only those over 1 s) ...
-    assert {"jit_initial", "jit_examples_at", "jit_epoch_keys", "jit_shuffle", "jit_train_epoch", "jit_evaluate"} <= set(e2e["cold_cached"])
+    # every program of the run, kept whole (initial, examples_at, epoch_keys, shuffle, train_epoch, evaluate twice) ...
+    assert e2e["cold_cached"].count("mnist_jax") == 7
     # ... and the warm run found each in the cache: it added none
     assert e2e["warm_cached"] == e2e["cold_cached"]
-    assert 0 < e2e["import_seconds"] < e2e["warm_seconds"] - e2e["warm_epochs_seconds"]  # a part of what a start costs
-    assert 0 < e2e["packages_seconds"] < e2e["warm_seconds"] - e2e["warm_epochs_seconds"]  # as is starting the packages alone
+    # the imports are timed apart, each in a fresh process (timings are the benchmark's to report, not a test's to compare)
+    for part in ("import", "packages"):
+        assert len(e2e[f"{part}_rounds"]) == 1 and e2e[f"{part}_seconds"] == e2e[f"{part}_rounds"][0] > 0
 
 
 def test_the_profile_parts_a_traced_step_into_matmuls_optimizer_inputs_other_ops_and_time_between_them(tiny):

@@ -134,6 +134,59 @@ def test_a_tensorboard_folder_overlapping_the_run_folder_is_refused_before_any_w
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("args", [["--out", "same", "--compile-cache", "same"], ["--out", "run", "--compile-cache", "run/cache"]])
+def test_a_compilation_cache_in_the_run_folder_is_refused_before_any_work(refused, tmp_path, args):
+    """(Else --overwrite would refuse the folder, or replace the cache with it.)"""
+    line = refused("train.py", "--stage", "linear_ce", *args)
+    assert line.endswith(f"lies in the run's folder {args[1]}; choose a compilation cache apart from --out")
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("flags, why", [
+    ("--xla_no_such_flag=1", "Unknown flag in XLA_FLAGS: --xla_no_such_flag=1"),
+    ("--xla_cpu_use_xnnpack=maybe", "Couldn't interpret value maybe for flag xla_cpu_use_xnnpack."),
+    ("xnnpack", 'Could not open file "xnnpack" to read flags'),
+    ("--xla_force_host_platform_device_count=0", "Could not determine process_index"),  # (a Python error, not XLA's line)
+])
+def test_xla_flags_xla_refuses_are_refused_in_one_line_before_any_work(refused, tmp_path, monkeypatch, flags, why):
+    """(Else XLA ends the process once --out is claimed, printing its whole list of flags.) A jaxlib.py in the
+    working folder does not stand in for JAX's in the check."""
+    (tmp_path / "jaxlib.py").write_text("")
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    line = refused("train.py", "--stage", "linear_ce", "--out", "run")
+    assert f"XLA_FLAGS={flags!r}: XLA refuses it (" in line and why in line and line.endswith("; fix or unset it")
+    assert listing(tmp_path) == ["jaxlib.py"]
+
+
+@pytest.mark.parametrize("env, why", [
+    ({"JAX_COMPILATION_CACHE_DIR": "a_file"}, "$JAX_COMPILATION_CACHE_DIR: cannot write to a_file"),
+    ({"JAX_COMPILATION_CACHE_DIR": "gs://bucket/cache"}, "$JAX_COMPILATION_CACHE_DIR: gs:/bucket/cache is not a local folder"),
+    ({"XDG_CACHE_HOME": "{tmp}/run/.cache"}, "the compilation cache: {tmp}/run/.cache/mnist_jax/jax lies in the run's folder run;"),
+])
+def test_a_compilation_cache_from_the_environment_is_checked_as_one_named_on_the_command_line(
+        refused, tmp_path, monkeypatch, env, why):
+    (tmp_path / "a_file").write_text("keep me")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # (the suite's)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))  # (the user cache folder: XDG_CACHE_HOME if absolute)
+    assert why.format(tmp=tmp_path) in refused("train.py", "--stage", "linear_ce", "--out", "run")
+    assert listing(tmp_path) == ["a_file"]
+
+
+def test_a_compilation_cache_in_the_default_run_folder_is_refused(refused, tmp_path):
+    line = refused("train.py", "--stage", "linear_ce", "--compile-cache", "runs/linear_ce-seed42/cache")
+    assert line.endswith("lies in the run's folder runs/linear_ce-seed42; choose a compilation cache apart from --out")
+    assert listing(tmp_path) == []
+
+
+def test_an_output_folder_is_a_path_that_is_not_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    for text in ("", str(tmp_path / "notes.txt")):  # ("" would be the working folder)
+        with pytest.raises(argparse.ArgumentTypeError, match=r"expected a folder to write into \(a path, not a file\), got"):
+            cli.output_folder(text)
+    assert cli.output_folder(str(tmp_path / "new")) == tmp_path / "new"
+
+
 @pytest.mark.parametrize(
     "convert, text",
     [(cli.positive_int, "0"), (cli.positive_int, "2.5"), (cli.positive_int, "2147483648"), (cli.positive_float, "inf"),
@@ -223,7 +276,7 @@ TRAIN_REFUSALS = [
     (["--stage", "mlp_huge"], ["--stage", "expected a stage (linear_mse, linear_ce, mlp, mlp_dropout, mlp_bn, deep_linear, random_features, "
                                "random_features_1024, random_features_4096), got 'mlp_huge'"]),
     (["--stage", "mlp", "--epochs", "0"], ["--epochs", "integer from 1 to 2147483647"]),
-    (["--stage", "mlp", "--lr", "nan"], ["--lr", "positive finite"]),
+    (["--stage", "mlp", "--lr", "nan"], ["--lr", "a positive number a float32 holds"]),
     (["--stage", "mlp", "--dropout", "1"], ["--dropout", "[0, 1)"]),
     (["--stage", "linear_ce", "--hidden", "64"], ["--hidden", "MLP stages only"]),
     (["--stage", "all", "--dropout", "0.2"], ["--dropout applies to the MLP stages only, not linear_mse, linear_ce"]),
@@ -231,7 +284,7 @@ TRAIN_REFUSALS = [
     (["--stage", "mlp", "--batch-size", "54001"], ["--batch-size", "54000"]),
     (["--stage", "mlp", "--hidden", "-3"], ["--hidden", "integer from 1 to"]),
     (["--stage", "mlp", "--dropout", "-0.1"], ["--dropout", "[0, 1)"]),
-    (["--stage", "mlp", "--lr", "0"], ["--lr", "positive finite"]),
+    (["--stage", "mlp", "--lr", "0"], ["--lr", "a positive number a float32 holds"]),
 ]
 
 
@@ -331,6 +384,22 @@ def test_a_platform_jax_cannot_start_is_refused_in_one_line_before_any_work(tmp_
     proc = run_script("train.py", "--stage", "mlp", "--out", tmp_path / "run", env={"JAX_PLATFORMS": platforms})
     assert_one_line_error(proc, f"JAX_PLATFORMS={platforms}: JAX cannot start it ({why}", "unset it to let JAX choose")
     assert proc.stdout == "" and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env, fragment", [
+    ({"JAX_ENABLE_X64": "maybe"}, "JAX refuses a setting of the environment (invalid truth value 'maybe' for environment 'JAX_ENABLE_X64')"),
+    ({"JAX_NUM_CPU_DEVICES": "0"}, "JAX cannot start its devices ("),
+    ({"JAX_DISABLE_JIT": "1"}, "JAX_DISABLE_JIT: the scripts run compiled programs only; unset it"),
+    ({"XLA_FLAGS": "--xla_cpu_parallel_codegen_split_count=0"},  # (a value XLA checks only as it compiles)
+     "XLA_FLAGS='--xla_cpu_parallel_codegen_split_count=0': XLA started with them, then failed (INTERNAL: "),
+])
+def test_a_jax_or_xla_setting_the_run_cannot_use_is_refused_in_one_line_with_nothing_written(tmp_path, env, fragment):
+    """(JAX raises at its import, as it starts its devices or, with such a flag, as it compiles: a traceback, once.)
+    All but the last are refused before any work."""
+    proc = run_script("train.py", "--stage", "linear_ce", "--out", tmp_path / "run", env=env)
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "run").exists() and (proc.stdout == "" or "XLA_FLAGS" in env)
 
 
 def test_a_stage_named_twice_is_refused():

@@ -7,8 +7,10 @@ import shutil
 import struct
 import threading
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
+import pooch
 import pytest
 import tensorflow_datasets as tfds
 from hypothesis import given, settings
@@ -69,6 +71,22 @@ def test_plain_idx_files_load_like_gzipped_ones(data_dir, tmp_path, mnist):
     np.testing.assert_array_equal(plain.test_labels, mnist.test_labels)
 
 
+def test_gzip_files_of_several_members_or_padded_with_zeros_load_as_gzip_reads_them(data_dir, tmp_path, mnist):
+    for gz in data_dir.glob("*.gz"):
+        raw = gzip.decompress(gz.read_bytes())
+        half = len(raw) // 2
+        (tmp_path / gz.name).write_bytes(gzip.compress(b"") + gzip.compress(raw[:half]) + gzip.compress(raw[half:]) + bytes(8))
+    assert gzip.decompress((tmp_path / "t10k-labels-idx1-ubyte.gz").read_bytes()) == gzip.decompress(
+        (data_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    members = load_idx_dir(tmp_path)
+    np.testing.assert_array_equal(members.train_images, mnist.train_images)
+    np.testing.assert_array_equal(members.test_labels, mnist.test_labels)
+    whole = (tmp_path / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(whole[: len(whole) - 30])  # its last member cut short
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: cannot read .*end-of-stream"):
+        load_idx_dir(tmp_path)
+
+
 def test_a_file_with_a_wrong_digest_is_rejected(data_dir, tmp_path):
     for gz in data_dir.glob("*.gz"):
         shutil.copy(gz, tmp_path)
@@ -85,6 +103,9 @@ def test_a_missing_file_is_named(data_dir, tmp_path):
         shutil.copy(gz, tmp_path)
     (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match="missing train-labels-idx1-ubyte"):
+        load_mnist("auto", tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte.gz").mkdir()  # a folder under its name is not what is missing
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: not a file"):
         load_mnist("auto", tmp_path)
 
 
@@ -178,6 +199,43 @@ def test_the_data_line_names_the_mirror_or_the_cache_and_off_a_terminal_draws_no
     (cache / "t10k-labels-idx1-ubyte.gz").unlink()
     assert data.download(cache, url).source == f"download from {url} (1 of 4 files), cached in {cache}"
     assert data.load_idx_dir(data_dir).origin == "IDX files"
+
+
+def test_auto_reads_an_earlier_download_in_the_user_cache_folder_before_it_tries_tfds(data_dir, tmp_path, monkeypatch, mnist):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the user cache folder, as pooch names it
+    cache = tmp_path / "mnist_jax"
+    assert data.default_cache_dir() == cache == Path(pooch.os_cache("mnist_jax"))
+    monkeypatch.setattr(data, "load_tfds", lambda: pytest.fail("TFDS was tried before the earlier download"))
+    cache.mkdir()
+    for gz in data_dir.glob("*.gz"):
+        shutil.copy(gz, cache)
+    assert data.reads_files("auto") and data.reads_files("download") and not data.reads_files("tfds")
+    found = data.load_mnist("auto")
+    assert found.source == f"IDX files cached in {cache} by an earlier download"
+    np.testing.assert_array_equal(found.test_images, mnist.test_images)
+    (cache / "train-images-idx3-ubyte").write_bytes(b"junk!")  # not what the download wrote: not read, not deleted
+    assert data.load_mnist("auto").source == found.source and len(list(cache.iterdir())) == 5
+    (cache / "t10k-labels-idx1-ubyte.gz").unlink()  # three of four: TFDS is tried
+    assert not data.reads_files("auto")
+    with pytest.raises(pytest.fail.Exception, match="TFDS was tried"):
+        data.load_mnist("auto")
+
+
+def test_a_damaged_file_of_an_earlier_download_is_deleted_alone_and_a_folder_the_os_refuses_is_a_data_error(data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for gz in data_dir.glob("*.gz"):
+        shutil.copy(gz, cache)
+    cut = cache / "t10k-labels-idx1-ubyte.gz"
+    cut.write_bytes(cut.read_bytes()[:1000])
+    with pytest.raises(DataError, match="a file cached by an earlier download, now deleted; run again to download it afresh"):
+        data.download(cache, "http://unused.invalid/")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{stem}.gz" for stem in data.IDX_SHA256 if "t10k-labels" not in stem)
+    too_long = tmp_path.joinpath(*["x" * 250] * 17)  # (ENAMETOOLONG: as a folder that cannot be searched)
+    with pytest.raises(DataError, match=r": cannot read \(File name too long\)$"):
+        load_idx_dir(too_long)
+    assert not data.downloaded(too_long)
 
 
 def test_a_download_that_fails_its_digest_is_deleted(mirror, tmp_path):

@@ -192,6 +192,19 @@ def test_a_process_that_cannot_reach_its_coordinator_gives_up_within_the_timeout
 
 
 @pytest.mark.slow
+def test_a_coordinator_port_already_in_use_is_refused_by_process_0_in_one_line(tmp_path):
+    """(JAX's coordination service, failing to listen there, crashes the process.)"""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        proc = run_script("study.py", "--stages", "linear_ce", "--out", tmp_path / "run", "--coordinator", address,
+                          "--num-processes", "2", "--process-id", "0", "--timeout", "5")
+    assert_one_line_error(proc, f"--coordinator {address}: process 0 cannot listen on port", "choose another port")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fragment, where", [
     (["--num-processes", "2", "--process-id", "2", "--coordinator", "127.0.0.1:1234"], "--process-id: expected 0 to 1", "process"),
     (["--num-processes", "2", "--process-id", "0"], "go together", "in process"),
@@ -256,7 +269,7 @@ def test_one_process_stays_one_process_unless_asked_or_on_a_cluster(monkeypatch)
 
 @pytest.mark.slow
 def test_sigterm_to_every_process_stops_the_run_together_and_it_resumes_exactly(tmp_path, data_args):
-    """As SLURM's scancel does: SIGTERM to each process while the run trains. All agree on
+    """As SLURM's scancel does: a stop signal to each process while the run trains. All agree on
     the epoch to stop after, save it, and end in one line with
     status 143 well within a cluster's 30 s of grace; two processes resumed end exactly as
     one process of four devices trained through, and a SIGTERM after their last epoch lets
@@ -268,8 +281,8 @@ def test_sigterm_to_every_process_stops_the_run_together_and_it_resumes_exactly(
         if line.startswith("linear_ce, 4 seeds: epoch 1/2"):
             break
     signalled = time.monotonic()
-    procs[0].send_signal(signal.SIGTERM)
-    procs[1].send_signal(signal.SIGHUP)  # a closed terminal: each process's supervisor makes it a SIGTERM
+    procs[0].send_signal(signal.SIGINT)  # Ctrl-C, and a closed terminal: each process's supervisor makes it a SIGTERM
+    procs[1].send_signal(signal.SIGHUP)
     ends = [(proc.communicate(timeout=120)[1], proc.returncode) for proc in procs]
     for stderr, status in ends:
         assert status == 143, ends

@@ -41,7 +41,9 @@ def listing(folder) -> list[str]:
     [
         ("train.py", ["--stage", "mlp", "--seed", "4294967296"], "a seed from 0 to 4294967295"),
         ("study.py", ["--seeds", "2147483648"], "an integer from 1 to 2147483647"),
-        ("sweep.py", ["--lr", "1e-3,-1"], "in '1e-3,-1': expected a positive finite number"),
+        ("sweep.py", ["--lr", "1e-3,-1"], "in '1e-3,-1': expected a positive number a float32 holds"),
+        ("train.py", ["--stage", "mlp", "--lr", "1e308"], "a positive number a float32 holds, got '1e308'"),
+        ("sweep.py", ["--lr", "1e-50,1e-3"], "a positive number a float32 holds, got '1e-50'"),
         ("compare.py", ["--epochs", "99999999999999999999"], "an integer from 1 to 2147483647"),
         ("linearity.py", ["--widths", "8,4294967296"], "an integer from 1 to 2147483647"),
         ("benchmark.py", ["--rounds", "2147483648"], "an integer from 1 to 2147483647"),
@@ -83,6 +85,7 @@ UNWRITABLE = {
     "read-only": lambda request, tmp_path: request.getfixturevalue("read_only") / "out",
     "pseudo-filesystem": lambda request, tmp_path: "/proc/mnist_jax_out",
     "through a file": through_a_file,
+    "a name too long": lambda request, tmp_path: tmp_path / "new" / ("x" * 300),  # (new/ is made, then not left)
 }
 TRAINING = {"train.py": ["--stage", "linear_ce"], "study.py": ["--stages", "linear_ce"], "compare.py": ["--stages", "linear_ce"]}
 

@@ -63,6 +63,7 @@ def test_seeds_that_do_not_fit_at_once_train_in_chunks_with_the_same_results(tin
         chunked = train_seeds(config, tiny, [0, 1, 2, 3], on_epoch=lambda done, total: epochs_seen.append((done, total)))
     assert epochs_seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert chunked.seeds == [0, 1, 2, 3]
+    assert list(chunked.epoch_seconds) == [1, 2] and 0 < sum(chunked.epoch_seconds.values()) <= chunked.train_seconds  # both chunks'
     for rows_c, rows_t in zip(chunked.history, together.history, strict=True):
         for row_c, row_t in zip(rows_c, rows_t, strict=True):
             assert row_c == pytest.approx(row_t, rel=1e-12)

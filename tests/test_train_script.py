@@ -2,13 +2,16 @@
 
 import json
 import re
+import shlex
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_tensorboard_log, load_script, run_script, run_script_in_process
+from conftest import ROOT, assert_tensorboard_log, load_script, run_script, run_script_in_process
 from mnist_jax import data
 from mnist_jax.checkpoint import load_classifier, load_model, to_nnx
 from mnist_jax.stages import ORIGINAL, STAGES
@@ -134,13 +137,13 @@ def test_a_run_exports_to_pytorch_and_to_nnx_linear_with_the_same_logits(runs, m
         np.testing.assert_allclose(exported, logits, rtol=1e-5, atol=1e-5)
 
 
-def test_no_cache_leaves_no_compilation_cache(tmp_path, data_args):
+def test_no_cache_leaves_no_compilation_cache_and_a_run_whose_shell_closed_its_output_succeeds(tmp_path, data_args):
     cache = tmp_path / "cache"
-    proc = run_script(
-        "train.py", "--stage", "linear_ce", "--epochs", "1", *data_args, "--out", tmp_path / "run",
-        "--compile-cache", cache, "--no-cache",
-    )
-    assert proc.returncode == 0, proc.stderr
+    args = ["--stage", "linear_ce", "--epochs", "1", *data_args, "--out", tmp_path / "run", "--compile-cache", cache, "--no-cache"]
+    command = shlex.join([sys.executable, str(ROOT / "scripts" / "train.py"), *map(str, args)])
+    proc = subprocess.run(["bash", "-c", f"{command} >&- 2>&-"])  # stdout and stderr closed
+    assert proc.returncode == 0
+    assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]) == 1
     assert not cache.exists()  # tests/test_benchmark.py shows the cache filling without --no-cache
 
 

@@ -1,0 +1,130 @@
+"""Compiled programs kept between processes: JAX's persistent cache skips compiling, but every start
+still traces and lowers each program to find its entry; this keeps the executable itself, found by
+what decides it (the project's code, the packages, the machine, JAX's settings, the arguments), so a
+warm start neither traces nor lowers. It lives in JAX's cache folder and is off where that is off;
+like JAX's own entries, its files are machine code, to keep in a folder only you can write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import pickle
+import platform
+import time
+from functools import cache
+from pathlib import Path
+from typing import Callable
+
+import flax
+import jax
+import jaxlib
+import ml_dtypes
+import numpy as np
+import optax
+from jax.experimental import serialize_executable
+
+from mnist_jax import files
+
+PREFIX = "mnist_jax-"  # beside JAX's own entries, in the same folder
+UNUSED_DAYS = 30  # an entry no start has loaded for this long is deleted when another is kept
+# JAX's settings that never change a program, but the cache's own (some JAX sets, some `_compile_afresh` changes)
+CACHE_SETTINGS = {"jax_compilation_cache_dir", "jax_enable_compilation_cache", "jax_compilation_cache_max_size",
+                  "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes"}
+
+
+@cache
+def _machine_and_code() -> str:
+    """What decides a program and stays as it is for the process: the project's code, the packages, the CPU."""
+    source = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        source.update(path.read_bytes())
+    cpu = [platform.machine(), platform.processor()]
+    if os.path.exists("/proc/cpuinfo"):  # XLA:CPU compiles for this CPU's instruction sets
+        cpu += sorted({line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                       if line.startswith(("model name", "flags", "Features", "CPU part"))})
+    versions = [(m.__name__, m.__version__) for m in (jax, jaxlib, flax, optax, np, ml_dtypes)]
+    flags = os.environ.get("XLA_FLAGS", "")
+    if flags.strip() and not flags.strip().startswith("--"):  # XLA reads such a value as the name of a file of flags
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            flags += "\n" + Path(flags.strip()).read_text()
+    return repr((source.hexdigest(), versions, cpu, flags))
+
+
+def _folder() -> Path | None:
+    if jax.process_count() > 1 or not jax.config.jax_enable_compilation_cache:
+        return None
+    folder = jax.config.jax_compilation_cache_dir
+    return Path(folder) if folder else None
+
+
+def _key(what: str, args: tuple) -> str:
+    """All that decides the program: what it closes over, its arguments' types and places, and `_machine_and_code`,
+    JAX's settings and devices (read each time: a process may change them)."""
+    leaves, tree = jax.tree.flatten(args)
+    avals = [(jax.typeof(x), getattr(x, "sharding", None)) for x in leaves]
+    settings = sorted(((k, v) for k, v in jax.config.values.items() if k not in CACHE_SETTINGS), key=str)
+    devices = [(d.platform, d.device_kind, d.id, d.client.platform_version) for d in jax.devices()]
+    return hashlib.sha256(repr((_machine_and_code(), settings, devices, jax.process_count(), what, str(tree), avals)).encode()).hexdigest()
+
+
+_served = [0]  # programs JAX's persistent cache has served this process
+
+
+def _count_served(event: str, **_) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _served[0] += 1
+
+
+jax.monitoring.register_event_listener(_count_served)
+
+
+def _compile_afresh(lower: Callable[[], jax.stages.Lowered]) -> tuple[jax.stages.Compiled, bool]:
+    """The program compiled, and whether JAX's persistent cache served it: XLA:CPU serializes an executable it
+    loaded without its functions (it then fails on its first run), so only a fresh one is kept. JAX does not cache
+    these programs itself, so that after a change a fresh compile refills this cache rather than JAX's serving it."""
+    served, least = _served[0], jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", math.inf)
+    try:
+        return lower().compile(), _served[0] > served
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", least)
+
+
+def compiled(what: str, build: Callable[[], Callable], *args) -> jax.stages.Compiled:
+    """The jitted function `build()` returns, compiled for `args`; `what` names all it closes over (its function
+    and the configuration it was built from). Loaded from JAX's cache folder when kept there (`build` is not
+    called), else compiled and kept; a folder that cannot be read or written costs only the time this saves."""
+    folder = _folder()
+    key = _key(what, args)
+    path = folder / f"{PREFIX}{key}" if folder else None
+    if path is not None:
+        with contextlib.suppress(Exception):  # none, damaged, another's, or not to be read: compiled below, and replaced
+            payload = path.read_bytes() if path.is_file() else b""
+            if hashlib.sha256(key.encode() + payload[32:]).digest() == payload[:32]:  # this key's, whole
+                devices, *serialized = pickle.loads(payload[32:])
+                by_id = {d.id: d for d in jax.devices()}
+                program = serialize_executable.deserialize_and_load(*serialized, execution_devices=[by_id[i] for i in devices])
+                os.utime(path)  # used: not pruned
+                return program
+    program, served = _compile_afresh(lambda: build().lower(*args))
+    if path is not None and not served:
+        with contextlib.suppress(Exception):  # (not kept: the next start compiles it again)
+            devices = [d.id for d in program.runtime_executable().local_devices()]  # the ones it runs on, in order
+            body = pickle.dumps((devices, *serialize_executable.serialize(program)))
+            with files.atomic_write(path) as partial:
+                partial.write_bytes(hashlib.sha256(key.encode() + body).digest() + body)
+            _prune(folder)
+    return program
+
+
+def _prune(folder: Path) -> None:
+    """Delete this cache's entries that no start has loaded for `UNUSED_DAYS` (a change of the code leaves its
+    programs behind)."""
+    old = time.time() - UNUSED_DAYS * 86400
+    for entry in folder.glob(f"{PREFIX}{'[0-9a-f]' * 64}"):  # (only names `compiled` gives)
+        with contextlib.suppress(OSError):
+            if entry.is_file() and not entry.is_symlink() and entry.stat().st_mtime < old:
+                entry.unlink()
