@@ -99,8 +99,9 @@ def test_the_ml_dtypes_check_table_is_the_four_committed_runs():
     assert_table_in(rows, doc("docs/performance.md"))
 
 
-def test_the_start_up_paragraph_gives_the_figures_of_the_benchmark_that_timed_the_packages_alone():
-    (path,) = [path for path in BENCHMARKS if "packages_seconds" in json.loads(path.read_text()).get("end_to_end", {})]
+@pytest.mark.parametrize("path", [path for path in BENCHMARKS if "packages_seconds" in json.loads(path.read_text()).get("end_to_end", {})],
+                         ids=lambda path: path.stem)
+def test_the_start_up_paragraph_gives_the_figures_of_each_benchmark_that_timed_the_packages_alone(path):
     e2e = json.loads(path.read_text())["end_to_end"]
     text = " ".join(doc("docs/performance.md").split("## Start-up")[1].split())
     assert (f"cold {e2e['cold_seconds']:.1f} s, of which {e2e['cold_epochs_seconds']:.1f} s its epochs; warm {e2e['warm_seconds']:.1f} s, "
@@ -109,6 +110,14 @@ def test_the_start_up_paragraph_gives_the_figures_of_the_benchmark_that_timed_th
     assert (f"{e2e['packages_seconds']:.1f} s (a fresh `import mnist_jax.train`, the project's modules with them, {e2e['import_seconds']:.1f} s)"
             in text and f"take {e2e['packages_seconds']:.1f} s of the 1.5 s the target allows" in text)
     assert f"fit in the {left:.1f} s left; it takes {e2e['warm_beyond_epochs_seconds'] - e2e['packages_seconds']:.1f} s" in text
+
+
+def test_the_zen_2_repeat_sentence_gives_the_figures_of_its_committed_run():
+    report = json.loads((ASSETS / "zen2_repeat" / "benchmark.json").read_text())
+    text = " ".join(doc("docs/performance.md").split())
+    seconds = ", ".join(f"{row['jax_epoch_seconds']:.3f}" for row in report["stages"])
+    efficiencies = ", ".join(f"{row['efficiency']:.2f}" for row in report["stages"])
+    assert f"(`{report['command']}`," in text and f"at {seconds} s, efficiency {efficiencies}:" in text
 
 
 def test_the_adam_hyperparameters_check_table_is_the_four_committed_runs():
