@@ -111,6 +111,8 @@ existing_folder = checked(_path, Path.is_dir, "the folder holding the four MNIST
 
 def why_unwritable(path: Path) -> str | None:
     """Why folder `path` cannot be written, else None: tried by making and removing a folder in its deepest existing part."""
+    if path.is_symlink() and not path.exists():  # (no folder can be made in its place)
+        return f"a link to {os.readlink(path)}, which does not exist"
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     try:
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=files.PARTIAL))
@@ -455,6 +457,8 @@ def setup_jax(cache: Path | None, no_cache: bool) -> None:
         raise UsageError(f"JAX refuses a setting of the environment ({e}); fix or unset it") from None
     if jax.config.jax_disable_jit:
         raise UsageError("JAX_DISABLE_JIT: the scripts run compiled programs only; unset it")
+    if jax.config.jax_enable_x64:  # (its float64 runs would not be the study's, and no float32 run could resume them)
+        raise UsageError("JAX_ENABLE_X64: the study trains in float32, as PyTorch does; unset it")
     if not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
         try:
             jax.devices()  # starts them, in well under a second, or fails before any work
@@ -477,7 +481,8 @@ def grid_progress(args: argparse.Namespace, script: str):
     work = {k: v for k, v in vars(args).items() if k not in LOCAL_OPTIONS | {"resume", "num_processes"}}
     progress = GridProgress(args.out, {"script": script, **work}, write=distributed.is_main())
     if foreign := progress.foreign():
-        raise UsageError(f"--out: {args.out} holds {', '.join(foreign)}, which {script} did not write; choose another --out")
+        raise UsageError(f"--out: {args.out} holds {', '.join(foreign)}, which {script} did not write (or cannot read, "
+                         "and so does not replace); choose another --out")
     if args.resume:
         if not progress.exists():
             raise UsageError(f"--resume: no unfinished work in {args.out} to continue")

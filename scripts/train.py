@@ -59,8 +59,8 @@ def check_run_folders(args) -> None:
         cli.claim(out)
         foreign = foreign_entries(out, checkpoint.RUN_FILES)
         if foreign and not args.resume:
-            raise UsageError(f"--out: {out} holds {', '.join(foreign)}, which train.py did not write; "
-                             "it writes or replaces only a run folder: choose another --out")
+            raise UsageError(f"--out: {out} holds {', '.join(foreign)}, which train.py did not write (or cannot read, "
+                             "and so does not replace); it writes or replaces only a run folder: choose another --out")
         if args.resume:
             args.resumed[stage] = resumable(args, stage, out)
         elif checkpoint.has_checkpoint(out) and not args.overwrite:

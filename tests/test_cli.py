@@ -173,6 +173,17 @@ def test_a_compilation_cache_from_the_environment_is_checked_as_one_named_on_the
     assert listing(tmp_path) == ["a_file"]
 
 
+def test_a_compilation_cache_that_is_a_link_to_nothing_is_refused_before_any_work(refused, tmp_path, monkeypatch):
+    """(JAX cannot make its folder there: every start compiled again, without a word.)"""
+    (tmp_path / "cache").symlink_to(tmp_path / "gone")
+    why = f"cannot write to cache (a link to {tmp_path / 'gone'}, which does not exist)"
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # (the suite's)
+    assert refused("train.py", "--stage", "linear_ce", "--out", "run", "--compile-cache", "cache").endswith(f"--compile-cache: {why}")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "cache")
+    assert refused("train.py", "--stage", "linear_ce", "--out", "run").endswith(f"$JAX_COMPILATION_CACHE_DIR: {why}")
+    assert listing(tmp_path) == ["cache"] and not (tmp_path / "gone").exists()
+
+
 def test_a_compilation_cache_in_the_default_run_folder_is_refused(refused, tmp_path):
     line = refused("train.py", "--stage", "linear_ce", "--compile-cache", "runs/linear_ce-seed42/cache")
     assert line.endswith("lies in the run's folder runs/linear_ce-seed42; choose a compilation cache apart from --out")
@@ -391,6 +402,8 @@ def test_a_platform_jax_cannot_start_is_refused_in_one_line_before_any_work(tmp_
     ({"JAX_ENABLE_X64": "maybe"}, "JAX refuses a setting of the environment (invalid truth value 'maybe' for environment 'JAX_ENABLE_X64')"),
     ({"JAX_NUM_CPU_DEVICES": "0"}, "JAX cannot start its devices ("),
     ({"JAX_DISABLE_JIT": "1"}, "JAX_DISABLE_JIT: the scripts run compiled programs only; unset it"),
+    # (float64 runs are not the study's: they were reported "damaged" when resumed without it, and it without them)
+    ({"JAX_ENABLE_X64": "1"}, "JAX_ENABLE_X64: the study trains in float32, as PyTorch does; unset it"),
     ({"XLA_FLAGS": "--xla_cpu_parallel_codegen_split_count=0"},  # (a value XLA checks only as it compiles)
      "XLA_FLAGS='--xla_cpu_parallel_codegen_split_count=0': XLA started with them, then failed (INTERNAL: "),
 ])
@@ -563,3 +576,14 @@ def test_a_library_module_run_by_mistake_says_in_one_line_what_to_run(tmp_path):
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert_one_line_error(proc, "mnist_jax.train is a library module, not a command; run: python -m mnist_jax train ...")
     assert listing(tmp_path) == []
+
+
+def test_a_damaged_progress_file_is_named_as_unreadable_and_kept(refused, tmp_path):
+    """(It cannot be told from another's file of its name, so neither --resume nor --overwrite replaces it.)"""
+    (tmp_path / "run" / "progress").mkdir(parents=True)
+    (tmp_path / "run" / "progress" / "work.json").write_text('{"x":')
+    for flag in ("--resume", "--overwrite"):
+        line = refused("study.py", "--stages", "linear_ce", "--out", "run", flag)
+        assert line.endswith("holds progress/work.json, which study.py did not write (or cannot read, and so does not replace); "
+                             "choose another --out")
+    assert (tmp_path / "run" / "progress" / "work.json").read_text() == '{"x":'
