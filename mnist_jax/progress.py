@@ -20,6 +20,11 @@ WORK_FILE = "work.json"
 CHUNK = re.compile(r"[a-z][a-z0-9_]*-hidden\d+-bits\d+-from\d+-\d+\.npz")  # the name `study.train_grid` gives a chunk
 
 
+def _shown(value) -> str:
+    """An option's value as the command line gave it: None was no value (the script's default)."""
+    return "not given" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 class GridProgress:
     """The progress files of one piece of work in `out`; `write` False but in process 0 (all read: `out` is shared)."""
 
@@ -43,7 +48,7 @@ class GridProgress:
         return (self.folder / WORK_FILE).is_file()
 
     def differences(self) -> list[str]:
-        """The options of the saved work that differ from this one's, as 'name: saved, asked', once every file
+        """The options of the saved work that differ from this one's, as '--name asked (saved: saved)', once every file
         saved reads whole (else `ProgressError`, before any training); the saved work's `run_id` becomes this one's."""
         path = self.folder / WORK_FILE
         try:
@@ -55,7 +60,8 @@ class GridProgress:
                         raise zipfile.BadZipFile
         except UNREADABLE as e:
             raise ProgressError(f"{path} is damaged ({type(e).__name__}); pass --overwrite to start again") from None
-        return [f"{k} {saved.get(k)!r} (asked: {v!r})" for k, v in self.work.items() if saved.get(k) != v]
+        return [f"{'the script' if k == 'script' else '--' + k.replace('_', '-')} {_shown(v)} (saved: {_shown(saved.get(k))})"
+                for k, v in self.work.items() if saved.get(k) != v]
 
     def start(self) -> None:
         """A fresh start under a new `run_id` (its results' mark); the progress saved stays until the first save,

@@ -375,7 +375,7 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_grid_and_only_t
     stop(proc, signal.SIGTERM)
     assert proc.returncode == 143
     other = run_script_in_process("sweep.py", *grid, "--epochs", "3", "--out", out, "--resume")  # its parsing refuses it
-    assert_one_line_error(other, "--resume: the work saved in", "epochs 2 (asked: 3)", "pass --overwrite to start again")
+    assert_one_line_error(other, "--resume: the work saved in", "--epochs 3 (saved: 2)", "pass --overwrite to start again")
     resumed = run_script_in_process("sweep.py", *args, "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     whole_stderr = whole.communicate(timeout=600)[1]
@@ -409,7 +409,7 @@ def test_overwrite_never_reads_the_progress_of_the_work_it_replaces(tmp_path, ca
     assert parse_grid(tmp_path, "--lr", "0.05", "--resume").progress.load(CHUNK, STATES) is not None
     with pytest.raises(SystemExit) as stopped:
         parse_grid(tmp_path, "--resume")
-    assert stopped.value.code == 2 and "lr 0.05 (asked: None)" in capsys.readouterr().err
+    assert stopped.value.code == 2 and "--lr not given (saved: 0.05)" in capsys.readouterr().err
 
 
 def test_a_finished_grid_clears_the_progress_of_every_stage_a_control_named_with_digits_too(tmp_path):
