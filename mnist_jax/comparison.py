@@ -30,7 +30,8 @@ def compare_stage(stage: str, data: MNIST, seeds: list[int], loops: list[str], e
                   progress: Callable[[str], None] = lambda _: None) -> dict:
     """Train `stage` for each seed in JAX and in each PyTorch loop style, on the JAX split;
     `progress` is told of each run once it is done. Per framework: accuracies (std None for
-    one seed), steady epoch time, compile time (for `torch.compile`, the first epoch's excess)."""
+    one seed), steady epoch time, compile time (JAX's first run's, whose programs the later seeds reuse; for
+    `torch.compile`, the first epoch's excess)."""
 
     def run(framework: str, seed: int):
         if framework == "jax":
@@ -49,7 +50,7 @@ def compare_stage(stage: str, data: MNIST, seeds: list[int], loops: list[str], e
         histories = [r.history for r in runs]
         compile_seconds = None
         if framework == "jax":
-            compile_seconds = float(np.mean([r.compile_seconds for r in runs]))
+            compile_seconds = runs[0].compile_seconds  # (the later seeds' runs reuse its programs)
         elif framework == "torch/compile":
             compile_seconds = float(np.mean([h[0]["seconds"] - steady_seconds_per_epoch([h]) for h in histories]))
         accuracy = summary([r.test_accuracy for r in runs])

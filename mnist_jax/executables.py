@@ -66,6 +66,7 @@ def _key(what: str, args: tuple) -> str:
     leaves, tree = jax.tree.flatten(args)
     avals = [(jax.typeof(x), getattr(x, "sharding", None)) for x in leaves]
     settings = sorted(((k, v) for k, v in jax.config.values.items() if k not in CACHE_SETTINGS), key=str)
+    settings.append(jax.sharding.get_abstract_mesh())  # (`jax.set_mesh`'s, kept apart from the settings)
     devices = [(d.platform, d.device_kind, d.id, d.client.platform_version) for d in jax.devices()]
     return hashlib.sha256(repr((_machine_and_code(), settings, devices, jax.process_count(), what, str(tree), avals)).encode()).hexdigest()
 
@@ -93,12 +94,23 @@ def _compile_afresh(lower: Callable[[], jax.stages.Lowered]) -> tuple[jax.stages
         jax.config.update("jax_persistent_cache_min_compile_time_secs", least)
 
 
+_in_memory: dict[str, jax.stages.Compiled] = {}  # this process's programs, by `_key`
+
+
 def compiled(what: str, build: Callable[[], Callable], *args) -> jax.stages.Compiled:
     """The jitted function `build()` returns, compiled for `args`; `what` names all it closes over (its function
-    and the configuration it was built from). Loaded from JAX's cache folder when kept there (`build` is not
-    called), else compiled and kept; a folder that cannot be read or written costs only the time this saves."""
-    folder = _folder()
+    and the configuration it was built from). Compiled once per process (each run builds its functions anew, so
+    `jax.jit`'s own cache never serves them); between processes, loaded from JAX's cache folder when kept there
+    (`build` is not called), else compiled and kept; a folder that cannot be read or written costs only the time this saves.
+    The project's code is read once per process: after editing it, start a new process (a reload is not seen)."""
     key = _key(what, args)
+    if key not in _in_memory:
+        _in_memory[key] = _loaded_or_compiled(key, build, args)
+    return _in_memory[key]
+
+
+def _loaded_or_compiled(key: str, build: Callable[[], Callable], args: tuple) -> jax.stages.Compiled:
+    folder = _folder()
     path = folder / f"{PREFIX}{key}" if folder else None
     if path is not None:
         with contextlib.suppress(Exception):  # none, damaged, another's, or not to be read: compiled below, and replaced

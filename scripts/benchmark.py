@@ -146,7 +146,8 @@ def benchmark_stages(configs: list[TrainConfig], data: MNIST, torch_loops: list[
     """Each stage's seconds per epoch: JAX, the `nnx.jit` loop, each PyTorch loop. A round
     measures every stage in turn (the ceiling, then each framework), so a slow spell of a
     shared machine falls on one round of all, not all rounds of one; figures are medians over
-    rounds (`rounds` keeps them all), `efficiency` the median of each round's FLOP/s over its ceiling."""
+    rounds (`rounds` keeps them all) but JAX's compile time, the first round's, `efficiency` the median of each
+    round's FLOP/s over its ceiling."""
     times: list[dict[str, list[float]]] = [{} for _ in configs]
     for _ in range(rounds):
         for config, measured in zip(configs, times):
@@ -161,6 +162,7 @@ def benchmark_stages(configs: list[TrainConfig], data: MNIST, torch_loops: list[
     rows = []
     for config, measured in zip(configs, times):
         row = {"stage": config.stage, **{key: statistics.median(values) for key, values in measured.items()}}
+        row["jax_compile_seconds"] = measured["jax_compile_seconds"][0]  # (a process compiles a stage once: later rounds reuse it)
         epoch, (forward, train_step) = row["jax_epoch_seconds"], flops_per_example(config)
         flops = examples * train_step + NUM_VALIDATION * forward  # a training and a validation pass
         row.update(jax_samples_per_second=examples / epoch, flops_per_example=train_step)

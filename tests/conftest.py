@@ -1,5 +1,5 @@
-"""Shared fixtures. Two tiers: `pytest -m "not slow"` runs on synthetic arrays in under a
-minute; the full suite adds every test on the real MNIST and every script run."""
+"""Shared fixtures. Two tiers: `pytest -m "not slow"` runs on synthetic arrays in 1-2
+minutes on 2 cores; the full suite adds every test on the real MNIST and every script run."""
 
 import contextlib
 import importlib

@@ -57,6 +57,7 @@ def test_benchmark_py_reports_jax_alone_in_its_out_folder_and_keeps_a_report_the
     assert row["speedup_vs_nnx_jit"] == pytest.approx(row["nnx_jit_epoch_seconds"] / row["jax_epoch_seconds"])
     assert row["jax_samples_per_second"] == pytest.approx(1_000 / row["jax_epoch_seconds"])  # 7,000 less 6,000 validation
     assert row["efficiency"] > 0 and row["jax_compile_seconds"] > 0 and not any(key.startswith("torch_") for key in row)
+    assert row["jax_compile_seconds"] == row["rounds"]["jax_compile_seconds"][0]  # the one compile; later rounds reuse it
     mapped, vmapped = report["studies"]  # two seeds walked through by lax.map, then side by side; against the single run
     assert (mapped["width"], vmapped["width"]) == (1, 2) and mapped["backend_default"] and not vmapped["backend_default"]
     for study in (mapped, vmapped):  # against a run alone doing the same work: its epoch and a test pass

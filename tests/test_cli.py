@@ -361,10 +361,10 @@ def real(data_dir, name: str) -> bytes:
         ("train-labels-idx1-ubyte.gz", lambda d: None, "missing train-labels-idx1-ubyte"),
         ("t10k-images-idx3-ubyte.gz", lambda d: (d / "t10k-images-idx3-ubyte.gz").read_bytes()[:5000], "cannot read"),
         ("t10k-labels-idx1-ubyte.gz", lambda d: real(d, "t10k-labels-idx1-ubyte.gz"), "cannot read"),  # not gzip
-        ("t10k-labels-idx1-ubyte.gz", lambda d: gzip.compress(b"\x00\x00\x08\x03" + real(d, "t10k-labels-idx1-ubyte.gz")[4:]), "wrong magic"),
-        ("t10k-images-idx3-ubyte.gz", lambda d: gzip.compress(struct.pack(">4I", 0x803, 10, 32, 32) + bytes(10 * 32 * 32)), "expected 28x28"),
-        ("t10k-images-idx3-ubyte.gz", lambda d: gzip.compress(real(d, "t10k-images-idx3-ubyte.gz")[:-784]), "header promises"),
-        ("t10k-labels-idx1-ubyte.gz", lambda d: gzip.compress(real(d, "t10k-labels-idx1-ubyte.gz")[:-1] + b"\x0a"), "differs from the published digest"),
+        ("t10k-labels-idx1-ubyte.gz", lambda d: gzip.compress(b"\x00\x00\x08\x03" + real(d, "t10k-labels-idx1-ubyte.gz")[4:], compresslevel=1), "wrong magic"),
+        ("t10k-images-idx3-ubyte.gz", lambda d: gzip.compress(struct.pack(">4I", 0x803, 10, 32, 32) + bytes(10 * 32 * 32), compresslevel=1), "expected 28x28"),
+        ("t10k-images-idx3-ubyte.gz", lambda d: gzip.compress(real(d, "t10k-images-idx3-ubyte.gz")[:-784], compresslevel=1), "header promises"),
+        ("t10k-labels-idx1-ubyte.gz", lambda d: gzip.compress(real(d, "t10k-labels-idx1-ubyte.gz")[:-1] + b"\x0a", compresslevel=1), "differs from the published digest"),
     ],
 )
 def test_bad_data_gives_one_line_naming_the_file_and_status_2(tmp_path, data_dir, name, make, complaint):

@@ -172,7 +172,7 @@ def test_adam_masks_out_a_frozen_layer_and_trains_the_rest_exactly_as_the_unmask
 def test_a_random_features_checkpoint_from_before_the_masked_adam_resumes_to_the_masked_runs_end(tiny, tmp_path):
     """A run saved when Adam still kept (zero) moments for the frozen layer loads, converts and resumes: its moments are
     dropped, and it ends where a run of the masked Adam throughout does."""
-    config = TrainConfig("random_features", epochs=1, hidden=16)
+    config = TrainConfig("random_features", epochs=1, hidden=32)  # (the width of the tests above: their programs, compiled once)
     run = train(config, tiny)
     unmasked = make_optimizer(config, mask_frozen=False)  # the optimizer state an earlier version saved: the same
     real, fresh = run.final.opt_state, unmasked.init(run.final.params)  # moments, and zeros for the frozen layer

@@ -75,7 +75,7 @@ def test_gzip_files_of_several_members_or_padded_with_zeros_load_as_gzip_reads_t
     for gz in data_dir.glob("*.gz"):
         raw = gzip.decompress(gz.read_bytes())
         half = len(raw) // 2
-        (tmp_path / gz.name).write_bytes(gzip.compress(b"") + gzip.compress(raw[:half]) + gzip.compress(raw[half:]) + bytes(8))
+        (tmp_path / gz.name).write_bytes(gzip.compress(b"", compresslevel=1) + gzip.compress(raw[:half], compresslevel=1) + gzip.compress(raw[half:], compresslevel=1) + bytes(8))
     assert gzip.decompress((tmp_path / "t10k-labels-idx1-ubyte.gz").read_bytes()) == gzip.decompress(
         (data_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
     members = load_idx_dir(tmp_path)
@@ -93,7 +93,7 @@ def test_a_file_with_a_wrong_digest_is_rejected(data_dir, tmp_path):
     labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
     raw = bytearray(gzip.decompress(labels.read_bytes()))
     raw[100] = (raw[100] + 1) % 10  # one test label changed: still a valid IDX file
-    labels.write_bytes(gzip.compress(bytes(raw)))
+    labels.write_bytes(gzip.compress(bytes(raw), compresslevel=1))
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: SHA-256 .* differs"):
         load_idx_dir(tmp_path)
 
@@ -242,7 +242,7 @@ def test_a_download_that_fails_its_digest_is_deleted(mirror, tmp_path):
     root, url = mirror
     synthetic = synthetic_mnist(num_train=20, num_test=10)
     for stem, array in zip(data.IDX_SHA256, synthetic[:4]):  # well-formed IDX files, but not MNIST's
-        (root / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+        (root / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(array), compresslevel=1))
     cache = tmp_path / "cache"
     with pytest.raises(DataError) as refused:
         data.download(cache, url)
@@ -271,7 +271,7 @@ def test_tfds_without_mnist_prepared_says_what_is_missing(monkeypatch):
 def test_unverified_idx_files_load_as_written(tmp_path):
     synthetic = synthetic_mnist(num_train=20, num_test=10)
     for stem, array in zip(data.IDX_SHA256, synthetic[:4]):
-        (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+        (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(array), compresslevel=1))
     loaded = load_idx_dir(tmp_path, verify=False)
     for got, written in zip(loaded[:4], synthetic[:4]):
         np.testing.assert_array_equal(got, written)
@@ -290,10 +290,10 @@ def test_counts_that_disagree_and_labels_outside_0_to_9_are_named(data_dir, tmp_
         shutil.copy(gz, tmp_path)
     labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
     raw = gzip.decompress(labels.read_bytes())
-    labels.write_bytes(gzip.compress(raw[:-1] + b"\x0c"))  # a label 12
+    labels.write_bytes(gzip.compress(raw[:-1] + b"\x0c", compresslevel=1))  # a label 12
     with pytest.raises(DataError, match="label 12 outside 0-9"):
         load_idx_dir(tmp_path, verify=False)
-    labels.write_bytes(gzip.compress(struct.pack(">2I", 0x801, 9_999) + raw[8:-1]))
+    labels.write_bytes(gzip.compress(struct.pack(">2I", 0x801, 9_999) + raw[8:-1], compresslevel=1))
     with pytest.raises(DataError, match="10000 images but 9999 labels"):
         load_idx_dir(tmp_path, verify=False)
 

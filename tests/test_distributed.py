@@ -121,11 +121,11 @@ def test_two_processes_train_a_grid_as_one_process_does(tmp_path, data_args):
 
 @pytest.mark.slow
 def test_a_killed_process_stops_the_other_within_the_timeout_in_one_line(tmp_path, data_args):
-    port, timeout = free_port(), 10
-    args = ["--stages", "mlp", "--seeds", 8, "--epochs", 20, "--timeout", timeout, "--out", tmp_path / "run", *data_args]
+    port, timeout = free_port(), 6
+    args = ["--stages", "linear_ce", "--seeds", 8, "--epochs", 1000, "--timeout", timeout, "--out", tmp_path / "run", *data_args]
     survivor, victim = start("study.py", args, 0, 2, port), start("study.py", args, 1, 2, port)
     for line in survivor.stdout:  # joined, compiled, training
-        if line.startswith("mlp, 8 seeds: epoch 1/20"):
+        if line.startswith("linear_ce, 8 seeds: epoch 1/1000"):
             break
     assert survivor.poll() is None and victim.poll() is None, survivor.stderr.read()
     os.killpg(victim.pid, 9)  # the process and its supervised child

@@ -33,9 +33,15 @@ def cache_in(path):
             jax.config.update(name, value)
 
 
+def new_start() -> None:
+    """As a new process starts: no program compiled or loaded yet (the process keeps each it had)."""
+    executables._in_memory.clear()
+
+
 @pytest.fixture
 def folder(tmp_path):
-    """A cache folder of this test's own."""
+    """A cache folder of this test's own, used as by a new process."""
+    new_start()
     with cache_in(tmp_path):
         yield tmp_path
 
@@ -81,6 +87,8 @@ def test_a_run_whose_programs_come_from_the_cache_traces_nothing_and_ends_exactl
     config = TrainConfig("mlp_dropout", epochs=2, batch_size=256)
     cold = train(config, tiny)
     assert len(kept(folder)) == 7  # initial, examples_at, epoch_keys, shuffle, train_epoch, evaluate for validation and test
+    assert traced_or_compiled(lambda: train(config, tiny)) == []  # again in this process: nothing compiled again
+    new_start()
     runs = []
     assert traced_or_compiled(lambda: runs.append(train(config, tiny))) == []
     (warm,) = runs
@@ -92,8 +100,33 @@ def test_a_run_whose_programs_come_from_the_cache_traces_nothing_and_ends_exactl
                                       jax.random.key_data(b) if jnp.issubdtype(b.dtype, jax.dtypes.prng_key) else b)
     assert len(kept(folder)) == 7
     other = dataclasses.replace(config, epochs=1, seed=5)  # neither is in a program: the same seven serve it
+    new_start()
     assert traced_or_compiled(lambda: train(other, tiny)) == [] and len(kept(folder)) == 7
     assert len(traced_or_compiled(lambda: train(other, synthetic_mnist(num_train=6_790, num_test=321)))) > 0  # other shapes: programs of their own
+
+
+def test_runs_of_one_configuration_in_one_process_compile_its_programs_once_even_without_a_cache_folder(tiny):
+    """As in a notebook, where JAX's cache folder is off: a second run, of another seed, traces and compiles nothing."""
+    new_start()
+    saved = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        config = TrainConfig("mlp_bn", epochs=1)
+        assert len(traced_or_compiled(lambda: train(config, tiny))) > 0
+        assert traced_or_compiled(lambda: train(dataclasses.replace(config, seed=1), tiny)) == []
+    finally:
+        jax.config.update("jax_enable_compilation_cache", saved)
+
+
+def test_a_program_compiled_under_a_mesh_context_is_not_served_outside_it():
+    """`jax.set_mesh` decides a program (its outputs' shardings) but is not among JAX's settings."""
+    new_start()
+    mesh = jax.make_mesh((1,), ("batch",), axis_types=(jax.sharding.AxisType.Explicit,))
+    build = lambda: jax.jit(lambda s: jnp.zeros(4) + s)  # noqa: E731
+    with (jax.set_mesh if hasattr(jax, "set_mesh") else jax.sharding.use_mesh)(mesh):  # (jax 0.7.1: use_mesh)
+        inside = executables.compiled("zeros", build, 1.0)(1.0)
+    outside = executables.compiled("zeros", build, 1.0)(1.0)
+    assert isinstance(inside.sharding, jax.NamedSharding) and isinstance(outside.sharding, jax.sharding.SingleDeviceSharding)
 
 
 def test_each_shape_and_configuration_has_its_own_program(folder):
@@ -144,6 +177,7 @@ def test_an_entry_under_another_programs_name_is_not_used(folder):
     triple = executables.compiled("triple", lambda: jax.jit(lambda x: 3 * x), jnp.ones(3))
     (first, second) = kept(folder)
     (folder / first).write_bytes((folder / second).read_bytes())  # the same signature, another program
+    new_start()
     assert executables.compiled("double", lambda: jax.jit(lambda x: 2 * x), jnp.ones(3))(jnp.ones(3)).tolist() == \
            double(jnp.ones(3)).tolist()
     assert executables.compiled("triple", lambda: jax.jit(lambda x: 3 * x), jnp.ones(3))(jnp.ones(3)).tolist() == \
@@ -160,6 +194,7 @@ def test_entries_no_start_has_loaded_for_30_days_go_when_another_is_kept(folder)
     for theirs in ("jit_theirs-cache", "mnist_jax-notes.txt"):  # JAX's entry, a user's file: not this cache's names
         (folder / theirs).write_text("not ours")
         os.utime(folder / theirs, (time.time() - month,) * 2)
+    new_start()
     executables.compiled("a", lambda: jax.jit(lambda x: x + 1), jnp.ones(2))  # loaded: used again
     executables.compiled("c", lambda: jax.jit(lambda x: x + 3), jnp.ones(2))  # kept: the unused are pruned
     assert a in kept(folder) and b not in kept(folder) and len(kept(folder)) == 3  # a, c, and the user's file
@@ -175,6 +210,7 @@ def test_a_damaged_entry_is_compiled_again_and_replaced(folder):
     whole = (folder / name).read_bytes()
     for damaged in (whole[: len(whole) // 2], whole[:32] + b"x" + whole[33:], b"", whole[:32] + pickle.dumps((b"not XLA's", None, None))):
         (folder / name).write_bytes(damaged)
+        new_start()
         assert executables.compiled("cumsum", build, jnp.ones(6))(jnp.ones(6)).tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
         assert (folder / name).read_bytes() != damaged and kept(folder) == [name]
 
@@ -183,6 +219,7 @@ def test_a_folder_that_cannot_be_written_or_searched_costs_only_the_time_it_woul
     (tmp_path / "file").write_text("not a folder")
     too_long = tmp_path.joinpath(*["x" * 250] * 17)  # a path the OS refuses to look in (ENAMETOOLONG), as an unsearchable folder
     for cache in (tmp_path / "file" / "cache", too_long):
+        new_start()
         with cache_in(cache):
             program = executables.compiled("sum", lambda: jax.jit(jnp.sum), jnp.ones(3))
         assert float(program(jnp.ones(3))) == 3.0 and sorted(p.name for p in tmp_path.iterdir()) == ["file"]

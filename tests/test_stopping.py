@@ -365,7 +365,7 @@ def test_a_study_stopped_at_a_random_moment_resumes_to_the_uninterrupted_results
 
 
 def test_a_sweep_stopped_by_sigterm_resumes_to_the_uninterrupted_grid_and_only_the_same_grid(tmp_path, data_args):
-    grid = ["--stages", "mlp,mlp_dropout", "--dropout", "0.2,0.5", "--seeds", "2", *data_args]
+    grid = ["--stages", "linear_ce,mlp_dropout", "--dropout", "0.2,0.5", "--seeds", "2", *data_args]
     args = [*grid, "--epochs", "2"]
     whole = start("sweep.py", *args, "--out", tmp_path / "whole")  # uninterrupted, beside the rest of the test
     out = tmp_path / "stopped"
