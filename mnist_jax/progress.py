@@ -20,9 +20,12 @@ WORK_FILE = "work.json"
 CHUNK = re.compile(r"[a-z][a-z0-9_]*-hidden\d+-bits\d+-from\d+-\d+\.npz")  # the name `study.train_grid` gives a chunk
 
 
-def _shown(value) -> str:
-    """An option's value as the command line gave it: None was no value (the script's default)."""
-    return "not given" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
+def option_difference(name: str, asked, saved) -> str:
+    """'--name asked (saved: saved)', each value as the command line gives it: None was none (the script's default)."""
+    def shown(value) -> str:
+        return "not given" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    return f"{'the script' if name == 'script' else '--' + name.replace('_', '-')} {shown(asked)} (saved: {shown(saved)})"
 
 
 class GridProgress:
@@ -60,8 +63,7 @@ class GridProgress:
                         raise zipfile.BadZipFile
         except UNREADABLE as e:
             raise ProgressError(f"{path} is damaged ({type(e).__name__}); pass --overwrite to start again") from None
-        return [f"{'the script' if k == 'script' else '--' + k.replace('_', '-')} {_shown(v)} (saved: {_shown(saved.get(k))})"
-                for k, v in self.work.items() if saved.get(k) != v]
+        return [option_difference(k, v, saved.get(k)) for k, v in self.work.items() if saved.get(k) != v]
 
     def start(self) -> None:
         """A fresh start under a new `run_id` (its results' mark); the progress saved stays until the first save,

@@ -10,6 +10,7 @@ from pathlib import Path
 from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION
 from mnist_jax.errors import EXIT_DIVERGED, EXIT_WRITE_FAILED, NonFiniteLoss, UsageError
 from mnist_jax.files import foreign_entries, signals_deferred, write_json
+from mnist_jax.progress import option_difference
 from mnist_jax.stages import STAGES, TrainConfig
 
 
@@ -91,7 +92,7 @@ def resumable(args, stage: str, out: Path):
     config = run.config  # its hidden width and dropout rate as trained (None: the stage's own)
     saved = dataclasses.asdict(config) | {"hidden": config.hidden or config.spec.hidden, "dropout": config.dropout_rate}
     asked = {"stage": stage} | args.given
-    differ = [f"--{name.replace('_', '-')} {value} (saved: {saved[name]})" for name, value in asked.items() if saved[name] != value]
+    differ = [option_difference(name, value, saved[name]) for name, value in asked.items() if saved[name] != value]
     if differ:
         raise UsageError(f"--resume: the run in {out} is {run.config.describe()}, not what was asked: {', '.join(differ)}; "
                      "pass --overwrite to start again, or choose another --out")
