@@ -4,7 +4,8 @@
 best-validation model, and under `meta` the format's version, config and history. It is written
 beside the old one and renamed over it: a crash leaves one epoch's checkpoint, never a mix. A
 checkpoint damaged, of another format or of arrays its config does not describe raises
-`CheckpointError`, never a half-restored run.
+`CheckpointError`, never a half-restored run. Flax is imported by the functions that make a model
+of a run, not above: saving and resuming need none (`train`'s docstring says why).
 """
 
 from __future__ import annotations
@@ -14,20 +15,22 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from jax.typing import ArrayLike
 
+from mnist_jax.data import NUM_PIXELS
 from mnist_jax.errors import CheckpointError
 from mnist_jax.evaluate import to_inputs
 from mnist_jax.files import UNREADABLE, atomic_write, finite_number, is_json_with, npz_member, write_json
-from mnist_jax.models import NUM_PIXELS
 from mnist_jax.train import HISTORY_KEYS, RunResult, TrainConfig, TrainState, graph, init_state, make_optimizer
+
+if TYPE_CHECKING:
+    from flax import nnx
 
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT = 2  # bump when the layout changes: older checkpoints are then refused, not misread
@@ -36,8 +39,7 @@ MAX_META_BYTES = 2**26  # the config and history of some 100,000 epochs, as NumP
 
 def _tree(final: TrainState, best: TrainState) -> dict:
     """What the archive holds: both models as pure dicts and the final optimizer state's leaves."""
-    models = {name: {"params": nnx.to_pure_dict(s.params), "batch_stats": nnx.to_pure_dict(s.batch_stats)}
-              for name, s in (("final", final), ("best", best))}
+    models = {name: {"params": s.params, "batch_stats": s.batch_stats} for name, s in (("final", final), ("best", best))}
     return models | {"opt_state": jax.tree.leaves(final.opt_state)}
 
 
@@ -149,9 +151,7 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         raise
     except UNREADABLE as e:
         raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: {e})") from None
-    final_params, final_stats, best_params, best_stats = (
-        nnx.State(saved[which][part]) for which in ("final", "best") for part in ("params", "batch_stats")
-    )
+    final_params, final_stats, best_params, best_stats = (saved[which][part] for which in ("final", "best") for part in ("params", "batch_stats"))
     opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state), saved["opt_state"])
     if earlier:
         opt_state = without_frozen_moments(opt_state, tx.init(final_params))
@@ -181,6 +181,8 @@ def load_model(run_dir: str | os.PathLike, which: str = "final") -> tuple[nnx.Mo
     """The `final` or `best` (best-validation) model of a saved run, as a Flax NNX module, and its config. It takes
     (N, 784) floats in [0, 1] (`load_classifier` takes raw images) and is in eval mode; the mode is an argument
     (`train=True`, for the MLPs), so `model.train()` and `model.eval()` change nothing. `to_nnx`: standard Flax layers."""
+    from flax import nnx
+
     check_which(which, "load_model")
     run = load_run(run_dir)
     state = run.final if which == "final" else run.best
@@ -192,6 +194,8 @@ def load_classifier(run_dir: str | os.PathLike, which: str = "final") -> Callabl
     (of any precision) in [0, 1], of shape (N, 28, 28), (N, 784), (N, 28, 28, 1) as TFDS gives them, (N, 1, 28, 28) as
     torchvision does, or (28, 28) or (784,) for one; it returns the predicted classes (N,) and probabilities (N, 10), in
     eval mode: `classes, probabilities = load_classifier("runs/mlp_bn-seed42")(images)`. Anything else: `ValueError`."""
+    from flax import nnx
+
     check_which(which, "load_classifier")
     model, _ = load_model(run_dir, which)
     graphdef, state = nnx.split(model)
@@ -234,6 +238,8 @@ def to_nnx(run_dir: str | os.PathLike, which: str = "final") -> nnx.Sequential:
     switch it, as in Flax): `nnx.Linear` (its kernel (in, out), the transpose of `models.torch_linear`'s),
     `nnx.BatchNorm` (momentum 0.9 in Flax's convention; in training it keeps the biased variance, where
     `models.BatchNorm1d` keeps PyTorch's unbiased one), `nnx.relu`, `nnx.Dropout`. It takes (N, 784) floats in [0, 1]."""
+    from flax import nnx
+
     check_which(which, "to_nnx")
     model, config = load_model(run_dir, which)
     params, stats = (nnx.to_pure_dict(nnx.state(model, kind)) for kind in (nnx.Param, nnx.BatchStat))

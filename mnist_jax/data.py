@@ -40,10 +40,12 @@ RECORDS_SHA256 = {
 }
 NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
 NUM_VALIDATION = 6_000
+NUM_PIXELS = 28 * 28
+NUM_CLASSES = 10
 # The IDX position of each record in the order of its SHA-256 (`canonical_order`): TFDS's records are put back in IDX order.
 ORDER_FILE = "idx_order.npz"
 _IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}  # unsigned bytes, 1 or 3 dimensions
-MAX_IDX_BYTES = 16 + NUM_EXAMPLES["train"] * 28 * 28  # the training images, decompressed
+MAX_IDX_BYTES = 16 + NUM_EXAMPLES["train"] * NUM_PIXELS  # the training images, decompressed
 
 
 class MNIST(NamedTuple):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+
+if TYPE_CHECKING:
+    from flax import nnx
 
 
 def to_inputs(images: jax.Array) -> jax.Array:
@@ -16,8 +18,10 @@ def to_inputs(images: jax.Array) -> jax.Array:
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float)) / 255.0
 
 
-def predict(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State, images: jax.Array) -> jax.Array:
-    """Eval-mode logits for uint8 images."""
+def predict(graphdef: nnx.GraphDef, params: dict, batch_stats: dict, images: jax.Array) -> jax.Array:
+    """Eval-mode logits for uint8 images (Flax imported as a program is built: `train`'s docstring says why)."""
+    from flax import nnx
+
     return nnx.merge(graphdef, params, batch_stats)(to_inputs(images))  # eval mode: every model's default
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import math
 import os
 import pickle
@@ -18,12 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Callable
 
-import flax
 import jax
-import jaxlib
-import ml_dtypes
-import numpy as np
-import optax
 from jax.experimental import serialize_executable
 
 from mnist_jax import files
@@ -45,7 +41,7 @@ def _machine_and_code() -> str:
     if os.path.exists("/proc/cpuinfo"):  # XLA:CPU compiles for this CPU's instruction sets
         cpu += sorted({line for line in Path("/proc/cpuinfo").read_text().splitlines()
                        if line.startswith(("model name", "flags", "Features", "CPU part"))})
-    versions = [(m.__name__, m.__version__) for m in (jax, jaxlib, flax, optax, np, ml_dtypes)]
+    versions = [(name, importlib.metadata.version(name)) for name in ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes")]
     flags = os.environ.get("XLA_FLAGS", "")
     if flags.strip() and not flags.strip().startswith("--"):  # XLA reads such a value as the name of a file of flags
         with contextlib.suppress(OSError, UnicodeDecodeError):

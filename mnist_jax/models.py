@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-NUM_PIXELS = 28 * 28
-NUM_CLASSES = 10
+from mnist_jax.data import NUM_CLASSES, NUM_PIXELS
 
 
 def softmax_mse(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -17,10 +17,9 @@ import jax
 import numpy as np
 import scipy.stats
 
-from mnist_jax.data import MNIST
+from mnist_jax.data import MNIST, NUM_CLASSES
 from mnist_jax.errors import ResultFileError
 from mnist_jax.files import UNREADABLE, atomic_write, finite_number, npz_member, read_json, write_json
-from mnist_jax.models import NUM_CLASSES
 from mnist_jax.stages import STAGES
 from mnist_jax.study import GridResult
 from mnist_jax.train import GRID_HISTORY_KEYS, device_description

@@ -169,7 +169,7 @@ def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: C
         on_epoch()
     accuracies, predictions = sharding.gather(chunk.test(models[0], test_images, test_labels))
     train_seconds = time.perf_counter() - start
-    final_params = sharding.gather(nnx.to_pure_dict(models[0].params))
+    final_params = sharding.gather(models[0].params)
     return (np.stack(rows).transpose(1, 0, 2), np.asarray(accuracies), np.asarray(predictions), final_params), train_seconds, epoch_seconds
 
 

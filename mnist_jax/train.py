@@ -1,7 +1,8 @@
 """Training: one pure step, scanned over a device-resident epoch, driven by `train`.
 
-State is a pytree of plain arrays (`TrainState`). A seed's `Start` is one pure function of
-its `Point` (`initial`), which `prepare` runs for one model or vmaps over many.
+State is a pytree of plain arrays in dicts (`TrainState`). A seed's `Start` is one pure function of
+its `Point` (`initial`), which `prepare` runs for one model or vmaps over many. Flax is imported
+where a program is built, not above: a start whose programs `executables` loads needs none (0.3 s).
 """
 
 from __future__ import annotations
@@ -10,20 +11,21 @@ import dataclasses
 import math
 import os
 import time
-from typing import Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from mnist_jax import executables, memory, sharding
 from mnist_jax.data import MNIST, NUM_VALIDATION
 from mnist_jax.errors import NonFiniteLoss
 from mnist_jax.evaluate import make_evaluate, to_inputs
-from mnist_jax.models import MLP
 from mnist_jax.stages import TrainConfig
+
+if TYPE_CHECKING:
+    from flax import nnx
 
 
 class Point(NamedTuple):
@@ -39,17 +41,12 @@ def point(config: TrainConfig) -> Point:
 
 
 class TrainState(NamedTuple):
-    """Plain arrays only (`pure`): `nnx.merge` rebuilds fresh Variables each step."""
+    """Plain arrays in nested dicts (`nnx.to_pure_dict`'s), no Flax objects: `nnx.merge` rebuilds the model each step."""
 
-    params: nnx.State
-    batch_stats: nnx.State  # BatchNorm running statistics; empty for other models
+    params: dict
+    batch_stats: dict  # BatchNorm running statistics; empty for other models
     opt_state: optax.OptState  # holds the learning rate (`optax.inject_hyperparams`)
     dropout_rate: jax.Array  # a scalar, read by the model's Dropout if it has one
-
-
-def pure(state: nnx.State) -> nnx.State:
-    """`state` with each Variable replaced by its array (flax 0.12.7's `nnx.as_pure`, on every supported flax)."""
-    return jax.tree.map(lambda v: v[...], state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def run_keys(seed: int | jax.Array) -> jax.Array:
@@ -94,7 +91,7 @@ def make_optimizer(config: TrainConfig, mask_frozen: bool = True) -> optax.Gradi
     return optax.inject_hyperparams(adam)(learning_rate=config.lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
-def trained(params: nnx.State) -> nnx.State:
+def trained(params: dict) -> dict:
     """True for each parameter the optimizer updates: all but a frozen hidden layer's (`make_optimizer`)."""
     return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[0], "key", None) != "hidden", params)
 
@@ -102,8 +99,10 @@ def trained(params: nnx.State) -> nnx.State:
 def init_state(config: TrainConfig, key: jax.Array, tx: optax.GradientTransformation,
                lr: float | jax.Array | None = None, dropout_rate: float | jax.Array | None = None) -> TrainState:
     """The initial state from `key`, with `lr` and `dropout_rate` (default: the config's)."""
+    from flax import nnx
+
     model = config.spec.build(nnx.Rngs(key), config.hidden, config.dropout)
-    params, batch_stats = (pure(nnx.state(model, kind)) for kind in (nnx.Param, nnx.BatchStat))
+    params, batch_stats = (nnx.to_pure_dict(nnx.state(model, kind)) for kind in (nnx.Param, nnx.BatchStat))
     opt_state = tx.init(params)
     dtype = jnp.result_type(float)
     opt_state.hyperparams["learning_rate"] = jnp.asarray(config.lr if lr is None else lr, dtype)
@@ -113,6 +112,8 @@ def init_state(config: TrainConfig, key: jax.Array, tx: optax.GradientTransforma
 
 def graph(config: TrainConfig) -> nnx.GraphDef:
     """The model's graph definition, from shapes alone."""
+    from flax import nnx
+
     return nnx.graphdef(nnx.eval_shape(lambda: config.spec.build(nnx.Rngs(0), config.hidden, config.dropout)))
 
 
@@ -133,6 +134,9 @@ def initial(config: TrainConfig, tx: optax.GradientTransformation, num_images: i
 
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
     """A pure function (state, images, labels, dropout key) -> (state, (loss, n correct))."""
+    from flax import nnx
+
+    from mnist_jax.models import MLP
 
     def train_step(state: TrainState, images, labels, dropout_key):
         def objective(params):
@@ -141,7 +145,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: Callable, tx: optax.Gradien
             with jax.named_scope("inputs"):  # the scopes name the parts of a step in the benchmark's profile
                 x = to_inputs(images)
             logits = model(x, **(train_mode if isinstance(model, MLP) else {}))
-            return loss_fn(logits, labels), (logits, pure(nnx.state(model, nnx.BatchStat)))
+            return loss_fn(logits, labels), (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         with jax.named_scope("optimizer"):
@@ -206,9 +210,9 @@ class Replay(NamedTuple):
         """`start` with what was replayed in place of what the seed drew."""
         state = start.state
         if self.initial is not None:
-            for template, values in zip((state.params, state.batch_stats), self.initial):
-                nnx.replace_by_pure_dict(template, jax.tree.map(jnp.asarray, values))
-            state = state._replace(opt_state=tx.init(state.params))
+            params, batch_stats = (jax.tree.map(lambda _, v: jnp.asarray(v), drawn, values)  # (the same tree, else ValueError)
+                                   for drawn, values in zip((state.params, state.batch_stats), self.initial))
+            state = state._replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
         split = start[2:] if self.split is None else tuple(map(jnp.asarray, self.split))
         return Start(start.epochs_key, state, *split)
 

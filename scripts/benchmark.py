@@ -24,11 +24,10 @@ import optax
 from flax import nnx
 
 from mnist_jax.comparison import jax_split, steady_seconds_per_epoch
-from mnist_jax.data import MNIST, NUM_VALIDATION
+from mnist_jax.data import MNIST, NUM_CLASSES, NUM_PIXELS, NUM_VALIDATION
 from mnist_jax.evaluate import make_evaluate, to_inputs
-from mnist_jax.models import NUM_CLASSES, NUM_PIXELS
 from mnist_jax.train import (
-    TrainConfig, device_data, device_description, epoch_keys, graph, make_optimizer, make_train_epoch, prepare, pure,
+    TrainConfig, device_data, device_description, epoch_keys, graph, make_optimizer, make_train_epoch, prepare,
     shuffle, train,
 )
 
@@ -329,8 +328,8 @@ def training_pass(config: TrainConfig, setup: Setup, model: nnx.Module | None = 
     epoch (`.func`) and its arguments (`.args`)."""
     model = model or nnx.merge(setup.graphdef, setup.state.params, setup.state.batch_stats)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    params = pure(params)
-    state = setup.state._replace(params=params, batch_stats=pure(batch_stats), opt_state=setup.tx.init(params))
+    params, batch_stats = nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
+    state = setup.state._replace(params=params, batch_stats=batch_stats, opt_state=setup.tx.init(params))
     shuffle_key, dropout_key = epoch_keys(setup.epochs_key, 1)
     order, (images, labels, _, _) = shuffle(shuffle_key, setup.train_idx), setup.data
     epoch = jax.jit(make_train_epoch(graphdef, config.spec.loss, setup.tx, config.batch_size))
@@ -354,7 +353,7 @@ def standard_parts(data: MNIST, rounds: int) -> list[dict]:
     standard_dropout = nnx.merge(do.graphdef, do.state.params, do.state.batch_stats)
     standard_dropout.dropout = StandardDropout(standard_dropout.dropout_rate)
     run = RunResult(bn_config, "", bn.state, bn.state, 1, [])
-    orbax_tree = {name: {"params": nnx.to_pure_dict(s.params), "batch_stats": nnx.to_pure_dict(s.batch_stats)}
+    orbax_tree = {name: {"params": s.params, "batch_stats": s.batch_stats}
                   for name, s in (("final", run.final), ("best", run.best))} | {"opt_state": jax.tree.leaves(run.final.opt_state)}
     train_idx, key = setups["linear_ce"][1].train_idx, jax.random.key(0)
     permutation, ours_shuffle = jax.jit(lambda idx, key: idx[jax.random.permutation(key, idx.shape[0])]), jax.jit(shuffle)

@@ -38,7 +38,7 @@ def same_start(stage: str, seed: int = 0):
     tx = make_optimizer(config)
     graphdef, state = graph(config), init_state(config, run_keys(seed)[1], tx)
     model = tr.build_model(stage)
-    model.load_state_dict(tr.flax_to_torch(nnx.to_pure_dict(state.params), nnx.to_pure_dict(state.batch_stats)))
+    model.load_state_dict(tr.flax_to_torch(state.params, state.batch_stats))
     return config, tx, graphdef, state, model
 
 
@@ -92,7 +92,7 @@ def train_side_by_side(stage: str, mnist, dtype: str, optimizer: str = "adam"):
     with torch.no_grad():
         x = torch.from_numpy(test_images.reshape(len(test_images), -1).copy()).to(getattr(torch, dtype)) / 255
         torch_logits = model(x).numpy()
-    jax_state = (nnx.to_pure_dict(state.params), nnx.to_pure_dict(state.batch_stats))
+    jax_state = (state.params, state.batch_stats)
     return losses, (jax_state, tr.torch_to_flax(model.state_dict())), (np.asarray(jax_logits), torch_logits)
 
 
@@ -164,8 +164,8 @@ def test_dropout_keeps_half_the_units_and_doubles_them_in_both_frameworks():
 def test_state_dict_conversion_round_trips():
     _, _, _, state, model = same_start("mlp_bn")
     params, batch_stats = tr.torch_to_flax(model.state_dict())
-    assert_trees_close(nnx.to_pure_dict(state.params), params, atol=0)
-    assert_trees_close(nnx.to_pure_dict(state.batch_stats), batch_stats, atol=0)
+    assert_trees_close(state.params, params, atol=0)
+    assert_trees_close(state.batch_stats, batch_stats, atol=0)
     assert params["hidden"]["kernel"].shape == model.hidden.weight.shape == (256, 784)  # (out, in) in both
 
 

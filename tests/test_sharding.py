@@ -16,7 +16,6 @@ PROGRAM = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np
-    from flax import nnx
     from mnist_jax import sharding, study
     from mnist_jax.data import MNIST, load_idx_dir
     from mnist_jax.train import Replay, TrainConfig, graph, init_state, make_optimizer, run_keys, train
@@ -28,14 +27,14 @@ PROGRAM = textwrap.dedent(
     # float64, so that agreement to ~1e-10 shows the same computation, rounding aside
     jax.config.update("jax_enable_x64", True)
     start = init_state(config, run_keys(config.seed)[1], make_optimizer(config))
-    initial = [jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(s)) for s in start[:2]]
+    initial = [jax.tree.map(lambda a: np.asarray(a, np.float64), s) for s in start[:2]]
     for name, mesh in (("one", sharding.make_mesh("batch", 1)), ("many", None)):
         run = train(config, data, mesh=mesh, replay=Replay(initial=initial))
         out[f"run64_{name}"] = {
             "devices": len(run.final.params["hidden"]["kernel"].sharding.device_set),
             "losses": [row["train_loss"] for row in run.history],
-            "params": jax.tree.map(lambda a: np.asarray(a).tolist(), nnx.to_pure_dict(run.final.params)),
-            "batch_stats": jax.tree.map(lambda a: np.asarray(a).tolist(), nnx.to_pure_dict(run.final.batch_stats)),
+            "params": jax.tree.map(lambda a: np.asarray(a).tolist(), run.final.params),
+            "batch_stats": jax.tree.map(lambda a: np.asarray(a).tolist(), run.final.batch_stats),
         }
     jax.config.update("jax_enable_x64", False)
     for name, mesh, vmapped in (("one", sharding.make_mesh("seed", 1), False), ("many", None, False), ("many_vmapped", None, True)):

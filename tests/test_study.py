@@ -9,7 +9,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from conftest import ROOT, assert_one_line_error, enable_x64, load_script, npz_with_header, run_script_in_process
 from mnist_jax import data
@@ -42,7 +41,7 @@ def test_a_seed_of_a_study_trains_exactly_like_the_same_seed_alone(tiny, tiny_se
         assert row_v["train_loss"] == pytest.approx(row_a["train_loss"], rel=1e-10)
     params = jax.tree.map(lambda a: a[1], together.final_params)
     assert jax.tree.leaves(params)[0].dtype == np.float64
-    for v, a in zip(jax.tree.leaves(params), jax.tree.leaves(nnx.to_pure_dict(alone.final.params)), strict=True):
+    for v, a in zip(jax.tree.leaves(params), jax.tree.leaves(alone.final.params), strict=True):
         np.testing.assert_allclose(v, a, rtol=1e-10, atol=1e-12)
     kernels = jax.tree.leaves(together.final_params)[-1]
     assert not np.allclose(kernels[0], kernels[1])  # two seeds, two models

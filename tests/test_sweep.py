@@ -10,7 +10,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from conftest import ROOT, assert_one_line_error, enable_x64, load_script, run_script, run_script_in_process
 from conftest import assert_tensorboard_log
@@ -61,7 +60,7 @@ def test_every_grid_point_trains_exactly_like_its_configuration_alone(tiny, vmap
             for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
                 assert row_grid[key] == pytest.approx(row_alone[key], rel=1e-10, abs=1e-12), key
         params = jax.tree.map(lambda a, i=i: a[i], grid.final_params)
-        for g, a in zip(jax.tree.leaves(params), jax.tree.leaves(nnx.to_pure_dict(run.final.params)), strict=True):
+        for g, a in zip(jax.tree.leaves(params), jax.tree.leaves(run.final.params), strict=True):
             np.testing.assert_allclose(g, a, rtol=1e-10, atol=1e-12)
     assert len(set(grid.test_accuracies.tolist())) > 1  # four settings, four models
 

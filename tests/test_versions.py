@@ -12,14 +12,9 @@ import time
 import tomllib
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
-from flax import nnx
 
 from conftest import ROOT
-from mnist_jax.models import MLP
-from mnist_jax.train import pure
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 REQUIREMENT = re.compile(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)(?:,!=[0-9][0-9.]*)*")  # a floor, less releases known bad
@@ -48,21 +43,6 @@ def test_readme_states_the_floors_pyproject_declares():
     python = PROJECT["requires-python"].removeprefix(">=")
     assert f"Python {python}+, JAX {runtime['jax']}+ and Flax {runtime['flax']}+ work" in readme
     assert f"on a JAX older than {runtime['jax']};" in readme  # the notebook's stop
-
-
-def test_pure_replaces_each_variable_by_its_array_as_nnx_as_pure_does():
-    """`train.pure` stands for flax 0.12.7's `nnx.as_pure` on every supported flax."""
-    model = MLP(hidden=8, batchnorm=True, rngs=nnx.Rngs(0))
-    state = nnx.state(model)
-    plain = pure(state)
-    leaves = jax.tree.leaves(plain)
-    assert leaves and all(isinstance(leaf, jax.Array) for leaf in leaves)
-    assert [v[...].shape for v in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))] == [
-        leaf.shape for leaf in leaves]
-    if hasattr(nnx, "as_pure"):  # flax 0.12.7 on
-        expected = nnx.as_pure(state)
-        assert jax.tree.structure(plain) == jax.tree.structure(expected)
-        jax.tree.map(np.testing.assert_array_equal, plain, expected)
 
 
 @pytest.mark.slow
