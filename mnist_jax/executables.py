@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 import jax
+import jaxlib
+import ml_dtypes
+import numpy as np
+import optax
 from jax.experimental import serialize_executable
 
 from mnist_jax import files
@@ -41,12 +45,21 @@ def _machine_and_code() -> str:
     if os.path.exists("/proc/cpuinfo"):  # XLA:CPU compiles for this CPU's instruction sets
         cpu += sorted({line for line in Path("/proc/cpuinfo").read_text().splitlines()
                        if line.startswith(("model name", "flags", "Features", "CPU part"))})
-    versions = [(name, importlib.metadata.version(name)) for name in ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes")]
+    versions = [(m.__name__, m.__version__) for m in (jax, jaxlib, optax, np, ml_dtypes)] + [("flax", _flax_version())]
     flags = os.environ.get("XLA_FLAGS", "")
     if flags.strip() and not flags.strip().startswith("--"):  # XLA reads such a value as the name of a file of flags
         with contextlib.suppress(OSError, UnicodeDecodeError):
             flags += "\n" + Path(flags.strip()).read_text()
     return repr((source.hexdigest(), versions, cpu, flags))
+
+
+def _flax_version() -> str:
+    try:
+        return importlib.metadata.version("flax")  # without importing Flax, which a warm start does not need
+    except importlib.metadata.PackageNotFoundError:  # a Flax without its metadata (a source folder on the path)
+        import flax
+
+        return flax.__version__
 
 
 def _folder() -> Path | None:

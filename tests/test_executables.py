@@ -3,6 +3,7 @@ and ends exactly where a cold one does; what cannot be kept whole is not kept; a
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import pickle
 import subprocess
@@ -117,6 +118,18 @@ def test_a_warm_start_of_train_py_loads_every_program_and_imports_no_flax(tmp_pa
     assert cold.stdout.split()[-1] == "True" and warm.stdout.split()[-1] == "False"
     test_line = [next(line for line in run.stdout.splitlines() if line.startswith("[Test]")) for run in (cold, warm)]
     assert test_line[0] == test_line[1]
+
+
+def test_the_key_holds_flax_s_version_read_without_importing_it_or_from_flax_where_it_has_no_metadata(monkeypatch):
+    import flax
+
+    assert executables._flax_version() == flax.__version__
+
+    def no_metadata(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_metadata)  # as for a source folder on the path
+    assert executables._flax_version() == flax.__version__
 
 
 def test_runs_of_one_configuration_in_one_process_compile_its_programs_once_even_without_a_cache_folder(tiny):
