@@ -4,8 +4,9 @@
 best-validation model, and under `meta` the format's version, config and history. It is written
 beside the old one and renamed over it: a crash leaves one epoch's checkpoint, never a mix. A
 checkpoint damaged, of another format or of arrays its config does not describe raises
-`CheckpointError`, never a half-restored run. Flax is imported by the functions that make a model
-of a run, not above: saving and resuming need none (`train`'s docstring says why).
+`CheckpointError`, never a half-restored run. Flax is imported by the functions that need it, not
+above: saving needs none (`train`'s docstring says why); reading checks the arrays against those its
+config describes, which Flax builds.
 """
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
 
             def read(name: str, expected: jax.ShapeDtypeStruct) -> jax.Array:
                 def check(shape: tuple, dtype: np.dtype) -> None:  # before the data is read
+                    floats = (dtype, expected.dtype)
+                    if shape == expected.shape and dtype != expected.dtype and all(jnp.issubdtype(d, jnp.floating) for d in floats):
+                        raise CheckpointError(f"{path} holds {dtype} arrays, saved with jax_enable_x64 "
+                                              f"{'on' if dtype == np.float64 else 'off'}: read it with the same setting")
                     if shape != expected.shape or dtype != expected.dtype:
                         raise CheckpointError(
                             f"{path} is damaged: it does not hold the arrays of its own config ({config.describe()}): "

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -210,11 +210,29 @@ class Replay(NamedTuple):
         """`start` with what was replayed in place of what the seed drew."""
         state = start.state
         if self.initial is not None:
-            params, batch_stats = (jax.tree.map(lambda _, v: jnp.asarray(v), drawn, values)  # (the same tree, else ValueError)
-                                   for drawn, values in zip((state.params, state.batch_stats), self.initial))
+            if isinstance(self.initial, Mapping) or len(self.initial) != 2:
+                raise ValueError("Replay initial: expected (params, batch_stats), two nested dicts of arrays")
+            params, batch_stats = (replayed(drawn, given, part) for drawn, given, part in
+                                   zip((state.params, state.batch_stats), self.initial, ("params", "batch_stats")))
             state = state._replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
         split = start[2:] if self.split is None else tuple(map(jnp.asarray, self.split))
         return Start(start.epochs_key, state, *split)
+
+
+def replayed(drawn: dict, given: Mapping, part: str) -> dict:
+    """`given` (nested mappings of arrays: dicts, `nnx.State`, a PyTorch run's converted) in place of `drawn`: floats at
+    the same names, of the same shapes, else `ValueError`."""
+    def as_dicts(tree):
+        return {k: as_dicts(v) for k, v in tree.items()} if isinstance(tree, Mapping) else jnp.asarray(tree)
+
+    given = as_dicts(given)
+    expected, got = ({jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(tree)} for tree in (drawn, given))
+    if got.keys() != expected.keys():
+        raise ValueError(f"Replay initial {part}: expected arrays at {', '.join(expected) or 'none'}, got {', '.join(got) or 'none'}")
+    for name, x in got.items():
+        if x.shape != expected[name].shape or not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"Replay initial {part}{name}: expected floats of shape {list(expected[name].shape)}, got {x.dtype}{list(x.shape)}")
+    return given
 
 
 def make_train_epoch(graphdef: nnx.GraphDef, loss_fn: Callable, tx: optax.GradientTransformation, batch_size: int,

@@ -278,6 +278,15 @@ def test_a_hand_edited_or_damaged_checkpoint_is_refused_as_damaged_before_its_da
         load_run(saved_run)
 
 
+def test_a_checkpoint_read_with_the_other_float_width_says_which_setting_saved_it(saved_run):
+    jax.config.update("jax_enable_x64", True)
+    try:
+        with pytest.raises(CheckpointError, match=r"holds float32 arrays, saved with jax_enable_x64 off: read it with the same setting$"):
+            load_run(saved_run)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
 def test_load_model_refuses_a_model_it_does_not_have(saved_run):
     assert isinstance(load_model(saved_run, "best")[0], nnx.Module)
     with pytest.raises(ValueError, match="load_model which: expected 'final' or 'best', got 'bset'"):

@@ -14,12 +14,14 @@ from mnist_jax.evaluate import make_evaluate
 from mnist_jax.study import train_seeds
 from mnist_jax.sweep import run_grid
 from mnist_jax.train import (
+    Replay,
     TrainConfig,
     graph,
     init_state,
     make_optimizer,
     make_train_epoch,
     make_train_step,
+    prepare,
     run_keys,
     shuffle,
     split_indices,
@@ -149,3 +151,36 @@ def test_the_api_refuses_what_the_scripts_refuse_and_takes_numpy_numbers(tiny):
         train_seeds(TrainConfig("linear_ce"), tiny, [0, 0])
     with pytest.raises(ValueError, match="run_grid stages"):
         run_grid(["nope"], tiny)
+
+
+def test_a_replay_starts_from_values_given_as_dicts_or_flax_state_and_refuses_any_other_arrays_naming_them(tiny):
+    from collections import OrderedDict
+
+    from flax import nnx
+
+    config, tx, _, _ = make_setup("mlp_bn")
+    start = prepare(config, tiny)
+    drawn = start.state
+    other = init_state(config, run_keys(7)[1], tx)  # another seed's values, as a PyTorch run's would be
+    given = (nnx.State(other.params), OrderedDict(other.batch_stats))
+    replayed = Replay(initial=given).apply(start, tx).state
+    assert jax.tree.structure(replayed.params) == jax.tree.structure(drawn.params)  # plain dicts again
+    for ours, theirs in zip(jax.tree.leaves((replayed.params, replayed.batch_stats)), jax.tree.leaves((other.params, other.batch_stats))):
+        np.testing.assert_array_equal(ours, theirs)
+    assert jax.tree.structure(replayed.opt_state) == jax.tree.structure(drawn.opt_state)
+
+    without_output = {k: v for k, v in other.params.items() if k != "output"}
+    transposed = {**other.params, "hidden": {**other.params["hidden"], "kernel": other.params["hidden"]["kernel"].T}}
+    integers = {**other.params, "output": {**other.params["output"], "bias": np.zeros(10, np.int32)}}
+    refused = [
+        ((other.params,), r"expected \(params, batch_stats\)"),
+        ((other.params, other.batch_stats, other.batch_stats), r"expected \(params, batch_stats\)"),
+        ((without_output, other.batch_stats), r"Replay initial params: expected arrays at \['batchnorm'\]\['bias'\], .*\['output'\]\['kernel'\], got .*\['hidden'\]\['kernel'\]$"),
+        ((transposed, other.batch_stats), r"Replay initial params\['hidden'\]\['kernel'\]: expected floats of shape \[256, 784\], got float32\[784, 256\]"),
+        ((integers, other.batch_stats), r"\['output'\]\['bias'\]: expected floats of shape \[10\], got int32\[10\]"),
+    ]
+    for initial, message in refused:
+        with pytest.raises(ValueError, match=message):
+            Replay(initial=initial).apply(start, tx)
+    with pytest.raises(ValueError, match=r"expected \(params, batch_stats\)"):
+        Replay(initial=dict(other.params)).apply(start, tx)  # two layers: a dict of length two is no pair
