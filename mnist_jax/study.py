@@ -17,14 +17,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from mnist_jax import distributed, memory, sharding
+from mnist_jax import distributed, executables, memory, sharding
 from mnist_jax.data import MNIST
 from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.models import dropout_bits
 from mnist_jax.progress import GridProgress
 from mnist_jax.stages import count
 from mnist_jax.errors import NonFiniteLoss
-from mnist_jax.train import (GRID_HISTORY_KEYS, Point, TrainConfig, device_data, epoch_keys, graph, initial, make_optimizer,
+from mnist_jax.train import (GRID_HISTORY_KEYS, Point, TrainConfig, built_from, device_data, epoch_keys, graph, initial, make_optimizer,
                              make_train_epoch, point, prepare, shuffle)
 
 
@@ -100,18 +100,23 @@ class Chunk(NamedTuple):
 
 def compile_chunk(config: TrainConfig, data: MNIST, size: int, mesh: jax.sharding.Mesh | None = None,
                   vmapped: bool | None = None) -> Chunk:
-    """Compile the programs for `size` models from shapes alone: nothing is allocated.
-    `vmapped`: the models side by side (default: `side_by_side()`)."""
+    """The programs for `size` models, compiled from shapes alone (nothing is allocated), once per process and kept
+    between processes as a run's are (`executables`). `vmapped`: the models side by side (default: `side_by_side()`)."""
     mesh = mesh if mesh is not None and size % mesh.size == 0 else sharding.make_mesh("seed", size)
+    vmapped = side_by_side() if vmapped is None else vmapped
     tx = make_optimizer(config)
-    epoch, test = _grid_programs(config, graph(config), tx, mesh, side_by_side() if vmapped is None else vmapped)
     points = jax.tree.map(lambda x: jax.ShapeDtypeStruct((size,), jnp.asarray(x).dtype), point(config))
     init = jax.vmap(lambda p: initial(config, tx, len(data.train_images), p))
     epochs_keys, states, train_idx, val_idx = jax.eval_shape(init, points)
     per_model = sharding.abstract((states, train_idx, val_idx, epochs_keys), mesh, "seed")
-    shared = sharding.abstract(jax.eval_shape(lambda: device_data(data)), mesh)
-    epoch = epoch.lower(per_model, jax.ShapeDtypeStruct((), jnp.int32), *shared).compile()  # shared: images, labels, test's
-    test = test.lower(per_model[0], *shared[2:]).compile()
+    shared = sharding.abstract(jax.eval_shape(lambda: device_data(data)), mesh)  # images, labels, test's
+    built_for = f"of {built_from(config)}, {'vmapped' if vmapped else 'lax.map'}, on {mesh.devices.tolist()}"
+
+    def programs() -> tuple[Callable, Callable]:  # (built only for a program not yet compiled or kept)
+        return _grid_programs(config, graph(config), tx, mesh, vmapped)
+
+    epoch = executables.compiled(f"grid epoch {built_for}", lambda: programs()[0], per_model, jax.ShapeDtypeStruct((), jnp.int32), *shared)
+    test = executables.compiled(f"grid test {built_for}", lambda: programs()[1], per_model[0], *shared[2:])
     resident = memory.tree_bytes((per_model, shared))
     return Chunk(size, mesh, epoch, test, resident + max(memory.program_bytes(epoch), memory.program_bytes(test)))
 

@@ -18,6 +18,7 @@ from jax.experimental import serialize_executable
 
 from conftest import ROOT, synthetic_mnist
 from mnist_jax import executables
+from mnist_jax.study import train_seeds
 from mnist_jax.train import TrainConfig, train
 
 
@@ -143,6 +144,26 @@ def test_runs_of_one_configuration_in_one_process_compile_its_programs_once_even
         assert traced_or_compiled(lambda: train(dataclasses.replace(config, seed=1), tiny)) == []
     finally:
         jax.config.update("jax_enable_compilation_cache", saved)
+
+
+def test_a_grid_compiles_its_programs_once_per_process_and_a_new_process_loads_them_to_the_same_results(folder):
+    tiny = synthetic_mnist(num_train=6_791, num_test=323)  # shapes of its own: JAX's own cache cannot serve them
+    config, seeds = TrainConfig("mlp_dropout", epochs=1, hidden=16), [3, 4]
+    compiled = "/jax/core/compile/backend_compile_duration"
+    grids = []
+    assert compiled in traced_or_compiled(lambda: grids.append(train_seeds(config, tiny, seeds)))
+    programs = kept(folder)
+    assert len(programs) == 3  # the models' starts, the grid's epoch and its test
+    assert compiled not in traced_or_compiled(lambda: grids.append(train_seeds(config, tiny, seeds)))
+    new_start()
+    assert compiled not in traced_or_compiled(lambda: grids.append(train_seeds(config, tiny, seeds)))
+    assert kept(folder) == programs
+    first, *again = grids
+    for grid in again:
+        assert grid.history == first.history
+        np.testing.assert_array_equal(grid.test_predictions, first.test_predictions)
+        for a, b in zip(jax.tree.leaves(grid.final_params), jax.tree.leaves(first.final_params), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_a_program_compiled_under_a_mesh_context_is_not_served_outside_it():
