@@ -30,9 +30,10 @@ from mnist_jax import files
 
 PREFIX = "mnist_jax-"  # beside JAX's own entries, in the same folder
 UNUSED_DAYS = 30  # an entry no start has loaded for this long is deleted when another is kept
-# JAX's settings that never change a program, but the cache's own (some JAX sets, some `_compile_afresh` changes)
+# JAX's settings that never change a program: the cache's own (some JAX sets, some `_compile_afresh` changes), and logging
 CACHE_SETTINGS = {"jax_compilation_cache_dir", "jax_enable_compilation_cache", "jax_compilation_cache_max_size",
-                  "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes"}
+                  "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes",
+                  "jax_log_compiles", "jax_explain_cache_misses", "jax_logging_level"}
 
 
 @cache
@@ -80,25 +81,28 @@ def _key(what: str, args: tuple) -> str:
     return hashlib.sha256(repr((_machine_and_code(), settings, devices, jax.process_count(), what, str(tree), avals)).encode()).hexdigest()
 
 
-_served = [0]  # programs JAX's persistent cache has served this process
+_events = {"/jax/core/compile/backend_compile_duration": 0, "/jax/compilation_cache/cache_hits": 0}  # this process's
 
 
-def _count_served(event: str, **_) -> None:
-    if event == "/jax/compilation_cache/cache_hits":
-        _served[0] += 1
+def _count(event: str, *_, **__) -> None:
+    if event in _events:
+        _events[event] += 1
 
 
-jax.monitoring.register_event_listener(_count_served)
+jax.monitoring.register_event_listener(_count)  # JAX's persistent cache serving a program
+jax.monitoring.register_event_duration_secs_listener(_count)  # a program compiled or served
 
 
 def _compile_afresh(lower: Callable[[], jax.stages.Lowered]) -> tuple[jax.stages.Compiled, bool]:
-    """The program compiled, and whether JAX's persistent cache served it: XLA:CPU serializes an executable it
-    loaded without its functions (it then fails on its first run), so only a fresh one is kept. JAX does not cache
-    these programs itself, so that after a change a fresh compile refills this cache rather than JAX's serving it."""
-    served, least = _served[0], jax.config.jax_persistent_cache_min_compile_time_secs
+    """The program compiled, and whether XLA compiled it just now: XLA:CPU serializes an executable it loaded (from
+    JAX's persistent cache, even by way of JAX's in-memory one) without its functions, and the copy fails on its first
+    run, so only a fresh one is kept. JAX does not write these programs to its cache, so that a fresh compile fills this one."""
+    (compiled, served), least = _events.values(), jax.config.jax_persistent_cache_min_compile_time_secs
     jax.config.update("jax_persistent_cache_min_compile_time_secs", math.inf)
     try:
-        return lower().compile(), _served[0] > served
+        program = lower().compile()
+        now_compiled, now_served = _events.values()
+        return program, now_compiled > compiled and now_served == served  # (JAX's in-memory cache: neither event)
     finally:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", least)
 
@@ -120,18 +124,21 @@ def compiled(what: str, build: Callable[[], Callable], *args) -> jax.stages.Comp
 
 def _loaded_or_compiled(key: str, build: Callable[[], Callable], args: tuple) -> jax.stages.Compiled:
     folder = _folder()
-    path = folder / f"{PREFIX}{key}" if folder else None
-    if path is not None:
-        with contextlib.suppress(Exception):  # none, damaged, another's, or not to be read: compiled below, and replaced
-            payload = path.read_bytes() if path.is_file() else b""
-            if hashlib.sha256(key.encode() + payload[32:]).digest() == payload[:32]:  # this key's, whole
-                devices, *serialized = pickle.loads(payload[32:])
-                by_id = {d.id: d for d in jax.devices()}
-                program = serialize_executable.deserialize_and_load(*serialized, execution_devices=[by_id[i] for i in devices])
-                os.utime(path)  # used: not pruned
-                return program
-    program, served = _compile_afresh(lambda: build().lower(*args))
-    if path is not None and not served:
+    if folder is None:  # nothing kept here: JAX's persistent cache, if on, keeps what it compiles
+        return build().lower(*args).compile()
+    path = folder / f"{PREFIX}{key}"
+    with contextlib.suppress(Exception):  # none, damaged, another's, or not to be read: compiled below, and replaced
+        payload = path.read_bytes() if path.is_file() else b""
+        if hashlib.sha256(key.encode() + payload[32:]).digest() == payload[:32]:  # this key's, whole
+            devices, *serialized = pickle.loads(payload[32:])
+            by_id = {d.id: d for d in jax.devices()}
+            program = serialize_executable.deserialize_and_load(*serialized, execution_devices=[by_id[i] for i in devices])
+            os.utime(path)  # used: not pruned
+            return program
+    program, fresh = _compile_afresh(lambda: build().lower(*args))
+    if not fresh:  # one of JAX's caches served it (this process had it, or JAX's folder): compiled as a program of its own
+        program, fresh = _compile_afresh(lambda: jax.jit(lambda *a: build()(*a)).lower(*args))
+    if fresh:
         with contextlib.suppress(Exception):  # (not kept: the next start compiles it again)
             devices = [d.id for d in program.runtime_executable().local_devices()]  # the ones it runs on, in order
             body = pickle.dumps((devices, *serialize_executable.serialize(program)))

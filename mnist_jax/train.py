@@ -210,7 +210,7 @@ class Replay(NamedTuple):
         """`start` with what was replayed in place of what the seed drew."""
         state = start.state
         if self.initial is not None:
-            if isinstance(self.initial, Mapping) or len(self.initial) != 2:
+            if isinstance(self.initial, Mapping) or not isinstance(self.initial, Sequence) or len(self.initial) != 2:
                 raise ValueError("Replay initial: expected (params, batch_stats), two nested dicts of arrays")
             params, batch_stats = (replayed(drawn, given, part) for drawn, given, part in
                                    zip((state.params, state.batch_stats), self.initial, ("params", "batch_stats")))
@@ -221,18 +221,25 @@ class Replay(NamedTuple):
 
 def replayed(drawn: dict, given: Mapping, part: str) -> dict:
     """`given` (nested mappings of arrays: dicts, `nnx.State`, a PyTorch run's converted) in place of `drawn`: floats at
-    the same names, of the same shapes, else `ValueError`."""
+    the same names, of the same shapes, as the drawn ones' dtype; else `ValueError`."""
     def as_dicts(tree):
-        return {k: as_dicts(v) for k, v in tree.items()} if isinstance(tree, Mapping) else jnp.asarray(tree)
+        return {k: as_dicts(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
 
-    given = as_dicts(given)
-    expected, got = ({jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(tree)} for tree in (drawn, given))
+    expected, got = ({jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+                     for tree in (drawn, as_dicts(given)))
     if got.keys() != expected.keys():
         raise ValueError(f"Replay initial {part}: expected arrays at {', '.join(expected) or 'none'}, got {', '.join(got) or 'none'}")
+    arrays = []
     for name, x in got.items():
+        wanted = f"Replay initial {part}{name}: expected floats of shape {list(expected[name].shape)}, got"
+        try:
+            x = jnp.asarray(x)
+        except (TypeError, ValueError):
+            raise ValueError(f"{wanted} an object of type {type(x).__name__}") from None
         if x.shape != expected[name].shape or not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"Replay initial {part}{name}: expected floats of shape {list(expected[name].shape)}, got {x.dtype}{list(x.shape)}")
-    return given
+            raise ValueError(f"{wanted} {x.dtype}{list(x.shape)}")
+        arrays.append(x.astype(expected[name].dtype))
+    return jax.tree.unflatten(jax.tree.structure(drawn), arrays)
 
 
 def make_train_epoch(graphdef: nnx.GraphDef, loss_fn: Callable, tx: optax.GradientTransformation, batch_size: int,

@@ -497,10 +497,12 @@ def test_several_process_options_abbreviated_still_run_under_the_supervisor():
     assert not requested(["--stages", "mlp", "--seeds", "10", "--out", "x", "--no-cache"])
 
 
-def test_study_refuses_a_width_or_dropout_rate_for_a_linear_stage_as_train_does(refused):
+def test_study_and_sweep_refuse_a_width_or_dropout_rate_for_a_linear_stage_as_train_does(refused):
     line = refused("study.py", "--stages", "linear_ce,mlp", "--hidden", "8")
     assert line.endswith("--hidden applies to the MLP stages only, not linear_ce")
     assert "--dropout applies to the MLP stages only, not linear_mse" in refused("study.py", "--stages", "linear_mse", "--dropout", "0.2")
+    line = refused("sweep.py", "--stages", "linear_mse,mlp", "--hidden", "32,64")  # (found by the hostile pass: a traceback)
+    assert line.endswith("--hidden applies to the MLP stages only, not linear_mse")
 
 
 def test_benchmark_names_its_folder_with_out_as_every_script_does(refused):

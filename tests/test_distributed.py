@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,12 +112,15 @@ def test_a_study_logs_each_seed_to_tensorboard_once_from_process_0(studies):
 @pytest.mark.slow
 def test_two_processes_train_a_grid_as_one_process_does(tmp_path, data_args):
     args = ["--stages", "linear_ce", "--lr", "1e-3,1e-2", "--seeds", 4, "--epochs", 1, *data_args]
+    cache = Path(os.environ["JAX_COMPILATION_CACHE_DIR"])  # the session's, which the scripts share
+    kept_by_jax = set(cache.glob("jit_epoch-*"))
     two, alone = start_processes("sweep.py", [*args, "--out", tmp_path / "two"]), start_alone("sweep.py", [*args, "--out", tmp_path / "one"], 1)
     for status, _, stderr in finish([*two, alone]):
         assert status == 0, stderr
     two, one = (json.loads((tmp_path / name / "sweep.json").read_text()) for name in ("two", "one"))
     assert two["rows"] == one["rows"] and len(two["rows"]) == 8
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["sweep.json"]
+    assert set(cache.glob("jit_epoch-*")) - kept_by_jax  # several processes keep no program whole: JAX's cache keeps theirs
 
 
 @pytest.mark.slow

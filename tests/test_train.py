@@ -178,9 +178,16 @@ def test_a_replay_starts_from_values_given_as_dicts_or_flax_state_and_refuses_an
         ((without_output, other.batch_stats), r"Replay initial params: expected arrays at \['batchnorm'\]\['bias'\], .*\['output'\]\['kernel'\], got .*\['hidden'\]\['kernel'\]$"),
         ((transposed, other.batch_stats), r"Replay initial params\['hidden'\]\['kernel'\]: expected floats of shape \[256, 784\], got float32\[784, 256\]"),
         ((integers, other.batch_stats), r"\['output'\]\['bias'\]: expected floats of shape \[10\], got int32\[10\]"),
+        ((other.params, None), r"Replay initial batch_stats: expected arrays at \['batchnorm'\]\['mean'\], \['batchnorm'\]\['var'\], got none$"),
+        ((other.params, {"batchnorm": {"mean": "zeros", "var": None}}), r"\['var'\], got \['batchnorm'\]\['mean'\]$"),  # None: none there
+        ((other.params, {"batchnorm": {"mean": "zeros", "var": object()}}), r"\['mean'\]: expected floats of shape \[256\], got an object of type str$"),
+        ((x for x in (other.params, other.batch_stats)), r"expected \(params, batch_stats\)"),
     ]
     for initial, message in refused:
         with pytest.raises(ValueError, match=message):
             Replay(initial=initial).apply(start, tx)
     with pytest.raises(ValueError, match=r"expected \(params, batch_stats\)"):
         Replay(initial=dict(other.params)).apply(start, tx)  # two layers: a dict of length two is no pair
+    halves = jax.tree.map(lambda x: np.asarray(x, np.float16), (other.params, other.batch_stats))
+    state = Replay(initial=halves).apply(start, tx).state
+    assert {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats))} == {np.dtype(np.float32)}  # the drawn ones
