@@ -97,10 +97,11 @@ def _compile_afresh(lower: Callable[[], jax.stages.Lowered]) -> tuple[jax.stages
     """The program compiled, and whether XLA compiled it just now: XLA:CPU serializes an executable it loaded (from
     JAX's persistent cache, even by way of JAX's in-memory one) without its functions, and the copy fails on its first
     run, so only a fresh one is kept. JAX does not write these programs to its cache, so that a fresh compile fills this one."""
+    lowered = lower()  # (outside the count: whatever building it compiles is not this program)
     (compiled, served), least = _events.values(), jax.config.jax_persistent_cache_min_compile_time_secs
     jax.config.update("jax_persistent_cache_min_compile_time_secs", math.inf)
     try:
-        program = lower().compile()
+        program = lowered.compile()
         now_compiled, now_served = _events.values()
         return program, now_compiled > compiled and now_served == served  # (JAX's in-memory cache: neither event)
     finally:
@@ -111,7 +112,8 @@ _in_memory: dict[str, jax.stages.Compiled] = {}  # this process's programs, by `
 
 
 def compiled(what: str, build: Callable[[], Callable], *args) -> jax.stages.Compiled:
-    """The jitted function `build()` returns, compiled for `args`; `what` names all it closes over (its function
+    """The jitted function `build()` returns, compiled for `args` (no static or donated arguments: a program a JAX cache
+    served is compiled again as `jax.jit(lambda *a: build()(*a))`); `what` names all it closes over (its function
     and the configuration it was built from). Compiled once per process (each run builds its functions anew, so
     `jax.jit`'s own cache never serves them); between processes, loaded from JAX's cache folder when kept there
     (`build` is not called), else compiled and kept; a folder that cannot be read or written costs only the time this saves.
