@@ -305,10 +305,10 @@ def load_data(args: argparse.Namespace):
     return mnist
 
 
-def mlp_only(args: argparse.Namespace, stages: list[str]) -> None:
-    """`UsageError` if --hidden or --dropout is given for a linear stage among `stages`."""
+def mlp_only(args: argparse.Namespace, stages: list[str], names: tuple[str, ...] = ("hidden", "dropout")) -> None:
+    """`UsageError` if one of the options `names` (--hidden, --dropout) is given for a linear stage among `stages`."""
     linear = [stage for stage in stages if not STAGES[stage].is_mlp]
-    for name in ("hidden", "dropout"):
+    for name in names:
         if getattr(args, name) is not None and linear:
             raise UsageError(f"--{name} applies to the MLP stages only, not {', '.join(linear)}")
 

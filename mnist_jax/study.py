@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import time
 from typing import Callable, NamedTuple
@@ -112,7 +113,8 @@ def compile_chunk(config: TrainConfig, data: MNIST, size: int, mesh: jax.shardin
     shared = sharding.abstract(jax.eval_shape(lambda: device_data(data)), mesh)  # images, labels, test's
     built_for = f"of {built_from(config)}, {'vmapped' if vmapped else 'lax.map'}, on {mesh.devices.tolist()}"
 
-    def programs() -> tuple[Callable, Callable]:  # (built only for a program not yet compiled or kept)
+    @functools.cache
+    def programs() -> tuple[Callable, Callable]:  # (built only for a program not yet compiled or kept, once)
         return _grid_programs(config, graph(config), tx, mesh, vmapped)
 
     epoch = executables.compiled(f"grid epoch {built_for}", lambda: programs()[0], per_model, jax.ShapeDtypeStruct((), jnp.int32), *shared)

@@ -230,7 +230,8 @@ def replayed(drawn: dict, given: Mapping, part: str) -> dict:
     if got.keys() != expected.keys():
         raise ValueError(f"Replay initial {part}: expected arrays at {', '.join(expected) or 'none'}, got {', '.join(got) or 'none'}")
     arrays = []
-    for name, x in got.items():
+    for name in expected:  # (in the drawn tree's order)
+        x = got[name]
         wanted = f"Replay initial {part}{name}: expected floats of shape {list(expected[name].shape)}, got"
         try:
             x = jnp.asarray(x)

@@ -159,11 +159,8 @@ def print_answers(answers: dict) -> None:
 
 
 def main() -> None:
-    parser = build_parser()
-    args = parser.parse()
-    linear = [stage for stage in args.stages if not STAGES[stage].is_mlp]
-    if args.hidden and linear:  # (--dropout values leave a linear stage's grid as it is: it has no dropout)
-        parser.error(f"--hidden applies to the MLP stages only, not {', '.join(linear)}")
+    args = build_parser().parse()
+    cli.mlp_only(args, args.stages, names=("hidden",))  # (--dropout values leave a linear stage's grid as it is)
     if args.add and distributed.is_main():
         check_add(args)
     chosen_on = check_chosen_on(args)
