@@ -236,18 +236,26 @@ def test_a_study_refused_for_its_data_leaves_nothing(tmp_path):
     assert not (tmp_path / "study").exists()
 
 
+# train.py, sent `signum` by a thread of its own once the first program starts compiling: whatever the load on
+# the machine, the signal comes while XLA compiles and long before an epoch could be saved.
+SIGNAL_IN_COMPILE = """import os, runpy, signal, sys, threading, jax.stages
+signum, compiling, compile = int(sys.argv.pop(1)), threading.Event(), jax.stages.Lowered.compile
+jax.stages.Lowered.compile = lambda *args, **kwargs: (compiling.set(), compile(*args, **kwargs))[1]
+threading.Thread(target=lambda: (compiling.wait(), os.kill(os.getpid(), signum)), daemon=True).start()
+sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")"""
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_while_compiling_ends_in_one_line_with_its_status(tmp_path, data_args, signum):
     """Sent while XLA compiles (no cache): no crash at exit, the lock released, the
     folders the run made removed, as nothing was saved."""
     out = tmp_path / "new" / "run"
-    proc = start("train.py", "--stage", "mlp_bn", "--no-cache", "--out", out, *data_args)
-    read_until(proc, "stage mlp_bn")
-    time.sleep(0.3)
-    line = stop(proc, signum)
-    assert proc.returncode == 128 + signum
-    assert line == (f"stopped by {signal.Signals(signum).name}: no epoch of mlp_bn was saved; "
-                    "run the same command again to start afresh")
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_IN_COMPILE, str(int(signum)), str(ROOT / "scripts" / "train.py"),
+                           "--stage", "mlp_bn", "--no-cache", "--out", str(out), *data_args],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signum, proc.stderr
+    assert proc.stderr == (f"stopped by {signal.Signals(signum).name}: no epoch of mlp_bn was saved; "
+                           "run the same command again to start afresh\n")
     assert not (tmp_path / "new").exists()
 
 
