@@ -15,11 +15,11 @@ from mnist_jax.stages import STAGES, TrainConfig
 
 
 def build_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(__doc__, holds="the run; with --stage all, one folder per stage inside it "
+    parser = cli.ArgumentParser(__doc__, holds="the run; with several stages, one folder per stage inside it "
                                 "(default: runs/<stage>-seed<seed>)", resume=True,
                                 tensorboard=True)
-    parser.add_argument("--stage", required=True, type=lambda s: s if s == "all" else cli.stage(s),
-                        help=f"which stage to train ({', '.join(STAGES)}); all: every one in turn")
+    parser.add_argument("--stage", required=True, type=cli.stages,
+                        help=f"which stage to train ({', '.join(STAGES)}); several, comma-separated, or all: each in turn")
     # Options --resume compares: None unless given (`given` tells them from ones given with their default value).
     parser.add_argument("--epochs", type=cli.positive_int, default=TrainConfig.epochs, help="passes over the 54,000 training images")
     parser.add_model_options()
@@ -33,7 +33,7 @@ def parse_args():
     args.given = {name: getattr(args, name) for name in ("batch_size", "lr", "seed", "hidden", "dropout") if getattr(args, name) is not None}
     for name in ("batch_size", "lr", "seed"):
         setattr(args, name, args.given.get(name, getattr(TrainConfig, name)))
-    args.stages = list(STAGES) if args.stage == "all" else [args.stage]
+    args.stages = args.stage
     global checkpoint
     from mnist_jax import checkpoint  # after the arguments are checked: it imports JAX
 
@@ -116,11 +116,11 @@ def free_folder(path: Path) -> Path:
 
 
 def run_dir(args, stage: str) -> Path:
-    """runs/<the run's name> (`TrainConfig.run_name`: runs/mlp-hidden512-seed42), or --out (with --stage all, --out/<name>)."""
+    """runs/<the run's name> (`TrainConfig.run_name`: runs/mlp-hidden512-seed42), or --out (with several stages, --out/<name>)."""
     name = TrainConfig(stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout).run_name()
     if args.out is None:
         return Path("runs") / name
-    return args.out / name if args.stage == "all" else args.out
+    return args.out / name if len(args.stages) > 1 else args.out
 
 
 def architecture(config: TrainConfig) -> str:

@@ -24,13 +24,18 @@ EPOCH_LINE = re.compile(
 )
 
 
+# The original's five stages and the controls, but for random_features' wider copies (1024 and 4096 units, half the
+# time of a `--stage all` here; tests/test_stopping.py trains all of them)
+TRAINED = (*ORIGINAL, "deep_linear", "random_features")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_args):
-    """Every stage (the original's five and the controls) with the defaults, in one `train.py --stage all` process, logged to TensorBoard in `board`."""
+    """The stages of TRAINED with the defaults, in one `train.py --stage` process, logged to TensorBoard in `board`."""
     cwd = tmp_path_factory.mktemp("work")
-    proc = run_script("train.py", "--stage", "all", *data_args, "--tensorboard", "board", cwd=cwd)
+    proc = run_script("train.py", "--stage", ",".join(TRAINED), *data_args, "--tensorboard", "board", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout, {stage: cwd / "runs" / f"{stage}-seed42" for stage in STAGES}
+    return proc.stdout, {stage: cwd / "runs" / f"{stage}-seed42" for stage in TRAINED}
 
 
 @pytest.mark.parametrize("stage", ORIGINAL)  # (the controls have none)
@@ -44,7 +49,7 @@ def test_output_has_one_line_per_epoch_and_the_test_result(runs):
     stdout, run_dirs = runs
     lines = stdout.splitlines()
     epochs = [line for line in lines if line.startswith("[Epoch")]
-    assert len(epochs) == 5 * len(STAGES) and all(EPOCH_LINE.match(line) for line in epochs)
+    assert len(epochs) == 5 * len(TRAINED) and all(EPOCH_LINE.match(line) for line in epochs)
     metrics = json.loads((run_dirs["mlp_bn"] / "metrics.json").read_text())
     test_line = f"[Test] loss={metrics['test_loss']:.4f} acc={metrics['test_accuracy']:.2%}"
     assert test_line in lines
@@ -153,7 +158,8 @@ def run_dir(*argv: str):
     args = train.build_parser().parse_args(list(argv))
     args.given = {k: getattr(args, k) for k in ("batch_size", "lr", "seed", "hidden", "dropout") if getattr(args, k) is not None}
     args.lr, args.batch_size, args.seed = args.lr or 1e-3, args.batch_size or 128, args.seed if args.seed is not None else 42
-    return train.run_dir(args, "mlp_dropout" if args.stage == "all" else args.stage)
+    args.stages = args.stage
+    return train.run_dir(args, "mlp_dropout" if len(args.stages) > 1 else args.stages[0])
 
 
 def test_a_run_folder_is_named_by_every_setting_that_differs_from_the_stages_own():
@@ -161,6 +167,8 @@ def test_a_run_folder_is_named_by_every_setting_that_differs_from_the_stages_own
     assert str(run_dir("--stage", "mlp_dropout", "--dropout", "0.2", "--lr", "3e-3", "--batch-size", "64", "--seed", "1")) == \
         "runs/mlp_dropout-dropout0.2-lr0.003-batch64-seed1"
     assert str(run_dir("--stage", "all", "--lr", "1e-4")) == "runs/mlp_dropout-lr0.0001-seed42"
+    assert str(run_dir("--stage", "mlp_dropout,mlp_bn", "--out", "mine")) == "mine/mlp_dropout-seed42"  # a folder each
+    assert str(run_dir("--stage", "mlp_dropout", "--out", "mine")) == "mine"
     # the stage's own values, given or not, and --epochs (which --resume extends) leave the name as it was
     assert str(run_dir("--stage", "mlp_dropout", "--hidden", "256", "--dropout", "0.5", "--lr", "1e-3", "--epochs", "9")) == \
         "runs/mlp_dropout-seed42"
