@@ -98,6 +98,8 @@ def comma_separated(item: Callable[[str], object]) -> Callable[[str], list]:
 
 def stages(text: str) -> list[str]:
     """`all`, or comma-separated stage names."""
+    if text != "all" and "all" in text.split(","):
+        raise argparse.ArgumentTypeError(f"in {text!r}: all names every stage, so it stands alone")
     return list(STAGES) if text == "all" else comma_separated(stage)(text)
 
 

@@ -1,4 +1,4 @@
-"""Train stages of the study: python scripts/train.py --stage mlp_bn (or --stage all)"""
+"""Train stages of the study: python scripts/train.py --stage mlp_bn (or --stage linear_ce,mlp, or --stage all)"""
 
 from mnist_jax import cli  # first: its signal handlers cover the imports after it
 
@@ -51,6 +51,9 @@ def check_run_folders(args) -> None:
     if args.batch_size > num_train:
         raise UsageError(f"argument --batch-size: at most the {num_train} training images, got {args.batch_size}")
     args.resumed, args.written = {}, set()  # the runs continued; the stages this command saved an epoch of
+    if len(args.stages) > 1 and args.out and checkpoint.has_checkpoint(args.out):
+        raise UsageError(f"--out: {args.out} holds the run of one stage; with several stages --out holds a folder for each: "
+                         "choose another --out")
     for stage in args.stages:
         out = run_dir(args, stage)
         if out.is_symlink() and out != args.out:
@@ -59,13 +62,16 @@ def check_run_folders(args) -> None:
             cli.check_cache_apart(args.compile_cache, out)
         cli.claim(out)
         foreign = foreign_entries(out, checkpoint.RUN_FILES)
-        if foreign and not args.resume:
+        if runs := [name for name in foreign if checkpoint.has_checkpoint(out / name)]:
+            raise UsageError(f"--out: {out} holds the runs of several stages ({', '.join(runs)}); with one stage --out is "
+                             f"the run's own folder: choose another --out (say --out {out / runs[0]})")
+        if foreign and not (args.resume and checkpoint.has_checkpoint(out)):
             raise UsageError(f"--out: {out} holds {', '.join(foreign)}, which train.py did not write (or cannot read, "
                              "and so does not replace); it writes or replaces only a run folder: choose another --out")
         if args.resume:
             args.resumed[stage] = resumable(args, stage, out)
         elif checkpoint.has_checkpoint(out) and not args.overwrite:
-            other = free_folder(args.out or (out if len(args.stages) == 1 else Path("runs/all")))
+            other = free_folder(args.out or (out if len(args.stages) == 1 else Path("runs", "all" if args.stages == list(STAGES) else "-".join(args.stages))))
             raise UsageError(f"--out: {out} already holds {held(args, stage, out)}, --overwrite to replace it, "
                              f"or choose another --out (say --out {other})")
     configs = [run.config if (run := args.resumed.get(stage)) else TrainConfig(
@@ -73,7 +79,8 @@ def check_run_folders(args) -> None:
     cli.check_logs(args.tensorboard, [config.run_name() for config in configs],
                    [run_dir(args, stage) for stage in args.stages] + ([args.out] if args.out else []))
     if args.resume and not any(args.resumed.values()):
-        raise UsageError(f"--resume: no checkpoint in {run_dir(args, args.stages[0]) if len(args.stages) == 1 else args.out} to continue")
+        where = run_dir(args, args.stages[0]) if len(args.stages) == 1 else f"{args.out or 'runs'} for any of its stages"
+        raise UsageError(f"--resume: no checkpoint in {where} to continue")
 
 
 def resumable(args, stage: str, out: Path):
@@ -167,21 +174,34 @@ def kept_epochs(args, stage: str, out: Path) -> int:
     return checkpoint.saved_epochs(out) if args.resumed.get(stage) or stage in args.written else 0
 
 
+def finished_before(args, stage: str) -> str:
+    """'the stages before it are finished (...); ' where this command trained others before `stage`."""
+    done = args.stages[: args.stages.index(stage)]
+    return f"the stages before it are finished ({', '.join(done)}); " if done else ""
+
+
 def stop_note(args, stage: str) -> str:
     """What a stop in `stage` leaves, and how to continue."""
     out = run_dir(args, stage)
     kept = kept_epochs(args, stage, out)
-    done = args.stages[: args.stages.index(stage)]
+    replacing = not kept and args.overwrite and checkpoint.has_checkpoint(out)
     if kept:
         what = f"{out} keeps the checkpoint of epoch {kept}"
-    elif args.overwrite and checkpoint.has_checkpoint(out):
+    elif replacing:
         what = f"the run being replaced in {out} is kept as it was"
     else:
         what = f"no epoch of {stage} was saved"
-    finished_stages = f"the stages before it are finished ({', '.join(done)}); " if done else ""
-    if not kept and not done:
+    done = finished_before(args, stage)
+    if not (kept or done):
         return f"{what}; run the same command again to start afresh"
-    return f"{finished_stages}{what}; continue with: {cli.resume_command()}"
+    if replacing:  # (--resume would continue the run being replaced)
+        return f"{done}{what}; run the same command again to replace every stage afresh"
+    return f"{done}{what}; continue with: {cli.resume_command()}"
+
+
+def nothing_saved(args, stage: str) -> str:
+    done = finished_before(args, stage)
+    return f"{done}nothing of {stage} was saved" if done else "nothing was saved"
 
 
 def train_stage(args, stage: str, data) -> dict:
@@ -190,6 +210,9 @@ def train_stage(args, stage: str, data) -> dict:
     cli.on_stop(lambda: stop_note(args, stage))
     if metrics := finished(resume, out, args.epochs):
         print(f"stage {stage}: finished in {out} (test accuracy {metrics['test_accuracy']:.2%}), skipped", flush=True)
+        # (its log too: a stop can come between the run's last file and its log)
+        cli.write_tensorboard(args.tensorboard, resume.config.run_name(), resume.config, metrics["history"],
+                              metrics["test_accuracy"])
         return metrics
     if resume:
         resume.config = dataclasses.replace(resume.config, epochs=args.epochs)
@@ -205,7 +228,7 @@ def train_stage(args, stage: str, data) -> dict:
                 write()
         except OSError as e:
             kept = kept_epochs(args, stage, out)
-            kept = f"{out} keeps the checkpoint of epoch {kept}; --resume continues it" if kept else "nothing was saved"
+            kept = f"{out} keeps the checkpoint of epoch {kept}; --resume continues it" if kept else nothing_saved(args, stage)
             cli.fail(f"could not save epoch {len(run.history)} to {out}: {e.strerror or e}; {kept}", EXIT_WRITE_FAILED)
 
     def write_epoch(run) -> None:
@@ -224,7 +247,7 @@ def train_stage(args, stage: str, data) -> dict:
     try:
         result = train(config, data, on_epoch=after_epoch, resume=resume)
     except NonFiniteLoss as e:
-        kept = f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1 else "nothing was saved"
+        kept = f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1 else nothing_saved(args, stage)
         cli.fail(f"training stopped: {e}; {kept}", EXIT_DIVERGED)
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
     metrics = run_record(result)

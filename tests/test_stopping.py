@@ -17,8 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_line_error, load_script, run_script, run_script_in_process
-from mnist_jax import cli
+from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, load_script, run_script, run_script_in_process
+from mnist_jax import cli, data
 from mnist_jax.checkpoint import load_run, save_run
 from mnist_jax.files import LOCK, release_locks
 from mnist_jax.progress import GridProgress
@@ -317,6 +317,70 @@ def test_a_replacement_stopped_before_its_first_epoch_says_the_run_it_replaces_i
     finally:
         release_locks()
     assert note == f"the run being replaced in {tmp_path} is kept as it was; run the same command again to start afresh"
+
+
+# Several stages in one command (each case found by a hostile pass)
+
+
+def test_a_replacement_of_several_stages_stopped_before_one_is_replaced_says_to_run_the_command_again(tmp_path, monkeypatch):
+    """--resume would continue that stage's old run (or refuse its epochs): the same command replaces every stage."""
+    for stage in ("linear_ce", "deep_linear"):
+        saved_run(tmp_path / f"{stage}-seed42", TrainConfig(stage, epochs=2))
+    train = load_script("train.py")
+    argv = ["--stage", "linear_ce,deep_linear", "--epochs", "1", "--out", str(tmp_path), "--overwrite", "--no-cache"]
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+    try:
+        args = train.parse_args()
+    finally:
+        release_locks()
+    args.written.add("linear_ce")  # as once it saved an epoch of its own
+    assert train.stop_note(args, "deep_linear") == (
+        f"the stages before it are finished (linear_ce); the run being replaced in {tmp_path / 'deep_linear-seed42'} "
+        "is kept as it was; run the same command again to replace every stage afresh")
+
+
+def test_several_stages_are_refused_for_the_folders_as_they_are(tmp_path, monkeypatch, capsys):
+    def refused(*argv) -> str:
+        with pytest.raises(SystemExit):
+            parse_train(monkeypatch, *argv)
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    two = ["--stage", "linear_ce,linear_mse", "--epochs", "1"]
+    saved_run(tmp_path / "a" / "linear_ce-seed42", TrainConfig("linear_ce", epochs=1))
+    (tmp_path / "a" / "linear_mse-seed42").mkdir()
+    (tmp_path / "a" / "linear_mse-seed42" / "metrics.json").write_text("my notes")  # where the second stage's run goes
+    assert f"{tmp_path / 'a' / 'linear_mse-seed42'} holds metrics.json, which train.py did not write" in \
+        refused(*two, "--out", tmp_path / "a", "--resume")  # (--resume wrote over it)
+    saved_run(tmp_path / "one", TrainConfig("linear_ce", epochs=1))
+    assert refused(*two, "--out", tmp_path / "one").endswith(
+        "holds the run of one stage; with several stages --out holds a folder for each: choose another --out")
+    assert refused("--stage", "linear_ce", "--out", tmp_path / "a").endswith(
+        "holds the runs of several stages (linear_ce-seed42/); with one stage --out is the run's own folder: "
+        f"choose another --out (say --out {tmp_path / 'a' / 'linear_ce-seed42'})")  # (was: 'which train.py did not write')
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")  # no --out: runs/<name> each
+    assert refused(*two, "--resume").endswith("--resume: no checkpoint in runs for any of its stages to continue")  # (was: None)
+    saved_run(tmp_path / "empty" / "runs" / "linear_ce-seed42", TrainConfig("linear_ce", epochs=1))
+    assert refused(*two).endswith("or choose another --out (say --out runs/linear_ce-linear_mse)")  # (was: runs/all)
+    assert refused("--stage", "all,mlp").endswith("in 'all,mlp': all names every stage, so it stands alone")
+
+
+@pytest.mark.slow  # (three runs: some 5 s)
+def test_a_finished_stage_skipped_by_resume_writes_its_log_and_a_failure_in_a_later_one_names_the_finished(tiny, tmp_path, monkeypatch):
+    """A stop can come between a run's last file and its TensorBoard log: --resume skips the run and writes the log."""
+    monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
+    args = ["--stage", "linear_ce,linear_mse", "--epochs", "1", "--out", tmp_path / "runs"]
+    assert run_script_in_process("train.py", *args).returncode == 0
+    resumed = run_script_in_process("train.py", *args, "--resume", "--tensorboard", tmp_path / "board")
+    assert resumed.returncode == 0 and resumed.stdout.count("), skipped\n") == 2, resumed.stderr
+    for stage in ("linear_ce", "linear_mse"):
+        metrics = json.loads((tmp_path / "runs" / f"{stage}-seed42" / "metrics.json").read_text())
+        hparams = {"stage": stage, "epochs": 1, "batch_size": 128, "lr": 1e-3, "seed": 42, "hidden": None, "dropout": 0}
+        assert_tensorboard_log(tmp_path / "board" / f"{stage}-seed42", metrics["history"], metrics["test_accuracy"], hparams)
+    diverged = run_script_in_process("train.py", "--stage", "linear_ce,deep_linear", "--epochs", "1", "--lr", "1e30",
+                                     "--out", tmp_path / "diverged")
+    assert_one_line_error(diverged, "training stopped: non-finite loss in epoch 1; the stages before it are finished "
+                          "(linear_ce); nothing of deep_linear was saved", status=3)  # (was: 'nothing was saved')
 
 
 # Long work resumes
