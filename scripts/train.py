@@ -71,7 +71,8 @@ def check_run_folders(args) -> None:
         if args.resume:
             args.resumed[stage] = resumable(args, stage, out)
         elif checkpoint.has_checkpoint(out) and not args.overwrite:
-            other = free_folder(args.out or (out if len(args.stages) == 1 else Path("runs", "all" if args.stages == list(STAGES) else "-".join(args.stages))))
+            several = Path("runs", "all" if args.stages == list(STAGES) else "-".join(args.stages))
+            other = free_folder(args.out or (out if len(args.stages) == 1 else several))
             raise UsageError(f"--out: {out} already holds {held(args, stage, out)}, --overwrite to replace it, "
                              f"or choose another --out (say --out {other})")
     configs = [run.config if (run := args.resumed.get(stage)) else TrainConfig(
@@ -247,7 +248,8 @@ def train_stage(args, stage: str, data) -> dict:
     try:
         result = train(config, data, on_epoch=after_epoch, resume=resume)
     except NonFiniteLoss as e:
-        kept = f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1 else nothing_saved(args, stage)
+        kept = (f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1
+                else nothing_saved(args, stage))
         cli.fail(f"training stopped: {e}; {kept}", EXIT_DIVERGED)
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
     metrics = run_record(result)
