@@ -424,6 +424,9 @@ def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, histor
     with files.signals_deferred():
         folder.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(dir=folder, prefix=f"{files.PARTIAL}{run}."))
+        umask = os.umask(0o077)
+        os.umask(umask)
+        partial.chmod(0o777 & ~umask)  # as mkdir would make it (mkdtemp's 0o700 hides the log from others' TensorBoard)
         try:
             writer = EventsWriter(str(partial / "events"))
             try:
@@ -626,7 +629,7 @@ def on_stop(note: Callable[[], str]) -> None:
 
 def resume_command() -> str:
     """This command again, with --resume and without --overwrite (nor an abbreviation of either), shell-quoted."""
-    again = [a for a in sys.argv[1:] if not (len(a) > 3 and ("--overwrite".startswith(a) or "--resume".startswith(a)))]
+    again = [a for a in sys.argv[1:] if not (len(a) > 2 and ("--overwrite".startswith(a) or "--resume".startswith(a)))]
     return shlex.join([*(invocation or ["python", sys.argv[0]]), *again, "--resume"])
 
 

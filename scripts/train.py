@@ -63,9 +63,11 @@ def check_run_folders(args) -> None:
         cli.claim(out)
         foreign = foreign_entries(out, checkpoint.RUN_FILES)
         if runs := [name for name in foreign if checkpoint.has_checkpoint(out / name)]:
-            raise UsageError(f"--out: {out} holds the runs of several stages ({', '.join(runs)}); with one stage --out is "
-                             f"the run's own folder: choose another --out (say --out {out / runs[0]})")
-        if foreign and not (args.resume and checkpoint.has_checkpoint(out)):
+            raise UsageError(f"--out: {out} holds run folders ({', '.join(runs)}), as the --out of several stages does; with "
+                             f"one stage --out is the run's own folder: choose another --out (say --out {out / run_name(args, stage)})")
+        if args.resume and checkpoint.has_checkpoint(out):  # (a damaged checkpoint: --resume says so)
+            foreign = [name for name in foreign if name != checkpoint.CHECKPOINT_FILE]
+        if foreign:
             raise UsageError(f"--out: {out} holds {', '.join(foreign)}, which train.py did not write (or cannot read, "
                              "and so does not replace); it writes or replaces only a run folder: choose another --out")
         if args.resume:
@@ -123,9 +125,14 @@ def free_folder(path: Path) -> Path:
     return next(p for i in itertools.count(1) if not (p := path.with_name(f"{path.name}-{i}") if i > 1 else path).exists())
 
 
+def run_name(args, stage: str) -> str:
+    """`TrainConfig.run_name` of `stage` as `args` ask it: mlp-hidden512-seed42."""
+    return TrainConfig(stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout).run_name()
+
+
 def run_dir(args, stage: str) -> Path:
-    """runs/<the run's name> (`TrainConfig.run_name`: runs/mlp-hidden512-seed42), or --out (with several stages, --out/<name>)."""
-    name = TrainConfig(stage, args.epochs, args.batch_size, args.lr, args.seed, args.hidden, args.dropout).run_name()
+    """runs/<the run's name> (`run_name`), or --out (with several stages, --out/<name>)."""
+    name = run_name(args, stage)
     if args.out is None:
         return Path("runs") / name
     return args.out / name if len(args.stages) > 1 else args.out
@@ -186,6 +193,8 @@ def stop_note(args, stage: str) -> str:
     out = run_dir(args, stage)
     kept = kept_epochs(args, stage, out)
     replacing = not kept and args.overwrite and checkpoint.has_checkpoint(out)
+    rest = args.stages[args.stages.index(stage):]  # (--resume would continue a run being replaced, or refuse its epochs)
+    old_left = args.overwrite and any(s not in args.written and checkpoint.has_checkpoint(run_dir(args, s)) for s in rest)
     if kept:
         what = f"{out} keeps the checkpoint of epoch {kept}"
     elif replacing:
@@ -195,7 +204,7 @@ def stop_note(args, stage: str) -> str:
     done = finished_before(args, stage)
     if not (kept or done):
         return f"{what}; run the same command again to start afresh"
-    if replacing:  # (--resume would continue the run being replaced)
+    if old_left:
         return f"{done}{what}; run the same command again to replace every stage afresh"
     return f"{done}{what}; continue with: {cli.resume_command()}"
 
@@ -205,6 +214,17 @@ def nothing_saved(args, stage: str) -> str:
     return f"{done}nothing of {stage} was saved" if done else "nothing was saved"
 
 
+def write_log(args, stage: str, config: TrainConfig, metrics: dict) -> None:
+    """The TensorBoard log of the finished run of `stage`; if it cannot be written, one line saying what is saved."""
+    try:
+        cli.write_tensorboard(args.tensorboard, config.run_name(), config, metrics["history"], metrics["test_accuracy"])
+    except (OSError, UsageError) as e:
+        finished = args.stages[: args.stages.index(stage) + 1]
+        cli.fail(f"could not write the TensorBoard log of {stage}: {getattr(e, 'strerror', None) or e}; the runs of "
+                 f"{', '.join(finished)} are finished and saved; the same command with --resume writes the log",
+                 EXIT_WRITE_FAILED)
+
+
 def train_stage(args, stage: str, data) -> dict:
     out = run_dir(args, stage)
     resume = args.resumed.get(stage)
@@ -212,8 +232,7 @@ def train_stage(args, stage: str, data) -> dict:
     if metrics := finished(resume, out, args.epochs):
         print(f"stage {stage}: finished in {out} (test accuracy {metrics['test_accuracy']:.2%}), skipped", flush=True)
         # (its log too: a stop can come between the run's last file and its log)
-        cli.write_tensorboard(args.tensorboard, resume.config.run_name(), resume.config, metrics["history"],
-                              metrics["test_accuracy"])
+        write_log(args, stage, resume.config, metrics)
         return metrics
     if resume:
         resume.config = dataclasses.replace(resume.config, epochs=args.epochs)
@@ -229,7 +248,8 @@ def train_stage(args, stage: str, data) -> dict:
                 write()
         except OSError as e:
             kept = kept_epochs(args, stage, out)
-            kept = f"{out} keeps the checkpoint of epoch {kept}; --resume continues it" if kept else nothing_saved(args, stage)
+            kept = (f"{finished_before(args, stage)}{out} keeps the checkpoint of epoch {kept}; --resume continues it" if kept
+                    else nothing_saved(args, stage))
             cli.fail(f"could not save epoch {len(run.history)} to {out}: {e.strerror or e}; {kept}", EXIT_WRITE_FAILED)
 
     def write_epoch(run) -> None:
@@ -248,13 +268,13 @@ def train_stage(args, stage: str, data) -> dict:
     try:
         result = train(config, data, on_epoch=after_epoch, resume=resume)
     except NonFiniteLoss as e:
-        kept = (f"the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact" if e.epoch > 1
-                else nothing_saved(args, stage))
+        kept = (f"{finished_before(args, stage)}the checkpoint and metrics.json of epoch {e.epoch - 1} in {out} are intact"
+                if e.epoch > 1 else nothing_saved(args, stage))
         cli.fail(f"training stopped: {e}; {kept}", EXIT_DIVERGED)
     print(f"[Test] loss={result.test_loss:.4f} acc={result.test_accuracy:.2%}")
     metrics = run_record(result)
     save(result, lambda: write_json(out / "metrics.json", metrics))
-    cli.write_tensorboard(args.tensorboard, config.run_name(), config, result.history, result.test_accuracy)
+    write_log(args, stage, config, metrics)
     print(f"compiled in {result.compile_seconds:.2f}s; best val epoch {result.best_epoch}; saved to {out}", flush=True)
     return metrics
 

@@ -542,6 +542,9 @@ def test_a_script_run_from_scripts_records_itself_so(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["scripts/study.py", "--seeds", "2"])
     assert cli.command() == "python scripts/study.py --seeds 2"
     assert cli.resume_command() == "python scripts/study.py --seeds 2 --resume"
+    for given in ("--r", "--res", "--resume", "--ov", "--overwrite"):  # --resume once, whatever abbreviation was typed
+        monkeypatch.setattr(sys, "argv", ["scripts/train.py", "--stage", "mlp", given, "--out", "o"])
+        assert cli.resume_command() == "python scripts/train.py --stage mlp --out o --resume", given
 
 
 @pytest.mark.parametrize("argv, status, said", [

@@ -3,6 +3,7 @@ replaces only a run, and only once the new one has saved an epoch; SIGINT, SIGTE
 SIGHUP end every script in one line, at any moment, with what was kept and how to go
 on; a study or sweep stopped at any moment resumes to the uninterrupted results."""
 
+import errno
 import json
 import os
 import random
@@ -333,10 +334,17 @@ def test_a_replacement_of_several_stages_stopped_before_one_is_replaced_says_to_
         args = train.parse_args()
     finally:
         release_locks()
-    args.written.add("linear_ce")  # as once it saved an epoch of its own
+    assert train.stop_note(args, "linear_ce") == (  # before linear_ce saved an epoch, and once it has
+        f"the run being replaced in {tmp_path / 'linear_ce-seed42'} is kept as it was; run the same command again to start afresh")
+    args.written.add("linear_ce")
+    assert train.stop_note(args, "linear_ce") == (
+        f"{tmp_path / 'linear_ce-seed42'} keeps the checkpoint of epoch 1; run the same command again to replace every stage afresh")
     assert train.stop_note(args, "deep_linear") == (
         f"the stages before it are finished (linear_ce); the run being replaced in {tmp_path / 'deep_linear-seed42'} "
         "is kept as it was; run the same command again to replace every stage afresh")
+    args.written.add("deep_linear")  # every stage replaced: --resume continues
+    assert train.stop_note(args, "deep_linear").endswith("continue with: python train.py --stage linear_ce,deep_linear "
+                                                         f"--epochs 1 --out {tmp_path} --no-cache --resume")
 
 
 def test_several_stages_are_refused_for_the_folders_as_they_are(tmp_path, monkeypatch, capsys):
@@ -354,9 +362,12 @@ def test_several_stages_are_refused_for_the_folders_as_they_are(tmp_path, monkey
     saved_run(tmp_path / "one", TrainConfig("linear_ce", epochs=1))
     assert refused(*two, "--out", tmp_path / "one").endswith(
         "holds the run of one stage; with several stages --out holds a folder for each: choose another --out")
-    assert refused("--stage", "linear_ce", "--out", tmp_path / "a").endswith(
-        "holds the runs of several stages (linear_ce-seed42/); with one stage --out is the run's own folder: "
-        f"choose another --out (say --out {tmp_path / 'a' / 'linear_ce-seed42'})")  # (was: 'which train.py did not write')
+    assert refused("--stage", "deep_linear", "--out", tmp_path / "a").endswith(
+        "holds run folders (linear_ce-seed42/), as the --out of several stages does; with one stage --out is the run's own "
+        f"folder: choose another --out (say --out {tmp_path / 'a' / 'deep_linear-seed42'})")  # (was: 'which train.py did not write')
+    (tmp_path / "one" / "metrics.json").write_text("my notes")  # over a run's own file: --resume would write over it
+    assert f"{tmp_path / 'one'} holds metrics.json, which train.py did not write" in \
+        refused("--stage", "linear_ce", "--epochs", "1", "--out", tmp_path / "one", "--resume")
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path / "empty")  # no --out: runs/<name> each
     assert refused(*two, "--resume").endswith("--resume: no checkpoint in runs for any of its stages to continue")  # (was: None)
@@ -377,6 +388,23 @@ def test_a_finished_stage_skipped_by_resume_writes_its_log_and_a_failure_in_a_la
         metrics = json.loads((tmp_path / "runs" / f"{stage}-seed42" / "metrics.json").read_text())
         hparams = {"stage": stage, "epochs": 1, "batch_size": 128, "lr": 1e-3, "seed": 42, "hidden": None, "dropout": 0}
         assert_tensorboard_log(tmp_path / "board" / f"{stage}-seed42", metrics["history"], metrics["test_accuracy"], hparams)
+    write_log = cli.write_tensorboard
+
+    def full_disk_at(run: str):
+        def write(folder, name, *args):
+            if name == run:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            write_log(folder, name, *args)
+        return write
+
+    monkeypatch.setattr(cli, "write_tensorboard", full_disk_at("linear_mse-seed42"))  # the disk fills as its log is written
+    board = ["--out", tmp_path / "logged", "--tensorboard", tmp_path / "board2"]
+    assert_one_line_error(run_script_in_process("train.py", *args[:4], *board), "could not write the TensorBoard log of "
+                          "linear_mse: No space left on device; the runs of linear_ce, linear_mse are finished and saved; "
+                          "the same command with --resume writes the log", status=5)
+    monkeypatch.setattr(cli, "write_tensorboard", write_log)
+    assert run_script_in_process("train.py", *args[:4], *board, "--resume").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "board2").iterdir()) == ["linear_ce-seed42", "linear_mse-seed42"]
     diverged = run_script_in_process("train.py", "--stage", "linear_ce,deep_linear", "--epochs", "1", "--lr", "1e30",
                                      "--out", tmp_path / "diverged")
     assert_one_line_error(diverged, "training stopped: non-finite loss in epoch 1; the stages before it are finished "
