@@ -424,9 +424,7 @@ def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, histor
     with files.signals_deferred():
         folder.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(dir=folder, prefix=f"{files.PARTIAL}{run}."))
-        umask = os.umask(0o077)
-        os.umask(umask)
-        partial.chmod(0o777 & ~umask)  # as mkdir would make it (mkdtemp's 0o700 hides the log from others' TensorBoard)
+        partial.chmod(0o755)  # (mkdtemp's 0o700 hides the log from others' TensorBoard; files.atomic_write's files are 0o644)
         try:
             writer = EventsWriter(str(partial / "events"))
             try:
