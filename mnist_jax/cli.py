@@ -381,9 +381,10 @@ EVENTS = "events.out.tfevents."  # the start of a TensorBoard event file's name
 
 
 def is_log(path: Path) -> bool:
-    """Whether `path` is a folder of TensorBoard event files and nothing else, a log `write_tensorboard` may replace."""
-    return path.is_dir() and not path.is_symlink() and all(
-        entry.name.startswith(EVENTS) and entry.is_file() and not entry.is_symlink() for entry in path.iterdir())
+    """Whether `path` is a folder of TensorBoard event files, one or more, and nothing else: a log `write_tensorboard` may
+    replace (it never writes an empty one, so an empty folder is someone else's)."""
+    entries = list(path.iterdir()) if path.is_dir() and not path.is_symlink() else []
+    return bool(entries) and all(entry.name.startswith(EVENTS) and entry.is_file() and not entry.is_symlink() for entry in entries)
 
 
 def check_logs(folder: Path | None, names, outputs=()) -> None:
@@ -628,7 +629,22 @@ def on_stop(note: Callable[[], str]) -> None:
 def resume_command() -> str:
     """This command again, with --resume and without --overwrite (nor an abbreviation of either), shell-quoted."""
     again = [a for a in sys.argv[1:] if not (len(a) > 2 and ("--overwrite".startswith(a) or "--resume".startswith(a)))]
-    return shlex.join([*(invocation or ["python", sys.argv[0]]), *again, "--resume"])
+    return " ".join(map(shell_word, [*(invocation or ["python", sys.argv[0]]), *again, "--resume"]))
+
+
+def shell_word(arg: str) -> str:
+    """`shlex.quote(arg)`, or where `arg` holds a character that is not printable (a newline), bash's $'...' with it
+    escaped: pasted into bash or zsh it gives `arg` back, and the command stays on one line."""
+    if arg.isprintable():
+        return shlex.quote(arg)
+    escaped = (c if c.isprintable() and c not in "\\'" else "\\" + c if c in "\\'" else
+               f"\\x{ord(c):02x}" if ord(c) < 0x80 else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in arg)
+    return f"$'{''.join(escaped)}'"
+
+
+def one_line(message: str) -> str:
+    """`message` with each character that is not printable (a newline in a path) shown as its escape: one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _exit_stopped(signum: int) -> NoReturn:
@@ -637,7 +653,7 @@ def _exit_stopped(signum: int) -> NoReturn:
     with contextlib.suppress(Exception):
         note = _stop_note()
     with contextlib.suppress(Exception):
-        print(f"stopped by {signal.Signals(signum).name}: {note}", file=sys.stderr, flush=True)
+        print(one_line(f"stopped by {signal.Signals(signum).name}: {note}"), file=sys.stderr, flush=True)
         sys.stdout.flush()
     files.release_locks()
     os._exit(128 + signum)
@@ -654,7 +670,7 @@ def _end_at_once() -> NoReturn:
 
 
 def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
-    print(message, file=sys.stderr)
+    print(one_line(message), file=sys.stderr)
     sys.exit(status)
 
 

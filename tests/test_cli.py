@@ -8,6 +8,7 @@ import io
 import importlib.util
 import signal
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -113,12 +114,17 @@ def test_a_full_disk_under_tensorboard_is_one_line_and_leaves_the_previous_log_a
      "mlp_dropout-hidden128-seed9"),
 ])
 def test_a_users_file_where_a_tensorboard_log_goes_is_refused_before_any_work(refused, tmp_path, script, args, log):
+    """A file, an empty folder (no log is ever empty) or a folder holding more than event files."""
     (tmp_path / "tbF").mkdir()
-    (tmp_path / "tbF" / log).write_text("mine")
-    line = refused(script, *args, "--tensorboard", "tbF")
-    assert line.endswith(f"--tensorboard: tbF/{log} is there and is not a TensorBoard log (a folder of event files only), "
-                         "so it will not be replaced: move it or choose another --tensorboard")
-    assert (tmp_path / "tbF" / log).read_text() == "mine" and listing(tmp_path) == ["tbF"]
+    for make in (lambda path: path.write_text("mine"), lambda path: path.mkdir(),
+                 lambda path: (path.mkdir(), (path / f"{cli.EVENTS}.1").write_text("?"), (path / "notes.txt").write_text("mine"))):
+        make(tmp_path / "tbF" / log)
+        mine = {path: path.is_file() and path.read_bytes() for path in tmp_path.rglob("*")}
+        line = refused(script, *args, "--tensorboard", "tbF")
+        assert line.endswith(f"--tensorboard: tbF/{log} is there and is not a TensorBoard log (a folder of event files only), "
+                             "so it will not be replaced: move it or choose another --tensorboard")
+        assert {path: path.is_file() and path.read_bytes() for path in tmp_path.rglob("*")} == mine
+        shutil.rmtree(tmp_path / "tbF" / log) if (tmp_path / "tbF" / log).is_dir() else (tmp_path / "tbF" / log).unlink()
 
 
 @pytest.mark.parametrize("script, args, board", [
@@ -545,6 +551,20 @@ def test_a_script_run_from_scripts_records_itself_so(monkeypatch):
     for given in ("--r", "--res", "--resume", "--ov", "--overwrite"):  # --resume once, whatever abbreviation was typed
         monkeypatch.setattr(sys, "argv", ["scripts/train.py", "--stage", "mlp", given, "--out", "o"])
         assert cli.resume_command() == "python scripts/train.py --stage mlp --out o --resume", given
+
+
+def test_a_newline_in_a_folder_name_leaves_every_message_one_line_and_the_command_to_continue_gives_it_back(monkeypatch, refused):
+    """A stop's command to continue quotes such an argument as bash's $'...', which bash reads back as typed; a refusal
+    shows the character as its escape."""
+    typed = ["--stage", "mlp", "--out", "my runs/a\nb", "--tensorboard", "it's\\\x1b[31m\u2028\tlog"]
+    monkeypatch.setattr(sys, "argv", ["scripts/train.py", *typed])
+    command = cli.resume_command()
+    assert command.isprintable()
+    words = subprocess.run(["bash", "-c", f"printf '%s\\0' {command}"], capture_output=True, check=True,
+                           env={**os.environ, "LC_ALL": "C.UTF-8"}).stdout.decode().split("\0")[:-1]
+    assert words == ["python", "scripts/train.py", *typed, "--resume"]
+    line = refused("train.py", "--stage", "mlp", "--out", "runs/a\nb", "--resume")
+    assert "runs/a\\nb" in line
 
 
 @pytest.mark.parametrize("argv, status, said", [
