@@ -229,7 +229,10 @@ class ArgumentParser(argparse.ArgumentParser):
     def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
         """The arguments, checked before any work and JAX's import; JAX set up (`trains`), the run
         joined (`processes`), `--out` claimed (`results`), the work's `args.progress` (`resume`)."""
-        args = self.parse_args(argv)
+        try:
+            args = self.parse_args(argv)
+        except OSError as e:  # a check of a path given, which the system refuses to look up (a name too long)
+            self.error(f"{e.filename}: {e.strerror}")
         child = os.environ.get(distributed.CHILD_ENV)  # a process of several: it joins the run before it claims --out
         try:
             if self.processes:
@@ -377,14 +380,15 @@ def check_tensorboard(folder: Path) -> None:
 # TensorBoard's tag of each figure of an epoch: a chart of loss and one of accuracy, each with training and validation.
 TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/validation", "train_accuracy": "accuracy/train",
                     "val_accuracy": "accuracy/validation"}
-EVENTS = "events.out.tfevents."  # the start of a TensorBoard event file's name
+EVENTS, OURS = "events.out.tfevents.", ".mnist_jax"  # the start of a TensorBoard event file's name, the end of ours
 
 
 def is_log(path: Path) -> bool:
-    """Whether `path` is a folder of TensorBoard event files, one or more, and nothing else: a log `write_tensorboard` may
-    replace (it never writes an empty one, so an empty folder is someone else's)."""
+    """Whether `path` is a folder of this project's TensorBoard event files (named `EVENTS...OURS`), one or more, and
+    nothing else: a log `write_tensorboard` wrote and may replace. (An empty folder, or a PyTorch run's log, is another's.)"""
     entries = list(path.iterdir()) if path.is_dir() and not path.is_symlink() else []
-    return bool(entries) and all(entry.name.startswith(EVENTS) and entry.is_file() and not entry.is_symlink() for entry in entries)
+    return bool(entries) and all(entry.name.startswith(EVENTS) and entry.name.endswith(OURS) and entry.is_file()
+                                 and not entry.is_symlink() for entry in entries)
 
 
 def check_logs(folder: Path | None, names, outputs=()) -> None:
@@ -402,8 +406,19 @@ def check_logs(folder: Path | None, names, outputs=()) -> None:
     for log in sorted(folder / name for name in names):
         if log.exists() or log.is_symlink():
             if not is_log(log):
-                raise UsageError(f"--tensorboard: {log} is there and is not a TensorBoard log (a folder of event files only), "
-                                 "so it will not be replaced: move it or choose another --tensorboard")
+                raise UsageError(f"--tensorboard: {log} is there and is not a TensorBoard log this project wrote (a folder of "
+                                 "its event files only), so it will not be replaced: move it or choose another --tensorboard")
+
+
+def write_logs(folder: Path | None, runs: list[tuple[TrainConfig, list[dict], float]], saved: Path) -> None:
+    """Each finished run's TensorBoard log (config, history, test accuracy), once the results are saved in `saved`: one
+    that cannot be written ends the script in one line, status 5, saying the results are saved."""
+    for config, history, accuracy in runs:
+        try:
+            write_tensorboard(folder, config.run_name(), config, history, accuracy)
+        except (OSError, UsageError) as e:
+            fail(f"could not write the TensorBoard log {config.run_name()}: {getattr(e, 'strerror', None) or e}; the results "
+                 f"are saved in {saved}, and the logs before it written", EXIT_WRITE_FAILED)
 
 
 def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, history: list[dict], test_accuracy: float) -> None:
@@ -427,7 +442,7 @@ def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, histor
         partial = Path(tempfile.mkdtemp(dir=folder, prefix=f"{files.PARTIAL}{run}."))
         partial.chmod(0o755)  # (mkdtemp's 0o700 hides the log from others' TensorBoard; files.atomic_write's files are 0o644)
         try:
-            writer = EventsWriter(str(partial / "events"))
+            writer = EventsWriter(str(partial / "events"), filename_suffix=OURS)
             try:
                 for event in events:
                     event.wall_time = time.time()
@@ -437,7 +452,8 @@ def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, histor
             if not (log.exists() or log.is_symlink()):
                 return os.rename(partial, log)
             if not is_log(log):
-                raise UsageError(f"--tensorboard: {log} is no longer a TensorBoard log and will not be replaced")
+                raise UsageError(f"--tensorboard: {log} is there and is not a TensorBoard log this project wrote, so it will not be "
+                                 "replaced")
             os.rename(log, old := partial.with_name(f"{partial.name}.old"))
             try:
                 os.rename(partial, log)
@@ -633,18 +649,24 @@ def resume_command() -> str:
 
 
 def shell_word(arg: str) -> str:
-    """`shlex.quote(arg)`, or where `arg` holds a character that is not printable (a newline), bash's $'...' with it
-    escaped: pasted into bash or zsh it gives `arg` back, and the command stays on one line."""
+    """`shlex.quote(arg)`, or where `arg` holds a character that is not printable (a newline), bash's $'...' with each
+    such character as its bytes (`\\xHH`, as a file name holds them: in any locale, and for a name that is not UTF-8):
+    pasted into bash or zsh it gives `arg` back, and the command stays on one line."""
     if arg.isprintable():
         return shlex.quote(arg)
-    escaped = (c if c.isprintable() and c not in "\\'" else "\\" + c if c in "\\'" else
-               f"\\x{ord(c):02x}" if ord(c) < 0x80 else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in arg)
-    return f"$'{''.join(escaped)}'"
+
+    def escaped(c: str) -> str:
+        return "\\" + c if c in "\\'" else c if c.isprintable() else "".join(f"\\x{b:02x}" for b in os.fsencode(c))
+
+    return "$'" + "".join(map(escaped, arg)) + "'"
 
 
 def one_line(message: str) -> str:
-    """`message` with each character that is not printable (a newline in a path) shown as its escape: one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    """`message` with each character that is not printable (a newline in a path) shown as its escape, on one line; then a
+    backslash is shown as `\\\\`, so that an escape and the same characters typed read apart."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in message)
 
 
 def _exit_stopped(signum: int) -> NoReturn:

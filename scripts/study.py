@@ -79,7 +79,7 @@ def main() -> None:
 
     data = cli.load_data(args)
     start = time.perf_counter()
-    results = {}
+    results, finished = {}, []
     for stage in args.stages:
         bar = cli.Progress(args.epochs, f"{stage}, {cli.count(args.seeds, 'seed')}", "epoch")
         stage_config = config(args, stage)
@@ -88,13 +88,13 @@ def main() -> None:
             on_epoch=bar.epochs(args.epochs), progress=args.progress,
         )
         bar.close()
-        for seed, history, accuracy in zip(results[stage].seeds, results[stage].history, results[stage].test_accuracies):
-            seed_config = dataclasses.replace(stage_config, seed=seed)
-            cli.write_tensorboard(args.tensorboard, seed_config.run_name(), seed_config, history, accuracy)
+        finished += [(dataclasses.replace(stage_config, seed=seed), history, accuracy) for seed, history, accuracy
+                     in zip(results[stage].seeds, results[stage].history, results[stage].test_accuracies)]
         if results[stage].models_at_once < args.seeds:
             print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].models_at_once}", flush=True)
     report = save_study(results, data, args.out, cli.command(), time.perf_counter() - start, write=distributed.is_main())
     args.progress.clear()
+    cli.write_logs(args.tensorboard, finished, args.out / RESULTS[0])
     print(f"\n{cli.count(args.seeds, 'seed')}, {cli.count(args.epochs, 'epoch')}, {report['device']}, "
           f"{report['seconds']:.1f}s in all")
     print_report(report)

@@ -186,9 +186,8 @@ def main() -> None:
     path = args.out / RESULTS[0]
     saved = results.save_grid(grid, path, cli.command(), time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
     args.progress.clear()
-    for r in grid["rows"]:
-        config = grid_config(args, r["stage"], r["lr"], r["seed"], r["hidden"], r["dropout"])
-        cli.write_tensorboard(args.tensorboard, config.run_name(), config, r["history"], r["test_accuracy"])
+    cli.write_logs(args.tensorboard, [(grid_config(args, r["stage"], r["lr"], r["seed"], r["hidden"], r["dropout"]), r["history"],
+                                       r["test_accuracy"]) for r in grid["rows"]], path)
     print(f"\n{cli.count(len(grid['rows']), 'model')}, {cli.count(args.epochs, 'epoch')}, {grid['device']}: "
           f"compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")

@@ -61,7 +61,7 @@ def test_a_tensorboard_log_written_again_holds_the_new_history_once_and_nothing_
         cli.write_tensorboard(tmp_path, "mlp-seed3", TrainConfig("mlp", epochs=3, seed=3), history[:epochs], accuracy)
         if epochs == 1:  # as if written a while ago (a file's name holds the second it was made)
             (events,) = (tmp_path / "mlp-seed3").iterdir()
-            events.rename(events.with_name("events.out.tfevents.1000000000.host"))
+            events.rename(events.with_name(f"{cli.EVENTS}1000000000.host{cli.OURS}"))
     assert_tensorboard_log(tmp_path / "mlp-seed3", history, 0.75, hparams)  # one event file, of the second run alone
     assert listing(tmp_path) == ["mine.txt", "mlp-seed3"]
 
@@ -114,15 +114,16 @@ def test_a_full_disk_under_tensorboard_is_one_line_and_leaves_the_previous_log_a
      "mlp_dropout-hidden128-seed9"),
 ])
 def test_a_users_file_where_a_tensorboard_log_goes_is_refused_before_any_work(refused, tmp_path, script, args, log):
-    """A file, an empty folder (no log is ever empty) or a folder holding more than event files."""
+    """A file, an empty folder (no log is ever empty), a folder holding more than event files, another's log (PyTorch's)."""
     (tmp_path / "tbF").mkdir()
     for make in (lambda path: path.write_text("mine"), lambda path: path.mkdir(),
-                 lambda path: (path.mkdir(), (path / f"{cli.EVENTS}.1").write_text("?"), (path / "notes.txt").write_text("mine"))):
+                 lambda path: (path.mkdir(), (path / f"{cli.EVENTS}1.h{cli.OURS}").write_text("?"), (path / "notes.txt").write_text("mine")),
+                 lambda path: (path.mkdir(), (path / f"{cli.EVENTS}1700000000.laptop.12345.0").write_text("my PyTorch run"))):
         make(tmp_path / "tbF" / log)
         mine = {path: path.is_file() and path.read_bytes() for path in tmp_path.rglob("*")}
         line = refused(script, *args, "--tensorboard", "tbF")
-        assert line.endswith(f"--tensorboard: tbF/{log} is there and is not a TensorBoard log (a folder of event files only), "
-                             "so it will not be replaced: move it or choose another --tensorboard")
+        assert line.endswith(f"--tensorboard: tbF/{log} is there and is not a TensorBoard log this project wrote (a folder of "
+                             "its event files only), so it will not be replaced: move it or choose another --tensorboard")
         assert {path: path.is_file() and path.read_bytes() for path in tmp_path.rglob("*")} == mine
         shutil.rmtree(tmp_path / "tbF" / log) if (tmp_path / "tbF" / log).is_dir() else (tmp_path / "tbF" / log).unlink()
 
@@ -554,17 +555,30 @@ def test_a_script_run_from_scripts_records_itself_so(monkeypatch):
 
 
 def test_a_newline_in_a_folder_name_leaves_every_message_one_line_and_the_command_to_continue_gives_it_back(monkeypatch, refused):
-    """A stop's command to continue quotes such an argument as bash's $'...', which bash reads back as typed; a refusal
-    shows the character as its escape."""
-    typed = ["--stage", "mlp", "--out", "my runs/a\nb", "--tensorboard", "it's\\\x1b[31m\u2028\tlog"]
+    """A stop's command to continue quotes such an argument as bash's $'...' of its bytes, which bash reads back as typed
+    in any locale, a name that is not UTF-8 too; a refusal shows the character as its escape, and then a typed backslash
+    as two, so that the two read apart."""
+    not_utf8 = os.fsdecode(b"caf\xe9")  # (a file name of bytes Python keeps as they are)
+    typed = ["--stage", "mlp", "--out", f"my runs/a\nb-{not_utf8}", "--tensorboard", "it's\\\x1b[31m\u2028\u00a0\tlog"]
     monkeypatch.setattr(sys, "argv", ["scripts/train.py", *typed])
     command = cli.resume_command()
     assert command.isprintable()
-    words = subprocess.run(["bash", "-c", f"printf '%s\\0' {command}"], capture_output=True, check=True,
-                           env={**os.environ, "LC_ALL": "C.UTF-8"}).stdout.decode().split("\0")[:-1]
-    assert words == ["python", "scripts/train.py", *typed, "--resume"]
+    for locale in ("C", "C.UTF-8"):
+        words = subprocess.run(["bash", "-c", f"printf '%s\\0' {command}"], capture_output=True, check=True,
+                               env={**os.environ, "LC_ALL": locale}).stdout.split(b"\0")[:-1]
+        assert list(map(os.fsdecode, words)) == ["python", "scripts/train.py", *typed, "--resume"], locale
     line = refused("train.py", "--stage", "mlp", "--out", "runs/a\nb", "--resume")
     assert "runs/a\\nb" in line
+    typed_escape = refused("train.py", "--stage", "mlp", "--out", "runs/a\\nb\t", "--resume")
+    assert "runs/a\\\\nb\\t" in typed_escape
+
+
+@pytest.mark.parametrize("option", ["--data-dir", "--out", "--tensorboard", "--compile-cache"])
+def test_a_folder_name_too_long_for_the_system_is_refused_as_an_argument(refused, option):
+    """(It was told as a save that failed, status 5: the system refuses to look such a name up.)"""
+    too_long = "x" * 300
+    line = refused("train.py", "--stage", "linear_ce", option, too_long)
+    assert line.endswith(f"{too_long}: File name too long"), line
 
 
 @pytest.mark.parametrize("argv, status, said", [

@@ -411,6 +411,29 @@ def test_a_finished_stage_skipped_by_resume_writes_its_log_and_a_failure_in_a_la
                           "(linear_ce); nothing of deep_linear was saved", status=3)  # (was: 'nothing was saved')
 
 
+def test_a_log_a_study_cannot_write_after_training_says_its_results_are_saved(tiny, tmp_path, monkeypatch):
+    """A folder put at a log's place while the study trained: the results are written first, then one line, status 5
+    (it was status 2, as if refused before any work, and no results.json)."""
+    monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)
+    write_log = cli.write_tensorboard
+
+    def taken_at(run: str):
+        def write(folder, name, *args):
+            if name == run:
+                (folder / name).mkdir(parents=True)
+            write_log(folder, name, *args)
+        return write
+
+    monkeypatch.setattr(cli, "write_tensorboard", taken_at("linear_ce-seed1"))
+    out, board = tmp_path / "study", tmp_path / "board"
+    proc = run_script_in_process("study.py", "--stages", "linear_ce", "--seeds", "2", "--epochs", "1", "--out", out, "--tensorboard", board)
+    assert_one_line_error(proc, f"could not write the TensorBoard log linear_ce-seed1: --tensorboard: {board / 'linear_ce-seed1'} "
+                          "is there and is not a TensorBoard log this project wrote", f"the results are saved in {out / 'results.json'}",
+                          status=5)
+    assert (out / "results.json").is_file() and sorted(p.name for p in board.iterdir()) == ["linear_ce-seed0", "linear_ce-seed1"]
+    assert not list((board / "linear_ce-seed1").iterdir())
+
+
 # Long work resumes
 
 
