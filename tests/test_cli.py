@@ -554,7 +554,7 @@ def test_a_script_run_from_scripts_records_itself_so(monkeypatch):
         assert cli.resume_command() == "python scripts/train.py --stage mlp --out o --resume", given
 
 
-def test_a_newline_in_a_folder_name_leaves_every_message_one_line_and_the_command_to_continue_gives_it_back(monkeypatch, refused):
+def test_a_newline_in_a_folder_name_leaves_a_refusal_on_one_line_and_the_command_to_continue_gives_it_back(monkeypatch, refused):
     """A stop's command to continue quotes such an argument as bash's $'...' of its bytes, which bash reads back as typed
     in any locale, a name that is not UTF-8 too; a refusal shows the character as its escape, and then a typed backslash
     as two, so that the two read apart."""
