@@ -410,15 +410,15 @@ def check_logs(folder: Path | None, names, outputs=()) -> None:
                                  "its event files only), so it will not be replaced: move it or choose another --tensorboard")
 
 
-def write_logs(folder: Path | None, runs: list[tuple[TrainConfig, list[dict], float]], saved: Path) -> None:
-    """Each finished run's TensorBoard log (config, history, test accuracy), once the results are saved in `saved`: one
-    that cannot be written ends the script in one line, status 5, saying the results are saved."""
+def write_logs(folder: Path | None, runs: list[tuple[TrainConfig, list[dict], float]], saved: str) -> None:
+    """Each finished run's TensorBoard log (config, history, test accuracy), once its results are saved: one that cannot be
+    written ends the script in one line, status 5, with `saved` (what is saved, and how to go on)."""
     for config, history, accuracy in runs:
         try:
             write_tensorboard(folder, config.run_name(), config, history, accuracy)
         except (OSError, UsageError) as e:
-            fail(f"could not write the TensorBoard log {config.run_name()}: {getattr(e, 'strerror', None) or e}; the results "
-                 f"are saved in {saved}, and the logs before it written", EXIT_WRITE_FAILED)
+            fail(f"could not write the TensorBoard log {config.run_name()}: {getattr(e, 'strerror', None) or e}; {saved}",
+                 EXIT_WRITE_FAILED)
 
 
 def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, history: list[dict], test_accuracy: float) -> None:

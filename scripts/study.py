@@ -94,7 +94,7 @@ def main() -> None:
             print(f"{stage}: {args.seeds} seeds in chunks of {results[stage].models_at_once}", flush=True)
     report = save_study(results, data, args.out, cli.command(), time.perf_counter() - start, write=distributed.is_main())
     args.progress.clear()
-    cli.write_logs(args.tensorboard, finished, args.out / RESULTS[0])
+    cli.write_logs(args.tensorboard, finished, f"the results are saved in {args.out / RESULTS[0]}, and the logs before it written")
     print(f"\n{cli.count(args.seeds, 'seed')}, {cli.count(args.epochs, 'epoch')}, {report['device']}, "
           f"{report['seconds']:.1f}s in all")
     print_report(report)

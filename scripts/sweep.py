@@ -187,7 +187,7 @@ def main() -> None:
     saved = results.save_grid(grid, path, cli.command(), time.perf_counter() - start, args.add, args.progress.run_id, write=distributed.is_main())
     args.progress.clear()
     cli.write_logs(args.tensorboard, [(grid_config(args, r["stage"], r["lr"], r["seed"], r["hidden"], r["dropout"]), r["history"],
-                                       r["test_accuracy"]) for r in grid["rows"]], path)
+                                       r["test_accuracy"]) for r in grid["rows"]], f"the results are saved in {path}, and the logs before it written")
     print(f"\n{cli.count(len(grid['rows']), 'model')}, {cli.count(args.epochs, 'epoch')}, {grid['device']}: "
           f"compiling {grid['compile_seconds']:.1f}s, "
           f"training {grid['train_seconds']:.1f}s")

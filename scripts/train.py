@@ -216,13 +216,9 @@ def nothing_saved(args, stage: str) -> str:
 
 def write_log(args, stage: str, config: TrainConfig, metrics: dict) -> None:
     """The TensorBoard log of the finished run of `stage`; if it cannot be written, one line saying what is saved."""
-    try:
-        cli.write_tensorboard(args.tensorboard, config.run_name(), config, metrics["history"], metrics["test_accuracy"])
-    except (OSError, UsageError) as e:
-        finished = args.stages[: args.stages.index(stage) + 1]
-        cli.fail(f"could not write the TensorBoard log of {stage}: {getattr(e, 'strerror', None) or e}; the runs of "
-                 f"{', '.join(finished)} are finished and saved; the same command with --resume writes the log",
-                 EXIT_WRITE_FAILED)
+    finished = ", ".join(args.stages[: args.stages.index(stage) + 1])
+    cli.write_logs(args.tensorboard, [(config, metrics["history"], metrics["test_accuracy"])],
+                   f"the runs of {finished} are finished and saved; the same command with --resume writes the log")
 
 
 def train_stage(args, stage: str, data) -> dict:

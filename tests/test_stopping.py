@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
@@ -377,6 +378,17 @@ def test_several_stages_are_refused_for_the_folders_as_they_are(tmp_path, monkey
 
 
 @pytest.mark.slow  # (three runs: some 5 s)
+def log_written_after(run: str, before: Callable[[Path], object]) -> Callable:
+    """`cli.write_tensorboard` that first does `before(folder / run)` when it writes `run`'s log (a full disk, a folder put there)."""
+    write_log = cli.write_tensorboard
+
+    def write(folder, name, *args):
+        if name == run:
+            before(folder / name)
+        write_log(folder, name, *args)
+    return write
+
+
 def test_a_finished_stage_skipped_by_resume_writes_its_log_and_a_failure_in_a_later_one_names_the_finished(tiny, tmp_path, monkeypatch):
     """A stop can come between a run's last file and its TensorBoard log: --resume skips the run and writes the log."""
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
@@ -388,21 +400,15 @@ def test_a_finished_stage_skipped_by_resume_writes_its_log_and_a_failure_in_a_la
         metrics = json.loads((tmp_path / "runs" / f"{stage}-seed42" / "metrics.json").read_text())
         hparams = {"stage": stage, "epochs": 1, "batch_size": 128, "lr": 1e-3, "seed": 42, "hidden": None, "dropout": 0}
         assert_tensorboard_log(tmp_path / "board" / f"{stage}-seed42", metrics["history"], metrics["test_accuracy"], hparams)
-    write_log = cli.write_tensorboard
+    def full_disk(log: Path):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    def full_disk_at(run: str):
-        def write(folder, name, *args):
-            if name == run:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            write_log(folder, name, *args)
-        return write
-
-    monkeypatch.setattr(cli, "write_tensorboard", full_disk_at("linear_mse-seed42"))  # the disk fills as its log is written
     board = ["--out", tmp_path / "logged", "--tensorboard", tmp_path / "board2"]
-    assert_one_line_error(run_script_in_process("train.py", *args[:4], *board), "could not write the TensorBoard log of "
-                          "linear_mse: No space left on device; the runs of linear_ce, linear_mse are finished and saved; "
-                          "the same command with --resume writes the log", status=5)
-    monkeypatch.setattr(cli, "write_tensorboard", write_log)
+    with monkeypatch.context() as patched:
+        patched.setattr(cli, "write_tensorboard", log_written_after("linear_mse-seed42", full_disk))  # the disk fills
+        assert_one_line_error(run_script_in_process("train.py", *args[:4], *board), "could not write the TensorBoard log "
+                              "linear_mse-seed42: No space left on device; the runs of linear_ce, linear_mse are finished and "
+                              "saved; the same command with --resume writes the log", status=5)
     assert run_script_in_process("train.py", *args[:4], *board, "--resume").returncode == 0
     assert sorted(p.name for p in (tmp_path / "board2").iterdir()) == ["linear_ce-seed42", "linear_mse-seed42"]
     diverged = run_script_in_process("train.py", "--stage", "linear_ce,deep_linear", "--epochs", "1", "--lr", "1e30",
@@ -415,16 +421,7 @@ def test_a_log_a_study_cannot_write_after_training_says_its_results_are_saved(ti
     """A folder put at a log's place while the study trained: the results are written first, then one line, status 5
     (it was status 2, as if refused before any work, and no results.json)."""
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)
-    write_log = cli.write_tensorboard
-
-    def taken_at(run: str):
-        def write(folder, name, *args):
-            if name == run:
-                (folder / name).mkdir(parents=True)
-            write_log(folder, name, *args)
-        return write
-
-    monkeypatch.setattr(cli, "write_tensorboard", taken_at("linear_ce-seed1"))
+    monkeypatch.setattr(cli, "write_tensorboard", log_written_after("linear_ce-seed1", lambda log: log.mkdir(parents=True)))
     out, board = tmp_path / "study", tmp_path / "board"
     proc = run_script_in_process("study.py", "--stages", "linear_ce", "--seeds", "2", "--epochs", "1", "--out", out, "--tensorboard", board)
     assert_one_line_error(proc, f"could not write the TensorBoard log linear_ce-seed1: --tensorboard: {board / 'linear_ce-seed1'} "
