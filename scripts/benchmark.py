@@ -251,19 +251,26 @@ def print_profiles(profiles: list[dict]) -> None:
          *(f"{p[f'{part} ms']:.3f}" for part in PARTS)] for p in profiles])
 
 
-def time_study(config: TrainConfig, data: MNIST, seeds: int, single: dict, vmapped: bool) -> dict:
+def time_study(config: TrainConfig, data: MNIST, seeds: int, vmapped: bool) -> dict:
     """`study.train_seeds` of `seeds` seeds, side by side (vmap) or one at a time (lax.map): steady seconds per
     epoch (the first left out, as for a run alone), in all and per model, and per model against a run alone doing
-    the same work: its epoch (training and validation passes) and a test pass, which a grid's epoch also runs."""
+    the same work: its epoch (training and validation passes) and a test pass, which a grid's epoch also runs. The run
+    alone is timed just before and just after the grid, so that a slow spell of a shared machine falls on both sides."""
     from mnist_jax.study import side_by_side, train_seeds
 
+    def alone() -> float:
+        single = time_jax(config, data)
+        return single["epoch_seconds"] + single["test_seconds"]
+
+    before = alone()
     result = train_seeds(config, data, list(range(seeds)), vmapped=vmapped)
+    beside = [before, alone()]
     epoch = steady_seconds_per_epoch([[{"seconds": s} for s in result.epoch_seconds.values()]])
-    alone = single["jax_epoch_seconds"] + single["jax_test_seconds"]
+    single = statistics.mean(beside)
     return {"stage": config.stage, "seeds": seeds, "seeds_at_once": result.models_at_once,
             "width": seeds if vmapped else 1, "backend_default": vmapped == side_by_side(),
             "compile_seconds": result.compile_seconds, "epoch_seconds": epoch, "epoch_seconds_per_model": epoch / seeds,
-            "single_same_work_seconds": alone, "per_model_over_single": epoch / seeds / alone}
+            "single_beside_seconds": beside, "single_same_work_seconds": single, "per_model_over_single": epoch / seeds / single}
 
 
 def end_to_end(train_args: list[str], rounds: int) -> dict:
@@ -464,7 +471,9 @@ def print_studies(studies: list[dict]) -> None:
     same_work = "single_same_work_seconds" in studies[0]  # (older files: against the single run's epoch alone, and
     # their grid's seconds every epoch's and the final test pass's: `time_study` then)
     print("\nstudy.py's training of many seeds (one program), seconds per epoch per model, " + (
-        "against a run alone doing the same work (its epoch and a test pass):" if same_work else "and against the stage's single run:"))
+        "against a run alone doing the same work (its epoch and a test pass" + (", timed just before and just after the grid):"
+                                                                             if "single_beside_seconds" in studies[0] else "):")
+        if same_work else "and against the stage's single run:"))
     cli.print_table(["stage", "seeds", "side by side", "compile s", "s/epoch, all seeds", "s/epoch per model",
                      *(["run alone s", "per model / run alone"] if same_work else ["per model / single run"])], [
         [f"`{s['stage']}`", s["seeds"], ("1 (lax.map)" if s["width"] == 1 else f"{s['width']} (vmap)") + (", the default" if s["backend_default"] else ""),
@@ -523,8 +532,7 @@ def main() -> None:
         except NoOpEvents as e:  # every other figure is still measured
             print(f"\nwhere a training step goes: not measured ({e})")
     if args.studies:
-        single = {r["stage"]: r for r in rows}
-        report["studies"] = [time_study(config, data, n, single[config.stage], vmapped)
+        report["studies"] = [time_study(config, data, n, vmapped)
                              for n in args.studies for config in configs for vmapped in (False, True)]
         print_studies(report["studies"])
     if args.standard_parts:
