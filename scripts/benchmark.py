@@ -470,10 +470,9 @@ def print_table(report: dict) -> None:
 def print_studies(studies: list[dict]) -> None:
     same_work = "single_same_work_seconds" in studies[0]  # (older files: against the single run's epoch alone, and
     # their grid's seconds every epoch's and the final test pass's: `time_study` then)
+    beside = ", timed just before and just after the grid" if "single_beside_seconds" in studies[0] else ""  # (older files: from the rounds)
     print("\nstudy.py's training of many seeds (one program), seconds per epoch per model, " + (
-        "against a run alone doing the same work (its epoch and a test pass" + (", timed just before and just after the grid):"
-                                                                             if "single_beside_seconds" in studies[0] else "):")
-        if same_work else "and against the stage's single run:"))
+        f"against a run alone doing the same work (its epoch and a test pass{beside}):" if same_work else "and against the stage's single run:"))
     cli.print_table(["stage", "seeds", "side by side", "compile s", "s/epoch, all seeds", "s/epoch per model",
                      *(["run alone s", "per model / run alone"] if same_work else ["per model / single run"])], [
         [f"`{s['stage']}`", s["seeds"], ("1 (lax.map)" if s["width"] == 1 else f"{s['width']} (vmap)") + (", the default" if s["backend_default"] else ""),

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import load_script
-from mnist_jax import data
+from mnist_jax import data, study
 from mnist_jax.stages import STAGES
 from mnist_jax.train import TrainConfig, graph, init_state, make_optimizer, make_train_step
 
@@ -38,6 +38,9 @@ def test_benchmark_py_reports_jax_alone_in_its_out_folder_and_keeps_a_report_the
     ceiling = benchmark.matmul_ceiling
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as cli.load_data reads them
     monkeypatch.setattr(benchmark, "matmul_ceiling", lambda: ceiling(256, 2))
+    timed, time_jax, train_seeds = [], benchmark.time_jax, study.train_seeds  # which runs the benchmark times, in order
+    monkeypatch.setattr(benchmark, "time_jax", lambda *args: timed.append("alone") or time_jax(*args))
+    monkeypatch.setattr(study, "train_seeds", lambda *args, **kwargs: timed.append("grid") or train_seeds(*args, **kwargs))
 
     def run(out):
         args = ["--stages", "linear_ce", "--epochs", "2", "--no-torch", "--no-end-to-end", "--studies", "2", "--out", str(out)]
@@ -60,11 +63,11 @@ def test_benchmark_py_reports_jax_alone_in_its_out_folder_and_keeps_a_report_the
     assert row["jax_compile_seconds"] == row["rounds"]["jax_compile_seconds"][0]  # the one compile; later rounds reuse it
     mapped, vmapped = report["studies"]  # two seeds walked through by lax.map, then side by side
     assert (mapped["width"], vmapped["width"]) == (1, 2) and mapped["backend_default"] and not vmapped["backend_default"]
-    for study in (mapped, vmapped):  # against a run alone doing the same work (its epoch and a test pass), timed beside the grid
-        before, after = study["single_beside_seconds"]
-        assert 0 < before and 0 < after and study["single_same_work_seconds"] == pytest.approx((before + after) / 2)
-        assert study["per_model_over_single"] == pytest.approx(study["epoch_seconds"] / 2 / study["single_same_work_seconds"])
-    assert "timed just before and just after the grid" in out
+    for grid in (mapped, vmapped):  # against a run alone doing the same work (its epoch and a test pass), timed beside the grid
+        before, after = grid["single_beside_seconds"]
+        assert 0 < before and 0 < after and grid["single_same_work_seconds"] == pytest.approx((before + after) / 2)
+        assert grid["per_model_over_single"] == pytest.approx(grid["epoch_seconds"] / 2 / grid["single_same_work_seconds"])
+    assert timed[-6:] == ["alone", "grid", "alone"] * 2 and "timed just before and just after the grid" in out
 
 
 def test_end_to_end_times_a_cold_then_a_warm_train_py_that_compiles_nothing_new(data_args):
