@@ -377,7 +377,6 @@ def test_several_stages_are_refused_for_the_folders_as_they_are(tmp_path, monkey
     assert refused("--stage", "all,mlp").endswith("in 'all,mlp': all names every stage, so it stands alone")
 
 
-@pytest.mark.slow  # (three runs: some 5 s)
 def log_written_after(run: str, before: Callable[[Path], object]) -> Callable:
     """`cli.write_tensorboard` that first does `before(folder / run)` when it writes `run`'s log (a full disk, a folder put there)."""
     write_log = cli.write_tensorboard
@@ -389,6 +388,7 @@ def log_written_after(run: str, before: Callable[[Path], object]) -> Callable:
     return write
 
 
+@pytest.mark.slow  # (three runs: some 5 s)
 def test_a_finished_stage_skipped_by_resume_writes_its_log_and_a_failure_in_a_later_one_names_the_finished(tiny, tmp_path, monkeypatch):
     """A stop can come between a run's last file and its TensorBoard log: --resume skips the run and writes the log."""
     monkeypatch.setattr(data, "load_mnist", lambda *_: tiny)  # the synthetic digits, as the script imports it
@@ -417,6 +417,7 @@ def test_a_finished_stage_skipped_by_resume_writes_its_log_and_a_failure_in_a_la
                           "(linear_ce); nothing of deep_linear was saved", status=3)  # (was: 'nothing was saved')
 
 
+@pytest.mark.slow  # (a script's run, in-process on synthetic digits)
 def test_a_log_a_study_cannot_write_after_training_says_its_results_are_saved(tiny, tmp_path, monkeypatch):
     """A folder put at a log's place while the study trained: the results are written first, then one line, status 5
     (it was status 2, as if refused before any work, and no results.json)."""
