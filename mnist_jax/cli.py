@@ -521,7 +521,7 @@ def grid_progress(args: argparse.Namespace, script: str):
 
     def note() -> str:
         if progress.started:
-            return f"{progress.folder} keeps every epoch saved; continue with: {resume_command()}"
+            return f"{one_line(str(progress.folder))} keeps every epoch saved; continue with: {resume_command()}"
         kept = "; the unfinished work it would replace is kept as it was" if progress.saved_chunks() else ""
         return f"no epoch was saved{kept}; run the same command again to start afresh"
 

@@ -193,12 +193,13 @@ def stop_note(args, stage: str) -> str:
     out = run_dir(args, stage)
     kept = kept_epochs(args, stage, out)
     replacing = not kept and args.overwrite and checkpoint.has_checkpoint(out)
+    shown = cli.one_line(str(out))  # as a refusal shows it, so that the line's command to continue is not escaped again
     rest = args.stages[args.stages.index(stage):]  # (--resume would continue a run being replaced, or refuse its epochs)
     old_left = args.overwrite and any(s not in args.written and checkpoint.has_checkpoint(run_dir(args, s)) for s in rest)
     if kept:
-        what = f"{out} keeps the checkpoint of epoch {kept}"
+        what = f"{shown} keeps the checkpoint of epoch {kept}"
     elif replacing:
-        what = f"the run being replaced in {out} is kept as it was"
+        what = f"the run being replaced in {shown} is kept as it was"
     else:
         what = f"no epoch of {stage} was saved"
     done = finished_before(args, stage)

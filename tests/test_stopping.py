@@ -348,6 +348,41 @@ def test_a_replacement_of_several_stages_stopped_before_one_is_replaced_says_to_
                                                          f"--epochs 1 --out {tmp_path} --no-cache --resume")
 
 
+def test_a_stop_line_naming_a_folder_with_a_newline_gives_a_command_that_continues_in_that_folder(tmp_path, monkeypatch):
+    """The folder is shown as a refusal shows it (each unprintable character as its escape); the command to continue, as
+    pasted into bash, gives the folder back (its $'...' escapes are not escaped again by the line they end)."""
+    out = tmp_path / "my\nruns\u00a0a"
+    saved_run(out, TrainConfig("linear_ce", epochs=1))
+    train = load_script("train.py")
+    monkeypatch.setattr(sys, "argv", ["train.py", "--stage", "linear_ce", "--epochs", "2", "--out", str(out), "--resume"])
+    try:
+        args = train.parse_args()
+    finally:
+        release_locks()
+    line = cli.one_line(f"stopped by SIGINT: {train.stop_note(args, 'linear_ce')}")  # as `cli` prints it
+    assert line.isprintable() and line.startswith(f"stopped by SIGINT: {tmp_path}/my\\nruns\\xa0a keeps the checkpoint of epoch 1")
+    words = subprocess.run(["bash", "-c", f"printf '%s\\0' {line.split('continue with: ')[1]}"], capture_output=True,
+                           check=True).stdout.split(b"\0")[:-1]
+    assert list(map(os.fsdecode, words)) == ["python", "train.py", "--stage", "linear_ce", "--epochs", "2", "--out", str(out),
+                                             "--resume"]
+
+
+def test_a_stop_line_of_a_study_in_a_folder_with_a_newline_gives_a_command_that_continues_in_that_folder(tmp_path, monkeypatch):
+    out = tmp_path / "my\nstudy"
+    monkeypatch.setattr(sys, "argv", ["study.py", "--stages", "linear_ce", "--out", str(out), "--no-cache"])
+    try:
+        progress = load_script("study.py").build_parser().parse().progress
+        progress.save("linear_ce-hidden0-bits32-from0-10", {"kernel": np.zeros(1)}, np.zeros((1, 10, 6)))  # an epoch saved
+        line = cli.one_line(f"stopped by SIGTERM: {cli._stop_note()}")  # as `cli` prints it
+    finally:
+        release_locks()
+    assert line.isprintable() and line.startswith(f"stopped by SIGTERM: {tmp_path}/my\\nstudy/progress keeps every epoch saved")
+    words = subprocess.run(["bash", "-c", f"printf '%s\\0' {line.split('continue with: ')[1]}"], capture_output=True,
+                           check=True).stdout.split(b"\0")[:-1]
+    assert list(map(os.fsdecode, words)) == ["python", "study.py", "--stages", "linear_ce", "--out", str(out), "--no-cache",
+                                             "--resume"]
+
+
 def test_several_stages_are_refused_for_the_folders_as_they_are(tmp_path, monkeypatch, capsys):
     def refused(*argv) -> str:
         with pytest.raises(SystemExit):
