@@ -113,8 +113,9 @@ existing_folder = checked(_path, Path.is_dir, "the folder holding the four MNIST
 
 def why_unwritable(path: Path) -> str | None:
     """Why folder `path` cannot be written, else None: tried by making and removing a folder in its deepest existing part."""
-    if path.is_symlink() and not path.exists():  # (no folder can be made in its place)
-        return f"a link to {os.readlink(path)}, which does not exist"
+    for part in (path, *path.parents):
+        if part.is_symlink() and not part.exists():  # (leading nowhere, or to itself: no folder can be made in its place)
+            return f"{'' if part == path else f'{part} is '}a link to {os.readlink(part)}, which does not exist"
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     try:
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=files.PARTIAL))
@@ -349,7 +350,7 @@ def check_cache_apart(cache: Path | None, out: Path) -> None:
     """`UsageError` if the compilation cache lies in run folder `out` (which --overwrite replaces, and where the
     cache's files would be another's)."""
     folder, named = compile_cache(cache)
-    if folder.resolve().is_relative_to(out.resolve()):
+    if files.real_path(folder).is_relative_to(files.real_path(out)):
         raise UsageError(f"{named or 'the compilation cache'}: {folder} lies in the run's folder {out}; "
                          "choose a compilation cache apart from --out" + ("" if named else " (--compile-cache) or --no-cache"))
 
@@ -396,10 +397,11 @@ def check_logs(folder: Path | None, names, outputs=()) -> None:
     and none is, holds or lies in one of the `outputs` folders, nor `folder` in one; else `UsageError`. (Process 0 writes.)"""
     if folder is None or not distributed.is_main():
         return
-    names, board = set(names), folder.resolve()
+    names, board = set(names), files.real_path(folder)
     for out in outputs:
-        inside = out.resolve().relative_to(board).parts if out.resolve().is_relative_to(board) else ()
-        if board.is_relative_to(out.resolve()) or inside and inside[0] in names:
+        real = files.real_path(out)
+        inside = real.relative_to(board).parts if real.is_relative_to(board) else ()
+        if board.is_relative_to(real) or inside and inside[0] in names:
             where = folder / inside[0] if inside else folder
             raise UsageError(f"--tensorboard: {where} would be written inside the run's folder {out} or over it; "
                              "choose a --tensorboard apart from --out")

@@ -123,11 +123,16 @@ class FolderBusy(Exception):
     """Another live process holds the folder's lock."""
 
 
+def real_path(path: Path) -> Path:
+    """`path` with its links followed as far as they lead (`Path.resolve` raises on a link to itself)."""
+    return Path(os.path.realpath(path))
+
+
 def lock_folder(folder: Path) -> None:
     """Create `folder` if need be and hold its lock (`LOCK` inside, `flock`ed: the kernel drops it however the holder
     dies) until this process ends; another process, or a `LOCK` not ours (a link, a user's file), gets `FolderBusy`.
     At exit the lock file goes, and the folders made here if nothing was written into them."""
-    if folder.resolve() in _LOCKS_HELD:
+    if real_path(folder) in _LOCKS_HELD:
         return
     made = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
@@ -135,7 +140,7 @@ def lock_folder(folder: Path) -> None:
     except BaseException:
         _remove_empty(made)  # (a name too long, a permission: the folders made before it are not left)
         raise
-    _LOCKS_HELD[folder.resolve()] = fd, made
+    _LOCKS_HELD[real_path(folder)] = fd, made
 
 
 def _hold(folder: Path) -> int:

@@ -573,6 +573,14 @@ def test_a_newline_in_a_folder_name_leaves_a_refusal_on_one_line_and_the_command
     assert "runs/a\\\\nb\\t" in typed_escape
 
 
+@pytest.mark.parametrize("option, where", [("--out", "loop"), ("--tensorboard", "loop/logs"), ("--compile-cache", "loop/jax")])
+def test_a_folder_behind_a_link_to_itself_is_refused_in_one_line(refused, tmp_path, option, where):
+    """(`Path.resolve` raises on such a loop, and its traceback was the script's last word.)"""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    line = refused("train.py", "--stage", "linear_ce", option, where)
+    assert f"{where}" in line and "cannot write to" in line, line
+
+
 @pytest.mark.parametrize("option", ["--data-dir", "--out", "--tensorboard", "--compile-cache"])
 def test_a_folder_name_too_long_for_the_system_is_refused_as_an_argument(refused, option):
     """(It was told as a save that failed, status 5: the system refuses to look such a name up.)"""
