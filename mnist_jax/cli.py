@@ -481,6 +481,10 @@ def setup_jax(cache: Path | None, no_cache: bool) -> None:
         raise UsageError("JAX_DISABLE_JIT: the scripts run compiled programs only; unset it")
     if jax.config.jax_enable_x64:  # (its float64 runs would not be the study's, and no float32 run could resume them)
         raise UsageError("JAX_ENABLE_X64: the study trains in float32, as PyTorch does; unset it")
+    for name, value in os.environ.items():  # JAX_TRANSFER_GUARD and its _HOST_TO_DEVICE, ... forms
+        if name.startswith("JAX_TRANSFER_GUARD") and value.strip().lower().startswith("disallow"):
+            raise UsageError(f"{name}={value}: the scripts move the data, and each run's seed and settings, to the device; "
+                             "unset it or set it to log")
     if not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
         try:
             jax.devices()  # starts them, in well under a second, or fails before any work

@@ -404,6 +404,16 @@ def test_a_platform_jax_cannot_start_is_refused_in_one_line_before_any_work(tmp_
     assert proc.stdout == "" and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("name, value", [("JAX_TRANSFER_GUARD", "disallow"),
+                                         ("JAX_TRANSFER_GUARD_HOST_TO_DEVICE", "disallow_explicit")])
+def test_a_transfer_guard_that_stops_the_data_reaching_the_device_is_refused_before_any_work(refused, monkeypatch, name, value):
+    """(JAX raised it from the first transfer, in a traceback.) With `log` the scripts run, and JAX logs the transfers."""
+    monkeypatch.setenv(name, value)
+    line = refused("train.py", "--stage", "linear_ce", "--out", "run")
+    assert line.endswith(f"{name}={value}: the scripts move the data, and each run's seed and settings, to the device; "
+                         "unset it or set it to log")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("env, fragment", [
     ({"JAX_ENABLE_X64": "maybe"}, "JAX refuses a setting of the environment (invalid truth value 'maybe' for environment 'JAX_ENABLE_X64')"),
