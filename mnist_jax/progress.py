@@ -36,8 +36,14 @@ class GridProgress:
         self.started, self.fresh = True, False  # resuming, until `start`
 
     def ours(self) -> dict:
-        """Each file name in the folder that this class wrote, with its check."""
-        return {WORK_FILE: lambda path: is_json_with(path, "script")} | {p.name: lambda path: True for p in self.saved_chunks()}
+        """Each file name in the folder that this class wrote for this script (a study's progress is not a sweep's), with
+        its check; the chunks, if the work is."""
+        if (self.folder / WORK_FILE).is_file() and not self.is_this_scripts(self.folder / WORK_FILE):
+            return {}
+        return {WORK_FILE: self.is_this_scripts} | {p.name: lambda path: True for p in self.saved_chunks()}
+
+    def is_this_scripts(self, path: Path) -> bool:
+        return is_json_with(path, "script") and json.loads(path.read_text())["script"] == self.work.get("script")
 
     def foreign(self) -> list[str]:
         if self.folder.is_symlink() or self.folder.exists() and not self.folder.is_dir():

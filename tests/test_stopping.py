@@ -573,7 +573,7 @@ def test_a_finished_grid_clears_the_progress_of_every_stage_a_control_named_with
     progress = parse_grid(tmp_path).progress
     for stage in STAGES:
         progress.save(f"{stage}-hidden{STAGES[stage].hidden or 0}-bits1-from0-3", STATES, np.zeros((1, 3, 5), np.float32))
-    assert GridProgress(tmp_path, {}).foreign() == []
+    assert GridProgress(tmp_path, {"script": Path(sys.argv[0]).name}).foreign() == []
     progress.clear()
     assert not (tmp_path / "progress").exists()
 
@@ -584,12 +584,26 @@ def test_damaged_progress_is_refused_on_resume_before_any_work_and_replaced_with
     parse_grid(tmp_path).progress.save(CHUNK, STATES, np.zeros((1, 3, 5), np.float32))
     path = tmp_path / "progress" / f"{CHUNK}.npz"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert GridProgress(tmp_path, {}).foreign() == []
+    assert GridProgress(tmp_path, {"script": Path(sys.argv[0]).name}).foreign() == []
     with pytest.raises(SystemExit) as stopped:
         parse_grid(tmp_path, "--resume")
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and f"--resume: {path} is damaged" in err and "pass --overwrite to start again" in err
     assert parse_grid(tmp_path, "--overwrite").progress.load(CHUNK, STATES) is None
+
+
+def test_a_sweep_never_replaces_the_unfinished_work_of_a_study_in_its_folder(refused, tmp_path):
+    """(sweep.py --overwrite took a stopped study's progress/ for its own and deleted it.) Nor the other way round."""
+    for script, other in (("study.py", "sweep.py"), ("sweep.py", "study.py")):
+        progress = GridProgress(tmp_path / script, {"script": script})
+        progress.start()
+        progress.save(CHUNK, STATES, np.zeros((1, 3, 5), np.float32))
+        saved = snapshot(tmp_path / script)
+        for flag in ("--overwrite", "--resume"):
+            line = refused(other, "--stages", "mlp", "--out", tmp_path / script, flag)
+            assert line.endswith(f"holds progress/{CHUNK}.npz, progress/work.json, which {other} did not write (or cannot "
+                                 "read, and so does not replace); choose another --out"), line
+        assert snapshot(tmp_path / script) == saved
 
 
 def test_progress_holding_a_users_file_is_refused(tmp_path, capsys):
