@@ -27,7 +27,7 @@ from jax.typing import ArrayLike
 from mnist_jax.data import NUM_PIXELS
 from mnist_jax.errors import CheckpointError
 from mnist_jax.evaluate import to_inputs
-from mnist_jax.files import UNREADABLE, atomic_write, finite_number, is_json_with, npz_member, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, finite_number, is_json_with, json_text, npz_member
 from mnist_jax.train import HISTORY_KEYS, RunResult, TrainConfig, TrainState, graph, init_state, make_optimizer
 
 if TYPE_CHECKING:
@@ -50,12 +50,16 @@ def _name(path: tuple) -> str:
 
 
 def save_checkpoint(run: RunResult, run_dir: str | os.PathLike) -> None:
+    with atomic_write(Path(run_dir) / CHECKPOINT_FILE) as tmp:
+        write_checkpoint(run, tmp)
+
+
+def write_checkpoint(run: RunResult, path: Path) -> None:
     meta = {"format": FORMAT, "config": dataclasses.asdict(run.config), "device": run.device, "best_epoch": run.best_epoch,
             "history": run.history}
     arrays = {_name(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(_tree(run.final, run.best))}
-    with atomic_write(Path(run_dir) / CHECKPOINT_FILE) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
@@ -275,7 +279,13 @@ def to_nnx(run_dir: str | os.PathLike, which: str = "final") -> nnx.Sequential:
     return model
 
 
-def save_run(run: RunResult, run_dir: str | os.PathLike, metrics: dict) -> None:
-    """Checkpoint first, then `metrics.json`: the metrics never describe a state not saved."""
-    save_checkpoint(run, run_dir)
-    write_json(Path(run_dir) / "metrics.json", metrics)
+def save_run(run: RunResult, run_dir: str | os.PathLike, metrics: dict, replacing: bool = False) -> None:
+    """`checkpoint.npz` and `metrics.json`, each written whole beside its target before either replaces it, the checkpoint
+    first: a write that fails (a full disk) leaves the two as they were, and the metrics never describe a state not saved.
+    `replacing`: the run there is another's, whose metrics go just before its checkpoint does."""
+    metrics_file = Path(run_dir) / "metrics.json"
+    with atomic_write(metrics_file) as metrics_tmp, atomic_write(Path(run_dir) / CHECKPOINT_FILE) as checkpoint_tmp:
+        write_checkpoint(run, checkpoint_tmp)
+        metrics_tmp.write_text(json_text(metrics))
+        if replacing:
+            metrics_file.unlink(missing_ok=True)

@@ -250,9 +250,7 @@ def train_stage(args, stage: str, data) -> dict:
             cli.fail(f"could not save epoch {len(run.history)} to {out}: {e.strerror or e}; {kept}", EXIT_WRITE_FAILED)
 
     def write_epoch(run) -> None:
-        if not resume and len(run.history) == 1:  # a run being replaced goes now, its metrics first
-            (out / "metrics.json").unlink(missing_ok=True)
-        checkpoint.save_run(run, out, run_record(run))
+        checkpoint.save_run(run, out, run_record(run), replacing=not resume and len(run.history) == 1)
         args.written.add(stage)
 
     def after_epoch(run) -> None:

@@ -2,16 +2,21 @@
 exit status, and loses nothing: memory too small, values beyond what the code holds,
 folders that cannot be written, a disk that fills up, two runs on one folder."""
 
+import contextlib
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from conftest import ROOT, assert_one_line_error, run_script, run_script_in_process
 from mnist_jax import memory
+from mnist_jax.checkpoint import save_run
+from mnist_jax.train import RunResult, TrainConfig, init_state, make_optimizer
 
 # A test that runs a script is slow (those on the real MNIST are marked so by conftest); one that asks
 # a script's parser in this process is quick.
@@ -182,16 +187,24 @@ def test_a_save_that_fails_keeps_the_last_complete_checkpoint(tmp_path, data_arg
     assert resumed.returncode == 0 and "resuming" in resumed.stdout
 
 
+@contextlib.contextmanager
+def tmpfs(folder, size: str):
+    """`folder`, a tmpfs of `size` for the block (skips the test where none can be mounted)."""
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; test_a_save_that_fails_keeps_the_last_complete_checkpoint covers a failed save")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 192 KiB tmpfs: room for one `linear_ce` checkpoint (about 130 KB), not for a second beside it."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(folder)]
-    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here; test_a_save_that_fails_keeps_the_last_complete_checkpoint covers it")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
+    with tmpfs(tmp_path / "disk", "192k") as folder:
+        yield folder
 
 
 def test_a_disk_that_fills_up_mid_run_keeps_the_last_complete_epoch(small_disk, data_args):
@@ -201,6 +214,30 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_last_complete_epoch(small_disk, 
                           "keeps the checkpoint of epoch 1", status=5)
     assert listing(out) == ["checkpoint.npz", "metrics.json"]
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 1
+
+
+def test_a_disk_with_room_for_the_checkpoint_alone_keeps_the_saved_pair_as_it_was(tmp_path):
+    """(The new checkpoint was renamed in before metrics.json was written: a disk that filled up in between left the
+    checkpoint of epoch 2 beside the metrics of epoch 1, or at epoch 1 a checkpoint that the message said was not saved.)"""
+    config = TrainConfig("linear_ce", epochs=2)
+    state = init_state(config, jax.random.key(0), make_optimizer(config))
+    rows = [{"epoch": epoch, "train_loss": 2.3, "train_accuracy": 0.1, "val_loss": 2.3, "val_accuracy": 0.1} for epoch in (1, 2)]
+    runs = [RunResult(config, "cpu", state, state, 1, rows[:epochs]) for epochs in (1, 2)]
+    save_run(runs[1], tmp_path / "measured", {"history": rows})
+    pages = -(-(tmp_path / "measured" / "checkpoint.npz").stat().st_size // 4096)  # what a checkpoint takes on the tmpfs
+    with tmpfs(tmp_path / "disk", "512k") as disk:
+        for out, saved in ((disk / "new", None), (disk / "saved", runs[0])):
+            out.mkdir()  # (as the script claims it, before training)
+            if saved:
+                save_run(saved, out, {"history": saved.history})
+            before = {name: (out / name).read_bytes() for name in ("checkpoint.npz", "metrics.json")} if saved else {}
+            free = os.statvfs(disk)
+            (disk / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - pages * 4096))  # room for one checkpoint
+            with pytest.raises(OSError) as failed:
+                save_run(runs[1], out, {"history": rows})
+            assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(out / "metrics.json")
+            assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file either
+            (disk / "filler").unlink()
 
 
 def test_a_study_whose_files_cannot_be_written_exits_5_and_leaves_nothing_half_written(tmp_path, data_args):
