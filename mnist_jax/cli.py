@@ -183,8 +183,8 @@ class ArgumentParser(argparse.ArgumentParser):
         if out is not None or results or resume:
             self.add_argument("--out", type=output_folder, default=out and Path(out), help=f"folder for {holds}")
             again = self.add_mutually_exclusive_group()
-            again.add_argument("--overwrite", action="store_true",
-                               help="replace what --out holds, once the new results are complete")
+            again.add_argument("--overwrite", action="store_true", help="replace what --out holds, once the new results are complete"
+                               if results else "replace the run in --out once the new one has saved its first epoch")
             if resume:
                 again.add_argument("--resume", action="store_true",
                                    help="continue the work saved in --out by a run that was stopped")
