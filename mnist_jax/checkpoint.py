@@ -3,10 +3,10 @@
 `checkpoint.npz` (a NumPy archive, not orbax: docs/performance.md) holds the final state, the
 best-validation model, and under `meta` the format's version, config and history. It is written
 beside the old one and renamed over it: a crash leaves one epoch's checkpoint, never a mix. A
-checkpoint damaged, of another format or of arrays its config does not describe raises
-`CheckpointError`, never a half-restored run. Flax is imported by the functions that need it, not
-above: saving needs none (`train`'s docstring says why); reading checks the arrays against those its
-config describes, which Flax builds.
+checkpoint damaged, of another format, of arrays its config does not describe or of values no
+training saves (not finite, an accuracy above 1) raises `CheckpointError`, never a half-restored
+run. Flax is imported by the functions that need it, not above: saving needs none (`train`'s
+docstring says why); reading checks the arrays against those its config describes, which Flax builds.
 """
 
 from __future__ import annotations
@@ -116,6 +116,9 @@ def _check_meta(meta: dict) -> TrainConfig:
         for key, value in {key: row[key] for key in (*HISTORY_KEYS, *row)}.items():
             if not finite_number(value):
                 raise ValueError(f"history of epoch {epoch}: {key} is {value!r}, not a finite number")
+            if key.endswith("accuracy") and not 0 <= value <= 1 or key.endswith("loss") and value < 0:
+                raise ValueError(f"history of epoch {epoch}: {key} is {value!r}, not " +
+                                 ("a fraction from 0 to 1" if key.endswith("accuracy") else "a loss (0 or more)"))
     if type(best) is not int or not 0 <= best <= len(history):
         raise ValueError(f"best_epoch {best!r} is not one of the {len(history)} epochs of its history")
     return config
@@ -162,12 +165,26 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: {e})") from None
     final_params, final_stats, best_params, best_stats = (saved[which][part] for which in ("final", "best") for part in ("params", "batch_stats"))
     opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state), saved["opt_state"])
+    check_values(path, config, saved, opt_state.hyperparams["learning_rate"])
     if earlier:
         opt_state = without_frozen_moments(opt_state, tx.init(final_params))
     rate = jnp.asarray(config.dropout_rate, template.dropout_rate.dtype)
     final = TrainState(final_params, final_stats, opt_state, rate)
     best = TrainState(best_params, best_stats, tx.init(best_params), rate)  # only the best epoch's model is saved
     return RunResult(config, meta["device"], final, best, int(meta["best_epoch"]), list(meta["history"]))
+
+
+def check_values(path: Path, config: TrainConfig, saved: dict, lr: jax.Array) -> None:
+    """`CheckpointError` unless every array is finite, every BatchNorm variance at least 0, and the optimizer's learning
+    rate its config's: values no training saves."""
+    for place, leaf in jax.tree_util.tree_leaves_with_path(saved):
+        name = _name(place)
+        if jnp.issubdtype(leaf.dtype, jnp.floating) and not jnp.isfinite(leaf).all():
+            raise CheckpointError(f"{path} is damaged: {name} holds values that are not finite")
+        if "batch_stats/" in name and name.endswith("/var") and (leaf < 0).any():
+            raise CheckpointError(f"{path} is damaged: {name} holds a negative variance")
+    if lr != jnp.asarray(config.lr, lr.dtype):
+        raise CheckpointError(f"{path} is damaged: its config's lr {config.lr:g} is not its optimizer's {float(lr):g}")
 
 
 def without_frozen_moments(saved: optax.OptState, masked: optax.OptState) -> optax.OptState:

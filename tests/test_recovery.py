@@ -197,6 +197,14 @@ def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_end(mlp_bn_runs
         np.testing.assert_array_equal(a, b)
 
 
+def rewrite_array(path, name: str, change) -> None:
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    arrays[name] = change(arrays[name])
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def rewrite_meta(path, change) -> None:
     with np.load(path) as saved:
         arrays = dict(saved)
@@ -242,6 +250,15 @@ def test_a_checkpoint_whose_arrays_are_not_of_its_config_is_refused(tmp_path):
         load_run(tmp_path)
 
 
+def test_a_checkpoint_holding_a_negative_batchnorm_variance_is_refused(tmp_path):
+    config = TrainConfig("mlp_bn")
+    state = init_state(config, jax.random.key(0), make_optimizer(config))
+    save_run(RunResult(config, "cpu", state, state, 0, []), tmp_path, {})
+    rewrite_array(tmp_path / "checkpoint.npz", "best/batch_stats/batchnorm/var", lambda var: -var)
+    with pytest.raises(CheckpointError, match="is damaged: best/batch_stats/batchnorm/var holds a negative variance$"):
+        load_run(tmp_path)
+
+
 @pytest.fixture
 def saved_run(tmp_path):
     """A `linear_ce` run of two epochs, saved as train.py saves it."""
@@ -261,6 +278,15 @@ HAND_EDITED = {
     "a history row of NaN": (lambda p: rewrite_meta(p, lambda m: m["history"][1].update(val_loss=float("nan"))),
                              "history of epoch 2: val_loss is nan, not a finite number"),
     "a history without epoch 1": (lambda p: rewrite_meta(p, lambda m: m["history"].pop(0)), "history row 1 is of epoch 2"),
+    # (a hostile user's edits, each accepted before: a run resumed from them trained on, or reported the impossible)
+    "an accuracy of 7": (lambda p: rewrite_meta(p, lambda m: m["history"][0].update(val_accuracy=7.0)),
+                         "history of epoch 1: val_accuracy is 7.0, not a fraction from 0 to 1"),
+    "a negative loss": (lambda p: rewrite_meta(p, lambda m: m["history"][1].update(train_loss=-0.5)),
+                        "history of epoch 2: train_loss is -0.5, not a loss"),
+    "a weight of NaN": (lambda p: rewrite_array(p, "final/params/linear/kernel", lambda a: a * np.nan),
+                        "final/params/linear/kernel holds values that are not finite"),
+    "a learning rate its optimizer was not given": (lambda p: rewrite_meta(p, lambda m: m["config"].update(lr=0.01)),
+                                                    "its config's lr 0.01 is not its optimizer's 0.001"),
     "an array claiming a terabyte": (lambda p: npz_with_header(p, "final/params/linear/kernel", (2**38,), "<f4"),
                                      r"it does not hold the arrays .*final/params/linear/kernel is float32\[274877906944\]"),
     "metadata claiming 1.6 GB": (lambda p: npz_with_header(p, "meta", (), "<U400000000"),
