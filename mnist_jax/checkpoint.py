@@ -244,8 +244,9 @@ def _images(images: ArrayLike) -> np.ndarray:
     """`images` as an array of MNIST images `load_classifier` takes, else a `ValueError` saying what it got."""
     expected = ("load_classifier: expected MNIST images, (N, 28, 28), (N, 784), (N, 28, 28, 1) or (N, 1, 28, 28), "
                 "uint8 or floats in [0, 1]; got ")
-    try:  # a torch tensor, even one that requires grad, as its values
-        x = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images)
+    try:  # a torch tensor, even one that requires grad, as its values (floats as float32: NumPy has no bfloat16)
+        tensor = images.detach().cpu() if hasattr(images, "detach") else None
+        x = np.asarray(images if tensor is None else tensor.float() if tensor.is_floating_point() else tensor)
     except Exception:  # noqa: BLE001  (ragged lists, torch tensors that require grad, ...: each raises its own kind)
         raise ValueError(f"{expected}a {type(images).__name__} that is no array of numbers") from None
     real = x.dtype.kind in "ui" or jnp.issubdtype(x.dtype, jnp.floating)  # any float: bfloat16 too
@@ -256,7 +257,8 @@ def _images(images: ArrayLike) -> np.ndarray:
     if x.size and not 0 <= x.min() <= x.max() <= top:
         low, high = (x.min().item(), x.max().item()) if x.dtype.kind in "iu" else (float(x.min()), float(x.max()))
         raise ValueError(f"{expected}{x.dtype}{list(x.shape)} from {low} to {high}")  # (ml_dtypes prints 2.0 or 2)
-    return x
+    # floats as the model's float32 (JAX takes no long double, nor float8 beside float32), integers in native byte order
+    return x.astype(np.float32 if x.dtype.kind not in "ui" else x.dtype.newbyteorder("="))
 
 
 def to_nnx(run_dir: str | os.PathLike, which: str = "final") -> nnx.Sequential:

@@ -10,6 +10,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -332,6 +333,10 @@ def test_load_classifier_takes_tfds_and_torchvision_shapes_any_float_and_an_empt
     for same in (images[..., None], images[:, None], floats.astype(jnp.bfloat16), torch.tensor(floats).requires_grad_()):
         np.testing.assert_array_equal(classify(same)[0], classes)
     np.testing.assert_allclose(classify(floats[:, None])[1], probabilities, rtol=1e-5)
+    # (a hostile user's: each raised JAX's TypeError or was refused as no array of numbers)
+    for same in (images.astype(">u2"), images.astype(">i8"), floats.astype(">f8"), floats.astype(np.longdouble),
+                 torch.tensor(floats, dtype=torch.bfloat16), floats.astype(ml_dtypes.float8_e4m3fn)):
+        np.testing.assert_array_equal(classify(same)[0], classes)
     empty = classify(np.zeros((0, 28, 28), np.uint8))
     assert empty[0].shape == (0,) and empty[1].shape == (0, 10)
 
