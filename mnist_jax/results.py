@@ -7,10 +7,11 @@ unless what can be computed again from it (a summary, a paired difference, a bes
 
 from __future__ import annotations
 
+import functools
 import math
 import zipfile
+from collections import Counter
 from pathlib import Path
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -205,8 +206,7 @@ def _read(path: Path, script: str, read: Callable[[Path], Any]) -> Any:
 def _check_figures(value, where: str = "", key: str = "") -> None:
     """Every number of a record read back finite; every loss, accuracy, epoch, lr and dropout
     (a field so named, or an item of one) a number (not a bool), each accuracy in [0, 1] (a documented one may be
-    None: a control's); a
-    fault named by its place, as `rows[0].history[1].val_loss`."""
+    None: a control's), each loss at least 0; a fault named by its place, as `rows[0].history[1].val_loss`."""
     if isinstance(value, dict):
         for name, item in value.items():
             _check_figures(item, f"{where}.{name}" if where else name, name)
@@ -220,6 +220,8 @@ def _check_figures(value, where: str = "", key: str = "") -> None:
             raise ValueError(f"{where} is {value!r}, not a finite number")
         if "accurac" in key and not 0 <= value <= 1:
             raise ValueError(f"{where} is {value!r}, an accuracy outside [0, 1]")
+        if "loss" in key and value < 0:
+            raise ValueError(f"{where} is {value!r}, a loss below 0")
 
 
 def _agrees(stored, computed) -> bool:
@@ -252,18 +254,19 @@ def _read_study(path: Path) -> dict:
         raise ValueError("no device or no stages")
     _check_figures(report)
     stages = report["stages"]
-    first = next(iter(stages.values()))
+    seeds_of_most = Counter(tuple(stage["seeds"]) for stage in stages.values()).most_common(1)[0][0]  # (what a fault is told from)
+    epochs_of_most = Counter(len(history) for stage in stages.values() for history in stage["history"]).most_common(1)[0][0]
     for name, stage in stages.items():
         if stage["documented_accuracy"] != STAGES[name].documented_accuracy:  # (a known stage, its figure or None)
             raise ValueError(f"{name}: documented accuracy {stage['documented_accuracy']}, not the original's "
                              f"{STAGES[name].documented_accuracy}")
         seeds = stage["seeds"]
-        if seeds != first["seeds"] or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
-            raise ValueError(f"{name}: seeds {seeds}, where each stage has the same distinct seeds {first['seeds']}")
+        if tuple(seeds) != seeds_of_most or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError(f"{name}: seeds {seeds}, where each stage has the same distinct seeds {list(seeds_of_most)}")
         if not len(seeds) == len(stage["test_accuracies"]) == len(stage["history"]) > 0:
             raise ValueError(f"{name}: seeds, test_accuracies and history differ in length")
         for seed, history in zip(seeds, stage["history"]):
-            _check_history(f"{name}, seed {seed}", history, len(first["history"][0]))
+            _check_history(f"{name}, seed {seed}", history, epochs_of_most)
         if not _agrees({key: stage[key] for key in ("mean", "std", "ci95")}, summary(stage["test_accuracies"])):
             raise ValueError(f"{name}: not the summary of its test accuracies: mean {stage['mean']}, std {stage['std']}, "
                              f"ci95 {stage['ci95']}")
@@ -310,6 +313,8 @@ def _read_arrays(path: Path, report: dict) -> dict[str, np.ndarray]:
     for name, array in arrays.items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ValueError(f"{name} holds numbers that are not finite")
+        if name == "misclassified_images" and array.size and not 0 <= array.min() <= array.max() <= (1 if array.dtype.kind == "f" else 255):
+            raise ValueError(f"{name} holds pixels from {array.min()} to {array.max()}, not uint8 values or floats in [0, 1]")
         if name.endswith("_confusion") and array.min() < 0:
             raise ValueError(f"{name} is not counts of test images")
         if name.endswith(("_labels", "_predictions")) and len(array) and not 0 <= array.min() <= array.max() < NUM_CLASSES:

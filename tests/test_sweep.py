@@ -112,6 +112,7 @@ def test_damaged_sweep_files_are_refused_naming_the_file(tmp_path):
         (lambda s: s["rows"][0]["history"].pop(), r"rows\[0\] \(mlp seed 0\): epochs numbered \[1\], where 1 to 2 are expected"),
         (lambda s: s["rows"][0]["history"][0].update(val_accuracy="high"), r"rows\[0\].history\[0\].val_accuracy is 'high', not a finite number"),
         (lambda s: s["rows"][1]["history"][1].update(val_loss=float("nan")), r"rows\[1\].history\[1\].val_loss is nan, not a finite number"),
+        (lambda s: s["rows"][1]["history"][0].update(train_loss=-1.0), r"rows\[1\].history\[0\].train_loss is -1.0, a loss below 0"),
         (lambda s: s["rows"].append(s["rows"][0]),
          r"grid 0, mlp at lr 0.001, dropout 0, hidden 256: seeds \[0, 0, 1, 2, 3\], where each setting of the grid has each of \[0, 1, 2, 3\] once"),
         (lambda s: s["rows"].append(s["rows"][0] | {"lr": 3e-3, "seed": 9}),
