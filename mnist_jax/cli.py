@@ -124,8 +124,20 @@ def why_unwritable(path: Path) -> str | None:
     return None
 
 
-def claim(folder: Path) -> None:
-    """Hold `folder`, writable and written by no other run, till this process ends; else `UsageError`."""
+def refuse_in_a_run(option: str, path: Path, itself: bool = True) -> None:
+    """`UsageError` if `path` (`itself`, or only its parents) lies in the folder of a `train.py` run, its links followed:
+    a run's folder holds that run alone (anything else there, it refuses to continue or replace)."""
+    real = files.real_path(path)
+    for folder in ((real,) if itself else ()) + tuple(real.parents):
+        if files.is_json_with(folder / "metrics.json", "stage", "framework", "history"):  # (`checkpoint.RUN_FILES`'s check)
+            raise UsageError(f"{option}: {path} lies in {folder}, the folder of a train.py run, which holds that run alone; "
+                             f"choose another {option}")
+
+
+def claim(folder: Path, run: bool = False) -> None:
+    """Hold `folder`, writable and written by no other run, till this process ends; else `UsageError`. `run`: the
+    folder of a train.py run (that one may be there), else one that lies in none."""
+    refuse_in_a_run("--out", folder, itself=not run)
     if (reason := why_unwritable(folder)) is None:
         try:
             return files.lock_folder(folder)
@@ -333,6 +345,7 @@ def check_environment(cache: Path | None, no_cache: bool, out: Path | None = Non
         raise UsageError(f"{named}: {folder} is not a local folder; the scripts keep compiled programs on a local disk")
     if named and (reason := why_unwritable(folder)):
         raise UsageError(f"{named}: cannot write to {folder} ({reason})")
+    refuse_in_a_run(named or "the compilation cache", folder)
     if out:
         check_cache_apart(cache, out)
 
@@ -376,6 +389,7 @@ def check_tensorboard(folder: Path) -> None:
         raise UsageError("--tensorboard needs tensorboardX, which is not installed: pip install tensorboardX") from None
     if reason := why_unwritable(folder):
         raise UsageError(f"--tensorboard: cannot write to {folder} ({reason})")
+    refuse_in_a_run("--tensorboard", folder)
 
 
 # TensorBoard's tag of each figure of an epoch: a chart of loss and one of accuracy, each with training and validation.

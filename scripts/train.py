@@ -60,7 +60,7 @@ def check_run_folders(args) -> None:
             raise UsageError(f"--out: {out} is a link; train.py never follows one it did not make: choose another --out")
         if not args.no_cache:
             cli.check_cache_apart(args.compile_cache, out)
-        cli.claim(out)
+        cli.claim(out, run=True)
         foreign = foreign_entries(out, checkpoint.RUN_FILES)
         if runs := [name for name in foreign if checkpoint.has_checkpoint(out / name)]:
             raise UsageError(f"--out: {out} holds run folders ({', '.join(runs)}), as the --out of several stages does; with "

@@ -583,6 +583,25 @@ def test_a_newline_in_a_folder_name_leaves_a_refusal_on_one_line_and_the_command
     assert "runs/a\\\\nb\\t" in typed_escape
 
 
+@pytest.mark.parametrize("script, option, where", [
+    ("train.py", "--compile-cache", "run/jax"), ("train.py", "--tensorboard", "run/logs"), ("train.py", "--out", "run/sub"),
+    ("study.py", "--out", "run"), ("sweep.py", "--out", "run/sweep"), ("train.py", "--out", "run/link/inner"),
+])
+def test_nothing_is_written_into_the_folder_of_another_run(refused, tmp_path, script, option, where):
+    """(A cache, logs or results written there made that run's folder one --resume and --overwrite refused.)"""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "link").symlink_to(tmp_path / "elsewhere")  # followed to where it leads: not in the run
+    (tmp_path / "elsewhere" / "metrics.json").write_text('{"stage": "mlp", "framework": "jax", "history": []}')
+    (tmp_path / "run" / "metrics.json").write_text('{"stage": "mlp", "framework": "jax", "history": []}')  # as train.py writes
+    args = ["--stage", "linear_ce"] if script == "train.py" else ["--stages", "linear_ce"]
+    line = refused(script, *args, *([] if option == "--out" else ["--out", "other"]), option, where)
+    run = tmp_path / ("elsewhere" if "link" in where else "run")
+    assert line.endswith(f"{option}: {where} lies in {run}, the folder of a train.py run, which holds that run alone; "
+                         f"choose another {option}"), line
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["link", "metrics.json"]
+
+
 @pytest.mark.parametrize("option, where", [("--out", "loop"), ("--tensorboard", "loop/logs"), ("--compile-cache", "loop/jax")])
 def test_a_folder_behind_a_link_to_itself_is_refused_in_one_line(refused, tmp_path, option, where):
     """(`Path.resolve` raises on such a loop, and its traceback was the script's last word.)"""
