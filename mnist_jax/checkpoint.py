@@ -127,6 +127,8 @@ def _check_meta(meta: dict) -> TrainConfig:
 def load_run(run_dir: str | os.PathLike) -> RunResult:
     """The run saved in `run_dir` at its last completed epoch, ready to resume."""
     path = Path(run_dir) / CHECKPOINT_FILE
+    if Path(run_dir).is_file():
+        raise CheckpointError(f"{run_dir} is a file: give the folder of the run that holds {CHECKPOINT_FILE}")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint in {run_dir}")
     try:

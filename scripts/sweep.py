@@ -43,6 +43,8 @@ def check_add(args) -> None:
     from mnist_jax.results import load_sweep
 
     path = args.out / RESULTS[0]
+    if args.overwrite:
+        raise UsageError("--add keeps the sweep.json in --out and adds to it, --overwrite replaces it: give one of them")
     if not path.is_file():
         raise UsageError(f"--add: {path} not found; run without --add first")
     try:

@@ -522,6 +522,13 @@ def test_study_and_sweep_refuse_a_width_or_dropout_rate_for_a_linear_stage_as_tr
     assert line.endswith("--hidden applies to the MLP stages only, not linear_mse")
 
 
+def test_sweep_refuses_to_add_to_a_sweep_and_replace_it_at_once(refused, tmp_path):
+    """(Both were taken, and it added: a hostile user's case.)"""
+    line = refused("sweep.py", "--stages", "mlp", "--add", "--overwrite")
+    assert line.endswith("--add keeps the sweep.json in --out and adds to it, --overwrite replaces it: give one of them")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_benchmark_names_its_folder_with_out_as_every_script_does(refused):
     assert "unrecognized arguments: --json" in refused("benchmark.py", "--json", "b.json")
     assert "--out" in load_script("benchmark.py").build_parser().format_help()

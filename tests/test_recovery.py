@@ -314,6 +314,11 @@ def test_a_checkpoint_read_with_the_other_float_width_says_which_setting_saved_i
         jax.config.update("jax_enable_x64", False)
 
 
+def test_a_checkpoint_file_given_for_its_run_folder_is_refused_saying_so(saved_run):
+    with pytest.raises(CheckpointError, match="checkpoint.npz is a file: give the folder of the run that holds checkpoint.npz$"):
+        load_classifier(saved_run / "checkpoint.npz")
+
+
 def test_load_model_refuses_a_model_it_does_not_have(saved_run):
     assert isinstance(load_model(saved_run, "best")[0], nnx.Module)
     with pytest.raises(ValueError, match="load_model which: expected 'final' or 'best', got 'bset'"):
