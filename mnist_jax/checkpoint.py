@@ -27,7 +27,7 @@ from jax.typing import ArrayLike
 from mnist_jax.data import NUM_PIXELS
 from mnist_jax.errors import CheckpointError
 from mnist_jax.evaluate import to_inputs
-from mnist_jax.files import UNREADABLE, atomic_write, finite_number, is_json_with, json_text, npz_member
+from mnist_jax.files import UNREADABLE, atomic_write, finite_number, is_run_metrics, json_text, npz_member
 from mnist_jax.train import HISTORY_KEYS, RunResult, TrainConfig, TrainState, graph, init_state, make_optimizer
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def save_checkpoint(run: RunResult, run_dir: str | os.PathLike) -> None:
 def write_checkpoint(run: RunResult, path: Path) -> None:
     meta = {"format": FORMAT, "config": dataclasses.asdict(run.config), "device": run.device, "best_epoch": run.best_epoch,
             "history": run.history}
-    arrays = {_name(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(_tree(run.final, run.best))}
+    arrays = {_name(place): np.asarray(leaf) for place, leaf in jax.tree_util.tree_leaves_with_path(_tree(run.final, run.best))}
     with open(path, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -81,7 +81,7 @@ def is_checkpoint(path: Path) -> bool:
 
 
 # What a run folder may hold, each told from a user's file of the same name by its content.
-RUN_FILES = {CHECKPOINT_FILE: is_checkpoint, "metrics.json": lambda path: is_json_with(path, "stage", "framework", "history")}
+RUN_FILES = {CHECKPOINT_FILE: is_checkpoint, "metrics.json": is_run_metrics}
 
 
 def saved_epochs(run_dir: str | os.PathLike) -> int:
@@ -104,8 +104,8 @@ def _meta(archive: zipfile.ZipFile) -> dict:
 
 
 def _check_meta(meta: dict) -> TrainConfig:
-    """The config of a checkpoint's `meta` (TrainConfig's own checks), once its history
-    is of finite figures, epoch by epoch, and its best epoch one of them; else ValueError."""
+    """The config of a checkpoint's `meta` (TrainConfig's own checks), once its history is of finite figures (accuracies
+    from 0 to 1, losses at least 0), epoch by epoch, and its best epoch one of them; else ValueError."""
     config = TrainConfig(**meta["config"])
     history, best = meta["history"], meta["best_epoch"]
     if not isinstance(meta["device"], str) or not isinstance(history, list):
@@ -180,8 +180,8 @@ def check_values(path: Path, config: TrainConfig, saved: dict, lr: jax.Array) ->
     """`CheckpointError` unless every array is finite, every BatchNorm variance at least 0, and the optimizer's learning
     rate its config's: values no training saves."""
     for place, leaf in jax.tree_util.tree_leaves_with_path(saved):
-        name = _name(place)
-        if jnp.issubdtype(leaf.dtype, jnp.floating) and not jnp.isfinite(leaf).all():
+        name, leaf = _name(place), np.asarray(leaf)  # (NumPy: no program to compile for each shape)
+        if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
             raise CheckpointError(f"{path} is damaged: {name} holds values that are not finite")
         if "batch_stats/" in name and name.endswith("/var") and (leaf < 0).any():
             raise CheckpointError(f"{path} is damaged: {name} holds a negative variance")
@@ -260,7 +260,7 @@ def _images(images: ArrayLike) -> np.ndarray:
         low, high = (x.min().item(), x.max().item()) if x.dtype.kind in "iu" else (float(x.min()), float(x.max()))
         raise ValueError(f"{expected}{x.dtype}{list(x.shape)} from {low} to {high}")  # (ml_dtypes prints 2.0 or 2)
     # floats as the model's float32 (JAX takes no long double, nor float8 beside float32), integers in native byte order
-    return x.astype(np.float32 if x.dtype.kind not in "ui" else x.dtype.newbyteorder("="))
+    return x.astype(np.float32 if x.dtype.kind not in "ui" else x.dtype.newbyteorder("="), copy=False)
 
 
 def to_nnx(run_dir: str | os.PathLike, which: str = "final") -> nnx.Sequential:
@@ -305,8 +305,9 @@ def save_run(run: RunResult, run_dir: str | os.PathLike, metrics: dict, replacin
     first: a write that fails (a full disk) leaves the two as they were, and the metrics never describe a state not saved.
     `replacing`: the run there is another's, whose metrics go just before its checkpoint does."""
     metrics_file = Path(run_dir) / "metrics.json"
-    with atomic_write(metrics_file) as metrics_tmp, atomic_write(Path(run_dir) / CHECKPOINT_FILE) as checkpoint_tmp:
-        write_checkpoint(run, checkpoint_tmp)
+    with atomic_write(metrics_file) as metrics_tmp:
         metrics_tmp.write_text(json_text(metrics))
-        if replacing:
-            metrics_file.unlink(missing_ok=True)
+        with atomic_write(Path(run_dir) / CHECKPOINT_FILE) as checkpoint_tmp:  # (renamed in as this block ends)
+            write_checkpoint(run, checkpoint_tmp)
+            if replacing:
+                metrics_file.unlink(missing_ok=True)

@@ -114,8 +114,10 @@ existing_folder = checked(_path, Path.is_dir, "the folder holding the four MNIST
 def why_unwritable(path: Path) -> str | None:
     """Why folder `path` cannot be written, else None: tried by making and removing a folder in its deepest existing part."""
     for part in (path, *path.parents):
-        if part.is_symlink() and not part.exists():  # (leading nowhere, or to itself: no folder can be made in its place)
-            return f"{'' if part == path else f'{part} is '}a link to {os.readlink(part)}, which does not exist"
+        if part.is_symlink() and not part.exists():  # (leading nowhere, or back to itself: no folder can be made in its place)
+            loop = files.real_path(part) == files.real_path(part.parent) / part.name
+            return (f"{'' if part == path else f'{part} is '}a link to {os.readlink(part)}, which "
+                    + ("leads back to itself" if loop else "does not exist"))
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     try:
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=files.PARTIAL))
@@ -129,9 +131,9 @@ def refuse_in_a_run(option: str, path: Path, itself: bool = True) -> None:
     a run's folder holds that run alone (anything else there, it refuses to continue or replace)."""
     real = files.real_path(path)
     for folder in ((real,) if itself else ()) + tuple(real.parents):
-        if files.is_json_with(folder / "metrics.json", "stage", "framework", "history"):  # (`checkpoint.RUN_FILES`'s check)
-            raise UsageError(f"{option}: {path} lies in {folder}, the folder of a train.py run, which holds that run alone; "
-                             f"choose another {option}")
+        if files.is_run_metrics(folder / "metrics.json"):
+            raise UsageError(f"{option}: {path} {'is' if folder == real else 'lies in'} {folder}, the folder of a train.py "
+                             f"run, which holds that run alone; choose another {option}")
 
 
 def claim(folder: Path, run: bool = False) -> None:
@@ -195,7 +197,7 @@ class ArgumentParser(argparse.ArgumentParser):
         if out is not None or results or resume:
             self.add_argument("--out", type=output_folder, default=out and Path(out), help=f"folder for {holds}")
             again = self.add_mutually_exclusive_group()
-            again.add_argument("--overwrite", action="store_true", help="replace what --out holds, once the new results are complete"
+            again.add_argument("--overwrite", action="store_true", help="replace the results in --out once the new ones are complete (its unfinished work, once the new work saves an epoch)"
                                if results else "replace the run in --out once the new one has saved its first epoch")
             if resume:
                 again.add_argument("--resume", action="store_true",
@@ -495,10 +497,11 @@ def setup_jax(cache: Path | None, no_cache: bool) -> None:
         raise UsageError("JAX_DISABLE_JIT: the scripts run compiled programs only; unset it")
     if jax.config.jax_enable_x64:  # (its float64 runs would not be the study's, and no float32 run could resume them)
         raise UsageError("JAX_ENABLE_X64: the study trains in float32, as PyTorch does; unset it")
-    for name, value in os.environ.items():  # JAX_TRANSFER_GUARD and its _HOST_TO_DEVICE, ... forms
-        if name.startswith("JAX_TRANSFER_GUARD") and value.strip().lower().startswith("disallow"):
-            raise UsageError(f"{name}={value}: the scripts move the data, and each run's seed and settings, to the device; "
-                             "unset it or set it to log")
+    for direction in ("HOST_TO_DEVICE", "DEVICE_TO_HOST"):  # JAX_TRANSFER_GUARD, where set, decides both
+        name = next(n for n in ("JAX_TRANSFER_GUARD", f"JAX_TRANSFER_GUARD_{direction}", "") if not n or os.environ.get(n))
+        if name and os.environ[name].startswith("disallow"):
+            raise UsageError(f"{name}={os.environ[name]}: the scripts move the data, and each run's seed and settings, to the "
+                             "device and read each epoch's figures back; unset it or set it to log")
     if not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
         try:
             jax.devices()  # starts them, in well under a second, or fails before any work

@@ -107,7 +107,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             yield Path(tmp)
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
-        except OSError as e:  # named by the file meant, not by the temporary one
+        except OSError as e:  # named by the file meant, not by the temporary one (another's, as it was)
+            if e.filename not in (None, tmp):
+                raise
             raise OSError(e.errno, e.strerror, str(path)) from e
         finally:
             if os.path.exists(tmp):
@@ -215,6 +217,11 @@ def is_json_with(path: Path, *keys: str) -> bool:
     except UNREADABLE:
         return False
     return isinstance(content, dict) and set(keys) <= content.keys()
+
+
+def is_run_metrics(path: Path) -> bool:
+    """Whether `path` is the `metrics.json` of a train.py run: the mark of a run's folder."""
+    return is_json_with(path, "stage", "framework", "history")
 
 
 # The keys that tell each named JSON result from a user's file of the same name.

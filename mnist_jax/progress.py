@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from mnist_jax.errors import ProgressError
-from mnist_jax.files import UNREADABLE, atomic_write, foreign_entries, is_json_with, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, foreign_entries, read_json, write_json
 
 FOLDER = "progress"
 WORK_FILE = "work.json"
+MAX_WORK_BYTES = 2**20  # the options of a piece of work, read back
 CHUNK = re.compile(r"[a-z][a-z0-9_]*-hidden\d+-bits\d+-from\d+-\d+\.npz")  # the name `study.train_grid` gives a chunk
 
 
@@ -43,7 +44,10 @@ class GridProgress:
         return {WORK_FILE: self.is_this_scripts} | {p.name: lambda path: True for p in self.saved_chunks()}
 
     def is_this_scripts(self, path: Path) -> bool:
-        return is_json_with(path, "script") and json.loads(path.read_text())["script"] == self.work.get("script")
+        try:
+            return read_json(path, MAX_WORK_BYTES)["script"] == self.work.get("script")
+        except UNREADABLE:
+            return False
 
     def foreign(self) -> list[str]:
         if self.folder.is_symlink() or self.folder.exists() and not self.folder.is_dir():

@@ -254,8 +254,9 @@ def _read_study(path: Path) -> dict:
         raise ValueError("no device or no stages")
     _check_figures(report)
     stages = report["stages"]
-    seeds_of_most = Counter(tuple(stage["seeds"]) for stage in stages.values()).most_common(1)[0][0]  # (what a fault is told from)
-    epochs_of_most = Counter(len(history) for stage in stages.values() for history in stage["history"]).most_common(1)[0][0]
+    # what most stages and seeds have, which a fault is told from
+    [(seeds_of_most, _)] = Counter(tuple(stage["seeds"]) for stage in stages.values()).most_common(1)
+    [(epochs_of_most, _)] = Counter(len(history) for stage in stages.values() for history in stage["history"]).most_common(1) or [(0, 0)]
     for name, stage in stages.items():
         if stage["documented_accuracy"] != STAGES[name].documented_accuracy:  # (a known stage, its figure or None)
             raise ValueError(f"{name}: documented accuracy {stage['documented_accuracy']}, not the original's "

@@ -43,8 +43,6 @@ def check_add(args) -> None:
     from mnist_jax.results import load_sweep
 
     path = args.out / RESULTS[0]
-    if args.overwrite:
-        raise UsageError("--add keeps the sweep.json in --out and adds to it, --overwrite replaces it: give one of them")
     if not path.is_file():
         raise UsageError(f"--add: {path} not found; run without --add first")
     try:
@@ -162,6 +160,8 @@ def print_answers(answers: dict) -> None:
 
 def main() -> None:
     args = build_parser().parse()
+    if args.add and args.overwrite:  # (every process: each refuses alike)
+        raise UsageError("--add keeps the sweep.json in --out and adds to it, --overwrite replaces it: give one of them")
     cli.mlp_only(args, args.stages, names=("hidden",))  # (--dropout values leave a linear stage's grid as it is)
     if args.add and distributed.is_main():
         check_add(args)

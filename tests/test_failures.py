@@ -218,7 +218,8 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_last_complete_epoch(small_disk, 
 
 def test_a_disk_with_room_for_the_checkpoint_alone_keeps_the_saved_pair_as_it_was(tmp_path):
     """(The new checkpoint was renamed in before metrics.json was written: a disk that filled up in between left the
-    checkpoint of epoch 2 beside the metrics of epoch 1, or at epoch 1 a checkpoint that the message said was not saved.)"""
+    checkpoint of epoch 2 beside the metrics of epoch 1, or at epoch 1 a checkpoint that the message said was not saved.)
+    Now both are written before either is renamed in: the small metrics.json fits, the checkpoint beside it no longer does."""
     config = TrainConfig("linear_ce", epochs=2)
     state = init_state(config, jax.random.key(0), make_optimizer(config))
     rows = [{"epoch": epoch, "train_loss": 2.3, "train_accuracy": 0.1, "val_loss": 2.3, "val_accuracy": 0.1} for epoch in (1, 2)]
@@ -235,7 +236,7 @@ def test_a_disk_with_room_for_the_checkpoint_alone_keeps_the_saved_pair_as_it_wa
             (disk / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - pages * 4096))  # room for one checkpoint
             with pytest.raises(OSError) as failed:
                 save_run(runs[1], out, {"history": rows})
-            assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(out / "metrics.json")
+            assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(out / "checkpoint.npz")
             assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file either
             (disk / "filler").unlink()
 

@@ -236,6 +236,8 @@ STUDY_DAMAGE = {
                          r"misclassified_images holds pixels from 0.0 to 510.0, not uint8 values or floats in \[0, 1\]"),
     "a seed of the first stage one epoch short": ("results.json", lambda p: edited(p, lambda r: r["stages"]["linear_mse"]["history"][0].pop()),
                                                   r"linear_mse, seed 0: epochs numbered \[1, 2, 3, 4\], where 1 to 5 are expected"),
+    "no history at all": ("results.json", lambda p: edited(p, lambda r: [stage.update(history=[]) for stage in r["stages"].values()]),
+                          "linear_mse: seeds, test_accuracies and history differ in length"),
     "a seed of the first stage renumbered": ("results.json", lambda p: edited(p, lambda r: r["stages"]["linear_mse"]["seeds"].__setitem__(0, -1)),
                                              r"linear_mse: seeds \[-1, 1, 2, 3, 4, 5, 6, 7, 8, 9\], where each stage has the same distinct seeds \[0, 1,"),
     "a confusion matrix of NaN": ("study_arrays.npz", lambda p: with_array(p, "mlp_confusion", lambda a: np.full((10, 10), np.nan)),

@@ -273,7 +273,7 @@ def test_a_retest_is_refused_when_the_sweep_it_adds_to_holds_the_seeds_that_chos
                                                                           + fake_rows("mlp_bn", 1e-3, val=0.4, test=0.4))))
     proc = run_script_in_process("sweep.py", "--stages", "mlp", "--seeds", "2", "--first-seed", "4", "--add",
                                  "--chosen-on", tmp_path, "--out", tmp_path / "copy")
-    assert_one_line_error(proc, f"chose on seeds 0 to 3, which this grid or the sweep it adds to has")
+    assert_one_line_error(proc, "chose on seeds 0 to 3, which this grid or the sweep it adds to has")
 
 
 @pytest.mark.parametrize("contents, error", [
