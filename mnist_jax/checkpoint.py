@@ -116,9 +116,9 @@ def _check_meta(meta: dict) -> TrainConfig:
         for key, value in {key: row[key] for key in (*HISTORY_KEYS, *row)}.items():
             if not finite_number(value):
                 raise ValueError(f"history of epoch {epoch}: {key} is {value!r}, not a finite number")
-            if key.endswith("accuracy") and not 0 <= value <= 1 or key.endswith("loss") and value < 0:
+            if key.endswith("accuracy") and not 0 <= value <= 1 or key.endswith(("loss", "seconds")) and value < 0:
                 raise ValueError(f"history of epoch {epoch}: {key} is {value!r}, not " +
-                                 ("a fraction from 0 to 1" if key.endswith("accuracy") else "a loss (0 or more)"))
+                                 ("a fraction from 0 to 1" if key.endswith("accuracy") else "0 or more"))
     if type(best) is not int or not 0 <= best <= len(history):
         raise ValueError(f"best_epoch {best!r} is not one of the {len(history)} epochs of its history")
     return config
@@ -149,7 +149,7 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
             def read(name: str, expected: jax.ShapeDtypeStruct) -> jax.Array:
                 def check(shape: tuple, dtype: np.dtype) -> None:  # before the data is read
                     floats = (dtype, expected.dtype)
-                    if shape == expected.shape and dtype != expected.dtype and all(jnp.issubdtype(d, jnp.floating) for d in floats):
+                    if shape == expected.shape and {np.dtype(d) for d in floats} == {np.dtype(np.float32), np.dtype(np.float64)}:
                         raise CheckpointError(f"{path} holds {dtype} arrays, saved with jax_enable_x64 "
                                               f"{'on' if dtype == np.float64 else 'off'}: read it with the same setting")
                     if shape != expected.shape or dtype != expected.dtype:
@@ -167,7 +167,7 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: {e})") from None
     final_params, final_stats, best_params, best_stats = (saved[which][part] for which in ("final", "best") for part in ("params", "batch_stats"))
     opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state), saved["opt_state"])
-    check_values(path, config, saved, opt_state.hyperparams["learning_rate"])
+    check_values(path, config, saved, opt_state, tx.init(final_params))
     if earlier:
         opt_state = without_frozen_moments(opt_state, tx.init(final_params))
     rate = jnp.asarray(config.dropout_rate, template.dropout_rate.dtype)
@@ -176,17 +176,23 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
     return RunResult(config, meta["device"], final, best, int(meta["best_epoch"]), list(meta["history"]))
 
 
-def check_values(path: Path, config: TrainConfig, saved: dict, lr: jax.Array) -> None:
-    """`CheckpointError` unless every array is finite, every BatchNorm variance at least 0, and the optimizer's learning
-    rate its config's: values no training saves."""
+def check_values(path: Path, config: TrainConfig, saved: dict, opt_state: optax.OptState, fresh: optax.OptState) -> None:
+    """`CheckpointError` unless every array is finite, every BatchNorm variance, Adam second moment and step count at
+    least 0, and the optimizer's hyperparameters those its config trains with (`fresh`'s): values no training saves."""
     for place, leaf in jax.tree_util.tree_leaves_with_path(saved):
         name, leaf = _name(place), np.asarray(leaf)  # (NumPy: no program to compile for each shape)
         if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
             raise CheckpointError(f"{path} is damaged: {name} holds values that are not finite")
         if "batch_stats/" in name and name.endswith("/var") and (leaf < 0).any():
             raise CheckpointError(f"{path} is damaged: {name} holds a negative variance")
-    if lr != jnp.asarray(config.lr, lr.dtype):
-        raise CheckpointError(f"{path} is damaged: its config's lr {config.lr:g} is not its optimizer's {float(lr):g}")
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+    for adam in filter(is_adam, jax.tree.leaves(opt_state, is_leaf=is_adam)):
+        if adam.count < 0 or opt_state.count < 0 or any((np.asarray(nu) < 0).any() for nu in jax.tree.leaves(adam.nu)):
+            raise CheckpointError(f"{path} is damaged: its optimizer state holds a negative step count or second moment")
+    for name, value in opt_state.hyperparams.items():
+        if value != fresh.hyperparams[name]:
+            raise CheckpointError(f"{path} is damaged: its optimizer's {name} is {float(value):g}, where its config "
+                                  f"trains with {float(fresh.hyperparams[name]):g}")
 
 
 def without_frozen_moments(saved: optax.OptState, masked: optax.OptState) -> optax.OptState:
@@ -249,16 +255,17 @@ def _images(images: ArrayLike) -> np.ndarray:
     try:  # a torch tensor, even one that requires grad, as its values (floats as float32: NumPy has no bfloat16)
         tensor = images.detach().cpu() if hasattr(images, "detach") else None
         x = np.asarray(images if tensor is None else tensor.float() if tensor.is_floating_point() else tensor)
+        dtype = x.dtype if tensor is None else str(tensor.dtype).removeprefix("torch.")  # as given (bfloat16, not float32)
     except Exception:  # noqa: BLE001  (ragged lists, torch tensors that require grad, ...: each raises its own kind)
         raise ValueError(f"{expected}a {type(images).__name__} that is no array of numbers") from None
     real = x.dtype.kind in "ui" or jnp.issubdtype(x.dtype, jnp.floating)  # any float: bfloat16 too
     if not real or x.shape not in IMAGE_SHAPES[:2] and x.shape[1:] not in IMAGE_SHAPES:
         kind = "" if real or isinstance(images, np.ndarray) else f" (a {type(images).__name__})"
-        raise ValueError(f"{expected}{x.dtype}{list(x.shape)}{kind}")
+        raise ValueError(f"{expected}{dtype}{list(x.shape)}{kind}")
     top = 1 if x.dtype.kind not in "ui" else 255
     if x.size and not 0 <= x.min() <= x.max() <= top:
         low, high = (x.min().item(), x.max().item()) if x.dtype.kind in "iu" else (float(x.min()), float(x.max()))
-        raise ValueError(f"{expected}{x.dtype}{list(x.shape)} from {low} to {high}")  # (ml_dtypes prints 2.0 or 2)
+        raise ValueError(f"{expected}{dtype}{list(x.shape)} from {low} to {high}")  # (ml_dtypes prints 2.0 or 2)
     # floats as the model's float32 (JAX takes no long double, nor float8 beside float32), integers in native byte order
     return x.astype(np.float32 if x.dtype.kind not in "ui" else x.dtype.newbyteorder("="), copy=False)
 

@@ -30,6 +30,7 @@ import argparse  # noqa: E402
 import atexit  # noqa: E402
 import concurrent.futures  # noqa: E402
 import contextlib  # noqa: E402
+import errno  # noqa: E402
 import importlib  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
@@ -115,9 +116,12 @@ def why_unwritable(path: Path) -> str | None:
     """Why folder `path` cannot be written, else None: tried by making and removing a folder in its deepest existing part."""
     for part in (path, *path.parents):
         if part.is_symlink() and not part.exists():  # (leading nowhere, or back to itself: no folder can be made in its place)
-            loop = files.real_path(part) == files.real_path(part.parent) / part.name
-            return (f"{'' if part == path else f'{part} is '}a link to {os.readlink(part)}, which "
-                    + ("leads back to itself" if loop else "does not exist"))
+            try:
+                part.stat()
+                unfollowed = "does not exist"
+            except OSError as e:
+                unfollowed = "the system cannot follow (a loop, or too many links)" if e.errno == errno.ELOOP else "does not exist"
+            return f"{'' if part == path else f'{part} is '}a link to {os.readlink(part)}, which {unfollowed}"
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     try:
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=files.PARTIAL))
@@ -126,14 +130,14 @@ def why_unwritable(path: Path) -> str | None:
     return None
 
 
-def refuse_in_a_run(option: str, path: Path, itself: bool = True) -> None:
+def refuse_in_a_run(option: str, path: Path, itself: bool = True, instead: str | None = None) -> None:
     """`UsageError` if `path` (`itself`, or only its parents) lies in the folder of a `train.py` run, its links followed:
     a run's folder holds that run alone (anything else there, it refuses to continue or replace)."""
     real = files.real_path(path)
     for folder in ((real,) if itself else ()) + tuple(real.parents):
         if files.is_run_metrics(folder / "metrics.json"):
             raise UsageError(f"{option}: {path} {'is' if folder == real else 'lies in'} {folder}, the folder of a train.py "
-                             f"run, which holds that run alone; choose another {option}")
+                             f"run, which holds that run alone; choose {instead or f'another {option}'}")
 
 
 def claim(folder: Path, run: bool = False) -> None:
@@ -347,7 +351,7 @@ def check_environment(cache: Path | None, no_cache: bool, out: Path | None = Non
         raise UsageError(f"{named}: {folder} is not a local folder; the scripts keep compiled programs on a local disk")
     if named and (reason := why_unwritable(folder)):
         raise UsageError(f"{named}: cannot write to {folder} ({reason})")
-    refuse_in_a_run(named or "the compilation cache", folder)
+    refuse_in_a_run(named or "the compilation cache", folder, instead=None if named else "--compile-cache or --no-cache")
     if out:
         check_cache_apart(cache, out)
 

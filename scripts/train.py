@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mnist_jax.data import NUM_EXAMPLES, NUM_VALIDATION
 from mnist_jax.errors import EXIT_DIVERGED, EXIT_WRITE_FAILED, NonFiniteLoss, UsageError
+from mnist_jax import files
 from mnist_jax.files import foreign_entries, signals_deferred, write_json
 from mnist_jax.progress import option_difference
 from mnist_jax.stages import STAGES, TrainConfig
@@ -121,7 +122,8 @@ def held(args, stage: str, out: Path) -> str:
 
 
 def free_folder(path: Path) -> Path:
-    """The first of `path`, `path`-2, -3, ... that names nothing yet."""
+    """The first of `path`, `path`-2, -3, ... that names nothing yet (`.`, say, by its own name)."""
+    path = path if path.name else files.real_path(path) if files.real_path(path).name else path / "run"
     return next(p for i in itertools.count(1) if not (p := path.with_name(f"{path.name}-{i}") if i > 1 else path).exists())
 
 

@@ -590,6 +590,22 @@ def test_a_newline_in_a_folder_name_leaves_a_refusal_on_one_line_and_the_command
     assert "runs/a\\\\nb\\t" in typed_escape
 
 
+def test_a_run_in_the_working_folder_given_as_dot_is_refused_with_a_free_folder_named(refused, tmp_path):
+    """(`--out .` over a finished run ended in a traceback: '.' has no name to number.)"""
+    import jax
+
+    from mnist_jax.checkpoint import save_run
+    from mnist_jax.train import RunResult, init_state, make_optimizer
+
+    config = TrainConfig("linear_ce", epochs=1)
+    state = init_state(config, jax.random.key(0), make_optimizer(config))
+    history = [{"epoch": 1, "train_loss": 2.3, "train_accuracy": 0.1, "val_loss": 2.3, "val_accuracy": 0.1}]
+    save_run(RunResult(config, "cpu", state, state, 1, history), tmp_path, {"stage": "linear_ce", "framework": "jax", "history": history})
+    for dot in (".", "./"):
+        line = refused("train.py", "--stage", "linear_ce", "--epochs", "1", "--out", dot)
+        assert line.endswith(f"or choose another --out (say --out {tmp_path}-2)"), line
+
+
 @pytest.mark.parametrize("script, option, where", [
     ("train.py", "--compile-cache", "run/jax"), ("train.py", "--tensorboard", "run/logs"), ("train.py", "--out", "run/sub"),
     ("study.py", "--out", "run"), ("sweep.py", "--out", "run/sweep"), ("train.py", "--out", "run/link/inner"),
@@ -616,7 +632,7 @@ def test_a_folder_behind_a_link_to_itself_is_refused_in_one_line(refused, tmp_pa
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     line = refused("train.py", "--stage", "linear_ce", option, where)
     assert line.endswith(f"cannot write to {where} ({'' if option == '--out' else 'loop is '}a link to {tmp_path / 'loop'}, "
-                         "which leads back to itself)"), line
+                         "which the system cannot follow (a loop, or too many links))"), line
 
 
 @pytest.mark.parametrize("option", ["--data-dir", "--out", "--tensorboard", "--compile-cache"])

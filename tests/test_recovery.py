@@ -283,11 +283,20 @@ HAND_EDITED = {
     "an accuracy of 7": (lambda p: rewrite_meta(p, lambda m: m["history"][0].update(val_accuracy=7.0)),
                          "history of epoch 1: val_accuracy is 7.0, not a fraction from 0 to 1"),
     "a negative loss": (lambda p: rewrite_meta(p, lambda m: m["history"][1].update(train_loss=-0.5)),
-                        "history of epoch 2: train_loss is -0.5, not a loss"),
+                        "history of epoch 2: train_loss is -0.5, not 0 or more"),
     "a weight of NaN": (lambda p: rewrite_array(p, "final/params/linear/kernel", lambda a: a * np.nan),
                         "final/params/linear/kernel holds values that are not finite"),
     "a learning rate its optimizer was not given": (lambda p: rewrite_meta(p, lambda m: m["config"].update(lr=0.01)),
-                                                    "its config's lr 0.01 is not its optimizer's 0.001"),
+                                                    "its optimizer's learning_rate is 0.001, where its config trains with 0.01"),
+    "Adam's b1 of 2": (lambda p: rewrite_array(p, "opt_state/1", lambda a: a * 0 + 2), "its optimizer's b1 is 2, where its config"),
+    "a negative second moment": (lambda p: rewrite_array(p, "opt_state/10", lambda a: -abs(a) - 1),
+                                 "its optimizer state holds a negative step count or second moment"),
+    "a negative step count": (lambda p: rewrite_array(p, "opt_state/0", lambda a: a * 0 - 5),
+                              "its optimizer state holds a negative step count or second moment"),
+    "an epoch of negative seconds": (lambda p: rewrite_meta(p, lambda m: m["history"][0].update(seconds=-3.0)),
+                                     "history of epoch 1: seconds is -3.0, not 0 or more"),
+    "a float16 array": (lambda p: rewrite_array(p, "best/params/linear/bias", lambda a: a.astype(np.float16)),
+                        r"does not hold the arrays of its own config .*best/params/linear/bias is float16\[10\], expected float32\[10\]"),
     "an array claiming a terabyte": (lambda p: npz_with_header(p, "final/params/linear/kernel", (2**38,), "<f4"),
                                      r"it does not hold the arrays .*final/params/linear/kernel is float32\[274877906944\]"),
     "metadata claiming 1.6 GB": (lambda p: npz_with_header(p, "meta", (), "<U400000000"),
@@ -342,6 +351,8 @@ def test_load_classifier_takes_tfds_and_torchvision_shapes_any_float_and_an_empt
     for same in (images.astype(">u2"), images.astype(">i8"), floats.astype(">f8"), floats.astype(np.longdouble),
                  torch.tensor(floats, dtype=torch.bfloat16), floats.astype(ml_dtypes.float8_e4m3fn)):
         np.testing.assert_array_equal(classify(same)[0], classes)
+    with pytest.raises(ValueError, match=r"got bfloat16\[1, 28, 28\] from 3.0 to 3.0$"):  # (as given, not as converted)
+        classify(torch.full((1, 28, 28), 3.0, dtype=torch.bfloat16))
     empty = classify(np.zeros((0, 28, 28), np.uint8))
     assert empty[0].shape == (0,) and empty[1].shape == (0, 10)
 
