@@ -167,16 +167,17 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: {e})") from None
     final_params, final_stats, best_params, best_stats = (saved[which][part] for which in ("final", "best") for part in ("params", "batch_stats"))
     opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state), saved["opt_state"])
-    check_values(path, config, saved, opt_state, tx.init(final_params))
+    fresh = tx.init(final_params)
+    check_values(path, saved, opt_state, fresh)
     if earlier:
-        opt_state = without_frozen_moments(opt_state, tx.init(final_params))
+        opt_state = without_frozen_moments(opt_state, fresh)
     rate = jnp.asarray(config.dropout_rate, template.dropout_rate.dtype)
     final = TrainState(final_params, final_stats, opt_state, rate)
     best = TrainState(best_params, best_stats, tx.init(best_params), rate)  # only the best epoch's model is saved
     return RunResult(config, meta["device"], final, best, int(meta["best_epoch"]), list(meta["history"]))
 
 
-def check_values(path: Path, config: TrainConfig, saved: dict, opt_state: optax.OptState, fresh: optax.OptState) -> None:
+def check_values(path: Path, saved: dict, opt_state: optax.OptState, fresh: optax.OptState) -> None:
     """`CheckpointError` unless every array is finite, every BatchNorm variance, Adam second moment and step count at
     least 0, and the optimizer's hyperparameters those its config trains with (`fresh`'s): values no training saves."""
     for place, leaf in jax.tree_util.tree_leaves_with_path(saved):
@@ -185,14 +186,18 @@ def check_values(path: Path, config: TrainConfig, saved: dict, opt_state: optax.
             raise CheckpointError(f"{path} is damaged: {name} holds values that are not finite")
         if "batch_stats/" in name and name.endswith("/var") and (leaf < 0).any():
             raise CheckpointError(f"{path} is damaged: {name} holds a negative variance")
-    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
-    for adam in filter(is_adam, jax.tree.leaves(opt_state, is_leaf=is_adam)):
-        if adam.count < 0 or opt_state.count < 0 or any((np.asarray(nu) < 0).any() for nu in jax.tree.leaves(adam.nu)):
-            raise CheckpointError(f"{path} is damaged: its optimizer state holds a negative step count or second moment")
+    adams = [s for s in jax.tree.leaves(opt_state, is_leaf=is_adam) if is_adam(s)]
+    counts, moments = [opt_state.count, *(adam.count for adam in adams)], [nu for adam in adams for nu in jax.tree.leaves(adam.nu)]
+    if any(count < 0 for count in counts) or any((np.asarray(nu) < 0).any() for nu in moments):
+        raise CheckpointError(f"{path} is damaged: its optimizer state holds a negative step count or second moment")
     for name, value in opt_state.hyperparams.items():
         if value != fresh.hyperparams[name]:
             raise CheckpointError(f"{path} is damaged: its optimizer's {name} is {float(value):g}, where its config "
                                   f"trains with {float(fresh.hyperparams[name]):g}")
+
+
+def is_adam(state: object) -> bool:
+    return isinstance(state, optax.ScaleByAdamState)
 
 
 def without_frozen_moments(saved: optax.OptState, masked: optax.OptState) -> optax.OptState:

@@ -114,13 +114,11 @@ existing_folder = checked(_path, Path.is_dir, "the folder holding the four MNIST
 
 def why_unwritable(path: Path) -> str | None:
     """Why folder `path` cannot be written, else None: tried by making and removing a folder in its deepest existing part."""
-    for part in (path, *path.parents):
-        if part.is_symlink() and not part.exists():  # (leading nowhere, or back to itself: no folder can be made in its place)
-            try:
-                part.stat()
-                unfollowed = "does not exist"
-            except OSError as e:
-                unfollowed = "the system cannot follow (a loop, or too many links)" if e.errno == errno.ELOOP else "does not exist"
+    for part in filter(Path.is_symlink, (path, *path.parents)):
+        try:
+            part.stat()
+        except OSError as e:  # (leading nowhere, or back to itself: no folder can be made in its place)
+            unfollowed = "the system cannot follow (a loop, or too many links)" if e.errno == errno.ELOOP else "does not exist"
             return f"{'' if part == path else f'{part} is '}a link to {os.readlink(part)}, which {unfollowed}"
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     try:
@@ -503,8 +501,8 @@ def setup_jax(cache: Path | None, no_cache: bool) -> None:
     if jax.config.jax_enable_x64:  # (its float64 runs would not be the study's, and no float32 run could resume them)
         raise UsageError("JAX_ENABLE_X64: the study trains in float32, as PyTorch does; unset it")
     for direction in ("HOST_TO_DEVICE", "DEVICE_TO_HOST"):  # JAX_TRANSFER_GUARD, where set, decides both
-        name = next(n for n in ("JAX_TRANSFER_GUARD", f"JAX_TRANSFER_GUARD_{direction}", "") if not n or os.environ.get(n))
-        if name and os.environ[name].startswith("disallow"):
+        name = "JAX_TRANSFER_GUARD" if os.environ.get("JAX_TRANSFER_GUARD") else f"JAX_TRANSFER_GUARD_{direction}"
+        if os.environ.get(name, "").startswith("disallow"):
             raise UsageError(f"{name}={os.environ[name]}: the scripts move the data, and each run's seed and settings, to the "
                              "device and read each epoch's figures back; unset it or set it to log")
     if not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)

@@ -123,7 +123,8 @@ def held(args, stage: str, out: Path) -> str:
 
 def free_folder(path: Path) -> Path:
     """The first of `path`, `path`-2, -3, ... that names nothing yet (`.`, say, by its own name)."""
-    path = path if path.name else files.real_path(path) if files.real_path(path).name else path / "run"
+    path = path if path.name else files.real_path(path)
+    path = path if path.name else path / "run"  # (the root)
     return next(p for i in itertools.count(1) if not (p := path.with_name(f"{path.name}-{i}") if i > 1 else path).exists())
 
 
