@@ -103,8 +103,9 @@ class GridProgress:
         if not self.started:  # the first save of a fresh start: the work it replaces goes now
             self.started = True
             if self.write:
+                made = not self.folder.exists() or self.made_folder()
                 self.clear()
-                write_json(self.folder / WORK_FILE, self.work | {"run_id": self.run_id})
+                write_json(self.folder / WORK_FILE, self.work | {"run_id": self.run_id, "made_folder": made})
         if not self.write:
             return
         import jax
@@ -113,13 +114,22 @@ class GridProgress:
         with atomic_write(self.folder / f"{key}.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, rows=rows, **arrays)
 
+    def made_folder(self) -> bool:
+        """Whether the work saved here made the folder (work saved by versions before this was recorded did)."""
+        try:
+            saved = read_json(self.folder / WORK_FILE, MAX_WORK_BYTES)
+            return saved["script"] == self.work.get("script") and saved.get("made_folder", True) is True
+        except UNREADABLE:
+            return False
+
     def clear(self) -> None:
-        """Remove the files of this class, and the folder if nothing else is in it."""
+        """Remove the files of this class, and the folder if its work made it and nothing else is in it."""
         if not self.write or not self.folder.is_dir() or self.folder.is_symlink():
             return
+        made = self.made_folder()
         for name, check in self.ours().items():
             path = self.folder / name
             if path.is_file() and not path.is_symlink() and check(path):
                 path.unlink()
-        if not any(self.folder.iterdir()):
+        if made and not any(self.folder.iterdir()):
             self.folder.rmdir()

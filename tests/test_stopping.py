@@ -577,6 +577,22 @@ def test_a_finished_grid_clears_the_progress_of_every_stage_a_control_named_with
     assert not (tmp_path / "progress").exists()
 
 
+@pytest.mark.parametrize("users", [False, True], ids=["made by the grid", "a user's, empty"])
+def test_a_grid_finished_after_a_resume_removes_its_progress_folder_only_if_it_made_it(tmp_path, users):
+    """A `progress/` the user made (empty) before the grid saved its work in it is left, empty, as it was found;
+    one the grid made goes with its files, however many processes the work took (a stopped run, then --resume)."""
+    if users:
+        (tmp_path / "progress").mkdir()
+    parse_grid(tmp_path).progress.save(CHUNK, STATES, np.zeros((1, 3, 5), np.float32))  # a run stopped after a save
+    resumed = parse_grid(tmp_path, "--resume").progress
+    resumed.save(CHUNK, STATES, np.zeros((2, 3, 5), np.float32))
+    resumed.clear()  # finished
+    if users:
+        assert list((tmp_path / "progress").iterdir()) == []
+    else:
+        assert not (tmp_path / "progress").exists()
+
+
 def test_damaged_progress_is_refused_on_resume_before_any_work_and_replaced_with_overwrite(tmp_path, capsys):
     """A progress file cut short is still the study's (its name says so): --resume names the damage in
     one line with status 2 as it parses (before any training), --overwrite starts again without reading it."""
