@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -224,6 +225,9 @@ def load_model(run_dir: str | os.PathLike, which: str = "final") -> tuple[nnx.Mo
 
     check_which(which, "load_model")
     run = load_run(run_dir)
+    if len(run.history) < run.config.epochs:  # a run stopped before its end: its models are of the epochs saved
+        warnings.warn(f"{run_dir} was stopped after epoch {len(run.history)} of {run.config.epochs}: its {which} model is of "
+                      "those epochs (scripts/train.py --resume continues it)", stacklevel=2)
     state = run.final if which == "final" else run.best
     return nnx.merge(graph(run.config), state.params, state.batch_stats), run.config
 

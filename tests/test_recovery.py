@@ -328,6 +328,15 @@ def test_a_checkpoint_file_given_for_its_run_folder_is_refused_saying_so(saved_r
         load_classifier(saved_run / "checkpoint.npz")
 
 
+def test_the_model_of_a_stopped_run_loads_with_a_warning_that_it_is_unfinished(saved_run):
+    """A run saved after epoch 1 of the 2 it trains (stopped): its models load, and say they are of epoch 1 of 2."""
+    rewrite_meta(saved_run / "checkpoint.npz", lambda m: m.update(history=m["history"][:1], best_epoch=1))
+    with pytest.warns(UserWarning, match="was stopped after epoch 1 of 2: its best model is of those epochs "
+                                         r"\(scripts/train.py --resume continues it\)$"):
+        classes, _ = load_classifier(saved_run, "best")(np.zeros((2, 28, 28), np.uint8))
+    assert classes.shape == (2,)
+
+
 def test_load_model_refuses_a_model_it_does_not_have(saved_run):
     assert isinstance(load_model(saved_run, "best")[0], nnx.Module)
     with pytest.raises(ValueError, match="load_model which: expected 'final' or 'best', got 'bset'"):
