@@ -25,7 +25,7 @@ EPOCH_LINE = re.compile(
 
 
 # The original's five stages and the controls, but for random_features' wider copies (1024 and 4096 units, half the
-# time of a `--stage all` here; tests/test_stopping.py trains all of them)
+# time of a `--stage all` here): the same model at another width, whose programs tests/test_export.py compiles
 TRAINED = (*ORIGINAL, "deep_linear", "random_features")
 
 
