@@ -112,14 +112,22 @@ output_folder = checked(_path, lambda path: path.is_dir() or not path.exists(), 
 existing_folder = checked(_path, Path.is_dir, "the folder holding the four MNIST IDX files")
 
 
-def why_unwritable(path: Path) -> str | None:
-    """Why folder `path` cannot be written, else None: tried by making and removing a folder in its deepest existing part."""
+def broken_link(path: Path) -> str | None:
+    """'<part> is a link to <target>, which ...' for the first link in `path` (itself included: then no '<part> is ')
+    that leads nowhere or back to itself, else None."""
     for part in filter(Path.is_symlink, (path, *path.parents)):
         try:
             part.stat()
-        except OSError as e:  # (leading nowhere, or back to itself: no folder can be made in its place)
+        except OSError as e:
             unfollowed = "the system cannot follow (a loop, or too many links)" if e.errno == errno.ELOOP else "does not exist"
             return f"{'' if part == path else f'{part} is '}a link to {os.readlink(part)}, which {unfollowed}"
+    return None
+
+
+def why_unwritable(path: Path) -> str | None:
+    """Why folder `path` cannot be written, else None: tried by making and removing a folder in its deepest existing part."""
+    if reason := broken_link(path):  # (no folder can be made in the place of a link leading nowhere or to itself)
+        return reason
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     try:
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=files.PARTIAL))

@@ -57,6 +57,8 @@ def load_json(*keys: str):
 def read(path: Path, option: str, script: str, load):
     """What `load` reads from `path`, given as `option`; `UsageError` if it cannot."""
     if not path.is_file():
+        if reason := cli.broken_link(path):
+            raise UsageError(f"argument {option}: {path} cannot be read: {reason}")
         raise UsageError(f"argument {option}: {path} not found; run {cli.script_command(script)} first")
     try:
         return load(path)

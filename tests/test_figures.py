@@ -177,3 +177,14 @@ def test_make_assets_refuses_a_benchmark_without_its_comparison_and_damaged_json
                                                           "--linearity", ROOT / "assets", "--out", tmp_path / "a")
     (tmp_path / "linearity.json").write_text('{"width_sweep": []}')
     assert "damaged" in refused("make_assets.py", "--linearity", tmp_path / "linearity.json", "--out", tmp_path / "b")
+
+
+def test_make_assets_names_a_link_on_the_way_to_its_results_that_leads_nowhere_or_to_itself(tmp_path, refused):
+    """(Both were told as results not found, with the advice to run the script that writes them.)"""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "gone.json").symlink_to(tmp_path / "nowhere.json")
+    assert refused("make_assets.py", "--results", tmp_path / "loop" / "results.json").endswith(
+        f"study_arrays.npz cannot be read: {tmp_path / 'loop'} is a link to {tmp_path / 'loop'}, which the system cannot "
+        "follow (a loop, or too many links)")
+    assert refused("make_assets.py", "--sweep", tmp_path / "gone.json").endswith(
+        f"gone.json cannot be read: a link to {tmp_path / 'nowhere.json'}, which does not exist")
