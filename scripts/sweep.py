@@ -39,16 +39,27 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def check_add(args) -> None:
-    """--add extends a sweep.json that is there and whole."""
+    """--add extends a sweep.json that is there and whole, with a grid none of its grids holds whole already."""
     from mnist_jax.results import load_sweep
+    from mnist_jax.sweep import grid_points
 
     path = args.out / RESULTS[0]
     if not path.is_file():
         raise UsageError(f"--add: {path} not found; run without --add first")
     try:
-        load_sweep(path)
+        saved = load_sweep(path)
     except ResultFileError as e:
         raise UsageError(f"--add: {e}") from None
+    if args.resume:  # (a resumed --add that wrote its grid before it stopped finds it there: `results.save_grid`)
+        return
+    models = {(stage, p.lr, p.dropout, (hidden if STAGES[stage].is_mlp else None) or STAGES[stage].hidden, p.seed)
+              for stage in args.stages for hidden in args.hidden or [None]
+              for p in grid_points(stage, args.lr, args.dropout, args.seeds, args.first_seed)}
+    for i, grid in enumerate(saved["grids"]):
+        held = {(r["stage"], r["lr"], r["dropout"], r["hidden"], r["seed"]) for r in saved["rows"] if r["grid"] == i}
+        if (grid["epochs"], grid.get("batch_size")) == (args.epochs, args.batch_size) and models <= held:
+            raise UsageError(f"--add: grid {i} of {path} ({grid['command']}) holds every model of this grid, trained as "
+                             "this one would be: nothing to add")
 
 
 def check_chosen_on(args) -> dict | None:

@@ -276,6 +276,20 @@ def test_a_retest_is_refused_when_the_sweep_it_adds_to_holds_the_seeds_that_chos
     assert_one_line_error(proc, "chose on seeds 0 to 3, which this grid or the sweep it adds to has")
 
 
+def test_add_refuses_a_grid_whose_every_model_a_grid_of_the_sweep_holds_as_it_would_train_it(tmp_path, refused):
+    """(The same command run again with --add trained the grid again and appended a copy of it.)"""
+    saved = sweep_of(fake_rows("mlp", 1e-3, val=0.4, test=0.4))  # mlp at lr 1e-3, seeds 0-3, 2 epochs of batches of 128
+    saved["grids"][0]["batch_size"] = 128
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+    add = ["--stages", "mlp", "--add", "--out", tmp_path]
+    for grid in (["--seeds", "4", "--epochs", "2"], ["--seeds", "2", "--first-seed", "2", "--epochs", "2"]):
+        assert refused("sweep.py", *add, *grid).endswith(f"--add: grid 0 of {tmp_path / 'sweep.json'} (c) holds every model "
+                                                         "of this grid, trained as this one would be: nothing to add")
+    for grid in (["--seeds", "5", "--epochs", "2"], ["--seeds", "4", "--epochs", "3"], ["--seeds", "4", "--epochs", "2", "--lr", "3e-3"],
+                 ["--seeds", "4", "--epochs", "2", "--batch-size", "64"]):  # a model more, or each trained otherwise
+        assert "--chosen-on: " in refused("sweep.py", *add, *grid, "--chosen-on", tmp_path / "none.json")  # (its check comes after)
+
+
 @pytest.mark.parametrize("contents, error", [
     (None, "not found"),
     (json.dumps(sweep_of(fake_rows("linear_ce", 1e-3, val=0.4, test=0.4))), "answers none of the questions, so it chose nothing"),
