@@ -72,6 +72,12 @@ BENCHMARK_LOOPS = {"jax": "JAX (lax.scan epoch)", "nnx_jit": "Flax nnx.jit step"
                    "torch_compile": "PyTorch, torch.compile"}
 
 
+def benchmark_loops(report: dict, benchmark: dict) -> list[str]:
+    """The loops of BENCHMARK_LOOPS that `benchmark` timed on every stage of `report` (compare.json's)."""
+    rows = {r["stage"]: r for r in benchmark["stages"]}
+    return [k for k in BENCHMARK_LOOPS if all(f"{k}_epoch_seconds" in rows.get(r["stage"], {}) for r in report["stages"])]
+
+
 def framework_comparison(report: dict, path: str | os.PathLike | None, benchmark: dict | None = None):
     """Test accuracy (mean ± std over seeds; no bar for one seed) per stage and framework, from
     `compare.json`; seconds per epoch as points on a log axis, from `benchmark` (the benchmark's
@@ -94,8 +100,7 @@ def framework_comparison(report: dict, path: str | os.PathLike | None, benchmark
                title=f"accuracy: mean ± std over {count(report['seeds'], 'seed')}, {count(report['epochs'], 'epoch')}")
     if benchmark is not None:
         rows = {r["stage"]: r for r in benchmark["stages"]}
-        loops = [k for k in BENCHMARK_LOOPS if all(f"{k}_epoch_seconds" in rows.get(s, {}) for s in stages)]
-        times = {k: [rows[s][f"{k}_epoch_seconds"] for s in stages] for k in loops}
+        times = {k: [rows[s][f"{k}_epoch_seconds"] for s in stages] for k in benchmark_loops(report, benchmark)}
         labels = BENCHMARK_LOOPS
         cpu = benchmark.get("cpu") or "?"  # a dict (model, kind, ...); a name alone in older benchmarks
         timed = (f"benchmark's {count(benchmark['seeds'], 'seed')}, {count(benchmark['epochs'], 'epoch')}, "

@@ -94,6 +94,14 @@ def main() -> None:
                       load_json("width_sweep", "linear_lstsq", "linear_ce_converged", "seeds", "epochs", "device"))
     from mnist_jax import plots
 
+    if args.compare is not None and timed is not None:
+        try:
+            loops = plots.benchmark_loops(compared, timed)
+        except (TypeError, KeyError, AttributeError):
+            raise UsageError(f"argument --benchmark: {args.benchmark} is damaged: no stages of timed loops") from None
+        if not loops:
+            raise UsageError(f"argument --benchmark: {args.benchmark} times no loop on every stage of {args.compare} "
+                             f"({', '.join(r['stage'] for r in compared['stages'])}): give a benchmark of those stages")
     written = []  # each drawn beside its place, and moved there once all are drawn: a failure leaves none
 
     def draw(name, fn, *fn_args):

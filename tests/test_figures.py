@@ -179,6 +179,19 @@ def test_make_assets_refuses_a_benchmark_without_its_comparison_and_damaged_json
     assert "damaged" in refused("make_assets.py", "--linearity", tmp_path / "linearity.json", "--out", tmp_path / "b")
 
 
+def test_make_assets_refuses_a_benchmark_that_did_not_time_every_stage_compared(tmp_path, refused):
+    """(The time axis had no point to scale to: a traceback, exit 1.) The committed benchmark of the three MLPs alone
+    beside the committed comparison of the five stages; a benchmark whose stages are no records."""
+    compare = ["--compare", ROOT / "assets" / "compare.json", "--out", tmp_path / "figures"]
+    line = refused("make_assets.py", *compare, "--benchmark", ROOT / "assets" / "zen2_repeat" / "benchmark.json")
+    assert line.endswith("benchmark.json times no loop on every stage of " + str(ROOT / "assets" / "compare.json")
+                         + " (linear_mse, linear_ce, mlp, mlp_dropout, mlp_bn): give a benchmark of those stages")
+    (tmp_path / "benchmark.json").write_text(json.dumps({"stages": [1], "seeds": 1, "rounds": 1, "device": "cpu"}))
+    assert refused("make_assets.py", *compare, "--benchmark", tmp_path / "benchmark.json").endswith(
+        "benchmark.json is damaged: no stages of timed loops")
+    assert not (tmp_path / "figures").exists()
+
+
 def test_make_assets_names_a_link_on_the_way_to_its_results_that_leads_nowhere_or_to_itself(tmp_path, refused):
     """(Both were told as results not found, with the advice to run the script that writes them.)"""
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
