@@ -230,8 +230,11 @@ RESULT_KEYS = {"results.json": ("stages", "steps", "command"), "sweep.json": ("g
                "benchmark.json": ("command", "device", "torch_loops")}
 
 
+FIGURE_MARK = {"Comment": "drawn by mnist_jax"}  # a PNG text chunk of every figure it draws (`plots.save_figure`)
+
+
 def is_result(path: Path) -> bool:
-    """Whether `path` is a result the scripts wrote, by name and content: `RESULT_KEYS`, study arrays, a Matplotlib PNG."""
+    """Whether `path` is a result the scripts wrote, by name and content: `RESULT_KEYS`, study arrays, a PNG of `FIGURE_MARK`."""
     if path.is_symlink() or not path.is_file():
         return False
     if path.name in RESULT_KEYS:
@@ -245,6 +248,6 @@ def is_result(path: Path) -> bool:
     if path.suffix == ".png":
         with open(path, "rb") as f:
             head = f.read(4096)
-        return head.startswith(b"\x89PNG") and b"Software\x00Matplotlib" in head
+        return head.startswith(b"\x89PNG") and b"tEXtComment\x00" + FIGURE_MARK["Comment"].encode() in head
     return False
 

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.patches import FancyBboxPatch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
-from mnist_jax.files import atomic_write
+from mnist_jax.files import FIGURE_MARK, atomic_write
 from mnist_jax.stages import STAGES, Stage, count, setting
 
 
@@ -19,7 +19,7 @@ def save_figure(fig, path: str | os.PathLike, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata=FIGURE_MARK)  # (`--overwrite` replaces a figure so marked alone)
     plt.close(fig)
 
 

@@ -176,6 +176,21 @@ def test_benchmark_overwrites_only_a_benchmarks_json(tmp_path, monkeypatch, caps
     assert "study.py" in (tmp_path / "benchmark.json").read_text()
 
 
+def test_make_assets_overwrites_a_figure_it_drew_and_never_a_users_matplotlib_png_of_the_same_name(tmp_path):
+    """(Any PNG Matplotlib wrote passed for the project's figure: a user's chart was replaced.)"""
+    import matplotlib.pyplot as plt
+
+    args = ["--linearity", ROOT / "assets" / "linearity.json", "--out", tmp_path, "--overwrite"]
+    assert run_script_in_process("make_assets.py", *args).returncode == 0  # draws width_sweep.png, then replaces it
+    assert run_script_in_process("make_assets.py", *args).returncode == 0
+    fig = plt.figure()
+    fig.savefig(tmp_path / "width_sweep.png")
+    plt.close(fig)
+    users = (tmp_path / "width_sweep.png").read_bytes()
+    assert_one_line_error(run_script_in_process("make_assets.py", *args), "width_sweep.png in", "will not be replaced")
+    assert (tmp_path / "width_sweep.png").read_bytes() == users
+
+
 def test_overwrite_in_a_clone_refuses_the_clone_in_one_line(tmp_path):
     """`--out .` in a clone of this project: everything stays, the message says why."""
     before = a_users_folder(tmp_path)
