@@ -28,7 +28,7 @@ from jax.typing import ArrayLike
 from mnist_jax.data import NUM_PIXELS
 from mnist_jax.errors import CheckpointError
 from mnist_jax.evaluate import to_inputs
-from mnist_jax.files import UNREADABLE, atomic_write, finite_number, is_run_metrics, json_text, npz_member
+from mnist_jax.files import UNREADABLE, atomic_write, finite_number, is_run_metrics, npz_member
 from mnist_jax.train import HISTORY_KEYS, RunResult, TrainConfig, TrainState, graph, init_state, make_optimizer
 
 if TYPE_CHECKING:
@@ -319,10 +319,20 @@ def to_nnx(run_dir: str | os.PathLike, which: str = "final") -> nnx.Sequential:
 def save_run(run: RunResult, run_dir: str | os.PathLike, metrics: dict, replacing: bool = False) -> None:
     """`checkpoint.npz` and `metrics.json`, each written whole beside its target before either replaces it, the checkpoint
     first: a write that fails (a full disk) leaves the two as they were, and the metrics never describe a state not saved.
-    `replacing`: the run there is another's, whose metrics go just before its checkpoint does."""
+    `replacing`: the run there is another's, whose metrics go just before its checkpoint does. Refused before anything
+    is written: a `run` or `metrics` of another type, metrics JSON cannot hold, a file there of the same name not a run's."""
+    if not isinstance(run, RunResult) or not isinstance(metrics, dict):
+        raise TypeError(f"save_run: expected a RunResult and a dict of metrics, got {type(run).__name__} and {type(metrics).__name__}")
+    try:
+        text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as e:  # (an object JSON does not know, NaN or infinity)
+        raise ValueError(f"save_run metrics: {e}") from None
     metrics_file = Path(run_dir) / "metrics.json"
+    for path, ours in ((metrics_file, is_run_metrics), (Path(run_dir) / CHECKPOINT_FILE, is_checkpoint)):
+        if path.is_symlink() or path.exists() and not ours(path):
+            raise FileExistsError(f"save_run: {path} is not a run's {path.name}, and will not be replaced")
     with atomic_write(metrics_file) as metrics_tmp:
-        metrics_tmp.write_text(json_text(metrics))
+        metrics_tmp.write_text(text)
         with atomic_write(Path(run_dir) / CHECKPOINT_FILE) as checkpoint_tmp:  # (renamed in as this block ends)
             write_checkpoint(run, checkpoint_tmp)
             if replacing:

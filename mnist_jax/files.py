@@ -118,11 +118,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_write(path) as tmp:
-        tmp.write_text(json_text(obj))
-
-
-def json_text(obj) -> str:
-    return json.dumps(obj, indent=2) + "\n"
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 class FolderBusy(Exception):

@@ -2,6 +2,7 @@
 exactly, damaged checkpoints are refused, reruns are identical."""
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -268,6 +269,35 @@ def saved_run(tmp_path):
     history = [{"epoch": e, "train_loss": 0.3, "train_accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.9, "seconds": 0.1} for e in (1, 2)]
     save_run(RunResult(config, "cpu", state, state, 2, history), tmp_path, {})
     return tmp_path
+
+
+def a_run() -> RunResult:
+    config = TrainConfig("linear_ce", epochs=1)
+    state = init_state(config, jax.random.key(0), make_optimizer(config))
+    return RunResult(config, "cpu", state, state, 1, [])
+
+
+@pytest.mark.parametrize("run, metrics, error, message", [
+    (a_run, {"seconds": float("nan")}, ValueError, "save_run metrics: Out of range float values are not JSON compliant"),
+    (a_run, {"note": object()}, ValueError, "save_run metrics: Object of type object is not JSON serializable"),
+    (a_run, None, TypeError, "save_run: expected a RunResult and a dict of metrics, got RunResult and NoneType"),
+    (lambda: None, {}, TypeError, "save_run: expected a RunResult and a dict of metrics, got NoneType and dict"),
+])
+def test_save_run_refuses_what_it_cannot_save_before_making_the_folder(tmp_path, run, metrics, error, message):
+    """(Each left an empty run folder, a `metrics.json` of `null`, or one holding NaN, which is no JSON.)"""
+    with pytest.raises(error, match=f"^{re.escape(message)}"):  # (some Python versions add the value, ": nan")
+        save_run(run(), tmp_path / "run", metrics)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "checkpoint.npz"])
+def test_save_run_never_replaces_a_file_of_a_name_it_writes_that_is_not_a_runs(tmp_path, name):
+    """(A user's notes named metrics.json were replaced by the run's metrics, where train.py --out refuses the folder.)"""
+    (tmp_path / name).write_text("my own notes")
+    run = a_run()
+    with pytest.raises(FileExistsError, match=f"^save_run: {re.escape(str(tmp_path / name))} is not a run's {name}, and will not be replaced$"):
+        save_run(run, tmp_path, run_record(run))
+    assert [p.name for p in tmp_path.iterdir()] == [name] and (tmp_path / name).read_text() == "my own notes"
 
 
 HAND_EDITED = {
