@@ -211,8 +211,11 @@ def without_frozen_moments(saved: optax.OptState, masked: optax.OptState) -> opt
     return masked._replace(count=saved.count, hyperparams=saved.hyperparams, hyperparams_states=saved.hyperparams_states, inner_state=inner)
 
 
-def check_which(which: str, function: str) -> None:
-    """`which` names a model of a run, else a `ValueError` naming `function`, the one the user called."""
+def check_which(run_dir: str | os.PathLike, which: str, function: str) -> None:
+    """`run_dir` is a path and `which` names a model of a run, else a `TypeError` or `ValueError` naming `function`,
+    the one the user called."""
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"{function}: expected the folder of a run (a str or a path), got {type(run_dir).__name__}")
     if which not in ("final", "best"):
         raise ValueError(f"{function} which: expected 'final' or 'best', got {which!r}")
 
@@ -223,7 +226,7 @@ def load_model(run_dir: str | os.PathLike, which: str = "final") -> tuple[nnx.Mo
     (`train=True`, for the MLPs), so `model.train()` and `model.eval()` change nothing. `to_nnx`: standard Flax layers."""
     from flax import nnx
 
-    check_which(which, "load_model")
+    check_which(run_dir, which, "load_model")
     run = load_run(run_dir)
     if len(run.history) < run.config.epochs:  # a run stopped before its end: its models are of the epochs saved
         warnings.warn(f"{run_dir} was stopped after epoch {len(run.history)} of {run.config.epochs}: its {which} model is of "
@@ -239,7 +242,7 @@ def load_classifier(run_dir: str | os.PathLike, which: str = "final") -> Callabl
     eval mode: `classes, probabilities = load_classifier("runs/mlp_bn-seed42")(images)`. Anything else: `ValueError`."""
     from flax import nnx
 
-    check_which(which, "load_classifier")
+    check_which(run_dir, which, "load_classifier")
     model, _ = load_model(run_dir, which)
     graphdef, state = nnx.split(model)
     probabilities = jax.jit(lambda state, x: jax.nn.softmax(nnx.merge(graphdef, state)(to_inputs(x))))
@@ -268,7 +271,7 @@ def _images(images: ArrayLike) -> np.ndarray:
     except Exception:  # noqa: BLE001  (ragged lists, torch tensors that require grad, ...: each raises its own kind)
         raise ValueError(f"{expected}a {type(images).__name__} that is no array of numbers") from None
     real = x.dtype.kind in "ui" or jnp.issubdtype(x.dtype, jnp.floating)  # any float: bfloat16 too
-    if not real or x.shape not in IMAGE_SHAPES[:2] and x.shape[1:] not in IMAGE_SHAPES:
+    if not real or x.shape not in IMAGE_SHAPES[:2] and x.shape[1:] not in IMAGE_SHAPES and x.shape != (0,):  # ([]: no images)
         kind = "" if real or isinstance(images, np.ndarray) else f" (a {type(images).__name__})"
         raise ValueError(f"{expected}{dtype}{list(x.shape)}{kind}")
     top = 1 if x.dtype.kind not in "ui" else 255
@@ -286,7 +289,7 @@ def to_nnx(run_dir: str | os.PathLike, which: str = "final") -> nnx.Sequential:
     `models.BatchNorm1d` keeps PyTorch's unbiased one), `nnx.relu`, `nnx.Dropout`. It takes (N, 784) floats in [0, 1]."""
     from flax import nnx
 
-    check_which(which, "to_nnx")
+    check_which(run_dir, which, "to_nnx")
     model, config = load_model(run_dir, which)
     params, stats = (nnx.to_pure_dict(nnx.state(model, kind)) for kind in (nnx.Param, nnx.BatchStat))
     rngs = nnx.Rngs(0)  # the layers' initial values, all replaced; and the dropout masks, if trained

@@ -90,6 +90,7 @@ class LinearClassifier(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         chex.assert_shape(x, (None, NUM_PIXELS))
+        chex.assert_type(x, float)  # pixels in [0, 1]: raw uint8 images go through `evaluate.to_inputs` first
         return self.linear(x)
 
 
@@ -116,6 +117,7 @@ class MLP(nnx.Module):
                  dropout_rate: jax.Array | None = None) -> jax.Array:
         """`dropout_rate` (default: the model's own) may be an array: one program, many rates (any its bits make exact)."""
         chex.assert_shape(x, (None, NUM_PIXELS))
+        chex.assert_type(x, float)  # pixels in [0, 1]: raw uint8 images go through `evaluate.to_inputs` first
         h = self.hidden(x)
         if self.frozen_hidden:
             h = jax.lax.stop_gradient(h)

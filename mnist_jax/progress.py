@@ -24,7 +24,9 @@ CHUNK = re.compile(r"[a-z][a-z0-9_]*-hidden\d+-bits\d+-from\d+-\d+\.npz")  # the
 def option_difference(name: str, asked, saved) -> str:
     """'--name asked (saved: saved)', each value as the command line gives it: None was none (the script's default)."""
     def shown(value) -> str:
-        return "not given" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        if value is None or value is False:  # (a flag not given)
+            return "not given"
+        return "given" if value is True else ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
     return f"{'the script' if name == 'script' else '--' + name.replace('_', '-')} {shown(asked)} (saved: {shown(saved)})"
 

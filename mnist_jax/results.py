@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -335,8 +336,9 @@ def _read_arrays(path: Path, report: dict) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_study(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+def load_study(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """`results.json` and the `study_arrays.npz` beside it, as `save_study` wrote them."""
+    path = Path(path)
     report = _read(path, "scripts/study.py", _read_study)
     arrays = _read(path.with_name("study_arrays.npz"), "scripts/study.py", lambda p: _read_arrays(p, report))
     _read(path, "scripts/study.py", lambda p: _check_images(report, arrays))
@@ -396,6 +398,6 @@ def _read_sweep(path: Path) -> dict:
     return sweep
 
 
-def load_sweep(path: Path) -> dict:
+def load_sweep(path: str | os.PathLike) -> dict:
     """`sweep.json` as `save_grid` wrote it."""
-    return _read(path, "scripts/sweep.py", _read_sweep)
+    return _read(Path(path), "scripts/sweep.py", _read_sweep)

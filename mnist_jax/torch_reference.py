@@ -50,7 +50,7 @@ def to_torch(run_dir, which: str = "final") -> nn.Sequential:
 
     from mnist_jax.checkpoint import check_which, load_model
 
-    check_which(which, "to_torch")
+    check_which(run_dir, which, "to_torch")
     model, config = load_model(run_dir, which)
     with torch.random.fork_rng():  # the initial weights it draws, all replaced, leave torch's global RNG as it was
         exported = build_model(config.stage, config.hidden, config.dropout)

@@ -88,7 +88,8 @@ def check_chosen_on(args) -> dict | None:
         ours |= {r["seed"] for r in load_sweep(args.out / RESULTS[0])["rows"]}
     if ours & set(used):
         where = "this grid or the sweep it adds to" if args.add else "this grid"
-        raise UsageError(f"--chosen-on: {args.chosen_on} chose on seeds {used[0]} to {used[-1]}, which {where} has; "
+        chose_on = f"{used[0]} to {used[-1]}" if used == list(range(used[0], used[-1] + 1)) else ", ".join(map(str, used))
+        raise UsageError(f"--chosen-on: {args.chosen_on} chose on seeds {chose_on}, which {where} has; "
                          f"fresh seeds start past them, --first-seed {used[-1] + 1}")
     print(f"re-testing on fresh seeds what {args.chosen_on} chose: {', '.join(answered)}")
     return chosen_on

@@ -373,6 +373,15 @@ def test_load_model_refuses_a_model_it_does_not_have(saved_run):
         load_model(saved_run, "bset")
 
 
+@pytest.mark.parametrize("function", [load_classifier, load_model, to_nnx, to_torch])
+def test_a_run_folder_of_another_type_is_refused_naming_the_function_called(function):
+    """(Python's own TypeError named no call: 'expected str, bytes or os.PathLike object, not NoneType'.)"""
+    for folder in (None, b"runs/mlp-seed42"):
+        with pytest.raises(TypeError, match=f"^{function.__name__}: expected the folder of a run \\(a str or a path\\), got "
+                                            f"{type(folder).__name__}$"):
+            function(folder)
+
+
 @pytest.mark.parametrize("function", [load_classifier, to_nnx, to_torch])
 def test_a_model_a_run_does_not_have_is_refused_naming_the_function_called(saved_run, function):
     with pytest.raises(ValueError, match=f"^{function.__name__} which: expected 'final' or 'best', got 'fina'$"):
@@ -392,8 +401,12 @@ def test_load_classifier_takes_tfds_and_torchvision_shapes_any_float_and_an_empt
         np.testing.assert_array_equal(classify(same)[0], classes)
     with pytest.raises(ValueError, match=r"got bfloat16\[1, 28, 28\] from 3.0 to 3.0$"):  # (as given, not as converted)
         classify(torch.full((1, 28, 28), 3.0, dtype=torch.bfloat16))
-    empty = classify(np.zeros((0, 28, 28), np.uint8))
-    assert empty[0].shape == (0,) and empty[1].shape == (0, 10)
+    for none in (np.zeros((0, 28, 28), np.uint8), []):  # ([] was refused as float64[0])
+        empty = classify(none)
+        assert empty[0].shape == (0,) and empty[1].shape == (0, 10)
+    model, _ = load_model(saved_run)  # a module takes floats: raw images, the classifier's, are refused, not misread
+    with pytest.raises(AssertionError, match="assert_type"):
+        model(images.reshape(3, 784).astype(np.uint8))
 
 
 @pytest.mark.parametrize("images, got", [

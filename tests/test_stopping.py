@@ -23,7 +23,7 @@ from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, load_s
 from mnist_jax import cli, data
 from mnist_jax.checkpoint import load_run, save_run
 from mnist_jax.files import LOCK, release_locks
-from mnist_jax.progress import GridProgress
+from mnist_jax.progress import GridProgress, option_difference
 from mnist_jax.stages import STAGES
 from mnist_jax.train import RunResult, TrainConfig, init_state, make_optimizer
 
@@ -569,6 +569,12 @@ def parse_grid(tmp_path, *argv):
 
 
 CHUNK, STATES = "mlp-hidden256-bits1-from0-3", {"kernel": np.ones((3, 784, 10), np.float32)}
+
+
+def test_a_flag_that_differs_on_resume_is_told_as_given_or_not():
+    """(A sweep started with --add and resumed without it was told '--add False (saved: True)'.)"""
+    assert option_difference("add", False, True) == "--add not given (saved: given)"
+    assert option_difference("lr", None, 0.05) == "--lr not given (saved: 0.05)"
 
 
 def test_overwrite_never_reads_the_progress_of_the_work_it_replaces(tmp_path, capsys):

@@ -131,7 +131,7 @@ def test_a_study_of_one_seed_has_no_interval_and_calls_no_step_significant(tiny,
     # one seed still has test images to resample: 50 of 1,000 answers better, none worse
     assert images["difference"] == pytest.approx(0.05) and 0 < images["ci95"][0] < 0.05 < images["ci95"][1] and images["significant"]
     report["steps"][0]["images_and_seeds"] = images
-    assert load_study(tmp_path / "results.json")[0] == report  # valid as written
+    assert load_study(tmp_path / "results.json")[0] == report == load_study(str(tmp_path / "results.json"))[0]  # valid as written
     load_script("study.py").print_report(report)
     out = capsys.readouterr().out.splitlines()
     assert next(line for line in out if line.startswith("| `mlp` |")).endswith("| 100.00 ± n/a | [n/a] | 100.00, 100.00, 100.00 |")

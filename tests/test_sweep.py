@@ -264,6 +264,15 @@ def test_a_retest_on_seeds_that_chose_is_refused_before_training(tmp_path):
     assert not (tmp_path / "fresh").exists()
 
 
+def test_a_retest_refused_names_the_seeds_that_chose_as_they_are(tmp_path):
+    """(Seeds 0, 1, 5 and 6 were told as 'seeds 0 to 6', as if --first-seed 3 were refused too.)"""
+    rows = [row for stage in ("mlp", "mlp_bn") for first in (0, 5) for row in fake_rows(stage, 1e-3, 0.4, 0.4, seeds=2, first_seed=first)]
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep_of(rows)))
+    proc = run_script_in_process("sweep.py", "--stages", "mlp", "--seeds", "2", "--first-seed", "5", "--chosen-on", tmp_path / "sweep.json",
+                                 "--out", tmp_path / "fresh")
+    assert_one_line_error(proc, "chose on seeds 0, 1, 5, 6, which this grid has; fresh seeds start past them, --first-seed 7")
+
+
 def test_a_retest_is_refused_when_the_sweep_it_adds_to_holds_the_seeds_that_chose(tmp_path):
     """With --add the answers read the grids already there: the choosing sweep copied and added to passed
     its own seeds off as a re-test."""
