@@ -11,6 +11,7 @@ docstring says why); reading checks the arrays against those its config describe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -55,9 +56,14 @@ def save_checkpoint(run: RunResult, run_dir: str | os.PathLike) -> None:
         write_checkpoint(run, tmp)
 
 
-def write_checkpoint(run: RunResult, path: Path) -> None:
-    meta = {"format": FORMAT, "config": dataclasses.asdict(run.config), "device": run.device, "best_epoch": run.best_epoch,
+def run_meta(run: RunResult) -> dict:
+    """What a checkpoint records of `run` beside its arrays."""
+    return {"format": FORMAT, "config": dataclasses.asdict(run.config), "device": run.device, "best_epoch": run.best_epoch,
             "history": run.history}
+
+
+def write_checkpoint(run: RunResult, path: Path) -> None:
+    meta = run_meta(run)
     arrays = {_name(place): np.asarray(leaf) for place, leaf in jax.tree_util.tree_leaves_with_path(_tree(run.final, run.best))}
     with open(path, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
@@ -323,20 +329,33 @@ def save_run(run: RunResult, run_dir: str | os.PathLike, metrics: dict, replacin
     """`checkpoint.npz` and `metrics.json`, each written whole beside its target before either replaces it, the checkpoint
     first: a write that fails (a full disk) leaves the two as they were, and the metrics never describe a state not saved.
     `replacing`: the run there is another's, whose metrics go just before its checkpoint does. Refused before anything
-    is written: a `run` or `metrics` of another type, metrics JSON cannot hold, a file there of the same name not a run's."""
-    if not isinstance(run, RunResult) or not isinstance(metrics, dict):
-        raise TypeError(f"save_run: expected a RunResult and a dict of metrics, got {type(run).__name__} and {type(metrics).__name__}")
+    is written: arguments of other types, a run `load_run` would refuse (a loss that is not finite, say), metrics JSON
+    cannot hold, a file there of a name it writes that is not a run's (metrics.json is a run's beside its checkpoint)."""
+    if not isinstance(run, RunResult) or not isinstance(run_dir, (str, os.PathLike)) or not isinstance(metrics, dict):
+        raise TypeError(f"save_run: expected a RunResult, the folder of the run (a str or a path) and a dict of metrics, "
+                        f"got {type(run).__name__}, {type(run_dir).__name__} and {type(metrics).__name__}")
     try:
-        text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+        _check_meta(run_meta(run))
+    except (TypeError, ValueError, KeyError) as e:  # (as `load_run` would refuse it: a row without a figure, one not finite)
+        raise ValueError(f"save_run run: {e}") from None
+    try:
+        metrics_text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as e:  # (an object JSON does not know, NaN or infinity)
         raise ValueError(f"save_run metrics: {e}") from None
-    metrics_file = Path(run_dir) / "metrics.json"
-    for path, ours in ((metrics_file, is_run_metrics), (Path(run_dir) / CHECKPOINT_FILE, is_checkpoint)):
+    metrics_file, checkpoint_file = Path(run_dir) / "metrics.json", Path(run_dir) / CHECKPOINT_FILE
+    for path, ours in ((metrics_file, lambda p: is_run_metrics(p) or is_checkpoint(checkpoint_file)), (checkpoint_file, is_checkpoint)):
         if path.is_symlink() or path.exists() and not ours(path):
             raise FileExistsError(f"save_run: {path} is not a run's {path.name}, and will not be replaced")
-    with atomic_write(metrics_file) as metrics_tmp:
-        metrics_tmp.write_text(text)
-        with atomic_write(Path(run_dir) / CHECKPOINT_FILE) as checkpoint_tmp:  # (renamed in as this block ends)
-            write_checkpoint(run, checkpoint_tmp)
-            if replacing:
-                metrics_file.unlink(missing_ok=True)
+    made = not Path(run_dir).exists()
+    try:
+        with atomic_write(metrics_file) as metrics_tmp:
+            metrics_tmp.write_text(metrics_text)
+            with atomic_write(checkpoint_file) as checkpoint_tmp:  # (renamed in as this block ends)
+                write_checkpoint(run, checkpoint_tmp)
+                if replacing:
+                    metrics_file.unlink(missing_ok=True)
+    except BaseException:
+        if made:  # (arrays that could not be written: the folder made for them goes too)
+            with contextlib.suppress(OSError):
+                Path(run_dir).rmdir()
+        raise

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, assert_one_line_error, run_script, run_script_in_process
 from mnist_jax import memory
 from mnist_jax.checkpoint import save_run
-from mnist_jax.train import RunResult, TrainConfig, init_state, make_optimizer, run_record
+from mnist_jax.train import RunResult, TrainConfig, init_state, make_optimizer
 
 # A test that runs a script is slow (those on the real MNIST are marked so by conftest); one that asks
 # a script's parser in this process is quick.
@@ -224,18 +224,18 @@ def test_a_disk_with_room_for_the_checkpoint_alone_keeps_the_saved_pair_as_it_wa
     state = init_state(config, jax.random.key(0), make_optimizer(config))
     rows = [{"epoch": epoch, "train_loss": 2.3, "train_accuracy": 0.1, "val_loss": 2.3, "val_accuracy": 0.1} for epoch in (1, 2)]
     runs = [RunResult(config, "cpu", state, state, 1, rows[:epochs]) for epochs in (1, 2)]
-    save_run(runs[1], tmp_path / "measured", run_record(runs[1]))
+    save_run(runs[1], tmp_path / "measured", {"history": rows})
     pages = -(-(tmp_path / "measured" / "checkpoint.npz").stat().st_size // 4096)  # what a checkpoint takes on the tmpfs
     with tmpfs(tmp_path / "disk", "512k") as disk:
         for out, saved in ((disk / "new", None), (disk / "saved", runs[0])):
             out.mkdir()  # (as the script claims it, before training)
             if saved:
-                save_run(saved, out, run_record(saved))
+                save_run(saved, out, {"history": saved.history})
             before = {name: (out / name).read_bytes() for name in ("checkpoint.npz", "metrics.json")} if saved else {}
             free = os.statvfs(disk)
             (disk / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - pages * 4096))  # room for one checkpoint
             with pytest.raises(OSError) as failed:
-                save_run(runs[1], out, run_record(runs[1]))
+                save_run(runs[1], out, {"history": rows})
             assert failed.value.errno == errno.ENOSPC and failed.value.filename == str(out / "checkpoint.npz")
             assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file either
             (disk / "filler").unlink()

@@ -1,6 +1,7 @@
 """Faults lose nothing: divergence stops cleanly, runs killed at any moment resume
 exactly, damaged checkpoints are refused, reruns are identical."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -271,23 +272,41 @@ def saved_run(tmp_path):
     return tmp_path
 
 
-def a_run() -> RunResult:
+def a_run(history: list[dict] = ()) -> RunResult:
     config = TrainConfig("linear_ce", epochs=1)
     state = init_state(config, jax.random.key(0), make_optimizer(config))
-    return RunResult(config, "cpu", state, state, 1, [])
+    return RunResult(config, "cpu", state, state, len(history), list(history))
 
 
-@pytest.mark.parametrize("run, metrics, error, message", [
-    (a_run, {"seconds": float("nan")}, ValueError, "save_run metrics: Out of range float values are not JSON compliant"),
-    (a_run, {"note": object()}, ValueError, "save_run metrics: Object of type object is not JSON serializable"),
-    (a_run, None, TypeError, "save_run: expected a RunResult and a dict of metrics, got RunResult and NoneType"),
-    (lambda: None, {}, TypeError, "save_run: expected a RunResult and a dict of metrics, got NoneType and dict"),
+ROW = {"epoch": 1, "train_loss": 0.3, "train_accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.9, "seconds": 0.1}
+
+
+@pytest.mark.parametrize("run, folder, metrics, error, message", [
+    (a_run, "run", {"seconds": float("nan")}, ValueError, "save_run metrics: Out of range float values are not JSON compliant"),
+    (a_run, "run", {"note": object()}, ValueError, "save_run metrics: Object of type object is not JSON serializable"),
+    (lambda: a_run([ROW | {"val_loss": float("nan")}]), "run", {}, ValueError,
+     "save_run run: history of epoch 1: val_loss is nan, not a finite number"),
+    (lambda: dataclasses.replace(a_run([ROW]), final=None), "run", {}, AttributeError, "'NoneType' object has no attribute 'params'"),
+    (a_run, "run", None, TypeError, "save_run: expected a RunResult, the folder of the run (a str or a path) and a dict of "
+                                    "metrics, got RunResult, PosixPath and NoneType"),
+    (lambda: None, "run", {}, TypeError, "save_run: expected a RunResult, the folder of the run (a str or a path) and a "
+                                         "dict of metrics, got NoneType, PosixPath and dict"),
+    (a_run, None, {}, TypeError, "save_run: expected a RunResult, the folder of the run (a str or a path) and a dict of "
+                                 "metrics, got RunResult, NoneType and dict"),
 ])
-def test_save_run_refuses_what_it_cannot_save_before_making_the_folder(tmp_path, run, metrics, error, message):
+def test_save_run_refuses_what_it_cannot_save_and_leaves_no_folder(tmp_path, run, folder, metrics, error, message):
     """(Each left an empty run folder, a `metrics.json` of `null`, or one holding NaN, which is no JSON.)"""
     with pytest.raises(error, match=f"^{re.escape(message)}"):  # (some Python versions add the value, ": nan")
-        save_run(run(), tmp_path / "run", metrics)
-    assert not (tmp_path / "run").exists()
+        save_run(run(), folder and tmp_path / folder, metrics)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_run_saves_a_run_again_with_metrics_of_its_own(tmp_path):
+    """A notebook's loop saving after every epoch with metrics of its own: the metrics.json beside the run's
+    checkpoint is the run's to replace."""
+    for epochs in (1, 2):
+        save_run(a_run([ROW | {"epoch": e} for e in range(1, epochs + 1)]), tmp_path, {"note": "mine", "epochs": epochs})
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2 and len(load_run(tmp_path).history) == 2
 
 
 @pytest.mark.parametrize("name", ["metrics.json", "checkpoint.npz"])
