@@ -169,7 +169,9 @@ def refuse_existing(args: argparse.Namespace, script: str, names: tuple[str, ...
                          "or choose another --out")
     if alien := [name for name in found if not files.is_result(args.out / name)]:
         is_, it = ("is", "it") if len(alien) == 1 else ("are", "them")
-        raise UsageError(f"--out: {', '.join(alien)} in {args.out} {is_} not {script}'s results "
+        figures = (" (a figure is replaced only if it carries the mark of the figures this project draws, which those drawn "
+                   "by its earlier versions lack)") if any(name.endswith(".png") for name in alien) else ""
+        raise UsageError(f"--out: {', '.join(alien)} in {args.out} {is_} not {script}'s results{figures} "
                          f"and will not be replaced: move {it} or choose another --out")
 
 

@@ -187,7 +187,9 @@ def test_make_assets_overwrites_a_figure_it_drew_and_never_a_users_matplotlib_pn
     fig.savefig(tmp_path / "width_sweep.png")
     plt.close(fig)
     users = (tmp_path / "width_sweep.png").read_bytes()
-    assert_one_line_error(run_script_in_process("make_assets.py", *args), "width_sweep.png in", "will not be replaced")
+    assert_one_line_error(run_script_in_process("make_assets.py", *args), "width_sweep.png in", "will not be replaced",
+                          "(a figure is replaced only if it carries the mark of the figures this project draws, which those "
+                          "drawn by its earlier versions lack)")
     assert (tmp_path / "width_sweep.png").read_bytes() == users
 
 
