@@ -235,8 +235,8 @@ def load_model(run_dir: str | os.PathLike, which: str = "final") -> tuple[nnx.Mo
     check_which(run_dir, which, "load_model")
     run = load_run(run_dir)
     if len(run.history) < run.config.epochs:  # a run stopped before its end: its models are of the epochs saved
-        warnings.warn(f"{run_dir} was stopped after epoch {len(run.history)} of {run.config.epochs}: its {which} model is of "
-                      "those epochs (scripts/train.py --resume continues it)", stacklevel=2)
+        warnings.warn(f"{run_dir} ended after epoch {len(run.history)} of {run.config.epochs} (stopped, or its loss stopped "
+                      f"being finite): its {which} model is of those epochs", stacklevel=2)
     state = run.final if which == "final" else run.best
     return nnx.merge(graph(run.config), state.params, state.batch_stats), run.config
 

@@ -82,6 +82,14 @@ class Dropout(nnx.Module):
         return jnp.where(draws >= threshold, x / (1 - rate), 0)
 
 
+def check_pixels(x: jax.Array, model: str) -> None:
+    """(N, 784) floats, else an error naming `model` (integers would pass as pixels of up to 255, not 1)."""
+    chex.assert_shape(x, (None, NUM_PIXELS))
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{model}: expected (N, 784) floats in [0, 1], got {x.dtype}: raw images go through "
+                        "evaluate.to_inputs first (checkpoint.load_classifier takes them as they are)")
+
+
 class LinearClassifier(nnx.Module):
     """784 -> 10: one affine map from pixels to class scores."""
 
@@ -89,8 +97,7 @@ class LinearClassifier(nnx.Module):
         self.linear = torch_linear(NUM_PIXELS, NUM_CLASSES, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        chex.assert_shape(x, (None, NUM_PIXELS))
-        chex.assert_type(x, float)  # pixels in [0, 1]: raw uint8 images go through `evaluate.to_inputs` first
+        check_pixels(x, type(self).__name__)
         return self.linear(x)
 
 
@@ -116,8 +123,7 @@ class MLP(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None,
                  dropout_rate: jax.Array | None = None) -> jax.Array:
         """`dropout_rate` (default: the model's own) may be an array: one program, many rates (any its bits make exact)."""
-        chex.assert_shape(x, (None, NUM_PIXELS))
-        chex.assert_type(x, float)  # pixels in [0, 1]: raw uint8 images go through `evaluate.to_inputs` first
+        check_pixels(x, type(self).__name__)
         h = self.hidden(x)
         if self.frozen_hidden:
             h = jax.lax.stop_gradient(h)

@@ -87,8 +87,10 @@ def main() -> None:
                              "linear_ce and mlp at several rates)")
     if args.compare is not None:
         compared = read(args.compare, "--compare", "compare", load_json("stages", "seeds", "epochs", "device"))
+        if not all(isinstance(r, dict) and isinstance(r.get("stage"), str) for r in compared["stages"]):
+            raise UsageError(f"argument --compare: {args.compare} is damaged: its stages are not records of named stages")
         timed = None if args.benchmark is None else read(args.benchmark, "--benchmark", "benchmark",
-                                                         load_json("stages", "seeds", "rounds", "device"))
+                                                         load_json("stages", "seeds", "epochs", "rounds", "device"))
     if args.linearity is not None:
         linear = read(args.linearity, "--linearity", "linearity",
                       load_json("width_sweep", "linear_lstsq", "linear_ce_converged", "seeds", "epochs", "device"))

@@ -186,9 +186,16 @@ def test_make_assets_refuses_a_benchmark_that_did_not_time_every_stage_compared(
     line = refused("make_assets.py", *compare, "--benchmark", ROOT / "assets" / "zen2_repeat" / "benchmark.json")
     assert line.endswith("benchmark.json times no loop on every stage of " + str(ROOT / "assets" / "compare.json")
                          + " (linear_mse, linear_ce, mlp, mlp_dropout, mlp_bn): give a benchmark of those stages")
-    (tmp_path / "benchmark.json").write_text(json.dumps({"stages": [1], "seeds": 1, "rounds": 1, "device": "cpu"}))
+    (tmp_path / "benchmark.json").write_text(json.dumps({"stages": [1], "seeds": 1, "epochs": 1, "rounds": 1, "device": "cpu"}))
     assert refused("make_assets.py", *compare, "--benchmark", tmp_path / "benchmark.json").endswith(
         "benchmark.json is damaged: no stages of timed loops")
+    compared = json.loads((ROOT / "assets" / "compare.json").read_text())
+    for row in compared["stages"]:
+        del row["stage"]
+    (tmp_path / "compare.json").write_text(json.dumps(compared))  # (was blamed on the benchmark beside it)
+    assert refused("make_assets.py", "--compare", tmp_path / "compare.json", "--out", tmp_path / "figures",
+                   "--benchmark", ROOT / "assets" / "benchmark_cpu_amd-epyc-f26m2-avx512.json").endswith(
+        "compare.json is damaged: its stages are not records of named stages")
     assert not (tmp_path / "figures").exists()
 
 
