@@ -29,6 +29,16 @@ def grid_points(stage: str, lrs: list[float] | None, dropouts: list[float] | Non
     return [Point(seed, lr, rate) for lr, rate, seed in itertools.product(lrs, dropouts, range(first_seed, first_seed + seeds))]
 
 
+MODEL_KEYS = ("stage", "lr", "dropout", "hidden", "seed")  # what names a model in its row of `sweep.json`
+
+
+def grid_model(stage: str, point: Point, hidden: int | None) -> dict:
+    """The `MODEL_KEYS` of a grid's model at `point` (`hidden` None: the stage's own width)."""
+    spec = STAGES[stage]
+    return dict(zip(MODEL_KEYS, (stage, float(point.lr), float(point.dropout), (hidden if spec.is_mlp else None) or spec.hidden,
+                                 int(point.seed))))
+
+
 def run_grid(stages: list[str], data: MNIST, *, lrs: list[float] | None = None, dropouts: list[float] | None = None,
              hiddens: list[int | None] = (None,), seeds: int = 10, first_seed: int = 0, epochs: int = 5, batch_size: int = 128,
              models_at_once: int | None = None, on_stage: Callable[[str, int], Callable[[int, int], None]] | None = None,
@@ -59,9 +69,8 @@ def run_grid(stages: list[str], data: MNIST, *, lrs: list[float] | None = None, 
         name = stage if not spec.is_mlp else f"{stage} (hidden {config.hidden or spec.hidden})"
         result = train_grid(config, data, points, on_epoch=on_stage(name, len(points)) if on_stage else None,
                             models_at_once=models_at_once, progress=progress)
-        rows += [{"stage": stage, "lr": float(point.lr), "dropout": float(point.dropout), "hidden": config.hidden or spec.hidden,
-                  "seed": int(point.seed), "test_accuracy": float(accuracy), "best_val_epoch": best_val_epoch(history),
-                  "history": history}
+        rows += [grid_model(stage, point, hidden) | {"test_accuracy": float(accuracy), "best_val_epoch": best_val_epoch(history),
+                                                     "history": history}
                  for point, history, accuracy in zip(result.points, result.history, result.test_accuracies, strict=True)]
         compile_seconds += result.compile_seconds
         train_seconds += result.train_seconds

@@ -41,7 +41,7 @@ def build_parser() -> cli.ArgumentParser:
 def check_add(args) -> None:
     """--add extends a sweep.json that is there and whole, with a grid none of its grids holds whole already."""
     from mnist_jax.results import load_sweep
-    from mnist_jax.sweep import grid_points
+    from mnist_jax.sweep import MODEL_KEYS, grid_model, grid_points
 
     path = args.out / RESULTS[0]
     if not path.is_file():
@@ -52,11 +52,10 @@ def check_add(args) -> None:
         raise UsageError(f"--add: {e}") from None
     if args.resume:  # (a resumed --add that wrote its grid before it stopped finds it there: `results.save_grid`)
         return
-    models = {(stage, p.lr, p.dropout, (hidden if STAGES[stage].is_mlp else None) or STAGES[stage].hidden, p.seed)
-              for stage in args.stages for hidden in args.hidden or [None]
+    models = {tuple(grid_model(stage, p, hidden).values()) for stage in args.stages for hidden in args.hidden or [None]
               for p in grid_points(stage, args.lr, args.dropout, args.seeds, args.first_seed)}
     for i, grid in enumerate(saved["grids"]):
-        held = {(r["stage"], r["lr"], r["dropout"], r["hidden"], r["seed"]) for r in saved["rows"] if r["grid"] == i}
+        held = {tuple(r[k] for k in MODEL_KEYS) for r in saved["rows"] if r["grid"] == i}
         if (grid["epochs"], grid.get("batch_size")) == (args.epochs, args.batch_size) and models <= held:
             raise UsageError(f"--add: grid {i} of {path} ({grid['command']}) holds every model of this grid, trained as "
                              "this one would be: nothing to add")
@@ -86,13 +85,20 @@ def check_chosen_on(args) -> dict | None:
     ours = set(range(args.first_seed, args.first_seed + args.seeds))
     if args.add and (args.out / RESULTS[0]).is_file():  # the questions read the grids already there too
         ours |= {r["seed"] for r in load_sweep(args.out / RESULTS[0])["rows"]}
-    if ours & set(used):
+    if shared := sorted(ours & set(used)):
         where = "this grid or the sweep it adds to" if args.add else "this grid"
-        chose_on = f"{used[0]} to {used[-1]}" if used == list(range(used[0], used[-1] + 1)) else ", ".join(map(str, used))
-        raise UsageError(f"--chosen-on: {args.chosen_on} chose on seeds {chose_on}, which {where} has; "
+        has = f"which {where} has" if shared == used else f"of which {where} has {seeds(shared)}"
+        raise UsageError(f"--chosen-on: {args.chosen_on} chose on seeds {seeds(used)}, {has}; "
                          f"fresh seeds start past them, --first-seed {used[-1] + 1}")
     print(f"re-testing on fresh seeds what {args.chosen_on} chose: {', '.join(answered)}")
     return chosen_on
+
+
+def seeds(sorted_seeds: list[int]) -> str:
+    """'0 to 3', or '0, 1, 5, 6' where some are missing between them, or '3'."""
+    first, last = sorted_seeds[0], sorted_seeds[-1]
+    runs = len(sorted_seeds) > 2 and sorted_seeds == list(range(first, last + 1))
+    return f"{first} to {last}" if runs else ", ".join(map(str, sorted_seeds))
 
 
 def grid_config(args, stage: str, lr: float, seed: int, hidden: int | None, dropout: float) -> TrainConfig:

@@ -259,7 +259,7 @@ def test_a_retest_on_seeds_that_chose_is_refused_before_training(tmp_path):
     chosen_on.write_text(json.dumps(sweep_of(fake_rows("mlp", 1e-3, val=0.4, test=0.4) + fake_rows("mlp_bn", 1e-3, val=0.4, test=0.4))))
     proc = run_script_in_process("sweep.py", "--stages", "mlp", "--seeds", "2", "--first-seed", "3", "--chosen-on", chosen_on,
                                  "--out", tmp_path / "fresh")
-    assert_one_line_error(proc, f"--chosen-on: {chosen_on} chose on seeds 0 to 3, which this grid has; "
+    assert_one_line_error(proc, f"--chosen-on: {chosen_on} chose on seeds 0 to 3, of which this grid has 3; "
                                 "fresh seeds start past them, --first-seed 4")
     assert not (tmp_path / "fresh").exists()
 
@@ -270,7 +270,8 @@ def test_a_retest_refused_names_the_seeds_that_chose_as_they_are(tmp_path):
     (tmp_path / "sweep.json").write_text(json.dumps(sweep_of(rows)))
     proc = run_script_in_process("sweep.py", "--stages", "mlp", "--seeds", "2", "--first-seed", "5", "--chosen-on", tmp_path / "sweep.json",
                                  "--out", tmp_path / "fresh")
-    assert_one_line_error(proc, "chose on seeds 0, 1, 5, 6, which this grid has; fresh seeds start past them, --first-seed 7")
+    assert_one_line_error(proc, "chose on seeds 0, 1, 5, 6, of which this grid has 5, 6; fresh seeds start past them, "
+                                "--first-seed 7")
 
 
 def test_a_retest_is_refused_when_the_sweep_it_adds_to_holds_the_seeds_that_chose(tmp_path):
