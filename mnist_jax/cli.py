@@ -75,8 +75,9 @@ def checked(convert: Callable[[str], object], accept: Callable[[object], bool], 
 positive_int = checked(int, lambda v: 0 < v <= MAX_INT, f"an integer from 1 to {MAX_INT}")
 seed = checked(int, lambda v: 0 <= v <= MAX_SEED, f"a seed from 0 to {MAX_SEED}")
 positive_float = checked(float, lambda v: 0 < as_float32(v) < math.inf, "a positive number a float32 holds")
-dropout_rate = checked(float, lambda v: 0 <= v < 1, "a rate in [0, 1)")
+dropout_rate = checked(float, lambda v: 0 <= v and as_float32(v) < 1, "a rate in [0, 1) (as a float32: under 1)")
 stage = checked(str, lambda v: v in STAGES, f"a stage ({', '.join(STAGES)})")
+cpu_threads = checked(int, lambda v: 0 < v <= (os.cpu_count() or 1), f"an integer from 1 to {os.cpu_count() or 1}, this machine's CPUs")
 seconds = checked(int, lambda v: 0 < v <= 86400, "1 to 86400 seconds")
 address = checked(str, lambda v: re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", v) and 0 < int(v.rsplit(":", 1)[1]) < 65536, "HOST:PORT")
 

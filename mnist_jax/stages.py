@@ -69,7 +69,7 @@ STAGES: dict[str, Stage] = {
 }
 ORIGINAL = tuple(name for name, stage in STAGES.items() if not stage.is_control)  # the original study's five stages
 
-MAX_SEED = 2**32 - 1  # jax.random.key takes 32 bits: seed 2**32 would be seed 0 again
+MAX_SEED = 2**31 - 1  # a seed goes into the programs as an int32 (a grid's seeds are an int32 array)
 
 
 def _integer(value) -> bool:
@@ -118,8 +118,8 @@ class TrainConfig:
             ("seed", _integer(self.seed) and 0 <= self.seed <= MAX_SEED, f"an int from 0 to {MAX_SEED}", int),
             ("hidden", self.hidden is None or mlp and _integer(self.hidden) and self.hidden > 0,
              "a positive int for an MLP stage, else None", int),
-            ("dropout", self.dropout is None or _real(self.dropout) and 0 <= self.dropout < 1 and (mlp or not self.dropout),
-             "a rate in [0, 1) for an MLP stage, else None", float),
+            ("dropout", self.dropout is None or _real(self.dropout) and 0 <= self.dropout and as_float32(self.dropout) < 1
+             and (mlp or not self.dropout), "a rate in [0, 1) for an MLP stage, else None (as a float32: under 1)", float),
         ):
             if not valid:
                 raise ValueError(f"TrainConfig {name}: expected {accepted}, got {getattr(self, name)!r}")

@@ -25,7 +25,7 @@ def build_parser() -> cli.ArgumentParser:
         help="replay the original's seed-42 run (split, init, batch order) in both frameworks",
     )
     parser.add_argument(
-        "--torch-threads", type=cli.positive_int, help="PyTorch's intra-op threads (default: its own choice)"
+        "--torch-threads", type=cli.cpu_threads, help="PyTorch's intra-op threads (default: its own choice)"
     )
     return parser
 

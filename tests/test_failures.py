@@ -44,7 +44,9 @@ def listing(folder) -> list[str]:
 @pytest.mark.parametrize(
     "script, args, fragment",
     [
-        ("train.py", ["--stage", "mlp", "--seed", "4294967296"], "a seed from 0 to 4294967295"),
+        ("train.py", ["--stage", "mlp", "--seed", "2147483648"], "a seed from 0 to 2147483647"),  # (an int32: was a traceback)
+        ("train.py", ["--stage", "mlp_dropout", "--dropout", "0.99999999"], "a rate in [0, 1) (as a float32: under 1)"),  # (1.0)
+        ("compare.py", ["--torch-threads", "100000"], "an integer from 1 to"),  # (PyTorch crashed on so many)
         ("study.py", ["--seeds", "2147483648"], "an integer from 1 to 2147483647"),
         ("sweep.py", ["--lr", "1e-3,-1"], "in '1e-3,-1': expected a positive number a float32 holds"),
         ("train.py", ["--stage", "mlp", "--lr", "1e308"], "a positive number a float32 holds, got '1e308'"),

@@ -13,7 +13,9 @@ from mnist_jax.data import load_mnist
 from mnist_jax.evaluate import make_evaluate
 from mnist_jax.study import train_seeds
 from mnist_jax.sweep import run_grid
+from mnist_jax.stages import MAX_SEED
 from mnist_jax.train import (
+    Point,
     Replay,
     TrainConfig,
     graph,
@@ -122,16 +124,24 @@ def test_epoch_counts_each_training_example_exactly_once(frozen_epoch):
      ("epochs", True, "a positive int"), ("batch_size", 0, "a positive int"), ("batch_size", 12.0, "a positive int"),
      ("lr", float("nan"), "a positive number a float32 holds"), ("lr", -1e-3, "a positive number a float32 holds"),
      ("lr", 1e308, "a positive number a float32 holds"), ("lr", 1e-50, "a positive number a float32 holds"),  # (float32: inf, 0)
-     ("seed", 2**32, "an int from 0 to 4294967295"), ("seed", -1, "an int from 0 to 4294967295"),
-     ("hidden", 0, "a positive int for an MLP stage, else None"), ("dropout", 1.0, r"a rate in \[0, 1\) for an MLP stage, else None")],
+     ("seed", 2**31, "an int from 0 to 2147483647"), ("seed", -1, "an int from 0 to 2147483647"),
+     ("hidden", 0, "a positive int for an MLP stage, else None"), ("dropout", 1.0, r"a rate in \[0, 1\) for an MLP stage, else None \(as a float32: under 1\)"),
+     ("dropout", 0.99999999, r"a rate in \[0, 1\) for an MLP stage, else None \(as a float32: under 1\)")],
 )
 def test_a_config_no_run_can_have_is_refused_naming_the_field_and_what_it_accepts(field, value, accepted):
     with pytest.raises(ValueError, match=f"TrainConfig {field}: expected {accepted}, got {re.escape(repr(value))}"):
         TrainConfig(**{"stage": "mlp", field: value})
 
 
+def test_the_largest_seed_starts_a_run_and_a_grid(tiny):
+    """(Seeds from 2**31 up, accepted then, ended in a traceback: a seed goes into the programs as an int32.)"""
+    config = TrainConfig("linear_ce", seed=MAX_SEED)
+    alone, grid = prepare(config, tiny), prepare(config, tiny, [Point(MAX_SEED - 1, 1e-3, 0.0), Point(MAX_SEED, 1e-3, 0.0)])
+    np.testing.assert_array_equal(grid.train_idx[1], alone.train_idx)
+
+
 def test_a_config_accepts_numpy_integers_and_the_stages_own_defaults():
-    config = TrainConfig("mlp_dropout", epochs=np.int64(3), seed=np.uint32(2**32 - 1), hidden=None, dropout=0.0)
+    config = TrainConfig("mlp_dropout", epochs=np.int64(3), seed=np.uint32(2**31 - 1), hidden=None, dropout=0.0)
     assert (config.epochs, config.dropout_rate, config.describe()) == (3, 0.0, "mlp_dropout (hidden 256, batch 128)")
 
 
