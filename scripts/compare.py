@@ -90,7 +90,7 @@ def main() -> None:
         print("\nReplay of the original's seed-42 run (same split, initial weights, batch order):")
         cli.print_table(["stage", "documented", "PyTorch replay", "JAX replay", "JAX - PyTorch"], [
             [f"`{r['stage']}`", cli.documented(r["documented_accuracy"]), f"{100 * r['torch_replay_accuracy']:.2f}",
-             f"{100 * r['jax_replay_accuracy']:.2f}", f"{100 * (r['jax_replay_accuracy'] - r['torch_replay_accuracy']):+.2f}"]
+             f"{100 * r['jax_replay_accuracy']:.2f}", f"{round(100 * (r['jax_replay_accuracy'] - r['torch_replay_accuracy']), 2) + 0.0:+.2f}"]
             for r in replays])
     write_json(args.out / RESULTS[0], report)
     plots.framework_comparison(report, args.out / RESULTS[1])
