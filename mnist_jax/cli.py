@@ -221,10 +221,9 @@ class ArgumentParser(argparse.ArgumentParser):
                               help="folder with the four MNIST IDX files, plain or .gz (default: $MNIST_JAX_DATA_DIR)")
             self.add_argument("--source", choices=SOURCES, default="auto",
                               help="where MNIST comes from; auto: --data-dir if given, else an earlier download, else TFDS, else download")
-            cache = self.add_mutually_exclusive_group()
-            cache.add_argument("--compile-cache", type=output_folder, help="JAX's persistent compilation cache, so a rerun "
-                               "skips compiling (default: $JAX_COMPILATION_CACHE_DIR, else the user cache folder)")
-            cache.add_argument("--no-cache", action="store_true", help="compile afresh and keep no compilation cache")
+            self.add_argument("--compile-cache", type=output_folder, help="JAX's persistent compilation cache, so a rerun "
+                              "skips compiling (default: $JAX_COMPILATION_CACHE_DIR, else the user cache folder)")
+            self.add_argument("--no-cache", action="store_true", help="compile afresh and keep no compilation cache")
         if tensorboard:
             self.add_argument("--tensorboard", type=output_folder, metavar="DIR", help="also write TensorBoard logs there, "
                               "a folder per run, as each run ends (needs tensorboardX, the extra mnist_jax[tensorboard])")

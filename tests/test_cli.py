@@ -437,12 +437,6 @@ def test_a_stage_named_twice_is_refused():
         cli.stages("mlp,mlp")
 
 
-@pytest.mark.parametrize("script", ["train.py", "study.py"])
-def test_a_compilation_cache_named_with_no_cache_is_refused_in_one_line(refused, script):
-    """(Both were taken, and no cache was used.)"""
-    assert refused(script, "--compile-cache", "cache", "--no-cache").endswith("argument --no-cache: not allowed with argument --compile-cache")
-
-
 @pytest.mark.parametrize("script, args", [
     ("train.py", ["--stage", "linear_ce", "--stage", "mlp_bn"]), ("train.py", ["--stage", "mlp", "--epochs", "1", "--epochs=2"]),
     ("train.py", ["--stage", "mlp", "--ep", "1", "--epochs", "1"]),
