@@ -343,7 +343,7 @@ def save_run(run: RunResult, run_dir: str | os.PathLike, metrics: dict, replacin
     except (TypeError, ValueError) as e:  # (an object JSON does not know, NaN or infinity)
         raise ValueError(f"save_run metrics: {e}") from None
     metrics_file, checkpoint_file = Path(run_dir) / "metrics.json", Path(run_dir) / CHECKPOINT_FILE
-    for path, ours in ((metrics_file, lambda p: is_run_metrics(p) or is_checkpoint(checkpoint_file)), (checkpoint_file, is_checkpoint)):
+    for path, ours in ((metrics_file, lambda p: is_checkpoint(checkpoint_file) or is_run_metrics(p)), (checkpoint_file, is_checkpoint)):
         if path.is_symlink() or path.exists() and not ours(path):
             raise FileExistsError(f"save_run: {path} is not a run's {path.name}, and will not be replaced")
     made = not Path(run_dir).exists()
