@@ -174,3 +174,14 @@ def test_the_standard_parts_table_is_what_benchmark_py_prints_of_its_committed_r
 def test_each_piece_kept_in_place_of_a_standard_one_saves_a_tenth_of_its_stages_pass():
     report = json.loads((ASSETS / "benchmark_standard_parts_cpu" / "benchmark.json").read_text())
     assert all(r["saving_of_pass"] >= 0.10 for r in report["standard_parts"])
+
+
+def test_the_replay_table_is_what_compare_py_prints_of_assets_compare_json_and_names_the_stage_not_replayed(capsys):
+    report = json.loads((ASSETS / "compare.json").read_text())
+    replayed = [r["stage"] for r in report["replay"]]
+    skipped = [r["stage"] for r in report["stages"] if r["stage"] not in replayed]
+    load_script("compare.py").print_replays(report["replay"], skipped)
+    out = capsys.readouterr().out.splitlines()
+    assert_table_in([line for line in out if line.startswith("|")], doc("docs/parity.md"))
+    assert skipped == ["mlp_dropout"] and out[-1] == (
+        "not replayed: mlp_dropout (each framework draws its dropout masks from its own generator)")
