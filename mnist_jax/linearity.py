@@ -80,6 +80,15 @@ def linear_ce_converged(data: MNIST, seed: int = 0, max_steps: int = 2000, tol: 
             "grad_norm": float(grad_norm), "seconds": time.perf_counter() - start}
 
 
+def check_widths_fit(data: MNIST, widths: list[int], seeds: int, epochs: int = 5) -> None:
+    """Refuse a width whose programs do not fit in memory even one model at a time (`memory.check`), before any fit."""
+    from mnist_jax.study import fitting_chunk
+    from mnist_jax.train import TrainConfig
+
+    for width in widths:  # (compiled once per process: `width_sweep` finds them)
+        fitting_chunk(TrainConfig("mlp", epochs=epochs, hidden=width), data, seeds)
+
+
 def width_sweep(data: MNIST, widths: list[int], seeds: list[int], epochs: int = 5) -> list[dict]:
     """The `mlp` stage at each hidden width, all seeds at once per width."""
     from mnist_jax.results import summary

@@ -28,6 +28,7 @@ def main() -> None:
 
     data = cli.load_data(args)
     start = time.perf_counter()
+    linearity.check_widths_fit(data, args.widths, args.seeds, args.epochs)
     progress = cli.Progress(2 + len(args.widths), "linearity", "model")
     lstsq = linearity.linear_lstsq(data)
     progress.step("linear_lstsq")

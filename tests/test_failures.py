@@ -147,6 +147,13 @@ def test_programs_larger_than_the_memory_left_exit_4_before_training(tmp_path, d
     assert "[Epoch" not in proc.stdout and listing(tmp_path) == []
 
 
+def test_linearity_py_refuses_a_width_that_does_not_fit_before_its_linear_fits(tmp_path, data_args):
+    proc = run_script_in_process("linearity.py", "--widths", "20000000", "--seeds", "1", "--epochs", "1", "--max-steps", "5",
+                                 "--out", tmp_path / "out", *data_args)
+    assert_one_line_error(proc, "does not fit: the programs training mlp (hidden 20000000", status=4)
+    assert "linear_lstsq" not in proc.stdout and listing(tmp_path) == []
+
+
 @pytest.mark.slow
 def test_an_allocation_the_machine_refuses_exits_4():
     """Where no estimate warned (here an address-space limit of 4 GB), the allocation
