@@ -131,6 +131,9 @@ class MLP(nnx.Module):
             h = self.batchnorm(h, train=train)
         h = ACTIVATIONS[self.activation](h)
         if self.dropout is not None and train:
+            if dropout_key is None:
+                raise TypeError(f"{type(self).__name__}: train=True with dropout draws its masks from a dropout_key "
+                                "(a jax.random key), and none was given")
             h = self.dropout(h, dropout_key, self.dropout_rate if dropout_rate is None else dropout_rate)
         return self.output(h)
 

@@ -56,6 +56,8 @@ def test_dropout_is_active_only_in_training():
     a = model(x, train=True, dropout_key=jax.random.key(1))
     b = model(x, train=True, dropout_key=jax.random.key(2))
     assert not np.allclose(a, eval_out) and not np.allclose(a, b)
+    with pytest.raises(TypeError, match="MLP: train=True with dropout draws its masks from a dropout_key"):
+        model(x, train=True)
 
 
 @pytest.mark.parametrize("rate, bits, units", [(0.5, 1, 256), (0.25, 2, 256), (0.125, 4, 100), (0.3, 32, 256)])
