@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_jax.errors import ProgressError
-from mnist_jax.files import UNREADABLE, atomic_write, foreign_entries, read_json, write_json
+from mnist_jax.files import PARTIAL, UNREADABLE, atomic_write, foreign_entries, is_partial, read_json, write_json
 
 FOLDER = "progress"
 WORK_FILE = "work.json"
@@ -105,7 +105,7 @@ class GridProgress:
         if not self.started:  # the first save of a fresh start: the work it replaces goes now
             self.started = True
             if self.write:
-                made = not self.folder.exists() or self.made_folder()
+                made = not self.folder.exists() or self.made_folder() or self.left_by_a_kill()
                 self.clear()
                 write_json(self.folder / WORK_FILE, self.work | {"run_id": self.run_id, "made_folder": made})
         if not self.write:
@@ -123,6 +123,11 @@ class GridProgress:
             return saved["script"] == self.work.get("script") and saved.get("made_folder", True) is True
         except UNREADABLE:
             return False
+
+    def left_by_a_kill(self) -> bool:
+        """Whether the folder holds nothing but a `work.json` half-written when its run was killed (so that run made it)."""
+        entries = list(self.folder.iterdir())
+        return bool(entries) and all(is_partial(p) and p.name.startswith(f"{PARTIAL}{Path(WORK_FILE).stem}.") for p in entries)
 
     def clear(self) -> None:
         """Remove the files of this class, and the folder if its work made it and nothing else is in it."""

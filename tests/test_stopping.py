@@ -600,12 +600,16 @@ def test_a_finished_grid_clears_the_progress_of_every_stage_a_control_named_with
     assert not (tmp_path / "progress").exists()
 
 
-@pytest.mark.parametrize("users", [False, True], ids=["made by the grid", "a user's, empty"])
-def test_a_grid_finished_after_a_resume_removes_its_progress_folder_only_if_it_made_it(tmp_path, users):
+@pytest.mark.parametrize("users, found", [(False, None), (True, None), (False, ".partial-work.k9x2m0qa.json")],
+                         ids=["made by the grid", "a user's, empty", "made by a run killed writing its first file"])
+def test_a_grid_finished_after_a_resume_removes_its_progress_folder_only_if_it_made_it(tmp_path, users, found):
     """A `progress/` the user made (empty) before the grid saved its work in it is left, empty, as it was found;
-    one the grid made goes with its files, however many processes the work took (a stopped run, then --resume)."""
-    if users:
+    one the grid made goes with its files, however many processes the work took (a stopped run, then --resume),
+    and so does one holding only the `work.json` a run killed (kill -9) was writing."""
+    if users or found:
         (tmp_path / "progress").mkdir()
+    if found:
+        (tmp_path / "progress" / found).write_text('{"scri')
     parse_grid(tmp_path).progress.save(CHUNK, STATES, np.zeros((1, 3, 5), np.float32))  # a run stopped after a save
     resumed = parse_grid(tmp_path, "--resume").progress
     resumed.save(CHUNK, STATES, np.zeros((2, 3, 5), np.float32))
