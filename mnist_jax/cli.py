@@ -36,6 +36,7 @@ import math  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
+import stat  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -361,9 +362,23 @@ def check_environment(cache: Path | None, no_cache: bool, out: Path | None = Non
         raise UsageError(f"{named}: {folder} is not a local folder; the scripts keep compiled programs on a local disk")
     if named and (reason := why_unwritable(folder)):
         raise UsageError(f"{named}: cannot write to {folder} ({reason})")
+    if reason := writable_by_others(folder):
+        raise UsageError(f"{named or 'the compilation cache'}: {folder} {reason}, and the programs kept there run in this "
+                         f"process: use a folder only you can write{'' if named else ' (--compile-cache)'}, or --no-cache")
     refuse_in_a_run(named or "the compilation cache", folder, instead=None if named else "--compile-cache or --no-cache")
     if out:
         check_cache_apart(cache, out)
+
+
+def writable_by_others(folder: Path) -> str | None:
+    """Why users other than this process's could write `folder` (where a file becomes code this process runs), else None."""
+    try:
+        mode = folder.stat()
+    except OSError:  # (not there yet: this run makes it)
+        return None
+    if mode.st_uid != os.geteuid():
+        return f"belongs to another user (uid {mode.st_uid})"
+    return f"can be written by every user ({stat.filemode(mode.st_mode)})" if mode.st_mode & stat.S_IWOTH else None
 
 
 def compile_cache(cache: Path | None) -> tuple[Path, str | None]:

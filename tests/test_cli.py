@@ -191,6 +191,33 @@ def test_a_compilation_cache_that_is_a_link_to_nothing_is_refused_before_any_wor
     assert listing(tmp_path) == ["cache"] and not (tmp_path / "gone").exists()
 
 
+@pytest.mark.parametrize("how", ["every user may write it", "another user owns it"])
+def test_a_compilation_cache_others_can_write_is_refused_before_any_work(refused, tmp_path, monkeypatch, how):
+    """Its files are machine code the run executes (the project's through pickle): whoever can write them runs code
+    in the run (a hostile user's case, through a 0777 --compile-cache)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if how == "every user may write it":
+        cache.chmod(0o777)
+        why = "can be written by every user (drwxrwxrwx)"
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("giving a folder to another user needs root")
+        os.chown(cache, 65534, -1)
+        why = "belongs to another user (uid 65534)"
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # (the suite's)
+    line = refused("train.py", "--stage", "linear_ce", "--out", "run", "--compile-cache", "cache")
+    assert line.endswith(f"--compile-cache: cache {why}, and the programs kept there run in this process: "
+                         "use a folder only you can write, or --no-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "xdg" / "mnist_jax").mkdir(parents=True)
+    cache.rename(tmp_path / "xdg" / "mnist_jax" / "jax")  # the default cache
+    line = refused("train.py", "--stage", "linear_ce", "--out", "run")
+    assert f"the compilation cache: {tmp_path}/xdg/mnist_jax/jax {why}" in line and line.endswith(
+        "use a folder only you can write (--compile-cache), or --no-cache")
+    assert listing(tmp_path) == ["xdg"]
+
+
 def test_a_compilation_cache_in_the_default_run_folder_is_refused(refused, tmp_path):
     line = refused("train.py", "--stage", "linear_ce", "--compile-cache", "runs/linear_ce-seed42/cache")
     assert line.endswith("lies in the run's folder runs/linear_ce-seed42; choose a compilation cache apart from --out")
@@ -520,6 +547,14 @@ def test_study_and_sweep_refuse_a_width_or_dropout_rate_for_a_linear_stage_as_tr
     assert "--dropout applies to the MLP stages only, not linear_mse" in refused("study.py", "--stages", "linear_mse", "--dropout", "0.2")
     line = refused("sweep.py", "--stages", "linear_mse,mlp", "--hidden", "32,64")  # (found by the hostile pass: a traceback)
     assert line.endswith("--hidden applies to the MLP stages only, not linear_mse")
+
+
+@pytest.mark.parametrize("stages", ["mlp", "linear_ce,mlp_bn"])
+def test_sweep_refuses_dropout_rates_when_no_stage_has_dropout(refused, stages):
+    """Its rates are those of the stages with dropout: given for none, they were dropped without a word
+    (a hostile user's case; train.py's --dropout adds dropout to the MLP it trains)."""
+    assert refused("sweep.py", "--stages", stages, "--dropout", "0.3").endswith(
+        f"--dropout sets the rates of the stages with dropout, and {stages.replace(',', ', ')} has none: add mlp_dropout to --stages")
 
 
 def test_sweep_refuses_to_add_to_a_sweep_and_replace_it_at_once(refused, tmp_path):
