@@ -107,8 +107,8 @@ def main() -> None:
     written = []  # each drawn beside its place, and moved there once all are drawn: a failure leaves none
 
     def draw(name, fn, *fn_args):
+        written.append(name)  # (first: a stop signal is delivered as the figure's file is complete)
         fn(*fn_args, args.out / f"{PARTIAL}{name}")
-        written.append(name)
 
     try:
         if args.results is not None:

@@ -176,6 +176,20 @@ def test_benchmark_overwrites_only_a_benchmarks_json(tmp_path, monkeypatch, caps
     assert "study.py" in (tmp_path / "benchmark.json").read_text()
 
 
+def test_make_assets_stopped_as_a_figure_is_written_leaves_no_file(tmp_path):
+    """A stop signal that comes while a figure is saved waits for the file to be whole, then ends the script: here
+    it comes then, every time (the figure's drawing sends it). The figures are drawn beside their places and moved
+    there at the end, and that one was left behind, under a name of its own (a hostile user's case)."""
+    code = ("import os, runpy, signal, sys; from mnist_jax import plots; draw = plots.width_sweep; "
+            "plots.width_sweep = lambda *a: (draw(*a), os.kill(os.getpid(), signal.SIGTERM)); "
+            f"sys.argv = ['make_assets.py', *sys.argv[1:]]; sys.path.insert(0, {str(ROOT / 'scripts')!r}); "
+            f"runpy.run_path({str(ROOT / 'scripts' / 'make_assets.py')!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, "--linearity", ROOT / "assets" / "linearity.json", "--out", tmp_path / "out"],
+                          capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, "stopped by SIGTERM: no file was left half-written", status=128 + signal.SIGTERM)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
 def test_make_assets_overwrites_a_figure_it_drew_and_never_a_users_matplotlib_png_of_the_same_name(tmp_path):
     """(Any PNG Matplotlib wrote passed for the project's figure: a user's chart was replaced.)"""
     import matplotlib.pyplot as plt
