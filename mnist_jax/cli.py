@@ -132,7 +132,7 @@ def why_unwritable(path: Path) -> str | None:
         return reason
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     try:
-        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=files.PARTIAL))
+        os.rmdir(tempfile.mkdtemp(dir=os.path.realpath(existing), prefix=files.PARTIAL))  # (see files.atomic_write)
     except OSError as e:
         return f"cannot make a folder in {existing}: {e.strerror}"
     return None
@@ -486,7 +486,7 @@ def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, histor
     log = folder / run
     with files.signals_deferred():
         folder.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(dir=folder, prefix=f"{files.PARTIAL}{run}."))
+        partial = Path(tempfile.mkdtemp(dir=os.path.realpath(folder), prefix=f"{files.PARTIAL}{run}."))  # (see files.atomic_write)
         partial.chmod(0o755)  # (mkdtemp's 0o700 hides the log from others' TensorBoard; files.atomic_write's files are 0o644)
         try:
             writer = EventsWriter(str(partial / "events"), filename_suffix=OURS)

@@ -101,7 +101,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         for stale in path.parent.glob(f"{PARTIAL}{glob.escape(path.stem)}.*{path.suffix}"):  # of a run killed writing it
             if is_partial(stale):
                 stale.unlink()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{PARTIAL}{path.stem}.", suffix=path.suffix)
+        # (the folder as the system finds it: tempfile names its file by text, taking "link/.." for the folder the link is in)
+        fd, tmp = tempfile.mkstemp(dir=os.path.realpath(path.parent), prefix=f"{PARTIAL}{path.stem}.", suffix=path.suffix)
         os.close(fd)
         try:
             yield Path(tmp)

@@ -224,6 +224,16 @@ def test_a_compilation_cache_in_the_default_run_folder_is_refused(refused, tmp_p
     assert listing(tmp_path) == []
 
 
+def test_an_out_through_a_link_and_dot_dot_is_written_where_the_system_finds_it(tmp_path):
+    """`link/../name` is `name` beside the link's target, as for every program; Python's tempfile took it for `name`
+    beside the link and every script failed to save there after its work, exit 5 (a hostile user's case)."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "s").symlink_to(tmp_path / "real" / "sub")
+    proc = run_script_in_process("make_assets.py", "--linearity", ROOT / "assets" / "linearity.json", "--out", "s/../r", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (tmp_path / "real" / "r").iterdir()] == ["width_sweep.png"] and not (tmp_path / "r").exists()
+
+
 def test_an_output_folder_is_a_path_that_is_not_a_file(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
     for text in ("", str(tmp_path / "notes.txt")):  # ("" would be the working folder)
