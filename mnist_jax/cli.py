@@ -32,6 +32,7 @@ import concurrent.futures  # noqa: E402
 import contextlib  # noqa: E402
 import errno  # noqa: E402
 import importlib  # noqa: E402
+import io  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
@@ -769,6 +770,9 @@ def run(main: Callable[[], None], several_processes: bool = False, end_process: 
     """Run a script's main: every failure a user or the machine can cause ends in one line and its exit
     status (README's table), not a traceback. One of `several_processes` runs under a supervisor.
     With `end_process`, a main that succeeds ends the process at once (`_end_at_once`)."""
+    for stream in (sys.stdout, sys.stderr):  # a console that cannot show a character (±, —) shows its escape
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         if several_processes and not os.environ.get(distributed.CHILD_ENV) and distributed.requested(sys.argv[1:]):
             sys.exit(distributed.supervise())

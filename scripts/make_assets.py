@@ -21,7 +21,8 @@ OTHER_FIGURES = ("framework_comparison.png", "width_sweep.png")
 
 def file_in(name: str):
     """An argument type: a file, or the folder holding it as `name`."""
-    return lambda text: Path(text) / name if text and Path(text).is_dir() else Path(text)
+    return cli.checked(lambda text: text and (Path(text) / name if Path(text).is_dir() else Path(text)), bool,
+                       f"{name} or its folder")
 
 
 def build_parser() -> cli.ArgumentParser:

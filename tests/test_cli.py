@@ -359,6 +359,14 @@ def test_a_refused_argument_ends_the_process_in_one_line_with_status_2(tmp_path)
     assert proc.stdout == "" and listing(tmp_path) == []
 
 
+def test_a_console_that_cannot_show_a_character_of_the_output_shows_its_escape():
+    """The tables' ± and —, on a console of another encoding (PYTHONIOENCODING=ascii, latin-1, cp1252), ended a finished
+    study in a traceback, exit 1 (a hostile user's case)."""
+    code = "from mnist_jax import cli; cli.run(lambda: print('97.45 \u00b1 0.10 | \u2014'))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "97.45 \\xb1 0.10 | \\u2014\n", "")
+
+
 @pytest.mark.parametrize("script", ["train.py", "compare.py", "study.py", "sweep.py", "make_assets.py", "linearity.py"])
 def test_every_script_refuses_an_out_that_is_a_file(refused, tmp_path, script):
     afile = tmp_path / "a_file"

@@ -179,6 +179,12 @@ def test_make_assets_refuses_a_benchmark_without_its_comparison_and_damaged_json
     assert "damaged" in refused("make_assets.py", "--linearity", tmp_path / "linearity.json", "--out", tmp_path / "b")
 
 
+@pytest.mark.parametrize("option, name", [("--results", "results.json"), ("--sweep", "sweep.json"), ("--linearity", "linearity.json")])
+def test_make_assets_refuses_an_empty_name_for_its_results_as_an_argument(refused, option, name):
+    """(`--results ""` ended in a traceback: a hostile user's case.)"""
+    assert refused("make_assets.py", option, "").endswith(f"argument {option}: expected {name} or its folder, got ''")
+
+
 def test_make_assets_refuses_a_benchmark_that_did_not_time_every_stage_compared(tmp_path, refused):
     """(The time axis had no point to scale to: a traceback, exit 1.) The committed benchmark of the three MLPs alone
     beside the committed comparison of the five stages; a benchmark whose stages are no records."""
