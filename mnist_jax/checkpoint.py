@@ -29,7 +29,7 @@ from jax.typing import ArrayLike
 from mnist_jax.data import NUM_PIXELS
 from mnist_jax.errors import CheckpointError
 from mnist_jax.evaluate import to_inputs
-from mnist_jax.files import UNREADABLE, atomic_write, finite_number, is_run_metrics, npz_member
+from mnist_jax.files import UNREADABLE, atomic_write, finite_number, folder_locked, is_run_metrics, npz_member
 from mnist_jax.train import HISTORY_KEYS, RunResult, TrainConfig, TrainState, graph, init_state, make_optimizer
 
 if TYPE_CHECKING:
@@ -330,10 +330,13 @@ def save_run(run: RunResult, run_dir: str | os.PathLike, metrics: dict, replacin
     first: a write that fails (a full disk) leaves the two as they were, and the metrics never describe a state not saved.
     `replacing`: the run there is another's, whose metrics go just before its checkpoint does. Refused before anything
     is written: arguments of other types, a run `load_run` would refuse (a loss that is not finite, say), metrics JSON
-    cannot hold, a file there of a name it writes that is not a run's (metrics.json is a run's beside its checkpoint)."""
+    cannot hold, a file there of a name it writes that is not a run's (metrics.json is a run's beside its checkpoint);
+    a folder another live run is writing (`files.FolderBusy`)."""
     if not isinstance(run, RunResult) or not isinstance(run_dir, (str, os.PathLike)) or not isinstance(metrics, dict):
         raise TypeError(f"save_run: expected a RunResult, the folder of the run (a str or a path) and a dict of metrics, "
                         f"got {type(run).__name__}, {type(run_dir).__name__} and {type(metrics).__name__}")
+    if not str(run_dir):  # (Path("") is the working folder)
+        raise ValueError("save_run run_dir: an empty name (give '.' for the working folder)")
     try:
         _check_meta(run_meta(run))
     except (TypeError, ValueError, KeyError) as e:  # (as `load_run` would refuse it: a row without a figure, one not finite)
@@ -348,7 +351,7 @@ def save_run(run: RunResult, run_dir: str | os.PathLike, metrics: dict, replacin
             raise FileExistsError(f"save_run: {path} is not a run's {path.name}, and will not be replaced")
     made = not Path(run_dir).exists()
     try:
-        with atomic_write(metrics_file) as metrics_tmp:
+        with folder_locked(Path(run_dir)), atomic_write(metrics_file) as metrics_tmp:  # (a live run's folder: FolderBusy)
             metrics_tmp.write_text(metrics_text)
             with atomic_write(checkpoint_file) as checkpoint_tmp:  # (renamed in as this block ends)
                 write_checkpoint(run, checkpoint_tmp)

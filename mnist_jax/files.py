@@ -146,6 +146,21 @@ def lock_folder(folder: Path) -> None:
     _LOCKS_HELD[real_path(folder)] = fd, made
 
 
+@contextlib.contextmanager
+def folder_locked(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s lock (the folder made if need be) for a block, unless this process holds it (`lock_folder`)."""
+    if real_path(folder) in _LOCKS_HELD:
+        yield
+        return
+    fd = _hold(folder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(folder / LOCK)
+        os.close(fd)
+
+
 def _hold(folder: Path) -> int:
     """`folder`, made if need be, and its `LOCK`, flocked and holding this process's id."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from conftest import ROOT, assert_one_line_error, npz_with_header, run_script, r
 from mnist_jax.checkpoint import (
     CheckpointError, has_checkpoint, load_classifier, load_model, load_run, save_run, saved_epochs, to_nnx,
 )
+from mnist_jax.files import LOCK, FolderBusy, lock_folder, release_locks
 from mnist_jax.torch_reference import to_torch
 from mnist_jax.train import NonFiniteLoss, RunResult, TrainConfig, init_state, make_optimizer, run_record, train
 
@@ -293,12 +294,34 @@ ROW = {"epoch": 1, "train_loss": 0.3, "train_accuracy": 0.9, "val_loss": 0.3, "v
                                          "dict of metrics, got NoneType, PosixPath and dict"),
     (a_run, None, {}, TypeError, "save_run: expected a RunResult, the folder of the run (a str or a path) and a dict of "
                                  "metrics, got RunResult, NoneType and dict"),
+    (a_run, "", {}, ValueError, "save_run run_dir: an empty name (give '.' for the working folder)"),  # (it wrote here)
 ])
 def test_save_run_refuses_what_it_cannot_save_and_leaves_no_folder(tmp_path, run, folder, metrics, error, message):
     """(Each left an empty run folder, a `metrics.json` of `null`, or one holding NaN, which is no JSON.)"""
     with pytest.raises(error, match=f"^{re.escape(message)}"):  # (some Python versions add the value, ": nan")
         save_run(run(), folder and tmp_path / folder, metrics)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_run_refuses_the_folder_of_a_live_run_and_saves_there_once_it_ended(tmp_path):
+    """(It wrote into the folder of a train.py at work, which replaced that save at its next epoch: a hostile user's
+    case.) The run's own process, holding the folder's lock, saves there as train.py does every epoch."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from mnist_jax.files import "
+                               "lock_folder; lock_folder(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()",
+                               tmp_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    run = a_run([ROW])
+    with pytest.raises(FolderBusy, match=f"^{re.escape(str(tmp_path))} is being written by another run \\(process {holder.pid}\\)$"):
+        save_run(run, tmp_path, run_record(run))
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK]
+    holder.communicate("")  # ends: its lock goes with it
+    lock_folder(tmp_path)
+    try:
+        save_run(run, tmp_path, run_record(run))
+    finally:
+        release_locks()
+    save_run(run, tmp_path, run_record(run))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "metrics.json"] and load_run(tmp_path).history == [ROW]
 
 
 def test_save_run_saves_a_run_again_with_metrics_of_its_own(tmp_path):
