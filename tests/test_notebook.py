@@ -51,6 +51,25 @@ def test_notebook_is_valid_nbformat_4_with_no_stored_outputs():
     assert 'os.environ.get("MNIST_JAX_SOURCE", f"mnist_jax @ git+{REPO}")' in install
 
 
+@pytest.mark.parametrize("env, said", [
+    ({"MNIST_JAX_SEEDS": "ten"}, "MNIST_JAX_SEEDS='ten': expected a whole number from 1"),
+    ({"MNIST_JAX_EPOCHS": "0"}, "MNIST_JAX_EPOCHS='0': expected a whole number from 1"),
+    ({"MNIST_JAX_OUT": "{tmp}"}, "{tmp} holds results.json, training_curves.png, not written by mnist_jax: set MNIST_JAX_OUT to another folder"),
+])
+def test_the_settings_cell_refuses_what_the_notebook_cannot_use_before_any_work(tmp_path, monkeypatch, env, said):
+    """(A user's results.json and a file named as a figure were replaced; seeds of 0 failed after every stage had
+    trained: a hostile user's cases.) Its figures and results of an earlier run are the notebook's to replace."""
+    (tmp_path / "results.json").write_text('{"my": "own results"}')
+    (tmp_path / "training_curves.png").write_text("my notes")
+    shutil.copy(ROOT / "assets" / "comparison_chart.png", tmp_path)  # drawn by mnist_jax
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    settings = code_cells()[2]
+    with pytest.raises(Exception) as refused:
+        exec(settings, {})
+    assert type(refused.value).__name__ == "Refused" and refused.value._render_traceback_() == [said.format(tmp=tmp_path)]
+
+
 def project_copy(tmp_path):
     """What pip needs to build this checkout, copied, so that building it leaves nothing here."""
     source = tmp_path / "mnist_jax-src"
