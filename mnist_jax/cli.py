@@ -212,8 +212,9 @@ class ArgumentParser(argparse.ArgumentParser):
         if out is not None or results or resume:
             self.add_argument("--out", type=output_folder, default=out and Path(out), help=f"folder for {holds}")
             again = self.add_mutually_exclusive_group()
-            replaced = ("the results in --out once the new ones are complete (its unfinished work, once the new work saves "
-                        "an epoch)" if results else "the run in --out once the new one has saved its first epoch")
+            replaced = ("the run in --out once the new one has saved its first epoch" if not results else
+                        "the results in --out once the new ones are complete" + (" (its unfinished work, once the new work "
+                                                                                 "saves an epoch)" if resume else ""))
             again.add_argument("--overwrite", action="store_true", help=f"replace {replaced}")
             if resume:
                 again.add_argument("--resume", action="store_true",

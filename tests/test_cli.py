@@ -36,6 +36,13 @@ def test_help_shows_every_default(script):
             assert f"(default: {action.default})" in text, action.option_strings
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_speaks_of_unfinished_work_only_where_the_script_keeps_some(script):
+    """(make_assets.py, compare.py, linearity.py and benchmark.py told --overwrite of work they never keep.)"""
+    text = " ".join(load_script(script).build_parser().format_help().split())
+    assert "--resume" in text or "unfinished work" not in text, text
+
+
 @pytest.mark.parametrize("script, args", [("train.py", ["--stage", "mlp"]), ("study.py", []), ("sweep.py", [])])
 def test_tensorboard_without_tensorboardx_is_refused_before_any_work(refused, monkeypatch, script, args):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed: importing it fails
