@@ -11,7 +11,7 @@ from matplotlib.patches import FancyBboxPatch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
 from mnist_jax.files import FIGURE_MARK, atomic_write
-from mnist_jax.stages import STAGES, Stage, count, setting
+from mnist_jax.stages import STAGES, Stage, changed_settings, count, setting
 
 
 def save_figure(fig, path: str | os.PathLike, title: str = "") -> None:
@@ -35,13 +35,19 @@ def finish(fig, path: str | os.PathLike | None, title: str = ""):
 
 
 def study_caption(results: dict, one_seed: bool = False) -> str:
-    """`results.json`'s seeds, epochs and device in words; `one_seed`: the first seed's alone,
-    the one `study_arrays.npz` holds."""
+    """`results.json`'s seeds, epochs, settings other than the original's and device in words; `one_seed`: the first
+    seed's alone, the one `study_arrays.npz` holds."""
     first = next(iter(results["stages"].values()))
     seeds, epochs = first["seeds"], len(first["history"][0])
+    settings = _changed(results)
     if one_seed:
-        return f"seed {seeds[0]}, {count(epochs, 'epoch')}, {results['device']}"
-    return f"{count(len(seeds), 'seed')}, {count(epochs, 'epoch')}, {_span(seeds)}, {results['device']}"
+        return f"seed {seeds[0]}, {count(epochs, 'epoch')}, {settings}{results['device']}"
+    return f"{count(len(seeds), 'seed')}, {count(epochs, 'epoch')}, {_span(seeds)}, {settings}{results['device']}"
+
+
+def _changed(results: dict) -> str:
+    """'hidden 8, dropout 0.1, ': the study's settings other than the original's, to go before the device."""
+    return "".join(f"{words}, " for words in changed_settings(results["stages"]))
 
 
 def _span(seeds) -> str:
@@ -192,7 +198,8 @@ def comparison_chart(results: dict, path: str | os.PathLike | None):
     ax.set(ylabel="test accuracy (%)", title=f"test accuracy over {count(len(results['stages'][stages[0]]['seeds']), 'seed')}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     first = results["stages"][stages[0]]
-    return finish(fig, path, f"{_span(first['seeds'])}, {count(len(first['history'][0]), 'epoch')}, {results['device']}")
+    settings = _changed(results)
+    return finish(fig, path, f"{_span(first['seeds'])}, {count(len(first['history'][0]), 'epoch')}, {settings}{results['device']}")
 
 
 def weight_templates(arrays, path: str | os.PathLike | None, about: str = ""):

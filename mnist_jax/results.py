@@ -22,7 +22,7 @@ import scipy.stats
 from mnist_jax.data import MNIST, NUM_CLASSES
 from mnist_jax.errors import ResultFileError
 from mnist_jax.files import UNREADABLE, atomic_write, finite_number, npz_member, read_json, write_json
-from mnist_jax.stages import STAGES
+from mnist_jax.stages import STAGES, TrainConfig, run_settings
 from mnist_jax.study import GridResult
 from mnist_jax.train import GRID_HISTORY_KEYS, device_description
 
@@ -169,7 +169,8 @@ def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: 
     process of several, not the first)."""
     stages = {name: {"seeds": r.seeds, "test_accuracies": r.test_accuracies.tolist(), "history": r.history,
                      **summary(r.test_accuracies), **seed_range(r.test_accuracies), "documented_accuracy": r.config.spec.documented_accuracy,
-                     "compile_seconds": r.compile_seconds, "train_seconds": r.train_seconds, "seeds_at_once": r.models_at_once}
+                     "compile_seconds": r.compile_seconds, "train_seconds": r.train_seconds, "seeds_at_once": r.models_at_once,
+                     "settings": run_settings(r.config)}
               for name, r in results.items()}
     correct = {name: np.asarray(r.test_predictions == data.test_labels, bool) for name, r in results.items()}  # (seeds, images)
     report = {"stages": stages, **with_images(comparisons(stages), correct), "command": command, "device": device_description(),
@@ -262,6 +263,11 @@ def _read_study(path: Path) -> dict:
         if stage["documented_accuracy"] != STAGES[name].documented_accuracy:  # (a known stage, its figure or None)
             raise ValueError(f"{name}: documented accuracy {stage['documented_accuracy']}, not the original's "
                              f"{STAGES[name].documented_accuracy}")
+        known = run_settings(TrainConfig(name))
+        given = stage.get("settings", known)  # (a study saved before they were kept: the original's)
+        if not isinstance(given, dict) or given.keys() != known.keys() or not all(
+                finite_number(v) or v is None and known[k] is None for k, v in given.items()):
+            raise ValueError(f"{name}: settings {given!r}, not the lr, batch_size, hidden and dropout of its runs")
         seeds = stage["seeds"]
         if tuple(seeds) != seeds_of_most or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
             raise ValueError(f"{name}: seeds {seeds}, where each stage has the same distinct seeds {list(seeds_of_most)}")

@@ -149,6 +149,26 @@ class TrainConfig:
         return f"{self.stage} ({hidden}batch {self.batch_size})"
 
 
+def run_settings(config: TrainConfig) -> dict:
+    """What a stage's runs were trained with, as `results.json` keeps it per stage."""
+    return {"lr": config.lr, "batch_size": config.batch_size, "hidden": config.hidden or config.spec.hidden,
+            "dropout": config.dropout_rate}
+
+
+def changed_settings(stages: dict) -> list[str]:
+    """The settings of a study's stages (each its `run_settings`) that differ from the original study's, in words
+    ('hidden 8', 'lr 0.01'), each once: the documented accuracies are of the original's. None in a study saved before
+    they were kept."""
+    found = []
+    for name, stage in stages.items():
+        own = run_settings(TrainConfig(name))
+        for key, value in stage.get("settings", own).items():
+            words = value != own[key] and f"{key.removesuffix('_size')} {setting(value)}"
+            if words and words not in found:
+                found.append(words)
+    return found
+
+
 def count(n: int, noun: str) -> str:
     """'1 epoch', '5 epochs': for every message and figure (also `cli.count`)."""
     return f"{n} {noun}{'' if n == 1 else 's'}"

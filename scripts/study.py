@@ -6,7 +6,7 @@ import dataclasses
 import time
 
 from mnist_jax.errors import UsageError
-from mnist_jax.stages import TrainConfig
+from mnist_jax.stages import TrainConfig, changed_settings
 
 RESULTS = ("results.json", "study_arrays.npz")
 
@@ -35,6 +35,8 @@ def print_report(report: dict) -> None:
         rows.append([f"`{stage}`", cli.documented(r["documented_accuracy"]), f"{100 * r['mean']:.2f} ± {std}",
                      cli.interval(r["ci95"]), f"{100 * r['min']:.2f}, {100 * r['median']:.2f}, {100 * r['max']:.2f}"])
     cli.print_table(["stage", "documented", "mean ± std", "95% CI", "min, median, max"], rows)
+    if changed := changed_settings(report["stages"]):
+        print(f"trained with {', '.join(changed)}: the documented accuracies are of the original's settings")
     differences = list({(d["from"], d["to"]): d for d in report["steps"] + report["versus_mlp"]}.values())  # a step may be versus mlp too
     if not differences:
         return

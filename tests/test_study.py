@@ -172,6 +172,12 @@ def test_study_py_trains_with_train_pys_model_options(tiny, tmp_path, monkeypatc
     assert proc.stdout.startswith("data: synthetic\n") and results["data"] == "synthetic"  # where MNIST came from
     alone = train(TrainConfig("mlp_bn", 1, 64, 3e-3, seed=0, hidden=8, dropout=0.2), tiny)
     assert results["stages"]["mlp_bn"]["test_accuracies"] == [pytest.approx(alone.test_accuracy, abs=1e-6)]
+    assert results["stages"]["mlp_bn"]["settings"] == {"lr": 3e-3, "batch_size": 64, "hidden": 8, "dropout": 0.2}
+    # (the table compares with the original's accuracies, and the figures were captioned as of its settings: a hostile user's case)
+    assert "\ntrained with lr 0.003, batch 64, hidden 8, dropout 0.2: the documented accuracies are of the original's settings\n" in proc.stdout
+    assert ", 1 epoch, seed 0, lr 0.003, batch 64, hidden 8, dropout 0.2, " in plots.study_caption(results)
+    committed, _ = load_study(ROOT / "assets" / "results.json")  # (saved before settings were kept: the original's)
+    assert plots.study_caption(committed) == f"10 seeds, 5 epochs, seeds 0-9, {committed['device']}"
 
 
 @pytest.mark.slow
@@ -246,6 +252,8 @@ STUDY_DAMAGE = {
                          "mlp_confusion is not counts of test images"),
     "a label out of range": ("study_arrays.npz", lambda p: with_array(p, "misclassified_labels", lambda a: a + 20),
                              "misclassified_labels holds classes outside 0-9"),
+    "settings that are not a run's": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"].update(settings={"hidden": "8"})),
+                                       r"mlp: settings \{'hidden': '8'\}, not the lr, batch_size, hidden and dropout of its runs"),
     "a confusion matrix claiming a terabyte": ("study_arrays.npz", lambda p: npz_with_header(p, "mlp_confusion", (2**19, 2**18), "<i8"),
                                                r"mlp_confusion is int64\[524288, 262144\], expected \[10, 10\] of kind iu"),
 }
