@@ -791,8 +791,10 @@ def run(main: Callable[[], None], several_processes: bool = False, end_process: 
         _exit_stopped(signal.SIGTERM)
     except KeyboardInterrupt:  # a SIGINT that came before the handler above
         _exit_stopped(signal.SIGINT)
-    except BrokenPipeError:  # the output's reader stopped early (`| head`): nothing to say
+    except BrokenPipeError:  # the output's reader stopped early (`| head`): what was kept, on stderr (not the pipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(Exception):
+            print(one_line(f"stopped: its output was closed; {_stop_note()}"), file=sys.stderr, flush=True)
         sys.exit(EXIT_BROKEN_PIPE)
     except OSError as e:  # a write failed: each file is renamed into place only when complete
         fail(f"could not write {e.filename or 'a file'}: {e.strerror or e}; no file was left half-written", EXIT_WRITE_FAILED)

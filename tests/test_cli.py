@@ -10,6 +10,7 @@ import signal
 import os
 import shutil
 import struct
+import shlex
 import subprocess
 import sys
 import threading
@@ -364,6 +365,15 @@ def test_a_refused_argument_ends_the_process_in_one_line_with_status_2(tmp_path)
     proc = run_script("train.py", "--stage", "mlp", "--epochs", "0", cwd=tmp_path)
     assert_one_line_error(proc, "train.py: error: argument --epochs: expected an integer from 1 to 2147483647, got '0'")
     assert proc.stdout == "" and listing(tmp_path) == []
+
+
+def test_an_output_closed_early_ends_with_status_141_and_says_on_stderr_how_to_continue():
+    """`study.py ... | head -1` ended in silence, its unfinished work kept and nothing said of --resume (a hostile user's case)."""
+    code = ("from mnist_jax import cli; cli.on_stop(lambda: 'keeps epoch 1; continue with: train.py --resume'); "
+            "cli.run(lambda: [print('x' * 1000, flush=True) for _ in range(10000)])")
+    proc = subprocess.run(["bash", "-c", f"{shlex.join([sys.executable, '-c', code])} | head -c 10 > /dev/null; exit ${{PIPESTATUS[0]}}"],
+                          capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (141, "stopped: its output was closed; keeps epoch 1; continue with: train.py --resume\n")
 
 
 def test_a_console_that_cannot_show_a_character_of_the_output_shows_its_escape():
