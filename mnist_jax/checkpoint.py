@@ -335,7 +335,7 @@ def save_run(run: RunResult, run_dir: str | os.PathLike, metrics: dict, replacin
     if not isinstance(run, RunResult) or not isinstance(run_dir, (str, os.PathLike)) or not isinstance(metrics, dict):
         raise TypeError(f"save_run: expected a RunResult, the folder of the run (a str or a path) and a dict of metrics, "
                         f"got {type(run).__name__}, {type(run_dir).__name__} and {type(metrics).__name__}")
-    if not str(run_dir):  # (Path("") is the working folder)
+    if not os.fspath(run_dir):  # (Path("") is the working folder)
         raise ValueError("save_run run_dir: an empty name (give '.' for the working folder)")
     try:
         _check_meta(run_meta(run))

@@ -364,7 +364,7 @@ def check_environment(cache: Path | None, no_cache: bool, out: Path | None = Non
         raise UsageError(f"{named}: {folder} is not a local folder; the scripts keep compiled programs on a local disk")
     if named and (reason := why_unwritable(folder)):
         raise UsageError(f"{named}: cannot write to {folder} ({reason})")
-    if reason := writable_by_others(folder):
+    if reason := writable_by_others(folder) or foreign_entry(folder):
         raise UsageError(f"{named or 'the compilation cache'}: {folder} {reason}, and the programs kept there run in this "
                          f"process: use a folder only you can write{'' if named else ' (--compile-cache)'}, or --no-cache")
     refuse_in_a_run(named or "the compilation cache", folder, instead=None if named else "--compile-cache or --no-cache")
@@ -381,6 +381,16 @@ def writable_by_others(folder: Path) -> str | None:
     if mode.st_uid != os.geteuid():
         return f"belongs to another user (uid {mode.st_uid})"
     return f"can be written by every user ({stat.filemode(mode.st_mode)})" if mode.st_mode & stat.S_IWOTH else None
+
+
+def foreign_entry(folder: Path) -> str | None:
+    """Why an entry of `folder` may be another user's (its owner, or who may write it), else None."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            found = entry.stat(follow_symlinks=False)
+            if found.st_uid != os.geteuid() or found.st_mode & stat.S_IWOTH and not entry.is_symlink():
+                return f"holds {entry.name}, which {'belongs to another user' if found.st_uid != os.geteuid() else 'every user can write'}"
+    return None
 
 
 def compile_cache(cache: Path | None) -> tuple[Path, str | None]:
@@ -574,6 +584,8 @@ def grid_progress(args: argparse.Namespace, script: str):
         progress.start()
 
     def note() -> str:
+        if progress.started and not progress.exists():  # (cleared: the work is done)
+            return "it came after the work was done; every result is written"
         if progress.started:
             return f"{one_line(str(progress.folder))} keeps every epoch saved; continue with: {resume_command()}"
         kept = "; the unfinished work it would replace is kept as it was" if progress.saved_chunks() else ""
@@ -687,7 +699,11 @@ def stop_if_pending() -> None:
         raise Stopped(_pending[0])
 
 
-_stop_note: Callable[[], str] = lambda: "no file was left half-written; run the same command again"  # noqa: E731
+def _nothing_kept() -> str:
+    return "no file was left half-written; run the same command again"
+
+
+_stop_note: Callable[[], str] = _nothing_kept
 
 
 def on_stop(note: Callable[[], str]) -> None:
@@ -774,10 +790,12 @@ def run(main: Callable[[], None], several_processes: bool = False, end_process: 
     for stream in (sys.stdout, sys.stderr):  # a console that cannot show a character (±, —) shows its escape
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
+    on_stop(_nothing_kept)  # (until the script says what it keeps)
     try:
         if several_processes and not os.environ.get(distributed.CHILD_ENV) and distributed.requested(sys.argv[1:]):
             sys.exit(distributed.supervise())
         main()
+        on_stop(lambda: "it came after the work was done; every result is written")  # (a pipe closed at the last flush)
         stop_if_pending()
         if distributed.stop_asked():  # after the last epoch, which all agreed on: the work is done, and says so
             on_stop(lambda: "it came after the last epoch; every result is written")

@@ -85,8 +85,8 @@ def check_widths_fit(data: MNIST, widths: list[int], seeds: int, epochs: int = 5
     from mnist_jax.study import fitting_chunk
     from mnist_jax.train import TrainConfig
 
-    for width in widths:  # (compiled once per process: `width_sweep` finds them)
-        fitting_chunk(TrainConfig("mlp", epochs=epochs, hidden=width), data, seeds)
+    for width in widths:  # (the configuration `study.train_grid` compiles, once per process: `width_sweep` finds it)
+        fitting_chunk(TrainConfig("mlp", epochs=epochs, hidden=width, dropout=0.0), data, seeds)
 
 
 def width_sweep(data: MNIST, widths: list[int], seeds: list[int], epochs: int = 5) -> list[dict]:

@@ -263,10 +263,8 @@ def _read_study(path: Path) -> dict:
         if stage["documented_accuracy"] != STAGES[name].documented_accuracy:  # (a known stage, its figure or None)
             raise ValueError(f"{name}: documented accuracy {stage['documented_accuracy']}, not the original's "
                              f"{STAGES[name].documented_accuracy}")
-        known = run_settings(TrainConfig(name))
-        given = stage.get("settings", known)  # (a study saved before they were kept: the original's)
-        if not isinstance(given, dict) or given.keys() != known.keys() or not all(
-                finite_number(v) or v is None and known[k] is None for k, v in given.items()):
+        given = stage.get("settings", run_settings(TrainConfig(name)))  # (a study saved before they were kept: the original's)
+        if not _are_settings(name, given):
             raise ValueError(f"{name}: settings {given!r}, not the lr, batch_size, hidden and dropout of its runs")
         seeds = stage["seeds"]
         if tuple(seeds) != seeds_of_most or not all(type(s) is int for s in seeds) or len(set(seeds)) != len(seeds):
@@ -349,6 +347,16 @@ def load_study(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     arrays = _read(path.with_name("study_arrays.npz"), "scripts/study.py", lambda p: _read_arrays(p, report))
     _read(path, "scripts/study.py", lambda p: _check_images(report, arrays))
     return report, arrays
+
+
+def _are_settings(stage: str, given) -> bool:
+    """Whether `given` is what `run_settings` gives of a configuration of `stage` that `TrainConfig` accepts."""
+    try:
+        config = TrainConfig(stage, batch_size=given["batch_size"], lr=given["lr"], hidden=given["hidden"],
+                             dropout=given["dropout"] if STAGES[stage].is_mlp else None)
+        return run_settings(config) == given
+    except (TypeError, ValueError, KeyError):
+        return False
 
 
 def _check_images(report: dict, arrays: dict[str, np.ndarray]) -> None:

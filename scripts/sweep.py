@@ -182,8 +182,8 @@ def main() -> None:
         raise UsageError("--add keeps the sweep.json in --out and adds to it, --overwrite replaces it: give one of them")
     cli.mlp_only(args, args.stages, names=("hidden",))  # (--dropout values leave a linear stage's grid as it is)
     if args.dropout is not None and not any(STAGES[stage].dropout for stage in args.stages):
-        raise UsageError(f"--dropout sets the rates of the stages with dropout, and {', '.join(args.stages)} has none: "
-                         "add mlp_dropout to --stages")
+        raise UsageError(f"--dropout sets the rates of the stages with dropout, and none of {', '.join(args.stages)} has "
+                         "dropout: add mlp_dropout to --stages")
     if args.add and distributed.is_main():
         check_add(args)
     chosen_on = check_chosen_on(args)

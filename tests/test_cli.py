@@ -199,7 +199,7 @@ def test_a_compilation_cache_that_is_a_link_to_nothing_is_refused_before_any_wor
     assert listing(tmp_path) == ["cache"] and not (tmp_path / "gone").exists()
 
 
-@pytest.mark.parametrize("how", ["every user may write it", "another user owns it"])
+@pytest.mark.parametrize("how", ["every user may write it", "another user owns it", "every user may write an entry"])
 def test_a_compilation_cache_others_can_write_is_refused_before_any_work(refused, tmp_path, monkeypatch, how):
     """Its files are machine code the run executes (the project's through pickle): whoever can write them runs code
     in the run (a hostile user's case, through a 0777 --compile-cache)."""
@@ -208,6 +208,10 @@ def test_a_compilation_cache_others_can_write_is_refused_before_any_work(refused
     if how == "every user may write it":
         cache.chmod(0o777)
         why = "can be written by every user (drwxrwxrwx)"
+    elif how == "every user may write an entry":  # (planted while the folder was open to all, say)
+        (cache / "mnist_jax-0123").write_bytes(b"")
+        (cache / "mnist_jax-0123").chmod(0o666)
+        why = "holds mnist_jax-0123, which every user can write"
     else:
         if os.geteuid() != 0:
             pytest.skip("giving a folder to another user needs root")
@@ -369,11 +373,23 @@ def test_a_refused_argument_ends_the_process_in_one_line_with_status_2(tmp_path)
 
 def test_an_output_closed_early_ends_with_status_141_and_says_on_stderr_how_to_continue():
     """`study.py ... | head -1` ended in silence, its unfinished work kept and nothing said of --resume (a hostile user's case)."""
-    code = ("from mnist_jax import cli; cli.on_stop(lambda: 'keeps epoch 1; continue with: train.py --resume'); "
-            "cli.run(lambda: [print('x' * 1000, flush=True) for _ in range(10000)])")
+    code = ("from mnist_jax import cli; cli.run(lambda: [cli.on_stop(lambda: 'keeps epoch 1; continue with: train.py --resume'), "
+            "*(print('x' * 1000, flush=True) for _ in range(10000))])")
     proc = subprocess.run(["bash", "-c", f"{shlex.join([sys.executable, '-c', code])} | head -c 10 > /dev/null; exit ${{PIPESTATUS[0]}}"],
                           capture_output=True, text=True)
     assert (proc.returncode, proc.stderr) == (141, "stopped: its output was closed; keeps epoch 1; continue with: train.py --resume\n")
+
+
+def test_an_output_closed_once_the_work_is_done_says_every_result_is_written():
+    """(Output to a pipe is written at the end: a reader gone by then was told to continue work that was done.)"""
+    code = ("from mnist_jax import cli; cli.run(lambda: [cli.on_stop(lambda: 'keeps epoch 1; continue with: train.py --resume'), "
+            "print('the table')])")
+    read, write = os.pipe()
+    os.close(read)  # the reader, gone
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # (output to a pipe held until the end)
+    proc = subprocess.run([sys.executable, "-c", code], stdout=write, stderr=subprocess.PIPE, text=True, env=env)
+    os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "stopped: its output was closed; it came after the work was done; every result is written\n")
 
 
 def test_a_console_that_cannot_show_a_character_of_the_output_shows_its_escape():
@@ -589,7 +605,7 @@ def test_sweep_refuses_dropout_rates_when_no_stage_has_dropout(refused, stages):
     """Its rates are those of the stages with dropout: given for none, they were dropped without a word
     (a hostile user's case; train.py's --dropout adds dropout to the MLP it trains)."""
     assert refused("sweep.py", "--stages", stages, "--dropout", "0.3").endswith(
-        f"--dropout sets the rates of the stages with dropout, and {stages.replace(',', ', ')} has none: add mlp_dropout to --stages")
+        f"--dropout sets the rates of the stages with dropout, and none of {stages.replace(',', ', ')} has dropout: add mlp_dropout to --stages")
 
 
 def test_sweep_refuses_to_add_to_a_sweep_and_replace_it_at_once(refused, tmp_path):

@@ -54,6 +54,7 @@ def test_notebook_is_valid_nbformat_4_with_no_stored_outputs():
 @pytest.mark.parametrize("env, said", [
     ({"MNIST_JAX_SEEDS": "ten"}, "MNIST_JAX_SEEDS='ten': expected a whole number from 1"),
     ({"MNIST_JAX_EPOCHS": "0"}, "MNIST_JAX_EPOCHS='0': expected a whole number from 1"),
+    ({"MNIST_JAX_SEEDS": "\u00b2"}, "MNIST_JAX_SEEDS='\u00b2': expected a whole number from 1"),  # (a digit int() refuses)
     ({"MNIST_JAX_OUT": "{tmp}"}, "{tmp} holds results.json, training_curves.png, not written by mnist_jax: set MNIST_JAX_OUT to another folder"),
 ])
 def test_the_settings_cell_refuses_what_the_notebook_cannot_use_before_any_work(tmp_path, monkeypatch, env, said):

@@ -627,7 +627,9 @@ def test_a_grid_finished_after_a_resume_removes_its_progress_folder_only_if_it_m
     parse_grid(tmp_path).progress.save(CHUNK, STATES, np.zeros((1, 3, 5), np.float32))  # a run stopped after a save
     resumed = parse_grid(tmp_path, "--resume").progress
     resumed.save(CHUNK, STATES, np.zeros((2, 3, 5), np.float32))
+    assert "keeps every epoch saved; continue with: " in cli._stop_note()  # what a stop, or a closed output, says
     resumed.clear()  # finished
+    assert cli._stop_note() == "it came after the work was done; every result is written"
     if users:
         assert list((tmp_path / "progress").iterdir()) == []
     else:

@@ -254,6 +254,10 @@ STUDY_DAMAGE = {
                              "misclassified_labels holds classes outside 0-9"),
     "settings that are not a run's": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"].update(settings={"hidden": "8"})),
                                        r"mlp: settings \{'hidden': '8'\}, not the lr, batch_size, hidden and dropout of its runs"),
+    "a negative learning rate": ("results.json", lambda p: edited(p, lambda r: r["stages"]["mlp"].update(
+        settings={"lr": -1, "batch_size": 128, "hidden": 256, "dropout": 0.0})), r"mlp: settings \{'lr': -1, "),
+    "a width for a linear stage": ("results.json", lambda p: edited(p, lambda r: r["stages"]["linear_ce"].update(
+        settings={"lr": 0.001, "batch_size": 128, "hidden": 8, "dropout": 0.0})), r"linear_ce: settings \{'lr': 0.001, "),
     "a confusion matrix claiming a terabyte": ("study_arrays.npz", lambda p: npz_with_header(p, "mlp_confusion", (2**19, 2**18), "<i8"),
                                                r"mlp_confusion is int64\[524288, 262144\], expected \[10, 10\] of kind iu"),
 }
