@@ -12,6 +12,7 @@ import math
 import os
 import re
 import signal
+import stat
 import tempfile
 import threading
 import zipfile
@@ -44,10 +45,16 @@ def finite_number(x) -> bool:
 
 
 def read_json(path: str | os.PathLike, max_bytes: int):
-    """A JSON file of at most `max_bytes` (else ValueError, before reading it)."""
-    if (size := os.path.getsize(path)) > max_bytes:
-        raise ValueError(f"{size:,} bytes, more than the {max_bytes:,} such a file may have")
-    return json.loads(Path(path).read_text())
+    """A JSON file of at most `max_bytes`, else ValueError, before reading more (a device or a pipe: before reading)."""
+    if not stat.S_ISREG((found := os.stat(path)).st_mode):
+        raise ValueError("not a file (a folder, a device or a pipe)")
+    if found.st_size > max_bytes:
+        raise ValueError(f"{found.st_size:,} bytes, more than the {max_bytes:,} such a file may have")
+    with open(path, "rb") as f:
+        text = f.read(max_bytes + 1)  # (a file that grew since)
+    if len(text) > max_bytes:
+        raise ValueError(f"more than the {max_bytes:,} bytes such a file may have")
+    return json.loads(text)
 
 
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}

@@ -341,8 +341,8 @@ def _read_arrays(path: Path, report: dict) -> dict[str, np.ndarray]:
 
 
 def load_study(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """`results.json` and the `study_arrays.npz` beside it, as `save_study` wrote them."""
-    path = Path(path)
+    """`results.json` (or the folder holding it) and the `study_arrays.npz` beside it, as `save_study` wrote them."""
+    path = Path(path) / "results.json" if Path(path).is_dir() else Path(path)
     report = _read(path, "scripts/study.py", _read_study)
     arrays = _read(path.with_name("study_arrays.npz"), "scripts/study.py", lambda p: _read_arrays(p, report))
     _read(path, "scripts/study.py", lambda p: _check_images(report, arrays))
@@ -413,5 +413,5 @@ def _read_sweep(path: Path) -> dict:
 
 
 def load_sweep(path: str | os.PathLike) -> dict:
-    """`sweep.json` as `save_grid` wrote it."""
-    return _read(Path(path), "scripts/sweep.py", _read_sweep)
+    """`sweep.json` (or the folder holding it) as `save_grid` wrote it."""
+    return _read(Path(path) / "sweep.json" if Path(path).is_dir() else Path(path), "scripts/sweep.py", _read_sweep)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from mnist_jax import data
 from mnist_jax.files import LOCK
 from mnist_jax import memory, plots, sharding
 from mnist_jax.errors import ResultFileError
-from mnist_jax.results import comparisons, load_study, save_study, summary
+from mnist_jax.results import comparisons, load_study, load_sweep, save_study, summary
 from mnist_jax.study import compile_chunk, fitting_chunk, train_seeds
 from mnist_jax.train import TrainConfig, train
 
@@ -261,6 +262,20 @@ STUDY_DAMAGE = {
     "a confusion matrix claiming a terabyte": ("study_arrays.npz", lambda p: npz_with_header(p, "mlp_confusion", (2**19, 2**18), "<i8"),
                                                r"mlp_confusion is int64\[524288, 262144\], expected \[10, 10\] of kind iu"),
 }
+
+
+def test_a_study_loads_from_its_folder_and_a_device_or_pipe_is_refused_before_it_is_read(tmp_path):
+    """(A study's folder was called damaged; /dev/zero was read until memory ran out, a pipe waited forever: a hostile
+    user's cases.)"""
+    results = committed_study_with(tmp_path)
+    (report, arrays), (named, named_arrays) = load_study(tmp_path), load_study(results)
+    assert report == named and arrays.keys() == named_arrays.keys()
+    assert load_sweep(ROOT / "assets") == load_sweep(ROOT / "assets" / "sweep.json")
+    os.mkfifo(tmp_path / "pipe")
+    for path in ("/dev/zero", tmp_path / "pipe"):
+        for load, script in ((load_study, "study.py"), (load_sweep, "sweep.py")):
+            with pytest.raises(ResultFileError, match=f"^{path} is damaged or not written by scripts/{script} \\(ValueError: not a file "):
+                load(path)
 
 
 @pytest.mark.parametrize("damage", STUDY_DAMAGE)
