@@ -585,7 +585,7 @@ def grid_progress(args: argparse.Namespace, script: str):
 
     def note() -> str:
         if progress.started and not progress.exists():  # (cleared: the work is done)
-            return "it came after the work was done; every result is written"
+            return _work_done()
         if progress.started:
             return f"{one_line(str(progress.folder))} keeps every epoch saved; continue with: {resume_command()}"
         kept = "; the unfinished work it would replace is kept as it was" if progress.saved_chunks() else ""
@@ -703,6 +703,10 @@ def _nothing_kept() -> str:
     return "no file was left half-written; run the same command again"
 
 
+def _work_done() -> str:
+    return "it came after the work was done; every result is written"
+
+
 _stop_note: Callable[[], str] = _nothing_kept
 
 
@@ -795,7 +799,7 @@ def run(main: Callable[[], None], several_processes: bool = False, end_process: 
         if several_processes and not os.environ.get(distributed.CHILD_ENV) and distributed.requested(sys.argv[1:]):
             sys.exit(distributed.supervise())
         main()
-        on_stop(lambda: "it came after the work was done; every result is written")  # (a pipe closed at the last flush)
+        on_stop(_work_done)  # (a pipe closed at the last flush)
         stop_if_pending()
         if distributed.stop_asked():  # after the last epoch, which all agreed on: the work is done, and says so
             on_stop(lambda: "it came after the last epoch; every result is written")

@@ -22,7 +22,7 @@ import scipy.stats
 from mnist_jax.data import MNIST, NUM_CLASSES
 from mnist_jax.errors import ResultFileError
 from mnist_jax.files import UNREADABLE, atomic_write, finite_number, npz_member, read_json, write_json
-from mnist_jax.stages import STAGES, TrainConfig, run_settings
+from mnist_jax.stages import STAGES, TrainConfig, run_settings, settings_config
 from mnist_jax.study import GridResult
 from mnist_jax.train import GRID_HISTORY_KEYS, device_description
 
@@ -342,7 +342,7 @@ def _read_arrays(path: Path, report: dict) -> dict[str, np.ndarray]:
 
 def load_study(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """`results.json` (or the folder holding it) and the `study_arrays.npz` beside it, as `save_study` wrote them."""
-    path = Path(path) / "results.json" if Path(path).is_dir() else Path(path)
+    path = _file_in(path, "results.json")
     report = _read(path, "scripts/study.py", _read_study)
     arrays = _read(path.with_name("study_arrays.npz"), "scripts/study.py", lambda p: _read_arrays(p, report))
     _read(path, "scripts/study.py", lambda p: _check_images(report, arrays))
@@ -352,9 +352,7 @@ def load_study(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
 def _are_settings(stage: str, given) -> bool:
     """Whether `given` is what `run_settings` gives of a configuration of `stage` that `TrainConfig` accepts."""
     try:
-        config = TrainConfig(stage, batch_size=given["batch_size"], lr=given["lr"], hidden=given["hidden"],
-                             dropout=given["dropout"] if STAGES[stage].is_mlp else None)
-        return run_settings(config) == given
+        return run_settings(settings_config(stage, given)) == given
     except (TypeError, ValueError, KeyError):
         return False
 
@@ -414,4 +412,9 @@ def _read_sweep(path: Path) -> dict:
 
 def load_sweep(path: str | os.PathLike) -> dict:
     """`sweep.json` (or the folder holding it) as `save_grid` wrote it."""
-    return _read(Path(path) / "sweep.json" if Path(path).is_dir() else Path(path), "scripts/sweep.py", _read_sweep)
+    return _read(_file_in(path, "sweep.json"), "scripts/sweep.py", _read_sweep)
+
+
+def _file_in(path: str | os.PathLike, name: str) -> Path:
+    """`path`, or the file `name` in it where it is a folder."""
+    return Path(path) / name if Path(path).is_dir() else Path(path)

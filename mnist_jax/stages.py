@@ -137,11 +137,15 @@ class TrainConfig:
     def run_name(self) -> str:
         """<stage>-<each setting that differs from the stage's own>-seed<seed>, e.g. 'mlp-hidden512-seed42': train.py's
         run folder and every TensorBoard log. Not the epochs, so that `--resume --epochs N` trains the same run further."""
+        differ = (f"{key}{setting(value)}" for key, value in self.changed().items())
+        return "-".join([self.stage, *differ, f"seed{self.seed}"])
+
+    def changed(self) -> dict:
+        """Each setting that differs from the stage's own, under the name the run's folder gives it: {'hidden': 512}."""
         spec = self.spec
         settings = {"hidden": (self.hidden, spec.hidden), "dropout": (self.dropout, spec.dropout),
                     "lr": (self.lr, TrainConfig.lr), "batch": (self.batch_size, TrainConfig.batch_size)}
-        differ = (f"{key}{setting(value)}" for key, (value, own) in settings.items() if value not in (None, own))
-        return "-".join([self.stage, *differ, f"seed{self.seed}"])
+        return {key: value for key, (value, own) in settings.items() if value not in (None, own)}
 
     def describe(self) -> str:
         """e.g. 'mlp (hidden 256, batch 128)', for messages."""
@@ -155,15 +159,21 @@ def run_settings(config: TrainConfig) -> dict:
             "dropout": config.dropout_rate}
 
 
+def settings_config(stage: str, settings: dict) -> TrainConfig:
+    """The configuration of `stage` that `run_settings` gave `settings` of (TrainConfig's checks; KeyError for one missing)."""
+    return TrainConfig(stage, batch_size=settings["batch_size"], lr=settings["lr"], hidden=settings["hidden"],
+                       dropout=settings["dropout"] if STAGES[stage].is_mlp else None)
+
+
 def changed_settings(stages: dict) -> list[str]:
     """The settings of a study's stages (each its `run_settings`) that differ from the original study's, in words
     ('hidden 8', 'lr 0.01'), each once: the documented accuracies are of the original's. None in a study saved before
     they were kept."""
     found = []
     for name, stage in stages.items():
-        own = run_settings(TrainConfig(name))
-        for key, value in stage.get("settings", own).items():
-            words = value != own[key] and f"{key.removesuffix('_size')} {setting(value)}"
+        changed = settings_config(name, stage["settings"]).changed() if "settings" in stage else {}
+        for key in ("lr", "batch", "hidden", "dropout"):  # (as the command line gives them)
+            words = key in changed and f"{key} {setting(changed[key])}"
             if words and words not in found:
                 found.append(words)
     return found
