@@ -499,7 +499,7 @@ def write_tensorboard(folder: Path | None, run: str, config: TrainConfig, histor
     with files.signals_deferred():
         folder.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(dir=os.path.realpath(folder), prefix=f"{files.PARTIAL}{run}."))  # (see files.atomic_write)
-        partial.chmod(0o755)  # (mkdtemp's 0o700 hides the log from others' TensorBoard; files.atomic_write's files are 0o644)
+        partial.chmod(files.readable_mode(0o755))  # (see files.readable_mode)
         try:
             writer = EventsWriter(str(partial / "events"), filename_suffix=OURS)
             try:

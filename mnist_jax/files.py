@@ -99,6 +99,23 @@ def signals_deferred() -> Iterator[None]:
             signal.raise_signal(received[0])
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (changing it races with other threads' files)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def readable_mode(mode: int) -> int:
+    """`mode` (0o644 for a file, 0o755 for a folder) less what the umask withholds: mkstemp's and mkdtemp's owner-only modes
+    would hide results from the group and others, and a umask of 077 asks that they be hidden."""
+    return mode & ~umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`, which replaces it only if the block succeeds; stop signals wait till then."""
@@ -113,7 +130,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
         try:
             yield Path(tmp)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, readable_mode(0o644))
             os.replace(tmp, path)
         except OSError as e:  # named by the file meant, not by the temporary one (another's, as it was)
             if e.filename not in (None, tmp):

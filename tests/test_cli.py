@@ -9,6 +9,7 @@ import importlib.util
 import signal
 import os
 import shutil
+import stat
 import struct
 import shlex
 import subprocess
@@ -244,6 +245,22 @@ def test_an_out_through_a_link_and_dot_dot_is_written_where_the_system_finds_it(
     proc = run_script_in_process("make_assets.py", "--linearity", ROOT / "assets" / "linearity.json", "--out", "s/../r", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [p.name for p in (tmp_path / "real" / "r").iterdir()] == ["width_sweep.png"] and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o644, 0o755)],
+                         ids=["umask 022", "umask 077", "umask 002"])
+def test_results_and_logs_are_readable_by_others_unless_the_umask_withholds_it(tmp_path, umask, file_mode, folder_mode):
+    """Files are written 0644 at most, as much as the umask allows: a umask of 077 keeps them the owner's (they were
+    0644 whatever the umask), and no umask makes them writable by others."""
+    mask = os.umask(umask)
+    try:
+        proc = run_script_in_process("make_assets.py", "--linearity", ROOT / "assets" / "linearity.json", "--out", "figures", cwd=tmp_path)
+        cli.write_tensorboard(tmp_path / "board", "mlp-seed3", TrainConfig("mlp", epochs=1, seed=3), [], 0.5)
+    finally:
+        os.umask(mask)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE((tmp_path / "figures" / "width_sweep.png").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "board" / "mlp-seed3").stat().st_mode) == folder_mode
 
 
 def test_an_output_folder_is_a_path_that_is_not_a_file(tmp_path):
