@@ -76,6 +76,8 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
 def is_checkpoint(path: Path) -> bool:
     """Whether `path` is an archive as `save_checkpoint` writes (told by its `meta`), whole or damaged after its first
     entry's name: `meta.npy`, the first `save_checkpoint` writes (at 30 of a zip's local header, its length at 26)."""
+    if not path.is_file():  # (a pipe would wait for a writer)
+        return False
     try:
         with open(path, "rb") as f:
             head = f.read(38)

@@ -190,13 +190,14 @@ def _hold(folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     while True:
         try:
-            fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)  # (a pipe: no wait)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise FolderBusy(f"{folder} holds {LOCK} as a link, not this project's lock") from None
             raise
-        held = os.read(fd, 32)
-        if os.fstat(fd).st_nlink != 1 or not re.fullmatch(rb"(\d+\n)?", held):
+        found = os.fstat(fd)
+        held = os.read(fd, 32) if stat.S_ISREG(found.st_mode) else b"not a file"
+        if found.st_nlink != 1 or not re.fullmatch(rb"(\d+\n)?", held):
             os.close(fd)
             raise FolderBusy(f"{folder} holds a {LOCK} that is not this project's lock")
         try:
@@ -241,6 +242,8 @@ def foreign_entries(folder: Path, ours: Mapping[str, Callable[[Path], bool]]) ->
             found.append(f"{entry.name} (a link)")
         elif entry.name == LOCK or is_partial(entry):
             continue
+        elif not (entry.is_file() or entry.is_dir()):
+            found.append(f"{entry.name} (not a file: a pipe, a socket or a device)")
         elif entry.name not in ours or not ours[entry.name](entry):
             found.append(entry.name + "/" * entry.is_dir())
     return found

@@ -729,6 +729,32 @@ def test_nothing_is_written_into_the_folder_of_another_run(refused, tmp_path, sc
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["link", "metrics.json"]
 
 
+@pytest.mark.parametrize("script, name, said", [
+    ("train.py", "checkpoint.npz", "holds checkpoint.npz (not a file: a pipe, a socket or a device), which train.py did not write"),
+    ("train.py", ".mnist_jax.lock", "holds a .mnist_jax.lock that is not this project's lock"),
+    ("study.py", ".mnist_jax.lock", "holds a .mnist_jax.lock that is not this project's lock"),
+], ids=["train.py checkpoint", "train.py lock", "study.py lock"])
+def test_a_pipe_named_as_a_file_the_project_reads_is_refused_without_waiting_on_it(refused, tmp_path, script, name, said):
+    """(Reading a named pipe waits for a writer: train.py waited forever on one in --out, with or without --resume or
+    --overwrite: a hostile user's case.) SIGALRM ends the wait, should there be one."""
+    (tmp_path / "run").mkdir()
+    os.mkfifo(tmp_path / "run" / name)
+
+    def waited(*_):
+        raise TimeoutError(f"waited on the pipe {name}")
+
+    previous = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(30)
+    try:
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            args = ["--stage", "linear_ce"] if script == "train.py" else ["--stages", "linear_ce"]
+            assert said in refused(script, *args, "--out", "run", *extra)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [name]
+
+
 @pytest.mark.parametrize("option, where", [("--out", "loop"), ("--tensorboard", "loop/logs"), ("--compile-cache", "loop/jax")])
 def test_a_folder_behind_a_link_to_itself_is_refused_in_one_line(refused, tmp_path, option, where):
     """(`Path.resolve` raises on such a loop, and its traceback was the script's last word.)"""
