@@ -61,6 +61,23 @@ class MNIST(NamedTuple):
         return re.sub(r"(, cached)? in .*?(?= by an earlier download$|$)", "", self.source)
 
 
+def checked(data: MNIST, caller: str) -> MNIST:
+    """`data` if it holds what training reads (as `load_mnist` gives it); else a ValueError naming `caller` and the field."""
+    if not isinstance(data, MNIST):
+        raise ValueError(f"{caller}: expected an MNIST (mnist_jax.data.load_mnist), got {type(data).__name__}")
+    for split in ("train", "test"):
+        images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+        if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape[1:] == (28, 28) and len(images)):
+            got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+            raise ValueError(f"{caller}: {split}_images: expected a NumPy array of uint8 images, (N, 28, 28) with N > 0, got {got}")
+        if not (isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.shape == (len(images),)):
+            got = f"{labels.dtype} {labels.shape}" if isinstance(labels, np.ndarray) else type(labels).__name__
+            raise ValueError(f"{caller}: {split}_labels: expected a NumPy array of {len(images)} integer labels, one per image, got {got}")
+        if labels.min() < 0 or labels.max() > 9:
+            raise ValueError(f"{caller}: {split}_labels: expected classes 0-9, got {labels.min()} to {labels.max()}")
+    return data
+
+
 def parse_idx(raw: bytes, ndim: int, name: str = "IDX data") -> np.ndarray:
     """Decode one IDX array of unsigned bytes with `ndim` dimensions."""
     header = 4 + 4 * ndim

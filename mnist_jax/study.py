@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from mnist_jax import distributed, executables, memory, sharding
-from mnist_jax.data import MNIST
+from mnist_jax.data import MNIST, checked
 from mnist_jax.evaluate import make_evaluate, predict
 from mnist_jax.models import dropout_bits
 from mnist_jax.progress import GridProgress
@@ -189,6 +189,7 @@ def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.
     draws what it would alone. `mesh`: the devices that split a chunk's models (default: as many as
     divide it). `on_epoch(done, total)` counts the epochs of all chunks. `vmapped`: see `compile_chunk`.
     With `progress`, each chunk is saved after every epoch and continues from what was saved."""
+    checked(data, "train_grid")
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(points):
         groups.setdefault(dropout_bits(p.dropout), []).append(i)

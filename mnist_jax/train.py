@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from mnist_jax import executables, memory, sharding
-from mnist_jax.data import MNIST, NUM_VALIDATION
+from mnist_jax.data import MNIST, NUM_VALIDATION, checked
 from mnist_jax.errors import NonFiniteLoss
 from mnist_jax.evaluate import make_evaluate, to_inputs
 from mnist_jax.stages import TrainConfig
@@ -308,8 +308,9 @@ def train(config: TrainConfig, data: MNIST, on_epoch: Callable[[RunResult], None
     devices that split each batch (default: as many as divide the batch sizes).
     Raises `NonFiniteLoss` if the loss stops being finite.
     """
-    if not isinstance(config, TrainConfig) or not isinstance(data, MNIST):
-        raise ValueError(f"train: expected a TrainConfig and an MNIST, got {type(config).__name__} and {type(data).__name__}")
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"train: expected a TrainConfig, got {type(config).__name__}")
+    checked(data, "train")
     if config.batch_size > len(data.train_images) - NUM_VALIDATION:
         raise ValueError(f"TrainConfig batch_size: expected at most the {len(data.train_images) - NUM_VALIDATION} "
                          f"training images, got {config.batch_size}")

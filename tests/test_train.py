@@ -153,7 +153,7 @@ def test_the_api_refuses_what_the_scripts_refuse_and_takes_numpy_numbers(tiny):
             TrainConfig("linear_ce", **bad)
     with pytest.raises(ValueError, match="batch_size: expected at most the 1000 training images"):
         train(TrainConfig("linear_ce", batch_size=1001), tiny)
-    with pytest.raises(ValueError, match="expected a TrainConfig and an MNIST"):
+    with pytest.raises(ValueError, match="train: expected an MNIST"):
         train(TrainConfig("linear_ce"), None)
     with pytest.raises(ValueError, match="unknown source"):
         load_mnist("nope")
@@ -161,6 +161,26 @@ def test_the_api_refuses_what_the_scripts_refuse_and_takes_numpy_numbers(tiny):
         train_seeds(TrainConfig("linear_ce"), tiny, [0, 0])
     with pytest.raises(ValueError, match="run_grid stages"):
         run_grid(["nope"], tiny)
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda d: d._replace(train_labels=d.train_labels[:-100]), "train_labels: expected a NumPy array of 7000 integer labels, one per image, got uint8 (6900,)"),
+    (lambda d: d._replace(train_labels=d.train_labels.astype(np.int64) - 1), "train_labels: expected classes 0-9, got -1 to 8"),
+    (lambda d: d._replace(test_labels=d.test_labels + 1), "test_labels: expected classes 0-9, got 1 to 10"),
+    (lambda d: d._replace(test_images=d.test_images[:0], test_labels=d.test_labels[:0]), "test_images: expected a NumPy array of uint8 images, (N, 28, 28) with N > 0, got uint8 (0, 28, 28)"),
+    (lambda d: d._replace(train_images=d.train_images.tolist()), "train_images: expected a NumPy array of uint8 images, (N, 28, 28) with N > 0, got list"),
+    (lambda d: d._replace(train_images=d.train_images / 255), "train_images: expected a NumPy array of uint8 images, (N, 28, 28) with N > 0, got float64 (7000, 28, 28)"),
+], ids=["fewer labels", "label -1", "label 10", "no test images", "a list", "floats"])
+def test_data_training_cannot_read_as_mnist_is_refused_before_any_work_naming_the_field(tiny, change, said):
+    """(The API trained on 100 labels fewer than images and on labels of -1 without a word, and called a label of 10 a
+    non-finite loss: a hostile user's cases. load_mnist checks its files; this checks what a user builds.)"""
+    bad = change(tiny)
+    with pytest.raises(ValueError) as refused:
+        train(TrainConfig("linear_ce", epochs=1), bad)
+    assert str(refused.value) == f"train: {said}"
+    with pytest.raises(ValueError) as refused:
+        train_seeds(TrainConfig("linear_ce", epochs=1), bad, [0, 1])
+    assert str(refused.value) == f"train_grid: {said}"
 
 
 def test_a_replay_starts_from_values_given_as_dicts_or_flax_state_and_refuses_any_other_arrays_naming_them(tiny):
