@@ -610,8 +610,8 @@ def script_command(name: str) -> str:
 
 
 def command() -> str:
-    """The command that produced a result, as recorded in it."""
-    return " ".join([*(invocation or ["python", f"scripts/{Path(sys.argv[0]).name}"]), *sys.argv[1:]])
+    """The command that produced a result, as recorded in it: shell-quoted, to paste back."""
+    return " ".join(map(shell_word, [*(invocation or ["python", f"scripts/{Path(sys.argv[0]).name}"]), *sys.argv[1:]]))
 
 
 def print_table(header: list[str], rows: list[list]) -> None:

@@ -668,6 +668,9 @@ def test_the_console_command_and_python_m_run_the_scripts_and_say_how_they_were_
 def test_a_script_run_from_scripts_records_itself_so(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["scripts/study.py", "--seeds", "2"])
     assert cli.command() == "python scripts/study.py --seeds 2"
+    monkeypatch.setattr(sys, "argv", ["scripts/compare.py", "--out", "sp ace/bé nch"])  # (recorded unquoted: a hostile user's case)
+    assert cli.command() == "python scripts/compare.py --out 'sp ace/bé nch'"
+    monkeypatch.setattr(sys, "argv", ["scripts/study.py", "--seeds", "2"])
     assert cli.resume_command() == "python scripts/study.py --seeds 2 --resume"
     for given in ("--r", "--res", "--resume", "--ov", "--overwrite"):  # --resume once, whatever abbreviation was typed
         monkeypatch.setattr(sys, "argv", ["scripts/train.py", "--stage", "mlp", given, "--out", "o"])
