@@ -167,15 +167,15 @@ def refuse_existing(args: argparse.Namespace, script: str, names: tuple[str, ...
     """`UsageError` if `args.out` holds any of `names` and no --overwrite (--resume, --add)
     was given, or holds one that is not a result this project wrote (`files.is_result`)."""
     found = [name for name in names if (args.out / name).exists() or (args.out / name).is_symlink()]
-    if found and not (args.overwrite or vars(args).get("resume") or vars(args).get("add")):
-        raise UsageError(f"--out: {args.out} already holds {', '.join(found)}; pass --overwrite to replace them, "
-                         "or choose another --out")
-    if alien := [name for name in found if not files.is_result(args.out / name)]:
+    if alien := [name for name in found if not files.is_result(args.out / name)]:  # (first: --overwrite would not help)
         is_, it = ("is", "it") if len(alien) == 1 else ("are", "them")
         figures = (" (a figure is replaced only if it carries the mark of the figures this project draws, which those drawn "
                    "by its earlier versions lack)") if any(name.endswith(".png") for name in alien) else ""
         raise UsageError(f"--out: {', '.join(alien)} in {args.out} {is_} not {script}'s results{figures} "
                          f"and will not be replaced: move {it} or choose another --out")
+    if found and not (args.overwrite or vars(args).get("resume") or vars(args).get("add")):
+        raise UsageError(f"--out: {args.out} already holds {', '.join(found)}; pass --overwrite to replace them, "
+                         "or choose another --out")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
