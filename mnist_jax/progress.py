@@ -82,18 +82,28 @@ class GridProgress:
         never read (it is of the work being replaced)."""
         self.run_id, self.started, self.fresh = uuid.uuid4().hex, False, True
 
-    def load(self, key: str, like) -> tuple[object, np.ndarray] | None:
-        """Chunk `key`'s saved states, shaped as `like`, and its metrics (epochs, models, metrics); None if none saved."""
+    def saved_sizes(self, prefix: str) -> dict[int, list[int]]:
+        """The chunks saved under `prefix` (`<prefix>-from<first>-<size>.npz`): each first point's sizes, largest first."""
+        found: dict[int, list[int]] = {}
+        for path in [] if self.fresh else self.saved_chunks():
+            if named := re.fullmatch(rf"{re.escape(prefix)}-from(\d+)-(\d+)\.npz", path.name):
+                found.setdefault(int(named[1]), []).append(int(named[2]))
+        return {first: sorted(sizes, reverse=True) for first, sizes in found.items()}
+
+    def load(self, key: str, like, offset: int = 0) -> tuple[object, np.ndarray] | None:
+        """Chunk `key`'s saved states, shaped as `like`, and its metrics (epochs, models, metrics); None if none saved.
+        `offset`: `like`'s models are those of the chunk from its `offset`th on (a chunk saved when more fitted at once)."""
         path = self.folder / f"{key}.npz"
         if self.fresh or not path.is_file():
             return None
         import jax  # here, not above: --out is claimed before JAX is imported
 
         leaves, treedef = jax.tree.flatten(like)
+        models = slice(offset, offset + len(leaves[0]))
         try:
             with np.load(path) as saved:
-                arrays = [saved[f"state_{i}"] for i in range(len(leaves))]
-                rows = saved["rows"]
+                arrays = [saved[f"state_{i}"][models] for i in range(len(leaves))]
+                rows = saved["rows"][:, models]
         except UNREADABLE as e:
             raise ProgressError(f"{path} is damaged ({type(e).__name__}); pass --overwrite to start again") from None
         if rows.ndim != 3 or [(a.shape, a.dtype) for a in arrays] != [(leaf.shape, np.dtype(leaf.dtype)) for leaf in leaves]:

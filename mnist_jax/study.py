@@ -144,14 +144,39 @@ def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.M
     return fewest
 
 
+def _parts(count: int, size: int, saved: dict[int, list[int]]) -> list[tuple[int, int, tuple[int, int]]]:
+    """`count` models in consecutive parts of at most `size`, each as (its first, its size, (first, size) of the chunk
+    saved holding its progress). A chunk saved whole that fits stays as it was saved (more fitted at once now, or as
+    many); one of more than fit now (less memory, say on resuming) is cut into parts that read their models from it;
+    the rest go in parts of `size` up to the next chunk saved. `saved`: each first's sizes saved, largest first."""
+    parts, first = [], 0
+    while first < count:
+        fits = [n for n in saved.get(first, []) if n <= size and first + n <= count]
+        holding = [(start, n) for start, sizes in saved.items() for n in sizes[:1] if start < first < start + n or
+                   start == first and n > size]
+        if fits:
+            part = (first, fits[0], (first, fits[0]))
+        elif holding:
+            start, n = max(holding, key=lambda chunk: chunk[1])
+            part = (first, min(size, start + n - first), (start, n))
+        else:
+            next_saved = min([start for start in saved if start > first], default=count)
+            n = min(size, next_saved - first, count - first)
+            part = (first, n, (first, n))
+        parts.append(part)
+        first += part[1]
+    return parts
+
+
 def _train_chunk(config: TrainConfig, data: MNIST, points: list[Point], chunk: Chunk, on_epoch: Callable[[], None],
-                 progress: GridProgress | None, key: str) -> tuple[tuple, float, dict[int, float]]:
-    """Train one chunk from and to its progress under `key`, stopping after a save if every process agreed
+                 progress: GridProgress | None, key: str, source: tuple[str, int]) -> tuple[tuple, float, dict[int, float]]:
+    """Train one chunk from and to its progress under `key` (read from `source`: a chunk's key and the offset of these
+    models in it), stopping after a save if every process agreed
     to (a SIGTERM). Returns ((metrics (models, epochs, 5), test accuracies, test predictions, final
     params), training seconds, each epoch's seconds (its training, validation and test passes))."""
     begin = prepare(config, data, points)
     states, rows = begin.state, []  # rows: per epoch, (models, 5) on the host
-    if progress and (saved := progress.load(key, jax.device_get(begin.state))):
+    if progress and (saved := progress.load(source[0], jax.device_get(begin.state), source[1])):
         states, rows = saved[0], list(saved[1])
         for _ in rows:
             on_epoch()
@@ -193,13 +218,21 @@ def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(points):
         groups.setdefault(dropout_bits(p.dropout), []).append(i)
-    plans, start = [], time.perf_counter()  # (dropout bits, config, the points' indices, compiled chunk) of each chunk
+    plans, start = [], time.perf_counter()  # (config, the points' indices, compiled chunk, its key, (key, offset) saved)
     for bits, members in groups.items():
         group = dataclasses.replace(config, dropout=max(points[i].dropout for i in members))
         chunk = fitting_chunk(group, data, min(len(members), models_at_once or len(members)), mesh, vmapped)
-        for part in (members[i : i + chunk.size] for i in range(0, len(members), chunk.size)):
-            rest = len(part) < chunk.size  # the last, shorter chunk
-            plans.append((bits, group, part, compile_chunk(group, data, len(part), mesh, vmapped) if rest else chunk))
+        prefix = f"{config.stage}-hidden{config.hidden or config.spec.hidden or 0}-bits{bits}"
+        position = {point: i for i, point in enumerate(members)}
+        saved = progress.saved_sizes(prefix) if progress else {}
+        granule = sharding.chunk_granule()  # (as the devices now are)
+        saved = {position[first]: [n for n in sizes if n % granule == 0] for first, sizes in saved.items() if first in position}
+        chunks = {chunk.size: chunk}
+        for first, size, (saved_first, saved_size) in _parts(len(members), chunk.size, saved):
+            if size not in chunks:
+                chunks[size] = compile_chunk(group, data, size, mesh, vmapped)
+            key, saved_key = (f"{prefix}-from{members[i]}-{n}" for i, n in ((first, size), (saved_first, saved_size)))
+            plans.append((group, members[first : first + size], chunks[size], key, (saved_key, first - saved_first)))
     compile_seconds = time.perf_counter() - start
     done, total = itertools.count(1), len(plans) * config.epochs
 
@@ -208,10 +241,9 @@ def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.
             on_epoch(next(done), total)
 
     results = []
-    for bits, group, part, chunk in plans:
-        key = f"{config.stage}-hidden{config.hidden or config.spec.hidden or 0}-bits{bits}-from{part[0]}-{len(part)}"
-        results.append(_train_chunk(group, data, [points[i] for i in part], chunk, count, progress, key))
-    order = np.argsort([i for _, _, part, _ in plans for i in part])  # the points in their own order
+    for group, part, chunk, key, saved in plans:
+        results.append(_train_chunk(group, data, [points[i] for i in part], chunk, count, progress, key, saved))
+    order = np.argsort([i for _, part, *_ in plans for i in part])  # the points in their own order
     metrics, accuracies, predictions, final_params = jax.tree.map(
         lambda *parts: np.concatenate(parts)[order], *(result for result, *_ in results))
     epoch_seconds = collections.Counter()  # each epoch's seconds, summed over the chunks
@@ -220,7 +252,7 @@ def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.
     history = [[{"epoch": e + 1, **{n: float(v) for n, v in zip(GRID_HISTORY_KEYS[1:], row)}} for e, row in enumerate(model)]
                for model in metrics]
     return GridResult(config, list(points), history, accuracies, predictions, final_params, compile_seconds,
-                      sum(seconds for _, seconds, _ in results), max(chunk.size for *_, chunk in plans), dict(sorted(epoch_seconds.items())))
+                      sum(seconds for _, seconds, _ in results), max(chunk.size for _, _, chunk, *_ in plans), dict(sorted(epoch_seconds.items())))
 
 
 def train_seeds(config: TrainConfig, data: MNIST, seeds: list[int], **kwargs) -> GridResult:

@@ -16,6 +16,7 @@ from mnist_jax import data
 from mnist_jax.files import LOCK
 from mnist_jax import memory, plots, sharding
 from mnist_jax.errors import ResultFileError
+from mnist_jax.progress import GridProgress
 from mnist_jax.results import comparisons, load_study, load_sweep, save_study, summary
 from mnist_jax.study import compile_chunk, fitting_chunk, train_seeds
 from mnist_jax.train import TrainConfig, train
@@ -46,6 +47,25 @@ def test_a_seed_of_a_study_trains_exactly_like_the_same_seed_alone(tiny, tiny_se
         np.testing.assert_allclose(v, a, rtol=1e-10, atol=1e-12)
     kernels = jax.tree.leaves(together.final_params)[-1]
     assert not np.allclose(kernels[0], kernels[1])  # two seeds, two models
+
+
+@pytest.mark.parametrize("saved_at_once, resumed_at_once", [(4, 2), (2, 4)], ids=["fewer at once", "more at once"])
+def test_a_grid_resumed_with_another_number_of_models_at_once_goes_on_from_the_epochs_saved(
+        tiny, tmp_path, saved_at_once, resumed_at_once):
+    """As when memory differs on resuming: chunks saved 4 at once are read as two of 2 (resumed with less memory, a study
+    trained its seeds again from epoch 1 without a word, its saved epochs unread: a hostile user's case), and chunks of 2
+    stay as saved when 4 fit. Each model walked through alone (lax.map), so it ends exactly as trained through."""
+    config, seeds = TrainConfig("linear_ce", epochs=2), [0, 1, 2, 3]
+    stopped = GridProgress(tmp_path, {"script": "test"})
+    stopped.start()
+    train_seeds(dataclasses.replace(config, epochs=1), tiny, seeds, models_at_once=saved_at_once, vmapped=False, progress=stopped)
+    resumed = train_seeds(config, tiny, seeds, models_at_once=resumed_at_once, vmapped=False, progress=GridProgress(tmp_path, {"script": "test"}))
+    whole = train_seeds(config, tiny, seeds, vmapped=False)
+    assert list(resumed.epoch_seconds) == [2]  # epoch 1 read, not trained
+    assert resumed.history == whole.history
+    np.testing.assert_array_equal(resumed.test_accuracies, whole.test_accuracies)
+    for a, b in zip(jax.tree.leaves(resumed.final_params), jax.tree.leaves(whole.final_params), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
