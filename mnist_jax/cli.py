@@ -819,7 +819,10 @@ def run(main: Callable[[], None], several_processes: bool = False, end_process: 
             print(one_line(f"stopped: its output was closed; {_stop_note()}"), file=sys.stderr, flush=True)
         sys.exit(EXIT_BROKEN_PIPE)
     except OSError as e:  # a write failed: each file is renamed into place only when complete
-        fail(f"could not write {e.filename or 'a file'}: {e.strerror or e}; no file was left half-written", EXIT_WRITE_FAILED)
+        note = "no file was left half-written"
+        with contextlib.suppress(Exception):  # and what is kept, as a stop says it (a study's epochs saved, say)
+            note = _stop_note() if _stop_note is _nothing_kept else f"{note}; {_stop_note()}"
+        fail(f"could not write {e.filename or 'a file'}: {e.strerror or e}; {note}", EXIT_WRITE_FAILED)
     except (Exception, MemoryError) as e:  # noqa: BLE001
         for kind, prefix, status in FAILURES:
             if isinstance(e, kind):

@@ -109,7 +109,10 @@ def main() -> None:
 
     def draw(name, fn, *fn_args):
         written.append(name)  # (first: a stop signal is delivered as the figure's file is complete)
-        fn(*fn_args, args.out / f"{PARTIAL}{name}")
+        try:
+            fn(*fn_args, args.out / f"{PARTIAL}{name}")
+        except OSError as e:  # (named by the figure meant, not by the file it is drawn to first)
+            raise OSError(e.errno, e.strerror, str(args.out / name)) from None
 
     try:
         if args.results is not None:

@@ -108,7 +108,7 @@ def test_a_full_disk_under_tensorboard_is_one_line_and_leaves_the_previous_log_a
         cli.run(lambda: cli.write_tensorboard(tmp_path, "mlp-seed3", config, history * 2, 0.75))
     assert stopped.value.code == 5
     assert capsys.readouterr().err.splitlines() == [
-        f"could not write {tmp_path / 'mlp-seed3'}: No space left on device; no file was left half-written"]
+        f"could not write {tmp_path / 'mlp-seed3'}: No space left on device; no file was left half-written; run the same command again"]
     assert listing(tmp_path) == ["mlp-seed3"]
     assert {path: path.read_bytes() for path in (tmp_path / "mlp-seed3").iterdir()} == before
     assert (threading.active_count(), atexit._ncallbacks()) == (threads, exit_handlers)

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -255,7 +256,17 @@ def test_a_study_whose_files_cannot_be_written_exits_5_and_leaves_nothing_half_w
     argv = command("study.py", "--stages", "linear_ce", "--seeds", "2", "--epochs", "1", "--out", out, "--no-cache", *data_args)
     proc = run_limited("RLIMIT_FSIZE", 1000, argv)
     assert_one_line_error(proc, "could not write", "progress", "File too large", status=5)
+    assert proc.stderr.rstrip().endswith(f"keeps every epoch saved; continue with: python {shlex.join(argv[1:])} --resume")  # as a stop says
     assert not list(out.rglob(".partial-*")) and not (out / "results.json").exists()
+
+
+def test_figures_that_fill_the_disk_are_named_as_the_figure_meant_and_none_is_left(tmp_path):
+    """(make_assets.py named the file it draws a figure to first, `.partial-<figure>`: a hostile user's case.)"""
+    with tmpfs(tmp_path / "disk", "40k") as disk:
+        proc = run_script_in_process("make_assets.py", "--results", ROOT / "assets", "--out", disk / "figures")
+        assert_one_line_error(proc, f"could not write {disk / 'figures' / 'training_curves.png'}: No space left on device; "
+                              "no file was left half-written", status=5)
+        assert not list(disk.rglob("*.png"))
 
 
 # Two runs, one folder
