@@ -141,7 +141,8 @@ def load_idx_dir(directory: str | os.PathLike, verify: bool = True, suffixes: tu
     directory = Path(directory)
     try:  # (`is_dir` and `is_file` raise where a folder cannot be searched)
         if not directory.is_dir():
-            raise DataError(f"{directory}: no such directory")
+            raise DataError(f"{directory}: not a folder (a folder of the four IDX files is expected)" if directory.exists()
+                            else f"{directory}: no such directory")
         named = {stem: [directory / f"{stem}{suffix}" for suffix in suffixes] for stem in IDX_SHA256}
         paths = {stem: next((p for p in found if p.is_file()), None) or next((p for p in found if p.exists()), None)
                  for stem, found in named.items()}  # a file, else what holds its name

@@ -107,6 +107,10 @@ def test_a_missing_file_is_named(data_dir, tmp_path):
     (tmp_path / "train-labels-idx1-ubyte.gz").mkdir()  # a folder under its name is not what is missing
     with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: not a file"):
         load_mnist("auto", tmp_path)
+    with pytest.raises(DataError, match="nowhere: no such directory"):
+        load_mnist("auto", tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: not a folder \(a folder of the four IDX files"):
+        load_mnist("auto", tmp_path / "t10k-images-idx3-ubyte.gz")  # (a file was called no such directory: a hostile user's case)
 
 
 def test_tfds_source_reads_uint8_images_and_rejects_data_that_is_not_mnist():
