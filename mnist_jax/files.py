@@ -205,6 +205,8 @@ def _hold(folder: Path) -> int:
         except BlockingIOError:
             os.close(fd)
             holder = held.decode().strip() or "unknown"
+            if holder == str(os.getpid()):  # (a save from another thread, say)
+                raise FolderBusy(f"{folder} is being written by this process, in another of its calls") from None
             raise FolderBusy(f"{folder} is being written by another run (process {holder})") from None
         with contextlib.suppress(FileNotFoundError):
             if os.fstat(fd).st_ino == os.stat(folder / LOCK).st_ino:

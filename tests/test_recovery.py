@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -22,7 +23,7 @@ from conftest import ROOT, assert_one_line_error, npz_with_header, run_script, r
 from mnist_jax.checkpoint import (
     CheckpointError, has_checkpoint, load_classifier, load_model, load_run, save_run, saved_epochs, to_nnx,
 )
-from mnist_jax.files import LOCK, FolderBusy, lock_folder, release_locks
+from mnist_jax.files import LOCK, FolderBusy, folder_locked, lock_folder, release_locks
 from mnist_jax.torch_reference import to_torch
 from mnist_jax.train import NonFiniteLoss, RunResult, TrainConfig, init_state, make_optimizer, run_record, train
 
@@ -322,6 +323,29 @@ def test_save_run_refuses_the_folder_of_a_live_run_and_saves_there_once_it_ended
         release_locks()
     save_run(run, tmp_path, run_record(run))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "metrics.json"] and load_run(tmp_path).history == [ROW]
+
+
+def test_two_saves_of_one_process_into_one_folder_at_once_take_turns_and_the_second_is_told_why(tmp_path):
+    """(From two threads the second was told of "another run (process <its own id>)": a hostile user's case.)"""
+    run = a_run([ROW])
+    started, finish = threading.Event(), threading.Event()
+
+    def first_save():
+        with folder_locked(tmp_path):  # as save_run holds it while it writes
+            started.set()
+            finish.wait(30)
+
+    first = threading.Thread(target=first_save)
+    first.start()
+    started.wait(30)
+    try:
+        with pytest.raises(FolderBusy, match=f"^{re.escape(str(tmp_path))} is being written by this process, in another of its calls$"):
+            save_run(run, tmp_path, run_record(run))
+    finally:
+        finish.set()
+        first.join()
+    save_run(run, tmp_path, run_record(run))
+    assert load_run(tmp_path).history == [ROW]
 
 
 def test_save_run_saves_a_run_again_with_metrics_of_its_own(tmp_path):
