@@ -82,13 +82,11 @@ class GridProgress:
         never read (it is of the work being replaced)."""
         self.run_id, self.started, self.fresh = uuid.uuid4().hex, False, True
 
-    def saved_sizes(self, prefix: str) -> dict[int, list[int]]:
-        """The chunks saved under `prefix` (`<prefix>-from<first>-<size>.npz`): each first point's sizes, largest first."""
-        found: dict[int, list[int]] = {}
-        for path in [] if self.fresh else self.saved_chunks():
-            if named := re.fullmatch(rf"{re.escape(prefix)}-from(\d+)-(\d+)\.npz", path.name):
-                found.setdefault(int(named[1]), []).append(int(named[2]))
-        return {first: sorted(sizes, reverse=True) for first, sizes in found.items()}
+    def saved_under(self, prefix: str) -> list[tuple[int, int, int]]:
+        """The chunks saved under `prefix` (`<prefix>-from<first>-<size>.npz`), as (first point, size, when saved: ns)."""
+        named = [(path, re.fullmatch(rf"{re.escape(prefix)}-from(\d+)-(\d+)\.npz", path.name))
+                 for path in ([] if self.fresh else self.saved_chunks())]
+        return [(int(name[1]), int(name[2]), path.stat().st_mtime_ns) for path, name in named if name]
 
     def load(self, key: str, like, offset: int = 0) -> tuple[object, np.ndarray] | None:
         """Chunk `key`'s saved states, shaped as `like`, and its metrics (epochs, models, metrics); None if none saved.

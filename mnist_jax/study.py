@@ -144,27 +144,21 @@ def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.M
     return fewest
 
 
-def _parts(count: int, size: int, saved: dict[int, list[int]]) -> list[tuple[int, int, tuple[int, int]]]:
+def _parts(count: int, size: int, saved: list[tuple[int, int, int]]) -> list[tuple[int, int, tuple[int, int]]]:
     """`count` models in consecutive parts of at most `size`, each as (its first, its size, (first, size) of the chunk
-    saved holding its progress). A chunk saved whole that fits stays as it was saved (more fitted at once now, or as
-    many); one of more than fit now (less memory, say on resuming) is cut into parts that read their models from it;
-    the rest go in parts of `size` up to the next chunk saved. `saved`: each first's sizes saved, largest first."""
+    saved that holds its progress). From each model on, the chunk saved last that holds it decides: one that starts there
+    and fits stays as it was saved (more fit at once now, or as many); a larger one is read in parts of `size` (less
+    memory, say, on resuming); with none, a part of `size` up to the next chunk saved. `saved`: (first, size, when)."""
     parts, first = [], 0
     while first < count:
-        fits = [n for n in saved.get(first, []) if n <= size and first + n <= count]
-        holding = [(start, n) for start, sizes in saved.items() for n in sizes[:1] if start < first < start + n or
-                   start == first and n > size]
-        if fits:
-            part = (first, fits[0], (first, fits[0]))
-        elif holding:
-            start, n = max(holding, key=lambda chunk: chunk[1])
-            part = (first, min(size, start + n - first), (start, n))
+        holding = [(when, start, n) for start, n, when in saved if start <= first < start + n <= count]
+        if holding:
+            _, start, n = max(holding)
+            parts.append((first, n if start == first and n <= size else min(size, start + n - first), (start, n)))
         else:
-            next_saved = min([start for start in saved if start > first], default=count)
-            n = min(size, next_saved - first, count - first)
-            part = (first, n, (first, n))
-        parts.append(part)
-        first += part[1]
+            n = min([size, count - first] + [start - first for start, _, _ in saved if start > first])
+            parts.append((first, n, (first, n)))
+        first += parts[-1][1]
     return parts
 
 
@@ -223,10 +217,9 @@ def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.
         group = dataclasses.replace(config, dropout=max(points[i].dropout for i in members))
         chunk = fitting_chunk(group, data, min(len(members), models_at_once or len(members)), mesh, vmapped)
         prefix = f"{config.stage}-hidden{config.hidden or config.spec.hidden or 0}-bits{bits}"
-        position = {point: i for i, point in enumerate(members)}
-        saved = progress.saved_sizes(prefix) if progress else {}
-        granule = sharding.chunk_granule()  # (as the devices now are)
-        saved = {position[first]: [n for n in sizes if n % granule == 0] for first, sizes in saved.items() if first in position}
+        position, granule = {point: i for i, point in enumerate(members)}, sharding.chunk_granule()  # (the devices now)
+        saved = [(position[first], n, when) for first, n, when in (progress.saved_under(prefix) if progress else [])
+                 if first in position and n % granule == 0]
         chunks = {chunk.size: chunk}
         for first, size, (saved_first, saved_size) in _parts(len(members), chunk.size, saved):
             if size not in chunks:

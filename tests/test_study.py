@@ -18,7 +18,7 @@ from mnist_jax import memory, plots, sharding
 from mnist_jax.errors import ResultFileError
 from mnist_jax.progress import GridProgress
 from mnist_jax.results import comparisons, load_study, load_sweep, save_study, summary
-from mnist_jax.study import compile_chunk, fitting_chunk, train_seeds
+from mnist_jax.study import _parts, compile_chunk, fitting_chunk, train_seeds
 from mnist_jax.train import TrainConfig, train
 
 
@@ -66,6 +66,15 @@ def test_a_grid_resumed_with_another_number_of_models_at_once_goes_on_from_the_e
     np.testing.assert_array_equal(resumed.test_accuracies, whole.test_accuracies)
     for a, b in zip(jax.tree.leaves(resumed.final_params), jax.tree.leaves(whole.final_params), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_chunk_saved_last_that_holds_a_model_decides_the_part_it_resumes_in():
+    """Parts of (first, size, (first, size) of the chunk read); saved chunks as (first, size, when saved)."""
+    assert _parts(5, 2, []) == [(0, 2, (0, 2)), (2, 2, (2, 2)), (4, 1, (4, 1))]  # nothing saved: as many as fit, the rest
+    assert _parts(4, 2, [(0, 4, 1)]) == [(0, 2, (0, 4)), (2, 2, (0, 4))]  # fewer fit now: read in parts
+    assert _parts(4, 4, [(0, 2, 1), (2, 2, 2)]) == [(0, 2, (0, 2)), (2, 2, (2, 2))]  # more fit now: as saved
+    assert _parts(4, 4, [(0, 4, 1), (0, 2, 2)]) == [(0, 2, (0, 2)), (2, 2, (0, 4))]  # stopped again in parts: the later save
+    assert _parts(6, 4, [(2, 2, 1)]) == [(0, 2, (0, 2)), (2, 2, (2, 2)), (4, 2, (4, 2))]  # fresh parts end where a saved one starts
 
 
 @pytest.mark.slow
