@@ -49,7 +49,7 @@ def test_benchmark_py_reports_jax_alone_in_its_out_folder_and_keeps_a_report_the
         return json.loads((out / "benchmark.json").read_text())
 
     (tmp_path / "kept").mkdir()
-    (tmp_path / "kept" / "benchmark.json").write_text("{}")
+    (tmp_path / "kept" / "benchmark.json").write_text('{"command": "python scripts/benchmark.py", "device": "cpu", "torch_loops": []}')
     with pytest.raises(SystemExit):
         run(tmp_path / "kept")
     assert "already holds benchmark.json; pass --overwrite" in capsys.readouterr().err
