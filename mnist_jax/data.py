@@ -61,8 +61,9 @@ class MNIST(NamedTuple):
         return re.sub(r"(, cached)? in .*?(?= by an earlier download$|$)", "", self.source)
 
 
-def checked(data: MNIST, caller: str) -> MNIST:
-    """`data` if it holds what training reads (as `load_mnist` gives it); else a ValueError naming `caller` and the field."""
+def checked(data: MNIST, caller: str, batch_size: int) -> MNIST:
+    """`data` if it holds what training in batches of `batch_size` reads (as `load_mnist` gives it); else a ValueError
+    naming `caller` and the field."""
     if not isinstance(data, MNIST):
         raise ValueError(f"{caller}: expected an MNIST (mnist_jax.data.load_mnist), got {type(data).__name__}")
     for split in ("train", "test"):
@@ -75,6 +76,9 @@ def checked(data: MNIST, caller: str) -> MNIST:
             raise ValueError(f"{caller}: {split}_labels: expected a NumPy array of {len(images)} integer labels, one per image, got {got}")
         if labels.min() < 0 or labels.max() > 9:
             raise ValueError(f"{caller}: {split}_labels: expected classes 0-9, got {labels.min()} to {labels.max()}")
+    if batch_size > len(data.train_images) - NUM_VALIDATION:
+        raise ValueError(f"TrainConfig batch_size: expected at most the {max(0, len(data.train_images) - NUM_VALIDATION)} "
+                         f"training images ({len(data.train_images)} less {NUM_VALIDATION} for validation), got {batch_size}")
     return data
 
 

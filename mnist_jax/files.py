@@ -37,6 +37,7 @@ def is_partial(path: Path) -> bool:
 
 LOCK = ".mnist_jax.lock"
 _LOCKS_HELD: dict[Path, tuple[int, list[Path]]] = {}  # folder -> its lock's descriptor, the folders made for it
+_SAVING: set[Path] = set()  # the folders `folder_locked` holds in this process
 
 
 def finite_number(x) -> bool:
@@ -177,9 +178,11 @@ def folder_locked(folder: Path) -> Iterator[None]:
         yield
         return
     fd = _hold(folder)
+    _SAVING.add(real_path(folder))
     try:
         yield
     finally:
+        _SAVING.discard(real_path(folder))
         with contextlib.suppress(OSError):
             os.unlink(folder / LOCK)
         os.close(fd)
@@ -205,7 +208,7 @@ def _hold(folder: Path) -> int:
         except BlockingIOError:
             os.close(fd)
             holder = held.decode().strip() or "unknown"
-            if holder == str(os.getpid()):  # (a save from another thread, say)
+            if real_path(folder) in _SAVING:  # (a save from another thread, say)
                 raise FolderBusy(f"{folder} is being written by this process, in another of its calls") from None
             raise FolderBusy(f"{folder} is being written by another run (process {holder})") from None
         with contextlib.suppress(FileNotFoundError):

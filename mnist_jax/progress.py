@@ -83,10 +83,17 @@ class GridProgress:
         self.run_id, self.started, self.fresh = uuid.uuid4().hex, False, True
 
     def saved_under(self, prefix: str) -> list[tuple[int, int, int]]:
-        """The chunks saved under `prefix` (`<prefix>-from<first>-<size>.npz`), as (first point, size, when saved: ns)."""
-        named = [(path, re.fullmatch(rf"{re.escape(prefix)}-from(\d+)-(\d+)\.npz", path.name))
-                 for path in ([] if self.fresh else self.saved_chunks())]
-        return [(int(name[1]), int(name[2]), path.stat().st_mtime_ns) for path, name in named if name]
+        """The chunks saved under `prefix` (`<prefix>-from<first>-<size>.npz`), as (first point, size, epochs saved)."""
+        found = []
+        for path in [] if self.fresh else self.saved_chunks():
+            if named := re.fullmatch(rf"{re.escape(prefix)}-from(\d+)-(\d+)\.npz", path.name):
+                try:
+                    with np.load(path) as saved:
+                        epochs = len(saved["rows"])
+                except UNREADABLE + (IndexError,) as e:
+                    raise ProgressError(f"{path} is damaged ({type(e).__name__}); pass --overwrite to start again") from None
+                found.append((int(named[1]), int(named[2]), epochs))
+        return found
 
     def load(self, key: str, like, offset: int = 0) -> tuple[object, np.ndarray] | None:
         """Chunk `key`'s saved states, shaped as `like`, and its metrics (epochs, models, metrics); None if none saved.
@@ -102,7 +109,7 @@ class GridProgress:
             with np.load(path) as saved:
                 arrays = [saved[f"state_{i}"][models] for i in range(len(leaves))]
                 rows = saved["rows"][:, models]
-        except UNREADABLE as e:
+        except UNREADABLE + (IndexError,) as e:  # (IndexError: an array of no models to take these from)
             raise ProgressError(f"{path} is damaged ({type(e).__name__}); pass --overwrite to start again") from None
         if rows.ndim != 3 or [(a.shape, a.dtype) for a in arrays] != [(leaf.shape, np.dtype(leaf.dtype)) for leaf in leaves]:
             raise ProgressError(f"{path} does not hold the models of this work; pass --overwrite to start again")
@@ -111,11 +118,11 @@ class GridProgress:
     def save(self, key: str, states, rows: np.ndarray) -> None:
         """The chunk `key` after as many epochs as `rows` has (`states` and `rows` whole, as NumPy)."""
         if not self.started:  # the first save of a fresh start: the work it replaces goes now
-            self.started = True
             if self.write:
                 made = not self.folder.exists() or self.made_folder() or self.left_by_a_kill()
                 self.clear()
                 write_json(self.folder / WORK_FILE, self.work | {"run_id": self.run_id, "made_folder": made})
+            self.started = True  # (once written: started without it is work done and cleared)
         if not self.write:
             return
         import jax

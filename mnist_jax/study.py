@@ -144,16 +144,18 @@ def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.M
     return fewest
 
 
-def _parts(count: int, size: int, saved: list[tuple[int, int, int]]) -> list[tuple[int, int, tuple[int, int]]]:
+def _parts(count: int, size: int, saved: list[tuple[int, int, int]], granule: int = 1) -> list[tuple[int, int, tuple[int, int]]]:
     """`count` models in consecutive parts of at most `size`, each as (its first, its size, (first, size) of the chunk
-    saved that holds its progress). From each model on, the chunk saved last that holds it decides: one that starts there
-    and fits stays as it was saved (more fit at once now, or as many); a larger one is read in parts of `size` (less
-    memory, say, on resuming); with none, a part of `size` up to the next chunk saved. `saved`: (first, size, when)."""
+    saved that holds its progress). From each model on, the chunk saved that holds it with the most epochs decides: one
+    that starts there and fits stays as it was saved (more fit at once now, or as many); a larger one is read in parts
+    of `size` (less memory, say, on resuming); with none, a part of `size` up to the next chunk saved. `saved`: (first,
+    size, epochs saved) of each, those on a multiple of `granule` alone (what a chunk must be, `sharding.chunk_granule`)."""
+    saved = [(start, n, epochs) for start, n, epochs in saved if start % granule == 0 and n % granule == 0]
     parts, first = [], 0
     while first < count:
-        holding = [(when, start, n) for start, n, when in saved if start <= first < start + n <= count]
+        holding = [(epochs, n, start) for start, n, epochs in saved if start <= first < start + n <= count]
         if holding:
-            _, start, n = max(holding)
+            _, n, start = max(holding)
             parts.append((first, n if start == first and n <= size else min(size, start + n - first), (start, n)))
         else:
             n = min([size, count - first] + [start - first for start, _, _ in saved if start > first])
@@ -208,7 +210,7 @@ def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.
     draws what it would alone. `mesh`: the devices that split a chunk's models (default: as many as
     divide it). `on_epoch(done, total)` counts the epochs of all chunks. `vmapped`: see `compile_chunk`.
     With `progress`, each chunk is saved after every epoch and continues from what was saved."""
-    checked(data, "train_grid")
+    checked(data, "train_grid", config.batch_size)
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(points):
         groups.setdefault(dropout_bits(p.dropout), []).append(i)
@@ -217,11 +219,11 @@ def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.
         group = dataclasses.replace(config, dropout=max(points[i].dropout for i in members))
         chunk = fitting_chunk(group, data, min(len(members), models_at_once or len(members)), mesh, vmapped)
         prefix = f"{config.stage}-hidden{config.hidden or config.spec.hidden or 0}-bits{bits}"
-        position, granule = {point: i for i, point in enumerate(members)}, sharding.chunk_granule()  # (the devices now)
-        saved = [(position[first], n, when) for first, n, when in (progress.saved_under(prefix) if progress else [])
-                 if first in position and n % granule == 0]
+        position = {point: i for i, point in enumerate(members)}
+        saved = [(position[first], n, epochs) for first, n, epochs in (progress.saved_under(prefix) if progress else [])
+                 if first in position]
         chunks = {chunk.size: chunk}
-        for first, size, (saved_first, saved_size) in _parts(len(members), chunk.size, saved):
+        for first, size, (saved_first, saved_size) in _parts(len(members), chunk.size, saved, sharding.chunk_granule()):
             if size not in chunks:
                 chunks[size] = compile_chunk(group, data, size, mesh, vmapped)
             key, saved_key = (f"{prefix}-from{members[i]}-{n}" for i, n in ((first, size), (saved_first, saved_size)))

@@ -310,10 +310,7 @@ def train(config: TrainConfig, data: MNIST, on_epoch: Callable[[RunResult], None
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"train: expected a TrainConfig, got {type(config).__name__}")
-    checked(data, "train")
-    if config.batch_size > len(data.train_images) - NUM_VALIDATION:
-        raise ValueError(f"TrainConfig batch_size: expected at most the {len(data.train_images) - NUM_VALIDATION} "
-                         f"training images, got {config.batch_size}")
+    checked(data, "train", config.batch_size)
     tx = make_optimizer(config)
     begin = replay.apply(prepare(config, data), tx)
     mesh = mesh or sharding.make_mesh("batch", config.batch_size, len(begin.train_idx) % config.batch_size or config.batch_size)

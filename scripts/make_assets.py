@@ -112,7 +112,8 @@ def main() -> None:
         try:
             fn(*fn_args, args.out / f"{PARTIAL}{name}")
         except OSError as e:  # (named by the figure meant, not by the file it is drawn to first)
-            raise OSError(e.errno, e.strerror, str(args.out / name)) from None
+            e.filename = str(args.out / name)
+            raise
 
     try:
         if args.results is not None:

@@ -251,12 +251,17 @@ def test_a_disk_with_room_for_the_checkpoint_alone_keeps_the_saved_pair_as_it_wa
             (disk / "filler").unlink()
 
 
-def test_a_study_whose_files_cannot_be_written_exits_5_and_leaves_nothing_half_written(tmp_path, data_args):
+@pytest.mark.parametrize("room, file, then", [
+    (1000, "a chunk's progress", "{out}/progress keeps every epoch saved; continue with: python {command} --resume"),  # as a stop says
+    (10, "work.json", "no epoch was saved; run the same command again to start afresh"),  # (it said the work was done)
+], ids=["a chunk", "work.json"])
+def test_a_study_whose_files_cannot_be_written_exits_5_and_leaves_nothing_half_written(tmp_path, data_args, room, file, then):
     out = tmp_path / "study"
     argv = command("study.py", "--stages", "linear_ce", "--seeds", "2", "--epochs", "1", "--out", out, "--no-cache", *data_args)
-    proc = run_limited("RLIMIT_FSIZE", 1000, argv)
+    proc = run_limited("RLIMIT_FSIZE", room, argv)
     assert_one_line_error(proc, "could not write", "progress", "File too large", status=5)
-    assert proc.stderr.rstrip().endswith(f"keeps every epoch saved; continue with: python {shlex.join(argv[1:])} --resume")  # as a stop says
+    assert (file == "work.json") == ("work.json: File too large" in proc.stderr), proc.stderr
+    assert proc.stderr.rstrip().endswith("no file was left half-written; " + then.format(out=out, command=shlex.join(argv[1:]))), proc.stderr
     assert not list(out.rglob(".partial-*")) and not (out / "results.json").exists()
 
 

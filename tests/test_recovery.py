@@ -325,7 +325,7 @@ def test_save_run_refuses_the_folder_of_a_live_run_and_saves_there_once_it_ended
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "metrics.json"] and load_run(tmp_path).history == [ROW]
 
 
-def test_two_saves_of_one_process_into_one_folder_at_once_take_turns_and_the_second_is_told_why(tmp_path):
+def test_a_save_into_a_folder_its_own_process_is_saving_to_is_refused_and_told_why(tmp_path):
     """(From two threads the second was told of "another run (process <its own id>)": a hostile user's case.)"""
     run = a_run([ROW])
     started, finish = threading.Event(), threading.Event()

@@ -68,13 +68,15 @@ def test_a_grid_resumed_with_another_number_of_models_at_once_goes_on_from_the_e
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_chunk_saved_last_that_holds_a_model_decides_the_part_it_resumes_in():
-    """Parts of (first, size, (first, size) of the chunk read); saved chunks as (first, size, when saved)."""
+def test_the_chunk_saved_with_the_most_epochs_of_a_model_decides_the_part_it_resumes_in():
+    """Parts of (first, size, (first, size) of the chunk read); saved chunks as (first, size, epochs saved)."""
     assert _parts(5, 2, []) == [(0, 2, (0, 2)), (2, 2, (2, 2)), (4, 1, (4, 1))]  # nothing saved: as many as fit, the rest
-    assert _parts(4, 2, [(0, 4, 1)]) == [(0, 2, (0, 4)), (2, 2, (0, 4))]  # fewer fit now: read in parts
-    assert _parts(4, 4, [(0, 2, 1), (2, 2, 2)]) == [(0, 2, (0, 2)), (2, 2, (2, 2))]  # more fit now: as saved
-    assert _parts(4, 4, [(0, 4, 1), (0, 2, 2)]) == [(0, 2, (0, 2)), (2, 2, (0, 4))]  # stopped again in parts: the later save
+    assert _parts(4, 2, [(0, 4, 3)]) == [(0, 2, (0, 4)), (2, 2, (0, 4))]  # fewer fit now: read in parts
+    assert _parts(4, 4, [(0, 2, 3), (2, 2, 1)]) == [(0, 2, (0, 2)), (2, 2, (2, 2))]  # more fit now: as saved
+    assert _parts(4, 4, [(0, 4, 13), (0, 2, 20)]) == [(0, 2, (0, 2)), (2, 2, (0, 4))]  # resumed in parts, stopped again
+    assert _parts(4, 4, [(0, 4, 20), (0, 2, 13)]) == [(0, 4, (0, 4))]  # (whichever file is newer, as a copy leaves them)
     assert _parts(6, 4, [(2, 2, 1)]) == [(0, 2, (0, 2)), (2, 2, (2, 2)), (4, 2, (4, 2))]  # fresh parts end where a saved one starts
+    assert _parts(8, 8, [(2, 4, 3)], granule=4) == [(0, 8, (0, 8))]  # one that would leave a device without models: unread
 
 
 @pytest.mark.slow

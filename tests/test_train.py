@@ -153,6 +153,9 @@ def test_the_api_refuses_what_the_scripts_refuse_and_takes_numpy_numbers(tiny):
             TrainConfig("linear_ce", **bad)
     with pytest.raises(ValueError, match="batch_size: expected at most the 1000 training images"):
         train(TrainConfig("linear_ce", batch_size=1001), tiny)
+    few = tiny._replace(train_images=tiny.train_images[:5000], train_labels=tiny.train_labels[:5000])  # (a grid trained on 4,000)
+    with pytest.raises(ValueError, match=r"expected at most the 0 training images \(5000 less 6000 for validation\), got 128"):
+        train_seeds(TrainConfig("linear_ce"), few, [0])
     with pytest.raises(ValueError, match="train: expected an MNIST"):
         train(TrainConfig("linear_ce"), None)
     with pytest.raises(ValueError, match="unknown source"):
