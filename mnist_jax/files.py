@@ -270,7 +270,7 @@ def is_run_metrics(path: Path) -> bool:
 
 # The keys that tell each named JSON result from a user's file of the same name.
 RESULT_KEYS = {"results.json": ("stages", "steps", "command"), "sweep.json": ("grids", "rows"),
-               "compare.json": ("stages", "replay", "command"), "linearity.json": ("linear_lstsq", "width_sweep", "command"),
+               "compare.json": ("stages", "seeds", "epochs", "command"), "linearity.json": ("linear_lstsq", "width_sweep", "command"),
                "benchmark.json": ("command", "device", "torch_loops")}
 
 

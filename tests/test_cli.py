@@ -5,6 +5,7 @@ import atexit
 import errno
 import gzip
 import io
+import json
 import importlib.util
 import signal
 import os
@@ -15,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -261,6 +263,22 @@ def test_results_and_logs_are_readable_by_others_unless_the_umask_withholds_it(t
     assert proc.returncode == 0, proc.stderr
     assert stat.S_IMODE((tmp_path / "figures" / "width_sweep.png").stat().st_mode) == file_mode
     assert stat.S_IMODE((tmp_path / "board" / "mlp-seed3").stat().st_mode) == folder_mode
+
+
+def test_the_results_each_script_writes_are_told_from_a_users_file_whatever_options_wrote_them(tmp_path):
+    """(compare.py's results without --replay-original were taken for a user's file, which its --overwrite then refused
+    to replace: found by the fresh clone's test.)"""
+    from mnist_jax.files import RESULT_KEYS, is_result
+
+    for name in RESULT_KEYS:
+        committed = next(ROOT.glob(f"assets/**/{name}"), None) or next(ROOT.glob(f"assets/{Path(name).stem}_cpu_*.json"))
+        assert is_result(committed), committed
+    without_replay = json.loads((ROOT / "assets" / "compare.json").read_text())
+    del without_replay["replay"]
+    (tmp_path / "compare.json").write_text(json.dumps(without_replay))
+    assert is_result(tmp_path / "compare.json")
+    (tmp_path / "compare.json").write_text(json.dumps({"stages": [], "mine": True}))
+    assert not is_result(tmp_path / "compare.json")
 
 
 def test_an_output_folder_is_a_path_that_is_not_a_file(tmp_path):
