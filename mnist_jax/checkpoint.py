@@ -29,7 +29,7 @@ from jax.typing import ArrayLike
 from mnist_jax.data import NUM_PIXELS
 from mnist_jax.errors import CheckpointError
 from mnist_jax.evaluate import to_inputs
-from mnist_jax.files import UNREADABLE, atomic_write, finite_number, folder_locked, is_run_metrics, npz_member
+from mnist_jax.files import UNREADABLE, atomic_write, finite_number, folder_locked, is_run_metrics, npz_member, write_npz
 from mnist_jax.train import HISTORY_KEYS, RunResult, TrainConfig, TrainState, graph, init_state, make_optimizer
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def write_checkpoint(run: RunResult, path: Path) -> None:
     meta = run_meta(run)
     arrays = {_name(place): np.asarray(leaf) for place, leaf in jax.tree_util.tree_leaves_with_path(_tree(run.final, run.best))}
     with open(path, "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        write_npz(f, {"meta": np.array(json.dumps(meta)), **arrays})
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:

@@ -142,6 +142,15 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
                 os.unlink(tmp)
 
 
+def write_npz(file, arrays: Mapping[str, np.ndarray], compress: bool = False) -> None:
+    """`np.savez(file, **arrays)` (`np.savez_compressed` with `compress`), its archive closed also when a write fails:
+    NumPy 1.26's (the floor) left it open, and its closing by the garbage collector later printed a traceback."""
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")

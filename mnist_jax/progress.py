@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_jax.errors import ProgressError
-from mnist_jax.files import PARTIAL, UNREADABLE, atomic_write, foreign_entries, is_partial, read_json, write_json
+from mnist_jax.files import PARTIAL, UNREADABLE, atomic_write, foreign_entries, is_partial, read_json, write_json, write_npz
 
 FOLDER = "progress"
 WORK_FILE = "work.json"
@@ -129,7 +129,7 @@ class GridProgress:
 
         arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(states))}
         with atomic_write(self.folder / f"{key}.npz") as tmp, open(tmp, "wb") as f:
-            np.savez(f, rows=rows, **arrays)
+            write_npz(f, {"rows": rows, **arrays})
 
     def made_folder(self) -> bool:
         """Whether the work saved here made the folder (work saved by versions before this was recorded did)."""

@@ -21,7 +21,7 @@ import scipy.stats
 
 from mnist_jax.data import MNIST, NUM_CLASSES
 from mnist_jax.errors import ResultFileError
-from mnist_jax.files import UNREADABLE, atomic_write, finite_number, npz_member, read_json, write_json
+from mnist_jax.files import UNREADABLE, atomic_write, finite_number, npz_member, read_json, write_json, write_npz
 from mnist_jax.stages import STAGES, TrainConfig, run_settings, settings_config
 from mnist_jax.study import GridResult
 from mnist_jax.train import GRID_HISTORY_KEYS, device_description
@@ -178,7 +178,7 @@ def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: 
     if write:
         write_json(out / "results.json", report)
         with atomic_write(out / "study_arrays.npz") as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **_study_arrays(results, data, stages, correct))
+            write_npz(f, _study_arrays(results, data, stages, correct), compress=True)
     return report
 
 
