@@ -65,8 +65,7 @@ def run_meta(run: RunResult) -> dict:
 def write_checkpoint(run: RunResult, path: Path) -> None:
     meta = run_meta(run)
     arrays = {_name(place): np.asarray(leaf) for place, leaf in jax.tree_util.tree_leaves_with_path(_tree(run.final, run.best))}
-    with open(path, "wb") as f:
-        write_npz(f, {"meta": np.array(json.dumps(meta)), **arrays})
+    write_npz(path, {"meta": np.array(json.dumps(meta)), **arrays})
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:

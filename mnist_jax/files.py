@@ -18,7 +18,7 @@ import threading
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import BinaryIO, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -142,7 +142,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
                 os.unlink(tmp)
 
 
-def write_npz(file, arrays: Mapping[str, np.ndarray], compress: bool = False) -> None:
+def write_npz(file: str | os.PathLike | BinaryIO, arrays: Mapping[str, np.ndarray], compress: bool = False) -> None:
     """`np.savez(file, **arrays)` (`np.savez_compressed` with `compress`), its archive closed also when a write fails:
     NumPy 1.26's (the floor) left it open, and its closing by the garbage collector later printed a traceback."""
     with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as archive:

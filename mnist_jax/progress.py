@@ -31,6 +31,10 @@ def option_difference(name: str, asked, saved) -> str:
     return f"{'the script' if name == 'script' else '--' + name.replace('_', '-')} {shown(asked)} (saved: {shown(saved)})"
 
 
+def damaged(path: Path, error: Exception) -> ProgressError:
+    return ProgressError(f"{path} is damaged ({type(error).__name__}); pass --overwrite to start again")
+
+
 class GridProgress:
     """The progress files of one piece of work in `out`; `write` False but in process 0 (all read: `out` is shared)."""
 
@@ -74,7 +78,7 @@ class GridProgress:
                     if archive.testzip() is not None or "rows.npy" not in archive.namelist():
                         raise zipfile.BadZipFile
         except UNREADABLE as e:
-            raise ProgressError(f"{path} is damaged ({type(e).__name__}); pass --overwrite to start again") from None
+            raise damaged(path, e) from None
         return [option_difference(k, v, saved.get(k)) for k, v in self.work.items() if saved.get(k) != v]
 
     def start(self) -> None:
@@ -91,7 +95,7 @@ class GridProgress:
                     with np.load(path) as saved:
                         epochs = len(saved["rows"])
                 except UNREADABLE + (IndexError,) as e:
-                    raise ProgressError(f"{path} is damaged ({type(e).__name__}); pass --overwrite to start again") from None
+                    raise damaged(path, e) from None
                 found.append((int(named[1]), int(named[2]), epochs))
         return found
 
@@ -110,7 +114,7 @@ class GridProgress:
                 arrays = [saved[f"state_{i}"][models] for i in range(len(leaves))]
                 rows = saved["rows"][:, models]
         except UNREADABLE + (IndexError,) as e:  # (IndexError: an array of no models to take these from)
-            raise ProgressError(f"{path} is damaged ({type(e).__name__}); pass --overwrite to start again") from None
+            raise damaged(path, e) from None
         if rows.ndim != 3 or [(a.shape, a.dtype) for a in arrays] != [(leaf.shape, np.dtype(leaf.dtype)) for leaf in leaves]:
             raise ProgressError(f"{path} does not hold the models of this work; pass --overwrite to start again")
         return jax.tree.unflatten(treedef, arrays), rows
@@ -128,8 +132,8 @@ class GridProgress:
         import jax
 
         arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(states))}
-        with atomic_write(self.folder / f"{key}.npz") as tmp, open(tmp, "wb") as f:
-            write_npz(f, {"rows": rows, **arrays})
+        with atomic_write(self.folder / f"{key}.npz") as tmp:
+            write_npz(tmp, {"rows": rows, **arrays})
 
     def made_folder(self) -> bool:
         """Whether the work saved here made the folder (work saved by versions before this was recorded did)."""

@@ -177,8 +177,8 @@ def save_study(results: dict[str, GridResult], data: MNIST, out: Path, command: 
               "data": data.origin, "jax_version": jax.__version__, "seconds": seconds}
     if write:
         write_json(out / "results.json", report)
-        with atomic_write(out / "study_arrays.npz") as tmp, open(tmp, "wb") as f:
-            write_npz(f, _study_arrays(results, data, stages, correct), compress=True)
+        with atomic_write(out / "study_arrays.npz") as tmp:
+            write_npz(tmp, _study_arrays(results, data, stages, correct), compress=True)
     return report
 
 
