@@ -120,6 +120,14 @@ def test_the_zen_2_repeat_sentence_gives_the_figures_of_its_committed_run():
     assert f"(`{report['command']}`," in text and f"at {seconds} s, efficiency {efficiencies}:" in text
 
 
+def test_the_zen_4_repeat_sentence_gives_the_figures_of_its_committed_run():
+    report = json.loads((ASSETS / "zen4_grid_repeat" / "benchmark.json").read_text())
+    text = " ".join(doc("docs/performance.md").split())
+    seconds = " and ".join(f"{row['jax_epoch_seconds']:.3f}" for row in report["stages"])
+    grids = " and ".join(f"{row['per_model_over_single']:.2f}" for row in report["studies"] if row["width"] == 1)
+    assert f"(`{report['command']}`," in text and f"took {seconds} s an epoch, and a grid model {grids} of a run alone" in text
+
+
 def test_the_adam_hyperparameters_check_table_is_the_four_committed_runs():
     rows = []
     for run in ("constants-1", "injected-1", "constants-2", "injected-2"):
