@@ -7,6 +7,7 @@ Adam kernel on a CPU) and `compile` (the tensor loop with the model and the opti
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import OrderedDict
 from typing import Callable
@@ -168,6 +169,7 @@ def train(stage: str, data: MNIST, split: tuple[np.ndarray, np.ndarray] | None =
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True if loop == "fused" else None)
     if loop == "compile":  # the forward and backward graphs, and Adam's update; one graph per batch shape
         torch.compiler.reset()  # each run compiles afresh: earlier runs' graphs would count to dynamo's recompile limit
+        logging.getLogger("torch._dynamo.variables.ctx_manager").setLevel(logging.ERROR)  # (its note: Adam.step's profiler marker is skipped)
         model, optimizer.step = torch.compile(model, dynamic=False), torch.compile(optimizer.step)
     train_set, val_set = (ImageDataset(data.train_images[idx], data.train_labels[idx]) for idx in (train_idx, val_idx))
     train_x, train_y = as_tensors(train_set.images, train_set.labels)

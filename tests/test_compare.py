@@ -1,6 +1,8 @@
 """JAX and the PyTorch reference train on the same data; the original's own run replays in both.
 (`scripts/compare.py` itself: tests/test_fresh_clone.py.)"""
 
+import logging
+
 import pytest
 
 from mnist_jax.comparison import compare_stage, replay_original, steady_seconds_per_epoch
@@ -21,7 +23,7 @@ def test_jax_replay_of_the_original_run_matches_the_pytorch_replay(mnist):
 
 
 @pytest.mark.slow
-def test_compare_stage_trains_both_frameworks_on_the_same_split(tiny):
+def test_compare_stage_trains_both_frameworks_on_the_same_split(tiny, caplog):
     done = []
     result = compare_stage("linear_ce", tiny, [0], ["tensor", "compile"], epochs=2, progress=done.append)
     assert done == ["linear_ce jax seed 0", "linear_ce torch/tensor seed 0", "linear_ce torch/compile seed 0"]
@@ -31,6 +33,7 @@ def test_compare_stage_trains_both_frameworks_on_the_same_split(tiny):
     # torch.compile trains the same model as the eager loop, and its compiling is timed apart
     assert result["torch_compile"]["accuracies"] == pytest.approx(result["torch_tensor"]["accuracies"], abs=0.002)
     assert result["torch_compile"]["compile_seconds"] > 0 and result["torch_tensor"]["compile_seconds"] is None
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("torch") and r.levelno >= logging.WARNING]  # (dynamo's note on Adam.step's profiler marker)
 
 
 def test_steady_epoch_time_is_the_median_epoch_leaving_out_each_runs_first():
