@@ -262,10 +262,10 @@ def reads_files(source: str = "auto", data_dir: str | os.PathLike | None = None)
 
 
 def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = None) -> MNIST:
-    """Fetch the four `.gz` files from TFDS's mirror into a cache, then verify them; if they fail, they are
-    deleted, so never reused."""
+    """Fetch the four `.gz` files from TFDS's mirror into a cache, then verify them; files this call fetched that
+    fail are deleted, so never reused (one found there is left to its owner)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    mirror = mirror or os.environ.get(MIRROR_ENV, MIRROR)
+    mirror = mirror or os.environ.get(MIRROR_ENV) or MIRROR  # (set but empty: unset, as $MNIST_JAX_DATA_DIR)
     fetched = [stem for stem in IDX_SHA256 if not (cache_dir / f"{stem}.gz").is_file()]
     if fetched:
         import pooch
@@ -283,18 +283,15 @@ def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = No
         data = load_idx_dir(cache_dir, suffixes=(".gz",))  # what it downloaded, nothing else there
     except DataError as e:
         bad = next((stem for stem in IDX_SHA256 if f"{stem}.gz" in str(e)), None)  # (None: the files disagree, one with another)
-        from_mirror = bad in fetched or bad is None and fetched
-        damaged = fetched if from_mirror else [bad] if bad else list(IDX_SHA256)  # what this download wrote, or the damaged file
-        if not all(os.access(cache_dir / f"{stem}.gz", os.R_OK) for stem in damaged):  # (the user's to fix, not ours to delete)
-            raise DataError(f"{e}: a file cached by an earlier download that cannot be read; fix its permissions") from None
-        for stem in damaged:
+        if not (bad in fetched or bad is None and fetched):  # found there, not downloaded now: maybe a user's, not ours to delete
+            found = f"delete {cache_dir / f'{bad}.gz'}" if bad else f"delete the .gz files of {cache_dir}"
+            raise DataError(f"{e}: found in the download cache, not downloaded now; {found} to download it afresh") from None
+        for stem in fetched:  # what this download wrote
             (cache_dir / f"{stem}.gz").unlink(missing_ok=True)
         fault = str(e).removeprefix(f"{cache_dir / f'{bad}.gz'}: ")
-        if from_mirror:
-            served = f"{mirror.rstrip('/')}/{bad}.gz" if bad else mirror
-            raise DataError(f"{served} served data that is not MNIST's ({fault}); the downloaded files were deleted from "
-                            f"{cache_dir}: try again later, or another mirror (${MIRROR_ENV})") from None
-        raise DataError(f"{e}: a file cached by an earlier download, now deleted; run again to download it afresh") from None
+        served = f"{mirror.rstrip('/')}/{bad}.gz" if bad else mirror
+        raise DataError(f"{served} served data that is not MNIST's ({fault}); the downloaded files were deleted from "
+                        f"{cache_dir}: try again later, or another mirror (${MIRROR_ENV})") from None
     if not fetched:
         return data._replace(source=f"IDX files cached in {cache_dir} by an earlier download")
     part = "" if len(fetched) == len(IDX_SHA256) else f" ({len(fetched)} of {len(IDX_SHA256)} files)"

@@ -226,16 +226,24 @@ def test_auto_reads_an_earlier_download_in_the_user_cache_folder_before_it_tries
         data.load_mnist("auto")
 
 
-def test_a_damaged_file_of_an_earlier_download_is_deleted_alone_and_a_folder_the_os_refuses_is_a_data_error(data_dir, tmp_path):
-    cache = tmp_path / "cache"
+def test_a_damaged_file_found_in_the_download_cache_is_named_not_deleted_and_a_folder_the_os_refuses_is_a_data_error(
+        data_dir, tmp_path):
+    cache = tmp_path / "cache"  # (or a link to a user's own folder of MNIST, whose files are not ours to delete)
     cache.mkdir()
     for gz in data_dir.glob("*.gz"):
         shutil.copy(gz, cache)
     cut = cache / "t10k-labels-idx1-ubyte.gz"
     cut.write_bytes(cut.read_bytes()[:1000])
-    with pytest.raises(DataError, match="a file cached by an earlier download, now deleted; run again to download it afresh"):
+    with pytest.raises(DataError, match=f"found in the download cache, not downloaded now; delete {cut} to download it afresh$"):
         data.download(cache, "http://unused.invalid/")
-    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{stem}.gz" for stem in data.IDX_SHA256 if "t10k-labels" not in stem)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{stem}.gz" for stem in data.IDX_SHA256)
+    assert len(cut.read_bytes()) == 1000
+    cache.chmod(0o555)  # (read-only: a refusal of the data, not a failed write)
+    try:
+        with pytest.raises(DataError, match="found in the download cache"):
+            data.download(cache, "http://unused.invalid/")
+    finally:
+        cache.chmod(0o755)
     too_long = tmp_path.joinpath(*["x" * 250] * 17)  # (ENAMETOOLONG: as a folder that cannot be searched)
     with pytest.raises(DataError, match=r": cannot read \(File name too long\)$"):
         load_idx_dir(too_long)
