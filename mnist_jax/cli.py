@@ -265,7 +265,7 @@ class ArgumentParser(argparse.ArgumentParser):
             args = self.parse_args(argv)
         except OSError as e:  # a check of a path given, which the system refuses to look up (a name too long)
             self.error(f"{e.filename}: {e.strerror}")
-        child = os.environ.get(distributed.CHILD_ENV)  # a process of several: it joins the run before it claims --out
+        child = self.processes and distributed.is_child()  # a process of several: it joins the run before it claims --out
         try:
             if self.processes:
                 given = [v is not None for v in (args.coordinator, args.num_processes, args.process_id)]
@@ -275,6 +275,8 @@ class ArgumentParser(argparse.ArgumentParser):
                 if all(given) and not 0 <= args.process_id < args.num_processes:
                     raise UsageError(f"argument --process-id: expected 0 to {args.num_processes - 1} "
                                      f"(--num-processes {args.num_processes}), got {args.process_id}")
+            if vars(args).get("data_dir") and vars(args).get("source") in ("tfds", "download"):
+                raise UsageError(f"--data-dir is read by --source idx and auto; --source {args.source} would ignore it")
             if self.trains:
                 check_environment(args.compile_cache, args.no_cache, vars(args).get("out"))
             if vars(args).get("tensorboard"):
@@ -362,14 +364,17 @@ def check_environment(cache: Path | None, no_cache: bool, out: Path | None = Non
     folder, named = compile_cache(cache)
     if named and re.match(r"[A-Za-z][\w+.-]+:/", str(folder)):  # gs://..., which JAX can use and `executables` cannot
         raise UsageError(f"{named}: {folder} is not a local folder; the scripts keep compiled programs on a local disk")
-    if named and (reason := why_unwritable(folder)):
-        raise UsageError(f"{named}: cannot write to {folder} ({reason})")
-    if reason := writable_by_others(folder) or foreign_entry(folder):
-        raise UsageError(f"{named or 'the compilation cache'}: {folder} {reason}, and the programs kept there run in this "
-                         f"process: use a folder only you can write{'' if named else ' (--compile-cache)'}, or --no-cache")
-    refuse_in_a_run(named or "the compilation cache", folder, instead=None if named else "--compile-cache or --no-cache")
-    if out:
-        check_cache_apart(cache, out)
+    try:
+        if named and (reason := why_unwritable(folder)):
+            raise UsageError(f"{named}: cannot write to {folder} ({reason})")
+        if reason := writable_by_others(folder) or foreign_entry(folder):
+            raise UsageError(f"{named or 'the compilation cache'}: {folder} {reason}, and the programs kept there run in this "
+                             f"process: use a folder only you can write{'' if named else ' (--compile-cache)'}, or --no-cache")
+        refuse_in_a_run(named or "the compilation cache", folder, instead=None if named else "--compile-cache or --no-cache")
+        if out:
+            check_cache_apart(cache, out)
+    except OSError as e:  # a path the system refuses to look up (a name too long)
+        raise UsageError(f"{named or 'the compilation cache'}: {folder}: {e.strerror}") from None
 
 
 def writable_by_others(folder: Path) -> str | None:
@@ -387,9 +392,13 @@ def foreign_entry(folder: Path) -> str | None:
     """Why an entry of `folder` may be another user's (its owner, or who may write it), else None."""
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
-            found = entry.stat(follow_symlinks=False)
-            if found.st_uid != os.geteuid() or found.st_mode & stat.S_IWOTH and not entry.is_symlink():
-                return f"holds {entry.name}, which {'belongs to another user' if found.st_uid != os.geteuid() else 'every user can write'}"
+            found = [entry.stat(follow_symlinks=False)]
+            with contextlib.suppress(OSError):  # a link: and what it leads to (a dangling one is no entry JAX reads)
+                found += [entry.stat()] if entry.is_symlink() else []
+            for each in found:
+                if each.st_uid != os.geteuid() or each.st_mode & stat.S_IWOTH and not stat.S_ISLNK(each.st_mode):
+                    whose = "belongs to another user" if each.st_uid != os.geteuid() else "every user can write"
+                    return f"holds {entry.name}, {'a link to a file ' if each is not found[0] else ''}which {whose}"
     return None
 
 
@@ -538,12 +547,18 @@ def setup_jax(cache: Path | None, no_cache: bool) -> None:
         raise UsageError("JAX_DISABLE_JIT: the scripts run compiled programs only; unset it")
     if jax.config.jax_enable_x64:  # (its float64 runs would not be the study's, and no float32 run could resume them)
         raise UsageError("JAX_ENABLE_X64: the study trains in float32, as PyTorch does; unset it")
+    if jax.config.jax_numpy_dtype_promotion != "standard":
+        raise UsageError(f"JAX_NUMPY_DTYPE_PROMOTION={jax.config.jax_numpy_dtype_promotion}: the project's programs use JAX's "
+                         "standard type promotion; unset it")
+    if (jax.config.jax_default_prng_impl, jax.config.jax_threefry_partitionable) != ("threefry2x32", True):
+        raise UsageError("JAX_DEFAULT_PRNG_IMPL or JAX_THREEFRY_PARTITIONABLE: other random bits than JAX's default draw "
+                         "another split, initialisation and order for each seed, and no run could resume another; unset them")
     for direction in ("HOST_TO_DEVICE", "DEVICE_TO_HOST"):  # JAX_TRANSFER_GUARD, where set, decides both
         name = "JAX_TRANSFER_GUARD" if os.environ.get("JAX_TRANSFER_GUARD") else f"JAX_TRANSFER_GUARD_{direction}"
         if os.environ.get(name, "").startswith("disallow"):
             raise UsageError(f"{name}={os.environ[name]}: the scripts move the data, and each run's seed and settings, to the "
                              "device and read each epoch's figures back; unset it or set it to log")
-    if not os.environ.get(distributed.CHILD_ENV):  # (a child joins the run first)
+    if not distributed.is_child():  # (a child joins the run first)
         try:
             jax.devices()  # starts them, in well under a second, or fails before any work
         except Exception as e:  # noqa: BLE001  (a RuntimeError, or an AssertionError where the platform's plugin is missing)
@@ -781,7 +796,7 @@ def stop_on_signals() -> None:
     """From here a stop signal ends the work with its line (`run`); to a child the supervisor sends SIGTERM."""
     sys.unraisablehook = _unraisable
     for s in files.STOP_SIGNALS:
-        if os.environ.get(distributed.CHILD_ENV) and s != signal.SIGTERM:
+        if distributed.is_child() and s != signal.SIGTERM:
             signal.signal(s, signal.SIG_IGN)
         elif signal.getsignal(s) is not signal.SIG_IGN:
             signal.signal(s, _stop)
@@ -796,7 +811,7 @@ def run(main: Callable[[], None], several_processes: bool = False, end_process: 
             stream.reconfigure(errors="backslashreplace")
     on_stop(_nothing_kept)  # (until the script says what it keeps)
     try:
-        if several_processes and not os.environ.get(distributed.CHILD_ENV) and distributed.requested(sys.argv[1:]):
+        if several_processes and not distributed.is_child() and distributed.requested(sys.argv[1:]):
             sys.exit(distributed.supervise())
         main()
         on_stop(_work_done)  # (a pipe closed at the last flush)
@@ -832,7 +847,7 @@ def run(main: Callable[[], None], several_processes: bool = False, end_process: 
             why = str(e).splitlines()[0] if str(e) else "MemoryError"
             fail(f"does not fit: out of memory ({why})", EXIT_DOES_NOT_FIT)
         if type(e).__name__ == "JaxRuntimeError" and (flags := os.environ.get("XLA_FLAGS", "").strip()) \
-                and not os.environ.get(distributed.CHILD_ENV):  # (a child's runtime errors are its supervisor's to read)
+                and not distributed.is_child():  # (a child's runtime errors are its supervisor's to read)
             fail(f"{program()}: error: XLA_FLAGS={flags!r}: XLA started with them, then failed "
                  f"({str(e).splitlines()[0]}); fix or unset them")  # (its only check of a value is using it)
         raise

@@ -6,6 +6,7 @@ child, and such an end becomes `PeerLost` (one line, exit status 6)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -119,9 +120,15 @@ def stop_if_agreed() -> None:
         raise StopAgreed
 
 
+@functools.cache  # (decided at the start: a child whose supervisor died stays one, and leaves)
+def is_child() -> bool:
+    """Whether this process is the child `supervise` started (an inherited or stray `CHILD_ENV` names no parent)."""
+    return os.environ.get(CHILD_ENV) == str(os.getppid())
+
+
 def is_main() -> bool:
     """Process 0: the one that writes and prints (a process alone is)."""
-    if not os.environ.get(CHILD_ENV):
+    if not is_child():
         return True
     import jax
 

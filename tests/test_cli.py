@@ -202,7 +202,24 @@ def test_a_compilation_cache_that_is_a_link_to_nothing_is_refused_before_any_wor
     assert listing(tmp_path) == ["cache"] and not (tmp_path / "gone").exists()
 
 
-@pytest.mark.parametrize("how", ["every user may write it", "another user owns it", "every user may write an entry"])
+@pytest.mark.parametrize("source", ["download", "tfds"])
+def test_a_data_folder_the_source_would_not_read_is_refused(refused, tmp_path, source):
+    """(It was ignored without a word.)"""
+    line = refused("train.py", "--stage", "linear_ce", "--source", source, "--data-dir", tmp_path, "--out", "run")
+    assert line.endswith(f"--data-dir is read by --source idx and auto; --source {source} would ignore it")
+
+
+def test_a_compilation_cache_named_too_long_for_the_system_is_a_usage_error_however_named(refused, monkeypatch):
+    """(Through the variable it was taken for a failed write: status 5, "run the same command again".)"""
+    too_long = "c" * 300
+    assert refused("train.py", "--stage", "linear_ce", "--out", "run", "--compile-cache", too_long).endswith(f"{too_long}: File name too long")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", too_long)
+    assert refused("train.py", "--stage", "linear_ce", "--out", "run").endswith(
+        f"$JAX_COMPILATION_CACHE_DIR: {too_long}: File name too long")
+
+
+@pytest.mark.parametrize("how", ["every user may write it", "another user owns it", "every user may write an entry",
+                                 "an entry links to a file every user may write"])
 def test_a_compilation_cache_others_can_write_is_refused_before_any_work(refused, tmp_path, monkeypatch, how):
     """Its files are machine code the run executes (the project's through pickle): whoever can write them runs code
     in the run (a hostile user's case, through a 0777 --compile-cache)."""
@@ -215,6 +232,11 @@ def test_a_compilation_cache_others_can_write_is_refused_before_any_work(refused
         (cache / "mnist_jax-0123").write_bytes(b"")
         (cache / "mnist_jax-0123").chmod(0o666)
         why = "holds mnist_jax-0123, which every user can write"
+    elif how == "an entry links to a file every user may write":  # (the link is the user's; what it leads to is not)
+        (tmp_path / "planted").write_bytes(b"")
+        (tmp_path / "planted").chmod(0o666)
+        (cache / "mnist_jax-0123").symlink_to(tmp_path / "planted")
+        why = "holds mnist_jax-0123, a link to a file which every user can write"
     else:
         if os.geteuid() != 0:
             pytest.skip("giving a folder to another user needs root")
@@ -230,7 +252,7 @@ def test_a_compilation_cache_others_can_write_is_refused_before_any_work(refused
     line = refused("train.py", "--stage", "linear_ce", "--out", "run")
     assert f"the compilation cache: {tmp_path}/xdg/mnist_jax/jax {why}" in line and line.endswith(
         "use a folder only you can write (--compile-cache), or --no-cache")
-    assert listing(tmp_path) == ["xdg"]
+    assert listing(tmp_path) == (["planted", "xdg"] if how.startswith("an entry links") else ["xdg"])
 
 
 def test_a_compilation_cache_in_the_default_run_folder_is_refused(refused, tmp_path):
@@ -529,6 +551,25 @@ def test_a_transfer_guard_that_stops_the_data_reaching_the_device_is_refused_bef
     line = refused("train.py", "--stage", "linear_ce", "--out", "run")
     assert line.endswith(f"{name}={value}: the scripts move the data, and each run's seed and settings, to the device and "
                          "read each epoch's figures back; unset it or set it to log")
+
+
+@pytest.mark.parametrize("setting, value, fragment", [
+    ("jax_numpy_dtype_promotion", "strict",  # (a TypePromotionError's traceback at the first program)
+     "JAX_NUMPY_DTYPE_PROMOTION=strict: the project's programs use JAX's standard type promotion; unset it"),
+    ("jax_default_prng_impl", "rbg", "JAX_DEFAULT_PRNG_IMPL or JAX_THREEFRY_PARTITIONABLE: other random bits"),
+    ("jax_threefry_partitionable", False,  # (a run resumed under it ended elsewhere than the run, without a word)
+     "another split, initialisation and order for each seed, and no run could resume another; unset them"),
+])
+def test_a_jax_setting_that_changes_the_programs_or_the_draws_is_refused_before_any_work(refused, setting, value, fragment):
+    """As its JAX_* variable sets it (JAX reads them at import, so here set in this process's JAX)."""
+    import jax
+
+    before = getattr(jax.config, setting)
+    jax.config.update(setting, value)
+    try:
+        assert fragment in refused("train.py", "--stage", "linear_ce", "--out", "run")
+    finally:
+        jax.config.update(setting, before)
 
 
 @pytest.mark.slow

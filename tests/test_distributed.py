@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, run_script, run_script_in_process
 
-from mnist_jax import memory
+from mnist_jax import distributed, memory
 from mnist_jax.distributed import GLOO_LINE, diagnosis, forward, requested
 from mnist_jax.stages import STAGES
 
@@ -220,6 +220,20 @@ def test_a_wrong_process_number_or_address_is_refused_in_one_line(tmp_path, args
     parsing, in this process: the same check of the same arguments."""
     run = run_script if where == "process" else run_script_in_process
     assert_one_line_error(run("study.py", *args, "--out", tmp_path / "run"), fragment)
+
+
+@pytest.mark.parametrize("value", ["1", "", "not a process id"])
+def test_a_supervisors_variable_inherited_by_a_single_process_changes_nothing(tmp_path, monkeypatch, value):
+    """(Set in a child by its supervisor alone: one left in a shell's environment made train.py end in an AttributeError
+    and study.py exit silently with status 6.)"""
+    monkeypatch.setenv(distributed.CHILD_ENV, value)
+    distributed.is_child.cache_clear()
+    try:
+        proc = run_script_in_process("study.py", "--stages", "linear_ce", "--seeds", "1", "--epochs", "1", "--out", tmp_path / "run")
+    finally:
+        distributed.is_child.cache_clear()
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "wrote" in proc.stdout and (tmp_path / "run" / "results.json").is_file()
 
 
 HEARTBEAT_ABORT = """E1202 03:16:59.052532    8764 coordination_service.cc:1549] [1028] Use error polling to propagate the following error to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):
