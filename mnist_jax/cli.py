@@ -373,6 +373,9 @@ def check_environment(cache: Path | None, no_cache: bool, out: Path | None = Non
         refuse_in_a_run(named or "the compilation cache", folder, instead=None if named else "--compile-cache or --no-cache")
         if out:
             check_cache_apart(cache, out)
+        if named:  # (a name too long: where Python's `exists` and `is_dir` say False, this raises)
+            with contextlib.suppress(FileNotFoundError):
+                os.lstat(folder)
     except OSError as e:  # a path the system refuses to look up (a name too long)
         raise UsageError(f"{named or 'the compilation cache'}: {folder}: {e.strerror}") from None
 
@@ -398,7 +401,7 @@ def foreign_entry(folder: Path) -> str | None:
             for each in found:
                 if each.st_uid != os.geteuid() or each.st_mode & stat.S_IWOTH and not stat.S_ISLNK(each.st_mode):
                     whose = "belongs to another user" if each.st_uid != os.geteuid() else "every user can write"
-                    return f"holds {entry.name}, {'a link to a file ' if each is not found[0] else ''}which {whose}"
+                    return f"holds {entry.name}, {'a link to a path ' if each is not found[0] else ''}which {whose}"
     return None
 
 
@@ -550,9 +553,13 @@ def setup_jax(cache: Path | None, no_cache: bool) -> None:
     if jax.config.jax_numpy_dtype_promotion != "standard":
         raise UsageError(f"JAX_NUMPY_DTYPE_PROMOTION={jax.config.jax_numpy_dtype_promotion}: the project's programs use JAX's "
                          "standard type promotion; unset it")
-    if (jax.config.jax_default_prng_impl, jax.config.jax_threefry_partitionable) != ("threefry2x32", True):
-        raise UsageError("JAX_DEFAULT_PRNG_IMPL or JAX_THREEFRY_PARTITIONABLE: other random bits than JAX's default draw "
-                         "another split, initialisation and order for each seed, and no run could resume another; unset them")
+    draws = {"JAX_DEFAULT_PRNG_IMPL": (jax.config.jax_default_prng_impl, "threefry2x32"),
+             "JAX_THREEFRY_PARTITIONABLE": (getattr(jax.config, "jax_threefry_partitionable", True), True),
+             "JAX_RANDOM_SEED_OFFSET": (getattr(jax.config, "jax_random_seed_offset", 0), 0)}
+    for name, (value, default) in draws.items():
+        if value != default:
+            raise UsageError(f"{name}={os.environ.get(name, value)}: other random bits than JAX's default draw another split, "
+                             "initialisation and order for each seed, and no run could resume another; unset it")
     for direction in ("HOST_TO_DEVICE", "DEVICE_TO_HOST"):  # JAX_TRANSFER_GUARD, where set, decides both
         name = "JAX_TRANSFER_GUARD" if os.environ.get("JAX_TRANSFER_GUARD") else f"JAX_TRANSFER_GUARD_{direction}"
         if os.environ.get(name, "").startswith("disallow"):

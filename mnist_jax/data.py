@@ -266,7 +266,10 @@ def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = No
     fail are deleted, so never reused (one found there is left to its owner)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     mirror = mirror or os.environ.get(MIRROR_ENV) or MIRROR  # (set but empty: unset, as $MNIST_JAX_DATA_DIR)
-    fetched = [stem for stem in IDX_SHA256 if not (cache_dir / f"{stem}.gz").is_file()]
+    try:
+        fetched = [stem for stem in IDX_SHA256 if not (cache_dir / f"{stem}.gz").is_file()]
+    except OSError as e:  # (a name too long, say)
+        raise DataError(f"{cache_dir}: cannot hold the download ({e.strerror}); set XDG_CACHE_HOME to another folder") from None
     if fetched:
         import pooch
 
@@ -283,11 +286,13 @@ def download(cache_dir: str | os.PathLike | None = None, mirror: str | None = No
         data = load_idx_dir(cache_dir, suffixes=(".gz",))  # what it downloaded, nothing else there
     except DataError as e:
         bad = next((stem for stem in IDX_SHA256 if f"{stem}.gz" in str(e)), None)  # (None: the files disagree, one with another)
-        if not (bad in fetched or bad is None and fetched):  # found there, not downloaded now: maybe a user's, not ours to delete
-            found = f"delete {cache_dir / f'{bad}.gz'}" if bad else f"delete the .gz files of {cache_dir}"
-            raise DataError(f"{e}: found in the download cache, not downloaded now; {found} to download it afresh") from None
-        for stem in fetched:  # what this download wrote
+        for stem in fetched:  # what this download wrote (unverified, if another file failed first)
             (cache_dir / f"{stem}.gz").unlink(missing_ok=True)
+        if not (bad in fetched or bad is None and fetched):  # found there, not downloaded now: maybe a user's, not ours to delete
+            path = cache_dir / f"{bad}.gz"
+            found = "fix its permissions, or delete it," if bad and not os.access(path, os.R_OK) else \
+                f"delete {path}" if bad else f"delete the .gz files of {cache_dir}"
+            raise DataError(f"{e}: found in the download cache, not downloaded now; {found} to download it afresh") from None
         fault = str(e).removeprefix(f"{cache_dir / f'{bad}.gz'}: ")
         served = f"{mirror.rstrip('/')}/{bad}.gz" if bad else mirror
         raise DataError(f"{served} served data that is not MNIST's ({fault}); the downloaded files were deleted from "

@@ -6,7 +6,6 @@ child, and such an end becomes `PeerLost` (one line, exit status 6)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -120,10 +119,13 @@ def stop_if_agreed() -> None:
         raise StopAgreed
 
 
-@functools.cache  # (decided at the start: a child whose supervisor died stays one, and leaves)
+# Decided at import, at the process's start: a child whose supervisor dies later stays one (and leaves, `join`).
+_CHILD = os.environ.get(CHILD_ENV) == str(os.getppid())
+
+
 def is_child() -> bool:
     """Whether this process is the child `supervise` started (an inherited or stray `CHILD_ENV` names no parent)."""
-    return os.environ.get(CHILD_ENV) == str(os.getppid())
+    return _CHILD
 
 
 def is_main() -> bool:

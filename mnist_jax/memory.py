@@ -79,5 +79,6 @@ def check(what: str, needed: int) -> None:
         import jax
 
         device = jax.devices()[0]
+        kept = " (two thirds of the host's free memory)" if device.platform == "cpu" and not os.environ.get(LIMIT_ENV) else ""
         raise DoesNotFit(f"{what} need about {gigabytes(needed)} of memory; {device.platform} device {device.id} "
-                         f"has {gigabytes(available)} available")
+                         f"has {gigabytes(available)} available{kept}")

@@ -209,10 +209,9 @@ def test_a_data_folder_the_source_would_not_read_is_refused(refused, tmp_path, s
     assert line.endswith(f"--data-dir is read by --source idx and auto; --source {source} would ignore it")
 
 
-def test_a_compilation_cache_named_too_long_for_the_system_is_a_usage_error_however_named(refused, monkeypatch):
+def test_a_compilation_cache_variable_naming_a_path_too_long_for_the_system_is_a_usage_error(refused, monkeypatch):
     """(Through the variable it was taken for a failed write: status 5, "run the same command again".)"""
-    too_long = "c" * 300
-    assert refused("train.py", "--stage", "linear_ce", "--out", "run", "--compile-cache", too_long).endswith(f"{too_long}: File name too long")
+    too_long = "c" * 300  # (as --compile-cache, its argument's type refuses it)
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", too_long)
     assert refused("train.py", "--stage", "linear_ce", "--out", "run").endswith(
         f"$JAX_COMPILATION_CACHE_DIR: {too_long}: File name too long")
@@ -236,7 +235,7 @@ def test_a_compilation_cache_others_can_write_is_refused_before_any_work(refused
         (tmp_path / "planted").write_bytes(b"")
         (tmp_path / "planted").chmod(0o666)
         (cache / "mnist_jax-0123").symlink_to(tmp_path / "planted")
-        why = "holds mnist_jax-0123, a link to a file which every user can write"
+        why = "holds mnist_jax-0123, a link to a path which every user can write"
     else:
         if os.geteuid() != 0:
             pytest.skip("giving a folder to another user needs root")
@@ -556,9 +555,11 @@ def test_a_transfer_guard_that_stops_the_data_reaching_the_device_is_refused_bef
 @pytest.mark.parametrize("setting, value, fragment", [
     ("jax_numpy_dtype_promotion", "strict",  # (a TypePromotionError's traceback at the first program)
      "JAX_NUMPY_DTYPE_PROMOTION=strict: the project's programs use JAX's standard type promotion; unset it"),
-    ("jax_default_prng_impl", "rbg", "JAX_DEFAULT_PRNG_IMPL or JAX_THREEFRY_PARTITIONABLE: other random bits"),
+    ("jax_default_prng_impl", "rbg", "JAX_DEFAULT_PRNG_IMPL=rbg: other random bits than JAX's default draw"),
     ("jax_threefry_partitionable", False,  # (a run resumed under it ended elsewhere than the run, without a word)
-     "another split, initialisation and order for each seed, and no run could resume another; unset them"),
+     "JAX_THREEFRY_PARTITIONABLE=False: other random bits than JAX's default draw another split, initialisation and order "
+     "for each seed, and no run could resume another; unset it"),
+    ("jax_random_seed_offset", 1, "JAX_RANDOM_SEED_OFFSET=1: other random bits"),  # (seed 0 trained as seed 1)
 ])
 def test_a_jax_setting_that_changes_the_programs_or_the_draws_is_refused_before_any_work(refused, setting, value, fragment):
     """As its JAX_* variable sets it (JAX reads them at import, so here set in this process's JAX)."""

@@ -247,7 +247,23 @@ def test_a_damaged_file_found_in_the_download_cache_is_named_not_deleted_and_a_f
     too_long = tmp_path.joinpath(*["x" * 250] * 17)  # (ENAMETOOLONG: as a folder that cannot be searched)
     with pytest.raises(DataError, match=r": cannot read \(File name too long\)$"):
         load_idx_dir(too_long)
+    with pytest.raises(DataError, match=r": cannot hold the download \(File name too long\); set XDG_CACHE_HOME to another"):
+        data.download(too_long, "http://unused.invalid/")  # (it was a failed write: status 5, "run the same command again")
     assert not data.downloaded(too_long)
+
+
+def test_files_fetched_beside_a_damaged_one_found_in_the_cache_are_deleted_and_it_is_kept(mnist_mirror, tmp_path, data_dir):
+    """(They were kept unverified, and a bad one would have been blamed on the user next time.)"""
+    _, url = mnist_mirror
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for gz in data_dir.glob("t10k-*.gz"):
+        shutil.copy(gz, cache)
+    cut = cache / "t10k-labels-idx1-ubyte.gz"
+    cut.write_bytes(cut.read_bytes()[:1000])
+    with pytest.raises(DataError, match=f"found in the download cache, not downloaded now; delete {cut} to download it afresh$"):
+        data.download(cache, url)
+    assert sorted(p.name for p in cache.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
 
 def test_a_download_that_fails_its_digest_is_deleted(mirror, tmp_path):

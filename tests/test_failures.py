@@ -157,7 +157,8 @@ def test_programs_that_fit_the_memory_left_only_by_xlas_figures_exit_4_before_tr
     traceback (and without the limit, the kernel's OOM killer ended such runs without a line)."""
     args = ["--stage", "mlp", "--hidden", "10000", "--batch-size", "54000", "--no-cache", "--out", tmp_path / "run", *data_args]
     proc = run_limited("RLIMIT_AS", 8_900_000 * 1024, [sys.executable, str(ROOT / "scripts" / "train.py"), *map(str, args)])
-    assert_one_line_error(proc, "does not fit: the programs training mlp (hidden 10000, batch 54000) need about", status=4)
+    assert_one_line_error(proc, "does not fit: the programs training mlp (hidden 10000, batch 54000) need about",
+                          "available (two thirds of the host's free memory)", status=4)
     assert "[Epoch" not in proc.stdout and listing(tmp_path) == []
 
 
