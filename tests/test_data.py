@@ -226,15 +226,25 @@ def test_auto_reads_an_earlier_download_in_the_user_cache_folder_before_it_tries
         data.load_mnist("auto")
 
 
-def test_a_damaged_file_found_in_the_download_cache_is_named_not_deleted_and_a_folder_the_os_refuses_is_a_data_error(
-        data_dir, tmp_path):
-    cache = tmp_path / "cache"  # (or a link to a user's own folder of MNIST, whose files are not ours to delete)
+def cache_with_a_cut_file(cache: Path, files: list[Path]) -> Path:
+    """A download cache holding `files`, its test labels cut short (damaged): the cut file."""
     cache.mkdir()
-    for gz in data_dir.glob("*.gz"):
+    for gz in files:
         shutil.copy(gz, cache)
     cut = cache / "t10k-labels-idx1-ubyte.gz"
     cut.write_bytes(cut.read_bytes()[:1000])
-    with pytest.raises(DataError, match=f"found in the download cache, not downloaded now; delete {cut} to download it afresh$"):
+    return cut
+
+
+def named_for_deletion(cut: Path) -> str:
+    return f"found in the download cache, not downloaded now; delete {cut} to download it afresh$"
+
+
+def test_a_damaged_file_found_in_the_download_cache_is_named_not_deleted_and_a_folder_the_os_refuses_is_a_data_error(
+        data_dir, tmp_path):
+    cache = tmp_path / "cache"  # (or a link to a user's own folder of MNIST, whose files are not ours to delete)
+    cut = cache_with_a_cut_file(cache, list(data_dir.glob("*.gz")))
+    with pytest.raises(DataError, match=named_for_deletion(cut)):
         data.download(cache, "http://unused.invalid/")
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{stem}.gz" for stem in data.IDX_SHA256)
     assert len(cut.read_bytes()) == 1000
@@ -256,12 +266,8 @@ def test_files_fetched_beside_a_damaged_one_found_in_the_cache_are_deleted_and_i
     """(They were kept unverified, and a bad one would have been blamed on the user next time.)"""
     _, url = mnist_mirror
     cache = tmp_path / "cache"
-    cache.mkdir()
-    for gz in data_dir.glob("t10k-*.gz"):
-        shutil.copy(gz, cache)
-    cut = cache / "t10k-labels-idx1-ubyte.gz"
-    cut.write_bytes(cut.read_bytes()[:1000])
-    with pytest.raises(DataError, match=f"found in the download cache, not downloaded now; delete {cut} to download it afresh$"):
+    cut = cache_with_a_cut_file(cache, list(data_dir.glob("t10k-*.gz")))
+    with pytest.raises(DataError, match=named_for_deletion(cut)):
         data.download(cache, url)
     assert sorted(p.name for p in cache.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
