@@ -222,11 +222,10 @@ def test_a_wrong_process_number_or_address_is_refused_in_one_line(tmp_path, args
     assert_one_line_error(run("study.py", *args, "--out", tmp_path / "run"), fragment)
 
 
-@pytest.mark.parametrize("value", ["1", "", "not a process id"])
-def test_a_supervisors_variable_inherited_by_a_single_process_changes_nothing(tmp_path, monkeypatch, value):
+def test_a_supervisors_variable_inherited_by_a_single_process_changes_nothing(tmp_path, monkeypatch):
     """(Set in a child by its supervisor alone: one left in a shell's environment made train.py end in an AttributeError
     and study.py exit silently with status 6.)"""
-    monkeypatch.setenv(distributed.CHILD_ENV, value)  # (after this process started: only what the scripts read later sees it)
+    monkeypatch.setenv(distributed.CHILD_ENV, "1")  # (after this process started: only what the scripts read later sees it)
     proc = run_script_in_process("study.py", "--stages", "linear_ce", "--seeds", "1", "--epochs", "1", "--out", tmp_path / "run")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert "wrote" in proc.stdout and (tmp_path / "run" / "results.json").is_file()
