@@ -844,7 +844,8 @@ def run(main: Callable[[], None], several_processes: bool = False, end_process: 
         note = "no file was left half-written"
         with contextlib.suppress(Exception):  # and what is kept, as a stop says it (a study's epochs saved, say)
             note = _stop_note() if _stop_note is _nothing_kept else f"{note}; {_stop_note()}"
-        fail(f"could not write {e.filename or 'a file'}: {e.strerror or e}; {note}", EXIT_WRITE_FAILED)
+        where = e.filename or "its output (stdout)"  # (every file the project writes is named: `files.atomic_write`)
+        fail(f"could not write {where}: {e.strerror or e}; {note}", EXIT_WRITE_FAILED)
     except (Exception, MemoryError) as e:  # noqa: BLE001
         for kind, prefix, status in FAILURES:
             if isinstance(e, kind):

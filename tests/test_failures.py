@@ -265,6 +265,15 @@ def test_a_disk_with_room_for_the_checkpoint_alone_keeps_the_saved_pair_as_it_wa
             (disk / "filler").unlink()
 
 
+def test_an_output_that_cannot_be_written_is_named_as_the_output(tmp_path, data_args):
+    """(A full stdout was "could not write a file".)"""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--stage", "linear_ce", "--out",
+                               str(tmp_path / "run"), *map(str, data_args)], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 5 and proc.stderr.startswith("could not write its output (stdout): No space left on device; ")
+    assert len(proc.stderr.splitlines()) == 1 and listing(tmp_path) == []
+
+
 def test_an_archive_whose_write_fails_is_closed_at_once_and_one_written_reads_as_np_savezs(tmp_path, monkeypatch):
     """(np.savez of NumPy 1.26, the floor, left its archive open when a write failed: closed later by the garbage
     collector, it printed a traceback after a full disk's one line: found by .ci/lowest.)"""
