@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -158,7 +159,7 @@ def test_programs_that_fit_the_memory_left_only_by_xlas_figures_exit_4_before_tr
     args = ["--stage", "mlp", "--hidden", "10000", "--batch-size", "54000", "--no-cache", "--out", tmp_path / "run", *data_args]
     proc = run_limited("RLIMIT_AS", 8_900_000 * 1024, [sys.executable, str(ROOT / "scripts" / "train.py"), *map(str, args)])
     assert_one_line_error(proc, "does not fit: the programs training mlp (hidden 10000, batch 54000) need about",
-                          "available (two thirds of the host's free memory)", status=4)
+                          "available (two thirds of what its address-space limit leaves)", status=4)
     assert "[Epoch" not in proc.stdout and listing(tmp_path) == []
 
 
@@ -167,6 +168,66 @@ def test_linearity_py_refuses_a_width_that_does_not_fit_before_its_linear_fits(t
                                  "--out", tmp_path / "out", *data_args)
     assert_one_line_error(proc, "does not fit: the programs training mlp (hidden 20000000", status=4)
     assert "linear_lstsq" not in proc.stdout and listing(tmp_path) == []
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit: int):
+    """A child of this process's memory cgroup (v2, or v1's memory controller) limited to `limit` bytes, as a container's
+    or a cluster job's: yields its `cgroup.procs` file. Skips where this machine lets no such cgroup be made."""
+    with open("/proc/self/cgroup") as f:
+        entries = [line.rstrip("\n").split(":", 2) for line in f]
+    v1, v2 = ([path for _, controllers, path in entries if test(controllers)] for test in (lambda c: "memory" in c.split(","), lambda c: c == ""))
+    if not v1 + v2:
+        pytest.skip("this process is in no cgroup")
+    root, limit_file = (Path("/sys/fs/cgroup/memory", v1[0].lstrip("/")), "memory.limit_in_bytes") if v1 else (
+        Path("/sys/fs/cgroup", v2[0].lstrip("/")), "memory.max")
+    folder = root / f"mnist_jax_test_{os.getpid()}"
+    try:
+        folder.mkdir()
+        (folder / limit_file).write_text(str(limit))
+    except OSError as e:
+        if folder.is_dir():
+            folder.rmdir()
+        pytest.skip(f"no memory cgroup can be made here: {e}")
+    try:
+        yield folder / "cgroup.procs"
+    finally:
+        folder.rmdir()
+
+
+def test_programs_larger_than_a_memory_cgroups_limit_exit_4_before_training(tmp_path, data_args):
+    """A container's or a cluster job's memory limit (a cgroup), far below the host's free memory: XLA's 6.43 GB here
+    passed against the host's and the cgroup's OOM killer ended the run with SIGKILL, without a line."""
+    args = ["--stage", "mlp", "--hidden", "10000", "--batch-size", "54000", "--no-cache", "--out", tmp_path / "run", *data_args]
+    with memory_cgroup(2 * 2**30) as procs:
+        launcher = f"import os, sys; open({str(procs)!r}, 'w').write(str(os.getpid())); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+        proc = subprocess.run([sys.executable, "-c", launcher, str(ROOT / "scripts" / "train.py"), *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "does not fit: the programs training mlp (hidden 10000, batch 54000) need about",
+                          "available (two thirds of what its memory cgroup leaves)", status=4)
+    assert "[Epoch" not in proc.stdout and listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_memory_left_by_a_cgroup_is_the_least_over_its_ancestors_with_file_cache_counted_free(tmp_path, version):
+    """Read as the kernel lays the files out (v2: memory.max, memory.current; v1: the memory controller's
+    limit_in_bytes, usage_in_bytes), the job's cgroup unlimited below a limited parent."""
+    names = {"v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file", "9223372036854771712"),
+             "v2": ("memory.max", "memory.current", "inactive_file", "max")}[version]
+    limit_file, usage_file, cache_field, unlimited = names
+    mount = tmp_path / "sys"
+    root = mount / "memory" if version == "v1" else mount
+    line = "4:memory:/slurm/job_7\n" if version == "v1" else "0::/slurm/job_7\n"
+    (tmp_path / "cgroup").write_text("2:cpu,cpuacct:/slurm/job_7\n" + line)
+    for folder, limit, usage, cache in ((root / "slurm", str(8 * 2**30), 7 * 2**30, 2**29), (root / "slurm/job_7", unlimited, 3 * 2**30, 0)):
+        folder.mkdir(parents=True)
+        (folder / limit_file).write_text(limit + "\n")
+        (folder / usage_file).write_text(f"{usage}\n")
+        (folder / "memory.stat").write_text(f"anon 1\n{cache_field} {cache}\n")
+    assert memory.cgroup_room(str(tmp_path / "cgroup"), str(mount)) == 2**30 + 2**29
+    (root / "slurm" / limit_file).write_text(unlimited)
+    assert memory.cgroup_room(str(tmp_path / "cgroup"), str(mount)) is None
+    assert memory.cgroup_room(str(tmp_path / "absent"), str(mount)) is None
 
 
 @pytest.mark.slow
