@@ -251,6 +251,28 @@ def print_profiles(profiles: list[dict]) -> None:
          *(f"{p[f'{part} ms']:.3f}" for part in PARTS)] for p in profiles])
 
 
+TARGETS = {"torch_original": 5, "nnx_jit": 3}  # the speed-ups asked of an epoch over these loops (issue #29)
+
+
+def print_budgets(report: dict) -> None:
+    """What each target leaves a step (the loop's epoch over the factor, over the epoch's steps: its validation pass
+    counted in), against what the step's matmuls and Adam alone take in the profile: no exact change goes below them."""
+    print("\nwhat a target leaves a step against the profile's matmuls and optimizer (ms per step; the validation pass counted in the step):")
+    rows = {r["stage"]: r for r in report["stages"]}
+    profiles = [p for p in report["profiles"] if all(f"{loop}_epoch_seconds" in rows[p["stage"]] for loop in TARGETS)]
+    head = ["stage", *(f"{factor}x `{loop.removeprefix('torch_').replace('nnx_jit', 'nnx.jit')}` allows" for loop, factor in TARGETS.items()),
+            "matmuls + optimizer", "the rest of the traced step"]
+    cli.print_table(head, [[f"`{p['stage']}`", *(f"{budget(rows[p['stage']], loop, factor):.3f}" for loop, factor in TARGETS.items()),
+                            f"{p['matmuls ms'] + p['optimizer ms']:.3f}", f"{p['traced_step_ms'] - p['matmuls ms'] - p['optimizer ms']:.3f}"]
+                           for p in profiles])
+
+
+def budget(row: dict, loop: str, factor: float) -> float:
+    """Milliseconds a step may take for a JAX epoch `factor` times faster than `loop`'s."""
+    examples = round(row["jax_samples_per_second"] * row["jax_epoch_seconds"])
+    return 1e3 * row[f"{loop}_epoch_seconds"] / factor / -(-examples // TrainConfig("mlp").batch_size)
+
+
 def time_study(config: TrainConfig, data: MNIST, seeds: int, vmapped: bool) -> dict:
     """`study.train_seeds` of `seeds` seeds, side by side (vmap) or one at a time (lax.map): steady seconds per
     epoch (the first left out, as for a run alone), in all and per model, and per model against a run alone doing
@@ -528,6 +550,8 @@ def main() -> None:
         try:
             report["profiles"] = [profile_pass(config, data) for config in configs]
             print_profiles(report["profiles"])
+            if has_torch:
+                print_budgets(report)
         except NoOpEvents as e:  # every other figure is still measured
             print(f"\nwhere a training step goes: not measured ({e})")
     if args.studies:

@@ -86,6 +86,9 @@ def test_the_speed_tables_are_what_benchmark_py_prints_of_each_cpus_benchmark(pa
     assert_table_in(printed(benchmark.print_studies, report["studies"]), doc("docs/performance.md"))
     if isinstance(report["cpu"], dict):  # (the profile of older runs had other parts)
         assert_table_in(printed(benchmark.print_profiles, report["profiles"]), doc("docs/performance.md"))
+        assert_table_in(printed(benchmark.print_budgets, report), doc("docs/performance.md"))
+        row = report["stages"][0]  # a target's budget is the loop's epoch over the factor, over 422 steps of 128 of 54,000
+        assert 422 * benchmark.budget(row, "nnx_jit", 3) == pytest.approx(1e3 * row["nnx_jit_epoch_seconds"] / 3)
 
 
 def test_the_ml_dtypes_check_table_is_the_four_committed_runs():
