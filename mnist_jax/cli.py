@@ -613,7 +613,7 @@ def grid_progress(args: argparse.Namespace, script: str):
         kept = "; the unfinished work it would replace is kept as it was" if progress.saved_chunks() else ""
         return f"no epoch was saved{kept}; run the same command again to start afresh"
 
-    on_stop(note)
+    on_stop(note, kept=lambda: progress.started and progress.exists())
     return progress
 
 
@@ -730,12 +730,14 @@ def _work_done() -> str:
 
 
 _stop_note: Callable[[], str] = _nothing_kept
+_work_kept: Callable[[], bool] = lambda: False  # noqa: E731
 
 
-def on_stop(note: Callable[[], str]) -> None:
-    """What a stop says it kept and how to continue ('... keeps epoch 3; continue with: ...'), asked at the signal."""
-    global _stop_note
-    _stop_note = note
+def on_stop(note: Callable[[], str], kept: Callable[[], bool] = lambda: False) -> None:
+    """What a stop says it kept and how to continue ('... keeps epoch 3; continue with: ...'), asked at the signal;
+    `kept`: whether this command has saved work already, which a failure that is no stop says too (`run`)."""
+    global _stop_note, _work_kept
+    _stop_note, _work_kept = note, kept
 
 
 def resume_command() -> str:
@@ -848,8 +850,9 @@ def run(main: Callable[[], None], several_processes: bool = False, end_process: 
         fail(f"could not write {where}: {e.strerror or e}; {note}", EXIT_WRITE_FAILED)
     except (Exception, MemoryError) as e:  # noqa: BLE001
         for kind, prefix, status in FAILURES:
-            if isinstance(e, kind):
-                fail(f"{prefix.format(script=program())}{e}", status)
+            if isinstance(e, kind):  # (a later stage or group too large: what earlier ones saved is told, as a stop tells it)
+                kept = f"; {_stop_note()}" if kind is DoesNotFit and _work_kept() else ""
+                fail(f"{prefix.format(script=program())}{e}{kept}", status)
         # XLA's RESOURCE_EXHAUSTED is a ValueError, torch's a RuntimeError
         if isinstance(e, MemoryError) or isinstance(e, (ValueError, RuntimeError)) and any(s in str(e) for s in OUT_OF_MEMORY):
             why = str(e).splitlines()[0] if str(e) else "MemoryError"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,72 +34,112 @@ def _kilobytes(path: str, field: str) -> int:
         return int(next(line for line in f if line.startswith(field + ":")).split()[1]) * 1024
 
 
-def _cgroup_file(folder: Path, name: str) -> str | None:
+def _cgroup_number(folder: Path, name: str, field: str | None = None) -> int | None:
+    """The number in a cgroup file (or after `field` in a flat-keyed one, as memory.stat): None where it is absent, not
+    ours to read, "max" or malformed."""
     try:
-        return (folder / name).read_text()
-    except OSError:  # (absent at the root, or not ours to read)
+        text = (folder / name).read_text()
+    except (OSError, UnicodeDecodeError):  # (absent at the root)
         return None
+    if field is not None:
+        text = next((line.removeprefix(field) for line in text.splitlines() if line.startswith(field + " ")), "")
+    return int(text) if text.strip().isascii() and text.strip().isdigit() else None
 
 
 def cgroup_room(cgroup: str = "/proc/self/cgroup", mount: str = "/sys/fs/cgroup") -> int | None:
     """Bytes the memory cgroups of this process (a container's or a cluster job's limit; v2, or v1's memory controller)
-    still let it allocate: the least over its cgroup and their ancestors, counting inactive file cache as free (the kernel
-    reclaims it first). None where no limit is set or none can be read."""
+    still let it allocate: the least over its cgroups and their ancestors, counting file cache as free (the kernel
+    reclaims it before it kills). None where no limit is set or none can be read."""
     try:
-        with open(cgroup) as f:
+        with open(cgroup, errors="replace") as f:
             entries = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
     except OSError:
         return None
     rooms = []
     for _, controllers, path in entries:
         if controllers == "":
-            root, limit_file, usage_file, cache_field = Path(mount), "memory.max", "memory.current", "inactive_file"
+            root, limit_file, usage_file, prefix = Path(mount), "memory.max", "memory.current", ""
         elif "memory" in controllers.split(","):
-            root, limit_file, usage_file, cache_field = Path(mount, "memory"), "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"
+            root, limit_file, usage_file, prefix = Path(mount, "memory"), "memory.limit_in_bytes", "memory.usage_in_bytes", "total_"
         else:
             continue
         folder = root / path.lstrip("/")
         if not folder.is_dir():  # a cgroup namespace shows the process's own cgroup at the root
             folder = root
         for level in (folder, *(p for p in folder.parents if p.is_relative_to(root))):
-            limit, usage = _cgroup_file(level, limit_file), _cgroup_file(level, usage_file)
-            if limit is None or usage is None or not limit.strip().isdigit() or int(limit) >= 2**60:  # "max", or v1's unlimited
+            limit, usage = _cgroup_number(level, limit_file), _cgroup_number(level, usage_file)
+            if limit is None or usage is None or limit >= 2**60:  # none, or v1's unlimited
                 continue
-            stat = _cgroup_file(level, "memory.stat") or ""
-            cache = next((int(line.split()[1]) for line in stat.splitlines() if line.split()[:1] == [cache_field]), 0)
-            rooms.append(max(int(limit) - int(usage) + cache, 0))
+            cache = sum(_cgroup_number(level, "memory.stat", prefix + lru) or 0 for lru in ("active_file", "inactive_file"))
+            rooms.append(max(limit - usage + min(cache, usage), 0))
     return min(rooms, default=None)
 
 
-def host_room() -> tuple[int, str]:
-    """(bytes, what bounds them) a CPU program may allocate: the host's available memory, or less where this process's
-    memory cgroup or its address-space limit leaves less."""
-    rooms = [(_kilobytes("/proc/meminfo", "MemAvailable"), "the host's free memory")]
+HOST_BOUNDS = ("the host's free memory", "what its memory cgroup leaves", "what its address-space limit leaves")
+
+
+def host_room() -> tuple[int, int]:
+    """(bytes, which of `HOST_BOUNDS` bounds them) a CPU program may allocate: the host's available memory, or less where
+    this process's memory cgroup or its address-space limit leaves less."""
+    rooms = [(_kilobytes("/proc/meminfo", "MemAvailable"), 0)]
     if (room := cgroup_room()) is not None:  # a container's or a cluster job's limit: its OOM killer ends the run unannounced
-        rooms.append((room, "what its memory cgroup leaves"))
+        rooms.append((room, 1))
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
-        rooms.append((soft - _kilobytes("/proc/self/status", "VmSize"), "what its address-space limit leaves"))
+        rooms.append((soft - _kilobytes("/proc/self/status", "VmSize"), 2))
     return min(rooms)
 
 
-def available_bytes() -> int:
-    """Bytes a new program may still allocate on this process's first device; with several processes, the least of theirs."""
+def _processes_on_this_host() -> int:
+    """How many processes of the run share this one's host (and so its free memory); every process calls it at once."""
+    import jax
+
+    if jax.process_count() == 1:
+        return 1
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+        host = np.int32(zlib.crc32(f.read()) & 0x7FFFFFFF)
+    return int((multihost_utils.process_allgather(host) == host).sum())
+
+
+def available(held: int = 0) -> tuple[int, str]:
+    """(bytes, what bounds them) the arrays and programs of a new piece of work may take on this process's first device,
+    `held` bytes of them already allocated (which the device's free memory no longer counts); with several processes,
+    the least of theirs, and what bounds that one's."""
     import jax  # here, not above: the scripts read the limit before JAX is imported
 
-    stats = jax.local_devices()[0].memory_stats()
+    stats, sharing = jax.local_devices()[0].memory_stats(), 1
     if stats and "bytes_limit" in stats:
-        available = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    else:  # the rest for what XLA's figures leave out: peaks 15-34% above them were measured
-        available = host_room()[0] * 2 // 3
-    if os.environ.get(LIMIT_ENV):
-        available = min(available, parse_size(os.environ[LIMIT_ENV]))
+        room, bound = stats["bytes_limit"] - stats.get("bytes_in_use", 0) + held, -1
+    else:  # two thirds: the rest for what XLA's figures leave out (peaks 15-34% above them were measured)
+        room, bound = host_room()
+        sharing = _processes_on_this_host()
+        room = room * 2 // 3 // sharing + held
+    limit = parse_size(os.environ[LIMIT_ENV]) if os.environ.get(LIMIT_ENV) else None
+    if limit is not None and limit < room:
+        room, bound = limit, len(HOST_BOUNDS)
+    process = 0
     if jax.process_count() > 1:  # each process calls this at the same point: all decide (chunks, refusals) by the least
         import numpy as np
         from jax.experimental import multihost_utils
 
-        available = 1024 * int(multihost_utils.process_allgather(np.int32(min(available // 1024, 2**31 - 1))).min())
-    return available
+        rows = multihost_utils.process_allgather(np.array([min(room // 1024, 2**31 - 1), bound, sharing], np.int32))
+        process = int(rows[:, 0].argmin())
+        room, bound, sharing = 1024 * int(rows[process, 0]), int(rows[process, 1]), int(rows[process, 2])
+    where = f" in process {process}" if process != jax.process_index() else ""
+    if bound == len(HOST_BOUNDS):
+        return room, f" ({LIMIT_ENV}={os.environ[LIMIT_ENV]})" if not where else f" ({LIMIT_ENV}{where})"
+    if bound >= 0:
+        split = f", split between the run's {sharing} processes on its host" if sharing > 1 else ""
+        return room, f" (two thirds of {HOST_BOUNDS[bound]}{split}{where and ','}{where})"
+    return room, f" ({where.strip()})" if where else ""
+
+
+def available_bytes() -> int:
+    """Bytes a new program may still allocate on this process's first device; with several processes, the least of theirs."""
+    return available()[0]
 
 
 def tree_bytes(tree) -> int:
@@ -118,13 +159,12 @@ def gigabytes(n: int) -> str:
     return f"{n / 2**30:.2f} GB" if n >= 2**27 else f"{n / 2**20:.1f} MB"
 
 
-def check(what: str, needed: int) -> None:
-    """Raise `DoesNotFit` unless the `needed` bytes of `what` (plural) are available."""
-    available = available_bytes()
-    if needed > available:
+def check(what: str, needed: int, held: int = 0) -> None:
+    """Raise `DoesNotFit` unless the `needed` bytes of `what` (plural), `held` of them already allocated, are available."""
+    room, why = available(held)
+    if needed > room:
         import jax
 
         device = jax.devices()[0]
-        kept = f" (two thirds of {host_room()[1]})" if device.platform == "cpu" and not os.environ.get(LIMIT_ENV) else ""
         raise DoesNotFit(f"{what} need about {gigabytes(needed)} of memory; {device.platform} device {device.id} "
-                         f"has {gigabytes(available)} available{kept}")
+                         f"has {gigabytes(room)} available{why}")

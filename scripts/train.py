@@ -228,7 +228,7 @@ def write_log(args, stage: str, config: TrainConfig, metrics: dict) -> None:
 def train_stage(args, stage: str, data) -> dict:
     out = run_dir(args, stage)
     resume = args.resumed.get(stage)
-    cli.on_stop(lambda: stop_note(args, stage))
+    cli.on_stop(lambda: stop_note(args, stage), kept=lambda: bool(finished_before(args, stage) or kept_epochs(args, stage, out)))
     if metrics := finished(resume, out, args.epochs):
         print(f"stage {stage}: finished in {out} (test accuracy {metrics['test_accuracy']:.2%}), skipped", flush=True)
         # (its log too: a stop can come between the run's last file and its log)

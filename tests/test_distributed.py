@@ -176,13 +176,21 @@ def test_seeds_that_leave_a_device_idle_or_unlike_devices_are_refused_by_each_pr
 def test_processes_that_see_different_memory_decide_alike_by_the_least(tmp_path, data_args):
     """Memory is each process's own figure; chunk sizes and refusals must agree: process 0 capped below any model, process 1
     free, both refuse in one line (before, process 1 went on alone and ended 40 s later with a raw Gloo error)."""
-    args = ["--stages", "linear_ce", "--epochs", 1, "--seeds", 4, "--timeout", 60, "--out", tmp_path / "run", *data_args]
-    port = free_port()
-    procs = [start("study.py", args, i, 2, port, env={memory.LIMIT_ENV: "1M"} if i == 0 else {}) for i in range(2)]
-    for proc in procs:
+    args = ["--epochs", 1, "--seeds", 4, "--timeout", 60, *data_args]
+    port, shared_port = free_port(), free_port()
+    capped = [start("study.py", [*args, "--stages", "linear_ce", "--out", tmp_path / "run"], i, 2, port,
+                    env={memory.LIMIT_ENV: "1M"} if i == 0 else {}) for i in range(2)]
+    # without a cap, the processes of a run on one host split its free memory between them, and say so
+    sharing = [start("study.py", [*args, "--stages", "mlp", "--hidden", 20_000_000, "--out", tmp_path / "shared"], i, 2, shared_port)
+               for i in range(2)]
+    lines = []
+    for proc in capped + sharing:
         stdout, stderr = proc.communicate(timeout=300)
         assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), "need about", status=4)
-    assert not (tmp_path / "run" / "results.json").exists()
+        lines.append(stderr)
+    assert lines[0].endswith("available (MNIST_JAX_MEMORY_LIMIT=1M)\n") and lines[1].endswith("(MNIST_JAX_MEMORY_LIMIT in process 0)\n")
+    assert all("split between the run's 2 processes on its host" in line for line in lines[2:]), lines
+    assert not list(tmp_path.rglob("results.json"))
 
 
 @pytest.mark.slow

@@ -170,6 +170,18 @@ def test_linearity_py_refuses_a_width_that_does_not_fit_before_its_linear_fits(t
     assert "linear_lstsq" not in proc.stdout and listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("script, args, kept", [
+    ("train.py", ["--stage", "linear_ce,random_features_4096"],
+     "; the stages before it are finished (linear_ce); no epoch of random_features_4096 was saved; continue with: "),
+    ("study.py", ["--stages", "linear_ce,random_features_4096", "--seeds", "2"], "progress keeps every epoch saved; continue with: "),
+])
+def test_a_later_stage_that_does_not_fit_says_what_the_earlier_ones_saved(tmp_path, data_args, monkeypatch, script, args, kept):
+    """(It said only "does not fit", as if nothing was written, and the same command then refused the folder.)"""
+    monkeypatch.setenv(memory.LIMIT_ENV, "500M")  # linear_ce fits, the random features of 27,000 images at once do not
+    proc = run_script_in_process(script, *args, "--batch-size", "27000", "--epochs", "1", "--out", tmp_path / "out", *data_args)
+    assert_one_line_error(proc, "does not fit: the programs training random_features_4096", kept, "--resume", status=4)
+
+
 @contextlib.contextmanager
 def memory_cgroup(limit: int):
     """A child of this process's memory cgroup (v2, or v1's memory controller) limited to `limit` bytes, as a container's
@@ -211,23 +223,47 @@ def test_programs_larger_than_a_memory_cgroups_limit_exit_4_before_training(tmp_
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_the_memory_left_by_a_cgroup_is_the_least_over_its_ancestors_with_file_cache_counted_free(tmp_path, version):
     """Read as the kernel lays the files out (v2: memory.max, memory.current; v1: the memory controller's
-    limit_in_bytes, usage_in_bytes), the job's cgroup unlimited below a limited parent."""
-    names = {"v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file", "9223372036854771712"),
-             "v2": ("memory.max", "memory.current", "inactive_file", "max")}[version]
-    limit_file, usage_file, cache_field, unlimited = names
+    limit_in_bytes, usage_in_bytes), the job's cgroup unlimited below a limited parent. The file cache, active or not, is
+    free (a job that read its data first was refused); a file that cannot be read as a number limits nothing."""
+    names = {"v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_", "9223372036854771712"),
+             "v2": ("memory.max", "memory.current", "", "max")}[version]
+    limit_file, usage_file, prefix, unlimited = names
     mount = tmp_path / "sys"
     root = mount / "memory" if version == "v1" else mount
     line = "4:memory:/slurm/job_7\n" if version == "v1" else "0::/slurm/job_7\n"
     (tmp_path / "cgroup").write_text("2:cpu,cpuacct:/slurm/job_7\n" + line)
-    for folder, limit, usage, cache in ((root / "slurm", str(8 * 2**30), 7 * 2**30, 2**29), (root / "slurm/job_7", unlimited, 3 * 2**30, 0)):
+    job, parent = root / "slurm/job_7", root / "slurm"
+    for folder, limit, usage in ((parent, str(8 * 2**30), 7 * 2**30), (job, unlimited, 3 * 2**30)):
         folder.mkdir(parents=True)
         (folder / limit_file).write_text(limit + "\n")
         (folder / usage_file).write_text(f"{usage}\n")
-        (folder / "memory.stat").write_text(f"anon 1\n{cache_field} {cache}\n")
-    assert memory.cgroup_room(str(tmp_path / "cgroup"), str(mount)) == 2**30 + 2**29
-    (root / "slurm" / limit_file).write_text(unlimited)
-    assert memory.cgroup_room(str(tmp_path / "cgroup"), str(mount)) is None
+        (folder / "memory.stat").write_text(f"anon 1\n{prefix}inactive_file {2**28}\n{prefix}active_file {2**28}\n")
+    room = lambda: memory.cgroup_room(str(tmp_path / "cgroup"), str(mount))  # noqa: E731
+    assert room() == 2**30 + 2**29
+    (job / limit_file).write_text(str(2**30))  # the least: the job's own limit, less its usage but its file cache
+    assert room() == 0
+    (job / usage_file).write_text(str(2**29))
+    assert room() == 2**30 - 2**29 + 2**29
+    for damaged in ("", "abc", "\u00b2", "-1", "1.5e9"):
+        (job / limit_file).write_text(damaged)
+        assert room() == 2**30 + 2**29, damaged  # the parent's
+    (job / "memory.stat").write_text(f"{prefix}inactive_file\n{prefix}active_file x\n")
+    (parent / "memory.stat").write_text(f"{prefix}inactive_file {2**40}\n")
+    assert room() == 8 * 2**30  # the file cache counted at most to the usage: the limit, not beyond
+    (parent / limit_file).write_text(unlimited)
+    assert room() is None
     assert memory.cgroup_room(str(tmp_path / "absent"), str(mount)) is None
+
+
+def test_what_a_run_already_holds_counts_once(monkeypatch):
+    """The free memory no longer counts the arrays a run has allocated; a cap (`MNIST_JAX_MEMORY_LIMIT`) is the whole
+    device's, held arrays included, and is named as the bound. (train.py counted its state and data twice, and refused a
+    model that a job's memory limit held.)"""
+    monkeypatch.delenv(memory.LIMIT_ENV, raising=False)
+    (free, why), (with_held, _) = memory.available(), memory.available(held=2**30)
+    assert abs(with_held - free - 2**30) < 2**26 and why.startswith(" (two thirds of ")
+    monkeypatch.setenv(memory.LIMIT_ENV, "64M")
+    assert memory.available(held=2**30) == (2**26, f" ({memory.LIMIT_ENV}=64M)")
 
 
 @pytest.mark.slow
