@@ -8,6 +8,7 @@ from mnist_jax import cli, files  # first: its signal handlers cover the imports
 import functools
 import importlib.metadata
 import json
+import os
 import platform
 import re
 import statistics
@@ -531,7 +532,7 @@ def main() -> None:
     if has_torch:
         torch.set_float32_matmul_precision("highest")
     report = {
-        "command": cli.command(),
+        "command": cli.command(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "device": device_description(), "cpu": cpu_info(), "jax_version": jax.__version__,
         "ml_dtypes_version": importlib.metadata.version("ml_dtypes"),
         "torch_version": importlib.metadata.version("torch") if has_torch else None,

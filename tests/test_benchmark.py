@@ -3,6 +3,7 @@ own count, its report of JAX alone, and the cold and warm starts of `train.py`.
 (With PyTorch, as a user runs it: tests/test_fresh_clone.py.)"""
 
 import json
+import os
 import re
 import sys
 
@@ -56,6 +57,7 @@ def test_benchmark_py_reports_jax_alone_in_its_out_folder_and_keeps_a_report_the
     report = run(tmp_path / "run")
     out = capsys.readouterr().out
     assert report["torch_version"] is None and report["torch_loops"] == [] and "--no-torch" in out and "| torch not run" in out
+    assert report["xla_flags"] == os.environ.get("XLA_FLAGS", "")  # the XLA options the figures were taken with
     (row,) = report["stages"]
     assert row["speedup_vs_nnx_jit"] == pytest.approx(row["nnx_jit_epoch_seconds"] / row["jax_epoch_seconds"])
     assert row["jax_samples_per_second"] == pytest.approx(1_000 / row["jax_epoch_seconds"])  # 7,000 less 6,000 validation

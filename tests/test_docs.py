@@ -131,6 +131,23 @@ def test_the_zen_4_repeat_sentence_gives_the_figures_of_its_committed_run():
     assert f"(`{report['command']}`," in text and f"took {seconds} s an epoch, and a grid model {grids} of a run alone" in text
 
 
+def test_the_ynnpack_fusion_sentence_gives_the_best_rounds_of_its_committed_runs():
+    runs = {path.stem: json.loads(path.read_text()) for path in (ASSETS / "ynn_fusion_check").glob("*.json")}
+    best, slowest = {}, 0.0
+    for name, report in runs.items():
+        flags = report["xla_flags"].removeprefix("--xla_cpu_experimental_ynn_fusion_type=") or "none"
+        assert name.rsplit("-", 1)[0] == flags.replace(",", "+")  # each file names its flags
+        for row in report["stages"]:
+            key = (flags, row["stage"])
+            best[key] = min(best.get(key, float("inf")), *row["rounds"]["jax_epoch_seconds"])
+            slowest = max(slowest, *row["rounds"]["jax_epoch_seconds"])
+    assert len(runs) == 6
+    text = " ".join(doc("docs/performance.md").split())
+    pairs = [" and ".join(f"{best[(flags, stage)]:.3f}" for stage in ("mlp", "mlp_bn")) for flags in ("none", "dot", "dot,eltwise,reduce")]
+    assert (f"at {pairs[0]} s an epoch without one, {pairs[1]} s with `dot`, and {pairs[2]} s with `dot,eltwise,reduce` "
+            f"(the slower rounds spread to {slowest:.2f} s") in text
+
+
 def test_the_adam_hyperparameters_check_table_is_the_four_committed_runs():
     rows = []
     for run in ("constants-1", "injected-1", "constants-2", "injected-2"):
