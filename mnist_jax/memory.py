@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import socket
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,9 +30,13 @@ def parse_size(text: str) -> int:
     return int(size)
 
 
-def _kilobytes(path: str, field: str) -> int:
-    with open(path) as f:
-        return int(next(line for line in f if line.startswith(field + ":")).split()[1]) * 1024
+def _kilobytes(path: str, field: str) -> int | None:
+    """The `field` of a /proc file in bytes; None where there is none (a system without /proc: macOS)."""
+    try:
+        with open(path) as f:
+            return int(next(line for line in f if line.startswith(field + ":")).split()[1]) * 1024
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
 
 
 def _cgroup_number(folder: Path, name: str, field: str | None = None) -> int | None:
@@ -75,18 +80,20 @@ def cgroup_room(cgroup: str = "/proc/self/cgroup", mount: str = "/sys/fs/cgroup"
     return min(rooms, default=None)
 
 
-HOST_BOUNDS = ("the host's free memory", "what its memory cgroup leaves", "what its address-space limit leaves")
+HOST_BOUNDS = ("the host's free memory", "what its memory cgroup leaves", "what its address-space limit leaves",
+               "the host's memory")  # (the last where the system tells no free memory)
 
 
-def host_room() -> tuple[int, int]:
-    """(bytes, which of `HOST_BOUNDS` bounds them) a CPU program may allocate: the host's available memory, or less where
-    this process's memory cgroup or its address-space limit leaves less."""
-    rooms = [(_kilobytes("/proc/meminfo", "MemAvailable"), 0)]
+def host_room(meminfo: str = "/proc/meminfo") -> tuple[int, int]:
+    """(bytes, which of `HOST_BOUNDS` bounds them) a CPU program may allocate: the host's available memory (where the
+    system tells none, as macOS, its memory), or less where this process's memory cgroup or address-space limit leaves less."""
+    free = _kilobytes(meminfo, "MemAvailable")
+    rooms = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), 3) if free is None else (free, 0)]
     if (room := cgroup_room()) is not None:  # a container's or a cluster job's limit: its OOM killer ends the run unannounced
         rooms.append((room, 1))
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
-        rooms.append((soft - _kilobytes("/proc/self/status", "VmSize"), 2))
+        rooms.append((soft - (_kilobytes("/proc/self/status", "VmSize") or 0), 2))
     return min(rooms)
 
 
@@ -99,8 +106,7 @@ def _processes_on_this_host() -> int:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    with open("/proc/sys/kernel/random/boot_id", "rb") as f:
-        host = np.int32(zlib.crc32(f.read()) & 0x7FFFFFFF)
+    host = np.int32(zlib.crc32(socket.gethostname().encode()) & 0x7FFFFFFF)
     return int((multihost_utils.process_allgather(host) == host).sum())
 
 

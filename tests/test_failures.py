@@ -255,6 +255,14 @@ def test_the_memory_left_by_a_cgroup_is_the_least_over_its_ancestors_with_file_c
     assert memory.cgroup_room(str(tmp_path / "absent"), str(mount)) is None
 
 
+def test_a_system_without_proc_plans_for_the_hosts_memory(tmp_path):
+    """(macOS has no /proc/meminfo: every run failed at its first memory check.)"""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    room, bound = memory.host_room(str(tmp_path / "no_meminfo"))
+    assert memory.HOST_BOUNDS[bound] != "the host's free memory" and room <= physical  # (or a cgroup's, a ulimit's, if less)
+    assert room == physical or memory.HOST_BOUNDS[bound] != "the host's memory"
+
+
 def test_what_a_run_already_holds_counts_once(monkeypatch):
     """The free memory no longer counts the arrays a run has allocated; a cap (`MNIST_JAX_MEMORY_LIMIT`) is the whole
     device's, held arrays included, and is named as the bound. (train.py counted its state and data twice, and refused a
