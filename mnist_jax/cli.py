@@ -851,7 +851,7 @@ def run(main: Callable[[], None], several_processes: bool = False, end_process: 
     except (Exception, MemoryError) as e:  # noqa: BLE001
         for kind, prefix, status in FAILURES:
             if isinstance(e, kind):  # (a later stage or group too large: what earlier ones saved is told, as a stop tells it)
-                kept = f"; {_stop_note()}" if kind is DoesNotFit and _work_kept() else ""
+                kept = f"; with more memory free: {_stop_note()}" if kind is DoesNotFit and _work_kept() else ""
                 fail(f"{prefix.format(script=program())}{e}{kept}", status)
         # XLA's RESOURCE_EXHAUSTED is a ValueError, torch's a RuntimeError
         if isinstance(e, MemoryError) or isinstance(e, (ValueError, RuntimeError)) and any(s in str(e) for s in OUT_OF_MEMORY):

@@ -97,8 +97,9 @@ def host_room(meminfo: str = "/proc/meminfo") -> tuple[int, int]:
     return min(rooms)
 
 
-def _processes_on_this_host() -> int:
-    """How many processes of the run share this one's host (and so its free memory); every process calls it at once."""
+def _processes_sharing(bound: int) -> int:
+    """How many processes of the run share this one's `bound` (of `HOST_BOUNDS`): those on its host its free memory, those
+    in its memory cgroup too its limit; an address-space limit is each process's own. Every process calls it at once."""
     import jax
 
     if jax.process_count() == 1:
@@ -106,8 +107,19 @@ def _processes_on_this_host() -> int:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    host = np.int32(zlib.crc32(socket.gethostname().encode()) & 0x7FFFFFFF)
-    return int((multihost_utils.process_allgather(host) == host).sum())
+    what = {1: _memory_cgroups(), 2: str(os.getpid())}.get(bound, "")
+    mine = np.int32(zlib.crc32(f"{socket.gethostname()}\0{what}".encode()) & 0x7FFFFFFF)
+    return int((multihost_utils.process_allgather(mine) == mine).sum())
+
+
+def _memory_cgroups() -> str:
+    """The lines of /proc/self/cgroup that name this process's memory cgroups (v2's, v1's memory controller's)."""
+    try:
+        with open("/proc/self/cgroup", errors="replace") as f:
+            lines = [line.split(":", 2) for line in f if line.count(":") >= 2]
+    except OSError:
+        return ""
+    return "".join(path for _, controllers, path in lines if controllers == "" or "memory" in controllers.split(","))
 
 
 def available(held: int = 0) -> tuple[int, str]:
@@ -121,7 +133,7 @@ def available(held: int = 0) -> tuple[int, str]:
         room, bound = stats["bytes_limit"] - stats.get("bytes_in_use", 0) + held, -1
     else:  # two thirds: the rest for what XLA's figures leave out (peaks 15-34% above them were measured)
         room, bound = host_room()
-        sharing = _processes_on_this_host()
+        sharing = _processes_sharing(bound)
         room = room * 2 // 3 // sharing + held
     limit = parse_size(os.environ[LIMIT_ENV]) if os.environ.get(LIMIT_ENV) else None
     if limit is not None and limit < room:
@@ -138,7 +150,7 @@ def available(held: int = 0) -> tuple[int, str]:
     if bound == len(HOST_BOUNDS):
         return room, f" ({LIMIT_ENV}={os.environ[LIMIT_ENV]})" if not where else f" ({LIMIT_ENV}{where})"
     if bound >= 0:
-        split = f", split between the run's {sharing} processes on its host" if sharing > 1 else ""
+        split = f", split between the {sharing} processes of the run that share it" if sharing > 1 else ""
         return room, f" (two thirds of {HOST_BOUNDS[bound]}{split}{where and ','}{where})"
     return room, f" ({where.strip()})" if where else ""
 

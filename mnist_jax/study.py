@@ -25,8 +25,8 @@ from mnist_jax.models import dropout_bits
 from mnist_jax.progress import GridProgress
 from mnist_jax.stages import count
 from mnist_jax.errors import NonFiniteLoss
-from mnist_jax.train import (GRID_HISTORY_KEYS, Point, TrainConfig, built_from, device_data, epoch_keys, graph, initial, make_optimizer,
-                             make_train_epoch, point, prepare, shuffle)
+from mnist_jax.train import (GRID_HISTORY_KEYS, Point, TrainConfig, built_from, device_data, epoch_keys, graph, init_state, initial,
+                             make_optimizer, make_train_epoch, point, prepare, shuffle)
 
 
 @dataclasses.dataclass
@@ -123,17 +123,26 @@ def compile_chunk(config: TrainConfig, data: MNIST, size: int, mesh: jax.shardin
     return Chunk(size, mesh, epoch, test, resident + max(memory.program_bytes(epoch), memory.program_bytes(test)))
 
 
+def kept_results(config: TrainConfig, n: int) -> tuple[int, int]:
+    """(n, bytes) of what a grid of `n` models keeps on the host until it ends: each model's final parameters, joined in
+    order at the end in two copies more."""
+    params = jax.eval_shape(lambda: init_state(config, jax.random.key(0), make_optimizer(config)).params)
+    return n, 3 * n * memory.tree_bytes(params)
+
+
 def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.Mesh | None = None,
-                  vmapped: bool | None = None) -> Chunk:
+                  vmapped: bool | None = None, kept: tuple[int, int] = (0, 0)) -> Chunk:
     """The programs for as many of `n` models at once as fit in memory, in multiples of `sharding.chunk_granule()`
-    (`n` is one). What they hold grows linearly with the models: XLA's figures for `n` models and for the fewest give the slope."""
+    (`n` is one), beside `kept` (models, bytes): the results the work keeps on the host until it ends. What they hold
+    grows linearly with the models: XLA's figures for `n` models and for the fewest give the slope."""
     whole = compile_chunk(config, data, n, mesh, vmapped)
-    available = memory.available_bytes()
+    available = memory.available_bytes() - kept[1]
     if whole.bytes <= available:
         return whole
     granule = sharding.chunk_granule()
     fewest = whole if n == granule else compile_chunk(config, data, granule, mesh, vmapped)
-    memory.check(f"the programs training {config.describe()}, {count(granule, 'model')},", fewest.bytes)
+    beside = f" beside the final parameters of all {kept[0]}," if kept[1] else ""
+    memory.check(f"the programs training {config.describe()}, {count(granule, 'model')},{beside}", fewest.bytes + kept[1])
     per_model = (whole.bytes - fewest.bytes) / (n - granule)
     size = min(n - granule, granule + int((available - fewest.bytes) // per_model)) // granule * granule
     while size > granule:
@@ -215,9 +224,10 @@ def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.
     for i, p in enumerate(points):
         groups.setdefault(dropout_bits(p.dropout), []).append(i)
     plans, start = [], time.perf_counter()  # (config, the points' indices, compiled chunk, its key, (key, offset) saved)
+    kept = kept_results(config, len(points))
     for bits, members in groups.items():
         group = dataclasses.replace(config, dropout=max(points[i].dropout for i in members))
-        chunk = fitting_chunk(group, data, min(len(members), models_at_once or len(members)), mesh, vmapped)
+        chunk = fitting_chunk(group, data, min(len(members), models_at_once or len(members)), mesh, vmapped, kept)
         prefix = f"{config.stage}-hidden{config.hidden or config.spec.hidden or 0}-bits{bits}"
         position = {point: i for i, point in enumerate(members)}
         saved = [(position[first], n, epochs) for first, n, epochs in (progress.saved_under(prefix) if progress else [])

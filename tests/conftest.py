@@ -167,6 +167,39 @@ def run_script_in_process(name: str, *args, cwd: Path | None = None) -> subproce
     return subprocess.CompletedProcess([name, *map(str, args)], status, stdout.getvalue(), stderr.getvalue())
 
 
+@contextlib.contextmanager
+def memory_cgroup(limit: int, name: str = ""):
+    """A child of this process's memory cgroup (v2, or v1's memory controller) limited to `limit` bytes, as a container's
+    or a cluster job's: yields its `cgroup.procs` file. Skips where this machine lets no such cgroup be made."""
+    with open("/proc/self/cgroup") as f:
+        entries = [line.rstrip("\n").split(":", 2) for line in f]
+    v1, v2 = ([path for _, controllers, path in entries if test(controllers)] for test in (lambda c: "memory" in c.split(","), lambda c: c == ""))
+    if not v1 + v2:
+        pytest.skip("this process is in no cgroup")
+    root, limit_file = (Path("/sys/fs/cgroup/memory", v1[0].lstrip("/")), "memory.limit_in_bytes") if v1 else (
+        Path("/sys/fs/cgroup", v2[0].lstrip("/")), "memory.max")
+    folder = root / f"mnist_jax_test_{os.getpid()}{name}"
+    try:
+        folder.mkdir()
+        (folder / limit_file).write_text(str(limit))
+    except OSError as e:
+        if folder.is_dir():
+            folder.rmdir()
+        pytest.skip(f"no memory cgroup can be made here: {e}")
+    try:
+        yield folder / "cgroup.procs"
+    finally:
+        folder.rmdir()
+
+
+def in_cgroup(procs: Path, argv: list[str]) -> list[str]:
+    """`argv` (a Python command line) run in the cgroup of `procs` (`memory_cgroup`), joined by a small launcher that
+    then execs it."""
+    join = f"import os, sys; open({str(procs)!r}, 'w').write(str(os.getpid())); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    return [sys.executable, "-c", join, *argv[1:]]
+
+
+
 def assert_one_line_error(proc, *fragments, status: int = 2):
     """The script ended with `status` and one line on stderr holding every fragment."""
     assert proc.returncode == status, proc.stderr

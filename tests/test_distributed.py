@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, run_script, run_script_in_process
+from conftest import ROOT, assert_one_line_error, assert_tensorboard_log, in_cgroup, memory_cgroup, run_script, run_script_in_process
 
 from mnist_jax import distributed, memory
 from mnist_jax.distributed import GLOO_LINE, diagnosis, forward, requested
@@ -33,10 +33,11 @@ def devices_env(n: int) -> dict:
     return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
 
 
-def start(script: str, args: list, process: int, processes: int, port: int, devices: int = 2, env: dict | None = None) -> subprocess.Popen:
+def start(script: str, args: list, process: int, processes: int, port: int, devices: int = 2, env: dict | None = None,
+          cgroup: Path | None = None) -> subprocess.Popen:
     argv = [sys.executable, str(ROOT / "scripts" / script), *map(str, args),
             "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(process)]
-    return subprocess.Popen(argv, env={**devices_env(devices), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen(argv if cgroup is None else in_cgroup(cgroup, argv), env={**devices_env(devices), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
 
@@ -183,13 +184,28 @@ def test_processes_that_see_different_memory_decide_alike_by_the_least(tmp_path,
     # without a cap, the processes of a run on one host split its free memory between them, and say so
     sharing = [start("study.py", [*args, "--stages", "mlp", "--hidden", 20_000_000, "--out", tmp_path / "shared"], i, 2, shared_port)
                for i in range(2)]
+    lines = refusals(capped + sharing)
+    assert lines[0].endswith("available (MNIST_JAX_MEMORY_LIMIT=1M)\n") and lines[1].endswith("(MNIST_JAX_MEMORY_LIMIT in process 0)\n")
+    assert all("split between the 2 processes of the run that share it" in line for line in lines[2:]), lines
+
+
+def refusals(procs: list[subprocess.Popen]) -> list[str]:
+    """The one line of each process, each refused for memory (status 4)."""
     lines = []
-    for proc in capped + sharing:
+    for proc in procs:
         stdout, stderr = proc.communicate(timeout=300)
         assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), "need about", status=4)
         lines.append(stderr)
-    assert lines[0].endswith("available (MNIST_JAX_MEMORY_LIMIT=1M)\n") and lines[1].endswith("(MNIST_JAX_MEMORY_LIMIT in process 0)\n")
-    assert all("split between the run's 2 processes on its host" in line for line in lines[2:]), lines
+    return lines
+
+
+def test_processes_each_in_a_memory_cgroup_of_its_own_do_not_split_its_limit(tmp_path, data_args):
+    """(Jobs or containers on one host: the run's processes were taken to share what each one's limit leaves.)"""
+    args = ["--stages", "mlp", "--hidden", 20_000_000, "--seeds", 4, "--timeout", 60, "--out", tmp_path / "run", *data_args]
+    port = free_port()
+    with memory_cgroup(3 * 2**30, "a") as first, memory_cgroup(3 * 2**30, "b") as second:
+        lines = refusals([start("study.py", args, i, 2, port, cgroup=cgroup) for i, cgroup in enumerate((first, second))])
+    assert all("(two thirds of what its memory cgroup leaves" in line and "split" not in line for line in lines), lines
     assert not list(tmp_path.rglob("results.json"))
 
 

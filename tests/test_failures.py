@@ -11,13 +11,12 @@ import shlex
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_script, run_script_in_process
+from conftest import ROOT, assert_one_line_error, in_cgroup, memory_cgroup, run_script, run_script_in_process
 from mnist_jax import memory
 from mnist_jax.checkpoint import save_run
 from mnist_jax.files import write_npz
@@ -172,39 +171,17 @@ def test_linearity_py_refuses_a_width_that_does_not_fit_before_its_linear_fits(t
 
 @pytest.mark.parametrize("script, args, kept", [
     ("train.py", ["--stage", "linear_ce,random_features_4096"],
-     "; the stages before it are finished (linear_ce); no epoch of random_features_4096 was saved; continue with: "),
-    ("study.py", ["--stages", "linear_ce,random_features_4096", "--seeds", "2"], "progress keeps every epoch saved; continue with: "),
+     "; with more memory free: the stages before it are finished (linear_ce); no epoch of random_features_4096 was saved; "
+     "continue with: "),
+    ("study.py", ["--stages", "linear_ce,random_features_4096", "--seeds", "2"],
+     "; with more memory free: " + "{out}" + "/progress keeps every epoch saved; continue with: "),
 ])
 def test_a_later_stage_that_does_not_fit_says_what_the_earlier_ones_saved(tmp_path, data_args, monkeypatch, script, args, kept):
     """(It said only "does not fit", as if nothing was written, and the same command then refused the folder.)"""
     monkeypatch.setenv(memory.LIMIT_ENV, "500M")  # linear_ce fits, the random features of 27,000 images at once do not
     proc = run_script_in_process(script, *args, "--batch-size", "27000", "--epochs", "1", "--out", tmp_path / "out", *data_args)
-    assert_one_line_error(proc, "does not fit: the programs training random_features_4096", kept, "--resume", status=4)
-
-
-@contextlib.contextmanager
-def memory_cgroup(limit: int):
-    """A child of this process's memory cgroup (v2, or v1's memory controller) limited to `limit` bytes, as a container's
-    or a cluster job's: yields its `cgroup.procs` file. Skips where this machine lets no such cgroup be made."""
-    with open("/proc/self/cgroup") as f:
-        entries = [line.rstrip("\n").split(":", 2) for line in f]
-    v1, v2 = ([path for _, controllers, path in entries if test(controllers)] for test in (lambda c: "memory" in c.split(","), lambda c: c == ""))
-    if not v1 + v2:
-        pytest.skip("this process is in no cgroup")
-    root, limit_file = (Path("/sys/fs/cgroup/memory", v1[0].lstrip("/")), "memory.limit_in_bytes") if v1 else (
-        Path("/sys/fs/cgroup", v2[0].lstrip("/")), "memory.max")
-    folder = root / f"mnist_jax_test_{os.getpid()}"
-    try:
-        folder.mkdir()
-        (folder / limit_file).write_text(str(limit))
-    except OSError as e:
-        if folder.is_dir():
-            folder.rmdir()
-        pytest.skip(f"no memory cgroup can be made here: {e}")
-    try:
-        yield folder / "cgroup.procs"
-    finally:
-        folder.rmdir()
+    assert_one_line_error(proc, "does not fit: the programs training random_features_4096", kept.format(out=tmp_path / "out"), "--resume",
+                          status=4)
 
 
 def test_programs_larger_than_a_memory_cgroups_limit_exit_4_before_training(tmp_path, data_args):
@@ -212,8 +189,7 @@ def test_programs_larger_than_a_memory_cgroups_limit_exit_4_before_training(tmp_
     passed against the host's and the cgroup's OOM killer ended the run with SIGKILL, without a line."""
     args = ["--stage", "mlp", "--hidden", "10000", "--batch-size", "54000", "--no-cache", "--out", tmp_path / "run", *data_args]
     with memory_cgroup(2 * 2**30) as procs:
-        launcher = f"import os, sys; open({str(procs)!r}, 'w').write(str(os.getpid())); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-        proc = subprocess.run([sys.executable, "-c", launcher, str(ROOT / "scripts" / "train.py"), *map(str, args)],
+        proc = subprocess.run(in_cgroup(procs, [sys.executable, str(ROOT / "scripts" / "train.py"), *map(str, args)]),
                               capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "does not fit: the programs training mlp (hidden 10000, batch 54000) need about",
                           "available (two thirds of what its memory cgroup leaves)", status=4)
@@ -284,18 +260,34 @@ def test_an_allocation_the_machine_refuses_exits_4():
 
 
 def test_a_study_of_more_seeds_than_fit_runs_them_in_chunks(tmp_path, data_args, mnist, monkeypatch):
-    from mnist_jax.study import compile_chunk
+    from mnist_jax.study import compile_chunk, kept_results
     from mnist_jax.train import TrainConfig
 
     config = TrainConfig("linear_ce", epochs=1)
     two, three = (compile_chunk(config, mnist, n).bytes for n in (2, 3))
     out = tmp_path / "study"
-    monkeypatch.setenv(memory.LIMIT_ENV, str((two + three) // 2))
+    monkeypatch.setenv(memory.LIMIT_ENV, str((two + three) // 2 + kept_results(config, 3)[1]))  # (beside the results kept)
     proc = run_script_in_process("study.py", "--stages", "linear_ce", "--seeds", "3", "--epochs", "1", "--out", out, *data_args)
     assert proc.returncode == 0, proc.stderr
     assert "linear_ce: 3 seeds in chunks of 2" in proc.stdout
     stage = json.loads((out / "results.json").read_text())["stages"]["linear_ce"]
     assert stage["seeds"] == [0, 1, 2] and stage["seeds_at_once"] == 2 and len(set(stage["test_accuracies"])) > 1
+
+
+def test_a_study_whose_results_would_not_fit_beside_its_fewest_models_is_refused_before_training(tmp_path, data_args, mnist,
+                                                                                                    monkeypatch):
+    """Each model's final parameters stay on the host until the study ends: planned without them, a study of many seeds in a
+    job's memory limit trained every chunk, then was killed by the OOM killer while it joined them, without a line."""
+    from mnist_jax.study import compile_chunk, kept_results
+    from mnist_jax.train import TrainConfig
+
+    config = TrainConfig("linear_ce", epochs=1)
+    monkeypatch.setenv(memory.LIMIT_ENV, str(compile_chunk(config, mnist, 1).bytes + kept_results(config, 1000)[1] // 2))
+    proc = run_script_in_process("study.py", "--stages", "linear_ce", "--seeds", "1000", "--epochs", "1", "--out", tmp_path / "out",
+                                 *data_args)
+    assert_one_line_error(proc, "does not fit: the programs training linear_ce (batch 128), 1 model, beside the final parameters "
+                          "of all 1000, need about", status=4)
+    assert "epoch 1/1" not in proc.stdout and listing(tmp_path) == []
 
 
 # A disk that fills up
