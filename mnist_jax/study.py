@@ -224,7 +224,7 @@ def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.
     for i, p in enumerate(points):
         groups.setdefault(dropout_bits(p.dropout), []).append(i)
     plans, start = [], time.perf_counter()  # (config, the points' indices, compiled chunk, its key, (key, offset) saved)
-    kept = kept_results(config, len(points))
+    kept = kept_results(config, len(points)) if jax.default_backend() == "cpu" else (0, 0)  # (an accelerator's memory is not the host's)
     for bits, members in groups.items():
         group = dataclasses.replace(config, dropout=max(points[i].dropout for i in members))
         chunk = fitting_chunk(group, data, min(len(members), models_at_once or len(members)), mesh, vmapped, kept)
