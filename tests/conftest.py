@@ -1,4 +1,4 @@
-"""Shared fixtures. Two tiers: `pytest -m "not slow"` runs on synthetic arrays in 2-3
+"""Shared fixtures. Two tiers: `pytest -m "not slow"` runs on synthetic arrays in 1.5-3
 minutes on 2 cores; the full suite adds every test on the real MNIST and every script run."""
 
 import contextlib
