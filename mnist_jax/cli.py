@@ -740,6 +740,13 @@ def on_stop(note: Callable[[], str], kept: Callable[[], bool] = lambda: False) -
     _stop_note, _work_kept = note, kept
 
 
+def _kept_before() -> str:
+    """'; with more memory free: ...': what earlier stages or groups of a command too large for memory saved ('' if none)."""
+    with contextlib.suppress(Exception):
+        return f"; with more memory free: {_stop_note()}" if _work_kept() else ""
+    return ""
+
+
 def resume_command() -> str:
     """This command again, with --resume and without --overwrite (nor an abbreviation of either), shell-quoted."""
     again = [a for a in sys.argv[1:] if not (len(a) > 2 and ("--overwrite".startswith(a) or "--resume".startswith(a)))]
@@ -850,13 +857,12 @@ def run(main: Callable[[], None], several_processes: bool = False, end_process: 
         fail(f"could not write {where}: {e.strerror or e}; {note}", EXIT_WRITE_FAILED)
     except (Exception, MemoryError) as e:  # noqa: BLE001
         for kind, prefix, status in FAILURES:
-            if isinstance(e, kind):  # (a later stage or group too large: what earlier ones saved is told, as a stop tells it)
-                kept = f"; with more memory free: {_stop_note()}" if kind is DoesNotFit and _work_kept() else ""
-                fail(f"{prefix.format(script=program())}{e}{kept}", status)
+            if isinstance(e, kind):
+                fail(f"{prefix.format(script=program())}{e}{_kept_before() if kind is DoesNotFit else ''}", status)
         # XLA's RESOURCE_EXHAUSTED is a ValueError, torch's a RuntimeError
         if isinstance(e, MemoryError) or isinstance(e, (ValueError, RuntimeError)) and any(s in str(e) for s in OUT_OF_MEMORY):
             why = str(e).splitlines()[0] if str(e) else "MemoryError"
-            fail(f"does not fit: out of memory ({why})", EXIT_DOES_NOT_FIT)
+            fail(f"does not fit: out of memory ({why}){_kept_before()}", EXIT_DOES_NOT_FIT)
         if type(e).__name__ == "JaxRuntimeError" and (flags := os.environ.get("XLA_FLAGS", "").strip()) \
                 and not distributed.is_child():  # (a child's runtime errors are its supervisor's to read)
             fail(f"{program()}: error: XLA_FLAGS={flags!r}: XLA started with them, then failed "

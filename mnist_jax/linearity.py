@@ -82,11 +82,12 @@ def linear_ce_converged(data: MNIST, seed: int = 0, max_steps: int = 2000, tol: 
 
 def check_widths_fit(data: MNIST, widths: list[int], seeds: int, epochs: int = 5) -> None:
     """Refuse a width whose programs do not fit in memory even one model at a time (`memory.check`), before any fit."""
-    from mnist_jax.study import fitting_chunk
+    from mnist_jax.study import fitting_chunk, kept_results
     from mnist_jax.train import TrainConfig
 
     for width in widths:  # (the configuration `study.train_grid` compiles, once per process: `width_sweep` finds it)
-        fitting_chunk(TrainConfig("mlp", epochs=epochs, hidden=width, dropout=0.0), data, seeds)
+        config = TrainConfig("mlp", epochs=epochs, hidden=width, dropout=0.0)
+        fitting_chunk(config, data, seeds, kept=kept_results(config, data, seeds))
 
 
 def width_sweep(data: MNIST, widths: list[int], seeds: list[int], epochs: int = 5) -> list[dict]:

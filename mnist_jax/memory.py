@@ -51,15 +51,15 @@ def _cgroup_number(folder: Path, name: str, field: str | None = None) -> int | N
     return int(text) if text.strip().isascii() and text.strip().isdigit() else None
 
 
-def cgroup_room(cgroup: str = "/proc/self/cgroup", mount: str = "/sys/fs/cgroup") -> int | None:
-    """Bytes the memory cgroups of this process (a container's or a cluster job's limit; v2, or v1's memory controller)
-    still let it allocate: the least over its cgroups and their ancestors, counting file cache as free (the kernel
-    reclaims it before it kills). None where no limit is set or none can be read."""
+def cgroup_limits(cgroup: str = "/proc/self/cgroup", mount: str = "/sys/fs/cgroup") -> list[tuple[int, str]]:
+    """(bytes, folder) of each memory cgroup of this process, or ancestor, that sets a limit (a container's or a cluster
+    job's; v2, or v1's memory controller): what it still lets its processes allocate, counting file cache as free (the
+    kernel reclaims it before it kills)."""
     try:
         with open(cgroup, errors="replace") as f:
             entries = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
     except OSError:
-        return None
+        return []
     rooms = []
     for _, controllers, path in entries:
         if controllers == "":
@@ -76,50 +76,59 @@ def cgroup_room(cgroup: str = "/proc/self/cgroup", mount: str = "/sys/fs/cgroup"
             if limit is None or usage is None or limit >= 2**60:  # none, or v1's unlimited
                 continue
             cache = sum(_cgroup_number(level, "memory.stat", prefix + lru) or 0 for lru in ("active_file", "inactive_file"))
-            rooms.append(max(limit - usage + min(cache, usage), 0))
-    return min(rooms, default=None)
+            rooms.append((max(limit - usage + min(cache, usage), 0), str(level)))
+    return rooms
+
+
+def cgroup_room(cgroup: str = "/proc/self/cgroup", mount: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes the memory cgroups of this process still let it allocate (`cgroup_limits`' least); None where none is set."""
+    return min((room for room, _ in cgroup_limits(cgroup, mount)), default=None)
 
 
 HOST_BOUNDS = ("the host's free memory", "what its memory cgroup leaves", "what its address-space limit leaves",
                "the host's memory")  # (the last where the system tells no free memory)
+LIMITED = len(HOST_BOUNDS)  # the bound `MNIST_JAX_MEMORY_LIMIT` sets
+
+
+def host_rooms(meminfo: str = "/proc/meminfo") -> list[tuple[int, int, str | None]]:
+    """(bytes, which of `HOST_BOUNDS`, what shares it) of each bound on what a CPU program may allocate: the host's
+    available memory (where the system tells none, as macOS, its memory), each memory cgroup that sets a limit, the
+    address-space limit. What shares a bound: a name every process under it has alike; None for the process's own."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:  # (containers on one host have names of their own, not memory)
+            host = f.read().strip()
+    except OSError:
+        host = socket.gethostname()
+    free = _kilobytes(meminfo, "MemAvailable")
+    rooms = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), 3, host) if free is None else (free, 0, host)]
+    rooms += [(room, 1, f"{host}:{folder}") for room, folder in cgroup_limits()]
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        rooms.append((soft - (_kilobytes("/proc/self/status", "VmSize") or 0), 2, None))
+    return rooms
 
 
 def host_room(meminfo: str = "/proc/meminfo") -> tuple[int, int]:
-    """(bytes, which of `HOST_BOUNDS` bounds them) a CPU program may allocate: the host's available memory (where the
-    system tells none, as macOS, its memory), or less where this process's memory cgroup or address-space limit leaves less."""
-    free = _kilobytes(meminfo, "MemAvailable")
-    rooms = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), 3) if free is None else (free, 0)]
-    if (room := cgroup_room()) is not None:  # a container's or a cluster job's limit: its OOM killer ends the run unannounced
-        rooms.append((room, 1))
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        rooms.append((soft - (_kilobytes("/proc/self/status", "VmSize") or 0), 2))
-    return min(rooms)
+    """(bytes, which of `HOST_BOUNDS` bounds them): the least of `host_rooms`, for this process alone."""
+    return min((room, bound) for room, bound, _ in host_rooms(meminfo))
 
 
-def _processes_sharing(bound: int) -> int:
-    """How many processes of the run share this one's `bound` (of `HOST_BOUNDS`): those on its host its free memory, those
-    in its memory cgroup too its limit; an address-space limit is each process's own. Every process calls it at once."""
+def _shared_rooms(rooms: list[tuple[int, int, str | None]]) -> tuple[int, int, int]:
+    """(bytes, bound, sharing): the least of `rooms`, each split between the processes of the run that share it (those
+    on its host its free memory, those under a cgroup its limit). Every process calls it at once."""
     import jax
 
     if jax.process_count() == 1:
-        return 1
+        return (*min((room, bound) for room, bound, _ in rooms), 1)
     import numpy as np
     from jax.experimental import multihost_utils
 
-    what = {1: _memory_cgroups(), 2: str(os.getpid())}.get(bound, "")
-    mine = np.int32(zlib.crc32(f"{socket.gethostname()}\0{what}".encode()) & 0x7FFFFFFF)
-    return int((multihost_utils.process_allgather(mine) == mine).sum())
-
-
-def _memory_cgroups() -> str:
-    """The lines of /proc/self/cgroup that name this process's memory cgroups (v2's, v1's memory controller's)."""
-    try:
-        with open("/proc/self/cgroup", errors="replace") as f:
-            lines = [line.split(":", 2) for line in f if line.count(":") >= 2]
-    except OSError:
-        return ""
-    return "".join(path for _, controllers, path in lines if controllers == "" or "memory" in controllers.split(","))
+    keys = np.full(16, -1, np.int32)  # (the host, and up to 15 cgroups: a hierarchy is never that deep)
+    names = [name for _, _, name in rooms if name is not None][:16]
+    keys[: len(names)] = [zlib.crc32(name.encode()) & 0x7FFFFFFF for name in names]
+    everyone = multihost_utils.process_allgather(keys)
+    shares = [1 if name is None else int((everyone == zlib.crc32(name.encode()) & 0x7FFFFFFF).any(axis=1).sum()) for _, _, name in rooms]
+    return min((room // n, bound, n) for (room, bound, _), n in zip(rooms, shares))
 
 
 def available(held: int = 0) -> tuple[int, str]:
@@ -132,12 +141,11 @@ def available(held: int = 0) -> tuple[int, str]:
     if stats and "bytes_limit" in stats:
         room, bound = stats["bytes_limit"] - stats.get("bytes_in_use", 0) + held, -1
     else:  # two thirds: the rest for what XLA's figures leave out (peaks 15-34% above them were measured)
-        room, bound = host_room()
-        sharing = _processes_sharing(bound)
-        room = room * 2 // 3 // sharing + held
+        room, bound, sharing = _shared_rooms(host_rooms())
+        room = room * 2 // 3 + held
     limit = parse_size(os.environ[LIMIT_ENV]) if os.environ.get(LIMIT_ENV) else None
     if limit is not None and limit < room:
-        room, bound = limit, len(HOST_BOUNDS)
+        room, bound = limit, LIMITED
     process = 0
     if jax.process_count() > 1:  # each process calls this at the same point: all decide (chunks, refusals) by the least
         import numpy as np
@@ -147,7 +155,7 @@ def available(held: int = 0) -> tuple[int, str]:
         process = int(rows[:, 0].argmin())
         room, bound, sharing = 1024 * int(rows[process, 0]), int(rows[process, 1]), int(rows[process, 2])
     where = f" in process {process}" if process != jax.process_index() else ""
-    if bound == len(HOST_BOUNDS):
+    if bound == LIMITED:
         return room, f" ({LIMIT_ENV}={os.environ[LIMIT_ENV]})" if not where else f" ({LIMIT_ENV}{where})"
     if bound >= 0:
         split = f", split between the {sharing} processes of the run that share it" if sharing > 1 else ""

@@ -123,11 +123,14 @@ def compile_chunk(config: TrainConfig, data: MNIST, size: int, mesh: jax.shardin
     return Chunk(size, mesh, epoch, test, resident + max(memory.program_bytes(epoch), memory.program_bytes(test)))
 
 
-def kept_results(config: TrainConfig, n: int) -> tuple[int, int]:
-    """(n, bytes) of what a grid of `n` models keeps on the host until it ends: each model's final parameters, joined in
-    order at the end in one copy more."""
+def kept_results(config: TrainConfig, data: MNIST, n: int) -> tuple[int, int]:
+    """(n, bytes) of what a grid of `n` models keeps on the host until it ends, on a CPU (where the host's memory is the
+    device's; else none): each model's final parameters, test predictions and metrics, joined in order in one copy more."""
+    if jax.default_backend() != "cpu":
+        return 0, 0
     params = jax.eval_shape(lambda: init_state(config, jax.random.key(0), make_optimizer(config)).params)
-    return n, 2 * n * memory.tree_bytes(params)
+    per_model = memory.tree_bytes(params) + 4 * (len(data.test_labels) + 1 + config.epochs * len(GRID_HISTORY_KEYS))
+    return n, 2 * n * per_model
 
 
 def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.Mesh | None = None,
@@ -141,7 +144,7 @@ def fitting_chunk(config: TrainConfig, data: MNIST, n: int, mesh: jax.sharding.M
         return whole
     granule = sharding.chunk_granule()
     fewest = whole if n == granule else compile_chunk(config, data, granule, mesh, vmapped)
-    beside = f" beside the final parameters of all {kept[0]}," if kept[1] else ""
+    beside = f" beside the results of all {kept[0]}," if kept[1] else ""
     memory.check(f"the programs training {config.describe()}, {count(granule, 'model')},{beside}", fewest.bytes + kept[1])
     per_model = (whole.bytes - fewest.bytes) / (n - granule)
     size = min(n - granule, granule + int((available - fewest.bytes) // per_model)) // granule * granule
@@ -224,7 +227,7 @@ def train_grid(config: TrainConfig, data: MNIST, points: list[Point], mesh: jax.
     for i, p in enumerate(points):
         groups.setdefault(dropout_bits(p.dropout), []).append(i)
     plans, start = [], time.perf_counter()  # (config, the points' indices, compiled chunk, its key, (key, offset) saved)
-    kept = kept_results(config, len(points)) if jax.default_backend() == "cpu" else (0, 0)  # (an accelerator's memory is not the host's)
+    kept = kept_results(config, data, len(points))
     for bits, members in groups.items():
         group = dataclasses.replace(config, dropout=max(points[i].dropout for i in members))
         chunk = fitting_chunk(group, data, min(len(members), models_at_once or len(members)), mesh, vmapped, kept)

@@ -199,13 +199,26 @@ def refusals(procs: list[subprocess.Popen]) -> list[str]:
     return lines
 
 
-def test_processes_each_in_a_memory_cgroup_of_its_own_do_not_split_its_limit(tmp_path, data_args):
-    """(Jobs or containers on one host: the run's processes were taken to share what each one's limit leaves.)"""
+def test_a_memory_cgroups_limit_is_split_between_the_processes_under_it_alone(tmp_path, data_args):
+    """(Jobs or containers on one host: the run's processes were taken to share what each one's limit leaves; and tasks
+    under one job's limit, each in a cgroup of its own, were not.)"""
     args = ["--stages", "mlp", "--hidden", 20_000_000, "--seeds", 4, "--timeout", 60, "--out", tmp_path / "run", *data_args]
     port = free_port()
     with memory_cgroup(3 * 2**30, "a") as first, memory_cgroup(3 * 2**30, "b") as second:
         lines = refusals([start("study.py", args, i, 2, port, cgroup=cgroup) for i, cgroup in enumerate((first, second))])
     assert all("(two thirds of what its memory cgroup leaves" in line and "split" not in line for line in lines), lines
+    # a cluster job's tasks (SLURM's job/step/task cgroups): the limit is their parent's, which they split
+    with memory_cgroup(3 * 2**30, "job") as job:
+        tasks, port = [job.parent / f"task_{i}" for i in range(2)], free_port()
+        for task in tasks:
+            task.mkdir()
+        try:
+            lines = refusals([start("study.py", args, i, 2, port, cgroup=task / "cgroup.procs") for i, task in enumerate(tasks)])
+        finally:
+            for task in tasks:
+                task.rmdir()
+    assert all("(two thirds of what its memory cgroup leaves, split between the 2 processes of the run that share it" in line
+               for line in lines), lines
     assert not list(tmp_path.rglob("results.json"))
 
 

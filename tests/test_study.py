@@ -88,7 +88,7 @@ def test_seeds_that_do_not_fit_at_once_train_in_chunks_with_the_same_results(tin
     with enable_x64(True):
         together = train_seeds(config, tiny, [0, 1, 2, 3])
         two, three = (compile_chunk(config, tiny, n).bytes for n in (2, 3))
-        kept = kept_results(config, 4)  # (every model's final parameters, kept on the host beside the chunks)
+        kept = kept_results(config, tiny, 4)  # (every model's results, kept on the host beside the chunks)
         monkeypatch.setenv(memory.LIMIT_ENV, str((two + three) // 2 + kept[1]))
         assert fitting_chunk(config, tiny, 4, kept=kept).size == 2
         epochs_seen = []
@@ -103,7 +103,7 @@ def test_seeds_that_do_not_fit_at_once_train_in_chunks_with_the_same_results(tin
     for a, b in zip(jax.tree.leaves(chunked.final_params), jax.tree.leaves(together.final_params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
     monkeypatch.setenv(memory.LIMIT_ENV, str(compile_chunk(config, tiny, 1).bytes // 2))
-    with pytest.raises(memory.DoesNotFit, match="1 model, beside the final parameters of all 2, need about"):
+    with pytest.raises(memory.DoesNotFit, match="1 model, beside the results of all 2, need about"):
         train_seeds(config, tiny, [0, 1])
 
 

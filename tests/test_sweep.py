@@ -70,7 +70,7 @@ def test_a_thousand_seeds_train_in_chunks_that_fit(tiny, monkeypatch):
     """Memory capped to what about 300 models at once need, per XLA: 1,000 seeds train in
     chunks, the last one shorter, and seed 999 ends as it does alone."""
     config = TrainConfig("linear_ce", epochs=1)
-    monkeypatch.setenv(memory.LIMIT_ENV, str(study.compile_chunk(config, tiny, 300).bytes + study.kept_results(config, 1000)[1]))
+    monkeypatch.setenv(memory.LIMIT_ENV, str(study.compile_chunk(config, tiny, 300).bytes + study.kept_results(config, tiny, 1000)[1]))
     result = study.train_seeds(config, tiny, list(range(1000)))
     assert 100 < result.models_at_once <= 300
     assert result.seeds == list(range(1000)) and result.test_accuracies.shape == (1000,)
