@@ -80,11 +80,6 @@ def cgroup_limits(cgroup: str = "/proc/self/cgroup", mount: str = "/sys/fs/cgrou
     return rooms
 
 
-def cgroup_room(cgroup: str = "/proc/self/cgroup", mount: str = "/sys/fs/cgroup") -> int | None:
-    """Bytes the memory cgroups of this process still let it allocate (`cgroup_limits`' least); None where none is set."""
-    return min((room for room, _ in cgroup_limits(cgroup, mount)), default=None)
-
-
 HOST_BOUNDS = ("the host's free memory", "what its memory cgroup leaves", "what its address-space limit leaves",
                "the host's memory")  # (the last where the system tells no free memory)
 LIMITED = len(HOST_BOUNDS)  # the bound `MNIST_JAX_MEMORY_LIMIT` sets
@@ -108,11 +103,6 @@ def host_rooms(meminfo: str = "/proc/meminfo") -> list[tuple[int, int, str | Non
     return rooms
 
 
-def host_room(meminfo: str = "/proc/meminfo") -> tuple[int, int]:
-    """(bytes, which of `HOST_BOUNDS` bounds them): the least of `host_rooms`, for this process alone."""
-    return min((room, bound) for room, bound, _ in host_rooms(meminfo))
-
-
 def _shared_rooms(rooms: list[tuple[int, int, str | None]]) -> tuple[int, int, int]:
     """(bytes, bound, sharing): the least of `rooms`, each split between the processes of the run that share it (those
     on its host its free memory, those under a cgroup its limit). Every process calls it at once."""
@@ -123,11 +113,12 @@ def _shared_rooms(rooms: list[tuple[int, int, str | None]]) -> tuple[int, int, i
     import numpy as np
     from jax.experimental import multihost_utils
 
+    hashes = [None if name is None else zlib.crc32(name.encode()) & 0x7FFFFFFF for _, _, name in rooms]
     keys = np.full(16, -1, np.int32)  # (the host, and up to 15 cgroups: a hierarchy is never that deep)
-    names = [name for _, _, name in rooms if name is not None][:16]
-    keys[: len(names)] = [zlib.crc32(name.encode()) & 0x7FFFFFFF for name in names]
+    shared = [h for h in hashes if h is not None][:16]
+    keys[: len(shared)] = shared
     everyone = multihost_utils.process_allgather(keys)
-    shares = [1 if name is None else int((everyone == zlib.crc32(name.encode()) & 0x7FFFFFFF).any(axis=1).sum()) for _, _, name in rooms]
+    shares = [1 if h is None else int((everyone == h).any(axis=1).sum()) for h in hashes]
     return min((room // n, bound, n) for (room, bound, _), n in zip(rooms, shares))
 
 

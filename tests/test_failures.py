@@ -214,7 +214,7 @@ def test_the_memory_left_by_a_cgroup_is_the_least_over_its_ancestors_with_file_c
         (folder / limit_file).write_text(limit + "\n")
         (folder / usage_file).write_text(f"{usage}\n")
         (folder / "memory.stat").write_text(f"anon 1\n{prefix}inactive_file {2**28}\n{prefix}active_file {2**28}\n")
-    room = lambda: memory.cgroup_room(str(tmp_path / "cgroup"), str(mount))  # noqa: E731
+    room = lambda: min((r for r, _ in memory.cgroup_limits(str(tmp_path / "cgroup"), str(mount))), default=None)  # noqa: E731
     assert room() == 2**30 + 2**29
     (job / limit_file).write_text(str(2**30))  # the least: the job's own limit, less its usage but its file cache
     assert room() == 0
@@ -228,15 +228,15 @@ def test_the_memory_left_by_a_cgroup_is_the_least_over_its_ancestors_with_file_c
     assert room() == 8 * 2**30  # the file cache counted at most to the usage: the limit, not beyond
     (parent / limit_file).write_text(unlimited)
     assert room() is None
-    assert memory.cgroup_room(str(tmp_path / "absent"), str(mount)) is None
+    assert memory.cgroup_limits(str(tmp_path / "absent"), str(mount)) == []
 
 
 def test_a_system_without_proc_plans_for_the_hosts_memory(tmp_path):
     """(macOS has no /proc/meminfo: every run failed at its first memory check.)"""
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    room, bound = memory.host_room(str(tmp_path / "no_meminfo"))
-    assert memory.HOST_BOUNDS[bound] != "the host's free memory" and room <= physical  # (or a cgroup's, a ulimit's, if less)
-    assert room == physical or memory.HOST_BOUNDS[bound] != "the host's memory"
+    (room, bound, _), *others = memory.host_rooms(str(tmp_path / "no_meminfo"))
+    assert (room, memory.HOST_BOUNDS[bound]) == (physical, "the host's memory")
+    assert all(memory.HOST_BOUNDS[b] != "the host's free memory" for _, b, _ in others)  # (a cgroup's, a ulimit's, if any)
 
 
 def test_what_a_run_already_holds_counts_once(monkeypatch):
